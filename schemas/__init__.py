@@ -1,0 +1,50 @@
+"""Pydantic models of every message on every keyledger topic (pure, no I/O)."""
+
+from schemas.errors import ErrorCode, ErrorInfo
+from schemas.messages import (
+    AuditEvent,
+    AuditSource,
+    DeadLetter,
+    KeyEvent,
+    KeyEventType,
+    KeyMaterial,
+    KeyType,
+    Op,
+    Outcome,
+    PiiOperation,
+    PiiRequest,
+    PiiResult,
+    RotationReason,
+    RotationTick,
+    Signature,
+    SignedSpan,
+    SpanToSign,
+    TenantCreated,
+    TenantDeleted,
+)
+from schemas.topics import Topic
+
+__all__ = [
+    "AuditEvent",
+    "AuditSource",
+    "DeadLetter",
+    "ErrorCode",
+    "ErrorInfo",
+    "KeyEvent",
+    "KeyEventType",
+    "KeyMaterial",
+    "KeyType",
+    "Op",
+    "Outcome",
+    "PiiOperation",
+    "PiiRequest",
+    "PiiResult",
+    "RotationReason",
+    "RotationTick",
+    "Signature",
+    "SignedSpan",
+    "SpanToSign",
+    "TenantCreated",
+    "TenantDeleted",
+    "Topic",
+]

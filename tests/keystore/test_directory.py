@@ -1,0 +1,70 @@
+from datetime import UTC, datetime
+
+from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
+from workers.core.ids import event_id, key_id_for
+from workers.keystore.directory import KeyDirectory, KeyState
+
+NOW = datetime.now(UTC)
+
+
+def material(tenant: str, key_type: KeyType, version: int) -> KeyMaterial:
+    return KeyMaterial(key_id=key_id_for(tenant, key_type, version), tenant_id=tenant, key_type=key_type,
+                       version=version, kms_key_id="k", wrapped_key="d3JhcHBlZA==", created_at=NOW)
+
+
+def event(kind: KeyEventType, m: KeyMaterial, previous: str | None = None) -> KeyEvent:
+    return KeyEvent(event_id=event_id(kind, m.key_id), type=kind, tenant_id=m.tenant_id, key_id=m.key_id,
+                    key_type=m.key_type, version=m.version, occurred_at=NOW, previous_key_id=previous)
+
+
+def test_material_alone_is_pending_and_not_active():
+    d = KeyDirectory()
+    m = material("acme", KeyType.SIGNING, 1)
+    d.apply_material(m)
+    assert d.get(m.key_id).state is KeyState.PENDING
+    assert d.active("acme", KeyType.SIGNING) is None
+
+
+def test_generated_then_rotated_moves_the_active_key_and_evicts_the_old():
+    d = KeyDirectory()
+    evicted = []
+    d.on_evict(evicted.append)
+    v1, v2 = material("acme", KeyType.SIGNING, 1), material("acme", KeyType.SIGNING, 2)
+    d.apply_material(v1)
+    d.apply_event(event(KeyEventType.GENERATED, v1))
+    assert d.active("acme", KeyType.SIGNING).key_id == v1.key_id
+    d.apply_material(v2)
+    d.apply_event(event(KeyEventType.ROTATED, v2, previous=v1.key_id))
+    assert d.active("acme", KeyType.SIGNING).key_id == v2.key_id
+    assert d.get(v1.key_id).state is KeyState.ROTATED and evicted == [v1.key_id]
+
+
+def test_tombstone_destroys_and_late_material_cannot_resurrect():
+    d = KeyDirectory()
+    m = material("acme", KeyType.ENCRYPTION, 1)
+    d.apply_material(m)
+    d.apply_event(event(KeyEventType.GENERATED, m))
+    d.apply_tombstone(m.key_id)
+    d.apply_material(m)
+    assert d.get(m.key_id).state is KeyState.DESTROYED and d.get(m.key_id).material is None
+
+
+def test_a_tenant_is_destroyed_when_all_its_keys_are():
+    d = KeyDirectory()
+    keys = [material("acme", t, 1) for t in KeyType]
+    for m in keys:
+        d.apply_material(m)
+        d.apply_event(event(KeyEventType.GENERATED, m))
+    d.apply_event(event(KeyEventType.DESTROYED, keys[0]))
+    assert not d.is_destroyed_tenant("acme")
+    d.apply_event(event(KeyEventType.DESTROYED, keys[1]))
+    assert d.is_destroyed_tenant("acme") and d.active("acme", KeyType.SIGNING) is None
+
+
+def test_replayed_events_change_nothing():
+    d = KeyDirectory()
+    m = material("acme", KeyType.SIGNING, 1)
+    d.apply_material(m)
+    for _ in range(3):
+        d.apply_event(event(KeyEventType.GENERATED, m))
+    assert len(d) == 1 and d.active("acme", KeyType.SIGNING).version == 1

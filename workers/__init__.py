@@ -1,0 +1,1 @@
+"""keyledger workers: one module per consumer group, shared modules beside them."""

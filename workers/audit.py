@@ -1,0 +1,63 @@
+"""The audit trail: every key operation becomes a TigerBeetle transfer and a `kms.audit` event.
+
+Transfers are created first (ids are deterministic, so a replay answers
+`exists`), then the caller publishes the events with its other outputs. The
+event id is the transfer id, so replaying `kms.audit` against TigerBeetle must
+agree exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from schemas.messages import AuditEvent, Outcome
+from schemas.topics import Topic
+from workers.core import ids
+from workers.errors import TransientError
+from workers.kafka.publisher import Outgoing
+from workers.ledger import CreateTransferStatus, Ledger, LedgerError, LedgerUnavailable, transfer_ok
+from workers.ledger.records import OpRecord
+
+# a closed account refusing a transfer is itself the proof that a key is destroyed
+_REFUSED_AS_DESTROYED = {
+    CreateTransferStatus.CREDIT_ACCOUNT_ALREADY_CLOSED,
+    CreateTransferStatus.DEBIT_ACCOUNT_ALREADY_CLOSED,
+}
+
+
+class AuditTrail:
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    async def record(self, ops: Sequence[OpRecord]) -> list[Outgoing]:
+        """Create the transfers of `ops`; returns their `kms.audit` records to publish."""
+        if not ops:
+            return []
+        try:
+            results = await self._ledger.create_transfers([op.to_transfer() for op in ops])
+        except LedgerUnavailable as exc:
+            raise TransientError(f"ledger unavailable: {exc}") from None
+        events = []
+        for op, result in zip(ops, results, strict=True):
+            if not transfer_ok(result.status) and result.status not in _REFUSED_AS_DESTROYED:
+                raise LedgerError(f"ledger refused {op.op.value} transfer: {result.status.name}")
+            if result.status in _REFUSED_AS_DESTROYED:
+                continue  # not recorded, so not announced: the audit only claims what TigerBeetle holds
+            events.append(Outgoing.of(Topic.KMS_AUDIT, op.tenant_id, audit_event(op, result.timestamp)))
+        return events
+
+
+def audit_event(op: OpRecord, timestamp_ns: int) -> AuditEvent:
+    occurred = datetime.fromtimestamp(timestamp_ns / 1e9, UTC) if timestamp_ns else datetime.now(UTC)
+    return AuditEvent(
+        event_id=ids.to_hex(op.transfer_id),
+        tenant_id=op.tenant_id,
+        key_id=op.key_id,
+        op=op.op,
+        count=op.count,
+        outcome=Outcome.FAILURE if op.failed else Outcome.SUCCESS,
+        reason=op.reason,
+        occurred_at=occurred,
+        source=op.source,
+    )

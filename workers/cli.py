@@ -1,0 +1,100 @@
+"""`keyledger` command line: run, dev, demo (and the verbs later issues add)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+from workers.groups import ALL_GROUPS
+from workers.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  KEYLEDGER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
+        sys.exit("keyledger: bad configuration\n" + "\n".join(lines))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyledger", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    run = verbs.add_parser("run", help="run consumer groups until SIGTERM")
+    run.add_argument("--group", action="append", choices=ALL_GROUPS, help="a consumer group (default: all)")
+    verbs.add_parser("dev", help="embedded broker + local KMS + memory ledger + all workers")
+    verbs.add_parser("demo", help="start the embedded stack and drive every flow")
+    verify = verbs.add_parser("verify", help="verify signed spans (JSON lines) against keys.events")
+    verify.add_argument("file", help="a file of signed spans, one per line; - for stdin")
+    audit = verbs.add_parser("audit", help="audit trail tools")
+    audit_verbs = audit.add_subparsers(dest="audit_verb", required=True)
+    audit_verify = audit_verbs.add_parser("verify", help="replay kms.audit and compare it with TigerBeetle")
+    audit_verify.add_argument("--tenant", help="only this tenant")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    from workers.runtime import setup_logging
+
+    setup_logging()
+    if args.verb == "run":
+        from workers.runtime import run
+
+        asyncio.run(run(_settings(), args.group or ALL_GROUPS))
+    elif args.verb == "dev":
+        from workers.dev import dev
+
+        asyncio.run(dev(_settings()))
+    elif args.verb == "demo":
+        from workers.demo import demo
+
+        sys.exit(asyncio.run(demo(_settings())))
+    elif args.verb == "verify":
+        sys.exit(asyncio.run(_verify(_settings(), args.file)))
+    elif args.verb == "audit":
+        sys.exit(asyncio.run(_audit_verify(_settings(), args.tenant)))
+
+
+def _bootstrap_or_exit(settings: Settings) -> str:
+    if not settings.kafka_bootstrap:
+        sys.exit("keyledger: set KEYLEDGER_KAFKA_BOOTSTRAP to the broker that holds the topics")
+    return settings.kafka_bootstrap
+
+
+async def _verify(settings: Settings, path: str) -> int:
+    from workers.core.signing import Verdict
+    from workers.verify import load_book, verify_lines
+
+    book = await load_book(_bootstrap_or_exit(settings))
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    failures = 0
+    with stream:
+        for line_no, job_id, verdict in verify_lines(stream, book):
+            print(f"{line_no}\t{job_id}\t{verdict.value}")
+            failures += verdict is not Verdict.VALID
+    return 1 if failures else 0
+
+
+async def _audit_verify(settings: Settings, tenant: str | None) -> int:
+    from workers.auditor import verify_audit
+    from workers.ledger.factory import open_ledger
+
+    ledger = open_ledger(settings)
+    try:
+        report = await verify_audit(_bootstrap_or_exit(settings), ledger, tenant)
+    finally:
+        await ledger.aclose()
+    for problem in report.mismatches[:100]:
+        print(f"MISMATCH {problem}")
+    verdict = "agrees with" if report.agrees else "DISAGREES with"
+    print(f"kms.audit {verdict} TigerBeetle: {report.events} events ({report.duplicates} duplicate records), "
+          f"{len(report.tenants)} tenants, {len(report.mismatches)} mismatches")
+    return 0 if report.agrees else 1
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure logic: identifiers, canonical JSON, signatures, envelopes, policy. No I/O imports."""

@@ -1,0 +1,102 @@
+"""Deterministic 128-bit identifiers for TigerBeetle accounts and transfers.
+
+Every id is BLAKE2b-128 over length-prefixed UTF-8 parts under a purpose label,
+so a replayed request derives the same id (TigerBeetle then answers `exists`)
+and two different purposes can never collide by concatenation tricks.
+`key_id` is the key account id written as 32 lowercase hex characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from schemas.messages import KeyType, Op
+
+U128_MAX = 2**128 - 1
+LEDGER = 1  # every keyledger account and transfer lives on one TigerBeetle ledger
+KEY_ACCOUNT_CODE = 8
+TENANT_ACCOUNT_CODE = 1
+TRANSFER_CODE = 8
+MAX_VERSION = 2**24 - 1
+
+KEY_TYPE_CODE = {KeyType.SIGNING: 1, KeyType.ENCRYPTION: 2}
+KEY_TYPE_BY_CODE = {v: k for k, v in KEY_TYPE_CODE.items()}
+
+OP_CODE = {
+    Op.GENERATE: 1,
+    Op.SIGN: 2,
+    Op.ENCRYPT: 3,
+    Op.DECRYPT: 4,
+    Op.REENCRYPT: 5,
+    Op.ROTATE: 6,
+    Op.REVOKE: 7,
+    Op.DESTROY: 8,
+    Op.DENIED: 9,
+}
+OP_BY_CODE = {v: k for k, v in OP_CODE.items()}
+FAILURE_BIT = 1 << 16  # set in a transfer's user_data_32 when the outcome was a failure
+
+
+def _hash128(label: str, *parts: str | int) -> int:
+    h = hashlib.blake2b(digest_size=16, person=b"keyledger-v1")
+    for part in (label, *parts):
+        raw = str(part).encode()
+        h.update(len(raw).to_bytes(4, "big"))
+        h.update(raw)
+    value = int.from_bytes(h.digest(), "big")
+    # 0 and 2^128-1 are reserved by TigerBeetle; hitting them is ~2^-127 likely
+    return value if 0 < value < U128_MAX else 1
+
+
+def tenant_ref(tenant_id: str) -> int:
+    """The tenant's 128-bit reference: its account id and its keys' user_data_128."""
+    return _hash128("tenant", tenant_id)
+
+
+def key_account_id(tenant_id: str, key_type: KeyType, version: int) -> int:
+    if not 1 <= version <= MAX_VERSION:
+        raise ValueError(f"key version out of range: {version}")
+    return _hash128("key", tenant_id, KeyType(key_type).value, version)
+
+
+def key_id_for(tenant_id: str, key_type: KeyType, version: int) -> str:
+    return to_hex(key_account_id(tenant_id, key_type, version))
+
+
+def transfer_id(op: Op, key_id: str, *source: str | int) -> int:
+    """Id of the transfer recording `op` on `key_id` caused by `source` (topic, partition, offset, ...)."""
+    return _hash128("transfer", Op(op).value, key_id, *source)
+
+
+def event_id(kind: str, key_id: str) -> str:
+    """Id of the `keys.events` record announcing `kind` for `key_id`: a replay republishes the same id."""
+    return to_hex(_hash128("event", kind, key_id))
+
+
+def to_hex(value: int) -> str:
+    return f"{value:032x}"
+
+
+def from_hex(key_id: str) -> int:
+    if len(key_id) != 32 or key_id.lower() != key_id:
+        raise ValueError("a key id is 32 lowercase hex characters")
+    return int(key_id, 16)
+
+
+def pack_key_kind(key_type: KeyType, version: int) -> int:
+    """user_data_32 of a key account: key type code in the top byte, version below."""
+    if not 1 <= version <= MAX_VERSION:
+        raise ValueError(f"key version out of range: {version}")
+    return (KEY_TYPE_CODE[KeyType(key_type)] << 24) | version
+
+
+def unpack_key_kind(user_data_32: int) -> tuple[KeyType, int]:
+    return KEY_TYPE_BY_CODE[user_data_32 >> 24], user_data_32 & MAX_VERSION
+
+
+def pack_op(op: Op, failed: bool = False) -> int:
+    return OP_CODE[Op(op)] | (FAILURE_BIT if failed else 0)
+
+
+def unpack_op(user_data_32: int) -> tuple[Op, bool]:
+    return OP_BY_CODE[user_data_32 & 0xFFFF], bool(user_data_32 & FAILURE_BIT)

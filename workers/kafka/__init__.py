@@ -1,0 +1,1 @@
+"""Kafka adapters: broker factory, topic admin, inbound records, publishing, the DLQ."""

@@ -1,0 +1,228 @@
+"""Batch consumption: at-least-once, per-record retries, commits that never pass unfinished work.
+
+The service handles a batch and returns the records it could not finish for a
+transient reason (KMS unreachable for that tenant, ledger briefly down); it
+raises TransientError when nothing could be done. Those records wait in memory
+and are retried with exponential backoff while the rest of the stream keeps
+flowing; the committed offset of a partition never passes its oldest waiting
+record, so a crash or rebalance redelivers it. A record whose processing raises
+anything else is retried alone a bounded number of times, then goes to
+`kms.dlq` with a typed error. When too many records wait, their partitions are
+paused (bounded memory) until they drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+
+from schemas.errors import ErrorCode, ErrorInfo
+from schemas.topics import Topic
+from workers.errors import TransientError
+from workers.kafka.publisher import Outgoing, Publisher
+from workers.kafka.records import InboundRecord, dead_letter, records_of
+from workers.settings import Settings
+
+log = logging.getLogger("keyledger.consume")
+
+Handle = Callable[[Sequence[InboundRecord]], Awaitable[Sequence[InboundRecord]]]
+
+
+@dataclass(slots=True)
+class Waiting:
+    record: InboundRecord
+    attempts: int
+    error: str
+
+
+class BatchRunner:
+    def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings) -> None:
+        self.group = group
+        self._handle = handle
+        self._publisher = publisher
+        self._attempts_allowed = settings.retry_attempts
+        self._backoff = settings.retry_backoff
+        self._backoff_max = settings.retry_backoff_max
+        self._max_waiting = settings.kafka_batch_max * 20
+        self._waiting: dict[tuple[str, int, int], Waiting] = {}
+        self._next_retry = 0.0
+        self._retry_streak = 0
+        self._seen: dict[TopicPartition, int] = {}  # next offset after the highest record handed to us
+        self._committed: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self._retry_task: asyncio.Task[None] | None = None
+        self.records = 0
+        self.dead = 0
+
+    async def __call__(self, records: Sequence[InboundRecord], consumer: Any = None) -> None:
+        if isinstance(consumer, AIOKafkaConsumer):
+            self._consumer = consumer
+        async with self._lock:
+            for record in records:
+                tp = TopicPartition(record.topic, record.partition)
+                self._seen[tp] = max(self._seen.get(tp, 0), record.offset + 1)
+            await self._process(self._take_due() + list(records))
+            await self._commit()
+        if self._waiting and self._retry_task is None:
+            self._retry_task = asyncio.create_task(self._retry_loop(), name=f"{self.group}-retry")
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def aclose(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry_task
+
+    # --- processing ------------------------------------------------------------
+
+    async def _process(self, records: list[InboundRecord]) -> None:
+        if not records:
+            return
+        try:
+            blocked = list(await self._handle(records))
+        except TransientError as exc:
+            self._wait(records, str(exc))
+            return
+        except Exception:
+            await self._isolate(records)
+            return
+        if blocked:
+            self._wait(blocked, "transient")
+        else:
+            self._retry_streak = 0
+        done = {_key(r) for r in records} - {_key(r) for r in blocked}
+        for key in done:
+            self._waiting.pop(key, None)
+        self.records += len(done)
+
+    async def _isolate(self, records: list[InboundRecord]) -> None:
+        """One failing record must not hold the others: process each alone."""
+        for record in records:
+            try:
+                blocked = await self._handle([record])
+            except TransientError as exc:
+                self._wait([record], str(exc))
+                continue
+            except Exception as exc:
+                await self._failed(record, type(exc).__name__)
+                continue
+            if blocked:
+                self._wait([record], "transient")
+            else:
+                self._waiting.pop(_key(record), None)
+                self.records += 1
+
+    async def _failed(self, record: InboundRecord, error: str) -> None:
+        previous = self._waiting.get(_key(record))
+        attempts = (previous.attempts if previous else 0) + 1
+        if attempts < self._attempts_allowed:
+            self._waiting[_key(record)] = Waiting(record, attempts, error)
+            log.warning("%s: %s:%d@%d failed (%s), attempt %d of %d", self.group, record.topic,
+                        record.partition, record.offset, error, attempts, self._attempts_allowed)
+            return
+        self._waiting.pop(_key(record), None)
+        log.error("%s: %s:%d@%d to %s after %d attempts (%s)", self.group, record.topic, record.partition,
+                  record.offset, Topic.DLQ.value, attempts, error)
+        info = ErrorInfo(type=ErrorCode.PROCESSING_FAILED, message=f"{error} after {attempts} attempts")
+        key = record.key.decode(errors="replace") if record.key else ""
+        await self._publisher.publish([Outgoing.of(Topic.DLQ, key, dead_letter(record, info, self.group, attempts))])
+        self.dead += 1
+
+    def _wait(self, records: Sequence[InboundRecord], error: str) -> None:
+        """Park records for a later retry; a transient error never counts against their attempts."""
+        for record in records:
+            previous = self._waiting.get(_key(record))
+            self._waiting[_key(record)] = Waiting(record, previous.attempts if previous else 0, error)
+        if not records:
+            return
+        self._retry_streak += 1
+        delay = min(self._backoff * 2 ** (self._retry_streak - 1), self._backoff_max)
+        self._next_retry = time.monotonic() + delay
+        log.warning("%s: %d records wait (%s); retry in %.1fs, offsets not committed past them",
+                    self.group, len(self._waiting), error, delay)
+
+    def _take_due(self) -> list[InboundRecord]:
+        if not self._waiting or time.monotonic() < self._next_retry:
+            return []
+        return sorted((w.record for w in self._waiting.values()), key=lambda r: (r.topic, r.partition, r.offset))
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self._next_retry - time.monotonic(), 0.01))
+            if not self._waiting:
+                self._retry_task = None
+                return
+            async with self._lock:
+                await self._process(self._take_due())
+                await self._commit()
+
+    # --- offsets -----------------------------------------------------------------
+
+    async def _commit(self) -> None:
+        oldest_waiting: dict[TopicPartition, int] = {}
+        for topic, partition, offset in self._waiting:
+            tp = TopicPartition(topic, partition)
+            oldest_waiting[tp] = min(offset, oldest_waiting.get(tp, offset))
+        offsets = {}
+        for tp, seen in self._seen.items():
+            safe = min(seen, oldest_waiting.get(tp, seen))
+            if safe > self._committed.get(tp, -1):
+                offsets[tp] = safe
+        if offsets and self._consumer is not None:
+            assigned = self._consumer.assignment()
+            offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+            if offsets:
+                await self._consumer.commit(offsets)
+        self._committed.update(offsets)
+        self._apply_backpressure(set(oldest_waiting))
+
+    def _apply_backpressure(self, waiting_partitions: set[TopicPartition]) -> None:
+        if self._consumer is None:
+            return
+        if len(self._waiting) > self._max_waiting:
+            newly = waiting_partitions - self._paused
+            if newly:
+                self._consumer.pause(*newly)
+                self._paused |= newly
+        elif self._paused:
+            self._consumer.resume(*self._paused)
+            self._paused.clear()
+
+
+def _key(record: InboundRecord) -> tuple[str, int, int]:
+    return (record.topic, record.partition, record.offset)
+
+
+async def _no_decode(message: Any) -> None:
+    """Records are decoded by the services (typed errors, DLQ); FastStream must not try."""
+    return None
+
+
+def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: BatchRunner, settings: Settings) -> None:
+    @broker.subscriber(
+        *topics,
+        group_id=group,
+        batch=True,
+        max_records=settings.kafka_batch_max,
+        batch_timeout_ms=settings.kafka_batch_timeout_ms,
+        # the runner commits itself, never past a record still waiting for a retry
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        decoder=_no_decode,
+    )
+    async def on_batch(body: Any, message: KafkaMessage) -> None:
+        await runner(records_of(message), getattr(message, "consumer", None))

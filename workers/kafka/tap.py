@@ -1,0 +1,62 @@
+"""Reading whole topics without a consumer group: replays for audit, verify, demo and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[ConsumerRecord]], bool] | None = None,
+    timeout: float = 30.0,
+) -> list[ConsumerRecord]:
+    """Every record of `topic` from the beginning: to its current end, or until `until(records)` holds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, timeout))]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout
+        ends = await consumer.end_offsets(partitions)
+        while True:
+            if until is not None and until(records):
+                return records
+            if until is None and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                return records
+            if time.monotonic() > deadline:
+                if until is None:
+                    raise TimeoutError(f"{topic} not read to its end in {timeout}s")
+                return records
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while not (found := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic} not found")
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    return found
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    """A plain producer, as any outside client would write (key, value) records."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()

@@ -1,0 +1,49 @@
+"""Creates the topics keyledger needs when they are missing."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from schemas.topics import Topic
+from workers.settings import Settings
+
+log = logging.getLogger("keyledger.topics")
+
+# keys.material keeps the latest record of every key forever; keys.events and
+# kms.audit are the verifiers' and auditors' history, so they never expire.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    Topic.KEYS_MATERIAL: {"cleanup.policy": "compact"},
+    Topic.KEYS_EVENTS: {"retention.ms": "-1"},
+    Topic.KMS_AUDIT: {"retention.ms": "-1"},
+}
+
+
+async def ensure_topics(bootstrap: str, settings: Settings, topics: list[str] | None = None) -> list[str]:
+    """Create missing topics; returns the names it created."""
+    wanted = topics or [t.value for t in Topic]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="keyledger-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name,
+                settings.kafka_partitions,
+                settings.kafka_replication,
+                topic_configs=TOPIC_CONFIGS.get(name, {}),
+            )
+            for name in wanted
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            log.info("created topics: %s", ", ".join(t.name for t in missing))
+        return [t.name for t in missing]
+    finally:
+        await admin.close()

@@ -1,0 +1,153 @@
+"""Key retrieval and minting: the cache first, then keys.material + KMS Decrypt, checked against the ledger.
+
+Isolation: every lookup names the tenant, and a key id of another tenant is
+answered exactly like an unknown one, so a request can neither use nor probe
+another tenant's keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from schemas.errors import ErrorCode
+from schemas.messages import KeyMaterial, KeyType
+from workers.cache import SingleFlightCache
+from workers.core import ids, signing
+from workers.core.b64 import b64decode, b64encode
+from workers.core.material import material_fingerprint
+from workers.errors import KeyRefused, TransientError
+from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
+from workers.kms import Kms, KmsRefused, KmsUnavailable, encryption_context
+from workers.ledger import AccountFlags, Ledger, LedgerUnavailable
+
+SecretKey = Ed25519PrivateKey | AESGCM
+
+
+@dataclass(frozen=True, slots=True)
+class MintedKey:
+    material: KeyMaterial
+    fingerprint: int
+
+
+class KeyService:
+    def __init__(
+        self,
+        directory: KeyDirectory,
+        kms: Kms,
+        ledger: Ledger,
+        secrets: SingleFlightCache[SecretKey],
+        public_keys: SingleFlightCache[bytes],
+    ) -> None:
+        self.directory = directory
+        self.kms = kms
+        self.ledger = ledger
+        self.secrets = secrets
+        self.public_keys = public_keys
+        directory.on_evict(self.evict)
+
+    # --- lookups -----------------------------------------------------------
+
+    def active(self, tenant_id: str, key_type: KeyType) -> KeyEntry:
+        entry = self.directory.active(tenant_id, key_type)
+        if entry is not None:
+            return entry
+        if self.directory.is_destroyed_tenant(tenant_id):
+            raise KeyRefused(f"tenant {tenant_id} was destroyed", ErrorCode.TENANT_DESTROYED)
+        if not self.directory.is_known_tenant(tenant_id):
+            raise KeyRefused(f"unknown tenant {tenant_id}", ErrorCode.UNKNOWN_TENANT)
+        raise KeyRefused(f"tenant {tenant_id} has no active {key_type.value} key", ErrorCode.KEY_NOT_FOUND)
+
+    def owned(self, tenant_id: str, key_id: str) -> KeyEntry:
+        """The tenant's key `key_id`; another tenant's key is reported as not found."""
+        entry = self.directory.get(key_id)
+        if entry is None or entry.tenant_id != tenant_id:
+            raise KeyRefused(f"no key {key_id} for tenant {tenant_id}", ErrorCode.KEY_NOT_FOUND)
+        if entry.state is KeyState.DESTROYED:
+            raise KeyRefused(f"key {key_id} was destroyed", ErrorCode.KEY_DESTROYED)
+        return entry
+
+    # --- secrets -----------------------------------------------------------
+
+    def cached_secret(self, key_id: str) -> SecretKey | None:
+        return self.secrets.peek(key_id)
+
+    async def secret(self, entry: KeyEntry) -> SecretKey:
+        return await self.secrets.get(entry.key_id, lambda: self._unwrap(entry))
+
+    async def _unwrap(self, entry: KeyEntry) -> SecretKey:
+        material = entry.material
+        if material is None or entry.state is KeyState.DESTROYED:
+            raise KeyRefused(f"key {entry.key_id} has no material", ErrorCode.KEY_DESTROYED)
+        await self._check_pinned(entry, material)
+        context = encryption_context(entry.tenant_id, entry.key_id, entry.key_type)
+        try:
+            plaintext = await self.kms.decrypt(b64decode(material.wrapped_key), material.kms_key_id, context)
+        except KmsUnavailable as exc:
+            raise TransientError(f"KMS unavailable: {exc}") from None
+        except KmsRefused as exc:
+            raise KeyRefused(f"KMS refused to unwrap {entry.key_id}: {exc}", ErrorCode.KMS_REFUSED) from None
+        return secret_key_of(entry.key_type, plaintext)
+
+    async def _check_pinned(self, entry: KeyEntry, material: KeyMaterial) -> None:
+        try:
+            accounts = await self.ledger.lookup_accounts([ids.from_hex(entry.key_id)])
+        except LedgerUnavailable as exc:
+            raise TransientError(f"ledger unavailable: {exc}") from None
+        if not accounts:
+            raise KeyRefused(f"key {entry.key_id} has no ledger account", ErrorCode.KEY_NOT_FOUND)
+        account = accounts[0]
+        if account.flags & AccountFlags.CLOSED:
+            raise KeyRefused(f"key {entry.key_id} was destroyed", ErrorCode.KEY_DESTROYED)
+        if account.user_data_64 != material_fingerprint(material):
+            raise KeyRefused(f"material of {entry.key_id} does not match its ledger account", ErrorCode.MATERIAL_MISMATCH)
+
+    def public_key(self, entry: KeyEntry) -> bytes | None:
+        cached = self.public_keys.peek(entry.key_id)
+        if cached is None and entry.public_key:
+            cached = b64decode(entry.public_key)
+            self.public_keys.put(entry.key_id, cached)
+        return cached
+
+    def evict(self, key_id: str) -> None:
+        self.secrets.evict(key_id)
+        self.public_keys.evict(key_id)
+
+    # --- minting -----------------------------------------------------------
+
+    async def mint(self, tenant_id: str, key_type: KeyType, version: int, kms_key_id: str | None) -> MintedKey:
+        """New key material from KMS GenerateDataKey; the plaintext only reaches the cache."""
+        key_id = ids.key_id_for(tenant_id, key_type, version)
+        context = encryption_context(tenant_id, key_id, key_type)
+        try:
+            data_key = await self.kms.generate_data_key(kms_key_id, context)
+        except KmsUnavailable as exc:
+            raise TransientError(f"KMS unavailable: {exc}") from None
+        except KmsRefused as exc:
+            raise KeyRefused(f"KMS refused to generate a key: {exc}", ErrorCode.KMS_REFUSED) from None
+        secret = secret_key_of(key_type, data_key.plaintext)
+        public = (
+            b64encode(signing.public_key_bytes(secret)) if isinstance(secret, Ed25519PrivateKey) else None
+        )
+        material = KeyMaterial(
+            key_id=key_id,
+            tenant_id=tenant_id,
+            key_type=key_type,
+            version=version,
+            kms_key_id=data_key.kms_key_id,
+            wrapped_key=b64encode(data_key.wrapped),
+            public_key=public,
+            created_at=datetime.now(UTC),
+        )
+        # warm the cache: the first sign/encrypt under a new key costs no KMS call
+        self.secrets.put(key_id, secret)
+        return MintedKey(material, material_fingerprint(material))
+
+
+def secret_key_of(key_type: KeyType, plaintext: bytes) -> SecretKey:
+    if key_type is KeyType.SIGNING:
+        return signing.private_key_from_seed(plaintext)
+    return AESGCM(plaintext)

@@ -1,0 +1,1 @@
+"""Key material store: the compacted `keys.material` topic plus `keys.events`, held as a local key table."""

@@ -1,0 +1,136 @@
+"""The process-local key table, built from `keys.material` and `keys.events` (pure, no I/O).
+
+A key version becomes usable when its material is known *and* an event has
+announced it; the highest announced version that is neither rotated, revoked
+nor destroyed is the (tenant, type)'s active key. Listeners are told of every
+key that leaves the active/rotated states so caches evict it everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
+from workers.core.material import material_fingerprint
+
+
+class KeyState(StrEnum):
+    PENDING = "pending"  # material written, not yet announced on keys.events
+    ACTIVE = "active"
+    ROTATED = "rotated"
+    REVOKED = "revoked"
+    DESTROYED = "destroyed"
+
+
+@dataclass(slots=True)
+class KeyEntry:
+    key_id: str
+    tenant_id: str
+    key_type: KeyType
+    version: int
+    state: KeyState
+    material: KeyMaterial | None = None
+    public_key: str | None = None
+
+    @property
+    def fingerprint(self) -> int | None:
+        return material_fingerprint(self.material) if self.material else None
+
+
+Evict = Callable[[str], None]
+
+
+class KeyDirectory:
+    def __init__(self) -> None:
+        self._keys: dict[str, KeyEntry] = {}
+        self._versions: dict[tuple[str, KeyType], dict[int, KeyEntry]] = {}
+        self._destroyed_tenants: set[str] = set()
+        self._listeners: list[Evict] = []
+
+    def on_evict(self, listener: Evict) -> None:
+        self._listeners.append(listener)
+
+    # --- writes ------------------------------------------------------------
+
+    def apply_material(self, material: KeyMaterial) -> None:
+        entry = self._keys.get(material.key_id)
+        if entry is None:
+            entry = self._add(material.key_id, material.tenant_id, material.key_type, material.version, KeyState.PENDING)
+        elif entry.state is KeyState.DESTROYED:
+            return  # a destroyed key never comes back, whatever arrives late
+        entry.material = material
+        entry.public_key = entry.public_key or material.public_key
+
+    def apply_tombstone(self, key_id: str) -> None:
+        entry = self._keys.get(key_id)
+        if entry is not None:
+            entry.material = None
+            self._set_state(entry, KeyState.DESTROYED)
+
+    def apply_event(self, event: KeyEvent) -> None:
+        entry = self._keys.get(event.key_id) or self._add(
+            event.key_id, event.tenant_id, event.key_type, event.version, KeyState.PENDING
+        )
+        if event.public_key:
+            entry.public_key = event.public_key
+        if event.type in (KeyEventType.GENERATED, KeyEventType.ROTATED):
+            if entry.state is KeyState.PENDING:
+                self._set_state(entry, KeyState.ACTIVE)
+            previous = self._keys.get(event.previous_key_id or "")
+            if previous is not None and previous.state is KeyState.ACTIVE:
+                self._set_state(previous, KeyState.ROTATED)
+        elif event.type is KeyEventType.REVOKED:
+            if entry.state is not KeyState.DESTROYED:
+                self._set_state(entry, KeyState.REVOKED)
+        elif event.type is KeyEventType.DESTROYED:
+            entry.material = None
+            self._set_state(entry, KeyState.DESTROYED)
+            if all(k.state is KeyState.DESTROYED for k in self.tenant_keys(entry.tenant_id)):
+                self._destroyed_tenants.add(entry.tenant_id)
+
+    # --- reads -------------------------------------------------------------
+
+    def get(self, key_id: str) -> KeyEntry | None:
+        return self._keys.get(key_id)
+
+    def versions(self, tenant_id: str, key_type: KeyType) -> list[KeyEntry]:
+        return sorted(self._versions.get((tenant_id, key_type), {}).values(), key=lambda e: e.version)
+
+    def active(self, tenant_id: str, key_type: KeyType) -> KeyEntry | None:
+        for entry in reversed(self.versions(tenant_id, key_type)):
+            if entry.state is KeyState.ACTIVE:
+                return entry
+        return None
+
+    def tenant_keys(self, tenant_id: str) -> list[KeyEntry]:
+        return [e for t in KeyType for e in self.versions(tenant_id, t)]
+
+    def is_known_tenant(self, tenant_id: str) -> bool:
+        return any((tenant_id, t) in self._versions for t in KeyType)
+
+    def is_destroyed_tenant(self, tenant_id: str) -> bool:
+        return tenant_id in self._destroyed_tenants
+
+    def tenants(self) -> set[str]:
+        return {tenant for tenant, _ in self._versions}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    # --- internals ---------------------------------------------------------
+
+    def _add(self, key_id: str, tenant_id: str, key_type: KeyType, version: int, state: KeyState) -> KeyEntry:
+        entry = KeyEntry(key_id, tenant_id, KeyType(key_type), version, state)
+        self._keys[key_id] = entry
+        self._versions.setdefault((tenant_id, entry.key_type), {})[version] = entry
+        return entry
+
+    def _set_state(self, entry: KeyEntry, state: KeyState) -> None:
+        if entry.state is state:
+            return
+        entry.state = state
+        if state in (KeyState.ROTATED, KeyState.REVOKED, KeyState.DESTROYED):
+            for listener in self._listeners:
+                listener(entry.key_id)

@@ -1,0 +1,114 @@
+"""`aws` KMS provider: AWS KMS (or any API-compatible endpoint) over HTTP with aioboto3.
+
+botocore's `standard` retry mode (not its `legacy` default) with bounded
+attempts and explicit timeouts; a semaphore bounds calls in flight. Errors are
+mapped to KmsUnavailable (retry later) or KmsRefused (this request never works).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from workers.kms import DataKey, KmsError, KmsRefused, KmsUnavailable
+
+_TRANSIENT_CODES = {
+    "ThrottlingException",
+    "KMSInternalException",
+    "DependencyTimeoutException",
+    "KeyUnavailableException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "RequestTimeout",
+}
+
+
+class AwsKms:
+    def __init__(
+        self,
+        default_key_id: str | None,
+        *,
+        region: str = "us-east-1",
+        endpoint_url: str | None = None,
+        timeout: float = 5.0,
+        max_attempts: int = 4,
+        concurrency: int = 32,
+        session: aioboto3.Session | None = None,
+    ) -> None:
+        if concurrency < 1 or max_attempts < 1 or timeout <= 0:
+            raise ValueError("concurrency, max_attempts and timeout must be positive")
+        self.default_key_id = default_key_id or ""
+        self._session = session or aioboto3.Session()
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._config = Config(
+            region_name=region,
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            max_pool_connections=max(concurrency, 10),
+        )
+        self._limit = asyncio.Semaphore(concurrency)
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
+        self.calls = 0
+
+    async def _kms(self) -> Any:
+        if self._client is None:
+            async with self._client_lock:
+                if self._client is None:
+                    self._client = await self._stack.enter_async_context(
+                        self._session.client("kms", endpoint_url=self._endpoint_url, config=self._config)
+                    )
+        return self._client
+
+    async def generate_data_key(self, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
+        key_id = kms_key_id or self.default_key_id
+        if not key_id:
+            raise KmsRefused("no KMS key id: set KEYLEDGER_KMS_KEY_ID or the tenant's kms_key_id")
+        reply = await self._call(
+            "GenerateDataKey", KeyId=key_id, KeySpec="AES_256", EncryptionContext=context
+        )
+        return DataKey(plaintext=reply["Plaintext"], wrapped=reply["CiphertextBlob"], kms_key_id=key_id)
+
+    async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
+        reply = await self._call(
+            "Decrypt", CiphertextBlob=wrapped, KeyId=kms_key_id, EncryptionContext=context
+        )
+        plaintext = reply["Plaintext"]
+        if len(plaintext) != 32:
+            raise KmsError("KMS returned a data key of the wrong length")
+        return plaintext
+
+    async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
+        await self._call("ScheduleKeyDeletion", KeyId=kms_key_id, PendingWindowInDays=pending_days)
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        kms = await self._kms()
+        method = getattr(kms, _snake(operation))
+        async with self._limit:
+            self.calls += 1
+            try:
+                return await method(**params)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "Unknown")
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code in _TRANSIENT_CODES or status >= 500:
+                    raise KmsUnavailable(f"{operation}: {code}") from None
+                raise KmsRefused(f"{operation}: {code}") from None
+            except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+                raise KmsUnavailable(f"{operation}: {type(exc).__name__}") from None
+
+
+def _snake(operation: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")

@@ -1,0 +1,66 @@
+"""How keyledger facts become TigerBeetle accounts and transfers.
+
+- tenant account: id = tenant_ref, code 1, user_data_128 = tenant_ref
+- key account:    id = key_id, code 8, user_data_128 = tenant_ref,
+                  user_data_64 = material fingerprint, user_data_32 = key type << 24 | version
+- op transfer:    tenant account -> key account, code 8, amount = operations covered,
+                  user_data_32 = op code (| failure bit), user_data_64 = source offset,
+                  user_data_128 = linked key (the new key of a rotation) or 0
+- destroy:        a pending transfer with CLOSING_CREDIT: the key account is closed,
+                  so TigerBeetle itself refuses any later operation on it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.messages import AuditSource, KeyType, Op
+from workers.core import ids
+from workers.ledger import Account, Transfer, TransferFlags
+
+
+def tenant_account(tenant_id: str) -> Account:
+    ref = ids.tenant_ref(tenant_id)
+    return Account(id=ref, user_data_128=ref, ledger=ids.LEDGER, code=ids.TENANT_ACCOUNT_CODE)
+
+
+def key_account(tenant_id: str, key_id: str, key_type: KeyType, version: int, fingerprint: int) -> Account:
+    return Account(
+        id=ids.from_hex(key_id),
+        user_data_128=ids.tenant_ref(tenant_id),
+        user_data_64=fingerprint,
+        user_data_32=ids.pack_key_kind(key_type, version),
+        ledger=ids.LEDGER,
+        code=ids.KEY_ACCOUNT_CODE,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OpRecord:
+    """One audited operation: becomes one transfer and one `kms.audit` event with the same id."""
+
+    transfer_id: int
+    tenant_id: str
+    key_id: str
+    op: Op
+    source: AuditSource
+    count: int = 1
+    failed: bool = False
+    reason: str = ""
+    linked_key_id: str | None = None
+    closing: bool = False
+
+    def to_transfer(self) -> Transfer:
+        flags = TransferFlags.PENDING | TransferFlags.CLOSING_CREDIT if self.closing else TransferFlags.NONE
+        return Transfer(
+            id=self.transfer_id,
+            debit_account_id=ids.tenant_ref(self.tenant_id),
+            credit_account_id=ids.from_hex(self.key_id),
+            amount=self.count,
+            user_data_128=ids.from_hex(self.linked_key_id) if self.linked_key_id else 0,
+            user_data_64=max(self.source.offset, 0),
+            user_data_32=ids.pack_op(self.op, self.failed),
+            ledger=ids.LEDGER,
+            code=ids.TRANSFER_CODE,
+            flags=flags,
+        )

@@ -1,0 +1,267 @@
+"""Consumer group `keyledger-pii`: pii.requests -> pii.results (encrypt, decrypt, reencrypt).
+
+Results are per field: one bad field gets a typed error under `errors` and the
+rest of the record still succeeds. Plaintext values exist only inside this
+module's locals and the published result of a `decrypt`; they never reach logs,
+exceptions or DLQ letters (a request that cannot be parsed is dead-lettered as
+it arrived, and that is the producer's own record).
+
+Audit: one transfer per (key, operation, batch) whose amount is the number of
+fields. A field naming a key the tenant may not use is recorded as `denied`
+against the tenant's own active encryption key, never against the key it named.
+Wear-out: before encrypting, the key's usage counter (its TigerBeetle balance)
+is checked against KEYLEDGER_ENCRYPT_LIMIT; a worn key encrypts nothing more and
+a rotation tick is requested for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from faststream.kafka import KafkaBroker
+
+from schemas.errors import ErrorCode, ErrorInfo
+from schemas.messages import KeyType, Op, PiiOperation, PiiRequest, PiiResult, RotationReason, RotationTick
+from schemas.topics import Topic
+from workers.audit import AuditTrail
+from workers.core import ids
+from workers.core.envelope import EnvelopeError, open_field, parse_envelope, seal_field
+from workers.errors import KeyledgerError, KeyRefused, TransientError
+from workers.kafka.consume import BatchRunner, subscribe
+from workers.kafka.publisher import Outgoing, Publisher
+from workers.kafka.records import InboundRecord, dead_letter, parse
+from workers.keys import KeyService
+from workers.keystore.directory import KeyEntry, KeyState
+from workers.ledger import Ledger, LedgerUnavailable
+from workers.ledger.records import OpRecord
+from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.context import ProcessContext
+
+GROUP = "keyledger-pii"
+TOPICS = (Topic.PII_REQUESTS.value,)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Operations per (key, op) in this batch, and the first record that caused them."""
+
+    counts: dict[tuple[str, str, Op, bool], list[InboundRecord]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, entry: KeyEntry, op: Op, record: InboundRecord, failed: bool = False) -> None:
+        self.counts[(entry.tenant_id, entry.key_id, op, failed)].append(record)
+
+
+class PiiService:
+    def __init__(self, keys: KeyService, ledger: Ledger, audit: AuditTrail, publisher: Publisher, settings: Settings) -> None:
+        self._keys = keys
+        self._ledger = ledger
+        self._audit = audit
+        self._publisher = publisher
+        self._max_bytes = settings.max_message_bytes
+        self._encrypt_limit = settings.encrypt_limit
+        self._worn: set[str] = set()
+        self.results = 0
+
+    async def handle(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
+        dead: list[Outgoing] = []
+        requests: list[tuple[InboundRecord, PiiRequest]] = []
+        for record in records:
+            try:
+                requests.append((record, parse(record, PiiRequest, self._max_bytes)))
+            except KeyledgerError as exc:
+                dead.append(_letter(record, exc))
+        blocked = await self._warm_keys(requests)
+        requests = [(r, q) for r, q in requests if r not in blocked]
+        worn = await self._worn_keys(requests)
+        usage = Usage()
+        results = [self._serve(record, request, usage, worn) for record, request in requests]
+        audits = await self._audit.record(_ops(usage))
+        ticks = [_rotation_tick(entry) for entry in worn.values() if entry.key_id not in self._worn]
+        self._worn.update(worn)
+        outputs = [Outgoing.of(Topic.PII_RESULTS, r.tenant_id, r) for r in results]
+        outputs += [Outgoing.of(Topic.ROTATION_TICKS, t.tenant_id or "", t) for t in ticks]
+        await self._publisher.publish([*outputs, *audits, *dead])
+        self.results += len(results)
+        return blocked
+
+    # --- keys ----------------------------------------------------------------
+
+    def _entries_needed(self, request: PiiRequest) -> list[KeyEntry]:
+        entries = []
+        if request.operation is not PiiOperation.DECRYPT:
+            try:
+                entries.append(self._keys.active(request.tenant_id, KeyType.ENCRYPTION))
+            except KeyRefused:
+                pass  # answered per request in _serve
+        if request.operation is not PiiOperation.ENCRYPT:
+            for text in request.fields.values():
+                try:
+                    entries.append(self._keys.owned(request.tenant_id, parse_envelope(text).key_id))
+                except (EnvelopeError, KeyRefused):
+                    pass  # answered per field in _serve
+        return entries
+
+    async def _warm_keys(self, requests: list[tuple[InboundRecord, PiiRequest]]) -> list[InboundRecord]:
+        """Unwrap every key this batch needs (one KMS call per missing key); records whose key can't be had yet wait."""
+        needed: dict[str, KeyEntry] = {}
+        users: dict[str, list[InboundRecord]] = defaultdict(list)
+        for record, request in requests:
+            for entry in self._entries_needed(request):
+                if entry.state is not KeyState.DESTROYED and self._keys.cached_secret(entry.key_id) is None:
+                    needed[entry.key_id] = entry
+                    users[entry.key_id].append(record)
+        results = await asyncio.gather(*(self._keys.secret(e) for e in needed.values()), return_exceptions=True)
+        blocked: dict[int, InboundRecord] = {}
+        for key_id, result in zip(needed, results, strict=True):
+            if isinstance(result, TransientError):
+                blocked.update((id(r), r) for r in users[key_id])
+            elif isinstance(result, BaseException) and not isinstance(result, KeyledgerError):
+                raise result
+        return list(blocked.values())
+
+    async def _worn_keys(self, requests: list[tuple[InboundRecord, PiiRequest]]) -> dict[str, KeyEntry]:
+        """Active encryption keys whose usage (ledger balance + this batch) reaches the limit."""
+        planned: dict[str, int] = defaultdict(int)
+        entries: dict[str, KeyEntry] = {}
+        for _, request in requests:
+            if request.operation is PiiOperation.DECRYPT:
+                continue
+            try:
+                entry = self._keys.active(request.tenant_id, KeyType.ENCRYPTION)
+            except KeyRefused:
+                continue
+            planned[entry.key_id] += len(request.fields)
+            entries[entry.key_id] = entry
+        if not planned:
+            return {}
+        try:
+            accounts = await self._ledger.lookup_accounts([ids.from_hex(k) for k in planned])
+        except LedgerUnavailable as exc:
+            raise TransientError(f"ledger unavailable: {exc}") from None
+        used = {ids.to_hex(a.id): a.credits_posted + a.credits_pending for a in accounts}
+        return {k: entries[k] for k, n in planned.items() if used.get(k, 0) + n > self._encrypt_limit}
+
+    # --- one request -----------------------------------------------------------
+
+    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage, worn: dict[str, KeyEntry]) -> PiiResult:
+        active: KeyEntry | None = None
+        if request.operation is not PiiOperation.DECRYPT:
+            try:
+                active = self._keys.active(request.tenant_id, KeyType.ENCRYPTION)
+            except KeyRefused as exc:
+                return _result(request, error=exc.info())
+            if active.key_id in worn:
+                usage.add(active, Op.DENIED, record, failed=True)
+                return _result(request, error=ErrorInfo(
+                    type=ErrorCode.KEY_WORN_OUT, message=f"key {active.key_id} reached its encryption limit; rotation requested"))
+        fields: dict[str, str] = {}
+        errors: dict[str, ErrorInfo] = {}
+        used: str | None = active.key_id if active else None
+        for path, value in request.fields.items():
+            try:
+                fields[path], key_id = self._field(record, request, path, value, active, usage)
+            except KeyledgerError as exc:
+                errors[path] = exc.info()
+            else:
+                used = used or key_id
+        return _result(request, fields=fields, errors=errors or None, key_id=used)
+
+    def _field(self, record: InboundRecord, request: PiiRequest, path: str, value: str,
+               active: KeyEntry | None, usage: Usage) -> tuple[str, str]:
+        """The field's output and the key that produced it."""
+        if request.operation is PiiOperation.ENCRYPT:
+            assert active is not None
+            sealed = seal_field(self._aead(active), active.key_id, request.tenant_id, request.record_id, path, value)
+            usage.add(active, Op.ENCRYPT, record)
+            return sealed, active.key_id
+        plaintext, opened_with = self._open(record, request, path, value, usage)
+        if request.operation is PiiOperation.DECRYPT:
+            return plaintext, opened_with
+        assert active is not None
+        usage.add(active, Op.REENCRYPT, record)
+        sealed = seal_field(self._aead(active), active.key_id, request.tenant_id, request.record_id, path, plaintext)
+        return sealed, active.key_id
+
+    def _open(self, record: InboundRecord, request: PiiRequest, path: str, value: str,
+              usage: Usage) -> tuple[str, str]:
+        try:
+            envelope = parse_envelope(value)
+        except EnvelopeError as exc:
+            raise KeyledgerError(str(exc), ErrorCode.MALFORMED_CIPHERTEXT) from None
+        try:
+            entry = self._keys.owned(request.tenant_id, envelope.key_id)
+        except KeyRefused:
+            self._deny(request.tenant_id, record, usage)
+            raise
+        if entry.state is KeyState.REVOKED and request.operation is PiiOperation.DECRYPT:
+            raise KeyRefused(f"key {entry.key_id} is revoked: reencrypt to migrate", ErrorCode.KEY_REVOKED)
+        try:
+            plaintext = open_field(self._aead(entry), envelope, request.tenant_id, request.record_id, path)
+        except EnvelopeError as exc:
+            usage.add(entry, Op.DECRYPT, record, failed=True)
+            raise KeyledgerError(str(exc), ErrorCode(exc.code)) from None
+        if request.operation is PiiOperation.DECRYPT:
+            usage.add(entry, Op.DECRYPT, record)
+        return plaintext, entry.key_id
+
+    def _deny(self, tenant_id: str, record: InboundRecord, usage: Usage) -> None:
+        try:
+            own = self._keys.active(tenant_id, KeyType.ENCRYPTION)
+        except KeyRefused:
+            return  # a tenant without keys has no account to record against; the result says why
+        usage.add(own, Op.DENIED, record, failed=True)
+
+    def _aead(self, entry: KeyEntry) -> AESGCM:
+        secret = self._keys.cached_secret(entry.key_id)
+        if not isinstance(secret, AESGCM):
+            raise KeyRefused(f"key {entry.key_id} is not available", ErrorCode.KEY_NOT_FOUND)
+        return secret
+
+
+def _result(request: PiiRequest, **values) -> PiiResult:
+    return PiiResult(job_id=request.job_id, tenant_id=request.tenant_id, record_id=request.record_id,
+                     operation=request.operation, **values)
+
+
+def _ops(usage: Usage) -> list[OpRecord]:
+    ops = []
+    for (tenant_id, key_id, op, failed), records in usage.counts.items():
+        first, last = records[0], records[-1]
+        ops.append(OpRecord(
+            transfer_id=ids.transfer_id(op, key_id, "fail" if failed else "ok", first.topic, first.partition,
+                                        first.offset, last.partition, last.offset, len(records)),
+            tenant_id=tenant_id,
+            key_id=key_id,
+            op=op,
+            source=first.source,
+            count=len(records),
+            failed=failed,
+            reason="pii fields" if not failed else "refused",
+        ))
+    return ops
+
+
+def _rotation_tick(entry: KeyEntry) -> RotationTick:
+    return RotationTick(tick_id=f"wear-out-{entry.key_id}", issued_at=datetime.now(UTC), tenant_id=entry.tenant_id,
+                        key_type=entry.key_type, reason=RotationReason.MANUAL, cause="wear_out")
+
+
+def _letter(record: InboundRecord, exc: KeyledgerError) -> Outgoing:
+    key = record.key.decode(errors="replace") if record.key else ""
+    return Outgoing.of(Topic.DLQ, key, dead_letter(record, exc.info(), GROUP))
+
+
+def register(broker: KafkaBroker, context: ProcessContext) -> PiiService:
+    service = PiiService(context.keys, context.ledger, context.audit, context.publisher, context.settings)
+    runner = BatchRunner(GROUP, service.handle, context.publisher, context.settings)
+    subscribe(broker, TOPICS, GROUP, runner, context.settings)
+    context.runners.append(runner)
+    return service

@@ -1,0 +1,63 @@
+"""Running consumer groups in one process until asked to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Sequence
+
+from workers.context import ProcessContext
+from workers.embedded import EmbeddedBroker
+from workers.kafka.topics import ensure_topics
+from workers.settings import Settings
+
+log = logging.getLogger("keyledger")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "faststream", "botocore", "aiobotocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.asynccontextmanager
+async def bootstrap_for(settings: Settings) -> AsyncIterator[str]:
+    """The configured Kafka, or an embedded broker for the life of the block (dev only)."""
+    if settings.kafka_bootstrap:
+        yield settings.kafka_bootstrap
+        return
+    broker = EmbeddedBroker().start()
+    log.info("embedded Kafka-compatible broker (tansu) listening on %s", broker.bootstrap)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_workers(settings: Settings, bootstrap: str, groups: Sequence[str]) -> AsyncIterator[ProcessContext]:
+    await ensure_topics(bootstrap, settings)
+    context = ProcessContext.build(settings, bootstrap)
+    context.register(groups)
+    try:
+        await context.start()
+        log.info("consumer groups running: %s", ", ".join(groups))
+        yield context
+    finally:
+        await context.aclose()
+
+
+async def until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing the batch in hand, committing what was processed")
+
+
+async def run(settings: Settings, groups: Sequence[str]) -> None:
+    async with bootstrap_for(settings) as bootstrap, running_workers(settings, bootstrap, groups):
+        await until_signalled()
