@@ -4,64 +4,23 @@ real broker are in tests/integration)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-
-from typing import Any
 
 import pytest
 
-from faststream.kafka import KafkaMessage, TestKafkaBroker
-
 from schemas.messages import AuditEvent, DeadLetter, KeyEvent, KeyMaterial
-from workers.context import ProcessContext
+from tests.support.harness import handler_harness, tenant_created
 from workers.core import ids
-from workers.kms.local import LocalKms
 from workers.ledger import QueryFilter, QueryFilterFlags
-from workers.ledger.memory import MemoryLedger
-from workers.settings import Settings
-
-
-OUTPUTS = ("keys.material", "keys.events", "kms.audit", "kms.dlq")
-
-
-async def _raw(message):
-    return None
-
-
-def _capture_into(captured, context, topic):
-    @context.broker.subscriber(topic, decoder=_raw)
-    async def capture(body: Any, message: KafkaMessage) -> None:
-        record = message.raw_message
-        captured.add(record.topic, record.key, record.value)
-
-
-class Captured:
-    def __init__(self) -> None:
-        self.by_topic: dict[str, list[tuple[bytes, bytes | None]]] = {}
-
-    def add(self, topic: str, key: bytes, value: bytes | None) -> None:
-        self.by_topic.setdefault(topic, []).append((key, value))
-
-    def values(self, topic: str, model):
-        return [model.model_validate_json(v) for _, v in self.by_topic.get(topic, []) if v]
 
 
 @pytest.fixture
 async def harness():
-    settings = Settings(kafka_bootstrap="unused:9092")
-    context = ProcessContext.build(settings, "unused:9092", kms=LocalKms(), ledger=MemoryLedger(), follow=False)
-    context.register(["keyledger-keygen"])
-    captured = Captured()
-    for topic in OUTPUTS:
-        _capture_into(captured, context, topic)
-    async with TestKafkaBroker(context.broker) as broker:
-        yield context, broker, captured
-    await context.aclose()
+    async with handler_harness(["keyledger-keygen"]) as parts:
+        yield parts
 
 
 def created(tenant: str, **extra) -> bytes:
-    body = {"event_id": f"evt-{tenant}", "tenant_id": tenant, "occurred_at": datetime.now(UTC).isoformat(), **extra}
-    return json.dumps(body).encode()
+    return tenant_created(tenant, **extra)
 
 
 async def test_a_created_tenant_gets_one_signing_and_one_encryption_key(harness):

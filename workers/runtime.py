@@ -18,7 +18,8 @@ log = logging.getLogger("keyledger")
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("aiokafka", "faststream", "botocore", "aiobotocore"):
+    # FastStream's own lifecycle chatter (assignments, task callbacks) goes to keyledger.kafka
+    for noisy in ("aiokafka", "faststream", "botocore", "aiobotocore", "keyledger.kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -9,7 +9,7 @@ from faststream.kafka import KafkaBroker
 from workers.kafka import compat
 from workers.settings import Settings
 
-log = logging.getLogger("keyledger")
+log = logging.getLogger("keyledger.kafka")
 
 
 def build_broker(settings: Settings, bootstrap: str) -> KafkaBroker:

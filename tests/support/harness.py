@@ -1,0 +1,78 @@
+"""Handler-test harness: one process context on FastStream's TestKafkaBroker, outputs captured per topic."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from faststream.kafka import KafkaMessage, TestKafkaBroker
+
+from workers.context import ProcessContext
+from workers.kafka.records import InboundRecord
+from workers.kms.local import LocalKms
+from workers.ledger.memory import MemoryLedger
+from workers.settings import Settings
+
+OUTPUTS = ("keys.material", "keys.events", "kms.audit", "kms.dlq", "spans.signed", "pii.results",
+           "keys.rotation-ticks")
+
+
+@dataclass
+class Captured:
+    by_topic: dict[str, list[tuple[bytes, bytes | None]]] = field(default_factory=dict)
+
+    def add(self, topic: str, key: bytes, value: bytes | None) -> None:
+        self.by_topic.setdefault(topic, []).append((key, value))
+
+    def values(self, topic: str, model: Any = None) -> list[Any]:
+        raw = [v for _, v in self.by_topic.get(topic, []) if v]
+        return [model.model_validate_json(v) for v in raw] if model else [json.loads(v) for v in raw]
+
+    def counts(self) -> dict[str, int]:
+        return {t: len(v) for t, v in self.by_topic.items()}
+
+
+async def _raw(message: Any) -> None:
+    return None
+
+
+def _capture_into(captured: Captured, context: ProcessContext, topic: str) -> None:
+    @context.broker.subscriber(topic, decoder=_raw)
+    async def capture(body: Any, message: KafkaMessage) -> None:
+        record = message.raw_message
+        captured.add(record.topic, record.key, record.value)
+
+
+@asynccontextmanager
+async def handler_harness(groups: list[str], *, kms: Any = None, ledger: Any = None,
+                          **settings: Any) -> AsyncIterator[tuple[ProcessContext, Any, Captured]]:
+    config = Settings(kafka_bootstrap="unused:9092", **settings)
+    context = ProcessContext.build(config, "unused:9092", kms=kms or LocalKms(), ledger=ledger or MemoryLedger(),
+                                   follow=False)
+    context.register(groups)
+    captured = Captured()
+    for topic in OUTPUTS:
+        _capture_into(captured, context, topic)
+    async with TestKafkaBroker(context.broker) as broker:
+        yield context, broker, captured
+    await context.aclose()
+
+
+def tenant_created(tenant: str, **extra: Any) -> bytes:
+    body = {"event_id": f"evt-{tenant}", "tenant_id": tenant, "occurred_at": datetime.now(UTC).isoformat(), **extra}
+    return json.dumps(body).encode()
+
+
+def span_job(tenant: str, span: dict | None = None, job_id: str | None = None) -> bytes:
+    span = span if span is not None else {"trace_id": uuid.uuid4().hex, "span_id": uuid.uuid4().hex[:16],
+                                          "name": "GET /accounts", "attributes": {"http.status_code": 200}}
+    return json.dumps({"job_id": job_id or str(uuid.uuid4()), "tenant_id": tenant, "span": span}).encode()
+
+
+def inbound(topic: str, key: str, value: bytes | None, offset: int, partition: int = 0) -> InboundRecord:
+    return InboundRecord(topic, partition, offset, key.encode(), value)

@@ -1,0 +1,126 @@
+"""`keyledger-signer`: handler tests (TestKafkaBroker) and batch-level service tests."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from schemas.messages import DeadLetter, KeyEvent
+from tests.support.faults import SwitchableKms
+from tests.support.harness import handler_harness, inbound, span_job, tenant_created
+from workers.core import ids
+from workers.ledger import AccountFilter, AccountFilterFlags
+
+
+def independent_bytes(tenant: str, key_id: str, span: dict) -> bytes:
+    # JCS equals sorted, compact, non-ASCII-escaping JSON for spans of strings, ints and objects
+    return json.dumps({"key_id": key_id, "span": span, "tenant_id": tenant}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@pytest.fixture
+async def harness():
+    async with handler_harness(["keyledger-keygen", "keyledger-signer"]) as parts:
+        context, broker, captured = parts
+        for tenant in ("acme", "globex"):
+            await broker.publish(tenant_created(tenant), "tenants.created", key=tenant.encode())
+        yield parts
+
+
+def public_key(captured, tenant: str) -> tuple[str, bytes]:
+    event = next(e for e in captured.values("keys.events", KeyEvent)
+                 if e.tenant_id == tenant and e.key_type.value == "signing")
+    return event.key_id, base64.b64decode(event.public_key)
+
+
+async def test_a_signed_span_verifies_with_an_independent_library(harness):
+    context, broker, captured = harness
+    span = {"name": "löschen", "trace_id": "abc", "attributes": {"user": "ü", "n": 3, "ok": True}}
+    await broker.publish(span_job("acme", span, job_id="j1"), "spans.to-sign", key=b"acme")
+    [signed] = captured.values("spans.signed")
+    key_id, public = public_key(captured, "acme")
+    assert signed["job_id"] == "j1" and signed["span"] == span
+    assert signed["signature"]["alg"] == "Ed25519" and signed["signature"]["key_id"] == key_id
+    assert "=" not in signed["signature"]["value"]
+    VerifyKey(public).verify(independent_bytes("acme", key_id, span), b64url(signed["signature"]["value"]))
+
+
+@pytest.mark.parametrize("tamper", ["span", "tenant_id", "key_id"])
+async def test_tampering_breaks_verification(harness, tamper):
+    context, broker, captured = harness
+    span = {"name": "transfer", "amount": 100}
+    await broker.publish(span_job("acme", span), "spans.to-sign", key=b"acme")
+    [signed] = captured.values("spans.signed")
+    key_id, public = public_key(captured, "acme")
+    tenant = "acme"
+    if tamper == "span":
+        span = {**span, "amount": 1000}
+    elif tamper == "tenant_id":
+        tenant = "globex"
+    else:
+        key_id = public_key(captured, "globex")[0]
+    with pytest.raises(BadSignatureError):
+        VerifyKey(public).verify(independent_bytes(tenant, key_id, span), b64url(signed["signature"]["value"]))
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (span_job("nobody"), "unknown_tenant"),
+        (b"{]", "not_json"),
+        (json.dumps({"job_id": "j", "tenant_id": "acme", "span": [1]}).encode(), "invalid_message"),
+        (json.dumps({"job_id": "j", "tenant_id": "acme", "span": {"x": float("nan")}}).encode(), "invalid_message"),
+        (json.dumps({"tenant_id": "acme", "span": {}}).encode(), "invalid_message"),
+    ],
+)
+async def test_unsignable_spans_get_a_typed_dlq_error_and_the_stream_flows(harness, value, code):
+    context, broker, captured = harness
+    await broker.publish(value, "spans.to-sign", key=b"acme")
+    await broker.publish(span_job("acme"), "spans.to-sign", key=b"acme")
+    assert [d.error.type.value for d in captured.values("kms.dlq", DeadLetter)] == [code]
+    assert len(captured.values("spans.signed")) == 1
+
+
+async def test_one_transfer_per_key_and_batch_counts_every_span(harness):
+    context, broker, captured = harness
+    service = context.services["keyledger-signer"]
+    records = [inbound("spans.to-sign", t, span_job(t), offset=i) for i, t in enumerate(["acme", "globex"] * 50)]
+    assert await service.handle(records) == []
+    audits = [a for a in captured.values("kms.audit") if a["op"] == "sign"]
+    assert sorted((a["tenant_id"], a["count"]) for a in audits) == [("acme", 50), ("globex", 50)]
+    key_id, _ = public_key(captured, "acme")
+    transfers = await context.ledger.get_account_transfers(AccountFilter(
+        account_id=ids.from_hex(key_id), user_data_128=0, user_data_64=0, user_data_32=ids.pack_op("sign"),
+        code=0, timestamp_min=0, timestamp_max=0, limit=10, flags=AccountFilterFlags.CREDITS))
+    assert [t.amount for t in transfers] == [50]
+    # the same batch again (a redelivery) lands on the same transfer: TigerBeetle says `exists`
+    await service.handle(records)
+    again = await context.ledger.lookup_accounts([ids.from_hex(key_id)])
+    assert again[0].credits_posted == 1 + 50  # generate + one batch, not two
+
+
+async def test_without_kms_cached_tenants_keep_signing_and_others_wait():
+    kms = SwitchableKms()
+    async with handler_harness(["keyledger-keygen", "keyledger-signer"], kms=kms) as (context, broker, captured):
+        for tenant in ("acme", "globex"):
+            await broker.publish(tenant_created(tenant), "tenants.created", key=tenant.encode())
+        globex_key = context.keys.active("globex", "signing").key_id
+        context.keys.evict(globex_key)  # as if globex's key had aged out of the cache
+        kms.down = True
+        service = context.services["keyledger-signer"]
+        records = [inbound("spans.to-sign", t, span_job(t), offset=i) for i, t in enumerate(["acme", "globex"] * 3)]
+        blocked = await service.handle(records)
+        assert [r.offset for r in blocked] == [1, 3, 5]
+        assert {s["tenant_id"] for s in captured.values("spans.signed")} == {"acme"}
+        kms.down = False
+        assert await service.handle(blocked) == []
+        assert sorted(s["tenant_id"] for s in captured.values("spans.signed")) == ["acme"] * 3 + ["globex"] * 3
+        assert kms.calls == 4 + 2  # four generates, then one refused unwrap and one that succeeds
