@@ -68,6 +68,19 @@ class ProcessContext:
         for group in groups:
             self.services[group] = REGISTRARS[group](self.broker, self)
 
+    def stats(self) -> dict[str, Any]:
+        """Counters safe to log: no key material, no payloads."""
+        figures: dict[str, Any] = {
+            "kms_calls": getattr(self.kms, "calls", None),
+            "published": self.publisher.published,
+            "cache_hits": self.keys.secrets.hits,
+            "cache_misses": self.keys.secrets.misses,
+            "keys_known": len(self.directory),
+        }
+        for runner in self.runners:
+            figures[runner.group] = {"records": runner.records, "dead": runner.dead, "waiting": runner.waiting}
+        return figures
+
     async def start(self) -> None:
         """Load the key table first, then connect the producer and start consuming."""
         if self.follower is not None:

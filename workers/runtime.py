@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
@@ -60,5 +61,6 @@ async def until_signalled() -> None:
 
 
 async def run(settings: Settings, groups: Sequence[str]) -> None:
-    async with bootstrap_for(settings) as bootstrap, running_workers(settings, bootstrap, groups):
+    async with bootstrap_for(settings) as bootstrap, running_workers(settings, bootstrap, groups) as context:
         await until_signalled()
+        log.info("stats %s", json.dumps(context.stats()))

@@ -27,7 +27,7 @@ from schemas.messages import KeyType, Op
 from schemas.topics import Topic
 from workers.audit import AuditTrail
 from workers.core import ids
-from workers.core.canonical import CanonicalizationError
+from workers.core.canonical import CanonicalizationError, plain_json_loads
 from workers.core.signing import ALG, sign, signing_input
 from workers.errors import BadInput, KeyledgerError, KeyRefused, TransientError
 from workers.kafka.consume import BatchRunner, subscribe
@@ -52,6 +52,7 @@ class Job:
     job_id: str
     tenant_id: str
     span: dict[str, Any]
+    plain: bool = False  # known at parse time to need no RFC 8785 number or key-order care
 
 
 @dataclass(slots=True)
@@ -120,21 +121,22 @@ class SignerService:
         kept = []
         for job in batch.jobs:
             try:
-                message = signing_input(job.tenant_id, key_id, job.span)
+                message = signing_input(job.tenant_id, key_id, job.span, known_plain=job.plain)
             except CanonicalizationError as exc:
                 dead.append(_letter(job.record, BadInput(f"span has no RFC 8785 form: {exc}")))
                 continue
             kept.append(job)
-            signed = {
-                "job_id": job.job_id,
-                "tenant_id": job.tenant_id,
-                "span": job.span,
-                "signature": {"alg": ALG, "key_id": key_id, "value": sign(private_key, message), "signed_at": signed_at},
-            }
-            outputs.append(Outgoing(Topic.SPANS_SIGNED.value, job.tenant_id.encode(),
-                                    json.dumps(signed, ensure_ascii=False, separators=(",", ":")).encode()))
+            signature = {"alg": ALG, "key_id": key_id, "value": sign(private_key, message), "signed_at": signed_at}
+            outputs.append(Outgoing(Topic.SPANS_SIGNED.value, job.tenant_id.encode(), _signed_record(job, signature)))
         batch.jobs = kept
         return outputs
+
+
+def _signed_record(job: Job, signature: dict[str, str]) -> bytes:
+    """The request as it arrived plus its signature: splicing the raw object saves re-serialising the span."""
+    raw = (job.record.value or b"").rstrip()
+    suffix = b',"signature":' + json.dumps(signature, separators=(",", ":")).encode() + b"}"
+    return raw[:-1] + suffix
 
 
 def parse_job(record: InboundRecord, max_bytes: int) -> Job:
@@ -145,11 +147,13 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
     if len(value) > max_bytes:
         raise BadInput(f"record of {len(value)} bytes exceeds {max_bytes}", ErrorCode.OVERSIZED)
     try:
-        data = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        data, plain = plain_json_loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
         raise BadInput("value is not UTF-8 JSON", ErrorCode.NOT_JSON) from None
     if not isinstance(data, dict):
         raise BadInput("value is not a JSON object")
+    if "signature" in data:
+        raise BadInput("invalid SpanToSign: signature: a span to sign carries no signature yet")
     job_id, tenant_id, span = data.get("job_id"), data.get("tenant_id"), data.get("span")
     if not isinstance(job_id, str) or not 0 < len(job_id) <= MAX_ID:
         raise BadInput("invalid SpanToSign: job_id: missing or not a string of 1..200 characters")
@@ -157,7 +161,7 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
         raise BadInput("invalid SpanToSign: tenant_id: missing or malformed")
     if not isinstance(span, dict):
         raise BadInput("invalid SpanToSign: span: missing or not a JSON object")
-    return Job(record, job_id, tenant_id, span)
+    return Job(record, job_id, tenant_id, span, plain)
 
 
 _TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$").fullmatch  # schemas.messages.TenantId

@@ -28,8 +28,9 @@ class Verdict(StrEnum):
     REVOKED_KEY = "revoked key"
 
 
-def signing_input(tenant_id: str, key_id: str, span: dict[str, Any]) -> bytes:
-    return canonical_json({"key_id": key_id, "span": span, "tenant_id": tenant_id})
+def signing_input(tenant_id: str, key_id: str, span: dict[str, Any], *, known_plain: bool = False) -> bytes:
+    # tenant and key ids are ASCII by their patterns, so the span alone decides plainness
+    return canonical_json({"key_id": key_id, "span": span, "tenant_id": tenant_id}, known_plain=known_plain)
 
 
 def private_key_from_seed(seed: bytes) -> Ed25519PrivateKey:

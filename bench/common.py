@@ -1,0 +1,85 @@
+"""Shared bench plumbing: a fresh broker, moto's KMS, worker processes, topic counting."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+
+from workers.embedded import EmbeddedBroker, free_port
+
+
+@contextmanager
+def moto_kms() -> Iterator[tuple[str, str]]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    endpoint = f"http://127.0.0.1:{port}"
+    key_id = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
+    try:
+        yield endpoint, key_id
+    finally:
+        server.stop()
+
+
+@contextmanager
+def broker() -> Iterator[str]:
+    with EmbeddedBroker() as embedded:
+        yield embedded.bootstrap
+
+
+class Worker:
+    """`keyledger run` as its own process, as an operator runs it."""
+
+    def __init__(self, bootstrap: str, kms: tuple[str, str], *groups: str, **env: str) -> None:
+        self.log = Path(tempfile.mkstemp(prefix="keyledger-bench-", suffix=".log")[1])
+        profile = os.environ.get("BENCH_PROFILE")  # a path: the worker runs under cProfile and writes it there
+        runner = ["-m", "cProfile", "-o", profile] if profile else []
+        args = [sys.executable, *runner, "-m", "workers.cli", "run"] + [a for g in groups for a in ("--group", g)]
+        environment = {
+            **os.environ,
+            "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap,
+            "KEYLEDGER_KMS_PROVIDER": "aws",
+            "KEYLEDGER_KMS_ENDPOINT_URL": kms[0],
+            "KEYLEDGER_KMS_KEY_ID": kms[1],
+            **env,
+        }
+        self.process = subprocess.Popen(args, env=environment, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+
+    def stop(self) -> dict:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        match = re.search(r"stats (\{.*\})", self.log.read_text())
+        return json.loads(match.group(1)) if match else {}
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+import logging
+
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def elapsed(start: float) -> float:
+    return time.perf_counter() - start

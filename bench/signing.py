@@ -1,0 +1,138 @@
+"""Span-signing figures: raw Ed25519 floor, end-to-end spans/s through a real broker, cached
+key retrieval latency, KMS calls per 100,000 spans over 100 tenants."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bench.common import Worker, broker, moto_kms, percentile, say
+from schemas.messages import KeyType
+from workers.cache import SingleFlightCache
+from workers.core.signing import signing_input
+from workers.kafka.tap import produce, read_topic
+from workers.kafka.topics import ensure_topics
+from workers.keys import KeyService
+from workers.keystore.directory import KeyDirectory
+from workers.kms.local import LocalKms
+from workers.ledger.memory import MemoryLedger
+from workers.settings import Settings
+from schemas.messages import KeyEvent, KeyEventType
+from workers.core import ids
+
+TENANTS = 100
+
+
+def sample_span(i: int) -> dict:
+    return {
+        "trace_id": uuid.UUID(int=i).hex, "span_id": f"{i:016x}", "parent_span_id": f"{i + 1:016x}",
+        "name": "POST /v1/payments", "kind": "SERVER",
+        # OTLP/JSON writes 64-bit nanosecond times as strings: RFC 8785 numbers stop at 2^53
+        "start_time_unix_nano": str(1_795_000_000_000_000_000 + i),
+        "end_time_unix_nano": str(1_795_000_000_000_900_000 + i), "status": {"code": "OK"},
+        "attributes": {"http.method": "POST", "http.route": "/v1/payments", "http.status_code": 201,
+                       "service.name": "payments", "tenant.tier": "gold"},
+    }
+
+
+def raw_signing_rate(seconds: float = 2.0) -> float:
+    """The floor: Ed25519 over the same canonical bytes, one core, nothing else."""
+    key = Ed25519PrivateKey.generate()
+    message = signing_input("tenant-000", "ab" * 16, sample_span(1))
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(1000):
+            key.sign(message)
+        count += 1000
+    return count / (time.perf_counter() - start)
+
+
+async def cached_retrieval_latency(samples: int = 100_000) -> tuple[float, float]:
+    """p50/p99 in microseconds of finding a tenant's active signing key and its cached private key."""
+    directory = KeyDirectory()
+    kms = LocalKms()
+    keys = KeyService(directory, kms, MemoryLedger(), SingleFlightCache(ttl=3600, max_entries=1000),
+                      SingleFlightCache(ttl=86400, max_entries=1000))
+    tenants = [f"tenant-{i:03d}" for i in range(TENANTS)]
+    for tenant in tenants:
+        minted = await keys.mint(tenant, KeyType.SIGNING, 1, None)
+        directory.apply_material(minted.material)
+        directory.apply_event(KeyEvent(event_id=ids.event_id("generated", minted.material.key_id),
+                                       type=KeyEventType.GENERATED, tenant_id=tenant, key_id=minted.material.key_id,
+                                       key_type=KeyType.SIGNING, version=1, occurred_at=minted.material.created_at))
+    timings = []
+    clock = time.perf_counter_ns
+    for i in range(samples):
+        tenant = tenants[i % TENANTS]
+        start = clock()
+        entry = keys.active(tenant, KeyType.SIGNING)
+        secret = keys.cached_secret(entry.key_id)
+        timings.append((clock() - start) / 1000)
+        assert secret is not None
+    return percentile(timings, 0.50), percentile(timings, 0.99)
+
+
+async def end_to_end(spans: int) -> dict:
+    with broker() as bootstrap, moto_kms() as kms:
+        await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=6))
+        # one process runs both groups: the memory ledger lives in the process that uses it
+        worker = Worker(bootstrap, kms, "keyledger-keygen", "keyledger-signer")
+        tenants = [f"tenant-{i:03d}" for i in range(TENANTS)]
+        now = "2026-11-22T00:00:00Z"
+        await produce(bootstrap, "tenants.created", [
+            (t.encode(), json.dumps({"event_id": f"e-{t}", "tenant_id": t, "occurred_at": now}).encode())
+            for t in tenants])
+        await read_topic(bootstrap, "keys.events", until=lambda r: len(r) >= 2 * TENANTS, timeout=120)
+        say(f"  {TENANTS} tenants onboarded; producing {spans} spans")
+        jobs = [(tenants[i % TENANTS].encode(), json.dumps(
+            {"job_id": f"job-{i}", "tenant_id": tenants[i % TENANTS], "span": sample_span(i)}).encode())
+            for i in range(spans)]
+        for start in range(0, spans, 20_000):
+            await produce(bootstrap, "spans.to-sign", jobs[start:start + 20_000])
+        signed = await read_topic(bootstrap, "spans.signed", until=lambda r: len(r) >= spans, timeout=600)
+        stats = worker.stop()
+        if len(signed) < spans:
+            raise SystemExit(f"only {len(signed)} of {spans} spans were signed; worker log: {worker.log}")
+    stamps = sorted(r.timestamp for r in signed)
+    seconds = max((stamps[-1] - stamps[0]) / 1000, 1e-3)
+    return {
+        "spans": len(signed),
+        "seconds": seconds,
+        "spans_per_s": len(signed) / seconds,
+        "kms_calls": stats.get("kms_calls", 0) - 2 * TENANTS,  # less the GenerateDataKey calls of onboarding
+        "distinct_keys": TENANTS,
+    }
+
+
+async def run(spans: int) -> dict:
+    say("signing: raw Ed25519 floor (one core)")
+    raw = raw_signing_rate()
+    say(f"  {raw:,.0f} signatures/s")
+    say("signing: cached key retrieval")
+    p50, p99 = await cached_retrieval_latency()
+    say(f"  p50 {p50:.2f} us, p99 {p99:.2f} us")
+    say(f"signing: end to end, {spans} spans over {TENANTS} tenants, one worker process")
+    e2e = await end_to_end(spans)
+    kms_per_100k = e2e["kms_calls"] * 100_000 / e2e["spans"] if e2e["kms_calls"] is not None else None
+    ratio = e2e["spans_per_s"] / raw
+    say(f"  {e2e['spans_per_s']:,.0f} spans/s end to end = {ratio:.2f} of the raw signing rate; "
+        f"{e2e['kms_calls']} KMS calls ({kms_per_100k:.0f} per 100,000 spans; {TENANTS} distinct keys)")
+    return {
+        "sign_raw_per_s": round(raw),
+        "sign_e2e_spans_per_s": round(e2e["spans_per_s"]),
+        "sign_e2e_ratio": round(ratio, 3),
+        "sign_e2e_spans": e2e["spans"],
+        "cached_key_p50_us": round(p50, 2),
+        "cached_key_p99_us": round(p99, 2),
+        "sign_kms_calls_per_100k_spans": round(kms_per_100k, 1) if kms_per_100k is not None else None,
+        "sign_distinct_keys": TENANTS,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(run(int(os.environ.get("BENCH_SPANS", "100000"))))))
