@@ -34,8 +34,8 @@ _SUPPORTED_ACCOUNT_FLAGS = AccountFlags.LINKED | AccountFlags.HISTORY
 _SUPPORTED_TRANSFER_FLAGS = (
     TransferFlags.LINKED | TransferFlags.PENDING | TransferFlags.CLOSING_CREDIT | TransferFlags.CLOSING_DEBIT
 )
-# LINKED is not stored; CLOSED is set later by a closing transfer, not by the creator
-_ACCOUNT_FLAGS_IGNORED = AccountFlags.LINKED | AccountFlags.CLOSED
+# LINKED is not stored; a closed account differs from its creation (the server says so too)
+_ACCOUNT_FLAGS_IGNORED = AccountFlags.LINKED
 _ACCOUNT_FIELDS = ("flags", "user_data_128", "user_data_64", "user_data_32", "ledger", "code")
 _TRANSFER_FIELDS = (
     "flags", "pending_id", "timeout", "debit_account_id", "credit_account_id", "amount",
