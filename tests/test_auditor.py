@@ -1,0 +1,54 @@
+"""Audit replay against the ledger: agreement, and each kind of disagreement is caught."""
+
+from __future__ import annotations
+
+import json
+
+from schemas.messages import AuditSource, KeyType, Op
+from workers.audit import AuditTrail
+from workers.auditor import compare
+from workers.core import ids
+from workers.ledger.memory import MemoryLedger
+from workers.ledger.records import OpRecord, key_account, tenant_account
+
+SOURCE = AuditSource(topic="spans.to-sign", partition=0, offset=7)
+
+
+async def recorded(ledger: MemoryLedger, tenant: str = "acme") -> list[bytes]:
+    key_id = ids.key_id_for(tenant, KeyType.SIGNING, 1)
+    await ledger.create_accounts([tenant_account(tenant), key_account(tenant, key_id, KeyType.SIGNING, 1, 99)])
+    ops = [OpRecord(ids.transfer_id(op, key_id, n), tenant, key_id, op, SOURCE, count=n)
+           for n, op in ((1, Op.GENERATE), (40, Op.SIGN), (2, Op.SIGN))]
+    return [o.value for o in await AuditTrail(ledger).record(ops)]
+
+
+async def test_a_faithful_replay_agrees_even_with_duplicates():
+    ledger = MemoryLedger()
+    values = await recorded(ledger)
+    report = await compare(ledger, values + values[:1])
+    assert report.agrees and report.events == 3 and report.duplicates == 1
+
+
+async def test_a_changed_count_is_a_mismatch():
+    ledger = MemoryLedger()
+    values = await recorded(ledger)
+    event = json.loads(values[1])
+    event["count"] = 41
+    report = await compare(ledger, [values[0], json.dumps(event).encode(), values[2]])
+    assert not report.agrees and any("count" in m for m in report.mismatches)
+
+
+async def test_a_missing_audit_record_is_a_mismatch():
+    ledger = MemoryLedger()
+    values = await recorded(ledger)
+    report = await compare(ledger, values[:2])
+    assert not report.agrees and any("missing from kms.audit" in m for m in report.mismatches)
+
+
+async def test_an_invented_audit_record_is_a_mismatch():
+    ledger = MemoryLedger()
+    values = await recorded(ledger)
+    invented = json.loads(values[1])
+    invented["event_id"] = ids.to_hex(12345)
+    report = await compare(ledger, [*values, json.dumps(invented).encode()])
+    assert any("no such transfer" in m for m in report.mismatches)
