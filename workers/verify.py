@@ -24,7 +24,6 @@ the signature, the key cannot make a span valid. A bad signature under a revoked
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
