@@ -30,12 +30,9 @@ class Clock:
         return self.now
 
 
-def seed_of(key_id: str) -> bytes:
-    return bytes.fromhex(key_id)  # 16 bytes, doubled below: any fixed 32 bytes will do
-
-
 def private(key_id: str):
-    return private_key_from_seed(seed_of(key_id) * 2)
+    # one fixed key pair per key id: the id's 16 bytes twice make the 32-byte seed
+    return private_key_from_seed(bytes.fromhex(key_id) * 2)
 
 
 def event(kind: str, tenant: str, key_id: str, *, public: bool = True, key_type: str = "signing", **extra) -> KeyEvent:
@@ -370,8 +367,9 @@ async def test_load_book_reads_keys_events(kafka_bootstrap: str) -> None:
                         ["keys.events"])
     tenant = f"verify-{uuid.uuid4().hex[:12]}"
     key_id, revoked_id = uuid.uuid4().hex, uuid.uuid4().hex
-    records = [event("generated", tenant, key_id).to_json(), b"garbage",
-               event("generated", tenant, revoked_id).to_json(), event("revoked", tenant, revoked_id, public=False).to_json()]
+    events = [event("generated", tenant, key_id), event("generated", tenant, revoked_id),
+              event("revoked", tenant, revoked_id, public=False)]
+    records = [events[0].to_json(), b"garbage", None] + [e.to_json() for e in events[1:]]  # junk must not stop it
     await produce(kafka_bootstrap, "keys.events", [(tenant.encode(), value) for value in records])
     book = await load_book(kafka_bootstrap)
     assert verify_signed_span(book, signed_span(tenant, key_id)) is Verdict.VALID

@@ -69,7 +69,10 @@ async def _verify(settings: Settings, path: str) -> int:
     from workers.core.signing import Verdict
     from workers.verify import load_book, verify_lines
 
-    book = await load_book(_bootstrap_or_exit(settings))
+    try:
+        book = await load_book(_bootstrap_or_exit(settings))
+    except TimeoutError as exc:
+        sys.exit(f"keyledger verify: cannot read keys.events: {exc}")
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     failures = 0
     with stream:

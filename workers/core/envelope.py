@@ -1,0 +1,155 @@
+"""PII field ciphertexts: AES-256-GCM bound to (tenant, record, field, key) by its AAD.
+
+Wire format (version 1), one ASCII string per field:
+
+    kl1.<key_id>.<body>
+
+    kl1       literal version prefix; any other prefix is refused
+    key_id    the encryption key's id, exactly 32 lowercase hex characters
+    body      base64url (RFC 4648 section 5) without padding, canonical, of
+              nonce (12 bytes) || ciphertext (len(plaintext) bytes) || tag (16 bytes)
+
+    plaintext  the field's value as UTF-8, at most MAX_FIELD_BYTES bytes
+    nonce      12 random bytes, fresh for every encryption
+    AAD        RFC 8785 (JCS) canonical JSON of
+               {"field": <path>, "key_id": <key_id>, "record_id": <record_id>, "tenant_id": <tenant_id>}
+
+Because the key id and every coordinate of the field are authenticated, a
+ciphertext moved to another field, record, tenant or key fails to decrypt.
+
+Errors are `EnvelopeError` with a typed `code`; their messages name sizes and
+kinds only, never bytes of the input (a ciphertext or plaintext is PII).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from schemas.errors import ErrorCode
+from workers.core.b64 import b64url_decode, b64url_encode
+from workers.core.canonical import CanonicalizationError, canonical_json
+from workers.errors import KeyledgerError
+
+PREFIX = "kl1."
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+MAX_FIELD_BYTES = 64 * 1024
+MIN_BODY_BYTES = NONCE_BYTES + TAG_BYTES
+MAX_BODY_BYTES = NONCE_BYTES + MAX_FIELD_BYTES + TAG_BYTES
+# unpadded base64 of n bytes is ceil(4n/3) characters; checked before any decoding work
+MAX_ENVELOPE_CHARS = len(PREFIX) + 32 + 1 + (4 * MAX_BODY_BYTES + 2) // 3
+
+_KEY_ID = re.compile(r"[0-9a-f]{32}")
+_ENVELOPE = re.compile(r"kl1\.([0-9a-f]{32})\.([A-Za-z0-9_-]+)")
+
+
+class EnvelopeError(KeyledgerError, ValueError):
+    """A field that cannot be sealed or opened. Also a KeyledgerError, so a pii handler that
+    reports per-field failures reports these too instead of failing the whole record."""
+
+    code: ErrorCode = ErrorCode.MALFORMED_CIPHERTEXT
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    key_id: str
+    nonce: bytes
+    sealed: bytes  # ciphertext || tag
+
+
+def field_aad(tenant_id: str, record_id: str, field: str, key_id: str) -> bytes:
+    value = {"field": field, "key_id": key_id, "record_id": record_id, "tenant_id": tenant_id}
+    try:
+        # four string values under ASCII keys: plain by construction, so the C fast path applies
+        return canonical_json(value, known_plain=True)
+    except CanonicalizationError:
+        # only a lone surrogate in a path or id gets here; such a field can never be sealed
+        raise EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
+
+
+def seal_field(aead: AESGCM, key_id: str, tenant_id: str, record_id: str, field: str, plaintext: str,
+               nonce: bytes | None = None) -> str:
+    """`nonce` is for known-answer tests only: a repeated nonce under one key breaks GCM."""
+    if not _KEY_ID.fullmatch(key_id):
+        raise ValueError("key_id must be 32 lowercase hex characters")  # our own key table's bug, not input
+    try:
+        raw = plaintext.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EnvelopeError("field value is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
+    if len(raw) > MAX_FIELD_BYTES:
+        # refused here so that everything seal_field writes, parse_envelope accepts
+        raise EnvelopeError(f"field value of {len(raw)} bytes exceeds {MAX_FIELD_BYTES}", ErrorCode.OVERSIZED)
+    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    sealed = _encrypt(aead, nonce, raw, field_aad(tenant_id, record_id, field, key_id))
+    return f"{PREFIX}{key_id}.{b64url_encode(nonce + sealed)}"
+
+
+def parse_envelope(text: str) -> Envelope:
+    """Strict parse: one spelling per ciphertext, so nothing but the exact format reaches AES."""
+    if not isinstance(text, str) or len(text) > MAX_ENVELOPE_CHARS:
+        raise _malformed("not a kl1 ciphertext of acceptable size")
+    match = _ENVELOPE.fullmatch(text)
+    if match is None:
+        raise _malformed("not a kl1 ciphertext (kl1.<32 lowercase hex>.<base64url>)")
+    key_id, body = match.groups()
+    try:
+        raw = b64url_decode(body)
+    except ValueError:
+        raise _malformed("ciphertext body is not canonical unpadded base64url") from None
+    if not MIN_BODY_BYTES <= len(raw) <= MAX_BODY_BYTES:
+        raise _malformed(f"ciphertext body of {len(raw)} bytes is outside {MIN_BODY_BYTES}..{MAX_BODY_BYTES}")
+    return Envelope(key_id, raw[:NONCE_BYTES], raw[NONCE_BYTES:])
+
+
+def open_field(aead: AESGCM, envelope: Envelope, tenant_id: str, record_id: str, field: str) -> str:
+    raw = _decrypt(aead, envelope.nonce, envelope.sealed, field_aad(tenant_id, record_id, field, envelope.key_id))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # authentic but not ours (seal_field only writes UTF-8): same answer as a forgery
+        raise EnvelopeError("ciphertext does not decrypt", ErrorCode.DECRYPT_FAILED) from None
+
+
+# AES-GCM layer: 256-bit keys, 96-bit nonces, 128-bit tags, nothing else.
+
+
+def aead_for_key(key: bytes) -> AESGCM:
+    if len(key) != KEY_BYTES:
+        raise ValueError("an AES-256-GCM key is 32 bytes")  # AESGCM alone would accept 16 and 24
+    return AESGCM(key)
+
+
+def gcm_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """ciphertext || tag."""
+    return _encrypt(aead_for_key(key), nonce, plaintext, aad)
+
+
+def gcm_decrypt(key: bytes, nonce: bytes, ct_and_tag: bytes, aad: bytes) -> bytes:
+    return _decrypt(aead_for_key(key), nonce, ct_and_tag, aad)
+
+
+def _encrypt(aead: AESGCM, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    if len(nonce) != NONCE_BYTES:
+        # AESGCM accepts 8..128 byte nonces; other lengths are GHASH-derived and not what we write
+        raise ValueError("an AES-GCM nonce is 12 bytes here")
+    return aead.encrypt(nonce, plaintext, aad)
+
+
+def _decrypt(aead: AESGCM, nonce: bytes, ct_and_tag: bytes, aad: bytes) -> bytes:
+    if len(nonce) != NONCE_BYTES or len(ct_and_tag) < TAG_BYTES:
+        raise _malformed("nonce or tag has the wrong length")
+    try:
+        return aead.decrypt(nonce, ct_and_tag, aad)
+    except InvalidTag:
+        # one answer for every failure: wrong key, moved field, flipped bit, truncated tag
+        raise EnvelopeError("ciphertext does not decrypt", ErrorCode.DECRYPT_FAILED) from None
+
+
+def _malformed(message: str) -> EnvelopeError:
+    return EnvelopeError(message, ErrorCode.MALFORMED_CIPHERTEXT)
