@@ -12,8 +12,9 @@ import uuid
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.common import Worker, broker, moto_kms, percentile, say
-from schemas.messages import KeyType
+from schemas.messages import KeyEvent, KeyEventType, KeyType
 from workers.cache import SingleFlightCache
+from workers.core import ids
 from workers.core.signing import signing_input
 from workers.kafka.tap import produce, read_topic
 from workers.kafka.topics import ensure_topics
@@ -22,8 +23,6 @@ from workers.keystore.directory import KeyDirectory
 from workers.kms.local import LocalKms
 from workers.ledger.memory import MemoryLedger
 from workers.settings import Settings
-from schemas.messages import KeyEvent, KeyEventType
-from workers.core import ids
 
 TENANTS = 100
 

@@ -10,7 +10,13 @@ import pytest
 
 from schemas.messages import KeyEvent, SignedSpan
 from workers.core.b64 import b64encode
-from workers.core.signing import Verdict, private_key_from_seed, public_key_bytes, sign, signing_input
+from workers.core.signing import (
+    Verdict,
+    private_key_from_seed,
+    public_key_bytes,
+    sign,
+    signing_input,
+)
 from workers.verify import PublicKeyBook, load_book, verify_lines, verify_signed_span
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)

@@ -16,7 +16,13 @@ from schemas.topics import Topic
 from workers.core import ids
 from workers.errors import TransientError
 from workers.kafka.publisher import Outgoing
-from workers.ledger import CreateTransferStatus, Ledger, LedgerError, LedgerUnavailable, transfer_ok
+from workers.ledger import (
+    CreateTransferStatus,
+    Ledger,
+    LedgerError,
+    LedgerUnavailable,
+    transfer_ok,
+)
 from workers.ledger.records import OpRecord
 
 # a closed account refusing a transfer is itself the proof that a key is destroyed

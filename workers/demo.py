@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from schemas.messages import KeyEvent
 from schemas.topics import Topic
+from workers.auditor import verify_audit
 from workers.groups import ALL_GROUPS
 from workers.kafka.tap import produce, read_topic
 from workers.runtime import bootstrap_for, running_workers
 from workers.settings import Settings
-from workers.auditor import verify_audit
 from workers.verify import load_book, verify_signed_span
 
 TENANTS = ("acme", "globex", "initech")

@@ -13,28 +13,29 @@ same event replayed, or the same tenant created twice, makes no second key.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode
-from schemas.messages import KeyEvent, KeyEventType, KeyType, Op, TenantCreated
+from schemas.messages import KeyEventType, Op, TenantCreated
 from schemas.topics import Topic
 from workers.audit import AuditTrail
 from workers.core import ids
-from workers.errors import BadInput, KeyRefused, TransientError
+from workers.errors import BadInput, KeyRefused
 from workers.kafka.consume import BatchRunner, subscribe
 from workers.kafka.publisher import Outgoing, Publisher
 from workers.kafka.records import InboundRecord, dead_letter, parse
 from workers.keys import KeyService
 from workers.keystore.directory import KeyState
-from workers.ledger import Account, CreateAccountStatus, Ledger, LedgerUnavailable, account_ok
-from workers.ledger.records import OpRecord, key_account, tenant_account
+from workers.ledger import (
+    Ledger,
+)
+from workers.ledger.records import OpRecord
 from workers.settings import Settings
+from workers.versions import VersionMaker, VersionPlan
 
 if TYPE_CHECKING:
     from workers.context import ProcessContext
@@ -46,15 +47,6 @@ FIRST_VERSION = 1
 log = logging.getLogger("keyledger.keygen")
 
 
-@dataclass(slots=True)
-class KeyPlan:
-    record: InboundRecord
-    tenant_id: str
-    key_type: KeyType
-    kms_key_id: str | None
-    key_id: str
-
-
 class KeygenService:
     def __init__(self, keys: KeyService, ledger: Ledger, audit: AuditTrail, publisher: Publisher, settings: Settings) -> None:
         self._keys = keys
@@ -62,12 +54,13 @@ class KeygenService:
         self._audit = audit
         self._publisher = publisher
         self._max_bytes = settings.max_message_bytes
+        self._versions = VersionMaker(keys, ledger, publisher)
         self.keys_created = 0
 
     async def handle(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
         """All or nothing: a KMS or ledger outage raises TransientError and the batch waits."""
         dead: list[Outgoing] = []
-        plans: dict[str, KeyPlan] = {}
+        plans: dict[str, VersionPlan] = {}
         for record in records:
             try:
                 event = parse(record, TenantCreated, self._max_bytes)
@@ -75,18 +68,17 @@ class KeygenService:
                     plans.setdefault(plan.key_id, plan)  # one tenant twice in a batch: one key
             except (BadInput, KeyRefused) as exc:
                 dead.append(_letter(record, exc))
-        todo = await self._still_missing(list(plans.values()), dead)
-        await self._ensure_material(todo)
-        await self._register_accounts(todo)
+        todo, refused = await self._versions.make_durable(list(plans.values()))
+        dead += [_letter(plan.record, exc) for plan, exc in refused]
         audits = await self._audit.record([_generate_op(p) for p in todo])
-        events = [Outgoing.of(Topic.KEYS_EVENTS, p.tenant_id, self._generated_event(p)) for p in todo]
-        await self._publisher.publish([*events, *audits, *dead])
-        for outgoing in events:
-            self._keys.directory.apply_event(KeyEvent.model_validate_json(outgoing.value or b""))
+        events = [self._versions.announcement(p, KeyEventType.GENERATED) for p in todo]
+        await self._publisher.publish([*(Outgoing.of(Topic.KEYS_EVENTS, e.tenant_id, e) for e in events), *audits, *dead])
+        for event in events:
+            self._keys.directory.apply_event(event)
         self.keys_created += len(todo)
         return []
 
-    def _plan(self, record: InboundRecord, event: TenantCreated) -> list[KeyPlan]:
+    def _plan(self, record: InboundRecord, event: TenantCreated) -> list[VersionPlan]:
         directory = self._keys.directory
         if directory.is_destroyed_tenant(event.tenant_id):
             raise KeyRefused(f"tenant {event.tenant_id} was destroyed; its id cannot be reused", ErrorCode.TENANT_DESTROYED)
@@ -95,79 +87,11 @@ class KeygenService:
             announced = [e for e in directory.versions(event.tenant_id, key_type) if e.state is not KeyState.PENDING]
             if announced:
                 continue  # the tenant already has this key type: nothing new
-            key_id = ids.key_id_for(event.tenant_id, key_type, FIRST_VERSION)
-            plans.append(KeyPlan(record, event.tenant_id, key_type, event.kms_key_id, key_id))
+            plans.append(VersionPlan(record, event.tenant_id, key_type, FIRST_VERSION, event.kms_key_id))
         return plans
 
-    async def _still_missing(self, plans: list[KeyPlan], dead: list[Outgoing]) -> list[KeyPlan]:
-        """Drop plans whose account exists without usable material: that key can't be rebuilt."""
-        if not plans:
-            return []
-        accounts = {a.id: a for a in await self._lookup([ids.from_hex(p.key_id) for p in plans])}
-        todo = []
-        for plan in plans:
-            account = accounts.get(ids.from_hex(plan.key_id))
-            entry = self._keys.directory.get(plan.key_id)
-            if account is not None and (entry is None or entry.fingerprint != account.user_data_64):
-                log.error("key %s has a ledger account but no matching material", plan.key_id)
-                dead.append(_letter(plan.record, KeyRefused(
-                    f"key {plan.key_id} exists in the ledger without matching material", ErrorCode.MATERIAL_MISMATCH)))
-                continue
-            todo.append(plan)
-        return todo
 
-    async def _ensure_material(self, plans: list[KeyPlan]) -> None:
-        """Mint what has no material yet (material of a crashed attempt is reused) and make it durable."""
-        directory = self._keys.directory
-        fresh = [p for p in plans if (e := directory.get(p.key_id)) is None or e.material is None]
-        minted = await asyncio.gather(
-            *(self._keys.mint(p.tenant_id, p.key_type, FIRST_VERSION, p.kms_key_id) for p in fresh)
-        )
-        await self._publisher.publish(Outgoing.of(Topic.KEYS_MATERIAL, m.material.key_id, m.material) for m in minted)
-        for key in minted:
-            directory.apply_material(key.material)
-
-    async def _register_accounts(self, plans: list[KeyPlan]) -> None:
-        if not plans:
-            return
-        directory = self._keys.directory
-        tenants = {p.tenant_id: tenant_account(p.tenant_id) for p in plans}
-        keys = []
-        for p in plans:
-            entry = directory.get(p.key_id)
-            assert entry is not None and entry.fingerprint is not None
-            keys.append(key_account(p.tenant_id, p.key_id, p.key_type, FIRST_VERSION, entry.fingerprint))
-        try:
-            results = await self._ledger.create_accounts([*tenants.values(), *keys])
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
-        for account, result in zip([*tenants.values(), *keys], results, strict=True):
-            if not account_ok(result.status):
-                # EXISTS_WITH_DIFFERENT_USER_DATA_64: another writer pinned other material first
-                raise RuntimeError(f"ledger refused account {account.id:032x}: {CreateAccountStatus(result.status).name}")
-
-    def _generated_event(self, plan: KeyPlan) -> KeyEvent:
-        entry = self._keys.directory.get(plan.key_id)
-        assert entry is not None and entry.material is not None
-        return KeyEvent(
-            event_id=ids.event_id(KeyEventType.GENERATED, plan.key_id),
-            type=KeyEventType.GENERATED,
-            tenant_id=plan.tenant_id,
-            key_id=plan.key_id,
-            key_type=plan.key_type,
-            version=FIRST_VERSION,
-            occurred_at=entry.material.created_at,
-            public_key=entry.material.public_key,
-        )
-
-    async def _lookup(self, account_ids: list[int]) -> list[Account]:
-        try:
-            return await self._ledger.lookup_accounts(account_ids)
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
-
-
-def _generate_op(plan: KeyPlan) -> OpRecord:
+def _generate_op(plan: VersionPlan) -> OpRecord:
     return OpRecord(
         transfer_id=ids.transfer_id(Op.GENERATE, plan.key_id),
         tenant_id=plan.tenant_id,

@@ -27,7 +27,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode, ErrorInfo
-from schemas.messages import KeyType, Op, PiiOperation, PiiRequest, PiiResult, RotationReason, RotationTick
+from schemas.messages import (
+    KeyType,
+    Op,
+    PiiOperation,
+    PiiRequest,
+    PiiResult,
+    RotationReason,
+    RotationTick,
+)
 from schemas.topics import Topic
 from workers.audit import AuditTrail
 from workers.core import ids

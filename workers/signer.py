@@ -29,7 +29,7 @@ from workers.audit import AuditTrail
 from workers.core import ids
 from workers.core.canonical import CanonicalizationError, plain_json_loads
 from workers.core.signing import ALG, sign, signing_input
-from workers.errors import BadInput, KeyledgerError, KeyRefused, TransientError
+from workers.errors import BadInput, KeyledgerError, TransientError
 from workers.kafka.consume import BatchRunner, subscribe
 from workers.kafka.publisher import Outgoing, Publisher
 from workers.kafka.records import InboundRecord, dead_letter

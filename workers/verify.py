@@ -189,7 +189,9 @@ async def load_book(
     bootstrap: str, *, ttl: float = 86400, maxsize: int = 100_000, timeout: float = 30.0
 ) -> PublicKeyBook:
     """A book of every signing key in `keys.events`, read from the beginning to its current end."""
-    from workers.kafka.tap import read_topic  # aiokafka only for those who read the topic
+    from workers.kafka.tap import (
+        read_topic,  # aiokafka only for those who read the topic
+    )
 
     book = PublicKeyBook(ttl=ttl, maxsize=maxsize)
     for record in await read_topic(bootstrap, Topic.KEYS_EVENTS.value, timeout=timeout):

@@ -7,14 +7,7 @@ import base64
 
 import pytest
 
-from workers.core import ids
-from workers.kafka.tap import produce
-from workers.kms.aws import AwsKms
-from workers.kms import encryption_context
-from workers.ledger import TransferFlags
-from workers.ledger.memory import MemoryLedger
 from schemas.messages import KeyType
-
 from tests.integration.conftest import (
     in_process_workers,
     records_for,
@@ -22,6 +15,11 @@ from tests.integration.conftest import (
     unique_tenant,
     wait_committed,
 )
+from workers.core import ids
+from workers.kafka.tap import produce
+from workers.kms import encryption_context
+from workers.kms.aws import AwsKms
+from workers.ledger.memory import MemoryLedger
 
 pytestmark = pytest.mark.integration
 

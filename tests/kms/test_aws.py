@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
+from workers.embedded import free_port
 from workers.kms import KmsRefused, KmsUnavailable, encryption_context
 from workers.kms.aws import AwsKms
-from workers.embedded import free_port
 
 CONTEXT = encryption_context("acme", "ab" * 16, "encryption")
 

@@ -11,12 +11,16 @@ from workers.ledger import (
     AccountFilter,
     AccountFilterFlags,
     AccountFlags,
-    CreateAccountStatus as A,
-    CreateTransferStatus as T,
     QueryFilter,
     QueryFilterFlags,
     Transfer,
     TransferFlags,
+)
+from workers.ledger import (
+    CreateAccountStatus as A,
+)
+from workers.ledger import (
+    CreateTransferStatus as T,
 )
 from workers.ledger.memory import MemoryLedger
 

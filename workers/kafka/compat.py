@@ -13,7 +13,14 @@ from typing import Any
 import aiokafka.producer.sender as _sender
 from aiokafka.protocol import transaction as _txn
 from aiokafka.protocol.api import RequestStruct, Response
-from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, Schema, TaggedFields
+from aiokafka.protocol.types import (
+    CompactString,
+    Int16,
+    Int32,
+    Int64,
+    Schema,
+    TaggedFields,
+)
 
 
 class InitProducerIdResponseV3(Response):

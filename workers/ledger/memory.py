@@ -55,20 +55,23 @@ RESULTS_MAX = 8189  # objects of 128 bytes in one 1 MiB reply; the client refuse
 _LINKED = 1  # bit 0 in AccountFlags and TransferFlags alike
 _NS_PER_S = 1_000_000_000
 
-_ACCOUNT_FLAGS_IMPLEMENTED = (
+# plain ints: `~` on an IntFlag keeps only the defined bits and would miss reserved ones
+_ACCOUNT_FLAGS_IMPLEMENTED = int(
     AccountFlags.LINKED
     | AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
     | AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
     | AccountFlags.HISTORY
     | AccountFlags.CLOSED
 )
-_TRANSFER_FLAGS_IMPLEMENTED = (
+_TRANSFER_FLAGS_IMPLEMENTED = int(
     TransferFlags.LINKED | TransferFlags.PENDING | TransferFlags.CLOSING_DEBIT | TransferFlags.CLOSING_CREDIT
 )
-_ACCOUNT_FILTER_FLAGS = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS | AccountFilterFlags.REVERSED
+_ACCOUNT_FILTER_FLAGS = int(AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS | AccountFilterFlags.REVERSED)
+_QUERY_FILTER_FLAGS = int(QueryFilterFlags.REVERSED)
 
-# Outcomes that depend on ledger state rather than on the request: the server burns the id.
-_TRANSIENT = frozenset({
+# Transfer outcomes that depend on ledger state rather than on the request: the server
+# burns the id. (Only for transfers: account statuses share the same integer values.)
+_TRANSIENT_TRANSFER_STATUSES = frozenset({
     CreateTransferStatus.DEBIT_ACCOUNT_NOT_FOUND,
     CreateTransferStatus.CREDIT_ACCOUNT_NOT_FOUND,
     CreateTransferStatus.PENDING_TRANSFER_NOT_FOUND,
@@ -97,10 +100,12 @@ class MemoryLedger:
     # --- writes ----------------------------------------------------------------------
 
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
-        return self._execute(accounts, self._create_account, CreateAccountResult, CreateAccountStatus)
+        return self._execute(accounts, self._create_account, CreateAccountResult, CreateAccountStatus, frozenset())
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
-        return self._execute(transfers, self._create_transfer, CreateTransferResult, CreateTransferStatus)
+        return self._execute(
+            transfers, self._create_transfer, CreateTransferResult, CreateTransferStatus, _TRANSIENT_TRANSFER_STATUSES
+        )
 
     def _reserve_timestamps(self, count: int) -> int:
         """Like a replica's prepare: the batch gets the `count` nanoseconds after max(clock, last)."""
@@ -108,7 +113,9 @@ class MemoryLedger:
         self._last_timestamp = base + count
         return base
 
-    def _execute(self, events: Sequence[Any], create: Callable, result_type: type, statuses: Any) -> list:
+    def _execute(
+        self, events: Sequence[Any], create: Callable, result_type: type, statuses: Any, burns_id: frozenset
+    ) -> list:
         created, failed, open_chain = statuses.CREATED, statuses.LINKED_EVENT_FAILED, statuses.LINKED_EVENT_CHAIN_OPEN
         base = self._reserve_timestamps(len(events))
         last = len(events) - 1
@@ -131,7 +138,7 @@ class MemoryLedger:
                     self._roll_back_chain()
                     for earlier in results[chain_start:index]:
                         earlier.status = failed
-                if status in _TRANSIENT:
+                if status in burns_id:
                     self._failed_transfer_ids.add(event.id)
             results.append(result_type(timestamp=timestamp, status=status))
             if chain_start is not None and (not linked or status is open_chain):
@@ -285,7 +292,7 @@ class MemoryLedger:
 def _account_refused_before_lookup(a: Account) -> CreateAccountStatus | None:
     if a.timestamp != 0:
         return CreateAccountStatus.TIMESTAMP_MUST_BE_ZERO
-    if a.flags & ~_ACCOUNT_FLAGS_IMPLEMENTED:
+    if int(a.flags) & ~_ACCOUNT_FLAGS_IMPLEMENTED:
         return CreateAccountStatus.RESERVED_FLAG
     if a.id == 0:
         return CreateAccountStatus.ID_MUST_NOT_BE_ZERO
@@ -333,7 +340,7 @@ def _account_refused(a: Account) -> CreateAccountStatus | None:
 def _transfer_refused_before_lookup(t: Transfer) -> CreateTransferStatus | None:
     if t.timestamp != 0:
         return CreateTransferStatus.TIMESTAMP_MUST_BE_ZERO
-    if t.flags & ~_TRANSFER_FLAGS_IMPLEMENTED:
+    if int(t.flags) & ~_TRANSFER_FLAGS_IMPLEMENTED:
         return CreateTransferStatus.RESERVED_FLAG
     if t.id == 0:
         return CreateTransferStatus.ID_MUST_NOT_BE_ZERO
@@ -445,11 +452,11 @@ def _timestamps_valid(f: AccountFilter | QueryFilter) -> bool:
 def _account_filter_valid(f: AccountFilter) -> bool:
     return f.account_id not in (0, U128_MAX) and _timestamps_valid(f) and f.limit != 0 and \
         bool(f.flags & (AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS)) and \
-        not f.flags & ~_ACCOUNT_FILTER_FLAGS
+        not int(f.flags) & ~_ACCOUNT_FILTER_FLAGS
 
 
 def _query_filter_valid(f: QueryFilter) -> bool:
-    return _timestamps_valid(f) and f.limit != 0 and not f.flags & ~QueryFilterFlags.REVERSED
+    return _timestamps_valid(f) and f.limit != 0 and not int(f.flags) & ~_QUERY_FILTER_FLAGS
 
 
 def _user_data_matches(obj: Account | Transfer, f: AccountFilter | QueryFilter) -> bool:

@@ -1,40 +1,53 @@
 """`tigerbeetle` ledger: the real client, with requests cut to the server's size limit.
 
-A `--development` server accepts 32 KiB per request (about 250 transfers), a
-production one about 8,190 events; `batch_max` says which. Every call is
-bounded by a timeout; client failures become LedgerUnavailable so workers back
-off and retry without committing.
+A `--development` server accepts 32 KiB per request (250 accounts or transfers),
+a production one about 8,190 events; `batch_max` says which. Cuts never split a
+LINKED chain, so a chain stays atomic however large the batch.
+
+Every request is bounded by `timeout`. The client itself never gives up on a
+request, so a timed-out request is left running (shielded) rather than
+cancelled: cancelling it would leave the client's bookkeeping behind and break
+`aclose`. It may still be applied later, which is harmless because keyledger's
+ids are deterministic and a retry answers EXISTS.
+
+Client failures become LedgerUnavailable (back off, retry, do not commit);
+requests the server can never accept (too much data, out-of-range integers)
+become LedgerError.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import tigerbeetle as tb
+from tigerbeetle.lib import IntegerOverflowError, NativeError
 
 from workers.ledger import (
     Account,
     AccountFilter,
     CreateAccountResult,
     CreateTransferResult,
+    LedgerError,
     LedgerUnavailable,
     QueryFilter,
     Transfer,
 )
 
-T = TypeVar("T")
+E = TypeVar("E")
 R = TypeVar("R")
 
-_CLIENT_ERRORS = (
+_LINKED = 1  # bit 0 in AccountFlags and TransferFlags alike
+
+_UNAVAILABLE = (
     tb.ClientClosedError,
     tb.ClientEvictedError,
     tb.ClientReleaseTooHighError,
     tb.ClientReleaseTooLowError,
-    tb.NativeError,
-    asyncio.TimeoutError,
+    NativeError,
 )
+_REFUSED = (tb.TooMuchDataError, IntegerOverflowError)
 
 
 class TigerBeetleLedger:
@@ -46,40 +59,86 @@ class TigerBeetleLedger:
         self._client = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=addresses)
         self._batch_max = batch_max
         self._timeout = timeout
+        self._closed = False
+        self._unanswered: set[asyncio.Task] = set()  # timed out, still owned by the client
 
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
-        return await self._chunked(self._client.create_accounts, list(accounts))
+        return await self._in_requests(self._client.create_accounts, _cut_between_chains(accounts, self._batch_max))
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
-        return await self._chunked(self._client.create_transfers, list(transfers))
+        return await self._in_requests(self._client.create_transfers, _cut_between_chains(transfers, self._batch_max))
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
-        return await self._chunked(self._client.lookup_accounts, list(ids))
+        return await self._in_requests(self._client.lookup_accounts, _cut(ids, self._batch_max))
 
     async def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
-        return await self._chunked(self._client.lookup_transfers, list(ids))
+        return await self._in_requests(self._client.lookup_transfers, _cut(ids, self._batch_max))
 
     async def get_account_transfers(self, account_filter: AccountFilter) -> list[Transfer]:
-        return await self._call(self._client.get_account_transfers(account_filter))
+        return await self._request(self._client.get_account_transfers, account_filter)
 
     async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
-        return await self._call(self._client.query_accounts(query_filter))
+        return await self._request(self._client.query_accounts, query_filter)
 
     async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
-        return await self._call(self._client.query_transfers(query_filter))
+        return await self._request(self._client.query_transfers, query_filter)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._closed:
+            return
+        self._closed = True
+        # closing fails whatever is still unanswered; wait for those requests to finish with it
+        await asyncio.gather(self._client.close(), *self._unanswered, return_exceptions=True)
 
-    async def _chunked(self, request: Callable[[list[T]], Awaitable[list[R]]], events: list[T]) -> list[R]:
-        # linked chains never straddle a cut: keyledger sends no chain longer than one request
+    async def _in_requests(self, send: Callable[[list[E]], Awaitable[list[R]]], chunks: Iterator[list[E]]) -> list[R]:
         results: list[R] = []
-        for start in range(0, len(events), self._batch_max):
-            results.extend(await self._call(request(events[start : start + self._batch_max])))
+        for chunk in chunks:
+            results.extend(await self._request(send, chunk))
         return results
 
-    async def _call(self, pending: Awaitable[R]) -> R:
+    async def _request(self, send: Callable[[Any], Awaitable[R]], body: Any) -> R:
+        if self._closed:
+            raise LedgerUnavailable("TigerBeetle client is closed")
         try:
-            return await asyncio.wait_for(pending, self._timeout)
-        except _CLIENT_ERRORS as exc:
-            raise LedgerUnavailable(f"TigerBeetle: {type(exc).__name__}") from None
+            request = asyncio.ensure_future(send(body))
+        except _REFUSED as exc:  # the client packs events before it sends anything
+            raise LedgerError(f"TigerBeetle refuses the request: {exc}") from exc
+        try:
+            return await asyncio.wait_for(asyncio.shield(request), self._timeout)
+        except TimeoutError:
+            raise LedgerUnavailable(f"TigerBeetle did not answer within {self._timeout:g}s") from None
+        except _UNAVAILABLE as exc:
+            raise LedgerUnavailable(f"TigerBeetle: {type(exc).__name__}: {exc}") from exc
+        except _REFUSED as exc:
+            raise LedgerError(f"TigerBeetle refuses the request: {exc}") from exc
+        finally:
+            if not request.done():
+                self._keep_until_answered(request)
+
+    def _keep_until_answered(self, request: asyncio.Task) -> None:
+        self._unanswered.add(request)
+        request.add_done_callback(self._forget_answered)
+
+    def _forget_answered(self, request: asyncio.Task) -> None:
+        self._unanswered.discard(request)
+        if not request.cancelled():
+            request.exception()  # nobody awaits it any more; mark its failure as seen
+
+
+def _cut(events: Sequence[E], size: int) -> Iterator[list[E]]:
+    for start in range(0, len(events), size):
+        yield list(events[start : start + size])
+
+
+def _cut_between_chains(events: Sequence[E], size: int) -> Iterator[list[E]]:
+    """Requests of at most `size` events, each ending where a LINKED chain ends."""
+    start = 0
+    while start < len(events):
+        end = min(start + size, len(events))
+        if end < len(events):
+            while end > start and events[end - 1].flags & _LINKED:  # type: ignore[attr-defined]
+                end -= 1
+            if end == start:
+                raise LedgerError(f"a linked chain longer than batch_max={size} cannot be sent in one request")
+        yield list(events[start:end])
+        start = end

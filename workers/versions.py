@@ -1,0 +1,128 @@
+"""Making a new key version durable, shared by key generation (v1) and rotation (v+1).
+
+Order (a crash between any two steps loses nothing, a replay duplicates nothing):
+  1. KMS GenerateDataKey for versions that have neither material nor account
+     (material written by a crashed attempt is reused, never minted twice);
+  2. publish their `keys.material` (acks=all): the wrapped key is safe;
+  3. create the tenant and key accounts, each pinning its material's fingerprint.
+Key ids are derived from (tenant, type, version), so a replay lands on the same
+account (`exists`) and never makes a second key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from schemas.errors import ErrorCode
+from schemas.messages import KeyEvent, KeyEventType, KeyType
+from schemas.topics import Topic
+from workers.core import ids
+from workers.errors import KeyRefused, TransientError
+from workers.kafka.publisher import Outgoing, Publisher
+from workers.kafka.records import InboundRecord
+from workers.keys import KeyService
+from workers.ledger import (
+    Account,
+    CreateAccountStatus,
+    Ledger,
+    LedgerUnavailable,
+    account_ok,
+)
+from workers.ledger.records import key_account, tenant_account
+
+log = logging.getLogger("keyledger.versions")
+
+
+@dataclass(slots=True)
+class VersionPlan:
+    record: InboundRecord
+    tenant_id: str
+    key_type: KeyType
+    version: int
+    kms_key_id: str | None
+
+    @property
+    def key_id(self) -> str:
+        return ids.key_id_for(self.tenant_id, self.key_type, self.version)
+
+
+class VersionMaker:
+    def __init__(self, keys: KeyService, ledger: Ledger, publisher: Publisher) -> None:
+        self._keys = keys
+        self._ledger = ledger
+        self._publisher = publisher
+
+    async def make_durable(self, plans: list[VersionPlan]) -> tuple[list[VersionPlan], list[tuple[VersionPlan, KeyRefused]]]:
+        """Steps 1-3 for every plan; returns the plans now durable and those refused."""
+        todo, refused = await self._recoverable(plans)
+        await self._ensure_material(todo)
+        await self._register_accounts(todo)
+        return todo, refused
+
+    async def _recoverable(self, plans: list[VersionPlan]) -> tuple[list[VersionPlan], list[tuple[VersionPlan, KeyRefused]]]:
+        """A version whose account exists without matching material cannot be rebuilt: refuse it."""
+        if not plans:
+            return [], []
+        accounts = {a.id: a for a in await self._lookup([ids.from_hex(p.key_id) for p in plans])}
+        todo, refused = [], []
+        for plan in plans:
+            account = accounts.get(ids.from_hex(plan.key_id))
+            entry = self._keys.directory.get(plan.key_id)
+            if account is not None and (entry is None or entry.fingerprint != account.user_data_64):
+                log.error("key %s has a ledger account but no matching material", plan.key_id)
+                refused.append((plan, KeyRefused(
+                    f"key {plan.key_id} exists in the ledger without matching material", ErrorCode.MATERIAL_MISMATCH)))
+            else:
+                todo.append(plan)
+        return todo, refused
+
+    async def _ensure_material(self, plans: list[VersionPlan]) -> None:
+        directory = self._keys.directory
+        fresh = [p for p in plans if (e := directory.get(p.key_id)) is None or e.material is None]
+        minted = await asyncio.gather(*(self._keys.mint(p.tenant_id, p.key_type, p.version, p.kms_key_id) for p in fresh))
+        await self._publisher.publish(Outgoing.of(Topic.KEYS_MATERIAL, m.material.key_id, m.material) for m in minted)
+        for key in minted:
+            directory.apply_material(key.material)
+
+    async def _register_accounts(self, plans: list[VersionPlan]) -> None:
+        if not plans:
+            return
+        tenants = {p.tenant_id: tenant_account(p.tenant_id) for p in plans}
+        keys = []
+        for p in plans:
+            entry = self._keys.directory.get(p.key_id)
+            assert entry is not None and entry.fingerprint is not None
+            keys.append(key_account(p.tenant_id, p.key_id, p.key_type, p.version, entry.fingerprint))
+        accounts = [*tenants.values(), *keys]
+        try:
+            results = await self._ledger.create_accounts(accounts)
+        except LedgerUnavailable as exc:
+            raise TransientError(f"ledger unavailable: {exc}") from None
+        for account, result in zip(accounts, results, strict=True):
+            if not account_ok(result.status):
+                # EXISTS_WITH_DIFFERENT_USER_DATA_64: another writer pinned other material first
+                raise RuntimeError(f"ledger refused account {account.id:032x}: {CreateAccountStatus(result.status).name}")
+
+    async def _lookup(self, account_ids: list[int]) -> list[Account]:
+        try:
+            return await self._ledger.lookup_accounts(account_ids)
+        except LedgerUnavailable as exc:
+            raise TransientError(f"ledger unavailable: {exc}") from None
+
+    def announcement(self, plan: VersionPlan, kind: KeyEventType, previous_key_id: str | None = None, **extra) -> KeyEvent:
+        entry = self._keys.directory.get(plan.key_id)
+        assert entry is not None and entry.material is not None
+        return KeyEvent(
+            event_id=ids.event_id(kind, plan.key_id),
+            type=kind,
+            tenant_id=plan.tenant_id,
+            key_id=plan.key_id,
+            key_type=plan.key_type,
+            version=plan.version,
+            occurred_at=entry.material.created_at,
+            public_key=entry.material.public_key,
+            previous_key_id=previous_key_id,
+            **extra,
+        )
