@@ -7,13 +7,14 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 
-from workers import keygen, signer
+from workers import keygen, rotation, signer
 
 Registrar = Callable[[KafkaBroker, Any], Any]
 
 REGISTRARS: dict[str, Registrar] = {
     keygen.GROUP: keygen.register,
     signer.GROUP: signer.register,
+    rotation.GROUP: rotation.register,
 }
 
 ALL_GROUPS = tuple(REGISTRARS)

@@ -82,7 +82,7 @@ class KeyService:
         material = entry.material
         if material is None or entry.state is KeyState.DESTROYED:
             raise KeyRefused(f"key {entry.key_id} has no material", ErrorCode.KEY_DESTROYED)
-        await self._check_pinned(entry, material)
+        material = await self._check_pinned(entry, material)
         context = encryption_context(entry.tenant_id, entry.key_id, entry.key_type)
         try:
             plaintext = await self.kms.decrypt(b64decode(material.wrapped_key), material.kms_key_id, context)
@@ -92,7 +92,8 @@ class KeyService:
             raise KeyRefused(f"KMS refused to unwrap {entry.key_id}: {exc}", ErrorCode.KMS_REFUSED) from None
         return secret_key_of(entry.key_type, plaintext)
 
-    async def _check_pinned(self, entry: KeyEntry, material: KeyMaterial) -> None:
+    async def _check_pinned(self, entry: KeyEntry, material: KeyMaterial) -> KeyMaterial:
+        """The material the key's ledger account pins (first writer wins), or a typed refusal."""
         try:
             accounts = await self.ledger.lookup_accounts([ids.from_hex(entry.key_id)])
         except LedgerUnavailable as exc:
@@ -103,7 +104,12 @@ class KeyService:
         if account.flags & AccountFlags.CLOSED:
             raise KeyRefused(f"key {entry.key_id} was destroyed", ErrorCode.KEY_DESTROYED)
         if account.user_data_64 != material_fingerprint(material):
-            raise KeyRefused(f"material of {entry.key_id} does not match its ledger account", ErrorCode.MATERIAL_MISMATCH)
+            pinned = self.directory.pin(entry.key_id, account.user_data_64)
+            if pinned is None:
+                raise KeyRefused(f"material of {entry.key_id} does not match its ledger account",
+                                 ErrorCode.MATERIAL_MISMATCH)
+            material = pinned
+        return material
 
     def public_key(self, entry: KeyEntry) -> bytes | None:
         cached = self.public_keys.peek(entry.key_id)

@@ -100,10 +100,24 @@ class VersionMaker:
             results = await self._ledger.create_accounts(accounts)
         except LedgerUnavailable as exc:
             raise TransientError(f"ledger unavailable: {exc}") from None
+        lost = []
         for account, result in zip(accounts, results, strict=True):
-            if not account_ok(result.status):
-                # EXISTS_WITH_DIFFERENT_USER_DATA_64: another writer pinned other material first
+            if result.status is CreateAccountStatus.EXISTS_WITH_DIFFERENT_USER_DATA_64 and account.code == ids.KEY_ACCOUNT_CODE:
+                lost.append(account.id)  # another writer pinned its material first: theirs wins
+            elif not account_ok(result.status):
                 raise RuntimeError(f"ledger refused account {account.id:032x}: {CreateAccountStatus(result.status).name}")
+        if lost:
+            await self._adopt_winners(lost)
+
+    async def _adopt_winners(self, account_ids: list[int]) -> None:
+        """Settle on the winning material and publish it again, so compaction keeps it, not ours."""
+        winners = []
+        for account in await self._lookup(account_ids):
+            material = self._keys.directory.pin(ids.to_hex(account.id), account.user_data_64)
+            if material is None:
+                raise TransientError(f"material pinned by key {account.id:032x} not received yet")
+            winners.append(Outgoing.of(Topic.KEYS_MATERIAL, material.key_id, material))
+        await self._publisher.publish(winners)
 
     async def _lookup(self, account_ids: list[int]) -> list[Account]:
         try:

@@ -55,8 +55,16 @@ def failure(text: str, **where) -> EnvelopeError:
     with pytest.raises(EnvelopeError) as caught:
         leaked = open_text(text, **where)
         pytest.fail(f"tampered ciphertext opened to {leaked!r}")
-    assert KEY_ID not in str(caught.value) and "ab" not in str(caught.value).split()  # no input echoed
+    assert_no_input_echoed(caught.value, text)
     return caught.value
+
+
+def assert_no_input_echoed(error: EnvelopeError, text: str) -> None:
+    # messages are logged and published: no key id, no ciphertext, no plaintext in them
+    message = str(error)
+    body = text.rsplit(".", 1)[-1]
+    assert KEY_ID not in message and OTHER_KEY_ID not in message
+    assert len(body) < 8 or body[:8] not in message
 
 
 def split(text: str) -> tuple[str, bytes]:
@@ -132,7 +140,9 @@ def test_the_gcm_layer_refuses_a_short_tag(sealed):
 # Round trips and binding
 
 
-@pytest.mark.parametrize("plaintext", ["", "ab", "jane@example.com", "Zoë 名前 😀 \u2028\x00", "x" * MAX_FIELD_BYTES])
+@pytest.mark.parametrize(
+    "plaintext", ["", "ab", "jane@example.com", "Zoë 名前 😀 \u2028\x00", "x" * MAX_FIELD_BYTES]
+)
 def test_seal_then_open_round_trips(plaintext):
     text = seal(plaintext)
     assert len(text) <= MAX_ENVELOPE_CHARS
@@ -263,7 +273,7 @@ def test_malformed_spellings_are_refused_before_decryption(name):
     with pytest.raises(EnvelopeError) as caught:
         parse_envelope(malformed_variants()[name])
     assert caught.value.code == ErrorCode.MALFORMED_CIPHERTEXT
-    assert KEY_ID not in str(caught.value)
+    assert_no_input_echoed(caught.value, malformed_variants()[name])
 
 
 @pytest.mark.parametrize("value", [None, b"kl1.", 42])
@@ -339,13 +349,18 @@ def test_pycryptodome_decrypts_from_the_format_description_alone(tenant, record,
 
 KAT_NONCE = bytes.fromhex("000102030405060708090a0b")
 KAT_PLAINTEXT = "jane@example.com"
-KAT_EXPECTED = "kl1.a3ed9e0af2a47138a7ddc0689f93003b.AAECAwQFBgcICQoL_PLACEHOLDER"
+KAT_AAD = (
+    b'{"field":"contact.email","key_id":"a3ed9e0af2a47138a7ddc0689f93003b",'
+    b'"record_id":"customer-42","tenant_id":"acme-eu"}'
+)
+KAT_EXPECTED = "kl1.a3ed9e0af2a47138a7ddc0689f93003b.AAECAwQFBgcICQoLLWO4foWAunrgMfvun4oXADlIaqWVGU1J4hwJGMOeYRE"
 
 
 def test_known_answer_of_the_whole_format():
     # expected value built with pycryptodome from the format description, not with this module
     cipher = AES.new(KEY, AES.MODE_GCM, nonce=KAT_NONCE, mac_len=16)
-    cipher.update(jcs_aad(TENANT, RECORD, FIELD, KEY_ID))
+    assert jcs_aad(TENANT, RECORD, FIELD, KEY_ID) == KAT_AAD == field_aad(TENANT, RECORD, FIELD, KEY_ID)
+    cipher.update(KAT_AAD)
     ct, tag = cipher.encrypt_and_digest(KAT_PLAINTEXT.encode())
     independent = "kl1." + KEY_ID + "." + base64.urlsafe_b64encode(KAT_NONCE + ct + tag).rstrip(b"=").decode()
     assert independent == KAT_EXPECTED  # pins the format itself: a change here is a wire break

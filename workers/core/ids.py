@@ -17,6 +17,7 @@ LEDGER = 1  # every keyledger account and transfer lives on one TigerBeetle ledg
 KEY_ACCOUNT_CODE = 8
 TENANT_ACCOUNT_CODE = 1
 TRANSFER_CODE = 8
+SYSTEM_CODE = 2  # keyledger's own accounts (the ledger clock): never a tenant's, never a key
 MAX_VERSION = 2**24 - 1
 
 KEY_TYPE_CODE = {KeyType.SIGNING: 1, KeyType.ENCRYPTION: 2}
@@ -100,3 +101,12 @@ def pack_op(op: Op, failed: bool = False) -> int:
 
 def unpack_op(user_data_32: int) -> tuple[Op, bool]:
     return OP_BY_CODE[user_data_32 & 0xFFFF], bool(user_data_32 & FAILURE_BIT)
+
+
+def tag64(*parts: str | int) -> int:
+    """A 64-bit tag for a transfer's user_data_64 (e.g. which tick made a rotation)."""
+    return _hash128("tag", *parts) >> 64
+
+
+def system_account_id(name: str) -> int:
+    return _hash128("system", name)

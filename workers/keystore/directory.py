@@ -9,7 +9,7 @@ key that leaves the active/rotated states so caches evict it everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
@@ -33,6 +33,10 @@ class KeyEntry:
     state: KeyState
     material: KeyMaterial | None = None
     public_key: str | None = None
+    # every material record seen for this id, by fingerprint: two writers racing on one version
+    # both publish, the ledger account pins one, and `pin` picks it whatever compaction kept
+    candidates: dict[int, KeyMaterial] = field(default_factory=dict)
+    pinned: bool = False
 
     @property
     def fingerprint(self) -> int | None:
@@ -60,13 +64,28 @@ class KeyDirectory:
             entry = self._add(material.key_id, material.tenant_id, material.key_type, material.version, KeyState.PENDING)
         elif entry.state is KeyState.DESTROYED:
             return  # a destroyed key never comes back, whatever arrives late
-        entry.material = material
-        entry.public_key = entry.public_key or material.public_key
+        if len(entry.candidates) < 8:  # bounded: a version is raced by a few writers at most
+            entry.candidates[material_fingerprint(material)] = material
+        if not entry.pinned:
+            entry.material = material
+            entry.public_key = material.public_key or entry.public_key
+
+    def pin(self, key_id: str, fingerprint: int) -> KeyMaterial | None:
+        """Settle on the material the ledger account pins; None when that record has not arrived."""
+        entry = self._keys.get(key_id)
+        if entry is None or entry.state is KeyState.DESTROYED:
+            return None
+        chosen = entry.candidates.get(fingerprint)
+        if chosen is not None:
+            entry.material, entry.pinned = chosen, True
+            entry.public_key = chosen.public_key or entry.public_key
+        return chosen
 
     def apply_tombstone(self, key_id: str) -> None:
         entry = self._keys.get(key_id)
         if entry is not None:
             entry.material = None
+            entry.candidates.clear()
             self._set_state(entry, KeyState.DESTROYED)
 
     def apply_event(self, event: KeyEvent) -> None:
@@ -86,6 +105,7 @@ class KeyDirectory:
                 self._set_state(entry, KeyState.REVOKED)
         elif event.type is KeyEventType.DESTROYED:
             entry.material = None
+            entry.candidates.clear()
             self._set_state(entry, KeyState.DESTROYED)
             if all(k.state is KeyState.DESTROYED for k in self.tenant_keys(entry.tenant_id)):
                 self._destroyed_tenants.add(entry.tenant_id)

@@ -49,6 +49,7 @@ class OpRecord:
     reason: str = ""
     linked_key_id: str | None = None
     closing: bool = False
+    tag: int | None = None  # user_data_64 instead of the source offset (e.g. the tick that rotated)
 
     def to_transfer(self) -> Transfer:
         flags = TransferFlags.PENDING | TransferFlags.CLOSING_CREDIT if self.closing else TransferFlags.NONE
@@ -58,7 +59,7 @@ class OpRecord:
             credit_account_id=ids.from_hex(self.key_id),
             amount=self.count,
             user_data_128=ids.from_hex(self.linked_key_id) if self.linked_key_id else 0,
-            user_data_64=max(self.source.offset, 0),
+            user_data_64=self.tag if self.tag is not None else max(self.source.offset, 0),
             user_data_32=ids.pack_op(self.op, self.failed),
             ledger=ids.LEDGER,
             code=ids.TRANSFER_CODE,

@@ -18,7 +18,7 @@ become LedgerError.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import tigerbeetle as tb
@@ -87,10 +87,12 @@ class TigerBeetleLedger:
         if self._closed:
             return
         self._closed = True
-        # closing fails whatever is still unanswered; wait for those requests to finish with it
-        await asyncio.gather(self._client.close(), *self._unanswered, return_exceptions=True)
+        # closing fails whatever is still unanswered; those requests must finish before the client is gone
+        closed, *_ = await asyncio.gather(self._client.close(), *self._unanswered, return_exceptions=True)
+        if isinstance(closed, BaseException):
+            raise closed
 
-    async def _in_requests(self, send: Callable[[list[E]], Awaitable[list[R]]], chunks: Iterator[list[E]]) -> list[R]:
+    async def _in_requests(self, send: Callable[[list[E]], Awaitable[list[R]]], chunks: list[list[E]]) -> list[R]:
         results: list[R] = []
         for chunk in chunks:
             results.extend(await self._request(send, chunk))
@@ -99,10 +101,7 @@ class TigerBeetleLedger:
     async def _request(self, send: Callable[[Any], Awaitable[R]], body: Any) -> R:
         if self._closed:
             raise LedgerUnavailable("TigerBeetle client is closed")
-        try:
-            request = asyncio.ensure_future(send(body))
-        except _REFUSED as exc:  # the client packs events before it sends anything
-            raise LedgerError(f"TigerBeetle refuses the request: {exc}") from exc
+        request = asyncio.ensure_future(send(body))
         try:
             return await asyncio.wait_for(asyncio.shield(request), self._timeout)
         except TimeoutError:
@@ -125,13 +124,13 @@ class TigerBeetleLedger:
             request.exception()  # nobody awaits it any more; mark its failure as seen
 
 
-def _cut(events: Sequence[E], size: int) -> Iterator[list[E]]:
-    for start in range(0, len(events), size):
-        yield list(events[start : start + size])
+def _cut(events: Sequence[E], size: int) -> list[list[E]]:
+    return [list(events[start : start + size]) for start in range(0, len(events), size)]
 
 
-def _cut_between_chains(events: Sequence[E], size: int) -> Iterator[list[E]]:
-    """Requests of at most `size` events, each ending where a LINKED chain ends."""
+def _cut_between_chains(events: Sequence[E], size: int) -> list[list[E]]:
+    """Requests of at most `size` events, each ending where a LINKED chain ends (all cut before any is sent)."""
+    chunks: list[list[E]] = []
     start = 0
     while start < len(events):
         end = min(start + size, len(events))
@@ -140,5 +139,6 @@ def _cut_between_chains(events: Sequence[E], size: int) -> Iterator[list[E]]:
                 end -= 1
             if end == start:
                 raise LedgerError(f"a linked chain longer than batch_max={size} cannot be sent in one request")
-        yield list(events[start:end])
+        chunks.append(list(events[start:end]))
         start = end
+    return chunks

@@ -1,0 +1,124 @@
+"""`keyledger-rotation`: scheduled, manual and compromise rotation, replays and concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.messages import KeyEvent
+from tests.support.harness import handler_harness, inbound, span_job, tenant_created
+from workers.core import ids
+from workers.core.signing import Verdict
+from workers.keystore.directory import KeyState
+from workers.verify import PublicKeyBook, verify_signed_span
+
+GROUPS = ["keyledger-keygen", "keyledger-signer", "keyledger-rotation"]
+
+
+def tick(tick_id: str, **fields) -> bytes:
+    return json.dumps({"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), **fields}).encode()
+
+
+@pytest.fixture
+async def harness():
+    async with handler_harness(GROUPS, rotation_age=3600) as parts:
+        context, broker, captured = parts
+        for tenant in ("acme", "globex"):
+            await broker.publish(tenant_created(tenant), "tenants.created", key=tenant.encode())
+        yield parts
+
+
+def active(context, tenant, key_type="signing"):
+    return context.keys.active(tenant, key_type)
+
+
+async def test_a_tenant_tick_rotates_now_and_old_signatures_still_verify(harness):
+    context, broker, captured = harness
+    await broker.publish(span_job("acme", {"n": 1}), "spans.to-sign", key=b"acme")
+    await broker.publish(tick("t1", tenant_id="acme", reason="manual"), "keys.rotation-ticks", key=b"acme")
+    assert active(context, "acme").version == 2 and active(context, "acme", "encryption").version == 2
+    old = context.directory.get(ids.key_id_for("acme", "signing", 1))
+    assert old.state is KeyState.ROTATED
+    rotated = [e for e in captured.values("keys.events", KeyEvent) if e.type.value == "rotated"]
+    assert {(e.version, e.previous_key_id) for e in rotated if e.key_type.value == "signing"} == {(2, old.key_id)}
+    book = PublicKeyBook()
+    for event in captured.values("keys.events", KeyEvent):
+        book.learn(event)
+    [before] = captured.values("spans.signed")
+    assert verify_signed_span(book, before) is Verdict.VALID
+    await broker.publish(span_job("acme", {"n": 2}), "spans.to-sign", key=b"acme")
+    after = captured.values("spans.signed")[-1]
+    assert after["signature"]["key_id"] == active(context, "acme").key_id
+    assert verify_signed_span(book, after) is Verdict.VALID
+    assert active(context, "globex").version == 1  # other tenants untouched
+
+
+async def test_a_replayed_tick_changes_nothing(harness):
+    context, broker, captured = harness
+    for _ in range(3):
+        await broker.publish(tick("t1", tenant_id="acme", key_type="signing"), "keys.rotation-ticks", key=b"acme")
+    assert active(context, "acme").version == 2
+    assert len([e for e in captured.values("keys.events") if e["type"] == "rotated"]) == 1
+    await broker.publish(tick("t2", tenant_id="acme", key_type="signing"), "keys.rotation-ticks", key=b"acme")
+    assert active(context, "acme").version == 3  # a new tick is a new rotation
+
+
+async def test_two_ticks_for_one_tenant_in_one_batch_rotate_in_order(harness):
+    context, broker, captured = harness
+    service = context.services["keyledger-rotation"]
+    records = [inbound("keys.rotation-ticks", "acme", tick(f"b{i}", tenant_id="acme", key_type="signing"), offset=i)
+               for i in range(2)]
+    await asyncio.gather(service.handle(records), service.handle(records))
+    versions = [e for e in context.directory.versions("acme", "signing") if e.state is KeyState.ACTIVE]
+    assert [e.version for e in versions] == [3]  # exactly one active, whatever the interleaving
+
+
+async def test_compromise_revokes_the_old_key(harness):
+    context, broker, captured = harness
+    await broker.publish(span_job("acme", {"n": 1}), "spans.to-sign", key=b"acme")
+    await broker.publish(tick("c1", tenant_id="acme", reason="compromise"), "keys.rotation-ticks", key=b"acme")
+    old = context.directory.get(ids.key_id_for("acme", "signing", 1))
+    assert old.state is KeyState.REVOKED
+    book = PublicKeyBook()
+    for event in captured.values("keys.events", KeyEvent):
+        book.learn(event)
+    [signed] = captured.values("spans.signed")
+    assert verify_signed_span(book, signed) is Verdict.REVOKED_KEY
+    ops = sorted(a["op"] for a in captured.values("kms.audit") if a["key_id"] == old.key_id)
+    assert ops == ["generate", "revoke", "rotate", "sign"]
+
+
+async def test_a_scheduled_tick_rotates_only_keys_older_than_the_rotation_age(harness):
+    context, broker, captured = harness
+    service = context.services["keyledger-rotation"]
+
+    async def scheduled(tick_id: str) -> None:
+        # straight to the service: the per-tenant ticks it fans out are delivered inline by the test broker
+        await service.handle([inbound("keys.rotation-ticks", "scheduler", tick(tick_id), offset=0)])
+
+    await scheduled("young")
+    assert active(context, "acme").version == 1  # an hour has not passed in ledger time
+    service._age_ns = 0  # every key is now older than the age
+    await scheduled("old")
+    assert {active(context, t, k).version for t in ("acme", "globex") for k in ("signing", "encryption")} == {2}
+    await scheduled("old")  # replayed: the same cut-off, so the new keys are not due
+    assert {active(context, t, k).version for t in ("acme", "globex") for k in ("signing", "encryption")} == {2}
+    rotate_audits = [a for a in captured.values("kms.audit") if a["op"] == "rotate"]
+    assert len(rotate_audits) == 4
+
+
+async def test_rotation_evicts_the_old_key_from_the_cache(harness):
+    context, broker, captured = harness
+    old_id = active(context, "acme").key_id
+    assert context.keys.cached_secret(old_id) is not None
+    await broker.publish(tick("t1", tenant_id="acme", key_type="signing"), "keys.rotation-ticks", key=b"acme")
+    assert context.keys.cached_secret(old_id) is None
+
+
+async def test_a_tick_for_an_unknown_tenant_is_dead_lettered(harness):
+    context, broker, captured = harness
+    await broker.publish(tick("t9", tenant_id="nobody"), "keys.rotation-ticks", key=b"nobody")
+    assert [d["error"]["type"] for d in captured.values("kms.dlq")] == ["unknown_tenant"]
