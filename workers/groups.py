@@ -7,13 +7,14 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 
-from workers import keygen, rotation, signer
+from workers import keygen, pii, rotation, signer
 
 Registrar = Callable[[KafkaBroker, Any], Any]
 
 REGISTRARS: dict[str, Registrar] = {
     keygen.GROUP: keygen.register,
     signer.GROUP: signer.register,
+    pii.GROUP: pii.register,
     rotation.GROUP: rotation.register,
 }
 

@@ -1,0 +1,139 @@
+"""`keyledger-pii`: encrypt, decrypt, reencrypt, per-field errors, isolation, wear-out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from datetime import UTC, datetime
+
+import pytest
+from Crypto.Cipher import AES
+
+from schemas.messages import KeyType
+from tests.support.harness import handler_harness, tenant_created
+from workers.kms import encryption_context
+
+GROUPS = ["keyledger-keygen", "keyledger-pii", "keyledger-rotation"]
+SECRET = "4111 1111 1111 1111"
+
+
+def request(tenant: str, operation: str, fields: dict, record_id: str = "r1", job_id: str = "j1") -> bytes:
+    return json.dumps({"job_id": job_id, "tenant_id": tenant, "record_id": record_id, "operation": operation,
+                       "fields": fields}).encode()
+
+
+def tick(tenant: str, reason: str, tick_id: str) -> bytes:
+    return json.dumps({"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), "tenant_id": tenant,
+                       "key_type": "encryption", "reason": reason}).encode()
+
+
+@pytest.fixture
+async def harness():
+    async with handler_harness(GROUPS) as parts:
+        context, broker, captured = parts
+        for tenant in ("acme", "globex"):
+            await broker.publish(tenant_created(tenant), "tenants.created", key=tenant.encode())
+        yield parts
+
+
+async def call(broker, captured, tenant: str, operation: str, fields: dict, **kw) -> dict:
+    await broker.publish(request(tenant, operation, fields, **kw), "pii.requests", key=tenant.encode())
+    return captured.values("pii.results")[-1]
+
+
+async def test_encrypt_then_decrypt_round_trips_per_field(harness):
+    context, broker, captured = harness
+    fields = {"card": SECRET, "email": "a@example.com", "name": "Zoë \"Q\" O'Brien"}
+    sealed = await call(broker, captured, "acme", "encrypt", fields)
+    assert sealed["key_id"] == context.keys.active("acme", KeyType.ENCRYPTION).key_id
+    assert all(v.startswith(f"kl1.{sealed['key_id']}.") for v in sealed["fields"].values())
+    opened = await call(broker, captured, "acme", "decrypt", sealed["fields"])
+    assert opened["fields"] == fields and "errors" not in opened
+
+
+async def test_a_third_party_decrypts_with_the_data_key_and_the_format_alone(harness):
+    context, broker, captured = harness
+    sealed = await call(broker, captured, "acme", "encrypt", {"card": SECRET}, record_id="rec-9")
+    _, key_id, body = sealed["fields"]["card"].split(".")
+    material = context.directory.get(key_id).material
+    data_key = await context.kms.decrypt(base64.b64decode(material.wrapped_key), material.kms_key_id,
+                                         encryption_context("acme", key_id, KeyType.ENCRYPTION))
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    aad = json.dumps({"field": "card", "key_id": key_id, "record_id": "rec-9", "tenant_id": "acme"},
+                     sort_keys=True, separators=(",", ":")).encode()
+    cipher = AES.new(data_key, AES.MODE_GCM, nonce=raw[:12])
+    cipher.update(aad)
+    assert cipher.decrypt_and_verify(raw[12:-16], raw[-16:]).decode() == SECRET
+
+
+async def test_one_bad_field_fails_alone(harness):
+    context, broker, captured = harness
+    sealed = await call(broker, captured, "acme", "encrypt", {"a": "x", "b": "y"})
+    b = sealed["fields"]["b"]
+    middle = len(b) - 10
+    flipped = b[:middle] + ("A" if b[middle] != "A" else "B") + b[middle + 1:]
+    mixed = {"a": sealed["fields"]["a"], "b": flipped, "c": "not a ciphertext",
+             "moved": sealed["fields"]["a"]}
+    opened = await call(broker, captured, "acme", "decrypt", mixed)
+    assert opened["fields"] == {"a": "x"}
+    assert {k: v["type"] for k, v in opened["errors"].items()} == {
+        "b": "decrypt_failed", "c": "malformed_ciphertext", "moved": "decrypt_failed"}
+
+
+async def test_another_record_or_tenant_cannot_open_it(harness):
+    context, broker, captured = harness
+    sealed = await call(broker, captured, "acme", "encrypt", {"a": SECRET})
+    other_record = await call(broker, captured, "acme", "decrypt", sealed["fields"], record_id="r2")
+    assert other_record["errors"]["a"]["type"] == "decrypt_failed"
+    stolen = await call(broker, captured, "globex", "decrypt", sealed["fields"])
+    assert stolen["fields"] == {} and stolen["errors"]["a"]["type"] == "key_not_found"
+    denied = [a for a in captured.values("kms.audit") if a["op"] == "denied"]
+    assert [(a["tenant_id"], a["outcome"]) for a in denied] == [("globex", "failure")]
+    assert denied[0]["key_id"] == context.keys.active("globex", KeyType.ENCRYPTION).key_id
+
+
+async def test_after_rotation_old_ciphertexts_decrypt_and_reencrypt_to_the_new_key(harness):
+    context, broker, captured = harness
+    sealed = await call(broker, captured, "acme", "encrypt", {"a": SECRET})
+    await broker.publish(tick("acme", "manual", "t1"), "keys.rotation-ticks", key=b"acme")
+    new_key = context.keys.active("acme", KeyType.ENCRYPTION).key_id
+    assert new_key != sealed["key_id"]
+    assert (await call(broker, captured, "acme", "decrypt", sealed["fields"]))["fields"] == {"a": SECRET}
+    moved = await call(broker, captured, "acme", "reencrypt", sealed["fields"])
+    assert moved["key_id"] == new_key and moved["fields"]["a"].startswith(f"kl1.{new_key}.")
+    assert (await call(broker, captured, "acme", "decrypt", moved["fields"]))["fields"] == {"a": SECRET}
+
+
+async def test_after_a_compromise_old_ciphertexts_only_reencrypt(harness):
+    context, broker, captured = harness
+    sealed = await call(broker, captured, "acme", "encrypt", {"a": SECRET})
+    await broker.publish(tick("acme", "compromise", "c1"), "keys.rotation-ticks", key=b"acme")
+    refused = await call(broker, captured, "acme", "decrypt", sealed["fields"])
+    assert refused["errors"]["a"]["type"] == "key_revoked" and refused["fields"] == {}
+    migrated = await call(broker, captured, "acme", "reencrypt", sealed["fields"])
+    assert (await call(broker, captured, "acme", "decrypt", migrated["fields"]))["fields"] == {"a": SECRET}
+
+
+async def test_a_worn_out_key_stops_encrypting_and_asks_for_rotation():
+    async with handler_harness(["keyledger-keygen", "keyledger-pii"], encrypt_limit=5) as (context, broker, captured):
+        await broker.publish(tenant_created("acme"), "tenants.created", key=b"acme")
+        ok = await call(broker, captured, "acme", "encrypt", {"a": "1", "b": "2", "c": "3"})
+        assert "error" not in ok  # 1 generate + 3 encryptions
+        worn = await call(broker, captured, "acme", "encrypt", {"a": "1", "b": "2"})
+        assert worn["error"]["type"] == "key_worn_out" and worn["fields"] == {}
+        [rotation] = captured.values("keys.rotation-ticks")
+        assert rotation["tenant_id"] == "acme" and rotation["key_type"] == "encryption"
+
+
+async def test_plaintexts_never_reach_logs_or_the_dlq(harness, caplog):
+    context, broker, captured = harness
+    caplog.set_level(logging.DEBUG)
+    sealed = await call(broker, captured, "acme", "encrypt", {"card": SECRET})
+    await call(broker, captured, "acme", "decrypt", sealed["fields"])
+    await call(broker, captured, "globex", "decrypt", sealed["fields"])
+    await broker.publish(b'{"job_id": "x", "tenant_id": "acme", "fields": {"card": "' + SECRET.encode() + b'"}}',
+                         "pii.requests", key=b"acme")
+    assert SECRET not in caplog.text
+    for letter in captured.values("kms.dlq"):
+        assert SECRET not in json.dumps({k: v for k, v in letter.items() if k != "payload"})
