@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     verbs.add_parser("demo", help="start the embedded stack and drive every flow")
     verify = verbs.add_parser("verify", help="verify signed spans (JSON lines) against keys.events")
     verify.add_argument("file", help="a file of signed spans, one per line; - for stdin")
+    rotate = verbs.add_parser("rotate", help="rotate keys now (a tick on keys.rotation-ticks), with a progress bar")
+    scope = rotate.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all", action="store_true", help="every tenant")
+    scope.add_argument("--tenant", help="one tenant")
+    rotate.add_argument("--key-type", choices=["signing", "encryption"], help="only this key type")
+    rotate.add_argument("--reason", choices=["scheduled", "manual", "compromise"], default="manual",
+                        help="scheduled rotates only keys older than KEYLEDGER_ROTATION_AGE; compromise also revokes")
     audit = verbs.add_parser("audit", help="audit trail tools")
     audit_verbs = audit.add_subparsers(dest="audit_verb", required=True)
     audit_verify = audit_verbs.add_parser("verify", help="replay kms.audit and compare it with TigerBeetle")
@@ -55,6 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(asyncio.run(demo(_settings())))
     elif args.verb == "verify":
         sys.exit(asyncio.run(_verify(_settings(), args.file)))
+    elif args.verb == "rotate":
+        from schemas.messages import KeyType, RotationReason
+        from workers.rotate_cli import rotate
+
+        key_type = KeyType(args.key_type) if args.key_type else None
+        sys.exit(asyncio.run(rotate(_bootstrap_or_exit(_settings()), args.tenant, key_type, RotationReason(args.reason))))
     elif args.verb == "audit":
         sys.exit(asyncio.run(_audit_verify(_settings(), args.tenant)))
 
