@@ -16,24 +16,25 @@ from typing import Iterator
 
 import boto3
 
-from workers.embedded import EmbeddedBroker, free_port
+from workers.embedded import EmbeddedBroker, free_port, wait_for_port
 
 
 @contextmanager
 def moto_kms() -> Iterator[tuple[str, str]]:
-    from moto.server import ThreadedMotoServer
-
+    """moto's KMS server in its own process (its own interpreter lock), spoken to over HTTP."""
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     endpoint = f"http://127.0.0.1:{port}"
-    key_id = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     try:
+        wait_for_port(port, 30, server)
+        key_id = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
         yield endpoint, key_id
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @contextmanager

@@ -1,0 +1,97 @@
+"""PII figures: a plain aiokafka consume -> produce pass-through (the transport floor) and end-to-end
+`encrypt` of 1 KB records with 3 fields through one worker process, in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench.common import Worker, broker, moto_kms, say
+from workers.kafka import compat
+from workers.kafka.tap import produce, read_topic
+from workers.kafka.topics import ensure_topics
+from workers.settings import Settings
+
+TENANTS = 100
+
+
+def record(i: int) -> tuple[bytes, bytes]:
+    tenant = f"tenant-{i % TENANTS:03d}"
+    fields = {"email": f"user{i}@example.com" + "x" * 280, "address": "1 Main Street " + "y" * 300,
+              "notes": "z" * 300}
+    body = {"job_id": f"job-{i}", "tenant_id": tenant, "record_id": f"rec-{i}", "operation": "encrypt",
+            "fields": fields}
+    return tenant.encode(), json.dumps(body).encode()
+
+
+async def pass_through(bootstrap: str, records: list[tuple[bytes, bytes]]) -> float:
+    """Consume, produce the same records durably, commit: what any worker pays before doing any work."""
+    await produce(bootstrap, "bench.pass-in", records)
+    compat.install()
+    consumer = AIOKafkaConsumer("bench.pass-in", bootstrap_servers=bootstrap, group_id="bench-pass",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    done, start = 0, None
+    try:
+        while done < len(records):
+            batches = await consumer.getmany(timeout_ms=100, max_records=Settings().kafka_batch_max)
+            start = start or time.perf_counter()
+            futures = [await producer.send("bench.pass-out", r.value, key=r.key) for rs in batches.values() for r in rs]
+            await asyncio.gather(*futures)
+            await consumer.commit()
+            done += len(futures)
+        return done / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def end_to_end(bootstrap: str, kms: tuple[str, str], records: list[tuple[bytes, bytes]]) -> dict:
+    worker = Worker(bootstrap, kms, "keyledger-keygen", "keyledger-pii")
+    now = "2026-11-22T00:00:00Z"
+    tenants = sorted({k.decode() for k, _ in records})
+    await produce(bootstrap, "tenants.created", [
+        (t.encode(), json.dumps({"event_id": f"e-{t}", "tenant_id": t, "occurred_at": now}).encode()) for t in tenants])
+    await read_topic(bootstrap, "keys.events", until=lambda r: len(r) >= 2 * len(tenants), timeout=300)
+    await produce(bootstrap, "pii.requests", records)
+    results = await read_topic(bootstrap, "pii.results", until=lambda r: len(r) >= len(records), timeout=600)
+    worker.stop()
+    if len(results) < len(records):
+        raise SystemExit(f"only {len(results)} of {len(records)} PII results; worker log {worker.log}")
+    failed = sum(1 for r in results if b'"error"' in r.value or b'"errors"' in r.value)
+    stamps = sorted(r.timestamp for r in results)
+    return {"records": len(results), "failed": failed, "per_s": len(results) / max((stamps[-1] - stamps[0]) / 1000, 1e-3)}
+
+
+async def run(count: int) -> dict:
+    records = [record(i) for i in range(count)]
+    size = sum(len(v) for _, v in records) / count
+    with broker() as bootstrap, moto_kms() as kms:
+        await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=6),
+                            ["bench.pass-in", "bench.pass-out", "tenants.created", "keys.events", "keys.material",
+                             "kms.audit", "kms.dlq", "pii.requests", "pii.results", "keys.rotation-ticks"])
+        say(f"pii: transport floor, {count} records of {size:,.0f} bytes consumed and produced by plain aiokafka")
+        floor = await pass_through(bootstrap, records)
+        say(f"  {floor:,.0f} records/s")
+        say(f"pii: end to end encrypt, 3 fields per record, {TENANTS} tenants, one worker process")
+        e2e = await end_to_end(bootstrap, kms, records)
+    ratio = e2e["per_s"] / floor
+    say(f"  {e2e['per_s']:,.0f} records/s = {ratio:.2f} of the pass-through ({e2e['failed']} failed)")
+    return {
+        "pii_record_bytes": round(size),
+        "pii_passthrough_per_s": round(floor),
+        "pii_encrypt_e2e_per_s": round(e2e["per_s"]),
+        "pii_encrypt_ratio": round(ratio, 3),
+        "pii_records": e2e["records"],
+        "pii_failed": e2e["failed"],
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(run(int(os.environ.get("BENCH_PII_RECORDS", "30000"))))))
