@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -84,3 +85,54 @@ def say(text: str) -> None:
 
 def elapsed(start: float) -> float:
     return time.perf_counter() - start
+
+
+@contextmanager
+def tigerbeetle() -> Iterator[str | None]:
+    """A `--development` TigerBeetle server when a binary is installed (TIGERBEETLE_BIN or PATH), else None.
+
+    With it the ledger outlives worker processes, so the bench can onboard in one process and
+    measure another that starts cold on a backlog (its KMS calls are then real cache misses).
+    """
+    import shutil
+
+    binary = os.environ.get("TIGERBEETLE_BIN") or shutil.which("tigerbeetle")
+    if not binary:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="keyledger-bench-tb-") as folder:
+        data = Path(folder) / "0_0.tigerbeetle"
+        subprocess.run([binary, "format", "--cluster=0", "--replica=0", "--replica-count=1", "--development",
+                        str(data)], check=True, capture_output=True)
+        port = free_port()
+        server = subprocess.Popen([binary, "start", f"--addresses=127.0.0.1:{port}", "--development", str(data)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port, 60, server)
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+async def wait_group_done(bootstrap: str, group: str, topic: str, timeout: float = 900) -> None:
+    """Until `group` has committed every record of `topic`: cheaper than reading the outputs as they come."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
+        if not partitions:
+            await probe._client.force_metadata_update()
+            partitions = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
+        ends = await probe.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            committed = [await probe.committed(tp) or 0 for tp in partitions]
+            if all(c >= ends[tp] for c, tp in zip(committed, partitions, strict=True)):
+                return
+            await asyncio.sleep(1.0)
+        raise TimeoutError(f"{group} did not finish {topic} in {timeout}s")
+    finally:
+        await probe.stop()

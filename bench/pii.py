@@ -10,7 +10,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import Worker, broker, moto_kms, say
+from bench.common import Worker, broker, moto_kms, say, tigerbeetle, wait_group_done
 from workers.kafka import compat
 from workers.kafka.tap import produce, read_topic
 from workers.kafka.topics import ensure_topics
@@ -53,17 +53,25 @@ async def pass_through(bootstrap: str, records: list[tuple[bytes, bytes]]) -> fl
 
 
 async def end_to_end(bootstrap: str, kms: tuple[str, str], records: list[tuple[bytes, bytes]]) -> dict:
-    worker = Worker(bootstrap, kms, "keyledger-keygen", "keyledger-pii")
-    now = "2026-11-22T00:00:00Z"
-    tenants = sorted({k.decode() for k, _ in records})
-    await produce(bootstrap, "tenants.created", [
-        (t.encode(), json.dumps({"event_id": f"e-{t}", "tenant_id": t, "occurred_at": now}).encode()) for t in tenants])
-    await read_topic(bootstrap, "keys.events", until=lambda r: len(r) >= 2 * len(tenants), timeout=300)
-    await produce(bootstrap, "pii.requests", records)
-    results = await read_topic(bootstrap, "pii.results", until=lambda r: len(r) >= len(records), timeout=600)
-    worker.stop()
+    """Backlog first, then the PII worker alone (a fresh process when TigerBeetle holds the ledger)."""
+    with tigerbeetle() as tb:
+        ledger = {"KEYLEDGER_LEDGER": "tigerbeetle", "KEYLEDGER_TB_ADDRESSES": tb} if tb else {}
+        onboarding = Worker(bootstrap, kms, "keyledger-keygen", **ledger)
+        now = "2026-11-22T00:00:00Z"
+        tenants = sorted({k.decode() for k, _ in records})
+        await produce(bootstrap, "tenants.created", [
+            (t.encode(), json.dumps({"event_id": f"e-{t}", "tenant_id": t, "occurred_at": now}).encode())
+            for t in tenants])
+        await read_topic(bootstrap, "keys.events", until=lambda r: len(r) >= 2 * len(tenants), timeout=300)
+        if tb:
+            onboarding.stop()
+        await produce(bootstrap, "pii.requests", records)
+        worker = Worker(bootstrap, kms, "keyledger-pii", **ledger) if tb else None
+        await wait_group_done(bootstrap, "keyledger-pii", "pii.requests")
+        (worker or onboarding).stop()
+    results = await read_topic(bootstrap, "pii.results", timeout=300)
     if len(results) < len(records):
-        raise SystemExit(f"only {len(results)} of {len(records)} PII results; worker log {worker.log}")
+        raise SystemExit(f"only {len(results)} of {len(records)} PII results")
     failed = sum(1 for r in results if b'"error"' in r.value or b'"errors"' in r.value)
     stamps = sorted(r.timestamp for r in results)
     return {"records": len(results), "failed": failed, "per_s": len(results) / max((stamps[-1] - stamps[0]) / 1000, 1e-3)}

@@ -25,10 +25,10 @@ from schemas.messages import KeyEvent, KeyEventType, Op, TenantCreated, TenantDe
 from schemas.topics import Topic
 from workers.audit import AuditTrail
 from workers.core import ids
-from workers.errors import BadInput, KeyRefused, TransientError
-from workers.kafka.consume import BatchRunner, subscribe
+from workers.errors import BadInput, KeyledgerError, KeyRefused, TransientError
+from workers.kafka.consume import run_group
 from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord, dead_letter, parse
+from workers.kafka.records import InboundRecord, letter_for, parse
 from workers.keys import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
 from workers.kms import KmsRefused, KmsUnavailable
@@ -181,12 +181,9 @@ def _generate_op(plan: VersionPlan) -> OpRecord:
 
 def register(broker: KafkaBroker, context: ProcessContext) -> KeygenService:
     service = KeygenService(context.keys, context.ledger, context.audit, context.publisher, context.settings)
-    runner = BatchRunner(GROUP, service.handle, context.publisher, context.settings)
-    subscribe(broker, TOPICS, GROUP, runner, context.settings)
-    context.runners.append(runner)
+    run_group(context, GROUP, TOPICS, service.handle)
     return service
 
 
-def _letter(record: InboundRecord, exc: BadInput | KeyRefused) -> Outgoing:
-    key = record.key.decode(errors="replace") if record.key else ""
-    return Outgoing.of(Topic.DLQ, key, dead_letter(record, exc.info(), GROUP))
+def _letter(record: InboundRecord, exc: KeyledgerError) -> Outgoing:
+    return letter_for(record, exc.info(), GROUP)

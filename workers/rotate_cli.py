@@ -8,7 +8,13 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from schemas.messages import KeyEvent, KeyEventType, KeyType, RotationReason, RotationTick
+from schemas.messages import (
+    KeyEvent,
+    KeyEventType,
+    KeyType,
+    RotationReason,
+    RotationTick,
+)
 from schemas.topics import Topic
 from workers.kafka.tap import produce, read_topic
 from workers.keystore.directory import KeyDirectory

@@ -28,14 +28,21 @@ from typing import TYPE_CHECKING
 from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode
-from schemas.messages import KeyEvent, KeyEventType, KeyType, Op, RotationReason, RotationTick
+from schemas.messages import (
+    KeyEvent,
+    KeyEventType,
+    KeyType,
+    Op,
+    RotationReason,
+    RotationTick,
+)
 from schemas.topics import Topic
 from workers.audit import AuditTrail
 from workers.core import ids
 from workers.errors import KeyledgerError, KeyRefused, TransientError
-from workers.kafka.consume import BatchRunner, subscribe
+from workers.kafka.consume import run_group
 from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord, dead_letter, parse
+from workers.kafka.records import InboundRecord, letter_for, parse
 from workers.keys import KeyService
 from workers.keystore.directory import KeyEntry
 from workers.ledger import Ledger, LedgerUnavailable
@@ -237,13 +244,10 @@ def _ops(rotation: Rotation) -> list[OpRecord]:
 
 
 def _letter(record: InboundRecord, exc: KeyledgerError) -> Outgoing:
-    key = record.key.decode(errors="replace") if record.key else ""
-    return Outgoing.of(Topic.DLQ, key, dead_letter(record, exc.info(), GROUP))
+    return letter_for(record, exc.info(), GROUP)
 
 
 def register(broker: KafkaBroker, context: ProcessContext) -> RotationService:
     service = RotationService(context.keys, context.ledger, context.audit, context.publisher, context.settings)
-    runner = BatchRunner(GROUP, service.handle, context.publisher, context.settings)
-    subscribe(broker, TOPICS, GROUP, runner, context.settings)
-    context.runners.append(runner)
+    run_group(context, GROUP, TOPICS, service.handle)
     return service

@@ -30,9 +30,9 @@ from workers.core import ids
 from workers.core.canonical import CanonicalizationError, plain_json_loads
 from workers.core.signing import ALG, sign, signing_input
 from workers.errors import BadInput, KeyledgerError, TransientError
-from workers.kafka.consume import BatchRunner, subscribe
+from workers.kafka.consume import run_group
 from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord, dead_letter
+from workers.kafka.records import InboundRecord, letter_for
 from workers.keys import KeyService
 from workers.keystore.directory import KeyEntry
 from workers.ledger.records import OpRecord
@@ -183,13 +183,10 @@ def _sign_op(batch: KeyBatch) -> OpRecord:
 
 
 def _letter(record: InboundRecord, exc: KeyledgerError) -> Outgoing:
-    key = record.key.decode(errors="replace") if record.key else ""
-    return Outgoing.of(Topic.DLQ, key, dead_letter(record, exc.info(), GROUP))
+    return letter_for(record, exc.info(), GROUP)
 
 
 def register(broker: KafkaBroker, context: ProcessContext) -> SignerService:
     service = SignerService(context.keys, context.audit, context.publisher, context.settings)
-    runner = BatchRunner(GROUP, service.handle, context.publisher, context.settings)
-    subscribe(broker, TOPICS, GROUP, runner, context.settings)
-    context.runners.append(runner)
+    run_group(context, GROUP, TOPICS, service.handle)
     return service

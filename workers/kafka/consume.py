@@ -28,8 +28,8 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from schemas.errors import ErrorCode, ErrorInfo
 from schemas.topics import Topic
 from workers.errors import TransientError
-from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord, dead_letter, records_of
+from workers.kafka.publisher import Publisher
+from workers.kafka.records import InboundRecord, letter_for, records_of
 from workers.settings import Settings
 
 log = logging.getLogger("keyledger.consume")
@@ -138,8 +138,7 @@ class BatchRunner:
         log.error("%s: %s:%d@%d to %s after %d attempts (%s)", self.group, record.topic, record.partition,
                   record.offset, Topic.DLQ.value, attempts, error)
         info = ErrorInfo(type=ErrorCode.PROCESSING_FAILED, message=f"{error} after {attempts} attempts")
-        key = record.key.decode(errors="replace") if record.key else ""
-        await self._publisher.publish([Outgoing.of(Topic.DLQ, key, dead_letter(record, info, self.group, attempts))])
+        await self._publisher.publish([letter_for(record, info, self.group, attempts)])
         self.dead += 1
 
     def _wait(self, records: Sequence[InboundRecord], error: str) -> None:
@@ -226,3 +225,11 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
     )
     async def on_batch(body: Any, message: KafkaMessage) -> None:
         await runner(records_of(message), getattr(message, "consumer", None))
+
+
+def run_group(context: Any, group: str, topics: Sequence[str], handle: Handle) -> BatchRunner:
+    """Subscribe `handle` as consumer group `group` of the process context; the context closes it."""
+    runner = BatchRunner(group, handle, context.publisher, context.settings)
+    subscribe(context.broker, topics, group, runner, context.settings)
+    context.runners.append(runner)
+    return runner

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -13,6 +13,9 @@ from schemas.errors import ErrorCode, ErrorInfo
 from schemas.messages import AuditSource, DeadLetter
 from workers.core.b64 import b64encode
 from workers.errors import BadInput
+
+if TYPE_CHECKING:
+    from workers.kafka.publisher import Outgoing
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -87,3 +90,12 @@ def dead_letter(record: InboundRecord, error: ErrorInfo, group: str, attempts: i
         attempts=attempts,
         failed_at=datetime.now(UTC),
     )
+
+
+def letter_for(record: InboundRecord, error: ErrorInfo, group: str, attempts: int = 1) -> Outgoing:
+    """The `kms.dlq` record for `record`, keyed like the original."""
+    from schemas.topics import Topic
+    from workers.kafka.publisher import Outgoing
+
+    key = record.key.decode(errors="replace") if record.key else ""
+    return Outgoing.of(Topic.DLQ, key, dead_letter(record, error, group, attempts))

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from workers.core import ids
 from workers.errors import TransientError
-from workers.ledger import Account, Ledger, LedgerError, LedgerUnavailable, Transfer, account_ok, transfer_ok
+from workers.ledger import (
+    Account,
+    Ledger,
+    LedgerError,
+    LedgerUnavailable,
+    Transfer,
+    account_ok,
+    transfer_ok,
+)
 
 _DEBIT = ids.system_account_id("clock-debit")
 _CREDIT = ids.system_account_id("clock-credit")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from workers.ledger import (
@@ -53,6 +52,14 @@ U128_MAX = 2**128 - 1
 TIMESTAMP_MAX = 2**63 - 1  # the top bit of a cluster timestamp is the tombstone flag
 RESULTS_MAX = 8189  # objects of 128 bytes in one 1 MiB reply; the client refuses larger limits
 _LINKED = 1  # bit 0 in AccountFlags and TransferFlags alike
+# Stored objects keep their flags as plain ints (IntFlag arithmetic costs more than the rest of
+# a transfer); reads hand out copies with typed flags, as the client does.
+_PENDING = int(TransferFlags.PENDING)
+_CLOSING_DEBIT = int(TransferFlags.CLOSING_DEBIT)
+_CLOSING_CREDIT = int(TransferFlags.CLOSING_CREDIT)
+_CLOSED = int(AccountFlags.CLOSED)
+_DEBITS_LIMITED = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_CREDITS_LIMITED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 _NS_PER_S = 1_000_000_000
 
 # plain ints: `~` on an IntFlag keeps only the defined bits and would miss reserved ones
@@ -123,7 +130,7 @@ class MemoryLedger:
         chain_start: int | None = None
         chain_broken = False
         for index, event in enumerate(events):
-            linked = event.flags & _LINKED
+            linked = int(event.flags) & _LINKED
             if linked and chain_start is None:
                 chain_start, self._undo = index, []
             if linked and index == last:
@@ -165,7 +172,7 @@ class MemoryLedger:
             return status, timestamp
         self._insert_account(Account(
             id=a.id, user_data_128=a.user_data_128, user_data_64=a.user_data_64, user_data_32=a.user_data_32,
-            ledger=a.ledger, code=a.code, flags=AccountFlags(a.flags), timestamp=timestamp,
+            ledger=a.ledger, code=a.code, flags=int(a.flags), timestamp=timestamp,
         ))
         return CreateAccountStatus.CREATED, timestamp
 
@@ -205,22 +212,27 @@ class MemoryLedger:
         status = _transfer_refused_by_accounts(t, debit, credit, timestamp)
         if status is not None:
             return status, timestamp
-        self._apply_transfer(replace(t, flags=TransferFlags(t.flags), timestamp=timestamp), debit, credit)
+        self._apply_transfer(Transfer(
+            id=t.id, debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id, amount=t.amount,
+            pending_id=t.pending_id, user_data_128=t.user_data_128, user_data_64=t.user_data_64,
+            user_data_32=t.user_data_32, timeout=t.timeout, ledger=t.ledger, code=t.code, flags=int(t.flags),
+            timestamp=timestamp,
+        ), debit, credit)
         return CreateTransferStatus.CREATED, timestamp
 
     def _apply_transfer(self, transfer: Transfer, debit: Account, credit: Account) -> None:
         if self._undo is not None:
             self._undo.append(self._undo_transfer(transfer, debit, credit))
-        if transfer.flags & TransferFlags.PENDING:
+        if transfer.flags & _PENDING:
             debit.debits_pending += transfer.amount
             credit.credits_pending += transfer.amount
         else:
             debit.debits_posted += transfer.amount
             credit.credits_posted += transfer.amount
-        if transfer.flags & TransferFlags.CLOSING_DEBIT:
-            debit.flags |= AccountFlags.CLOSED
-        if transfer.flags & TransferFlags.CLOSING_CREDIT:
-            credit.flags |= AccountFlags.CLOSED
+        if transfer.flags & _CLOSING_DEBIT:
+            debit.flags |= _CLOSED
+        if transfer.flags & _CLOSING_CREDIT:
+            credit.flags |= _CLOSED
         self._transfers[transfer.id] = transfer
         self._transfers_in_order.append(transfer)
         self._transfers_by_account.setdefault(debit.id, []).append(transfer)
@@ -245,11 +257,11 @@ class MemoryLedger:
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
         accounts = self._accounts
-        return [replace(accounts[i]) for i in ids if i in accounts]
+        return [_account_copy(accounts[i]) for i in ids if i in accounts]
 
     async def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
         transfers = self._transfers
-        return [replace(transfers[i]) for i in ids if i in transfers]
+        return [_transfer_copy(transfers[i]) for i in ids if i in transfers]
 
     async def get_account_transfers(self, account_filter: AccountFilter) -> list[Transfer]:
         f = account_filter
@@ -264,7 +276,7 @@ class MemoryLedger:
                 and _user_data_matches(t, f) and (not f.code or t.code == f.code)
 
         candidates = self._transfers_by_account.get(f.account_id, [])
-        return _page(candidates, f, matches, bool(f.flags & AccountFilterFlags.REVERSED))
+        return _page(candidates, f, matches, bool(f.flags & AccountFilterFlags.REVERSED), _transfer_copy)
 
     async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
         f = query_filter
@@ -273,14 +285,16 @@ class MemoryLedger:
             return []
         # tenant queries name user_data_128: its index spares a scan of every account
         candidates = self._accounts_by_user_data_128.get(f.user_data_128, []) if f.user_data_128 else self._accounts_in_order
-        return _page(candidates, f, lambda a: _query_matches(a, f), bool(f.flags & QueryFilterFlags.REVERSED))
+        reverse = bool(f.flags & QueryFilterFlags.REVERSED)
+        return _page(candidates, f, lambda a: _query_matches(a, f), reverse, _account_copy)
 
     async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
         f = query_filter
         _refuse_oversized(f.limit)
         if not _query_filter_valid(f):
             return []
-        return _page(self._transfers_in_order, f, lambda t: _query_matches(t, f), bool(f.flags & QueryFilterFlags.REVERSED))
+        reverse = bool(f.flags & QueryFilterFlags.REVERSED)
+        return _page(self._transfers_in_order, f, lambda t: _query_matches(t, f), reverse, _transfer_copy)
 
     async def aclose(self) -> None:
         return None
@@ -303,7 +317,7 @@ def _account_refused_before_lookup(a: Account) -> CreateAccountStatus | None:
 
 def _account_difference(a: Account, e: Account) -> CreateAccountStatus:
     s = CreateAccountStatus
-    if int(a.flags) != int(e.flags):
+    if int(a.flags) != e.flags:
         return s.EXISTS_WITH_DIFFERENT_FLAGS
     if a.user_data_128 != e.user_data_128:
         return s.EXISTS_WITH_DIFFERENT_USER_DATA_128
@@ -320,7 +334,8 @@ def _account_difference(a: Account, e: Account) -> CreateAccountStatus:
 
 def _account_refused(a: Account) -> CreateAccountStatus | None:
     s = CreateAccountStatus
-    if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and a.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS:
+    flags = int(a.flags)
+    if flags & _DEBITS_LIMITED and flags & _CREDITS_LIMITED:
         return s.FLAGS_ARE_MUTUALLY_EXCLUSIVE
     if a.debits_pending != 0:
         return s.DEBITS_PENDING_MUST_BE_ZERO
@@ -384,10 +399,11 @@ def _transfer_fields_refused(t: Transfer) -> CreateTransferStatus | None:
         return s.ACCOUNTS_MUST_BE_DIFFERENT
     if t.pending_id != 0:
         return s.PENDING_ID_MUST_BE_ZERO
-    if not t.flags & TransferFlags.PENDING:
+    flags = int(t.flags)
+    if not flags & _PENDING:
         if t.timeout != 0:
             return s.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
-        if t.flags & (TransferFlags.CLOSING_DEBIT | TransferFlags.CLOSING_CREDIT):
+        if flags & (_CLOSING_DEBIT | _CLOSING_CREDIT):
             return s.CLOSING_TRANSFER_MUST_BE_PENDING
     if t.ledger == 0:
         return s.LEDGER_MUST_NOT_BE_ZERO
@@ -402,12 +418,12 @@ def _transfer_refused_by_accounts(t: Transfer, dr: Account, cr: Account, timesta
         return s.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
     if t.ledger != dr.ledger:
         return s.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
-    if dr.flags & AccountFlags.CLOSED:
+    if dr.flags & _CLOSED:
         return s.DEBIT_ACCOUNT_ALREADY_CLOSED
-    if cr.flags & AccountFlags.CLOSED:
+    if cr.flags & _CLOSED:
         return s.CREDIT_ACCOUNT_ALREADY_CLOSED
     amount = t.amount
-    if t.flags & TransferFlags.PENDING:
+    if int(t.flags) & _PENDING:
         if amount + dr.debits_pending > U128_MAX:
             return s.OVERFLOWS_DEBITS_PENDING
         if amount + cr.credits_pending > U128_MAX:
@@ -422,17 +438,34 @@ def _transfer_refused_by_accounts(t: Transfer, dr: Account, cr: Account, timesta
         return s.OVERFLOWS_CREDITS
     if timestamp + t.timeout * _NS_PER_S > TIMESTAMP_MAX:
         return s.OVERFLOWS_TIMEOUT
-    if dr.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and \
+    if dr.flags & _DEBITS_LIMITED and \
             dr.debits_pending + dr.debits_posted + amount > dr.credits_posted:
         return s.EXCEEDS_CREDITS
-    if cr.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and \
+    if cr.flags & _CREDITS_LIMITED and \
             cr.credits_pending + cr.credits_posted + amount > cr.debits_posted:
         return s.EXCEEDS_DEBITS
     return None
 
 
-def _balances(a: Account) -> tuple[int, int, int, int, AccountFlags]:
+def _balances(a: Account) -> tuple[int, int, int, int, int]:
     return a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, a.flags
+
+
+def _account_copy(a: Account) -> Account:
+    return Account(
+        id=a.id, debits_pending=a.debits_pending, debits_posted=a.debits_posted, credits_pending=a.credits_pending,
+        credits_posted=a.credits_posted, user_data_128=a.user_data_128, user_data_64=a.user_data_64,
+        user_data_32=a.user_data_32, ledger=a.ledger, code=a.code, flags=AccountFlags(a.flags), timestamp=a.timestamp,
+    )
+
+
+def _transfer_copy(t: Transfer) -> Transfer:
+    return Transfer(
+        id=t.id, debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id, amount=t.amount,
+        pending_id=t.pending_id, user_data_128=t.user_data_128, user_data_64=t.user_data_64,
+        user_data_32=t.user_data_32, timeout=t.timeout, ledger=t.ledger, code=t.code, flags=TransferFlags(t.flags),
+        timestamp=t.timestamp,
+    )
 
 
 # --- queries ---------------------------------------------------------------------------------
@@ -470,7 +503,9 @@ def _query_matches(obj: Account | Transfer, f: QueryFilter) -> bool:
         (not f.code or obj.code == f.code)
 
 
-def _page(ordered: list, f: AccountFilter | QueryFilter, matches: Callable[[Any], bool], reverse: bool) -> list:
+def _page(
+    ordered: list, f: AccountFilter | QueryFilter, matches: Callable[[Any], bool], reverse: bool, copy: Callable
+) -> list:
     """Up to `f.limit` copies of matching objects within the timestamp range, oldest (or newest) first."""
     low = bisect_left(ordered, f.timestamp_min, key=_timestamp) if f.timestamp_min else 0
     high = bisect_right(ordered, f.timestamp_max, key=_timestamp) if f.timestamp_max else len(ordered)
@@ -479,7 +514,7 @@ def _page(ordered: list, f: AccountFilter | QueryFilter, matches: Callable[[Any]
     for index in window:
         obj = ordered[index]
         if matches(obj):
-            found.append(replace(obj))
+            found.append(copy(obj))
             if len(found) == f.limit:
                 break
     return found
