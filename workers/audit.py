@@ -25,10 +25,12 @@ from workers.ledger import (
 )
 from workers.ledger.records import OpRecord
 
-# a closed account refusing a transfer is itself the proof that a key is destroyed
+# a closed account refusing a transfer is itself the proof that a key is destroyed; a redelivery of
+# that same refused transfer answers ID_ALREADY_FAILED (TigerBeetle burns failed ids), stored neither time
 _REFUSED_AS_DESTROYED = {
     CreateTransferStatus.CREDIT_ACCOUNT_ALREADY_CLOSED,
     CreateTransferStatus.DEBIT_ACCOUNT_ALREADY_CLOSED,
+    CreateTransferStatus.ID_ALREADY_FAILED,
 }
 
 

@@ -373,7 +373,8 @@ async def test_query_accounts_by_tenant_and_code_returns_exactly_that_tenants_ke
     found = await ledger.query_accounts(query(user_data_128=tag, code=8))
     assert [a.id for a in found] == [k.id for k in keys]
     assert found[0].timestamp < found[1].timestamp
-    assert [a.id for a in await ledger.query_accounts(query(user_data_128=tag))] == [tenant[0].id, *(k.id for k in keys)]
+    everything = await ledger.query_accounts(query(user_data_128=tag))
+    assert [a.id for a in everything] == [tenant[0].id, *(k.id for k in keys)]
     newest_first = await ledger.query_accounts(query(user_data_128=tag, code=8, flags=QueryFilterFlags.REVERSED))
     assert [a.id for a in newest_first] == [keys[1].id, keys[0].id]
     assert [a.id for a in await ledger.query_accounts(query(user_data_128=tag, code=8, limit=1))] == [keys[0].id]
@@ -392,7 +393,8 @@ async def test_get_account_transfers_filters_by_side_user_data_code_and_time(led
     signs = await ledger.get_account_transfers(of_account(key.id, AccountFilterFlags.CREDITS, user_data_32=2))
     assert [t.id for t in signs] == [sent[0].id, sent[2].id]
     assert [t.timestamp for t in signs] == [results[0].timestamp, results[2].timestamp]
-    both = await ledger.get_account_transfers(of_account(key.id, AccountFilterFlags.CREDITS | AccountFilterFlags.DEBITS))
+    both = await ledger.get_account_transfers(
+        of_account(key.id, AccountFilterFlags.CREDITS | AccountFilterFlags.DEBITS))
     assert [t.id for t in both] == [t.id for t in sent]
     debits = await ledger.get_account_transfers(of_account(key.id, AccountFilterFlags.DEBITS))
     assert [t.id for t in debits] == [sent[3].id]
@@ -502,7 +504,8 @@ async def test_a_chain_longer_than_a_request_is_refused_before_anything_is_sent(
     tenant, key = account(), account()
     try:
         with pytest.raises(LedgerError) as refused:
-            await ledger.create_transfers([transfer(tenant, key, flags=LINKED) for _ in range(11)] + [transfer(tenant, key)])
+            await ledger.create_transfers([*(transfer(tenant, key, flags=LINKED) for _ in range(11)),
+                                           transfer(tenant, key)])
         assert not isinstance(refused.value, LedgerUnavailable)
     finally:
         await ledger.aclose()

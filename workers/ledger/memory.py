@@ -270,12 +270,13 @@ class MemoryLedger:
             return []
         debits = bool(f.flags & AccountFilterFlags.DEBITS)
         credits = bool(f.flags & AccountFilterFlags.CREDITS)
+        account_id = f.account_id
 
         def matches(t: Transfer) -> bool:
-            return ((debits and t.debit_account_id == f.account_id) or (credits and t.credit_account_id == f.account_id)) \
-                and _user_data_matches(t, f) and (not f.code or t.code == f.code)
+            on_side = (debits and t.debit_account_id == account_id) or (credits and t.credit_account_id == account_id)
+            return on_side and _user_data_matches(t, f) and (not f.code or t.code == f.code)
 
-        candidates = self._transfers_by_account.get(f.account_id, [])
+        candidates = self._transfers_by_account.get(account_id, [])
         return _page(candidates, f, matches, bool(f.flags & AccountFilterFlags.REVERSED), _transfer_copy)
 
     async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
@@ -284,7 +285,10 @@ class MemoryLedger:
         if not _query_filter_valid(f):
             return []
         # tenant queries name user_data_128: its index spares a scan of every account
-        candidates = self._accounts_by_user_data_128.get(f.user_data_128, []) if f.user_data_128 else self._accounts_in_order
+        if f.user_data_128:
+            candidates = self._accounts_by_user_data_128.get(f.user_data_128, [])
+        else:
+            candidates = self._accounts_in_order
         reverse = bool(f.flags & QueryFilterFlags.REVERSED)
         return _page(candidates, f, lambda a: _query_matches(a, f), reverse, _account_copy)
 
