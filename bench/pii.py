@@ -34,7 +34,11 @@ async def pass_through(bootstrap: str, records: list[tuple[bytes, bytes]]) -> fl
     compat.install()
     consumer = AIOKafkaConsumer("bench.pass-in", bootstrap_servers=bootstrap, group_id="bench-pass",
                                 enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    settings = Settings()
+    # the worker's own producer settings, so the floor is the same transport
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=settings.kafka_linger_ms, max_batch_size=settings.kafka_producer_batch_bytes,
+                                max_request_size=settings.kafka_producer_batch_bytes * 2)
     await consumer.start()
     await producer.start()
     done, start = 0, None

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from Crypto.Cipher import AES
 
-from schemas.messages import KeyType
+from schemas.messages import KeyType, PiiResult
 from tests.support.harness import handler_harness, tenant_created
 from workers.kms import encryption_context
 
@@ -50,6 +50,8 @@ async def test_encrypt_then_decrypt_round_trips_per_field(harness):
     assert all(v.startswith(f"kl1.{sealed['key_id']}.") for v in sealed["fields"].values())
     opened = await call(broker, captured, "acme", "decrypt", sealed["fields"])
     assert opened["fields"] == fields and "errors" not in opened
+    for result in captured.values("pii.results"):
+        PiiResult.model_validate(result)  # every result is of the contract's shape
 
 
 async def test_a_third_party_decrypts_with_the_data_key_and_the_format_alone(harness):

@@ -17,6 +17,7 @@ a rotation tick is requested for it.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ from schemas.messages import (
     Op,
     PiiOperation,
     PiiRequest,
-    PiiResult,
     RotationReason,
     RotationTick,
 )
@@ -76,9 +76,11 @@ class PiiService:
         self._max_bytes = settings.max_message_bytes
         self._encrypt_limit = settings.encrypt_limit
         self._worn: set[str] = set()
+        self._batch_keys: dict[str, object] = {}
         self.results = 0
 
     async def handle(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
+        self._batch_keys: dict[str, object] = {}
         dead: list[Outgoing] = []
         requests: list[tuple[InboundRecord, PiiRequest]] = []
         for record in records:
@@ -87,14 +89,15 @@ class PiiService:
             except KeyledgerError as exc:
                 dead.append(_letter(record, exc))
         blocked = await self._warm_keys(requests)
-        requests = [(r, q) for r, q in requests if r not in blocked]
+        waiting = {id(r) for r in blocked}
+        requests = [(r, q) for r, q in requests if id(r) not in waiting]
         worn = await self._worn_keys(requests)
         usage = Usage()
         results = [self._serve(record, request, usage, worn) for record, request in requests]
         audits = await self._audit.record(_ops(usage))
         ticks = [_rotation_tick(entry) for entry in worn.values() if entry.key_id not in self._worn]
         self._worn.update(worn)
-        outputs = [Outgoing.of(Topic.PII_RESULTS, r.tenant_id, r) for r in results]
+        outputs = [Outgoing(Topic.PII_RESULTS.value, r["tenant_id"].encode(), _json(r)) for r in results]
         outputs += [Outgoing.of(Topic.ROTATION_TICKS, t.tenant_id or "", t) for t in ticks]
         await self._publisher.publish([*outputs, *audits, *dead])
         self.results += len(results)
@@ -159,25 +162,25 @@ class PiiService:
 
     # --- one request -----------------------------------------------------------
 
-    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage, worn: dict[str, KeyEntry]) -> PiiResult:
+    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage, worn: dict[str, KeyEntry]) -> dict:
         active: KeyEntry | None = None
         if request.operation is not PiiOperation.DECRYPT:
             try:
                 active = self._keys.active(request.tenant_id, KeyType.ENCRYPTION)
             except KeyRefused as exc:
-                return _result(request, error=exc.info())
+                return _result(request, error=_error(exc.info()))
             if active.key_id in worn:
                 usage.add(active, Op.DENIED, record, failed=True)
-                return _result(request, error=ErrorInfo(
-                    type=ErrorCode.KEY_WORN_OUT, message=f"key {active.key_id} reached its encryption limit; rotation requested"))
+                return _result(request, error=_error(ErrorInfo(
+                    type=ErrorCode.KEY_WORN_OUT, message=f"key {active.key_id} reached its encryption limit; rotation requested")))
         fields: dict[str, str] = {}
-        errors: dict[str, ErrorInfo] = {}
+        errors: dict[str, dict[str, str]] = {}
         used: str | None = active.key_id if active else None
         for path, value in request.fields.items():
             try:
                 fields[path], key_id = self._field(record, request, path, value, active, usage)
             except KeyledgerError as exc:
-                errors[path] = exc.info()
+                errors[path] = _error(exc.info())
             else:
                 used = used or key_id
         return _result(request, fields=fields, errors=errors or None, key_id=used)
@@ -228,15 +231,29 @@ class PiiService:
         usage.add(own, Op.DENIED, record, failed=True)
 
     def _aead(self, entry: KeyEntry) -> AESGCM:
-        secret = self._keys.cached_secret(entry.key_id)
+        # per batch: the TTL cache's bookkeeping costs more than the AES-GCM of a short field
+        secret = self._batch_keys.get(entry.key_id)
+        if secret is None:
+            secret = self._batch_keys[entry.key_id] = self._keys.cached_secret(entry.key_id)
         if not isinstance(secret, AESGCM):
             raise KeyRefused(f"key {entry.key_id} is not available", ErrorCode.KEY_NOT_FOUND)
         return secret
 
 
-def _result(request: PiiRequest, **values) -> PiiResult:
-    return PiiResult(job_id=request.job_id, tenant_id=request.tenant_id, record_id=request.record_id,
-                     operation=request.operation, **values)
+def _result(request: PiiRequest, **values: object) -> dict:
+    """A `pii.results` value (the PiiResult schema) as a plain dict: built per record on the hot path."""
+    result = {"job_id": request.job_id, "tenant_id": request.tenant_id, "record_id": request.record_id,
+              "operation": request.operation.value, "fields": {}}
+    result.update((name, value) for name, value in values.items() if value is not None)
+    return result
+
+
+def _error(info: ErrorInfo) -> dict[str, str]:
+    return {"type": info.type.value, "message": info.message}
+
+
+def _json(value: dict) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _ops(usage: Usage) -> list[OpRecord]:

@@ -52,6 +52,8 @@ class KeyDirectory:
         self._versions: dict[tuple[str, KeyType], dict[int, KeyEntry]] = {}
         self._destroyed_tenants: set[str] = set()
         self._listeners: list[Evict] = []
+        # the active version per (tenant, type), kept current on every state change: the hot path reads it
+        self._active: dict[tuple[str, KeyType], KeyEntry] = {}
 
     def on_evict(self, listener: Evict) -> None:
         self._listeners.append(listener)
@@ -119,10 +121,14 @@ class KeyDirectory:
         return sorted(self._versions.get((tenant_id, key_type), {}).values(), key=lambda e: e.version)
 
     def active(self, tenant_id: str, key_type: KeyType) -> KeyEntry | None:
+        return self._active.get((tenant_id, key_type))
+
+    def _refresh_active(self, tenant_id: str, key_type: KeyType) -> None:
         for entry in reversed(self.versions(tenant_id, key_type)):
             if entry.state is KeyState.ACTIVE:
-                return entry
-        return None
+                self._active[(tenant_id, key_type)] = entry
+                return
+        self._active.pop((tenant_id, key_type), None)
 
     def tenant_keys(self, tenant_id: str) -> list[KeyEntry]:
         return [e for t in KeyType for e in self.versions(tenant_id, t)]
@@ -151,6 +157,7 @@ class KeyDirectory:
         if entry.state is state:
             return
         entry.state = state
+        self._refresh_active(entry.tenant_id, entry.key_type)
         if state in (KeyState.ROTATED, KeyState.REVOKED, KeyState.DESTROYED):
             for listener in self._listeners:
                 listener(entry.key_id)
