@@ -285,5 +285,5 @@ def _letter(record: InboundRecord, exc: KeyledgerError) -> Outgoing:
 
 def register(broker: KafkaBroker, context: ProcessContext) -> PiiService:
     service = PiiService(context.keys, context.ledger, context.audit, context.publisher, context.settings)
-    run_group(context, GROUP, TOPICS, service.handle)
+    run_group(context, GROUP, TOPICS, service.handle, pipelined=True)
     return service

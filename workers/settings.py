@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     kafka_idempotence: bool = Field(True, description="Idempotent producer (acks=all); turn off only for brokers without InitProducerId.")
     kafka_batch_max: int = Field(500, ge=1, le=100_000, description="Most records one handler call processes.")
     kafka_batch_timeout_ms: int = Field(50, ge=1, le=10_000, description="How long a batch waits for records before it is handled.")
+    kafka_pipeline_depth: int = Field(2, ge=1, le=8, description="Batches the signer and PII groups handle at once (the next while the last is acknowledged).")
     kafka_producer_batch_bytes: int = Field(1_048_576, ge=16_384, le=16_777_216, description="Producer batch size per partition; large, so a handler batch leaves in one request.")
     kafka_linger_ms: int = Field(5, ge=0, le=1000, description="Producer linger: how long records wait to share a request.")
     max_message_bytes: int = Field(1_048_576, ge=1024, description="Inbound records larger than this go to the DLQ as oversized.")

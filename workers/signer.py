@@ -188,5 +188,5 @@ def _letter(record: InboundRecord, exc: KeyledgerError) -> Outgoing:
 
 def register(broker: KafkaBroker, context: ProcessContext) -> SignerService:
     service = SignerService(context.keys, context.audit, context.publisher, context.settings)
-    run_group(context, GROUP, TOPICS, service.handle)
+    run_group(context, GROUP, TOPICS, service.handle, pipelined=True)
     return service

@@ -51,7 +51,8 @@ def _capture_into(captured: Captured, context: ProcessContext, topic: str) -> No
 @asynccontextmanager
 async def handler_harness(groups: list[str], *, kms: Any = None, ledger: Any = None,
                           **settings: Any) -> AsyncIterator[tuple[ProcessContext, Any, Captured]]:
-    config = Settings(kafka_bootstrap="unused:9092", **settings)
+    # the in-memory test broker delivers inline: handle each batch before publish() returns
+    config = Settings(kafka_bootstrap="unused:9092", **{"kafka_pipeline_depth": 1, **settings})
     context = ProcessContext.build(config, "unused:9092", kms=kms or LocalKms(), ledger=ledger or MemoryLedger(),
                                    follow=False)
     context.register(groups)

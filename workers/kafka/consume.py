@@ -45,7 +45,12 @@ class Waiting:
 
 
 class BatchRunner:
-    def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings) -> None:
+    """Runs `handle` over batches; with `depth` > 1 the next batch is handled while the previous one's
+    outputs are still being acknowledged (only for groups whose records are independent of each other)."""
+
+    def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1) -> None:
+        if depth < 1:
+            raise ValueError("pipeline depth must be at least 1")
         self.group = group
         self._handle = handle
         self._publisher = publisher
@@ -60,7 +65,13 @@ class BatchRunner:
         self._committed: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
         self._consumer: AIOKafkaConsumer | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # serialises offset bookkeeping and commits
+        self._slots = asyncio.Semaphore(depth)
+        # one batch at a time also means retries never overlap a batch (order-dependent groups)
+        self._serial = asyncio.Lock() if depth == 1 else None
+        self._depth = depth
+        self._in_flight: list[dict[TopicPartition, int]] = []  # oldest offset of each batch being handled
+        self._tasks: set[asyncio.Task[None]] = set()
         self._retry_task: asyncio.Task[None] | None = None
         self.records = 0
         self.dead = 0
@@ -68,11 +79,26 @@ class BatchRunner:
     async def __call__(self, records: Sequence[InboundRecord], consumer: Any = None) -> None:
         if isinstance(consumer, AIOKafkaConsumer):
             self._consumer = consumer
-        async with self._lock:
-            for record in records:
-                tp = TopicPartition(record.topic, record.partition)
-                self._seen[tp] = max(self._seen.get(tp, 0), record.offset + 1)
-            await self._process(self._take_due() + list(records))
+        await self._slots.acquire()  # backpressure: at most `depth` batches in hand
+        oldest: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            self._seen[tp] = max(self._seen.get(tp, 0), record.offset + 1)
+            oldest[tp] = min(record.offset, oldest.get(tp, record.offset))
+        self._in_flight.append(oldest)
+        task = asyncio.create_task(self._run(list(records), oldest))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self._depth == 1:
+            await task
+
+    async def _run(self, records: list[InboundRecord], oldest: dict[TopicPartition, int]) -> None:
+        try:
+            async with self._serial or contextlib.nullcontext():
+                await self._process(self._take_due() + records)
+        finally:
+            self._in_flight.remove(oldest)
+            self._slots.release()
             await self._commit()
         if self._waiting and self._retry_task is None:
             self._retry_task = asyncio.create_task(self._retry_loop(), name=f"{self.group}-retry")
@@ -82,6 +108,9 @@ class BatchRunner:
         return len(self._waiting)
 
     async def aclose(self) -> None:
+        """Finish the batches in hand (their offsets commit), stop retrying the waiting ones."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._retry_task is not None:
             self._retry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -157,6 +186,8 @@ class BatchRunner:
     def _take_due(self) -> list[InboundRecord]:
         if not self._waiting or time.monotonic() < self._next_retry:
             return []
+        # one taker at a time: the next retry is only due after this one reports back
+        self._next_retry = time.monotonic() + self._backoff_max
         return sorted((w.record for w in self._waiting.values()), key=lambda r: (r.topic, r.partition, r.offset))
 
     async def _retry_loop(self) -> None:
@@ -165,20 +196,28 @@ class BatchRunner:
             if not self._waiting:
                 self._retry_task = None
                 return
-            async with self._lock:
+            async with self._serial or contextlib.nullcontext():
                 await self._process(self._take_due())
-                await self._commit()
+            await self._commit()
 
     # --- offsets -----------------------------------------------------------------
 
     async def _commit(self) -> None:
+        async with self._lock:
+            await self._commit_locked()
+
+    async def _commit_locked(self) -> None:
         oldest_waiting: dict[TopicPartition, int] = {}
         for topic, partition, offset in self._waiting:
             tp = TopicPartition(topic, partition)
             oldest_waiting[tp] = min(offset, oldest_waiting.get(tp, offset))
+        unfinished = dict(oldest_waiting)
+        for batch in self._in_flight:
+            for tp, offset in batch.items():
+                unfinished[tp] = min(offset, unfinished.get(tp, offset))
         offsets = {}
         for tp, seen in self._seen.items():
-            safe = min(seen, oldest_waiting.get(tp, seen))
+            safe = min(seen, unfinished.get(tp, seen))
             if safe > self._committed.get(tp, -1):
                 offsets[tp] = safe
         if offsets and self._consumer is not None:
@@ -227,9 +266,13 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         await runner(records_of(message), getattr(message, "consumer", None))
 
 
-def run_group(context: Any, group: str, topics: Sequence[str], handle: Handle) -> BatchRunner:
-    """Subscribe `handle` as consumer group `group` of the process context; the context closes it."""
-    runner = BatchRunner(group, handle, context.publisher, context.settings)
+def run_group(context: Any, group: str, topics: Sequence[str], handle: Handle, *, pipelined: bool = False) -> BatchRunner:
+    """Subscribe `handle` as consumer group `group` of the process context; the context closes it.
+
+    `pipelined` groups (records independent of each other) handle the next batch while the last one's
+    outputs are acknowledged; the others handle one batch at a time, in order."""
+    depth = context.settings.kafka_pipeline_depth if pipelined else 1
+    runner = BatchRunner(group, handle, context.publisher, context.settings, depth)
     subscribe(context.broker, topics, group, runner, context.settings)
     context.runners.append(runner)
     return runner
