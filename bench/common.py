@@ -17,7 +17,7 @@ from typing import Iterator
 
 import boto3
 
-from workers.embedded import EmbeddedBroker, free_port, wait_for_port
+from workers.embedded import EmbeddedBroker, TigerBeetleServer, free_port, tigerbeetle_binary, wait_for_port
 
 
 @contextmanager
@@ -94,25 +94,16 @@ def tigerbeetle() -> Iterator[str | None]:
     With it the ledger outlives worker processes, so the bench can onboard in one process and
     measure another that starts cold on a backlog (its KMS calls are then real cache misses).
     """
-    import shutil
-
-    binary = os.environ.get("TIGERBEETLE_BIN") or shutil.which("tigerbeetle")
+    binary = tigerbeetle_binary()
     if not binary:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="keyledger-bench-tb-") as folder:
-        data = Path(folder) / "0_0.tigerbeetle"
-        subprocess.run([binary, "format", "--cluster=0", "--replica=0", "--replica-count=1", "--development",
-                        str(data)], check=True, capture_output=True)
-        port = free_port()
-        server = subprocess.Popen([binary, "start", f"--addresses=127.0.0.1:{port}", "--development", str(data)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = TigerBeetleServer(binary, Path(folder)).start()
         try:
-            wait_for_port(port, 60, server)
-            yield f"127.0.0.1:{port}"
+            yield server.address
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
 
 
 async def wait_group_done(bootstrap: str, group: str, topic: str, timeout: float = 900) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from workers.embedded import EmbeddedBroker, free_port
+from workers.embedded import EmbeddedBroker, TigerBeetleServer, free_port, tigerbeetle_binary
 
 
 def _docker_engine() -> bool:
@@ -60,34 +60,15 @@ def moto_kms_key(moto_endpoint: str) -> str:
     return kms.create_key(Description="keyledger tests", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
 
 
-def tigerbeetle_binary() -> str | None:
-    import shutil
-
-    return os.environ.get("TIGERBEETLE_BIN") or shutil.which("tigerbeetle")
-
-
 @pytest.fixture(scope="session")
 def tigerbeetle_address(tmp_path_factory) -> Iterator[str]:
     """A real single-replica `--development` TigerBeetle server; skips (saying why) where none is installed."""
-    import subprocess
-
-    from workers.embedded import wait_for_port
-
     binary = tigerbeetle_binary()
     if not binary:
         pytest.skip("no tigerbeetle server binary: set TIGERBEETLE_BIN or put tigerbeetle on PATH "
                     "(no package registry ships the server)")
-    data = tmp_path_factory.mktemp("tigerbeetle") / "0_0.tigerbeetle"
-    subprocess.run([binary, "format", "--cluster=0", "--replica=0", "--replica-count=1", "--development", str(data)],
-                   check=True, capture_output=True)
-    port = free_port()
-    log = open(data.with_suffix(".log"), "wb")  # noqa: SIM115
-    server = subprocess.Popen([binary, "start", f"--addresses=127.0.0.1:{port}", "--development", str(data)],
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = TigerBeetleServer(binary, tmp_path_factory.mktemp("tigerbeetle")).start()
     try:
-        wait_for_port(port, 60, server)
-        yield f"127.0.0.1:{port}"
+        yield server.address
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        data.unlink(missing_ok=True)
+        server.stop()

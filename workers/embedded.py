@@ -69,3 +69,41 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def tigerbeetle_binary() -> str | None:
+    """A TigerBeetle server binary from TIGERBEETLE_BIN or PATH (no package registry ships one)."""
+    import os
+    import shutil
+
+    return os.environ.get("TIGERBEETLE_BIN") or shutil.which("tigerbeetle")
+
+
+class TigerBeetleServer:
+    """A single-replica `--development` TigerBeetle on loopback, its data file in `folder` (tests, bench)."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self._binary = binary
+        self._data = Path(folder) / "0_0.tigerbeetle"
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> TigerBeetleServer:
+        subprocess.run([self._binary, "format", "--cluster=0", "--replica=0", "--replica-count=1", "--development",
+                        str(self._data)], check=True, capture_output=True)
+        self._process = subprocess.Popen(
+            [self._binary, "start", f"--addresses={self.address}", "--development", str(self._data)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, timeout, self._process)
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=30)
+        self._process = None
+        self._data.unlink(missing_ok=True)
