@@ -17,7 +17,13 @@ from typing import Iterator
 
 import boto3
 
-from workers.embedded import EmbeddedBroker, TigerBeetleServer, free_port, tigerbeetle_binary, wait_for_port
+from workers.embedded import (
+    EmbeddedBroker,
+    TigerBeetleServer,
+    free_port,
+    tigerbeetle_binary,
+    wait_for_port,
+)
 
 
 @contextmanager

@@ -9,8 +9,8 @@ import time
 
 from bench.common import Worker, broker, moto_kms, say
 from workers.kafka.tap import produce, read_topic
-from workers.kms.aws import AwsKms
 from workers.kafka.topics import ensure_topics
+from workers.kms.aws import AwsKms
 from workers.settings import Settings
 
 

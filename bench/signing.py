@@ -11,7 +11,15 @@ import uuid
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.common import Worker, broker, moto_kms, percentile, say, tigerbeetle, wait_group_done
+from bench.common import (
+    Worker,
+    broker,
+    moto_kms,
+    percentile,
+    say,
+    tigerbeetle,
+    wait_group_done,
+)
 from schemas.messages import KeyEvent, KeyEventType, KeyType
 from workers.cache import SingleFlightCache
 from workers.core import ids
@@ -55,8 +63,7 @@ async def cached_retrieval_latency(samples: int = 100_000) -> tuple[float, float
     """p50/p99 in microseconds of finding a tenant's active signing key and its cached private key."""
     directory = KeyDirectory()
     kms = LocalKms()
-    keys = KeyService(directory, kms, MemoryLedger(), SingleFlightCache(ttl=3600, max_entries=1000),
-                      SingleFlightCache(ttl=86400, max_entries=1000))
+    keys = KeyService(directory, kms, MemoryLedger(), SingleFlightCache(ttl=3600, max_entries=1000))
     tenants = [f"tenant-{i:03d}" for i in range(TENANTS)]
     for tenant in tenants:
         minted = await keys.mint(tenant, KeyType.SIGNING, 1, None)

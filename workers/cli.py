@@ -83,7 +83,9 @@ async def _verify(settings: Settings, path: str) -> int:
     from workers.verify import load_book, verify_lines
 
     try:
-        book = await load_book(_bootstrap_or_exit(settings))
+        # public keys: the design's 24 h cache, sized like the others (KEYLEDGER_CACHE_PUBLIC_TTL, _MAX_ENTRIES)
+        book = await load_book(_bootstrap_or_exit(settings), ttl=settings.cache_public_ttl,
+                               maxsize=settings.cache_max_entries)
     except TimeoutError as exc:
         sys.exit(f"keyledger verify: cannot read keys.events: {exc}")
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115

@@ -55,10 +55,7 @@ class ProcessContext:
         secrets: SingleFlightCache[SecretKey] = SingleFlightCache(
             ttl=settings.cache_private_ttl, max_entries=settings.cache_max_entries
         )
-        public_keys: SingleFlightCache[bytes] = SingleFlightCache(
-            ttl=settings.cache_public_ttl, max_entries=settings.cache_max_entries
-        )
-        keys = KeyService(directory, kms, ledger, secrets, public_keys)
+        keys = KeyService(directory, kms, ledger, secrets)
         follower = KeyFollower(bootstrap, directory, startup_timeout=settings.startup_timeout) if follow else None
         return cls(settings, broker, Publisher(broker), kms, ledger, directory, keys, AuditTrail(ledger), follower)
 

@@ -40,13 +40,11 @@ class KeyService:
         kms: Kms,
         ledger: Ledger,
         secrets: SingleFlightCache[SecretKey],
-        public_keys: SingleFlightCache[bytes],
     ) -> None:
         self.directory = directory
         self.kms = kms
         self.ledger = ledger
         self.secrets = secrets
-        self.public_keys = public_keys
         directory.on_evict(self.evict)
 
     # --- lookups -----------------------------------------------------------
@@ -111,16 +109,8 @@ class KeyService:
             material = pinned
         return material
 
-    def public_key(self, entry: KeyEntry) -> bytes | None:
-        cached = self.public_keys.peek(entry.key_id)
-        if cached is None and entry.public_key:
-            cached = b64decode(entry.public_key)
-            self.public_keys.put(entry.key_id, cached)
-        return cached
-
     def evict(self, key_id: str) -> None:
         self.secrets.evict(key_id)
-        self.public_keys.evict(key_id)
 
     # --- minting -----------------------------------------------------------
 
