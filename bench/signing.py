@@ -141,6 +141,7 @@ async def run(spans: int) -> dict:
         "sign_e2e_spans": e2e["spans"],
         "cached_key_p50_us": round(p50, 2),
         "cached_key_p99_us": round(p99, 2),
+        "sign_kms_calls": e2e["kms_calls"],
         "sign_kms_calls_per_100k_spans": round(kms_per_100k, 1) if kms_per_100k is not None else None,
         "sign_distinct_keys": TENANTS,
         "sign_ledger": e2e["ledger"],
