@@ -7,6 +7,8 @@ another tenant's keys.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,7 +21,7 @@ from workers.cache import SingleFlightCache
 from workers.core import ids, signing
 from workers.core.b64 import b64decode, b64encode
 from workers.core.material import material_fingerprint
-from workers.errors import KeyRefused, TransientError
+from workers.errors import KeyledgerError, KeyRefused, TransientError
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
 from workers.kms import Kms, KmsRefused, KmsUnavailable, encryption_context
 from workers.ledger import AccountFlags, Ledger, LedgerUnavailable
@@ -72,6 +74,19 @@ class KeyService:
 
     def cached_secret(self, key_id: str) -> SecretKey | None:
         return self.secrets.peek(key_id)
+
+    async def unwrap_missing(self, entries: Iterable[KeyEntry]) -> dict[str, KeyledgerError | TransientError]:
+        """Unwrap, concurrently, every entry not in the cache (one KMS call per key, however many ask);
+        returns the expected failures by key id. Anything unexpected is raised."""
+        missing = {e.key_id: e for e in entries if self.cached_secret(e.key_id) is None}
+        results = await asyncio.gather(*(self.secret(e) for e in missing.values()), return_exceptions=True)
+        failures: dict[str, KeyledgerError | TransientError] = {}
+        for key_id, result in zip(missing, results, strict=True):
+            if isinstance(result, KeyledgerError | TransientError):
+                failures[key_id] = result
+            elif isinstance(result, BaseException):
+                raise result
+        return failures
 
     async def secret(self, entry: KeyEntry) -> SecretKey:
         return await self.secrets.get(entry.key_id, lambda: self._unwrap(entry))

@@ -16,7 +16,6 @@ a rotation tick is requested for it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -121,21 +120,20 @@ class PiiService:
         return entries
 
     async def _warm_keys(self, requests: list[tuple[InboundRecord, PiiRequest]]) -> list[InboundRecord]:
-        """Unwrap every key this batch needs (one KMS call per missing key); records whose key can't be had yet wait."""
+        """Unwrap every key this batch needs (one KMS call per missing key); records whose key can't be had yet wait.
+        Refused keys are answered per field in _serve."""
         needed: dict[str, KeyEntry] = {}
         users: dict[str, list[InboundRecord]] = defaultdict(list)
         for record, request in requests:
             for entry in self._entries_needed(request):
-                if entry.state is not KeyState.DESTROYED and self._keys.cached_secret(entry.key_id) is None:
+                if entry.state is not KeyState.DESTROYED:
                     needed[entry.key_id] = entry
                     users[entry.key_id].append(record)
-        results = await asyncio.gather(*(self._keys.secret(e) for e in needed.values()), return_exceptions=True)
+        failures = await self._keys.unwrap_missing(needed.values())
         blocked: dict[int, InboundRecord] = {}
-        for key_id, result in zip(needed, results, strict=True):
-            if isinstance(result, TransientError):
+        for key_id, failure in failures.items():
+            if isinstance(failure, TransientError):
                 blocked.update((id(r), r) for r in users[key_id])
-            elif isinstance(result, BaseException) and not isinstance(result, KeyledgerError):
-                raise result
         return list(blocked.values())
 
     async def _worn_keys(self, requests: list[tuple[InboundRecord, PiiRequest]]) -> dict[str, KeyEntry]:

@@ -11,7 +11,6 @@ go to `kms.dlq` with a typed error.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -96,22 +95,15 @@ class SignerService:
         return blocked
 
     async def _unwrap_missing(self, by_key: dict[str, KeyBatch], dead: list[Outgoing]) -> list[InboundRecord]:
-        """Unwrap keys not in the cache, concurrently; returns the records that must wait."""
-        missing = [b for key_id, b in by_key.items() if self._keys.cached_secret(key_id) is None]
-        if not missing:
-            return []
-        results = await asyncio.gather(*(self._keys.secret(b.entry) for b in missing), return_exceptions=True)
+        """Unwrap keys not in the cache; returns the records that must wait (KMS unreachable)."""
+        failures = await self._keys.unwrap_missing(b.entry for b in by_key.values())
         blocked: list[InboundRecord] = []
-        for batch, result in zip(missing, results, strict=True):
-            if not isinstance(result, BaseException):
-                continue
-            del by_key[batch.entry.key_id]
-            if isinstance(result, TransientError):
+        for key_id, failure in failures.items():
+            batch = by_key.pop(key_id)
+            if isinstance(failure, TransientError):
                 blocked.extend(job.record for job in batch.jobs)
-            elif isinstance(result, KeyledgerError):
-                dead.extend(_letter(job.record, result) for job in batch.jobs)
             else:
-                raise result
+                dead.extend(_letter(job.record, failure) for job in batch.jobs)
         return blocked
 
     def _sign_all(self, batch: KeyBatch, private_key: Ed25519PrivateKey, signed_at: str,
