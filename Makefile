@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit bench dev clean
+.PHONY: demo test unit lint bench dev clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
@@ -19,8 +19,12 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/keyledger dev
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/pytest -q -rs
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -11,13 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 
-from workers.embedded import (
+from workers.app.embedded import (
     EmbeddedBroker,
     TigerBeetleServer,
     free_port,
@@ -57,7 +58,7 @@ class Worker:
         self.log = Path(tempfile.mkstemp(prefix="keyledger-bench-", suffix=".log")[1])
         profile = os.environ.get("BENCH_PROFILE")  # a path: the worker runs under cProfile and writes it there
         runner = ["-m", "cProfile", "-o", profile] if profile else []
-        args = [sys.executable, *runner, "-m", "workers.cli", "run"] + [a for g in groups for a in ("--group", g)]
+        args = [sys.executable, *runner, "-m", "workers.app.cli", "run"] + [a for g in groups for a in ("--group", g)]
         environment = {
             **os.environ,
             "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap,
@@ -79,8 +80,6 @@ def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-
-import logging
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
 

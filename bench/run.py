@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import lifecycle, pii, signing  # noqa: E402
+from bench import lifecycle, pii, signing
 
 
 async def main() -> None:

@@ -21,12 +21,12 @@ from bench.common import (
     wait_group_done,
 )
 from schemas.messages import KeyEvent, KeyEventType, KeyType
-from workers.cache import SingleFlightCache
 from workers.core import ids
 from workers.core.signing import signing_input
 from workers.kafka.tap import produce, read_topic
 from workers.kafka.topics import ensure_topics
-from workers.keys import KeyService
+from workers.keys.cache import SingleFlightCache
+from workers.keys.service import KeyService
 from workers.keystore.directory import KeyDirectory
 from workers.kms.local import LocalKms
 from workers.ledger.memory import MemoryLedger

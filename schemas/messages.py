@@ -15,9 +15,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from schemas.errors import ErrorInfo
 
-TenantId = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-]
+TENANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN)]
 KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 FieldPath = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -115,6 +114,13 @@ class RotationTick(_Message):
     tenant_id: TenantId | None = None
     key_type: KeyType | None = None
     reason: RotationReason = RotationReason.SCHEDULED
+    # set by keyledger itself on the per-tenant ticks a fan-out publishes
+    due_before: Annotated[int, Field(ge=0, lt=2**64)] | None = None
+    """Only keys created before this instant (ledger time, ns since the epoch) rotate."""
+    parent_tick_id: EventId | None = None
+    """The tick (without tenant) that fanned this one out."""
+    cause: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    """Why keyledger itself asked for the rotation, e.g. `wear_out`."""
 
 
 # --- outbound ----------------------------------------------------------------
@@ -168,6 +174,10 @@ class KeyEvent(_Message):
     occurred_at: datetime
     public_key: str | None = None
     previous_key_id: KeyId | None = None
+    tick_id: EventId | None = None
+    """On `rotated`/`revoked`: the rotation tick that made this version."""
+    reason: RotationReason | None = None
+    """On `rotated`: why the key rotated."""
 
 
 class AuditSource(_Message):

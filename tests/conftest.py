@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from workers.embedded import EmbeddedBroker, TigerBeetleServer, free_port, tigerbeetle_binary
+from workers.app.embedded import EmbeddedBroker, TigerBeetleServer, free_port, tigerbeetle_binary
 
 
 def _docker_engine() -> bool:

@@ -1,8 +1,19 @@
-"""Typed failures of key operations; each maps to one ErrorCode on the wire."""
+"""The two families of failure every layer shares.
+
+- `KeyledgerError`: an expected failure of one request (bad input, a key it may
+  not use). It maps to one ErrorCode on the wire; its message is safe to log and
+  publish and never echoes input bytes.
+- `Unavailable`: infrastructure is briefly out of reach (KMS, ledger, a key the
+  table has not caught up with). Each port's own error derives from it; the
+  batch runner treats the whole family as transient: the records wait,
+  uncommitted, and are retried with backoff.
+"""
 
 from __future__ import annotations
 
 from schemas.errors import ErrorCode, ErrorInfo
+
+MAX_MESSAGE = 500  # characters; ErrorInfo allows more, but a message never needs to quote its input
 
 
 class KeyledgerError(Exception):
@@ -11,7 +22,7 @@ class KeyledgerError(Exception):
     code: ErrorCode = ErrorCode.PROCESSING_FAILED
 
     def __init__(self, message: str, code: ErrorCode | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…")
         if code is not None:
             self.code = code
 
@@ -29,5 +40,5 @@ class KeyRefused(KeyledgerError):
     code = ErrorCode.KEY_NOT_FOUND
 
 
-class TransientError(Exception):
-    """Infrastructure is briefly unavailable: the batch is retried with backoff, offsets stay uncommitted."""
+class Unavailable(Exception):
+    """Transient: the records wait uncommitted and are retried with backoff; never counts as an attempt."""

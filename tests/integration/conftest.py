@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from workers.context import ProcessContext
+from workers.app.context import ProcessContext
 from workers.kafka.tap import read_topic
 from workers.kafka.topics import ensure_topics
 from workers.settings import Settings
@@ -90,7 +90,7 @@ def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -
 
     def start(*groups: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
-        args = [sys.executable, "-m", "workers.cli", "run"] + [a for g in groups for a in ("--group", g)]
+        args = [sys.executable, "-m", "workers.app.cli", "run"] + [a for g in groups for a in ("--group", g)]
         full_env = {**os.environ, **aws_env, "KEYLEDGER_KAFKA_BOOTSTRAP": topics_ready,
                     "KEYLEDGER_KAFKA_PARTITIONS": "3", **(env or {})}
         proc = subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT)

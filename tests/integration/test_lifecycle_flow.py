@@ -71,7 +71,8 @@ async def test_cli_rotation_compromise_and_shredding_end_to_end(topics_ready, wo
     await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "encrypt", {"ssn": "078-05-1120"}, "e1"))])
     sealed = await result(bootstrap, tenant, "e1")
 
-    cli = subprocess.run([sys.executable, "-m", "workers.cli", "rotate", "--tenant", tenant, "--key-type", "encryption",
+    cli = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "workers.app.cli", "rotate", "--tenant", tenant, "--key-type", "encryption",
                           "--reason", "compromise"], env={**os.environ, "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap},
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stdout + cli.stderr

@@ -25,7 +25,7 @@ def tb_env(tigerbeetle_address):
 
 
 def audit_verify(bootstrap: str, env: dict, tenant: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workers.cli", "audit", "verify", "--tenant", tenant],
+    return subprocess.run([sys.executable, "-m", "workers.app.cli", "audit", "verify", "--tenant", tenant],
                           env={**os.environ, **env, "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap},
                           capture_output=True, text=True, timeout=120)
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from workers.embedded import free_port
+from workers.app.embedded import free_port
 from workers.kms import KmsRefused, KmsUnavailable, encryption_context
 from workers.kms.aws import AwsKms
 

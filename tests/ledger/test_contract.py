@@ -13,14 +13,12 @@ from dataclasses import replace
 
 import pytest
 
-from workers.embedded import free_port
+from workers.app.embedded import free_port
 from workers.ledger import (
     Account,
     AccountFilter,
     AccountFilterFlags,
     AccountFlags,
-    CreateAccountStatus as A,
-    CreateTransferStatus as T,
     Ledger,
     LedgerError,
     LedgerUnavailable,
@@ -28,6 +26,12 @@ from workers.ledger import (
     QueryFilterFlags,
     Transfer,
     TransferFlags,
+)
+from workers.ledger import (
+    CreateAccountStatus as A,
+)
+from workers.ledger import (
+    CreateTransferStatus as T,
 )
 from workers.ledger.factory import open_ledger
 from workers.ledger.memory import RESULTS_MAX, MemoryLedger
@@ -172,7 +176,7 @@ async def test_balances_count_usage_and_a_replayed_batch_is_all_exists(ledger):
     assert [r.timestamp for r in replay] == [r.timestamp for r in first]
     assert await balances(ledger, tenant, key) == [(0, 16, 0, 0), (0, 0, 0, 16)]
     stored = await ledger.lookup_transfers([t.id for t in batch])
-    assert [(t.amount, t.timestamp) for t in stored] == [(t.amount, r.timestamp) for t, r in zip(batch, first)]
+    assert [(t.amount, t.timestamp) for t in stored] == [(t.amount, r.timestamp) for t, r in zip(batch, first, strict=True)]
 
 
 async def test_a_transfer_exists_with_the_first_difference_in_the_servers_order(ledger):

@@ -12,7 +12,7 @@ from typing import Any
 
 from faststream.kafka import KafkaMessage, TestKafkaBroker
 
-from workers.context import ProcessContext
+from workers.app.context import ProcessContext
 from workers.kafka.records import InboundRecord
 from workers.kms.local import LocalKms
 from workers.ledger.memory import MemoryLedger
@@ -54,7 +54,7 @@ async def handler_harness(groups: list[str], *, kms: Any = None, ledger: Any = N
     # the in-memory test broker delivers inline: handle each batch before publish() returns
     config = Settings(kafka_bootstrap="unused:9092", **{"kafka_pipeline_depth": 1, **settings})
     context = ProcessContext.build(config, "unused:9092", kms=kms or LocalKms(), ledger=ledger or MemoryLedger(),
-                                   follow=False)
+                                   follow=False, test_broker=True)
     context.register(groups)
     captured = Captured()
     for topic in OUTPUTS:

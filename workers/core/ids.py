@@ -110,3 +110,8 @@ def tag64(*parts: str | int) -> int:
 
 def system_account_id(name: str) -> int:
     return _hash128("system", name)
+
+
+def system_transfer_id(label: str, name: str) -> int:
+    """A transfer between system accounts (e.g. the ledger clock), derived from `name`."""
+    return _hash128(label, name)

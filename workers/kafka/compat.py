@@ -23,7 +23,7 @@ from aiokafka.protocol.types import (
 )
 
 
-class InitProducerIdResponseV3(Response):
+class InitProducerIdResponseV3(Response):  # type: ignore[misc]
     FLEXIBLE_VERSION = True
     API_KEY = 22
     API_VERSION = 3
@@ -36,7 +36,7 @@ class InitProducerIdResponseV3(Response):
     )
 
 
-class InitProducerIdRequestV3(RequestStruct):
+class InitProducerIdRequestV3(RequestStruct):  # type: ignore[misc]
     FLEXIBLE_VERSION = True
     API_KEY = 22
     API_VERSION = 3
@@ -50,7 +50,7 @@ class InitProducerIdRequestV3(RequestStruct):
     )
 
 
-class InitProducerIdRequest(_txn.InitProducerIdRequest):
+class InitProducerIdRequest(_txn.InitProducerIdRequest):  # type: ignore[misc]
     def build(self, request_struct_class: Any) -> Any:
         if request_struct_class is InitProducerIdRequestV3:
             return InitProducerIdRequestV3(self._transactional_id, self._transaction_timeout_ms, -1, -1, {})
@@ -61,4 +61,4 @@ InitProducerIdRequest._CLASSES = (_txn.InitProducerIdRequest_v0, InitProducerIdR
 
 
 def install() -> None:
-    _sender.InitProducerIdRequest = InitProducerIdRequest  # type: ignore[misc]
+    _sender.InitProducerIdRequest = InitProducerIdRequest

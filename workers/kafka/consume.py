@@ -1,8 +1,8 @@
 """Batch consumption: at-least-once, per-record retries, commits that never pass unfinished work.
 
-The service handles a batch and returns the records it could not finish for a
+The group handles a batch and returns the records it could not finish for a
 transient reason (KMS unreachable for that tenant, ledger briefly down); it
-raises TransientError when nothing could be done. Those records wait in memory
+raises `Unavailable` (any port's transient error) when nothing could be done. Those records wait in memory
 and are retried with exponential backoff while the rest of the stream keeps
 flowing; the committed offset of a partition never passes its oldest waiting
 record, so a crash or rebalance redelivers it. A record whose processing raises
@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream import AckPolicy
@@ -27,7 +27,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from schemas.errors import ErrorCode, ErrorInfo
 from schemas.topics import Topic
-from workers.errors import TransientError
+from workers.errors import Unavailable
 from workers.kafka.publisher import Publisher
 from workers.kafka.records import InboundRecord, letter_for, records_of
 from workers.settings import Settings
@@ -35,6 +35,19 @@ from workers.settings import Settings
 log = logging.getLogger("keyledger.consume")
 
 Handle = Callable[[Sequence[InboundRecord]], Awaitable[Sequence[InboundRecord]]]
+
+
+class ConsumerGroup(Protocol):
+    """What a consumer group gives the runner: its name, its topics and a batch handler.
+
+    `pipelined` groups (records independent of each other) handle the next batch while the last
+    one's outputs are acknowledged; the others handle one batch at a time, in order."""
+
+    name: str
+    topics: tuple[str, ...]
+    pipelined: bool
+
+    async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]: ...
 
 
 @dataclass(slots=True)
@@ -123,7 +136,7 @@ class BatchRunner:
             return
         try:
             blocked = list(await self._handle(records))
-        except TransientError as exc:
+        except Unavailable as exc:
             self._wait(records, str(exc))
             return
         except Exception:
@@ -143,7 +156,7 @@ class BatchRunner:
         for record in records:
             try:
                 blocked = await self._handle([record])
-            except TransientError as exc:
+            except Unavailable as exc:
                 self._wait([record], str(exc))
                 continue
             except Exception as exc:
@@ -266,13 +279,9 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         await runner(records_of(message), getattr(message, "consumer", None))
 
 
-def run_group(context: Any, group: str, topics: Sequence[str], handle: Handle, *, pipelined: bool = False) -> BatchRunner:
-    """Subscribe `handle` as consumer group `group` of the process context; the context closes it.
-
-    `pipelined` groups (records independent of each other) handle the next batch while the last one's
-    outputs are acknowledged; the others handle one batch at a time, in order."""
-    depth = context.settings.kafka_pipeline_depth if pipelined else 1
-    runner = BatchRunner(group, handle, context.publisher, context.settings, depth)
-    subscribe(context.broker, topics, group, runner, context.settings)
-    context.runners.append(runner)
+def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup) -> BatchRunner:
+    """Subscribe `group` on `broker`; the caller owns the returned runner and closes it."""
+    depth = settings.kafka_pipeline_depth if group.pipelined else 1
+    runner = BatchRunner(group.name, group.handle, publisher, settings, depth)
+    subscribe(broker, group.topics, group.name, runner, settings)
     return runner

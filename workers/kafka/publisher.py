@@ -3,17 +3,29 @@
 One awaited publish per record costs ~1 ms; sending without waiting and
 gathering the futures lets the producer pack records into few requests.
 Returning means every record is durable (acks=all), so the caller may commit.
+
+`KafkaPublisher` owns its aiokafka producer (idempotent, acks=all, large batches)
+and uses only public aiokafka API. `BrokerPublisher` publishes through a
+FastStream broker: handler tests run it on FastStream's TestKafkaBroker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
+
+from workers.kafka import compat
+from workers.settings import Settings
+
+PARTITIONS_TTL = 30.0  # seconds a topic's partition list is trusted before it is asked for again
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,43 +40,83 @@ class Outgoing:
         return cls(topic, key.encode(), value)
 
 
-class Publisher:
-    def __init__(self, broker: KafkaBroker) -> None:
-        self._broker = broker
-        self._partitions: dict[tuple[str, bytes], tuple[int, int]] = {}
-        self.published = 0
+class Publisher(Protocol):
+    published: int
 
-    def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int | None:
-        """The default partitioner's answer, remembered per (topic, key): murmur2 in Python costs ~4 us."""
-        partitions = producer._metadata.partitions_for_topic(topic)
-        if not partitions:
-            return None  # metadata not loaded yet: let the producer wait for it
-        known = self._partitions.get((topic, key))
-        if known is not None and known[0] == len(partitions):
-            return known[1]
-        if len(self._partitions) > 100_000:
-            self._partitions.clear()
-        ordered = sorted(partitions)
-        chosen = producer._partitioner(key, ordered, ordered)
-        self._partitions[(topic, key)] = (len(partitions), chosen)
-        return chosen
+    async def start(self) -> None: ...
 
-    def _producer(self) -> AIOKafkaProducer | None:
-        """The broker's own aiokafka producer once connected; None under FastStream's TestKafkaBroker."""
-        state = getattr(self._broker.config.producer, "_producer", None)
-        producer = getattr(state, "producer", None)
-        return producer if isinstance(producer, AIOKafkaProducer) else None
+    async def aclose(self) -> None: ...
 
     async def publish(self, records: Iterable[Outgoing]) -> None:
-        producer = self._producer()
+        """Returns once every record is acknowledged by the broker (acks=all)."""
+        ...
+
+
+class KafkaPublisher:
+    def __init__(self, bootstrap: str, settings: Settings) -> None:
+        compat.install()
+        durability: dict[str, object] = {"acks": "all", "enable_idempotence": settings.kafka_idempotence}
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id="keyledger",
+            linger_ms=settings.kafka_linger_ms,
+            # one partition's batch per request is in flight at a time: 16 KiB batches (the default) turn
+            # a 1,000-record handler batch into several sequential round trips
+            max_batch_size=settings.kafka_producer_batch_bytes,
+            max_request_size=max(settings.max_message_bytes * 2, settings.kafka_producer_batch_bytes * 2),
+            **durability,
+        )
+        self._partitioner = DefaultPartitioner()
+        self._topics: dict[str, tuple[float, list[int]]] = {}
+        self._chosen: dict[tuple[str, bytes], int] = {}
+        self.published = 0
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def aclose(self) -> None:
+        await self._producer.stop()
+
+    async def _partition(self, topic: str, key: bytes) -> int:
+        """The default partitioner's answer, remembered per (topic, key): murmur2 in Python costs ~4 us."""
+        now = time.monotonic()
+        known = self._topics.get(topic)
+        if known is None or now - known[0] > PARTITIONS_TTL:
+            partitions = sorted(await self._producer.partitions_for(topic))
+            if known is None or known[1] != partitions:
+                self._chosen = {k: p for k, p in self._chosen.items() if k[0] != topic}
+            known = self._topics[topic] = (now, partitions)
+        chosen = self._chosen.get((topic, key))
+        if chosen is None:
+            if len(self._chosen) > 100_000:
+                self._chosen.clear()
+            chosen = self._chosen[(topic, key)] = self._partitioner(key, known[1], known[1])
+        return chosen
+
+    async def publish(self, records: Iterable[Outgoing]) -> None:
         pending = []
         for record in records:
-            if producer is not None:
-                # straight to the producer: FastStream's per-message publish path costs more than the send
-                partition = self._partition(producer, record.topic, record.key)
-                pending.append(await producer.send(record.topic, record.value, key=record.key, partition=partition))
-            else:
-                await self._broker.publish(record.value, record.topic, key=record.key)
+            partition = await self._partition(record.topic, record.key)
+            pending.append(await self._producer.send(record.topic, record.value, key=record.key, partition=partition))
             self.published += 1
         if pending:
             await asyncio.gather(*pending)
+
+
+class BrokerPublisher:
+    """Through FastStream's broker, one awaited publish per record: for handler tests, not for speed."""
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self._broker = broker
+        self.published = 0
+
+    async def start(self) -> None:
+        """The broker's own producer starts with the broker."""
+
+    async def aclose(self) -> None:
+        """The broker's own producer stops with the broker."""
+
+    async def publish(self, records: Iterable[Outgoing]) -> None:
+        for record in records:
+            await self._broker.publish(record.value, record.topic, key=record.key)
+            self.published += 1

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from schemas.errors import ErrorCode, ErrorInfo
 from schemas.messages import AuditSource, DeadLetter
+from schemas.topics import Topic
 from workers.core.b64 import b64encode
-from workers.errors import BadInput
-
-if TYPE_CHECKING:
-    from workers.kafka.publisher import Outgoing
+from workers.errors import BadInput, KeyledgerError
+from workers.kafka.publisher import Outgoing
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+Refusal = tuple["InboundRecord", KeyledgerError]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,19 @@ def parse(record: InboundRecord, model: type[M], max_bytes: int) -> M:
         raise BadInput(f"invalid {model.__name__}: {problems}", ErrorCode.INVALID_MESSAGE) from None
 
 
+def parse_all(records: Iterable[InboundRecord], parse_one: Callable[[InboundRecord], T]
+              ) -> tuple[list[tuple[InboundRecord, T]], list[Refusal]]:
+    """Each record parsed, or refused with its typed error (for the dead-letter queue)."""
+    parsed: list[tuple[InboundRecord, T]] = []
+    refused: list[Refusal] = []
+    for record in records:
+        try:
+            parsed.append((record, parse_one(record)))
+        except KeyledgerError as exc:
+            refused.append((record, exc))
+    return parsed, refused
+
+
 def dead_letter(record: InboundRecord, error: ErrorInfo, group: str, attempts: int = 1) -> DeadLetter:
     return DeadLetter(
         topic=record.topic,
@@ -94,8 +110,5 @@ def dead_letter(record: InboundRecord, error: ErrorInfo, group: str, attempts: i
 
 def letter_for(record: InboundRecord, error: ErrorInfo, group: str, attempts: int = 1) -> Outgoing:
     """The `kms.dlq` record for `record`, keyed like the original."""
-    from schemas.topics import Topic
-    from workers.kafka.publisher import Outgoing
-
     key = record.key.decode(errors="replace") if record.key else ""
     return Outgoing.of(Topic.DLQ, key, dead_letter(record, error, group, attempts))

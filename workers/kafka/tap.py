@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
@@ -48,10 +48,10 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float) ->
             raise TimeoutError(f"topic {topic} not found")
         await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
-    return found
+    return set(found)
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
     """A plain producer, as any outside client would write (key, value) records."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()

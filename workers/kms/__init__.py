@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from schemas.messages import KeyType
+from workers.errors import Unavailable
 
 DATA_KEY_BYTES = 32
 MAX_WRAPPED_BYTES = 6144  # AWS KMS ciphertext blobs are at most 6 KiB
@@ -21,7 +22,7 @@ class KmsError(Exception):
     """A KMS failure; messages never carry key material."""
 
 
-class KmsUnavailable(KmsError):
+class KmsUnavailable(KmsError, Unavailable):
     """Transient: unreachable, throttled, timed out. Retry with backoff."""
 
 

@@ -84,7 +84,7 @@ class AwsKms:
         plaintext = reply["Plaintext"]
         if len(plaintext) != 32:
             raise KmsError("KMS returned a data key of the wrong length")
-        return plaintext
+        return bytes(plaintext)
 
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         await self._call("ScheduleKeyDeletion", KeyId=kms_key_id, PendingWindowInDays=pending_days)
@@ -99,14 +99,15 @@ class AwsKms:
         async with self._limit:
             self.calls += 1
             try:
-                return await method(**params)
+                reply: dict[str, Any] = await method(**params)
+                return reply
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "Unknown")
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if code in _TRANSIENT_CODES or status >= 500:
                     raise KmsUnavailable(f"{operation}: {code}") from None
                 raise KmsRefused(f"{operation}: {code}") from None
-            except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, BotoCoreError, OSError) as exc:
                 raise KmsUnavailable(f"{operation}: {type(exc).__name__}") from None
 
 

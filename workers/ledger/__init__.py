@@ -25,6 +25,8 @@ from tigerbeetle import (
     TransferFlags,
 )
 
+from workers.errors import Unavailable
+
 __all__ = [
     "Account",
     "AccountFilter",
@@ -50,7 +52,7 @@ class LedgerError(Exception):
     """The ledger refused a request in a way that retrying cannot fix."""
 
 
-class LedgerUnavailable(LedgerError):
+class LedgerUnavailable(LedgerError, Unavailable):
     """The ledger could not be reached in time; the caller retries with backoff."""
 
 

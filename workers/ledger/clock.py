@@ -2,19 +2,17 @@
 
 `now(name)` creates (or finds again) a zero-amount transfer between two system
 accounts whose id is derived from `name`; the timestamp TigerBeetle gave it is
-the answer. The same name always answers the same instant, so a replayed tick
+the answer (LedgerUnavailable, transient, when it cannot be reached). The same name always answers the same instant, so a replayed tick
 evaluates exactly the same cut-off.
 """
 
 from __future__ import annotations
 
 from workers.core import ids
-from workers.errors import TransientError
 from workers.ledger import (
     Account,
     Ledger,
     LedgerError,
-    LedgerUnavailable,
     Transfer,
     account_ok,
     transfer_ok,
@@ -31,13 +29,10 @@ class LedgerClock:
 
     async def now(self, name: str) -> int:
         """Nanoseconds since the epoch, as the ledger cluster recorded the instant `name`."""
-        try:
-            await self._accounts()
-            tick = Transfer(id=ids._hash128("clock", name), debit_account_id=_DEBIT, credit_account_id=_CREDIT,
-                            amount=0, ledger=ids.LEDGER, code=ids.SYSTEM_CODE)
-            [result] = await self._ledger.create_transfers([tick])
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
+        await self._accounts()
+        tick = Transfer(id=ids.system_transfer_id("clock", name), debit_account_id=_DEBIT, credit_account_id=_CREDIT,
+                        amount=0, ledger=ids.LEDGER, code=ids.SYSTEM_CODE)
+        [result] = await self._ledger.create_transfers([tick])
         if not transfer_ok(result.status):
             raise LedgerError(f"ledger clock refused: {result.status.name}")
         return result.timestamp

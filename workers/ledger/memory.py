@@ -121,12 +121,13 @@ class MemoryLedger:
         return base
 
     def _execute(
-        self, events: Sequence[Any], create: Callable, result_type: type, statuses: Any, burns_id: frozenset
-    ) -> list:
+        self, events: Sequence[Any], create: Callable[..., Any], result_type: type, statuses: Any,
+        burns_id: frozenset[Any]
+    ) -> list[Any]:
         created, failed, open_chain = statuses.CREATED, statuses.LINKED_EVENT_FAILED, statuses.LINKED_EVENT_CHAIN_OPEN
         base = self._reserve_timestamps(len(events))
         last = len(events) - 1
-        results: list = []
+        results: list[Any] = []
         chain_start: int | None = None
         chain_broken = False
         for index, event in enumerate(events):
@@ -172,7 +173,7 @@ class MemoryLedger:
             return status, timestamp
         self._insert_account(Account(
             id=a.id, user_data_128=a.user_data_128, user_data_64=a.user_data_64, user_data_32=a.user_data_32,
-            ledger=a.ledger, code=a.code, flags=int(a.flags), timestamp=timestamp,
+            ledger=a.ledger, code=a.code, flags=AccountFlags(int(a.flags)), timestamp=timestamp,
         ))
         return CreateAccountStatus.CREATED, timestamp
 
@@ -215,7 +216,7 @@ class MemoryLedger:
         self._apply_transfer(Transfer(
             id=t.id, debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id, amount=t.amount,
             pending_id=t.pending_id, user_data_128=t.user_data_128, user_data_64=t.user_data_64,
-            user_data_32=t.user_data_32, timeout=t.timeout, ledger=t.ledger, code=t.code, flags=int(t.flags),
+            user_data_32=t.user_data_32, timeout=t.timeout, ledger=t.ledger, code=t.code, flags=TransferFlags(int(t.flags)),
             timestamp=timestamp,
         ), debit, credit)
         return CreateTransferStatus.CREATED, timestamp
@@ -245,7 +246,7 @@ class MemoryLedger:
             for account, (debits_pending, debits_posted, credits_pending, credits_posted, flags) in saved:
                 account.debits_pending, account.debits_posted = debits_pending, debits_posted
                 account.credits_pending, account.credits_posted = credits_pending, credits_posted
-                account.flags = flags
+                account.flags = AccountFlags(flags)
             del self._transfers[transfer.id]
             self._transfers_in_order.pop()
             self._transfers_by_account[debit.id].pop()
@@ -508,12 +509,13 @@ def _query_matches(obj: Account | Transfer, f: QueryFilter) -> bool:
 
 
 def _page(
-    ordered: list, f: AccountFilter | QueryFilter, matches: Callable[[Any], bool], reverse: bool, copy: Callable
-) -> list:
+    ordered: list[Any], f: AccountFilter | QueryFilter, matches: Callable[[Any], bool], reverse: bool,
+    copy: Callable[[Any], Any]
+) -> list[Any]:
     """Up to `f.limit` copies of matching objects within the timestamp range, oldest (or newest) first."""
     low = bisect_left(ordered, f.timestamp_min, key=_timestamp) if f.timestamp_min else 0
     high = bisect_right(ordered, f.timestamp_max, key=_timestamp) if f.timestamp_max else len(ordered)
-    window: Iterable = reversed(range(low, high)) if reverse else range(low, high)
+    window: Iterable[int] = reversed(range(low, high)) if reverse else range(low, high)
     found = []
     for index in window:
         obj = ordered[index]

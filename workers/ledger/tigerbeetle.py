@@ -60,7 +60,7 @@ class TigerBeetleLedger:
         self._batch_max = batch_max
         self._timeout = timeout
         self._closed = False
-        self._unanswered: set[asyncio.Task] = set()  # timed out, still owned by the client
+        self._unanswered: set[asyncio.Task[Any]] = set()  # timed out, still owned by the client
 
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
         return await self._in_requests(self._client.create_accounts, _cut_between_chains(accounts, self._batch_max))
@@ -114,11 +114,11 @@ class TigerBeetleLedger:
             if not request.done():
                 self._keep_until_answered(request)
 
-    def _keep_until_answered(self, request: asyncio.Task) -> None:
+    def _keep_until_answered(self, request: asyncio.Task[Any]) -> None:
         self._unanswered.add(request)
         request.add_done_callback(self._forget_answered)
 
-    def _forget_answered(self, request: asyncio.Task) -> None:
+    def _forget_answered(self, request: asyncio.Task[Any]) -> None:
         self._unanswered.discard(request)
         if not request.cancelled():
             request.exception()  # nobody awaits it any more; mark its failure as seen

@@ -91,7 +91,7 @@ async def test_unsignable_spans_get_a_typed_dlq_error_and_the_stream_flows(harne
 
 async def test_one_transfer_per_key_and_batch_counts_every_span(harness):
     context, broker, captured = harness
-    service = context.services["keyledger-signer"]
+    service = context.groups["keyledger-signer"]
     records = [inbound("spans.to-sign", t, span_job(t), offset=i) for i, t in enumerate(["acme", "globex"] * 50)]
     assert await service.handle(records) == []
     audits = [a for a in captured.values("kms.audit") if a["op"] == "sign"]
@@ -115,7 +115,7 @@ async def test_without_kms_cached_tenants_keep_signing_and_others_wait():
         globex_key = context.keys.active("globex", "signing").key_id
         context.keys.evict(globex_key)  # as if globex's key had aged out of the cache
         kms.down = True
-        service = context.services["keyledger-signer"]
+        service = context.groups["keyledger-signer"]
         records = [inbound("spans.to-sign", t, span_job(t), offset=i) for i, t in enumerate(["acme", "globex"] * 3)]
         blocked = await service.handle(records)
         assert [r.offset for r in blocked] == [1, 3, 5]

@@ -17,14 +17,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.errors import ErrorCode
 from schemas.messages import KeyMaterial, KeyType
-from workers.cache import SingleFlightCache
 from workers.core import ids, signing
 from workers.core.b64 import b64decode, b64encode
 from workers.core.material import material_fingerprint
-from workers.errors import KeyledgerError, KeyRefused, TransientError
+from workers.errors import KeyledgerError, KeyRefused, Unavailable
+from workers.keys.cache import SingleFlightCache
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
-from workers.kms import Kms, KmsRefused, KmsUnavailable, encryption_context
-from workers.ledger import AccountFlags, Ledger, LedgerUnavailable
+from workers.kms import Kms, KmsRefused, encryption_context
+from workers.ledger import AccountFlags, Ledger
 
 SecretKey = Ed25519PrivateKey | AESGCM
 
@@ -75,14 +75,14 @@ class KeyService:
     def cached_secret(self, key_id: str) -> SecretKey | None:
         return self.secrets.peek(key_id)
 
-    async def unwrap_missing(self, entries: Iterable[KeyEntry]) -> dict[str, KeyledgerError | TransientError]:
+    async def unwrap_missing(self, entries: Iterable[KeyEntry]) -> dict[str, KeyledgerError | Unavailable]:
         """Unwrap, concurrently, every entry not in the cache (one KMS call per key, however many ask);
         returns the expected failures by key id. Anything unexpected is raised."""
         missing = {e.key_id: e for e in entries if self.cached_secret(e.key_id) is None}
         results = await asyncio.gather(*(self.secret(e) for e in missing.values()), return_exceptions=True)
-        failures: dict[str, KeyledgerError | TransientError] = {}
+        failures: dict[str, KeyledgerError | Unavailable] = {}
         for key_id, result in zip(missing, results, strict=True):
-            if isinstance(result, KeyledgerError | TransientError):
+            if isinstance(result, KeyledgerError | Unavailable):
                 failures[key_id] = result
             elif isinstance(result, BaseException):
                 raise result
@@ -99,18 +99,13 @@ class KeyService:
         context = encryption_context(entry.tenant_id, entry.key_id, entry.key_type)
         try:
             plaintext = await self.kms.decrypt(b64decode(material.wrapped_key), material.kms_key_id, context)
-        except KmsUnavailable as exc:
-            raise TransientError(f"KMS unavailable: {exc}") from None
         except KmsRefused as exc:
             raise KeyRefused(f"KMS refused to unwrap {entry.key_id}: {exc}", ErrorCode.KMS_REFUSED) from None
         return secret_key_of(entry.key_type, plaintext)
 
     async def _check_pinned(self, entry: KeyEntry, material: KeyMaterial) -> KeyMaterial:
         """The material the key's ledger account pins (first writer wins), or a typed refusal."""
-        try:
-            accounts = await self.ledger.lookup_accounts([ids.from_hex(entry.key_id)])
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
+        accounts = await self.ledger.lookup_accounts([ids.from_hex(entry.key_id)])
         if not accounts:
             raise KeyRefused(f"key {entry.key_id} has no ledger account", ErrorCode.KEY_NOT_FOUND)
         account = accounts[0]
@@ -135,8 +130,6 @@ class KeyService:
         context = encryption_context(tenant_id, key_id, key_type)
         try:
             data_key = await self.kms.generate_data_key(kms_key_id, context)
-        except KmsUnavailable as exc:
-            raise TransientError(f"KMS unavailable: {exc}") from None
         except KmsRefused as exc:
             raise KeyRefused(f"KMS refused to generate a key: {exc}", ErrorCode.KMS_REFUSED) from None
         secret = secret_key_of(key_type, data_key.plaintext)

@@ -14,13 +14,11 @@ from datetime import UTC, datetime
 from schemas.messages import AuditEvent, Outcome
 from schemas.topics import Topic
 from workers.core import ids
-from workers.errors import TransientError
 from workers.kafka.publisher import Outgoing
 from workers.ledger import (
     CreateTransferStatus,
     Ledger,
     LedgerError,
-    LedgerUnavailable,
     transfer_ok,
 )
 from workers.ledger.records import OpRecord
@@ -42,10 +40,7 @@ class AuditTrail:
         """Create the transfers of `ops`; returns their `kms.audit` records to publish."""
         if not ops:
             return []
-        try:
-            results = await self._ledger.create_transfers([op.to_transfer() for op in ops])
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
+        results = await self._ledger.create_transfers([op.to_transfer() for op in ops])
         events = []
         for op, result in zip(ops, results, strict=True):
             if not transfer_ok(result.status) and result.status not in _REFUSED_AS_DESTROYED:

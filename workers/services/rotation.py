@@ -1,10 +1,11 @@
-"""Consumer group `keyledger-rotation`: keys.rotation-ticks -> new key versions.
+"""Rotation: keys.rotation-ticks -> new key versions.
 
 - A tick without `tenant_id` fans out: it reads the cluster time from the ledger
   (see ledger/clock.py), finds every active key created before the cut-off
-  (now - KEYLEDGER_ROTATION_AGE for `scheduled`; now for `manual`/`compromise`)
-  and publishes one tick per tenant with `due_before`, keyed by the tenant.
-  Each tenant's rotation therefore runs on its own partition, one at a time.
+  (core/policy.py: now - KEYLEDGER_ROTATION_AGE for `scheduled`; now for
+  `manual`/`compromise`) and publishes one tick per tenant with `due_before`,
+  keyed by the tenant. Each tenant's rotation therefore runs on its own
+  partition, one at a time.
 - A tick with `tenant_id` rotates that tenant now (only keys created before
   `due_before` when it has one). Version v+1 is made durable like a first key
   (material, then account); then one `rotate` transfer on the old key links the
@@ -21,44 +22,26 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode
-from schemas.messages import (
-    KeyEvent,
-    KeyEventType,
-    KeyType,
-    Op,
-    RotationReason,
-    RotationTick,
-)
+from schemas.messages import KeyEvent, KeyEventType, KeyType, Op, RotationReason, RotationTick
 from schemas.topics import Topic
-from workers.audit import AuditTrail
-from workers.core import ids
-from workers.errors import KeyledgerError, KeyRefused, TransientError
-from workers.kafka.consume import run_group
-from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord, letter_for, parse
-from workers.keys import KeyService
+from workers.core import ids, policy
+from workers.errors import KeyRefused
+from workers.kafka.publisher import Outgoing
+from workers.kafka.records import InboundRecord
+from workers.keys.service import KeyService
+from workers.keys.versions import VersionMaker, VersionPlan
 from workers.keystore.directory import KeyEntry
-from workers.ledger import Ledger, LedgerUnavailable
+from workers.ledger import Ledger
 from workers.ledger.clock import LedgerClock
 from workers.ledger.records import OpRecord
-from workers.settings import Settings
-from workers.versions import VersionMaker, VersionPlan
-
-if TYPE_CHECKING:
-    from workers.context import ProcessContext
-
-GROUP = "keyledger-rotation"
-TOPICS = (Topic.ROTATION_TICKS.value,)
-NS = 1_000_000_000
+from workers.services.outcome import Outcome
 
 log = logging.getLogger("keyledger.rotation")
+
+Tick = tuple[InboundRecord, RotationTick]
 
 
 class Rotation:
@@ -75,42 +58,26 @@ class Rotation:
 
 
 class RotationService:
-    def __init__(self, keys: KeyService, ledger: Ledger, audit: AuditTrail, publisher: Publisher,
-                 settings: Settings) -> None:
+    def __init__(self, keys: KeyService, ledger: Ledger, versions: VersionMaker, rotation_age: int) -> None:
         self._keys = keys
         self._ledger = ledger
-        self._audit = audit
-        self._publisher = publisher
-        self._versions = VersionMaker(keys, ledger, publisher)
+        self._versions = versions
         self._clock = LedgerClock(ledger)
-        self._age_ns = settings.rotation_age * NS
-        self._max_bytes = settings.max_message_bytes
+        self.rotation_age = rotation_age
         self.rotated = 0
-
-    async def handle(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
-        outputs: list[Outgoing] = []
-        per_tenant: dict[str, list[tuple[InboundRecord, RotationTick]]] = defaultdict(list)
-        for record in records:
-            try:
-                tick = parse(record, RotationTick, self._max_bytes)
-            except KeyledgerError as exc:
-                outputs.append(_letter(record, exc))
-                continue
-            if tick.tenant_id is None:
-                outputs += await self._fan_out(tick)
-            else:
-                per_tenant[tick.tenant_id].append((record, tick))
-        await self._publisher.publish(outputs)
-        # a tenant's ticks apply in order: round k takes every tenant's k-th tick
-        for round_ticks in _rounds(per_tenant):
-            await self._rotate(round_ticks)
-        return []
 
     # --- fan-out ---------------------------------------------------------------
 
+    async def fan_out(self, ticks: Sequence[Tick]) -> Outcome:
+        """One tick per tenant with a key due, for each tick that names no tenant."""
+        outcome = Outcome()
+        for _, tick in ticks:
+            outcome.outputs += await self._fan_out(tick)
+        return outcome
+
     async def _fan_out(self, tick: RotationTick) -> list[Outgoing]:
         now = await self._clock.now(f"tick/{tick.tick_id}")
-        cutoff = now - self._age_ns if tick.reason is RotationReason.SCHEDULED else now
+        cutoff = policy.rotation_cutoff(now, tick.reason, self.rotation_age)
         entries = self._active_entries(tick.key_type)
         due = await self._created_before(entries, cutoff)
         tenants = sorted({e.tenant_id for e in due})
@@ -126,41 +93,39 @@ class RotationService:
         return [e for t in directory.tenants() for k in types if (e := directory.active(t, k)) is not None]
 
     async def _created_before(self, entries: list[KeyEntry], cutoff: int) -> list[KeyEntry]:
-        """The entries whose key account TigerBeetle created before `cutoff` (cluster time)."""
+        """The entries whose key account the ledger created before `cutoff` (cluster time)."""
         if not entries:
             return []
-        try:
-            accounts = await self._ledger.lookup_accounts([ids.from_hex(e.key_id) for e in entries])
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
-        created = {ids.to_hex(a.id): a.timestamp for a in accounts}
-        return [e for e in entries if e.key_id in created and created[e.key_id] < cutoff]
+        created = await self._creation_times([e.key_id for e in entries])
+        return [e for e in entries if e.key_id in created and policy.is_due(created[e.key_id], cutoff)]
+
+    async def _creation_times(self, key_ids: list[str]) -> dict[str, int]:
+        accounts = await self._ledger.lookup_accounts([ids.from_hex(k) for k in key_ids])
+        return {ids.to_hex(a.id): a.timestamp for a in accounts}
 
     # --- rotation --------------------------------------------------------------
 
-    async def _rotate(self, ticks: list[tuple[InboundRecord, RotationTick]]) -> None:
-        dead: list[Outgoing] = []
+    async def rotate(self, ticks: Sequence[Tick]) -> Outcome:
+        """At most one tick per tenant (a round): each tenant's due keys get their next version."""
+        outcome = Outcome()
         wanted: list[Rotation] = []
         for record, tick in ticks:
             try:
                 wanted += self._targets(record, tick)
             except KeyRefused as exc:
-                dead.append(_letter(record, exc))
+                outcome.refuse(record, exc)
         wanted = await self._due(wanted)
         wanted = await self._not_already_done(wanted)
         todo, refused = await self._versions.make_durable([r.new for r in wanted])
-        dead += [_letter(plan.record, exc) for plan, exc in refused]
+        outcome.dead += [(plan.record, exc) for plan, exc in refused]
         durable = {p.key_id for p in todo}
         rotations = [r for r in wanted if r.new.key_id in durable]
-        audits = await self._audit.record([op for r in rotations for op in _ops(r)])
-        events = [event for r in rotations for event in self._events(r)]
-        await self._publisher.publish([*(Outgoing.of(Topic.KEYS_EVENTS, e.tenant_id, e) for e in events), *audits, *dead])
-        # only once announced durably does this process switch versions (so a failed publish retries the same rotation)
-        for event in events:
-            self._keys.directory.apply_event(event)
+        outcome.ops += [op for r in rotations for op in _ops(r)]
+        outcome.events += [event for r in rotations for event in self._events(r)]
         self.rotated += len(rotations)
         if rotations:
             log.info("rotated %d keys (%d so far)", len(rotations), self.rotated)
+        return outcome
 
     def _targets(self, record: InboundRecord, tick: RotationTick) -> list[Rotation]:
         assert tick.tenant_id is not None
@@ -177,16 +142,12 @@ class RotationService:
         return targets
 
     async def _due(self, wanted: list[Rotation]) -> list[Rotation]:
-        scheduled = [r for r in wanted if _due_before(r.tick) is not None]
+        scheduled = [r for r in wanted if r.tick.due_before is not None]
         if not scheduled:
             return wanted
-        try:
-            accounts = await self._ledger.lookup_accounts([ids.from_hex(r.old.key_id) for r in scheduled])
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
-        created = {ids.to_hex(a.id): a.timestamp for a in accounts}
-        return [r for r in wanted if (cutoff := _due_before(r.tick)) is None
-                or created.get(r.old.key_id, cutoff) < cutoff]
+        created = await self._creation_times([r.old.key_id for r in scheduled])
+        return [r for r in wanted if (cutoff := r.tick.due_before) is None
+                or policy.is_due(created.get(r.old.key_id, cutoff), cutoff)]
 
     async def _not_already_done(self, wanted: list[Rotation]) -> list[Rotation]:
         """Drop rotations a replayed tick already made: the active key came from this very tick."""
@@ -195,16 +156,13 @@ class RotationService:
             return wanted
         made_by = {ids.transfer_id(Op.ROTATE, ids.key_id_for(r.old.tenant_id, r.old.key_type, r.old.version - 1)): r
                    for r in candidates}
-        try:
-            found = await self._ledger.lookup_transfers(list(made_by))
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
+        found = await self._ledger.lookup_transfers(list(made_by))
         done = {id(made_by[t.id]) for t in found if t.user_data_64 == _tick_tag(made_by[t.id].tick)}
         return [r for r in wanted if id(r) not in done]
 
     def _events(self, rotation: Rotation) -> list[KeyEvent]:
         events = [self._versions.announcement(rotation.new, KeyEventType.ROTATED, rotation.old.key_id,
-                                              tick_id=rotation.tick.tick_id, reason=rotation.tick.reason.value)]
+                                              tick_id=rotation.tick.tick_id, reason=rotation.tick.reason)]
         if rotation.tick.reason is RotationReason.COMPROMISE:
             old = rotation.old
             events.append(KeyEvent(
@@ -212,16 +170,6 @@ class RotationService:
                 tenant_id=old.tenant_id, key_id=old.key_id, key_type=old.key_type, version=old.version,
                 occurred_at=rotation.tick.issued_at, public_key=old.public_key, tick_id=rotation.tick.tick_id))
         return events
-
-
-def _rounds(per_tenant: dict[str, list[tuple[InboundRecord, RotationTick]]]) -> list[list[tuple[InboundRecord, RotationTick]]]:
-    depth = max((len(ticks) for ticks in per_tenant.values()), default=0)
-    return [[ticks[k] for ticks in per_tenant.values() if k < len(ticks)] for k in range(depth)]
-
-
-def _due_before(tick: RotationTick) -> int | None:
-    value = getattr(tick, "due_before", None)
-    return value if isinstance(value, int) else None
 
 
 def _tick_tag(tick: RotationTick) -> int:
@@ -241,13 +189,3 @@ def _ops(rotation: Rotation) -> list[OpRecord]:
         ops.append(OpRecord(ids.transfer_id(Op.REVOKE, old.key_id), old.tenant_id, old.key_id, Op.REVOKE, source,
                             reason="compromise"))
     return ops
-
-
-def _letter(record: InboundRecord, exc: KeyledgerError) -> Outgoing:
-    return letter_for(record, exc.info(), GROUP)
-
-
-def register(broker: KafkaBroker, context: ProcessContext) -> RotationService:
-    service = RotationService(context.keys, context.ledger, context.audit, context.publisher, context.settings)
-    run_group(context, GROUP, TOPICS, service.handle)
-    return service

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TextIO
 
 from pydantic import ValidationError
 
@@ -45,26 +46,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    from workers.runtime import setup_logging
+    from workers.app.runtime import setup_logging
 
     setup_logging()
     if args.verb == "run":
-        from workers.runtime import run
+        from workers.app.runtime import run
 
         asyncio.run(run(_settings(), args.group or ALL_GROUPS))
     elif args.verb == "dev":
-        from workers.dev import dev
+        from workers.app.dev import dev
 
         asyncio.run(dev(_settings()))
     elif args.verb == "demo":
-        from workers.demo import demo
+        from workers.app.demo import demo
 
         sys.exit(asyncio.run(demo(_settings())))
     elif args.verb == "verify":
-        sys.exit(asyncio.run(_verify(_settings(), args.file)))
+        settings = _settings()
+        try:
+            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            sys.exit(f"keyledger verify: cannot read {args.file}: {exc.strerror}")
+        with stream:
+            sys.exit(asyncio.run(_verify(settings, stream)))
     elif args.verb == "rotate":
         from schemas.messages import KeyType, RotationReason
-        from workers.rotate_cli import rotate
+        from workers.tools.rotate import rotate
 
         key_type = KeyType(args.key_type) if args.key_type else None
         sys.exit(asyncio.run(rotate(_bootstrap_or_exit(_settings()), args.tenant, key_type, RotationReason(args.reason))))
@@ -78,9 +85,9 @@ def _bootstrap_or_exit(settings: Settings) -> str:
     return settings.kafka_bootstrap
 
 
-async def _verify(settings: Settings, path: str) -> int:
+async def _verify(settings: Settings, stream: TextIO) -> int:
     from workers.core.signing import Verdict
-    from workers.verify import load_book, verify_lines
+    from workers.tools.verify import load_book, verify_lines
 
     try:
         # public keys: the design's 24 h cache, sized like the others (KEYLEDGER_CACHE_PUBLIC_TTL, _MAX_ENTRIES)
@@ -88,18 +95,17 @@ async def _verify(settings: Settings, path: str) -> int:
                                maxsize=settings.cache_max_entries)
     except TimeoutError as exc:
         sys.exit(f"keyledger verify: cannot read keys.events: {exc}")
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     failures = 0
-    with stream:
-        for line_no, job_id, verdict in verify_lines(stream, book):
-            print(f"{line_no}\t{job_id}\t{verdict.value}")
-            failures += verdict is not Verdict.VALID
+    # the file is already open (checked before any connection); reading lines of it is local and short
+    for line_no, job_id, verdict in verify_lines(stream, book):
+        print(f"{line_no}\t{job_id}\t{verdict.value}")
+        failures += verdict is not Verdict.VALID
     return 1 if failures else 0
 
 
 async def _audit_verify(settings: Settings, tenant: str | None) -> int:
-    from workers.auditor import verify_audit
     from workers.ledger.factory import open_ledger
+    from workers.tools.audit_check import verify_audit
 
     ledger = open_ledger(settings)
     try:

@@ -13,7 +13,7 @@ from tests.support.harness import handler_harness, inbound, span_job, tenant_cre
 from workers.core import ids
 from workers.core.signing import Verdict
 from workers.keystore.directory import KeyState
-from workers.verify import PublicKeyBook, verify_signed_span
+from workers.tools.verify import PublicKeyBook, verify_signed_span
 
 GROUPS = ["keyledger-keygen", "keyledger-signer", "keyledger-rotation"]
 
@@ -68,7 +68,7 @@ async def test_a_replayed_tick_changes_nothing(harness):
 
 async def test_two_ticks_for_one_tenant_in_one_batch_rotate_in_order(harness):
     context, broker, captured = harness
-    service = context.services["keyledger-rotation"]
+    service = context.groups["keyledger-rotation"]
     records = [inbound("keys.rotation-ticks", "acme", tick(f"b{i}", tenant_id="acme", key_type="signing"), offset=i)
                for i in range(2)]
     await asyncio.gather(service.handle(records), service.handle(records))
@@ -93,7 +93,7 @@ async def test_compromise_revokes_the_old_key(harness):
 
 async def test_a_scheduled_tick_rotates_only_keys_older_than_the_rotation_age(harness):
     context, broker, captured = harness
-    service = context.services["keyledger-rotation"]
+    service = context.groups["keyledger-rotation"]
 
     async def scheduled(tick_id: str) -> None:
         # straight to the service: the per-tenant ticks it fans out are delivered inline by the test broker
@@ -101,7 +101,7 @@ async def test_a_scheduled_tick_rotates_only_keys_older_than_the_rotation_age(ha
 
     await scheduled("young")
     assert active(context, "acme").version == 1  # an hour has not passed in ledger time
-    service._age_ns = 0  # every key is now older than the age
+    service.service.rotation_age = 0  # every key is now older than the age
     await scheduled("old")
     assert {active(context, t, k).version for t in ("acme", "globex") for k in ("signing", "encryption")} == {2}
     await scheduled("old")  # replayed: the same cut-off, so the new keys are not due

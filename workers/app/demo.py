@@ -7,18 +7,20 @@ import base64
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from schemas.messages import KeyEvent
 from schemas.topics import Topic
-from workers.auditor import verify_audit
+from workers.app.context import ProcessContext
+from workers.app.runtime import bootstrap_for, running_workers
 from workers.groups import ALL_GROUPS
 from workers.kafka.tap import produce, read_topic
-from workers.runtime import bootstrap_for, running_workers
 from workers.settings import Settings
-from workers.verify import load_book, verify_signed_span
+from workers.tools.audit_check import verify_audit
+from workers.tools.verify import load_book, verify_signed_span
 
 TENANTS = ("acme", "globex", "initech")
 
@@ -39,7 +41,7 @@ async def demo(settings: Settings) -> int:
         return await audit(bootstrap, context)
 
 
-async def audit(bootstrap: str, context) -> int:
+async def audit(bootstrap: str, context: ProcessContext) -> int:
     _say("\n== 8. audit: replay kms.audit and compare it with the ledger, both ways")
     await asyncio.sleep(0.5)  # the last batch's audit records are in flight a moment longer than its outputs
     report = await verify_audit(bootstrap, context.ledger)
@@ -105,7 +107,7 @@ async def _keys(bootstrap: str) -> dict[str, bytes]:
             if e.get("public_key")}
 
 
-def _independent_check(public_keys: dict[str, bytes], record: dict) -> bool:
+def _independent_check(public_keys: dict[str, bytes], record: dict[str, Any]) -> bool:
     sig = record["signature"]
     message = json.dumps({"key_id": sig["key_id"], "span": record["span"], "tenant_id": record["tenant_id"]},
                          sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -117,7 +119,7 @@ def _independent_check(public_keys: dict[str, bytes], record: dict) -> bool:
     return True
 
 
-async def _pii(bootstrap: str, tenant: str, operation: str, fields: dict, job_id: str) -> dict:
+async def _pii(bootstrap: str, tenant: str, operation: str, fields: dict[str, Any], job_id: str) -> dict[str, Any]:
     body = {"job_id": job_id, "tenant_id": tenant, "record_id": "customer-42", "operation": operation, "fields": fields}
     await produce(bootstrap, Topic.PII_REQUESTS, [(tenant.encode(), json.dumps(body).encode())])
     records = await read_topic(bootstrap, Topic.PII_RESULTS, timeout=60,
@@ -129,7 +131,7 @@ def _short(value: str) -> str:
     return value if len(value) < 60 else value[:56] + "..."
 
 
-async def protect_pii(bootstrap: str) -> dict:
+async def protect_pii(bootstrap: str) -> dict[str, Any]:
     _say("\n== 5. PII: encrypt a record's fields, decrypt them back (values shown are demo data)")
     record = {"email": "jane@example.com", "phone": "+1 555 0100", "address.street": "1 Infinite Loop"}
     sealed = await _pii(bootstrap, "acme", "encrypt", record, "demo-enc")
@@ -142,7 +144,7 @@ async def protect_pii(bootstrap: str) -> dict:
     return sealed
 
 
-async def rotate_and_migrate(bootstrap: str, sealed: dict) -> None:
+async def rotate_and_migrate(bootstrap: str, sealed: dict[str, Any]) -> None:
     _say("\n== 6. rotation: acme's keys rotate; old signatures still verify, old ciphertexts re-encrypt")
     tick = {"tick_id": "demo-rotation", "issued_at": datetime.now(UTC).isoformat(), "tenant_id": "acme",
             "reason": "manual"}
@@ -161,7 +163,7 @@ async def rotate_and_migrate(bootstrap: str, sealed: dict) -> None:
     _say(f"re-encrypted from {sealed['key_id']} to {moved['key_id']}: {len(moved['fields'])} fields")
 
 
-async def shred(bootstrap: str, sealed: dict) -> None:
+async def shred(bootstrap: str, sealed: dict[str, Any]) -> None:
     _say("\n== 7. crypto-shredding: tenants.deleted for initech")
     enc = await _pii(bootstrap, "initech", "encrypt", {"ssn": "078-05-1120"}, "demo-initech")
     deleted = {"event_id": "demo-delete", "tenant_id": "initech", "occurred_at": datetime.now(UTC).isoformat()}

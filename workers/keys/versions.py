@@ -14,20 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.errors import ErrorCode
 from schemas.messages import KeyEvent, KeyEventType, KeyType
 from schemas.topics import Topic
 from workers.core import ids
-from workers.errors import KeyRefused, TransientError
+from workers.errors import KeyRefused, Unavailable
 from workers.kafka.publisher import Outgoing, Publisher
 from workers.kafka.records import InboundRecord
-from workers.keys import KeyService
+from workers.keys.service import KeyService
 from workers.ledger import (
     Account,
     CreateAccountStatus,
     Ledger,
-    LedgerUnavailable,
     account_ok,
 )
 from workers.ledger.records import key_account, tenant_account
@@ -96,10 +96,7 @@ class VersionMaker:
             assert entry is not None and entry.fingerprint is not None
             keys.append(key_account(p.tenant_id, p.key_id, p.key_type, p.version, entry.fingerprint))
         accounts = [*tenants.values(), *keys]
-        try:
-            results = await self._ledger.create_accounts(accounts)
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
+        results = await self._ledger.create_accounts(accounts)
         lost = []
         for account, result in zip(accounts, results, strict=True):
             if result.status is CreateAccountStatus.EXISTS_WITH_DIFFERENT_USER_DATA_64 and account.code == ids.KEY_ACCOUNT_CODE:
@@ -115,17 +112,15 @@ class VersionMaker:
         for account in await self._lookup(account_ids):
             material = self._keys.directory.pin(ids.to_hex(account.id), account.user_data_64)
             if material is None:
-                raise TransientError(f"material pinned by key {account.id:032x} not received yet")
+                raise Unavailable(f"material pinned by key {account.id:032x} not received yet")
             winners.append(Outgoing.of(Topic.KEYS_MATERIAL, material.key_id, material))
         await self._publisher.publish(winners)
 
     async def _lookup(self, account_ids: list[int]) -> list[Account]:
-        try:
-            return await self._ledger.lookup_accounts(account_ids)
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
+        return await self._ledger.lookup_accounts(account_ids)
 
-    def announcement(self, plan: VersionPlan, kind: KeyEventType, previous_key_id: str | None = None, **extra) -> KeyEvent:
+    def announcement(self, plan: VersionPlan, kind: KeyEventType, previous_key_id: str | None = None,
+                     **extra: Any) -> KeyEvent:
         entry = self._keys.directory.get(plan.key_id)
         assert entry is not None and entry.material is not None
         return KeyEvent(

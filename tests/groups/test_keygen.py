@@ -61,7 +61,7 @@ async def test_replay_and_second_creation_make_nothing_new(harness):
     await broker.publish(created("acme"), "tenants.created", key=b"acme")
     await broker.publish(created("acme", event_id="another"), "tenants.created", key=b"acme")
     assert {t: len(v) for t, v in captured.by_topic.items()} == before
-    assert context.services["keyledger-keygen"].keys_created == 2
+    assert context.groups["keyledger-keygen"].service.keys_created == 2
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Consumer group `keyledger-pii`: pii.requests -> pii.results (encrypt, decrypt, reencrypt).
+"""PII fields: pii.requests -> pii.results (encrypt, decrypt, reencrypt).
 
 Results are per field: one bad field gets a typed error under `errors` and the
 rest of the record still succeeds. Plaintext values exist only inside this
@@ -21,10 +21,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode, ErrorInfo
 from schemas.messages import (
@@ -36,24 +34,16 @@ from schemas.messages import (
     RotationTick,
 )
 from schemas.topics import Topic
-from workers.audit import AuditTrail
-from workers.core import ids
+from workers.core import ids, policy
 from workers.core.envelope import EnvelopeError, open_field, parse_envelope, seal_field
-from workers.errors import KeyledgerError, KeyRefused, TransientError
-from workers.kafka.consume import run_group
-from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord, letter_for, parse
-from workers.keys import KeyService
+from workers.errors import KeyledgerError, KeyRefused
+from workers.kafka.publisher import Outgoing
+from workers.kafka.records import InboundRecord
+from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
-from workers.ledger import Ledger, LedgerUnavailable
+from workers.ledger import Ledger
 from workers.ledger.records import OpRecord
-from workers.settings import Settings
-
-if TYPE_CHECKING:
-    from workers.context import ProcessContext
-
-GROUP = "keyledger-pii"
-TOPICS = (Topic.PII_REQUESTS.value,)
+from workers.services.outcome import Outcome
 
 
 @dataclass(slots=True)
@@ -67,40 +57,30 @@ class Usage:
 
 
 class PiiService:
-    def __init__(self, keys: KeyService, ledger: Ledger, audit: AuditTrail, publisher: Publisher, settings: Settings) -> None:
+    def __init__(self, keys: KeyService, ledger: Ledger, encrypt_limit: int) -> None:
         self._keys = keys
         self._ledger = ledger
-        self._audit = audit
-        self._publisher = publisher
-        self._max_bytes = settings.max_message_bytes
-        self._encrypt_limit = settings.encrypt_limit
+        self._encrypt_limit = encrypt_limit
         self._worn: set[str] = set()
         self._batch_keys: dict[str, object] = {}
         self.results = 0
 
-    async def handle(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
-        self._batch_keys: dict[str, object] = {}
-        dead: list[Outgoing] = []
-        requests: list[tuple[InboundRecord, PiiRequest]] = []
-        for record in records:
-            try:
-                requests.append((record, parse(record, PiiRequest, self._max_bytes)))
-            except KeyledgerError as exc:
-                dead.append(_letter(record, exc))
-        blocked = await self._warm_keys(requests)
-        waiting = {id(r) for r in blocked}
-        requests = [(r, q) for r, q in requests if id(r) not in waiting]
+    async def serve(self, parsed: Sequence[tuple[InboundRecord, PiiRequest]]) -> Outcome:
+        self._batch_keys = {}
+        outcome = Outcome()
+        outcome.blocked = await self._warm_keys(parsed)
+        waiting = {id(r) for r in outcome.blocked}
+        requests = [(r, q) for r, q in parsed if id(r) not in waiting]
         worn = await self._worn_keys(requests)
         usage = Usage()
         results = [self._serve(record, request, usage, worn) for record, request in requests]
-        audits = await self._audit.record(_ops(usage))
+        outcome.ops = _ops(usage)
         ticks = [_rotation_tick(entry) for entry in worn.values() if entry.key_id not in self._worn]
         self._worn.update(worn)
-        outputs = [Outgoing(Topic.PII_RESULTS.value, r["tenant_id"].encode(), _json(r)) for r in results]
-        outputs += [Outgoing.of(Topic.ROTATION_TICKS, t.tenant_id or "", t) for t in ticks]
-        await self._publisher.publish([*outputs, *audits, *dead])
+        outcome.outputs = [Outgoing(Topic.PII_RESULTS.value, str(r["tenant_id"]).encode(), _json(r)) for r in results]
+        outcome.outputs += [Outgoing.of(Topic.ROTATION_TICKS, t.tenant_id or "", t) for t in ticks]
         self.results += len(results)
-        return blocked
+        return outcome
 
     # --- keys ----------------------------------------------------------------
 
@@ -119,7 +99,7 @@ class PiiService:
                     pass  # answered per field in _serve
         return entries
 
-    async def _warm_keys(self, requests: list[tuple[InboundRecord, PiiRequest]]) -> list[InboundRecord]:
+    async def _warm_keys(self, requests: Sequence[tuple[InboundRecord, PiiRequest]]) -> list[InboundRecord]:
         """Unwrap every key this batch needs (one KMS call per missing key); records whose key can't be had yet wait.
         Refused keys are answered per field in _serve."""
         needed: dict[str, KeyEntry] = {}
@@ -132,7 +112,7 @@ class PiiService:
         failures = await self._keys.unwrap_missing(needed.values())
         blocked: dict[int, InboundRecord] = {}
         for key_id, failure in failures.items():
-            if isinstance(failure, TransientError):
+            if not isinstance(failure, KeyledgerError):
                 blocked.update((id(r), r) for r in users[key_id])
         return list(blocked.values())
 
@@ -151,16 +131,13 @@ class PiiService:
             entries[entry.key_id] = entry
         if not planned:
             return {}
-        try:
-            accounts = await self._ledger.lookup_accounts([ids.from_hex(k) for k in planned])
-        except LedgerUnavailable as exc:
-            raise TransientError(f"ledger unavailable: {exc}") from None
+        accounts = await self._ledger.lookup_accounts([ids.from_hex(k) for k in planned])
         used = {ids.to_hex(a.id): a.credits_posted + a.credits_pending for a in accounts}
-        return {k: entries[k] for k, n in planned.items() if used.get(k, 0) + n > self._encrypt_limit}
+        return {k: entries[k] for k, n in planned.items() if policy.worn_out(used.get(k, 0), n, self._encrypt_limit)}
 
     # --- one request -----------------------------------------------------------
 
-    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage, worn: dict[str, KeyEntry]) -> dict:
+    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage, worn: dict[str, KeyEntry]) -> dict[str, object]:
         active: KeyEntry | None = None
         if request.operation is not PiiOperation.DECRYPT:
             try:
@@ -238,9 +215,9 @@ class PiiService:
         return secret
 
 
-def _result(request: PiiRequest, **values: object) -> dict:
+def _result(request: PiiRequest, **values: object) -> dict[str, object]:
     """A `pii.results` value (the PiiResult schema) as a plain dict: built per record on the hot path."""
-    result = {"job_id": request.job_id, "tenant_id": request.tenant_id, "record_id": request.record_id,
+    result: dict[str, object] = {"job_id": request.job_id, "tenant_id": request.tenant_id, "record_id": request.record_id,
               "operation": request.operation.value, "fields": {}}
     result.update((name, value) for name, value in values.items() if value is not None)
     return result
@@ -250,7 +227,7 @@ def _error(info: ErrorInfo) -> dict[str, str]:
     return {"type": info.type.value, "message": info.message}
 
 
-def _json(value: dict) -> bytes:
+def _json(value: dict[str, object]) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -275,13 +252,3 @@ def _ops(usage: Usage) -> list[OpRecord]:
 def _rotation_tick(entry: KeyEntry) -> RotationTick:
     return RotationTick(tick_id=f"wear-out-{entry.key_id}", issued_at=datetime.now(UTC), tenant_id=entry.tenant_id,
                         key_type=entry.key_type, reason=RotationReason.MANUAL, cause="wear_out")
-
-
-def _letter(record: InboundRecord, exc: KeyledgerError) -> Outgoing:
-    return letter_for(record, exc.info(), GROUP)
-
-
-def register(broker: KafkaBroker, context: ProcessContext) -> PiiService:
-    service = PiiService(context.keys, context.ledger, context.audit, context.publisher, context.settings)
-    run_group(context, GROUP, TOPICS, service.handle, pipelined=True)
-    return service

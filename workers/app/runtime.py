@@ -9,8 +9,8 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
 
-from workers.context import ProcessContext
-from workers.embedded import EmbeddedBroker
+from workers.app.context import ProcessContext
+from workers.app.embedded import EmbeddedBroker
 from workers.kafka.topics import ensure_topics
 from workers.settings import Settings
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from workers.app.runtime import bootstrap_for, running_workers, until_signalled
 from workers.groups import ALL_GROUPS
-from workers.runtime import bootstrap_for, running_workers, until_signalled
 from workers.settings import Profile, Settings
 
 

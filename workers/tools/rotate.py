@@ -7,6 +7,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import TextIO
 
 from schemas.messages import (
     KeyEvent,
@@ -20,7 +21,7 @@ from workers.kafka.tap import produce, read_topic
 from workers.keystore.directory import KeyDirectory
 
 
-def progress(done: int, total: int | None, started: float, out=sys.stderr) -> None:
+def progress(done: int, total: int | None, started: float, out: TextIO = sys.stderr) -> None:
     rate = done / max(time.monotonic() - started, 1e-6)
     if total:
         width = 30
@@ -68,6 +69,6 @@ async def rotate(bootstrap: str, tenant: str | None, key_type: KeyType | None, r
 
 def _rotated_by(value: bytes, tick_id: str) -> bool:
     event = KeyEvent.model_validate_json(value)
-    made_by = getattr(event, "tick_id", None)
-    return event.type is KeyEventType.ROTATED and isinstance(made_by, str) and (
+    made_by = event.tick_id
+    return event.type is KeyEventType.ROTATED and made_by is not None and (
         made_by == tick_id or made_by.startswith(tick_id + "/"))

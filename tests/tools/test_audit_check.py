@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 from schemas.messages import AuditSource, KeyType, Op
-from workers.audit import AuditTrail
-from workers.auditor import compare
 from workers.core import ids
+from workers.keys.audit import AuditTrail
 from workers.ledger.memory import MemoryLedger
 from workers.ledger.records import OpRecord, key_account, tenant_account
+from workers.tools.audit_check import compare
 
 SOURCE = AuditSource(topic="spans.to-sign", partition=0, offset=7)
 

@@ -9,11 +9,14 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 
-from workers.audit import AuditTrail
-from workers.cache import SingleFlightCache
+from workers.groups import GROUPS
+from workers.groups.base import Deps
 from workers.kafka.broker import build_broker
-from workers.kafka.publisher import Publisher
-from workers.keys import KeyService, SecretKey
+from workers.kafka.consume import BatchRunner, ConsumerGroup, run_group
+from workers.kafka.publisher import BrokerPublisher, KafkaPublisher, Publisher
+from workers.keys.audit import AuditTrail
+from workers.keys.cache import SingleFlightCache
+from workers.keys.service import KeyService, SecretKey
 from workers.keystore.directory import KeyDirectory
 from workers.keystore.follower import KeyFollower
 from workers.kms import Kms
@@ -34,8 +37,8 @@ class ProcessContext:
     keys: KeyService
     audit: AuditTrail
     follower: KeyFollower | None = None
-    services: dict[str, Any] = field(default_factory=dict)
-    runners: list[Any] = field(default_factory=list)
+    groups: dict[str, ConsumerGroup] = field(default_factory=dict)
+    runners: list[BatchRunner] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -46,9 +49,13 @@ class ProcessContext:
         kms: Kms | None = None,
         ledger: Ledger | None = None,
         follow: bool = True,
+        test_broker: bool = False,
     ) -> ProcessContext:
-        """Wire everything; nothing connects until `start()`."""
+        """Wire everything; nothing connects until `start()`.
+
+        `test_broker`: outputs go through the FastStream broker itself, so a TestKafkaBroker captures them."""
         broker = build_broker(settings, bootstrap)
+        publisher: Publisher = BrokerPublisher(broker) if test_broker else KafkaPublisher(bootstrap, settings)
         kms = kms or open_kms(settings)
         ledger = ledger or open_ledger(settings)
         directory = KeyDirectory()
@@ -57,13 +64,18 @@ class ProcessContext:
         )
         keys = KeyService(directory, kms, ledger, secrets)
         follower = KeyFollower(bootstrap, directory, startup_timeout=settings.startup_timeout) if follow else None
-        return cls(settings, broker, Publisher(broker), kms, ledger, directory, keys, AuditTrail(ledger), follower)
+        return cls(settings, broker, publisher, kms, ledger, directory, keys, AuditTrail(ledger), follower)
 
-    def register(self, groups: Sequence[str]) -> None:
-        from workers.groups import REGISTRARS
+    @property
+    def deps(self) -> Deps:
+        return Deps(self.settings, self.keys, self.ledger, self.audit, self.publisher)
 
-        for group in groups:
-            self.services[group] = REGISTRARS[group](self.broker, self)
+    def register(self, names: Sequence[str]) -> None:
+        """Build the named consumer groups and subscribe them; `aclose()` stops their runners."""
+        deps = self.deps
+        for name in names:
+            group = self.groups[name] = GROUPS[name](deps)
+            self.runners.append(run_group(self.broker, self.publisher, self.settings, group))
 
     def stats(self) -> dict[str, Any]:
         """Counters safe to log: no key material, no payloads."""
@@ -82,10 +94,11 @@ class ProcessContext:
         """Load the key table first, then connect the producer and start consuming."""
         if self.follower is not None:
             await self.follower.start()
+        await self.publisher.start()
         await self.broker.start()
 
     async def aclose(self) -> None:
-        closers: list[Callable[[], Any]] = [r.aclose for r in self.runners] + [self.broker.stop]
+        closers: list[Callable[[], Any]] = [r.aclose for r in self.runners] + [self.broker.stop, self.publisher.aclose]
         if self.follower is not None:
             closers.append(self.follower.aclose)
         closers += [self.kms.aclose, self.ledger.aclose]

@@ -1,9 +1,9 @@
-"""Consumer group `keyledger-signer`: spans.to-sign -> spans.signed, at line speed.
+"""Span signing: spans.to-sign -> spans.signed, at line speed.
 
-Per batch: parse, find each tenant's active signing key (cache; concurrent
+Per batch: find each tenant's active signing key (cache; concurrent
 misses make one KMS call), sign, then make it durable in one go: one `sign`
 transfer per (key, batch) whose amount is the number of spans, one publish of
-all signed spans and audit events, awaited together. Spans whose key cannot be
+all signed spans and audit events, awaited together (groups/emit). Spans whose key cannot be
 unwrapped right now (KMS unreachable) wait and are retried; their offsets are
 not committed. Unknown tenants, revoked or destroyed keys and malformed spans
 go to `kms.dlq` with a typed error.
@@ -16,33 +16,25 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode
-from schemas.messages import KeyType, Op
+from schemas.messages import TENANT_ID_PATTERN, KeyType, Op
 from schemas.topics import Topic
-from workers.audit import AuditTrail
 from workers.core import ids
 from workers.core.canonical import CanonicalizationError, plain_json_loads
 from workers.core.signing import ALG, sign, signing_input
-from workers.errors import BadInput, KeyledgerError, TransientError
-from workers.kafka.consume import run_group
-from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord, letter_for
-from workers.keys import KeyService
+from workers.errors import BadInput, KeyledgerError
+from workers.kafka.publisher import Outgoing
+from workers.kafka.records import InboundRecord
+from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry
 from workers.ledger.records import OpRecord
-from workers.settings import Settings
+from workers.services.outcome import Outcome
 
-if TYPE_CHECKING:
-    from workers.context import ProcessContext
-
-GROUP = "keyledger-signer"
-TOPICS = (Topic.SPANS_TO_SIGN.value,)
-MAX_ID = 200
+MAX_ID = 200  # schemas.messages.EventId
 
 
 @dataclass(slots=True)
@@ -61,53 +53,43 @@ class KeyBatch:
 
 
 class SignerService:
-    def __init__(self, keys: KeyService, audit: AuditTrail, publisher: Publisher, settings: Settings) -> None:
+    def __init__(self, keys: KeyService) -> None:
         self._keys = keys
-        self._audit = audit
-        self._publisher = publisher
-        self._max_bytes = settings.max_message_bytes
         self.signed = 0
 
-    async def handle(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
-        dead: list[Outgoing] = []
+    async def sign(self, jobs: Sequence[Job]) -> Outcome:
+        outcome = Outcome()
         by_key: dict[str, KeyBatch] = {}
-        for record in records:
+        for job in jobs:
             try:
-                job = parse_job(record, self._max_bytes)
                 entry = self._keys.active(job.tenant_id, KeyType.SIGNING)
             except KeyledgerError as exc:
-                dead.append(_letter(record, exc))
+                outcome.refuse(job.record, exc)
                 continue
             by_key.setdefault(entry.key_id, KeyBatch(entry)).jobs.append(job)
-        blocked = await self._unwrap_missing(by_key, dead)
+        await self._unwrap_missing(by_key, outcome)
         signed_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        outputs: list[Outgoing] = []
-        ops: list[OpRecord] = []
         for key_id, batch in by_key.items():
             private_key = self._keys.cached_secret(key_id)
             assert isinstance(private_key, Ed25519PrivateKey)
-            outputs.extend(self._sign_all(batch, private_key, signed_at, dead))
+            outcome.outputs.extend(self._sign_all(batch, private_key, signed_at, outcome))
             if batch.jobs:
-                ops.append(_sign_op(batch))
-        audits = await self._audit.record(ops)
-        await self._publisher.publish([*outputs, *audits, *dead])
-        self.signed += len(outputs)
-        return blocked
+                outcome.ops.append(_sign_op(batch))
+        self.signed += len(outcome.outputs)
+        return outcome
 
-    async def _unwrap_missing(self, by_key: dict[str, KeyBatch], dead: list[Outgoing]) -> list[InboundRecord]:
-        """Unwrap keys not in the cache; returns the records that must wait (KMS unreachable)."""
+    async def _unwrap_missing(self, by_key: dict[str, KeyBatch], outcome: Outcome) -> None:
+        """Unwrap keys not in the cache; spans whose key cannot be had right now wait, refused ones are refused."""
         failures = await self._keys.unwrap_missing(b.entry for b in by_key.values())
-        blocked: list[InboundRecord] = []
         for key_id, failure in failures.items():
             batch = by_key.pop(key_id)
-            if isinstance(failure, TransientError):
-                blocked.extend(job.record for job in batch.jobs)
+            if isinstance(failure, KeyledgerError):
+                outcome.dead.extend((job.record, failure) for job in batch.jobs)
             else:
-                dead.extend(_letter(job.record, failure) for job in batch.jobs)
-        return blocked
+                outcome.blocked.extend(job.record for job in batch.jobs)
 
     def _sign_all(self, batch: KeyBatch, private_key: Ed25519PrivateKey, signed_at: str,
-                  dead: list[Outgoing]) -> list[Outgoing]:
+                  outcome: Outcome) -> list[Outgoing]:
         key_id = batch.entry.key_id
         outputs = []
         kept = []
@@ -115,7 +97,7 @@ class SignerService:
             try:
                 message = signing_input(job.tenant_id, key_id, job.span, known_plain=job.plain)
             except CanonicalizationError as exc:
-                dead.append(_letter(job.record, BadInput(f"span has no RFC 8785 form: {exc}")))
+                outcome.refuse(job.record, BadInput(f"span has no RFC 8785 form: {exc}"))
                 continue
             kept.append(job)
             signature = {"alg": ALG, "key_id": key_id, "value": sign(private_key, message), "signed_at": signed_at}
@@ -156,7 +138,7 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
     return Job(record, job_id, tenant_id, span, plain)
 
 
-_TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$").fullmatch  # schemas.messages.TenantId
+_TENANT_ID = re.compile(TENANT_ID_PATTERN).fullmatch
 
 
 def _sign_op(batch: KeyBatch) -> OpRecord:
@@ -172,13 +154,3 @@ def _sign_op(batch: KeyBatch) -> OpRecord:
         count=len(batch.jobs),
         reason="spans signed",
     )
-
-
-def _letter(record: InboundRecord, exc: KeyledgerError) -> Outgoing:
-    return letter_for(record, exc.info(), GROUP)
-
-
-def register(broker: KafkaBroker, context: ProcessContext) -> SignerService:
-    service = SignerService(context.keys, context.audit, context.publisher, context.settings)
-    run_group(context, GROUP, TOPICS, service.handle, pipelined=True)
-    return service

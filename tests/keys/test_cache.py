@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from workers.cache import SingleFlightCache
+from workers.keys.cache import SingleFlightCache
 
 
 class Clock:

@@ -17,7 +17,7 @@ from workers.core.signing import (
     sign,
     signing_input,
 )
-from workers.verify import PublicKeyBook, load_book, verify_lines, verify_signed_span
+from workers.tools.verify import PublicKeyBook, load_book, verify_lines, verify_signed_span
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 KEY_A1 = "a1" * 16

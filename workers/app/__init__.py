@@ -1,0 +1,1 @@
+"""The process: settings, wiring (ProcessContext), runtime, the `keyledger` CLI, dev and demo."""

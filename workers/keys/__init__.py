@@ -1,0 +1,1 @@
+"""Keys as a service: retrieval and minting (KeyService), new versions, the audit trail, caches."""

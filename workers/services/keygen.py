@@ -1,0 +1,77 @@
+"""Key generation: tenants.created -> the tenant's keys.
+
+Order of durability for a batch (a crash between any two steps loses nothing
+and a replay duplicates nothing):
+  1. KMS GenerateDataKey for keys that have neither material nor account;
+  2. publish their `keys.material` (acks=all) — the wrapped key is now safe;
+  3. create the tenant and key accounts (pinning each material's fingerprint);
+  4. create the `generate` transfers (deterministic ids: a replay is `exists`);
+  5. publish `keys.events` + `kms.audit` (+ DLQ letters); then the offsets commit.
+Steps 1-3 are keys/versions.py, 4-5 the group's emitter. A key whose account and
+material already exist is not touched again, so the same event replayed, or the
+same tenant created twice, makes no second key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from schemas.errors import ErrorCode
+from schemas.messages import KeyEventType, Op, TenantCreated
+from workers.core import ids
+from workers.errors import KeyRefused
+from workers.kafka.records import InboundRecord
+from workers.keys.service import KeyService
+from workers.keys.versions import VersionMaker, VersionPlan
+from workers.keystore.directory import KeyState
+from workers.ledger.records import OpRecord
+from workers.services.outcome import Outcome
+
+FIRST_VERSION = 1
+
+
+class KeygenService:
+    def __init__(self, keys: KeyService, versions: VersionMaker) -> None:
+        self._keys = keys
+        self._versions = versions
+        self.keys_created = 0
+
+    async def create(self, requests: Sequence[tuple[InboundRecord, TenantCreated]]) -> Outcome:
+        """All or nothing: a KMS or ledger outage raises Unavailable and the batch waits."""
+        outcome = Outcome()
+        plans: dict[str, VersionPlan] = {}
+        for record, event in requests:
+            try:
+                for plan in self._plan(record, event):
+                    plans.setdefault(plan.key_id, plan)  # one tenant twice in a batch: one key
+            except KeyRefused as exc:
+                outcome.refuse(record, exc)
+        todo, refused = await self._versions.make_durable(list(plans.values()))
+        outcome.dead += [(plan.record, exc) for plan, exc in refused]
+        outcome.ops += [_generate_op(p) for p in todo]
+        outcome.events += [self._versions.announcement(p, KeyEventType.GENERATED) for p in todo]
+        self.keys_created += len(todo)
+        return outcome
+
+    def _plan(self, record: InboundRecord, event: TenantCreated) -> list[VersionPlan]:
+        directory = self._keys.directory
+        if directory.is_destroyed_tenant(event.tenant_id):
+            raise KeyRefused(f"tenant {event.tenant_id} was destroyed; its id cannot be reused", ErrorCode.TENANT_DESTROYED)
+        plans = []
+        for key_type in dict.fromkeys(event.key_types):
+            announced = [e for e in directory.versions(event.tenant_id, key_type) if e.state is not KeyState.PENDING]
+            if announced:
+                continue  # the tenant already has this key type: nothing new
+            plans.append(VersionPlan(record, event.tenant_id, key_type, FIRST_VERSION, event.kms_key_id))
+        return plans
+
+
+def _generate_op(plan: VersionPlan) -> OpRecord:
+    return OpRecord(
+        transfer_id=ids.transfer_id(Op.GENERATE, plan.key_id),
+        tenant_id=plan.tenant_id,
+        key_id=plan.key_id,
+        op=Op.GENERATE,
+        source=plan.record.source,
+        reason="tenant created",
+    )

@@ -1,0 +1,81 @@
+"""Crypto-shredding: tenants.deleted destroys every key of the tenant.
+
+1. a pending CLOSING_CREDIT `destroy` transfer per key: TigerBeetle closes the
+   key accounts and refuses any later operation on them (unwrap checks this);
+2. tombstones on `keys.material` (the wrapped keys leave the topic at its next
+   compaction) and `destroyed` events, which evict every process's caches;
+3. once both are durable, a BYOK tenant's own KMS key is scheduled for deletion
+   (7-day pending window).
+A replay finds the transfers `exists` and republishes the same tombstones and ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import partial
+
+from schemas.errors import ErrorCode
+from schemas.messages import KeyEvent, KeyEventType, Op, TenantDeleted
+from schemas.topics import Topic
+from workers.core import ids
+from workers.errors import KeyRefused
+from workers.kafka.publisher import Outgoing
+from workers.kafka.records import InboundRecord
+from workers.keys.service import KeyService
+from workers.keystore.directory import KeyEntry, KeyState
+from workers.kms import KmsRefused
+from workers.ledger.records import OpRecord
+from workers.services.outcome import Outcome
+
+BYOK_PENDING_DAYS = 7  # AWS KMS minimum: the window in which a mistaken deletion can still be cancelled
+
+log = logging.getLogger("keyledger.shredding")
+
+
+class Shredder:
+    def __init__(self, keys: KeyService) -> None:
+        self._keys = keys
+        self.keys_destroyed = 0
+
+    async def shred(self, requests: Sequence[tuple[InboundRecord, TenantDeleted]]) -> Outcome:
+        outcome = Outcome()
+        doomed: list[tuple[InboundRecord, KeyEntry]] = []
+        for record, event in requests:
+            try:
+                doomed += [(record, e) for e in self._keys_of(event.tenant_id)]
+            except KeyRefused as exc:
+                outcome.refuse(record, exc)
+        outcome.ops += [_destroy_op(record, entry) for record, entry in doomed]
+        outcome.outputs += [Outgoing.of(Topic.KEYS_MATERIAL, e.key_id, None) for _, e in doomed]
+        outcome.events += [_destroyed_event(e) for _, e in doomed]
+        default_key = self._keys.kms.default_key_id
+        byok = {e.material.kms_key_id for _, e in doomed if e.material and e.material.kms_key_id != default_key}
+        outcome.then += [partial(self._schedule_deletion, kms_key_id) for kms_key_id in sorted(byok)]
+        self.keys_destroyed += len(doomed)
+        return outcome
+
+    def _keys_of(self, tenant_id: str) -> list[KeyEntry]:
+        directory = self._keys.directory
+        if not directory.is_known_tenant(tenant_id):
+            raise KeyRefused(f"unknown tenant {tenant_id}", ErrorCode.UNKNOWN_TENANT)
+        return [e for e in directory.tenant_keys(tenant_id) if e.state is not KeyState.DESTROYED]
+
+    async def _schedule_deletion(self, kms_key_id: str) -> None:
+        """KmsUnavailable propagates: the batch waits and the replay schedules it again."""
+        try:
+            await self._keys.kms.schedule_key_deletion(kms_key_id, BYOK_PENDING_DAYS)
+        except KmsRefused as exc:
+            log.warning("BYOK key deletion not scheduled (%s): already pending or not ours", exc)
+
+
+def _destroy_op(record: InboundRecord, entry: KeyEntry) -> OpRecord:
+    return OpRecord(ids.transfer_id(Op.DESTROY, entry.key_id), entry.tenant_id, entry.key_id, Op.DESTROY,
+                    record.source, reason="tenant deleted", closing=True)
+
+
+def _destroyed_event(entry: KeyEntry) -> KeyEvent:
+    return KeyEvent(event_id=ids.event_id(KeyEventType.DESTROYED, entry.key_id), type=KeyEventType.DESTROYED,
+                    tenant_id=entry.tenant_id, key_id=entry.key_id, key_type=entry.key_type, version=entry.version,
+                    occurred_at=datetime.now(UTC), public_key=entry.public_key)
