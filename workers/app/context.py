@@ -11,7 +11,7 @@ from faststream.kafka import KafkaBroker
 
 from workers.groups import GROUPS
 from workers.groups.base import Deps
-from workers.kafka.broker import build_broker
+from workers.kafka.broker import build_broker, start_concurrently
 from workers.kafka.consume import BatchRunner, ConsumerGroup, run_group
 from workers.kafka.publisher import BrokerPublisher, KafkaPublisher, Publisher
 from workers.keys.audit import AuditTrail
@@ -95,7 +95,7 @@ class ProcessContext:
         if self.follower is not None:
             await self.follower.start()
         await self.publisher.start()
-        await self.broker.start()
+        await start_concurrently(self.broker)
 
     async def aclose(self) -> None:
         closers: list[Callable[[], Any]] = [r.aclose for r in self.runners] + [self.broker.stop, self.publisher.aclose]

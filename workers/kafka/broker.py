@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from faststream.kafka import KafkaBroker
@@ -30,3 +31,13 @@ def build_broker(settings: Settings, bootstrap: str) -> KafkaBroker:
         log_level=logging.DEBUG,
         **durability,  # type: ignore[arg-type]
     )
+
+
+async def start_concurrently(broker: KafkaBroker) -> None:
+    """Connect, then start every subscriber at once: each consumer's first group join takes seconds,
+    and FastStream's own `start()` joins them one after another."""
+    await broker.connect()
+    await asyncio.gather(*(subscriber.start() for subscriber in broker.subscribers))
+    for publisher in broker.publishers:
+        await publisher.start()
+    broker.running = True
