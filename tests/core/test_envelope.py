@@ -16,6 +16,7 @@ from Crypto.Cipher import AES
 from schemas.errors import ErrorCode
 from schemas.messages import KeyType
 from workers.core import ids
+from workers.core.canonical import canonical_json
 from workers.core.envelope import (
     MAX_BODY_BYTES,
     MAX_ENVELOPE_CHARS,
@@ -367,3 +368,14 @@ def test_known_answer_of_the_whole_format():
     assert seal(KAT_PLAINTEXT, KAT_NONCE) == KAT_EXPECTED
     assert open_text(KAT_EXPECTED) == KAT_PLAINTEXT
     assert parse_envelope(KAT_EXPECTED) == Envelope(KEY_ID, KAT_NONCE, ct + tag)
+
+
+@pytest.mark.parametrize("field, record_id, tenant_id", [
+    ("email", "rec-1", "tenant-001"),
+    ('a"b\\c\n\t\x01\x1f\x7fé€😀', "r\u2028\u2029", "t:x@y"),
+    ("", "", "a"),
+])
+def test_the_spelled_out_aad_is_exactly_rfc8785_of_the_four_coordinates(field, record_id, tenant_id):
+    key_id = "ab" * 16
+    expected = canonical_json({"field": field, "key_id": key_id, "record_id": record_id, "tenant_id": tenant_id})
+    assert field_aad(tenant_id, record_id, field, key_id) == expected

@@ -26,13 +26,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _json_string
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.errors import ErrorCode
 from workers.core.b64 import b64url_decode, b64url_encode
-from workers.core.canonical import CanonicalizationError, canonical_json
 from workers.errors import KeyledgerError
 
 PREFIX = "kl1."
@@ -64,11 +64,15 @@ class Envelope:
 
 
 def field_aad(tenant_id: str, record_id: str, field: str, key_id: str) -> bytes:
-    value = {"field": field, "key_id": key_id, "record_id": record_id, "tenant_id": tenant_id}
+    """RFC 8785 of the four coordinates, spelled out: JCS sorts the ASCII member names (field <
+    key_id < record_id < tenant_id) and writes each string as JSON with only `"`, `\\` and control
+    characters escaped, which is exactly the C `encode_basestring` (json.dumps(ensure_ascii=False)).
+    Four concatenations cost a fifth of building and canonicalising a dict per field."""
+    text = (f'{{"field":{_json_string(field)},"key_id":{_json_string(key_id)},'
+            f'"record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}')
     try:
-        # four string values under ASCII keys: plain by construction, so the C fast path applies
-        return canonical_json(value, known_plain=True)
-    except CanonicalizationError:
+        return text.encode()
+    except UnicodeEncodeError:
         # only a lone surrogate in a path or id gets here; such a field can never be sealed
         raise EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
 
