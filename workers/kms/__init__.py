@@ -4,12 +4,26 @@ Like tink's KmsEnvelopeAead, the KMS is just another AEAD: `generate_data_key`
 returns fresh plaintext plus its wrapped form, `decrypt` unwraps it, and the
 encryption context (always exactly {"tenant_id", "key_id", "key_type"}) is the
 associated data, so a blob moved to another tenant or key never unwraps.
+
+Every adapter implements `Kms`. The batch methods (`generate_data_keys`,
+`decrypt_many`), `rewrap` and the KEK-version methods are optional parts of
+the port (`BatchKms`, `RewrappingKms`, `KekVersionedKms`); callers go through
+the module functions `generate_data_keys`, `decrypt_many` and `rewrap`, which
+use an adapter's own method when it has one and single calls otherwise. The
+three adapters here (aws, vault, local) implement all of them. Batch results
+come back in request order, one per request: the value, or the KmsError of
+that request (a batch never fails as a whole for one bad item).
+
+An adapter names its provider in `provider` (`aws`, `vault`, `local`: the
+`kms_provider` of keys.material); `provider_of` reads it (absent = `aws`).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from schemas.messages import KeyType
 from workers.errors import Unavailable
@@ -26,6 +40,10 @@ class KmsUnavailable(KmsError, Unavailable):
     """Transient: unreachable, throttled, timed out. Retry with backoff."""
 
 
+class KmsThrottled(KmsUnavailable):
+    """The KMS asked us to slow down (HTTP 429, ThrottlingException): transient, back off harder."""
+
+
 class KmsRefused(KmsError):
     """Permanent for this request: access denied, wrong context, key disabled or pending deletion."""
 
@@ -35,6 +53,7 @@ class DataKey:
     plaintext: bytes = field(repr=False)
     wrapped: bytes
     kms_key_id: str
+    kek_version: int | None = None  # the KMS key's version that wrapped it, when the provider has versions (vault)
 
     def __post_init__(self) -> None:
         if len(self.plaintext) != DATA_KEY_BYTES:
@@ -47,6 +66,37 @@ def encryption_context(tenant_id: str, key_id: str, key_type: KeyType) -> dict[s
     return {"tenant_id": tenant_id, "key_id": key_id, "key_type": KeyType(key_type).value}
 
 
+@dataclass(frozen=True, slots=True)
+class DataKeyRequest:
+    """One data key to generate: under `kms_key_id` (None = the default key), bound to `context`."""
+
+    kms_key_id: str | None
+    context: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class UnwrapRequest:
+    """One wrapped key to unwrap under `kms_key_id` and `context`."""
+
+    wrapped: bytes
+    kms_key_id: str
+    context: dict[str, str]
+
+
+class Rewrapped(NamedTuple):
+    """A wrapped key re-wrapped under the KMS key's latest version (same plaintext, same context)."""
+
+    wrapped: bytes
+    kek_version: int | None
+
+
+class KekVersions(NamedTuple):
+    """A versioned KMS key: the version new wraps use, and the oldest version that still unwraps."""
+
+    latest: int
+    min_decryption: int
+
+
 class Kms(Protocol):
     default_key_id: str
 
@@ -57,3 +107,70 @@ class Kms(Protocol):
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BatchKms(Protocol):
+    """Optional: many keys per KMS request where the KMS has a batch API (vault's `batch_input`)."""
+
+    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]: ...
+
+    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]: ...
+
+
+@runtime_checkable
+class RewrappingKms(Protocol):
+    """Optional: re-wrap under the KMS key's latest version without the plaintext leaving the KMS
+    (AWS ReEncrypt, vault transit/rewrap); the context is the same on both sides."""
+
+    async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped: ...
+
+
+@runtime_checkable
+class KekVersionedKms(Protocol):
+    """Optional: a KMS key whose versions keyledger manages (vault transit)."""
+
+    async def rotate_kek(self, kms_key_id: str | None = None) -> int: ...
+
+    async def kek_versions(self, kms_key_id: str | None = None) -> KekVersions: ...
+
+    async def retire_kek_versions(self, min_version: int, kms_key_id: str | None = None) -> None: ...
+
+
+def provider_of(kms: object) -> str:
+    """The `kms_provider` to record on keys.material for keys wrapped by `kms` (absent = `aws`)."""
+    return getattr(kms, "provider", "aws")
+
+
+_T = TypeVar("_T")
+
+
+async def gather_each(calls: Sequence[Awaitable[_T]]) -> list[_T | KmsError]:
+    """Runs single calls concurrently; a KmsError stays in its slot, anything else is raised."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, KmsError):
+            raise result
+    return list(results)  # type: ignore[arg-type]
+
+
+async def generate_data_keys(kms: Kms, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
+    """One data key per request, in order: the adapter's batch method, or single calls."""
+    if isinstance(kms, BatchKms):
+        return await kms.generate_data_keys(requests)
+    return await gather_each([kms.generate_data_key(r.kms_key_id, r.context) for r in requests])
+
+
+async def decrypt_many(kms: Kms, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
+    """One plaintext (or KmsError) per request, in order: the adapter's batch method, or single calls."""
+    if isinstance(kms, BatchKms):
+        return await kms.decrypt_many(requests)
+    return await gather_each([kms.decrypt(r.wrapped, r.kms_key_id, r.context) for r in requests])
+
+
+async def rewrap(kms: Kms, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
+    """Re-wraps under the latest KEK version. An adapter without `rewrap` is refused rather than
+    emulated by decrypt + encrypt here: that would bring the plaintext into this process for nothing."""
+    if isinstance(kms, RewrappingKms):
+        return await kms.rewrap(wrapped, kms_key_id, context)
+    raise KmsRefused(f"{type(kms).__name__} cannot rewrap")

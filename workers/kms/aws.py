@@ -8,14 +8,25 @@ mapped to KmsUnavailable (retry later) or KmsRefused (this request never works).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 import aioboto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from workers.kms import DataKey, KmsError, KmsRefused, KmsUnavailable
+from workers.kms import (
+    DataKey,
+    DataKeyRequest,
+    KmsError,
+    KmsRefused,
+    KmsThrottled,
+    KmsUnavailable,
+    Rewrapped,
+    UnwrapRequest,
+    gather_each,
+)
 
 _TRANSIENT_CODES = {
     "ThrottlingException",
@@ -29,6 +40,8 @@ _TRANSIENT_CODES = {
 
 
 class AwsKms:
+    provider = "aws"
+
     def __init__(
         self,
         default_key_id: str | None,
@@ -86,6 +99,29 @@ class AwsKms:
             raise KmsError("KMS returned a data key of the wrong length")
         return bytes(plaintext)
 
+    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
+        """AWS KMS has no batch GenerateDataKey: concurrent single calls (bounded by the semaphore)."""
+        return await gather_each([self.generate_data_key(r.kms_key_id, r.context) for r in requests])
+
+    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
+        return await gather_each([self.decrypt(r.wrapped, r.kms_key_id, r.context) for r in requests])
+
+    async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
+        """ReEncrypt under the same key and the same context on both sides: the plaintext stays in KMS
+        (AWS rotates key material behind the key id and exposes no version, so kek_version is None)."""
+        reply = await self._call(
+            "ReEncrypt",
+            CiphertextBlob=wrapped,
+            SourceKeyId=kms_key_id,
+            SourceEncryptionContext=context,
+            DestinationKeyId=kms_key_id,
+            DestinationEncryptionContext=context,
+        )
+        blob = reply["CiphertextBlob"]
+        if not 0 < len(blob) <= 6144:
+            raise KmsError("KMS returned a wrapped key of an impossible length")
+        return Rewrapped(blob, None)
+
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         await self._call("ScheduleKeyDeletion", KeyId=kms_key_id, PendingWindowInDays=pending_days)
 
@@ -104,9 +140,13 @@ class AwsKms:
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "Unknown")
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code == "ThrottlingException" or status == 429:
+                    raise KmsThrottled(f"{operation}: {code}") from None
                 if code in _TRANSIENT_CODES or status >= 500:
                     raise KmsUnavailable(f"{operation}: {code}") from None
                 raise KmsRefused(f"{operation}: {code}") from None
+            except ParamValidationError:
+                raise KmsRefused(f"{operation}: invalid request parameters") from None
             except (TimeoutError, BotoCoreError, OSError) as exc:
                 raise KmsUnavailable(f"{operation}: {type(exc).__name__}") from None
 

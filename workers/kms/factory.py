@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from workers.core.b64 import b64decode
 from workers.kms import Kms
-from workers.settings import KmsProvider, Settings
+from workers.settings import KmsProvider, Settings, VaultAuthMethod
 
 
 def open_kms(settings: Settings) -> Kms:
@@ -19,7 +21,50 @@ def open_kms(settings: Settings) -> Kms:
             max_attempts=settings.kms_max_attempts,
             concurrency=settings.kms_concurrency,
         )
+    if settings.kms_provider is KmsProvider.VAULT:
+        return open_vault(settings)
     from workers.kms.local import DEFAULT_KEY_ID, LocalKms
 
     kek = b64decode(settings.local_kek) if settings.local_kek else None
     return LocalKms(kek, default_key_id=settings.kms_key_id or DEFAULT_KEY_ID)
+
+
+def open_vault(settings: Settings) -> Kms:
+    from workers.kms.vault import (
+        AppRoleAuth,
+        KubernetesAuth,
+        TokenAuth,
+        VaultAuth,
+        VaultKms,
+    )
+
+    if not settings.vault_addr:
+        raise ValueError("KEYLEDGER_KMS_PROVIDER=vault needs KEYLEDGER_VAULT_ADDR")
+    auth: VaultAuth
+    if settings.vault_auth is VaultAuthMethod.APPROLE:
+        if not (settings.vault_role_id and settings.vault_secret_id):
+            raise ValueError("KEYLEDGER_VAULT_AUTH=approle needs KEYLEDGER_VAULT_ROLE_ID and KEYLEDGER_VAULT_SECRET_ID")
+        auth = AppRoleAuth(settings.vault_role_id, settings.vault_secret_id.get_secret_value(),
+                           mount=settings.vault_auth_mount or "approle")
+    elif settings.vault_auth is VaultAuthMethod.KUBERNETES:
+        if not settings.vault_k8s_role:
+            raise ValueError("KEYLEDGER_VAULT_AUTH=kubernetes needs KEYLEDGER_VAULT_K8S_ROLE")
+        auth = KubernetesAuth(settings.vault_k8s_role, settings.vault_k8s_jwt_path,
+                              mount=settings.vault_auth_mount or "kubernetes")
+    else:
+        token = settings.vault_token.get_secret_value() if settings.vault_token else os.environ.get("VAULT_TOKEN")
+        if not token:
+            raise ValueError("KEYLEDGER_VAULT_AUTH=token needs KEYLEDGER_VAULT_TOKEN (or VAULT_TOKEN)")
+        auth = TokenAuth(token)
+    return VaultKms(
+        settings.vault_addr,
+        auth,
+        default_key_id=settings.vault_key,
+        mount=settings.vault_transit_mount,
+        namespace=settings.vault_namespace,
+        ca_cert=settings.vault_ca_cert,
+        timeout=settings.vault_timeout,
+        max_attempts=settings.kms_max_attempts,
+        concurrency=settings.vault_concurrency,
+        batch_max=settings.vault_batch_max,
+    )

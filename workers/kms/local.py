@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from workers.core.canonical import canonical_json
-from workers.kms import DATA_KEY_BYTES, DataKey, KmsRefused
+from workers.kms import (
+    DATA_KEY_BYTES,
+    DataKey,
+    DataKeyRequest,
+    KmsError,
+    KmsRefused,
+    Rewrapped,
+    UnwrapRequest,
+    gather_each,
+)
 
 MAGIC = b"KLK1"
 NONCE_BYTES = 12
@@ -31,6 +41,8 @@ def dev_kek() -> bytes:
 
 
 class LocalKms:
+    provider = "local"
+
     def __init__(self, kek: bytes | None = None, default_key_id: str = DEFAULT_KEY_ID) -> None:
         kek = kek if kek is not None else dev_kek()
         if len(kek) != 32:
@@ -59,6 +71,18 @@ class LocalKms:
             return self._aead.decrypt(nonce, wrapped[len(MAGIC) + NONCE_BYTES :], _aad(kms_key_id, context))
         except InvalidTag:
             raise KmsRefused("InvalidCiphertextException: wrong key or encryption context") from None
+
+    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
+        return await gather_each([self.generate_data_key(r.kms_key_id, r.context) for r in requests])
+
+    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
+        return await gather_each([self.decrypt(r.wrapped, r.kms_key_id, r.context) for r in requests])
+
+    async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
+        """Unwrap and wrap again under the same KEK with a fresh nonce (one KEK: no versions)."""
+        plaintext = await self.decrypt(wrapped, kms_key_id, context)
+        nonce = os.urandom(NONCE_BYTES)
+        return Rewrapped(MAGIC + nonce + self._aead.encrypt(nonce, plaintext, _aad(kms_key_id, context)), None)
 
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         # stricter than moto: a key pending deletion unwraps nothing

@@ -1,0 +1,239 @@
+"""One KMS contract, three providers: local (in process), aws (moto's server over HTTP), vault (an
+OpenBao dev server over HTTP). Every refusal below is preceded by the same call succeeding on the
+untouched input, so a refusal is the KMS saying no, not a broken setup."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from tests.support.faults import SwitchableKms
+from workers.app.embedded import free_port
+from workers.kms import (
+    MAX_WRAPPED_BYTES,
+    BatchKms,
+    DataKey,
+    DataKeyRequest,
+    KmsError,
+    KmsRefused,
+    KmsUnavailable,
+    RewrappingKms,
+    UnwrapRequest,
+    decrypt_many,
+    encryption_context,
+    generate_data_keys,
+    provider_of,
+    rewrap,
+)
+from workers.kms.aws import AwsKms
+from workers.kms.local import LocalKms
+from workers.kms.vault import TokenAuth, VaultKms
+
+ACME = encryption_context("acme", "ab" * 16, "encryption")
+OTHERS = {
+    "another tenant": {**ACME, "tenant_id": "globex"},
+    "another key_id": {**ACME, "key_id": "cd" * 16},
+    "another key_type": {**ACME, "key_type": "signing"},
+}
+# per provider: the largest wrapped key it may return (local and vault blobs have a fixed size)
+WRAPPED_BOUND = {"local": 64, "aws": MAX_WRAPPED_BYTES, "vault": len("vault:v99:") + 80}
+UNREACHABLE_TIMEOUT = 1.0
+
+
+@pytest.fixture(params=["local", "aws", "vault"])
+def provider(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_kms(request, provider):
+    """Builds the provider's adapter; `unreachable=True` points it at a closed port."""
+    def make(*, unreachable: bool = False, batch_max: int = 250):
+        closed = f"http://127.0.0.1:{free_port()}"
+        if provider == "local":
+            if unreachable:
+                pytest.skip("the local KMS has no endpoint")
+            adapter = LocalKms()
+        elif provider == "aws":
+            endpoint, key = request.getfixturevalue("moto_endpoint"), request.getfixturevalue("moto_kms_key")
+            adapter = (AwsKms("any", endpoint_url=closed, timeout=UNREACHABLE_TIMEOUT, max_attempts=1) if unreachable
+                       else AwsKms(key, endpoint_url=endpoint, timeout=5, max_attempts=2))
+        else:
+            bao = request.getfixturevalue("openbao")
+            adapter = (VaultKms(closed, TokenAuth("unused"), timeout=UNREACHABLE_TIMEOUT) if unreachable
+                       else VaultKms(bao.addr, TokenAuth(bao.token), timeout=5, batch_max=batch_max))
+        return adapter
+
+    return make  # adapters are closed by the `kms` fixture or by the test that made them
+
+
+@pytest.fixture
+async def kms(make_kms):
+    adapter = make_kms()
+    yield adapter
+    await adapter.aclose()
+
+
+def _forms(secret: bytes) -> list[str]:
+    """Ways a key could leak into text."""
+    return [repr(secret)[2:-1], secret.hex(), base64.b64encode(secret).decode(),
+            base64.urlsafe_b64encode(secret).decode().rstrip("=")]
+
+
+def _assert_no_secret(text: str, secret: bytes) -> None:
+    for form in _forms(secret):
+        assert form not in text
+
+
+async def test_round_trip(kms, provider):
+    data_key = await kms.generate_data_key(None, ACME)
+    assert len(data_key.plaintext) == 32
+    assert data_key.kms_key_id
+    assert data_key.plaintext not in data_key.wrapped
+    assert await kms.decrypt(data_key.wrapped, data_key.kms_key_id, ACME) == data_key.plaintext
+    assert provider_of(kms) == provider
+    if provider == "vault":
+        assert data_key.kek_version is not None and data_key.wrapped.startswith(b"vault:v%d:" % data_key.kek_version)
+    else:
+        assert data_key.kek_version is None
+
+
+async def test_two_data_keys_differ(kms):
+    first, second = [await kms.generate_data_key(None, ACME) for _ in range(2)]
+    assert first.plaintext != second.plaintext and first.wrapped != second.wrapped
+
+
+async def test_wrapped_length_is_bounded(kms, provider):
+    for _ in range(3):
+        data_key = await kms.generate_data_key(None, ACME)
+        assert 0 < len(data_key.wrapped) <= WRAPPED_BOUND[provider] <= MAX_WRAPPED_BYTES
+
+
+@pytest.mark.parametrize("other", list(OTHERS))
+async def test_another_context_is_refused(kms, other):
+    data_key = await kms.generate_data_key(None, ACME)
+    assert await kms.decrypt(data_key.wrapped, data_key.kms_key_id, ACME) == data_key.plaintext
+    with pytest.raises(KmsRefused) as refused:
+        await kms.decrypt(data_key.wrapped, data_key.kms_key_id, OTHERS[other])
+    _assert_no_secret(str(refused.value) + repr(refused.value), data_key.plaintext)
+
+
+async def test_a_tampered_blob_is_refused(kms):
+    data_key = await kms.generate_data_key(None, ACME)
+    blob = data_key.wrapped
+    assert await kms.decrypt(blob, data_key.kms_key_id, ACME) == data_key.plaintext
+    positions = sorted({0, 1, len(blob) // 3, len(blob) // 2, len(blob) - 2, len(blob) - 1,
+                        *range(0, len(blob), max(1, len(blob) // 16))})
+    errors: list[KmsError] = []
+    for position in positions:
+        for bit in (0, 3, 6):
+            flipped = bytearray(blob)
+            flipped[position] ^= 1 << bit
+            with pytest.raises(KmsRefused) as refused:
+                await kms.decrypt(bytes(flipped), data_key.kms_key_id, ACME)
+            errors.append(refused.value)
+    for size in sorted({0, 1, len(blob) // 2, len(blob) - 16, len(blob) - 1}):
+        with pytest.raises(KmsRefused) as refused:
+            await kms.decrypt(blob[:size], data_key.kms_key_id, ACME)
+        errors.append(refused.value)
+    with pytest.raises(KmsRefused):
+        await kms.decrypt(blob + b"A", data_key.kms_key_id, ACME)
+    for error in errors:
+        _assert_no_secret(str(error) + repr(error), data_key.plaintext)
+
+
+async def test_batch_generation_agrees_with_single_calls(make_kms, provider):
+    kms = make_kms(batch_max=2)  # vault: several batch requests for one call
+    try:
+        assert isinstance(kms, BatchKms)
+        contexts = [encryption_context(f"tenant-{i}", f"{i:032x}", kt)
+                    for i in range(3) for kt in ("signing", "encryption")]
+        keys = await kms.generate_data_keys([DataKeyRequest(None, c) for c in contexts])
+        assert len(keys) == len(contexts) and all(isinstance(k, DataKey) for k in keys)
+        assert len({k.plaintext for k in keys}) == len(contexts)
+        for key, context in zip(keys, contexts, strict=True):
+            assert await kms.decrypt(key.wrapped, key.kms_key_id, context) == key.plaintext
+            assert 0 < len(key.wrapped) <= WRAPPED_BOUND[provider]
+        # and the other way: keys wrapped one by one unwrap in one batch, in order
+        singles = [await kms.generate_data_key(None, c) for c in contexts]
+        plaintexts = await kms.decrypt_many([UnwrapRequest(k.wrapped, k.kms_key_id, c)
+                                             for k, c in zip(singles, contexts, strict=True)])
+        assert plaintexts == [k.plaintext for k in singles]
+        assert await kms.generate_data_keys([]) == [] and await kms.decrypt_many([]) == []
+    finally:
+        await kms.aclose()
+
+
+async def test_one_bad_item_fails_alone_in_a_batch(kms):
+    keys = await kms.generate_data_keys([DataKeyRequest(None, ACME) for _ in range(3)])
+    tampered = bytearray(keys[2].wrapped)
+    tampered[len(tampered) // 2] ^= 0x04
+    results = await kms.decrypt_many([
+        UnwrapRequest(keys[0].wrapped, keys[0].kms_key_id, ACME),
+        UnwrapRequest(keys[1].wrapped, keys[1].kms_key_id, OTHERS["another tenant"]),
+        UnwrapRequest(bytes(tampered), keys[2].kms_key_id, ACME),
+        UnwrapRequest(keys[2].wrapped, keys[2].kms_key_id, ACME),
+    ])
+    assert results[0] == keys[0].plaintext and results[3] == keys[2].plaintext
+    assert isinstance(results[1], KmsRefused) and isinstance(results[2], KmsRefused)
+    for error in results[1:3]:
+        _assert_no_secret(str(error) + repr(error), keys[1].plaintext)
+        _assert_no_secret(str(error) + repr(error), keys[2].plaintext)
+
+
+async def test_the_port_functions_use_single_calls_for_an_adapter_without_batches():
+    kms = SwitchableKms()
+    assert not isinstance(kms, BatchKms) and not isinstance(kms, RewrappingKms)
+    keys = await generate_data_keys(kms, [DataKeyRequest(None, ACME), DataKeyRequest(None, OTHERS["another key_id"])])
+    assert kms.calls == 2
+    results = await decrypt_many(kms, [UnwrapRequest(keys[0].wrapped, keys[0].kms_key_id, ACME),
+                                       UnwrapRequest(keys[1].wrapped, keys[1].kms_key_id, ACME)])
+    assert kms.calls == 4
+    assert results[0] == keys[0].plaintext and isinstance(results[1], KmsRefused)
+    with pytest.raises(KmsRefused, match="cannot rewrap"):
+        await rewrap(kms, keys[0].wrapped, keys[0].kms_key_id, ACME)
+    kms.down = True
+    results = await decrypt_many(kms, [UnwrapRequest(keys[0].wrapped, keys[0].kms_key_id, ACME)])
+    assert isinstance(results[0], KmsUnavailable)
+
+
+async def test_rewrap_keeps_the_plaintext_and_the_context(kms, provider):
+    data_key = await kms.generate_data_key(None, ACME)
+    rewrapped, kek_version = await rewrap(kms, data_key.wrapped, data_key.kms_key_id, ACME)
+    assert rewrapped != data_key.wrapped
+    assert 0 < len(rewrapped) <= WRAPPED_BOUND[provider]
+    assert (kek_version is not None) == (provider == "vault")
+    assert await kms.decrypt(rewrapped, data_key.kms_key_id, ACME) == data_key.plaintext
+    for other in OTHERS.values():
+        with pytest.raises(KmsRefused):
+            await kms.decrypt(rewrapped, data_key.kms_key_id, other)
+    # rewrap checks the context too: a blob cannot be moved to another context by rewrapping it
+    with pytest.raises(KmsRefused):
+        await kms.rewrap(data_key.wrapped, data_key.kms_key_id, OTHERS["another tenant"])
+
+
+async def test_an_unreachable_kms_is_unavailable_within_the_timeout(make_kms):
+    """A closed port: refused connections are retried (vault: within its deadline; aws: the client is
+    built with one attempt, as botocore's backoff ignores the timeout) and reported as unavailable."""
+    kms = make_kms(unreachable=True)
+    try:
+        for call in (lambda: kms.generate_data_key(None, ACME),
+                     lambda: kms.decrypt(b"vault:v1:" + b"A" * 80, "k", ACME)):
+            started = time.monotonic()
+            with pytest.raises(KmsUnavailable):
+                await call()
+            assert time.monotonic() - started < UNREACHABLE_TIMEOUT + 1.0
+        results = await kms.decrypt_many([UnwrapRequest(b"vault:v1:" + b"A" * 80, "k", ACME)])
+        assert isinstance(results[0], KmsUnavailable)
+    finally:
+        await kms.aclose()
+
+
+async def test_data_keys_never_show_their_plaintext(kms):
+    data_key = await kms.generate_data_key(None, ACME)
+    for text in (repr(data_key), str(data_key)):
+        _assert_no_secret(text, data_key.plaintext)
+    batch = await kms.generate_data_keys([DataKeyRequest(None, ACME)])
+    _assert_no_secret(repr(batch), batch[0].plaintext)
