@@ -9,6 +9,7 @@ property is asserted on every object it applies to.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import re
 import shutil
@@ -349,6 +350,14 @@ def test_settings_are_a_valid_production_profile(objects, monkeypatch):
         monkeypatch.setenv(key, value)
     settings = Settings()  # the production profile raises on a development-only part
     assert settings.production_problems() == []
+
+
+def test_tigerbeetle_replicas_are_listed_by_ip(objects):
+    """The TigerBeetle client (0.17) refuses host names (tb_client_init fails on one)."""
+    for address in config(objects)["KEYLEDGER_TB_ADDRESSES"].split(","):
+        host, port = address.rsplit(":", 1)
+        ipaddress.ip_address(host.strip("[]"))
+        assert 0 < int(port) < 65536
 
 
 def test_cronjob_publishes_scheduled_rotation_ticks(objects):
