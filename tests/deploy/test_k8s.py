@@ -17,10 +17,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
-
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -161,7 +160,7 @@ def test_every_pod_runs_hardened(objects):
             where = f"{owner} container {c['name']}"
             sc = c.get("securityContext", {})
 
-            def effective(key, sc=sc):
+            def effective(key, sc=sc, pod_sc=pod_sc):  # the container's, else the pod's
                 return sc.get(key, pod_sc.get(key))
 
             user = effective("runAsUser")
