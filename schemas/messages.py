@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.errors import ErrorInfo
 
@@ -95,9 +95,21 @@ class TenantDeleted(_Message):
 
 
 class SpanToSign(_Message):
+    """A span to sign carries no `signature` member yet: the signer appends one to the record as it
+    arrived, and a second `signature` would make the signed record's meaning depend on which
+    duplicate a reader keeps."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["signature"]}})
+
     job_id: EventId
     tenant_id: TenantId
     span: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _not_signed_yet(self) -> SpanToSign:
+        if self.model_extra and "signature" in self.model_extra:
+            raise ValueError("a span to sign carries no signature yet")
+        return self
 
 
 class PiiRequest(_Message):

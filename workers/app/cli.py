@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     audit_verbs = audit.add_subparsers(dest="audit_verb", required=True)
     audit_verify = audit_verbs.add_parser("verify", help="replay kms.audit and compare it with TigerBeetle")
     audit_verify.add_argument("--tenant", help="only this tenant")
+    docs = verbs.add_parser("docs", help="write the contract: docs/asyncapi.json and schemas/json/<topic>.json")
+    docs.add_argument("--out", metavar="DIR", help="write under DIR instead of the repository (DIR/docs, DIR/schemas/json)")
     return parser
 
 
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(asyncio.run(rotate(_bootstrap_or_exit(_settings()), args.tenant, key_type, RotationReason(args.reason))))
     elif args.verb == "audit":
         sys.exit(asyncio.run(_audit_verify(_settings(), args.tenant)))
+    elif args.verb == "docs":
+        from workers.tools.contract import docs_command
+
+        sys.exit(docs_command(args.out))
 
 
 def _bootstrap_or_exit(settings: Settings) -> str:

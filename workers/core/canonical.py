@@ -14,6 +14,9 @@ class CanonicalizationError(ValueError):
 
 # RFC 8785 numbers are IEEE 754 doubles: integers beyond 2^53 have no exact form
 _SAFE_INT = 2**53 - 1
+# Python's int() refuses more digits than this (sys.int_info.default_max_str_digits); pydantic's JSON
+# parser refuses a float whose integer part is longer, and so does `plain_json_loads`
+_MAX_DIGITS = 4300
 
 
 def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
@@ -55,6 +58,11 @@ def _plain(value: Any) -> bool:
     return True
 
 
+def _integer_digits(number: str) -> int:
+    unsigned = number.lstrip("-")
+    return len(unsigned) - len(unsigned.lstrip("0123456789"))
+
+
 class _Scan:
     __slots__ = ("plain",)
 
@@ -72,6 +80,8 @@ def plain_json_loads(raw: bytes) -> tuple[Any, bool]:
 
     def on_float(text: str) -> float:
         scan.plain = False
+        if len(text) > _MAX_DIGITS and _integer_digits(text) > _MAX_DIGITS:
+            raise ValueError("number out of range")
         return float(text)
 
     def on_int(text: str) -> int:

@@ -215,11 +215,19 @@ class PiiService:
         return secret
 
 
-def _result(request: PiiRequest, **values: object) -> dict[str, object]:
-    """A `pii.results` value (the PiiResult schema) as a plain dict: built per record on the hot path."""
+def _result(request: PiiRequest, *, fields: dict[str, str] | None = None, key_id: str | None = None,
+            errors: dict[str, dict[str, str]] | None = None, error: dict[str, str] | None = None) -> dict[str, object]:
+    """A `pii.results` value as a plain dict, built per record on the hot path. Members come in
+    PiiResult's field order and None is left out, so `_json` of it is byte for byte
+    `PiiResult(...).to_json()` (tests/services/test_contract_fast_paths.py holds them together)."""
     result: dict[str, object] = {"job_id": request.job_id, "tenant_id": request.tenant_id, "record_id": request.record_id,
-              "operation": request.operation.value, "fields": {}}
-    result.update((name, value) for name, value in values.items() if value is not None)
+                                 "operation": request.operation.value, "fields": {} if fields is None else fields}
+    if key_id is not None:
+        result["key_id"] = key_id
+    if errors is not None:
+        result["errors"] = errors
+    if error is not None:
+        result["error"] = error
     return result
 
 

@@ -114,7 +114,8 @@ def _signed_record(job: Job, signature: dict[str, str]) -> bytes:
 
 
 def parse_job(record: InboundRecord, max_bytes: int) -> Job:
-    """The hot path's parser: the same rules as schemas.SpanToSign, without model overhead."""
+    """The hot path's parser: accepts exactly what SpanToSign.model_validate_json accepts, without model
+    overhead (tests/services/test_contract_fast_paths.py holds them together)."""
     value = record.value
     if value is None:
         raise BadInput("tombstone (null value) where a span was expected")
@@ -124,6 +125,7 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
         data, plain = plain_json_loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
         raise BadInput("value is not UTF-8 JSON", ErrorCode.NOT_JSON) from None
+    _refuse_what_the_model_cannot_parse(value, data, plain)
     if not isinstance(data, dict):
         raise BadInput("value is not a JSON object")
     if "signature" in data:
@@ -139,6 +141,38 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
 
 
 _TENANT_ID = re.compile(TENANT_ID_PATTERN).fullmatch
+MAX_DEPTH = 200  # pydantic's JSON parser (jiter) refuses more nested non-empty containers
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]").search
+
+
+def _refuse_what_the_model_cannot_parse(raw: bytes, data: Any, plain: bool) -> None:
+    """What json.loads accepts and SpanToSign.model_validate_json refuses as invalid JSON: lone surrogate
+    escapes (not Unicode text, and not I-JSON) and nesting deeper than MAX_DEPTH. Each exact check runs
+    only when a scan of the raw bytes (in C) cannot rule the case out; depth first (json.dumps recurses)."""
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _deeper_than(data, MAX_DEPTH):
+        raise BadInput(f"value nests deeper than {MAX_DEPTH} levels", ErrorCode.NOT_JSON)
+    # a plain value's text has no unicode escape at all (plain_json_loads)
+    if not plain and b"\\" in raw and _SURROGATE_ESCAPE(raw) and not _encodes(data):
+        raise BadInput("value has a lone surrogate escape (not Unicode text)", ErrorCode.NOT_JSON)
+
+
+def _encodes(data: Any) -> bool:
+    """Whether every string in `data` is Unicode text (json.loads leaves unpaired surrogate escapes in)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether more than `limit` non-empty containers nest (jiter counts a level when it enters one)."""
+    level: list[Any] = [data] if type(data) in (dict, list) and data else []
+    for _ in range(limit):
+        level = [v for c in level for v in (c.values() if type(c) is dict else c) if type(v) in (dict, list) and v]
+        if not level:
+            return False
+    return True
 
 
 def _sign_op(batch: KeyBatch) -> OpRecord:
