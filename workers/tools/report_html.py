@@ -56,7 +56,8 @@ def render_html(report: TenantReport) -> str:
         f"<title>keyledger key lifecycle: {escape(report.tenant)}</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>Key lifecycle report: tenant <code>{escape(report.tenant)}</code></h1>",
-        f'<p class="meta">generated {_when(report.generated_at_ns)} · times are TigerBeetle cluster time (UTC) · '
+        f'<p class="meta">generated {_when(report.generated_at_ns)} (this machine\'s clock) · key and operation times '
+        "are TigerBeetle cluster time (UTC) · "
         f"rotation age {report.rotation_age_s:,} s · encryption limit {report.encrypt_limit:,} per key</p>",
         _verdicts(report),
         "<h2>Timeline</h2>",
@@ -117,7 +118,9 @@ def _timeline(report: TenantReport) -> str:
     if not keys:
         return "<p>No key accounts for this tenant in the ledger.</p>"
     start = min(k.created_ns for k in keys)
-    end = max([start + NS, *(_end(k, report) for k in keys), *(o.at_ns for o in report.operations)])
+    # live keys' bars run to the report's time, destroyed ones stop at their destruction
+    live = [report.generated_at_ns for k in keys if k.destroyed_ns is None]
+    end = max([start + NS, *live, *(_end(k, report) for k in keys), *(o.at_ns for o in report.operations)])
     span = end - start
     plot = WIDTH - LABEL - 16
 
