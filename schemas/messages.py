@@ -16,6 +16,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from schemas.errors import ErrorInfo
 
 TENANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+SYSTEM_TENANT = "keyledger-system"
+"""Reserved tenant id of keyledger's own keys (the audit digest key): onboarding refuses it, listings skip it."""
 TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN)]
 KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -208,6 +210,30 @@ class AuditEvent(_Message):
     reason: str = ""
     occurred_at: datetime
     source: AuditSource
+
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Offset = Annotated[int, Field(ge=0, le=2**53 - 1)]  # RFC 8785 numbers: exact up to 2^53
+
+
+class AuditDigest(_Message):
+    """One signed link of the per-partition hash chain on `kms.audit.digests` (key = the partition, as text).
+
+    Covers the `kms.audit` records of `partition` from `first_offset` to `last_offset` (both
+    included, `count` records); byte formats and the signed bytes are in workers/core/digest.py.
+    `previous_digest_sha256` is 64 zeros on a partition's first digest.
+    """
+
+    partition: Annotated[int, Field(ge=0, lt=2**31)]
+    first_offset: Offset
+    last_offset: Offset
+    count: Annotated[int, Field(ge=1)]
+    records_sha256: Sha256Hex
+    previous_digest_sha256: Sha256Hex
+    created_at: datetime
+    key_id: KeyId
+    signature: str
+    """Ed25519, base64url without padding, over RFC 8785 JSON of every other member."""
 
 
 class DeadLetter(_Message):

@@ -33,6 +33,7 @@ class Topic(StrEnum):
     KEYS_MATERIAL = "keys.material"
     KEYS_EVENTS = "keys.events"
     KMS_AUDIT = "kms.audit"
+    KMS_AUDIT_DIGESTS = "kms.audit.digests"
     DLQ = "kms.dlq"
 
 

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(1000, ge=1, description="Most entries in each key cache.")
     rotation_age: int = Field(7_776_000, ge=1, description="Key age in seconds (TigerBeetle time) that triggers rotation.")
     encrypt_limit: int = Field(2**32 - 2**24, ge=1, le=2**32, description="Encryptions under one AES-GCM key before it stops encrypting.")
+    digest_interval: float = Field(300, gt=0, le=86_400, description="Seconds a kms.audit record waits at most before a signed digest covers it (a digest also closes at 10,000 records).")
     retry_attempts: int = Field(5, ge=1, le=100, description="Attempts at a failing record before it goes to the DLQ.")
     retry_backoff: float = Field(0.2, gt=0, le=60, description="First backoff in seconds after a transient failure (doubles, capped).")
     retry_backoff_max: float = Field(10.0, gt=0, le=600, description="Longest backoff in seconds between retries.")

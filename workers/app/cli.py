@@ -39,8 +39,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="scheduled rotates only keys older than KEYLEDGER_ROTATION_AGE; compromise also revokes")
     audit = verbs.add_parser("audit", help="audit trail tools")
     audit_verbs = audit.add_subparsers(dest="audit_verb", required=True)
-    audit_verify = audit_verbs.add_parser("verify", help="replay kms.audit and compare it with TigerBeetle")
-    audit_verify.add_argument("--tenant", help="only this tenant")
+    audit_verify = audit_verbs.add_parser(
+        "verify", help="replay kms.audit, compare it with TigerBeetle and check the digest chain on kms.audit.digests")
+    audit_verify.add_argument("--tenant", help="only this tenant in the ledger comparison (the chain is checked whole)")
+    report = audit_verbs.add_parser("report", help="one tenant's key lifecycle for an auditor (TigerBeetle + keys.events)")
+    report.add_argument("--tenant", required=True, help="the tenant")
+    report.add_argument("--format", choices=["html", "json"], default="html", help="html (default): one self-contained file")
+    report.add_argument("--out", help="write to this file (default: stdout)")
     docs = verbs.add_parser("docs", help="write the contract: docs/asyncapi.json and schemas/json/<topic>.json")
     docs.add_argument("--out", metavar="DIR", help="write under DIR instead of the repository (DIR/docs, DIR/schemas/json)")
     return parser
@@ -77,6 +82,14 @@ def main(argv: list[str] | None = None) -> None:
 
         key_type = KeyType(args.key_type) if args.key_type else None
         sys.exit(asyncio.run(rotate(_bootstrap_or_exit(_settings()), args.tenant, key_type, RotationReason(args.reason))))
+    elif args.verb == "audit" and args.audit_verb == "report":
+        text, summary = asyncio.run(_audit_report(_settings(), args.tenant, args.format))
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            with open(args.out, "w", encoding="utf-8") as file:
+                file.write(text)
+        print(f"{summary} -> {args.out or 'stdout'}", file=sys.stderr)
     elif args.verb == "audit":
         sys.exit(asyncio.run(_audit_verify(_settings(), args.tenant)))
     elif args.verb == "docs":
@@ -111,11 +124,12 @@ async def _verify(settings: Settings, stream: TextIO) -> int:
 
 async def _audit_verify(settings: Settings, tenant: str | None) -> int:
     from workers.ledger.factory import open_ledger
-    from workers.tools.audit_check import verify_audit
+    from workers.tools.audit_check import verify_audit, verify_chain
 
+    bootstrap = _bootstrap_or_exit(settings)
     ledger = open_ledger(settings)
     try:
-        report = await verify_audit(_bootstrap_or_exit(settings), ledger, tenant)
+        report = await verify_audit(bootstrap, ledger, tenant)
     finally:
         await ledger.aclose()
     for problem in report.mismatches[:100]:
@@ -123,7 +137,34 @@ async def _audit_verify(settings: Settings, tenant: str | None) -> int:
     verdict = "agrees with" if report.agrees else "DISAGREES with"
     print(f"kms.audit {verdict} TigerBeetle: {report.events} events ({report.duplicates} duplicate records), "
           f"{len(report.tenants)} tenants, {len(report.mismatches)} mismatches")
-    return 0 if report.agrees else 1
+    chain = await verify_chain(bootstrap)
+    for problem in chain.problems[:100]:
+        print(f"CHAIN {problem}")
+    waiting = ", ".join(f"partition {p}: {n}" for p, n in sorted(chain.not_yet_digested.items())) or "none"
+    print(f"digest chain {'intact' if chain.intact else 'BROKEN'}: {chain.digests} digests over {chain.records} records "
+          f"({chain.duplicates} republished), {len(chain.problems)} breaks; not yet digested: {waiting}")
+    return 0 if report.agrees and chain.intact else 1
+
+
+async def _audit_report(settings: Settings, tenant: str, form: str) -> tuple[str, str]:
+    import json
+
+    from workers.ledger.factory import open_ledger
+    from workers.tools.report import build_report
+    from workers.tools.report_html import render_html
+
+    bootstrap = _bootstrap_or_exit(settings)
+    ledger = open_ledger(settings)
+    try:
+        report = await build_report(bootstrap, ledger, tenant, rotation_age=settings.rotation_age,
+                                    encrypt_limit=settings.encrypt_limit)
+    finally:
+        await ledger.aclose()
+    text = render_html(report) if form == "html" else json.dumps(report.to_json(), indent=2) + "\n"
+    summary = (f"{form} report of {tenant}: {len(report.keys)} key versions, {len(report.operations)} ledger operations; "
+               f"ledger vs kms.audit {'agree' if report.ledger_agrees else 'DISAGREE'}, "
+               f"digest chain {'intact' if report.chain_intact else 'BROKEN'}")
+    return text, summary
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class ProcessContext:
     follower: KeyFollower | None = None
     groups: dict[str, ConsumerGroup] = field(default_factory=dict)
     runners: list[BatchRunner] = field(default_factory=list)
+    bootstrap: str = ""
 
     @classmethod
     def build(
@@ -64,11 +65,12 @@ class ProcessContext:
         )
         keys = KeyService(directory, kms, ledger, secrets)
         follower = KeyFollower(bootstrap, directory, startup_timeout=settings.startup_timeout) if follow else None
-        return cls(settings, broker, publisher, kms, ledger, directory, keys, AuditTrail(ledger), follower)
+        return cls(settings, broker, publisher, kms, ledger, directory, keys, AuditTrail(ledger), follower,
+                   bootstrap=bootstrap)
 
     @property
     def deps(self) -> Deps:
-        return Deps(self.settings, self.keys, self.ledger, self.audit, self.publisher)
+        return Deps(self.settings, self.keys, self.ledger, self.audit, self.publisher, self.bootstrap)
 
     def register(self, names: Sequence[str]) -> None:
         """Build the named consumer groups and subscribe them; `aclose()` stops their runners."""

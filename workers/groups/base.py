@@ -24,6 +24,8 @@ class Deps:
     ledger: Ledger
     audit: AuditTrail
     publisher: Publisher
+    bootstrap: str = ""
+    """The Kafka bootstrap, for groups that read a topic themselves (the digest group reads its chain)."""
 
     def emitter(self, group: str) -> Emitter:
         return Emitter(group, self.audit, self.publisher, self.keys)

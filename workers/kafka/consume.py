@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
@@ -50,6 +50,34 @@ class ConsumerGroup(Protocol):
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]: ...
 
 
+@runtime_checkable
+class HoldsRecords(Protocol):
+    """A group that keeps records after `handle` returns (the audit digest group keeps them until a
+    published digest covers them). The runner commits such a group's partition only up to
+    `held()[(topic, partition)]` (a partition it does not name is not committed at all), calls
+    `flush()` every `flush_every` seconds, never while `handle` runs, and `forget()` with the
+    partitions a rebalance takes away."""
+
+    flush_every: float
+
+    def held(self) -> Mapping[tuple[str, int], int]: ...
+
+    async def flush(self) -> None: ...
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None: ...
+
+
+class _Forgetting(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, holder: HoldsRecords) -> None:
+        self._holder = holder
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._holder.forget((tp.topic, tp.partition) for tp in revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Nothing to do: a holder loads a partition's state when its first record arrives."""
+
+
 @dataclass(slots=True)
 class Waiting:
     record: InboundRecord
@@ -61,9 +89,12 @@ class BatchRunner:
     """Runs `handle` over batches; with `depth` > 1 the next batch is handled while the previous one's
     outputs are still being acknowledged (only for groups whose records are independent of each other)."""
 
-    def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1) -> None:
+    def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1,
+                 holder: HoldsRecords | None = None) -> None:
         if depth < 1:
             raise ValueError("pipeline depth must be at least 1")
+        if holder is not None and depth != 1:
+            raise ValueError("a group that holds records handles one batch at a time")
         self.group = group
         self._handle = handle
         self._publisher = publisher
@@ -86,6 +117,8 @@ class BatchRunner:
         self._in_flight: list[dict[TopicPartition, int]] = []  # oldest offset of each batch being handled
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_task: asyncio.Task[None] | None = None
+        self._holder = holder
+        self._flush_task: asyncio.Task[None] | None = None
         self.records = 0
         self.dead = 0
 
@@ -99,6 +132,8 @@ class BatchRunner:
             self._seen[tp] = max(self._seen.get(tp, 0), record.offset + 1)
             oldest[tp] = min(record.offset, oldest.get(tp, record.offset))
         self._in_flight.append(oldest)
+        if self._holder is not None and self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush_loop(self._holder), name=f"{self.group}-flush")
         task = asyncio.create_task(self._run(list(records), oldest))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -124,10 +159,11 @@ class BatchRunner:
         """Finish the batches in hand (their offsets commit), stop retrying the waiting ones."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retry_task
+        for background in (self._retry_task, self._flush_task):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
 
     # --- processing ------------------------------------------------------------
 
@@ -213,6 +249,25 @@ class BatchRunner:
                 await self._process(self._take_due())
             await self._commit()
 
+    async def _flush_loop(self, holder: HoldsRecords) -> None:
+        """The holder's timer: what it flushes becomes committable, so commit right after.
+        Failed flushes back off like retries (doubling, capped), so an outage is not logged every tick."""
+        failures = 0
+        while True:
+            await asyncio.sleep(min(holder.flush_every * 2 ** min(failures, 10), max(self._backoff_max,
+                                                                                     holder.flush_every)))
+            try:
+                async with self._serial or contextlib.nullcontext():
+                    await holder.flush()
+                failures = 0
+            except Unavailable as exc:
+                failures += 1
+                log.warning("%s: flush waits (%s); offsets not committed past what it holds", self.group, exc)
+            except Exception:
+                failures += 1
+                log.exception("%s: flush failed; retried at the next tick", self.group)
+            await self._commit()
+
     # --- offsets -----------------------------------------------------------------
 
     async def _commit(self) -> None:
@@ -228,9 +283,14 @@ class BatchRunner:
         for batch in self._in_flight:
             for tp, offset in batch.items():
                 unfinished[tp] = min(offset, unfinished.get(tp, offset))
+        held = self._holder.held() if self._holder is not None else None
         offsets = {}
         for tp, seen in self._seen.items():
             safe = min(seen, unfinished.get(tp, seen))
+            if held is not None:
+                if (tp.topic, tp.partition) not in held:
+                    continue  # the holder has not covered anything of it yet
+                safe = min(safe, held[(tp.topic, tp.partition)])
             if safe > self._committed.get(tp, -1):
                 offsets[tp] = safe
         if offsets and self._consumer is not None:
@@ -263,7 +323,8 @@ async def _no_decode(message: Any) -> None:
     return None
 
 
-def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: BatchRunner, settings: Settings) -> None:
+def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: BatchRunner, settings: Settings,
+              listener: ConsumerRebalanceListener | None = None) -> None:
     @broker.subscriber(
         *topics,
         group_id=group,
@@ -274,6 +335,7 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         decoder=_no_decode,
+        listener=listener,
     )
     async def on_batch(body: Any, message: KafkaMessage) -> None:
         await runner(records_of(message), getattr(message, "consumer", None))
@@ -282,6 +344,7 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
 def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup) -> BatchRunner:
     """Subscribe `group` on `broker`; the caller owns the returned runner and closes it."""
     depth = settings.kafka_pipeline_depth if group.pipelined else 1
-    runner = BatchRunner(group.name, group.handle, publisher, settings, depth)
-    subscribe(broker, group.topics, group.name, runner, settings)
+    holder = group if isinstance(group, HoldsRecords) else None
+    runner = BatchRunner(group.name, group.handle, publisher, settings, depth, holder)
+    subscribe(broker, group.topics, group.name, runner, settings, _Forgetting(holder) if holder else None)
     return runner

@@ -17,6 +17,11 @@
   key), and the event that switches versions is a single record. A replayed tick
   finds the rotation it already made (the rotate transfer carries the tick's tag)
   and changes nothing; a crash half-way is completed by the replay.
+- The audit digest key (tenant `keyledger-system`) follows the rotation age like any
+  signing key: a scheduled fan-out rotates it when due. Manual and compromise fan-outs
+  (`keyledger rotate --all`) are about tenants' keys and skip it; a tick naming
+  `keyledger-system` rotates it. Old digests stay verifiable: keys.events keeps every
+  version's public key.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import logging
 from collections.abc import Sequence
 
 from schemas.errors import ErrorCode
-from schemas.messages import KeyEvent, KeyEventType, KeyType, Op, RotationReason, RotationTick
+from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyEventType, KeyType, Op, RotationReason, RotationTick
 from schemas.topics import Topic
 from workers.core import ids, policy
 from workers.errors import KeyRefused
@@ -78,7 +83,7 @@ class RotationService:
     async def _fan_out(self, tick: RotationTick) -> list[Outgoing]:
         now = await self._clock.now(f"tick/{tick.tick_id}")
         cutoff = policy.rotation_cutoff(now, tick.reason, self.rotation_age)
-        entries = self._active_entries(tick.key_type)
+        entries = self._active_entries(tick.key_type, with_system=tick.reason is RotationReason.SCHEDULED)
         due = await self._created_before(entries, cutoff)
         tenants = sorted({e.tenant_id for e in due})
         log.info("tick %s (%s): %d of %d active keys due, %d tenants", tick.tick_id, tick.reason.value,
@@ -87,10 +92,11 @@ class RotationService:
             tick_id=f"{tick.tick_id}/{tenant}", issued_at=tick.issued_at, tenant_id=tenant, key_type=tick.key_type,
             reason=tick.reason, due_before=cutoff, parent_tick_id=tick.tick_id)) for tenant in tenants]
 
-    def _active_entries(self, key_type: KeyType | None) -> list[KeyEntry]:
+    def _active_entries(self, key_type: KeyType | None, with_system: bool = False) -> list[KeyEntry]:
         directory = self._keys.directory
         types = [key_type] if key_type else list(KeyType)
-        return [e for t in directory.tenants() for k in types if (e := directory.active(t, k)) is not None]
+        tenants = directory.tenants() if with_system else directory.tenants() - {SYSTEM_TENANT}
+        return [e for t in tenants for k in types if (e := directory.active(t, k)) is not None]
 
     async def _created_before(self, entries: list[KeyEntry], cutoff: int) -> list[KeyEntry]:
         """The entries whose key account the ledger created before `cutoff` (cluster time)."""

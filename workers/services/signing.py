@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.errors import ErrorCode
-from schemas.messages import TENANT_ID_PATTERN, KeyType, Op
+from schemas.messages import SYSTEM_TENANT, TENANT_ID_PATTERN, KeyType, Op
 from schemas.topics import Topic
 from workers.core import ids
 from workers.core.canonical import CanonicalizationError, plain_json_loads
@@ -135,6 +135,8 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
         raise BadInput("invalid SpanToSign: job_id: missing or not a string of 1..200 characters")
     if not isinstance(tenant_id, str) or not _TENANT_ID(tenant_id):
         raise BadInput("invalid SpanToSign: tenant_id: missing or malformed")
+    if tenant_id == SYSTEM_TENANT:  # the audit digest key signs digests, never a caller's span
+        raise BadInput(f"invalid SpanToSign: tenant_id: {SYSTEM_TENANT} is reserved for keyledger's own keys")
     if not isinstance(span, dict):
         raise BadInput("invalid SpanToSign: span: missing or not a JSON object")
     return Job(record, job_id, tenant_id, span, plain)

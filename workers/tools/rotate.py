@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from schemas.messages import (
+    SYSTEM_TENANT,
     KeyEvent,
     KeyEventType,
     KeyType,
@@ -37,7 +38,8 @@ async def active_keys(bootstrap: str, tenant: str | None, key_type: KeyType | No
     for record in await read_topic(bootstrap, Topic.KEYS_EVENTS, timeout=120):
         if record.value is not None:
             directory.apply_event(KeyEvent.model_validate_json(record.value))
-    tenants = [tenant] if tenant else sorted(directory.tenants())
+    # a fan-out (no tenant) skips keyledger's own digest key, except on schedule (see services/rotation.py)
+    tenants = [tenant] if tenant else sorted(directory.tenants() - {SYSTEM_TENANT})
     types = [key_type] if key_type else list(KeyType)
     return sum(1 for t in tenants for k in types if directory.active(t, k) is not None)
 
