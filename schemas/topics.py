@@ -8,6 +8,7 @@ from typing import Final
 from pydantic import BaseModel
 
 from schemas.messages import (
+    AuditDigest,
     AuditEvent,
     DeadLetter,
     KeyEvent,
@@ -48,6 +49,7 @@ TOPIC_MODELS: Final[dict[Topic, type[BaseModel]]] = {
     Topic.KEYS_MATERIAL: KeyMaterial,
     Topic.KEYS_EVENTS: KeyEvent,
     Topic.KMS_AUDIT: AuditEvent,
+    Topic.KMS_AUDIT_DIGESTS: AuditDigest,
     Topic.DLQ: DeadLetter,
 }
 """The model of every topic's record values (`keys.material` also carries tombstones: a null value)."""

@@ -69,12 +69,15 @@ TOPICS: dict[Topic, str] = {
                        "here. Key: tenant_id. Written by keyledger-keygen and keyledger-rotation.",
     Topic.KMS_AUDIT: "One event per key operation batch, with the id of its TigerBeetle transfer. "
                      "Key: tenant_id. Written by every group.",
+    Topic.KMS_AUDIT_DIGESTS: "A signed SHA-256 digest of a run of kms.audit records of one partition, chained to "
+                             "the previous digest of that partition. Kept forever. Key: the kms.audit partition. "
+                             "Written by keyledger-audit-digest.",
     Topic.DLQ: "A record that could not be processed, as it arrived (base64), with a typed error. "
                "Key: the record's own key. Written by every group.",
 }
 # the topics keyledger writes: each gets a publisher in the document
 OUTPUTS = (Topic.SPANS_SIGNED, Topic.PII_RESULTS, Topic.ROTATION_TICKS, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS,
-           Topic.KMS_AUDIT, Topic.DLQ)
+           Topic.KMS_AUDIT, Topic.KMS_AUDIT_DIGESTS, Topic.DLQ)
 KEY_TABLE = "key-table"  # no consumer group: every process reads keys.material and keys.events to their end
 
 
