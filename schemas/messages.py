@@ -122,6 +122,9 @@ class PiiRequest(_Message):
     fields: Annotated[dict[FieldPath, str], Field(max_length=256)]
 
 
+WEAR_OUT = "wear_out"  # RotationTick.cause when a key's encryption budget is spent
+
+
 class RotationTick(_Message):
     tick_id: EventId
     issued_at: AwareDatetime
@@ -135,6 +138,8 @@ class RotationTick(_Message):
     """The tick (without tenant) that fanned this one out."""
     cause: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     """Why keyledger itself asked for the rotation, e.g. `wear_out`."""
+    key_id: KeyId | None = None
+    """Rotate only while this key is still the active one (a wear-out tick names the spent key)."""
 
 
 # --- outbound ----------------------------------------------------------------

@@ -18,6 +18,7 @@ KEY_ACCOUNT_CODE = 8
 TENANT_ACCOUNT_CODE = 1
 TRANSFER_CODE = 8
 SYSTEM_CODE = 2  # keyledger's own accounts (the ledger clock): never a tenant's, never a key
+BUDGET_CODE = 9  # an encryption key's budget of seals (keys/budget.py): accounts and their transfers
 MAX_VERSION = 2**24 - 1
 
 KEY_TYPE_CODE = {KeyType.SIGNING: 1, KeyType.ENCRYPTION: 2}
@@ -115,3 +116,13 @@ def system_account_id(name: str) -> int:
 def system_transfer_id(label: str, name: str) -> int:
     """A transfer between system accounts (e.g. the ledger clock), derived from `name`."""
     return _hash128(label, name)
+
+
+def budget_account_id(key_id: str) -> int:
+    """The budget account of encryption key `key_id` (keys/budget.py)."""
+    return _hash128("budget", key_id)
+
+
+def budget_transfer_id(kind: str, key_id: str, *source: str | int) -> int:
+    """A budget funding (`fund`) or debit (`seal`) transfer, derived from the key and what caused it."""
+    return _hash128("budget-" + kind, key_id, *source)

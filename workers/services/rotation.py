@@ -144,6 +144,8 @@ class RotationService:
                 if exc.code is ErrorCode.KEY_NOT_FOUND:
                     continue  # the tenant never had this key type
                 raise
+            if tick.key_id is not None and tick.key_id != old.key_id:
+                continue  # the key this tick was about is no longer active: rotated already
             targets.append(Rotation(record, tick, old))
         return targets
 
@@ -184,7 +186,8 @@ def _tick_tag(tick: RotationTick) -> int:
 
 def _ops(rotation: Rotation) -> list[OpRecord]:
     old, new, source = rotation.old, rotation.new, rotation.record.source
-    reason = f"{rotation.tick.reason.value} rotation"
+    # the cause when keyledger asked for it itself (e.g. "wear_out rotation"), else the tick's reason
+    reason = f"{rotation.tick.cause or rotation.tick.reason.value} rotation"
     ops = [
         OpRecord(ids.transfer_id(Op.ROTATE, old.key_id), old.tenant_id, old.key_id, Op.ROTATE, source,
                  reason=reason, linked_key_id=new.key_id, tag=_tick_tag(rotation.tick)),
