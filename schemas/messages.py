@@ -242,14 +242,35 @@ class AuditDigest(_Message):
 
 
 class DeadLetter(_Message):
-    """A record that could not be processed, as it arrived, with the reason."""
+    """A record that could not be processed, as it arrived, with the reason.
+
+    Two exceptions to "as it arrived" (shared/design.md), both flagged so a reader never mistakes
+    a partial payload for the record:
+
+    - a `pii.requests` record keeps its field values only when KEYLEDGER_DLQ_KEEP_PII=true; otherwise
+      `payload` is a redacted JSON copy (each `fields` value, and any member the contract does not
+      name, replaced by `{"length": <UTF-8 bytes>, "sha256": <hex>}`), or None when the value is not
+      a JSON object at all; `payload_redacted` is then true;
+    - a letter never exceeds the largest record the broker takes: a payload that does not fit keeps
+      its first bytes (`payload_truncated`); headers, then the key, that alone do not fit are
+      dropped (`headers_dropped`, `key_dropped`).
+
+    Whenever `payload` is not the whole original value, `payload_size` and `payload_sha256` describe
+    the original value (its length in bytes and SHA-256, hex), so the letter still identifies it.
+    """
 
     topic: str
     partition: int
     offset: int
     key: str | None = None  # base64 of the raw key
-    headers: list[tuple[str, str]] = []  # (name, base64 of the raw value)
-    payload: str | None = None  # base64 of the raw value; None for a tombstone
+    headers: list[tuple[str, str | None]] = []  # (name, base64 of the raw value, or None for a null value)
+    payload: str | None = None  # base64 of the raw value (or its redacted/truncated form); None for a tombstone
+    payload_size: Annotated[int, Field(ge=0)] | None = None
+    payload_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    payload_truncated: bool = False
+    payload_redacted: bool = False
+    headers_dropped: bool = False
+    key_dropped: bool = False
     error: ErrorInfo
     group: str
     attempts: int = 1

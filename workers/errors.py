@@ -16,18 +16,28 @@ from schemas.errors import ErrorCode, ErrorInfo
 MAX_MESSAGE = 500  # characters; ErrorInfo allows more, but a message never needs to quote its input
 
 
+def bounded(message: str) -> str:
+    """`message` cut to MAX_MESSAGE characters: every message that reaches the wire goes through here."""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+def error_info(code: ErrorCode, message: str) -> ErrorInfo:
+    """An ErrorInfo whose message is bounded, so building a result or a letter never fails on it."""
+    return ErrorInfo(type=code, message=bounded(message))
+
+
 class KeyledgerError(Exception):
     """An expected failure of one request. The message is safe to log and publish."""
 
     code: ErrorCode = ErrorCode.PROCESSING_FAILED
 
     def __init__(self, message: str, code: ErrorCode | None = None) -> None:
-        super().__init__(message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…")
+        super().__init__(bounded(message))
         if code is not None:
             self.code = code
 
     def info(self) -> ErrorInfo:
-        return ErrorInfo(type=self.code, message=str(self))
+        return error_info(self.code, str(self))
 
 
 class BadInput(KeyledgerError):

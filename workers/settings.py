@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     kafka_pipeline_depth: int = Field(3, ge=1, le=8, description="Batches the signer and PII groups handle at once (the next while the last is acknowledged).")
     kafka_producer_batch_bytes: int = Field(1_048_576, ge=16_384, le=16_777_216, description="Producer batch size per partition; large, so a handler batch leaves in one request.")
     kafka_linger_ms: int = Field(5, ge=0, le=1000, description="Producer linger: how long records wait to share a request.")
-    max_message_bytes: int = Field(1_048_576, ge=1024, description="Inbound records larger than this go to the DLQ as oversized.")
+    max_message_bytes: int = Field(1_048_576, ge=1024, description="Inbound records larger than this go to the DLQ as oversized; also the largest record keyledger writes (a dead letter is cut to fit). Set it to the broker's message.max.bytes or less.")
+    dlq_keep_pii: bool = Field(False, description="Keep the field values of `pii.requests` records in their dead letters; off: each value is replaced by its length and SHA-256.")
     kms_provider: KmsProvider = Field(KmsProvider.LOCAL, description="`aws` (AWS KMS API), `vault` (Vault/OpenBao Transit) or `local` (a development KEK).")
     kms_key_id: str | None = Field(None, description="Default KMS key (ARN or alias) that wraps tenant keys.")
     kms_endpoint_url: str | None = Field(None, description="KMS endpoint override (LocalStack, moto); unset uses AWS.")
@@ -86,6 +87,11 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(0.2, gt=0, le=60, description="First backoff in seconds after a transient failure (doubles, capped).")
     retry_backoff_max: float = Field(10.0, gt=0, le=600, description="Longest backoff in seconds between retries.")
     startup_timeout: float = Field(60.0, gt=0, description="Seconds to read keys.material/keys.events to their end at start.")
+
+    @property
+    def producer_max_request_bytes(self) -> int:
+        """The producers' max request size: room for a full handler batch and for any record we write."""
+        return max(self.max_message_bytes * 2, self.kafka_producer_batch_bytes * 2)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

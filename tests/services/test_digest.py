@@ -15,6 +15,7 @@ from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyMaterial, KeyType
 from schemas.topics import Topic
 from workers.errors import Unavailable
 from workers.groups.base import Emitter
+from workers.kafka.letters import DeadLetters
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord
 from workers.keys.audit import AuditTrail
@@ -25,6 +26,7 @@ from workers.keystore.directory import KeyDirectory
 from workers.kms.local import LocalKms
 from workers.ledger.memory import MemoryLedger
 from workers.services.digest import DigestKeyUnavailable, DigestLogUnavailable, DigestService
+from workers.settings import Settings
 from workers.tools.audit_check import Logged, check_chain
 from workers.tools.verify import PublicKeyBook
 
@@ -75,7 +77,8 @@ class Stack:
         self.ledger = ledger or MemoryLedger()
         self.directory = directory or KeyDirectory()
         self.keys = KeyService(self.directory, LocalKms(), self.ledger, SingleFlightCache(ttl=60, max_entries=10))
-        self.emit = Emitter("keyledger-audit-digest", AuditTrail(self.ledger), topics, self.keys)
+        self.emit = Emitter("keyledger-audit-digest", AuditTrail(self.ledger), topics, self.keys,
+                            DeadLetters.of("keyledger-audit-digest", Settings()))
 
         async def read_digests() -> list[bytes | None]:
             self.reads += 1

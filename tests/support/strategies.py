@@ -96,6 +96,8 @@ def _constrained(tp: Any, c: dict[str, Any]) -> st.SearchStrategy[Any]:
             return st.from_regex(c["pattern"], fullmatch=True)
         return st.text(min_size=c.get("min_length", 0), max_size=min(c.get("max_length", 40), 40)) \
             | st.text(min_size=c.get("min_length", 0), max_size=c.get("max_length", 300))
+    if tp is bool:
+        return st.booleans()
     if tp is int:
         low = c.get("ge", c["gt"] + 1 if "gt" in c else None)
         high = c.get("le", c["lt"] - 1 if "lt" in c else None)

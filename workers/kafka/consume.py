@@ -7,8 +7,15 @@ and are retried with exponential backoff while the rest of the stream keeps
 flowing; the committed offset of a partition never passes its oldest waiting
 record, so a crash or rebalance redelivers it. A record whose processing raises
 anything else is retried alone a bounded number of times, then goes to
-`kms.dlq` with a typed error. When too many records wait, their partitions are
-paused (bounded memory) until they drain.
+`kms.dlq` with a typed error; it leaves the waiting set only once its letter is
+acknowledged (a letter that cannot be published keeps its record waiting, so
+nothing is ever committed past a record that is neither processed nor
+dead-lettered). When too many records wait, their partitions are paused
+(bounded memory) until they drain.
+
+Records reach the runner as the broker holds them: `subscribe` gives FastStream
+a parser that does not decode headers (a null or non-UTF-8 header value would
+make FastStream's own batch parser raise outside the runner and lose the batch).
 """
 
 from __future__ import annotations
@@ -21,15 +28,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka.message import FAKE_CONSUMER
 
-from schemas.errors import ErrorCode, ErrorInfo
+from schemas.errors import ErrorCode
 from schemas.topics import Topic
-from workers.errors import Unavailable
+from workers.errors import Unavailable, error_info
+from workers.kafka.letters import DeadLetters
 from workers.kafka.publisher import Publisher
-from workers.kafka.records import InboundRecord, letter_for, records_of
+from workers.kafka.records import InboundRecord, records_of
 from workers.settings import Settings
 
 log = logging.getLogger("keyledger.consume")
@@ -98,6 +107,7 @@ class BatchRunner:
         self.group = group
         self._handle = handle
         self._publisher = publisher
+        self._letters = DeadLetters.of(group, settings)
         self._attempts_allowed = settings.retry_attempts
         self._backoff = settings.retry_backoff
         self._backoff_max = settings.retry_backoff_max
@@ -143,7 +153,14 @@ class BatchRunner:
     async def _run(self, records: list[InboundRecord], oldest: dict[TopicPartition, int]) -> None:
         try:
             async with self._serial or contextlib.nullcontext():
-                await self._process(self._take_due() + records)
+                taken = self._take_due() + records
+                try:
+                    await self._process(taken)
+                except Exception as exc:
+                    # a bug of ours: the batch waits (replaying done records is idempotent) rather than being
+                    # committed past
+                    log.exception("%s: batch failed outside its handler", self.group)
+                    self._wait(taken, type(exc).__name__)
         finally:
             self._in_flight.remove(oldest)
             self._slots.release()
@@ -205,6 +222,8 @@ class BatchRunner:
                 self.records += 1
 
     async def _failed(self, record: InboundRecord, error: str) -> None:
+        """Count a failed attempt; the last one dead-letters the record, which leaves the waiting set
+        only once its letter is acknowledged."""
         previous = self._waiting.get(_key(record))
         attempts = (previous.attempts if previous else 0) + 1
         if attempts < self._attempts_allowed:
@@ -212,19 +231,26 @@ class BatchRunner:
             log.warning("%s: %s:%d@%d failed (%s), attempt %d of %d", self.group, record.topic,
                         record.partition, record.offset, error, attempts, self._attempts_allowed)
             return
-        self._waiting.pop(_key(record), None)
         log.error("%s: %s:%d@%d to %s after %d attempts (%s)", self.group, record.topic, record.partition,
                   record.offset, Topic.DLQ.value, attempts, error)
-        info = ErrorInfo(type=ErrorCode.PROCESSING_FAILED, message=f"{error} after {attempts} attempts")
-        await self._publisher.publish([letter_for(record, info, self.group, attempts)])
+        info = error_info(ErrorCode.PROCESSING_FAILED, f"{error} after {attempts} attempts")
+        try:
+            await self._publisher.publish([self._letters.letter(record, info, attempts)])
+        except Exception as exc:
+            # the next retry handles the record again, and a failure then tries the letter again
+            self._waiting[_key(record)] = Waiting(record, attempts - 1, error)
+            self._wait([], f"letter not published: {type(exc).__name__}")
+            return
+        self._waiting.pop(_key(record), None)
         self.dead += 1
 
     def _wait(self, records: Sequence[InboundRecord], error: str) -> None:
-        """Park records for a later retry; a transient error never counts against their attempts."""
+        """Park records for a later retry; a transient error never counts against their attempts.
+        With no records, only backs off (the records are already waiting)."""
         for record in records:
             previous = self._waiting.get(_key(record))
             self._waiting[_key(record)] = Waiting(record, previous.attempts if previous else 0, error)
-        if not records:
+        if not self._waiting:
             return
         self._retry_streak += 1
         delay = min(self._backoff * 2 ** (self._retry_streak - 1), self._backoff_max)
@@ -240,14 +266,19 @@ class BatchRunner:
         return sorted((w.record for w in self._waiting.values()), key=lambda r: (r.topic, r.partition, r.offset))
 
     async def _retry_loop(self) -> None:
+        """Retries waiting records until none is left; nothing but cancellation ends it early."""
         while True:
             await asyncio.sleep(max(self._next_retry - time.monotonic(), 0.01))
             if not self._waiting:
                 self._retry_task = None
                 return
-            async with self._serial or contextlib.nullcontext():
-                await self._process(self._take_due())
-            await self._commit()
+            try:
+                async with self._serial or contextlib.nullcontext():
+                    await self._process(self._take_due())
+                await self._commit()
+            except Exception as exc:
+                log.exception("%s: retry failed", self.group)
+                self._wait([], type(exc).__name__)
 
     async def _flush_loop(self, holder: HoldsRecords) -> None:
         """The holder's timer: what it flushes becomes committable, so commit right after.
@@ -323,9 +354,16 @@ async def _no_decode(message: Any) -> None:
     return None
 
 
+async def _raw_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> KafkaMessage:
+    """The batch as FastStream's message, headers untouched: FastStream's own parser decodes every
+    header value as UTF-8 and raises on a null or binary one, outside the runner, losing the batch."""
+    # FastStream acknowledges nothing itself (AckPolicy.MANUAL): the runner commits
+    return KafkaMessage(body=b"", raw_message=records, consumer=FAKE_CONSUMER)
+
+
 def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: BatchRunner, settings: Settings,
               listener: ConsumerRebalanceListener | None = None) -> None:
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         *topics,
         group_id=group,
         batch=True,
@@ -334,11 +372,14 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         # the runner commits itself, never past a record still waiting for a retry
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
+        parser=_raw_batch,
         decoder=_no_decode,
         listener=listener,
     )
+
+    @subscriber
     async def on_batch(body: Any, message: KafkaMessage) -> None:
-        await runner(records_of(message), getattr(message, "consumer", None))
+        await runner(records_of(message), subscriber.consumer)
 
 
 def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup) -> BatchRunner:

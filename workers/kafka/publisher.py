@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
+from workers.errors import Unavailable
 from workers.kafka import compat
 from workers.settings import Settings
 
@@ -38,6 +40,10 @@ class Outgoing:
     def of(cls, topic: str, key: str, message: BaseModel | None) -> Outgoing:
         value = message.model_dump_json(exclude_none=True).encode() if message is not None else None
         return cls(topic, key.encode(), value)
+
+
+class BrokerUnavailable(Unavailable):
+    """The broker did not acknowledge in time or is unreachable: the records wait, no attempt counts."""
 
 
 class Publisher(Protocol):
@@ -63,7 +69,7 @@ class KafkaPublisher:
             # one partition's batch per request is in flight at a time: 16 KiB batches (the default) turn
             # a 1,000-record handler batch into several sequential round trips
             max_batch_size=settings.kafka_producer_batch_bytes,
-            max_request_size=max(settings.max_message_bytes * 2, settings.kafka_producer_batch_bytes * 2),
+            max_request_size=settings.producer_max_request_bytes,
             **durability,
         )
         self._partitioner = DefaultPartitioner()
@@ -94,6 +100,16 @@ class KafkaPublisher:
         return chosen
 
     async def publish(self, records: Iterable[Outgoing]) -> None:
+        """Raises BrokerUnavailable for what waiting cures (timeouts, connections, leader changes);
+        any other refusal (a record too large for the broker) as aiokafka raised it."""
+        try:
+            await self._publish(records)
+        except KafkaError as exc:
+            if exc.retriable or isinstance(exc, KafkaTimeoutError):
+                raise BrokerUnavailable(f"publish: {type(exc).__name__}") from exc
+            raise
+
+    async def _publish(self, records: Iterable[Outgoing]) -> None:
         pending = []
         for record in records:
             partition = await self._partition(record.topic, record.key)

@@ -3,8 +3,9 @@
 Results are per field: one bad field gets a typed error under `errors` and the
 rest of the record still succeeds. Plaintext values exist only inside this
 module's locals and the published result of a `decrypt`; they never reach logs,
-exceptions or DLQ letters (a request that cannot be parsed is dead-lettered as
-it arrived, and that is the producer's own record).
+exceptions or DLQ letters (a request that cannot be parsed is dead-lettered with
+its field values replaced by their length and SHA-256 unless
+KEYLEDGER_DLQ_KEEP_PII=true: kafka/letters.py).
 
 Audit: one transfer per (key, operation, batch) whose amount is the number of
 fields. A field naming a key the tenant may not use is recorded as `denied`

@@ -89,7 +89,7 @@ class RotationService:
         log.info("tick %s (%s): %d of %d active keys due, %d tenants", tick.tick_id, tick.reason.value,
                  len(due), len(entries), len(tenants))
         return [Outgoing.of(Topic.ROTATION_TICKS, tenant, RotationTick(
-            tick_id=f"{tick.tick_id}/{tenant}", issued_at=tick.issued_at, tenant_id=tenant, key_type=tick.key_type,
+            tick_id=ids.child_tick_id(tick.tick_id, tenant), issued_at=tick.issued_at, tenant_id=tenant, key_type=tick.key_type,
             reason=tick.reason, due_before=cutoff, parent_tick_id=tick.tick_id)) for tenant in tenants]
 
     def _active_entries(self, key_type: KeyType | None, with_system: bool = False) -> list[KeyEntry]:

@@ -24,7 +24,7 @@ from schemas.errors import ErrorCode
 from schemas.messages import SYSTEM_TENANT, TENANT_ID_PATTERN, KeyType, Op
 from schemas.topics import Topic
 from workers.core import ids
-from workers.core.canonical import CanonicalizationError, plain_json_loads
+from workers.core.canonical import CanonicalizationError, NotIJson, plain_json_loads
 from workers.core.signing import ALG, sign, signing_input
 from workers.errors import BadInput, KeyledgerError
 from workers.kafka.publisher import Outgoing
@@ -123,8 +123,10 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
         raise BadInput(f"record of {len(value)} bytes exceeds {max_bytes}", ErrorCode.OVERSIZED)
     try:
         data, plain = plain_json_loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
-        raise BadInput("value is not UTF-8 JSON", ErrorCode.NOT_JSON) from None
+    except NotIJson as exc:  # not UTF-8, a BOM, not JSON, a duplicate name, a number without a value
+        raise BadInput(str(exc), exc.code) from None
+    except RecursionError:
+        raise BadInput("value nests too deeply", ErrorCode.NOT_JSON) from None
     _refuse_what_the_model_cannot_parse(value, data, plain)
     if not isinstance(data, dict):
         raise BadInput("value is not a JSON object")

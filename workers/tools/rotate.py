@@ -18,6 +18,7 @@ from schemas.messages import (
     RotationTick,
 )
 from schemas.topics import Topic
+from workers.core import ids
 from workers.kafka.tap import produce, read_topic
 from workers.keystore.directory import KeyDirectory
 
@@ -70,7 +71,10 @@ async def rotate(bootstrap: str, tenant: str | None, key_type: KeyType | None, r
 
 
 def _rotated_by(value: bytes, tick_id: str) -> bool:
+    """Whether the `keys.events` record `value` is a rotation made by `tick_id` or by its fan-out child
+    for the event's tenant (ids.child_tick_id: the same function the fan-out uses, so a tick whose id
+    merely starts like ours is never counted)."""
     event = KeyEvent.model_validate_json(value)
     made_by = event.tick_id
     return event.type is KeyEventType.ROTATED and made_by is not None and (
-        made_by == tick_id or made_by.startswith(tick_id + "/"))
+        made_by == tick_id or made_by == ids.child_tick_id(tick_id, event.tenant_id))
