@@ -18,6 +18,7 @@ from workers.app.context import ProcessContext
 from workers.app.runtime import bootstrap_for, running_workers
 from workers.groups import ALL_GROUPS
 from workers.kafka.tap import produce, read_topic
+from workers.ledger.factory import describe_ledger
 from workers.settings import Settings
 from workers.tools.audit_check import verify_audit
 from workers.tools.verify import load_book, verify_signed_span
@@ -48,7 +49,7 @@ async def audit(bootstrap: str, context: ProcessContext) -> int:
     for problem in report.mismatches[:10]:
         _say(f"MISMATCH {problem}")
     _say(f"{report.events} audit events for {len(report.tenants)} tenants: "
-         f"{'agree exactly with' if report.agrees else 'DISAGREE with'} the ledger ({context.settings.ledger.value})")
+         f"{'agree exactly with' if report.agrees else 'DISAGREE with'} {describe_ledger(context.settings)}")
     return 0 if report.agrees else 1
 
 
