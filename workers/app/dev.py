@@ -98,10 +98,13 @@ async def start_stack(settings: Settings, cleanup: contextlib.ExitStack) -> DevS
         server = TigerBeetleServer(binary, Path(folder))
         cleanup.callback(server.stop)  # after the workers close, before the folder goes
     # both start in threads (they wait for a port); a failure is raised only once both are settled
-    broker_started, tb_started = await asyncio.gather(
-        asyncio.to_thread(broker.start) if broker else _nothing(),
-        asyncio.to_thread(server.start) if server else _nothing(),
-        return_exceptions=True)
+    starting = asyncio.gather(asyncio.to_thread(broker.start) if broker else _nothing(),
+                              asyncio.to_thread(server.start) if server else _nothing(), return_exceptions=True)
+    try:
+        broker_started, tb_started = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        await starting  # Ctrl-C while starting: a thread cannot be cancelled; let it finish so `cleanup` stops it
+        raise
     if isinstance(broker_started, BaseException):
         raise broker_started
     if server is not None and isinstance(tb_started, BaseException):
