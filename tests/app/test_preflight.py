@@ -115,3 +115,16 @@ def test_the_banner_exports_what_the_cli_verbs_need_and_warns():
     assert "  export KEYLEDGER_LEDGER=tigerbeetle KEYLEDGER_TB_ADDRESSES=127.0.0.1:4000" in lines
     assert "note: port 9092 is in use" in lines
     assert not [line for line in lines if "KEK" in line and "=" in line]  # the CLI verbs need no KEK
+
+
+def test_only_a_settings_error_is_explained_as_settings():
+    from schemas.messages import KeyEvent
+    from workers.app.failures import explain
+
+    with pytest.raises(ValidationError) as record_error:
+        KeyEvent.model_validate_json(b'{"type": "generated"}')
+    message, code = explain(record_error.value)
+    assert code == 1 and message.startswith("unexpected ValidationError") and "KEYLEDGER_" not in message
+    with pytest.raises(ValidationError) as settings_error:
+        Settings(ledger="postgres")
+    assert explain(settings_error.value) == ("KEYLEDGER_LEDGER=postgres: input should be 'tigerbeetle' or 'memory'", 2)

@@ -89,8 +89,9 @@ def _add_dev(verbs: Any) -> None:
     _verb(verbs, "dev", _dev, summary="run the whole stack locally (in memory)",
           description="An embedded Kafka-compatible broker on KEYLEDGER_DEV_PORT (default 9092 when free),\n"
                       "the local KMS, TigerBeetle when a server binary is found (TIGERBEETLE_BIN or PATH;\n"
-                      "else the memory ledger) and every consumer group, in one process. It prints the\n"
-                      "export lines the other verbs need. Everything is gone when it stops.",
+                      "else, or with KEYLEDGER_LEDGER=memory, the memory ledger) and every consumer group,\n"
+                      "in one process. It prints the export lines the other verbs need. Everything is gone\n"
+                      "when it stops.",
           example="keyledger dev      # then, in another shell, paste the export lines it prints")
 
 

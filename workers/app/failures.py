@@ -13,6 +13,7 @@ from workers.app.preflight import settings_problems
 from workers.errors import OperatorError
 from workers.kms import KmsUnavailable
 from workers.ledger import LedgerUnavailable
+from workers.settings import Settings
 
 CONFIG, CHECK = 2, 1
 
@@ -21,7 +22,7 @@ def explain(exc: BaseException) -> tuple[str, int]:
     """(message, exit code) for a failure; the message may hold one line per problem, never a secret."""
     if isinstance(exc, OperatorError):
         return str(exc), exc.exit_code
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
         return "\n".join(settings_problems(exc)), CONFIG
     if isinstance(exc, KafkaError):
         return f"Kafka: {exc}; check KEYLEDGER_KAFKA_BOOTSTRAP and that the broker is up", CONFIG

@@ -11,6 +11,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
+
 from schemas.messages import (
     KeyEvent,
     KeyEventType,
@@ -29,8 +31,9 @@ async def active_keys(bootstrap: str, tenant: str | None, key_type: KeyType | No
     """How many active keys the rotation covers; CheckFailed when a named tenant has none to rotate."""
     directory = KeyDirectory()
     for record in await read_topic(bootstrap, Topic.KEYS_EVENTS, timeout=120):
-        if record.value is not None:
-            directory.apply_event(KeyEvent.model_validate_json(record.value))
+        event = _key_event(record.value)
+        if event is not None:
+            directory.apply_event(event)
     tenants = [tenant] if tenant else sorted(directory.tenants())
     types = [key_type] if key_type else list(KeyType)
     total = sum(1 for t in tenants for k in types if directory.active(t, k) is not None)
@@ -79,8 +82,18 @@ async def rotate(bootstrap: str, tenant: str | None, key_type: KeyType | None, r
     return 0
 
 
+def _key_event(value: bytes | None) -> KeyEvent | None:
+    """The event, or None for a tombstone or a record that is not one (it must not stop the count)."""
+    if value is None:
+        return None
+    try:
+        return KeyEvent.model_validate_json(value)
+    except ValidationError:
+        return None
+
+
 def _rotated_by(value: bytes, tick_id: str) -> bool:
-    event = KeyEvent.model_validate_json(value)
-    made_by = event.tick_id
-    return event.type is KeyEventType.ROTATED and made_by is not None and (
+    event = _key_event(value)
+    made_by = event.tick_id if event else None
+    return event is not None and event.type is KeyEventType.ROTATED and made_by is not None and (
         made_by == tick_id or made_by.startswith(tick_id + "/"))
