@@ -52,3 +52,24 @@ class KeyRefused(KeyledgerError):
 
 class Unavailable(Exception):
     """Transient: the records wait uncommitted and are retried with backoff; never counts as an attempt."""
+
+
+class OperatorError(Exception):
+    """A failure of a CLI verb that the operator can fix: printed as one line, no traceback.
+
+    The message names the setting or input at fault and the fix; it never quotes a secret.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(OperatorError):
+    """A setting or argument is wrong or names something unreachable (exit 2)."""
+
+    exit_code = 2
+
+
+class CheckFailed(OperatorError):
+    """The verb ran and what it checked does not hold (exit 1)."""
+
+    exit_code = 1

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,8 +38,35 @@ class UnsafeSettingsError(ValueError):
     """The production profile was asked to run with a development-only part."""
 
 
+# host:port, or a host alone (the default port applies); IPv6 in brackets; names are resolved where they are used
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+_HOST_PORT = re.compile(rf"^(?P<host>{_HOST})(?::(?P<port>[0-9]{{1,5}}))?$")
+_PORT_ONLY = re.compile(r"^[0-9]{1,5}$")
+TB_DEFAULT_HOST, TB_DEFAULT_PORT, KAFKA_DEFAULT_PORT = "127.0.0.1", 3001, 9092
+
+
+def parse_addresses(text: str, *, default_port: int, default_host: str | None = None) -> list[tuple[str, int]]:
+    """`host:port,host:port` as (host, port) pairs; raises ValueError naming the first malformed item.
+
+    With `default_host`, a bare number is a port on that host (TigerBeetle's `3000` form)."""
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        if default_host is not None and _PORT_ONLY.match(item):
+            host, port = default_host, int(item)
+        else:
+            found = _HOST_PORT.match(item)
+            if not found:
+                raise ValueError(f"{item!r} is not host:port")
+            host, port = found["host"].strip("[]"), int(found["port"] or default_port)
+        if not 0 < port < 65536:
+            raise ValueError(f"{item!r} has no valid port (1-65535)")
+        pairs.append((host, port))
+    return pairs
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KEYLEDGER_", extra="ignore")
+    # errors never quote input: a KEK must not reach a log through a traceback
+    model_config = SettingsConfigDict(env_prefix="KEYLEDGER_", extra="ignore", hide_input_in_errors=True)
 
     profile: Profile = Field(Profile.DEV, description="`dev` or `production`; production refuses development-only parts.")
     kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; unset starts an embedded broker (dev only).")
@@ -88,6 +118,43 @@ class Settings(BaseSettings):
     retry_backoff_max: float = Field(10.0, gt=0, le=600, description="Longest backoff in seconds between retries.")
     startup_timeout: float = Field(60.0, gt=0, description="Seconds to read keys.material/keys.events to their end at start.")
 
+    dev_port: int | None = Field(None, ge=1, le=65535, description="Port of the broker `keyledger dev` embeds; unset: 9092 when free, else any free port.")
+
+    @field_validator("local_kek")
+    @classmethod
+    def _local_kek_is_32_bytes_of_base64(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            kek = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not base64; set 32 random bytes in base64 (`openssl rand -base64 32`) "
+                             "or unset it for the fixed development KEK") from None
+        if len(kek) != 32:
+            raise ValueError(f"decodes to {len(kek)} bytes, not 32; set 32 random bytes in base64 "
+                             "(`openssl rand -base64 32`)")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_is_host_ports(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            try:
+                parse_addresses(value, default_port=KAFKA_DEFAULT_PORT)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; expected brokers like kafka-1:9092,kafka-2:9092") from None
+        return value
+
+    @field_validator("tb_addresses")
+    @classmethod
+    def _tb_addresses_are_host_ports(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_addresses(value, default_port=TB_DEFAULT_PORT, default_host=TB_DEFAULT_HOST)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; expected replicas like 10.0.0.1:3000,10.0.0.2:3000 (or a port: 3000)") from None
+        return value
+
     @property
     def producer_max_request_bytes(self) -> int:
         """The producers' max request size: room for a full handler batch and for any record we write."""
@@ -98,7 +165,7 @@ class Settings(BaseSettings):
         if self.profile is Profile.PRODUCTION:
             problems = self.production_problems()
             if problems:
-                raise UnsafeSettingsError("production profile refuses: " + "; ".join(problems))
+                raise UnsafeSettingsError("KEYLEDGER_PROFILE=production refuses " + "; ".join(problems))
         return self
 
     def production_problems(self) -> list[str]:

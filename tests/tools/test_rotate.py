@@ -1,4 +1,5 @@
-"""`keyledger rotate` follows its tick's fan-out by the children's derived ids, never by prefix."""
+"""`keyledger rotate` follows its tick's fan-out by the children's derived ids, never by prefix, and
+counting rotations survives records that are not key events."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import UTC, datetime
 
 from schemas.messages import KeyEvent
 from workers.core import ids
-from workers.tools.rotate import _rotated_by
+from workers.tools.rotate import _key_event, _rotated_by
 
 TENANT = "t" + "x" * 127
 
@@ -31,3 +32,9 @@ def test_other_ticks_and_other_tenants_do_not_count():
     # a tick whose id merely starts like ours (the old prefix rule counted these)
     assert not _rotated_by(rotated("b", "short/a/b"), "short")
     assert not _rotated_by(rotated("acme", "short-2/acme"), "short")
+    assert not _rotated_by(rotated("acme", "cli-10"), "cli-1")
+
+
+def test_records_that_are_not_key_events_are_skipped_not_fatal():
+    assert _key_event(None) is None and _key_event(b"not json") is None and _key_event(b'{"type": "rotated"}') is None
+    assert not _rotated_by(b"not json", "cli-1")

@@ -21,6 +21,7 @@ from workers.app.context import ProcessContext
 from workers.app.runtime import bootstrap_for, running_workers
 from workers.groups import ALL_GROUPS
 from workers.kafka.tap import produce, read_topic
+from workers.ledger.factory import describe_ledger
 from workers.settings import Settings
 from workers.tools.audit_check import ChainReport, Logged, check_chain, verify_audit, verify_chain
 from workers.tools.report import build_report
@@ -58,7 +59,7 @@ async def audit(bootstrap: str, context: ProcessContext) -> int:
     for problem in report.mismatches[:10]:
         _say(f"MISMATCH {problem}")
     _say(f"{report.events} audit events for {len(report.tenants)} tenants: "
-         f"{'agree exactly with' if report.agrees else 'DISAGREE with'} the ledger ({context.settings.ledger.value})")
+         f"{'agree exactly with' if report.agrees else 'DISAGREE with'} {describe_ledger(context.settings)}")
     return 0 if report.agrees else 1
 
 

@@ -26,8 +26,8 @@ async def ensure_topics(bootstrap: str, settings: Settings, topics: list[str] | 
     """Create missing topics; returns the names it created."""
     wanted = topics or [t.value for t in Topic]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="keyledger-admin")
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(

@@ -87,7 +87,7 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
 
 def _disagreement(event: AuditEvent, transfer: Transfer | None) -> str | None:
     if transfer is None:
-        return "no such transfer in TigerBeetle"
+        return "no such transfer in the ledger"
     op, failed = ids.unpack_op(transfer.user_data_32)
     expected = {
         "tenant": ids.tenant_ref(event.tenant_id),
