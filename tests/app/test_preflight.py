@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from workers.app.dev import DEFAULT_DEV_PORT, DevStack, banner, choose_port, wants_tigerbeetle
 from workers.app.preflight import settings_problems
 from workers.errors import ConfigError
-from workers.ledger.factory import describe_ledger, resolved_tb_addresses
+from workers.ledger.addresses import resolved_tb_addresses
+from workers.ledger.factory import describe_ledger
 from workers.settings import LedgerKind, Settings, parse_addresses
 
 

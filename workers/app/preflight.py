@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 
 from workers.errors import ConfigError
-from workers.ledger.factory import resolved_tb_addresses
+from workers.ledger.addresses import resolved_tb_addresses
 from workers.settings import (
     KAFKA_DEFAULT_PORT,
     TB_DEFAULT_HOST,

@@ -18,8 +18,6 @@ become LedgerError.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +34,7 @@ from workers.ledger import (
     QueryFilter,
     Transfer,
 )
+from workers.ledger.addresses import resolved_tb_addresses
 
 E = TypeVar("E")
 R = TypeVar("R")
@@ -52,41 +51,14 @@ _UNAVAILABLE = (
 _REFUSED = (tb.TooMuchDataError, IntegerOverflowError)
 
 
-def resolve_addresses(addresses: str) -> str:
-    """TigerBeetle's client takes IP literals and bare ports only; host names (a Kubernetes Service,
-    a compose service) are resolved here, once, when the client is created. A replica that moves to
-    another IP needs the worker restarted, as with any TigerBeetle client."""
-    resolved = []
-    for address in (a.strip() for a in addresses.split(",")):
-        host, sep, port = address.rpartition(":")
-        if not sep or _is_ip(host):
-            resolved.append(address)  # a bare port (127.0.0.1:PORT) or an IP literal
-            continue
-        if not port.isdigit() or not host:
-            raise ValueError(f"KEYLEDGER_TB_ADDRESSES: {address!r} is not HOST:PORT")
-        try:
-            infos = socket.getaddrinfo(host, int(port), family=socket.AF_INET, type=socket.SOCK_STREAM)
-        except OSError:
-            raise ValueError(f"KEYLEDGER_TB_ADDRESSES: cannot resolve {host!r}") from None
-        resolved.append(f"{infos[0][4][0]}:{port}")
-    return ",".join(resolved)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 class TigerBeetleLedger:
     def __init__(self, addresses: str, cluster_id: int = 0, batch_max: int = 250, timeout: float = 10.0) -> None:
         if not addresses:
             raise ValueError("TigerBeetle needs replica addresses (KEYLEDGER_TB_ADDRESSES)")
         if batch_max < 1 or timeout <= 0:
             raise ValueError("batch_max and timeout must be positive")
-        self._client = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=resolve_addresses(addresses))
+        # host names resolved once here (the client takes IPs only), so every way of building one accepts them
+        self._client = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=resolved_tb_addresses(addresses))
         self._batch_max = batch_max
         self._timeout = timeout
         self._closed = False
