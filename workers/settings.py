@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,19 @@ class KmsProvider(StrEnum):
 class LedgerKind(StrEnum):
     TIGERBEETLE = "tigerbeetle"
     MEMORY = "memory"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
 
 
 class UnsafeSettingsError(ValueError):
@@ -62,6 +75,21 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(0.2, gt=0, le=60, description="First backoff in seconds after a transient failure (doubles, capped).")
     retry_backoff_max: float = Field(10.0, gt=0, le=600, description="Longest backoff in seconds between retries.")
     startup_timeout: float = Field(60.0, gt=0, description="Seconds to read keys.material/keys.events to their end at start.")
+    http_port: int = Field(8080, ge=0, le=65535, description="Port of `/healthz`, `/readyz` and `/metrics`; 0 turns the endpoint off.")
+    http_host: str = Field("0.0.0.0", description="Address the HTTP endpoint listens on.")
+    log_format: LogFormat | None = Field(None, description="`json` (one object per line) or `text`; unset: json in the production profile, text otherwise.")
+    log_level: LogLevel = Field(LogLevel.INFO, description="Least severe log level written (DEBUG also shows per-message broker logs).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return LogFormat.JSON if self.profile is Profile.PRODUCTION else LogFormat.TEXT
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

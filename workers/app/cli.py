@@ -46,9 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    from workers.app.runtime import setup_logging
+    from workers.app.observability.logs import setup_logging
 
-    setup_logging()
+    setup_logging()  # KEYLEDGER_LOG_FORMAT / _LEVEL; a bad configuration is reported by _settings() below
     if args.verb == "run":
         from workers.app.runtime import run
 

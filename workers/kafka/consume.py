@@ -9,6 +9,9 @@ record, so a crash or rebalance redelivers it. A record whose processing raises
 anything else is retried alone a bounded number of times, then goes to
 `kms.dlq` with a typed error. When too many records wait, their partitions are
 paused (bounded memory) until they drain.
+
+The runner reports what it does to an optional `RunnerObserver` (metrics, traces,
+log context live in workers/app/observability; nothing here imports them).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
@@ -50,6 +54,56 @@ class ConsumerGroup(Protocol):
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]: ...
 
 
+class RunnerObserver(Protocol):
+    """What a runner reports as it goes. Calls are cheap and never raise; none is required."""
+
+    def batch(self, group: str, records: Sequence[InboundRecord]) -> AbstractContextManager[object]:
+        """Wraps one handling of `records` (a batch, or waiting records tried again)."""
+        ...
+
+    def finished(self, group: str, count: int) -> None:
+        """`count` records are done: each has its outputs or its typed dead letter."""
+        ...
+
+    def retried(self, group: str, count: int) -> None:
+        """`count` records were parked to be tried again (a transient failure or a failed attempt)."""
+        ...
+
+    def dead_lettered(self, group: str, code: ErrorCode) -> None:
+        """One record went to the DLQ after its attempts ran out."""
+        ...
+
+
+class NoObserver:
+    def batch(self, group: str, records: Sequence[InboundRecord]) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def finished(self, group: str, count: int) -> None:
+        pass
+
+    def retried(self, group: str, count: int) -> None:
+        pass
+
+    def dead_lettered(self, group: str, code: ErrorCode) -> None:
+        pass
+
+
+class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The group's partitions as the last rebalance left them; `joined` once the first assignment arrived
+    (an empty one too: a replica beyond the partition count has joined, it just has nothing to do)."""
+
+    def __init__(self) -> None:
+        self.joined = False
+        self.partitions: frozenset[TopicPartition] = frozenset()
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.partitions = self.partitions - set(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
+        self.partitions = frozenset(assigned)
+
+
 @dataclass(slots=True)
 class Waiting:
     record: InboundRecord
@@ -61,7 +115,8 @@ class BatchRunner:
     """Runs `handle` over batches; with `depth` > 1 the next batch is handled while the previous one's
     outputs are still being acknowledged (only for groups whose records are independent of each other)."""
 
-    def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1) -> None:
+    def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1,
+                 observer: RunnerObserver | None = None) -> None:
         if depth < 1:
             raise ValueError("pipeline depth must be at least 1")
         self.group = group
@@ -86,6 +141,9 @@ class BatchRunner:
         self._in_flight: list[dict[TopicPartition, int]] = []  # oldest offset of each batch being handled
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_task: asyncio.Task[None] | None = None
+        self._observer: RunnerObserver = observer or NoObserver()
+        self.assignments = Assignments()
+        self.subscriber: Any = None  # FastStream's subscriber, set by `subscribe`: its consumer exists once started
         self.records = 0
         self.dead = 0
 
@@ -120,6 +178,11 @@ class BatchRunner:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The group's consumer once it started (for lag: its assignment, end offsets, committed offsets)."""
+        consumer = self._consumer or getattr(self.subscriber, "consumer", None)
+        return consumer if isinstance(consumer, AIOKafkaConsumer) else None
+
     async def aclose(self) -> None:
         """Finish the batches in hand (their offsets commit), stop retrying the waiting ones."""
         if self._tasks:
@@ -134,6 +197,10 @@ class BatchRunner:
     async def _process(self, records: list[InboundRecord]) -> None:
         if not records:
             return
+        with self._observer.batch(self.group, records):
+            await self._process_batch(records)
+
+    async def _process_batch(self, records: list[InboundRecord]) -> None:
         try:
             blocked = list(await self._handle(records))
         except Unavailable as exc:
@@ -150,6 +217,7 @@ class BatchRunner:
         for key in done:
             self._waiting.pop(key, None)
         self.records += len(done)
+        self._observer.finished(self.group, len(done))
 
     async def _isolate(self, records: list[InboundRecord]) -> None:
         """One failing record must not hold the others: process each alone."""
@@ -167,21 +235,25 @@ class BatchRunner:
             else:
                 self._waiting.pop(_key(record), None)
                 self.records += 1
+                self._observer.finished(self.group, 1)
 
     async def _failed(self, record: InboundRecord, error: str) -> None:
         previous = self._waiting.get(_key(record))
         attempts = (previous.attempts if previous else 0) + 1
+        where = {"group": self.group, "topic": record.topic, "partition": record.partition, "offset": record.offset}
         if attempts < self._attempts_allowed:
             self._waiting[_key(record)] = Waiting(record, attempts, error)
             log.warning("%s: %s:%d@%d failed (%s), attempt %d of %d", self.group, record.topic,
-                        record.partition, record.offset, error, attempts, self._attempts_allowed)
+                        record.partition, record.offset, error, attempts, self._attempts_allowed, extra=where)
+            self._observer.retried(self.group, 1)
             return
         self._waiting.pop(_key(record), None)
-        log.error("%s: %s:%d@%d to %s after %d attempts (%s)", self.group, record.topic, record.partition,
-                  record.offset, Topic.DLQ.value, attempts, error)
         info = ErrorInfo(type=ErrorCode.PROCESSING_FAILED, message=f"{error} after {attempts} attempts")
         await self._publisher.publish([letter_for(record, info, self.group, attempts)])
+        log.error("%s: %s:%d@%d to %s after %d attempts (%s)", self.group, record.topic, record.partition,
+                  record.offset, Topic.DLQ.value, attempts, error, extra={**where, "code": info.type.value})
         self.dead += 1
+        self._observer.dead_lettered(self.group, info.type)
 
     def _wait(self, records: Sequence[InboundRecord], error: str) -> None:
         """Park records for a later retry; a transient error never counts against their attempts."""
@@ -190,11 +262,12 @@ class BatchRunner:
             self._waiting[_key(record)] = Waiting(record, previous.attempts if previous else 0, error)
         if not records:
             return
+        self._observer.retried(self.group, len(records))
         self._retry_streak += 1
         delay = min(self._backoff * 2 ** (self._retry_streak - 1), self._backoff_max)
         self._next_retry = time.monotonic() + delay
         log.warning("%s: %d records wait (%s); retry in %.1fs, offsets not committed past them",
-                    self.group, len(self._waiting), error, delay)
+                    self.group, len(self._waiting), error, delay, extra={"group": self.group})
 
     def _take_due(self) -> list[InboundRecord]:
         if not self._waiting or time.monotonic() < self._next_retry:
@@ -264,7 +337,7 @@ async def _no_decode(message: Any) -> None:
 
 
 def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: BatchRunner, settings: Settings) -> None:
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         *topics,
         group_id=group,
         batch=True,
@@ -274,14 +347,19 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         decoder=_no_decode,
+        listener=runner.assignments,
     )
+    runner.subscriber = subscriber
+
+    @subscriber
     async def on_batch(body: Any, message: KafkaMessage) -> None:
         await runner(records_of(message), getattr(message, "consumer", None))
 
 
-def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup) -> BatchRunner:
+def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup,
+              observer: RunnerObserver | None = None) -> BatchRunner:
     """Subscribe `group` on `broker`; the caller owns the returned runner and closes it."""
     depth = settings.kafka_pipeline_depth if group.pipelined else 1
-    runner = BatchRunner(group.name, group.handle, publisher, settings, depth)
+    runner = BatchRunner(group.name, group.handle, publisher, settings, depth, observer)
     subscribe(broker, group.topics, group.name, runner, settings)
     return runner

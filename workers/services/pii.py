@@ -77,7 +77,8 @@ class PiiService:
         outcome.ops = _ops(usage)
         ticks = [_rotation_tick(entry) for entry in worn.values() if entry.key_id not in self._worn]
         self._worn.update(worn)
-        outcome.outputs = [Outgoing(Topic.PII_RESULTS.value, str(r["tenant_id"]).encode(), _json(r)) for r in results]
+        outcome.outputs = [Outgoing(Topic.PII_RESULTS.value, str(r["tenant_id"]).encode(), _json(r),
+                                    cause=record.coordinates) for (record, _), r in zip(requests, results, strict=True)]
         outcome.outputs += [Outgoing.of(Topic.ROTATION_TICKS, t.tenant_id or "", t) for t in ticks]
         self.results += len(results)
         return outcome
