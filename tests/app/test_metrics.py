@@ -136,3 +136,17 @@ async def test_the_metered_ledger_is_the_same_ledger():
     assert await ledger.lookup_accounts([1]) == []
     assert metrics.registry.get_sample_value(
         "keyledger_ledger_requests_total", {"operation": "lookup_accounts", "outcome": "success"}) == 1
+
+
+async def test_an_aws_refusal_logs_the_reason_aws_gave(moto_endpoint, caplog):
+    from workers.kms.aws import AwsKms
+
+    kms = MeteredKms(AwsKms("alias/does-not-exist", endpoint_url=moto_endpoint, max_attempts=1), Metrics())
+    try:
+        with pytest.raises(KmsRefused) as refused:
+            await kms.generate_data_key(None, {"tenant_id": "a", "key_id": "0" * 32, "key_type": "signing"})
+    finally:
+        await kms.aclose()
+    [line] = [r for r in caplog.records if r.name == "keyledger.ports"]
+    assert refused.value.detail and refused.value.detail in line.getMessage()  # AWS's sentence, not only its code
+    assert "NotFoundException" in line.getMessage() and refused.value.detail not in str(refused.value)
