@@ -176,3 +176,14 @@ async def test_a_request_is_followed_through_the_broker_end_to_end(topics_ready,
     calls = [s for s in spans if s.name.startswith(("kms ", "ledger "))]
     assert any(s.name == "ledger create_transfers" and s.context.trace_id in batches for s in calls)
     assert any(s.name == "kms generate_data_key" and s.parent is not None for s in calls)
+
+
+async def test_an_otlp_endpoint_turns_tracing_on_with_the_standard_variables(monkeypatch):
+    from workers.app.observability import Observability
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: nothing is sent
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "keyledger-signer")
+    observability = Observability.build()
+    assert isinstance(observability.tracing, Tracing)
+    assert observability.tracing._provider.resource.attributes["service.name"] == "keyledger-signer"
+    await observability.aclose()
