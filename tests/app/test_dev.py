@@ -40,7 +40,8 @@ def test_the_dev_banner_shows_a_working_metrics_url_and_no_secret(tmp_path):
     reader.start()
     try:
         assert found.wait(timeout=120), "".join(banner) + log.read_text()
-        url = re.search(r"(http://\S+)/metrics", banner[-1]).group(1)
+        [line] = [line for line in banner if line.startswith("metrics, health")]
+        url = re.search(r"(http://\S+)/metrics", line).group(1)
         assert url == f"http://127.0.0.1:{env['KEYLEDGER_HTTP_PORT']}"
         with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
             assert reply.status == 200 and b"keyledger_records_total" in reply.read()
