@@ -34,6 +34,19 @@ class LedgerKind(StrEnum):
     MEMORY = "memory"
 
 
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
 class UnsafeSettingsError(ValueError):
     """The production profile was asked to run with a development-only part."""
 
@@ -117,6 +130,21 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(0.2, gt=0, le=60, description="First backoff in seconds after a transient failure (doubles, capped).")
     retry_backoff_max: float = Field(10.0, gt=0, le=600, description="Longest backoff in seconds between retries.")
     startup_timeout: float = Field(60.0, gt=0, description="Seconds to read keys.material/keys.events to their end at start.")
+    http_port: int = Field(8080, ge=0, le=65535, description="Port of `/healthz`, `/readyz` and `/metrics`; 0 turns the endpoint off.")
+    http_host: str = Field("0.0.0.0", description="Address the HTTP endpoint listens on.")
+    log_format: LogFormat | None = Field(None, description="`json` (one object per line) or `text`; unset: json in the production profile, text otherwise.")
+    log_level: LogLevel = Field(LogLevel.INFO, description="Least severe log level written (DEBUG also shows per-message broker logs).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return LogFormat.JSON if self.profile is Profile.PRODUCTION else LogFormat.TEXT
 
     dev_port: int | None = Field(None, ge=1, le=65535, description="Port of the broker `keyledger dev` embeds; unset: 9092 when free, else any free port.")
 

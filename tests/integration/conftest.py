@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from workers.app.context import ProcessContext
+from workers.app.embedded import free_port
 from workers.kafka.tap import read_topic
 from workers.kafka.topics import ensure_topics
 from workers.settings import Settings
@@ -100,10 +101,12 @@ def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -
     def start(*groups: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
         args = [sys.executable, "-m", "workers.app.cli", "run"] + [a for g in groups for a in ("--group", g)]
+        # each worker its own health/metrics port: several may run at once
         full_env = {**os.environ, **aws_env, "KEYLEDGER_KAFKA_BOOTSTRAP": topics_ready,
-                    "KEYLEDGER_KAFKA_PARTITIONS": "3", **(env or {})}
+                    "KEYLEDGER_KAFKA_PARTITIONS": "3", "KEYLEDGER_HTTP_PORT": str(free_port()), **(env or {})}
         proc = subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         proc.log_path = tmp_path / f"worker-{len(started)}.log"
+        proc.http_port = int(full_env["KEYLEDGER_HTTP_PORT"])
         started.append(proc)
         return proc
 

@@ -415,7 +415,7 @@ def _quiet_clients() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    from workers.app.runtime import setup_logging
+    from workers.app.observability.logs import setup_logging
 
     setup_logging()
     debugging = _debugging(args)

@@ -76,8 +76,8 @@ async def dev(settings: Settings) -> None:
     await check_ledger(settings)
     with contextlib.ExitStack() as cleanup:
         stack = await start_stack(settings, cleanup)
-        async with running_workers(stack.settings, stack.bootstrap, ALL_GROUPS):
-            print("\n".join(banner(stack, time.monotonic() - started)), flush=True)
+        async with running_workers(stack.settings, stack.bootstrap, ALL_GROUPS) as context:
+            print("\n".join(banner(stack, time.monotonic() - started, context.http_url)), flush=True)
             await until_signalled()
 
 
@@ -126,7 +126,7 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def banner(stack: DevStack, seconds: float) -> list[str]:
+def banner(stack: DevStack, seconds: float, http_url: str | None = None) -> list[str]:
     """The lines printed once every group runs (stdout; nothing secret in them)."""
     settings = stack.settings
     tigerbeetle = settings.ledger is LedgerKind.TIGERBEETLE
@@ -145,6 +145,8 @@ def banner(stack: DevStack, seconds: float) -> list[str]:
         lines.append(f"  ledger  {describe_ledger(settings)}, inside this process: `keyledger audit verify` "
                      "cannot read it (a TigerBeetle binary on PATH or in TIGERBEETLE_BIN gives dev one it can)")
     lines.append(f"  groups  {', '.join(ALL_GROUPS)}")
+    lines.append(f"  metrics {http_url}/metrics   health {http_url}/healthz, {http_url}/readyz" if http_url
+                 else "  metrics off (KEYLEDGER_HTTP_PORT=0, or the port was taken)")
     lines += [f"note: {note}" for note in stack.notes]
     lines += ["", "In another shell, for the CLI verbs (verify, rotate, status, audit verify):",
               f"  export KEYLEDGER_KAFKA_BOOTSTRAP={stack.bootstrap}"]

@@ -16,6 +16,9 @@ dead-lettered). When too many records wait, their partitions are paused
 Records reach the runner as the broker holds them: `subscribe` gives FastStream
 a parser that does not decode headers (a null or non-UTF-8 header value would
 make FastStream's own batch parser raise outside the runner and lose the batch).
+
+The runner reports what it does to an optional `RunnerObserver` (metrics, traces,
+log context live in workers/app/observability; nothing here imports them).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,15 +80,57 @@ class HoldsRecords(Protocol):
     def forget(self, partitions: Iterable[tuple[str, int]]) -> None: ...
 
 
-class _Forgetting(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, holder: HoldsRecords) -> None:
+class RunnerObserver(Protocol):
+    """What a runner reports as it goes. Calls are cheap and never raise; none is required."""
+
+    def batch(self, group: str, records: Sequence[InboundRecord]) -> AbstractContextManager[object]:
+        """Wraps one handling of `records` (a batch, or waiting records tried again)."""
+        ...
+
+    def finished(self, group: str, count: int) -> None:
+        """`count` records are done: each has its outputs or its typed dead letter."""
+        ...
+
+    def retried(self, group: str, count: int) -> None:
+        """`count` records were parked to be tried again (a transient failure or a failed attempt)."""
+        ...
+
+    def dead_lettered(self, group: str, code: ErrorCode) -> None:
+        """One record went to the DLQ after its attempts ran out."""
+        ...
+
+
+class NoObserver:
+    def batch(self, group: str, records: Sequence[InboundRecord]) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def finished(self, group: str, count: int) -> None:
+        pass
+
+    def retried(self, group: str, count: int) -> None:
+        pass
+
+    def dead_lettered(self, group: str, code: ErrorCode) -> None:
+        pass
+
+
+class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The group's partitions as the last rebalance left them; `joined` once the first assignment arrived
+    (an empty one too: a replica beyond the partition count has joined, it just has nothing to do)."""
+
+    def __init__(self, holder: HoldsRecords | None = None) -> None:
+        self.joined = False
+        self.partitions: frozenset[TopicPartition] = frozenset()
         self._holder = holder
 
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._holder.forget((tp.topic, tp.partition) for tp in revoked)
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.partitions = self.partitions - set(revoked)
+        if self._holder is not None:  # a holding group drops what it kept of partitions now someone else's
+            self._holder.forget((tp.topic, tp.partition) for tp in revoked)
 
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        """Nothing to do: a holder loads a partition's state when its first record arrives."""
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
+        self.partitions = frozenset(assigned)
 
 
 @dataclass(slots=True)
@@ -99,7 +145,7 @@ class BatchRunner:
     outputs are still being acknowledged (only for groups whose records are independent of each other)."""
 
     def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1,
-                 holder: HoldsRecords | None = None) -> None:
+                 holder: HoldsRecords | None = None, observer: RunnerObserver | None = None) -> None:
         if depth < 1:
             raise ValueError("pipeline depth must be at least 1")
         if holder is not None and depth != 1:
@@ -129,6 +175,9 @@ class BatchRunner:
         self._retry_task: asyncio.Task[None] | None = None
         self._holder = holder
         self._flush_task: asyncio.Task[None] | None = None
+        self._observer: RunnerObserver = observer or NoObserver()
+        self.assignments = Assignments(holder)
+        self.subscriber: Any = None  # FastStream's subscriber, set by `subscribe`: its consumer exists once started
         self.records = 0
         self.dead = 0
 
@@ -172,6 +221,11 @@ class BatchRunner:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The group's consumer once it started (for lag: its assignment, end offsets, committed offsets)."""
+        consumer = self._consumer or getattr(self.subscriber, "consumer", None)
+        return consumer if isinstance(consumer, AIOKafkaConsumer) else None
+
     async def aclose(self) -> None:
         """Finish the batches in hand (their offsets commit), stop retrying the waiting ones."""
         if self._tasks:
@@ -187,6 +241,10 @@ class BatchRunner:
     async def _process(self, records: list[InboundRecord]) -> None:
         if not records:
             return
+        with self._observer.batch(self.group, records):
+            await self._process_batch(records)
+
+    async def _process_batch(self, records: list[InboundRecord]) -> None:
         try:
             blocked = list(await self._handle(records))
         except Unavailable as exc:
@@ -203,6 +261,7 @@ class BatchRunner:
         for key in done:
             self._waiting.pop(key, None)
         self.records += len(done)
+        self._observer.finished(self.group, len(done))
 
     async def _isolate(self, records: list[InboundRecord]) -> None:
         """One failing record must not hold the others: process each alone."""
@@ -220,19 +279,22 @@ class BatchRunner:
             else:
                 self._waiting.pop(_key(record), None)
                 self.records += 1
+                self._observer.finished(self.group, 1)
 
     async def _failed(self, record: InboundRecord, error: str) -> None:
         """Count a failed attempt; the last one dead-letters the record, which leaves the waiting set
         only once its letter is acknowledged."""
         previous = self._waiting.get(_key(record))
         attempts = (previous.attempts if previous else 0) + 1
+        where = {"group": self.group, "topic": record.topic, "partition": record.partition, "offset": record.offset}
         if attempts < self._attempts_allowed:
             self._waiting[_key(record)] = Waiting(record, attempts, error)
             log.warning("%s: %s:%d@%d failed (%s), attempt %d of %d", self.group, record.topic,
-                        record.partition, record.offset, error, attempts, self._attempts_allowed)
+                        record.partition, record.offset, error, attempts, self._attempts_allowed, extra=where)
+            self._observer.retried(self.group, 1)
             return
         log.error("%s: %s:%d@%d to %s after %d attempts (%s)", self.group, record.topic, record.partition,
-                  record.offset, Topic.DLQ.value, attempts, error)
+                  record.offset, Topic.DLQ.value, attempts, error, extra={**where, "code": ErrorCode.PROCESSING_FAILED.value})
         info = error_info(ErrorCode.PROCESSING_FAILED, f"{error} after {attempts} attempts")
         try:
             await self._publisher.publish([self._letters.letter(record, info, attempts)])
@@ -243,6 +305,7 @@ class BatchRunner:
             return
         self._waiting.pop(_key(record), None)
         self.dead += 1
+        self._observer.dead_lettered(self.group, info.type)
 
     def _wait(self, records: Sequence[InboundRecord], error: str) -> None:
         """Park records for a later retry; a transient error never counts against their attempts.
@@ -252,11 +315,12 @@ class BatchRunner:
             self._waiting[_key(record)] = Waiting(record, previous.attempts if previous else 0, error)
         if not self._waiting:
             return
+        self._observer.retried(self.group, len(records))
         self._retry_streak += 1
         delay = min(self._backoff * 2 ** (self._retry_streak - 1), self._backoff_max)
         self._next_retry = time.monotonic() + delay
         log.warning("%s: %d records wait (%s); retry in %.1fs, offsets not committed past them",
-                    self.group, len(self._waiting), error, delay)
+                    self.group, len(self._waiting), error, delay, extra={"group": self.group})
 
     def _take_due(self) -> list[InboundRecord]:
         if not self._waiting or time.monotonic() < self._next_retry:
@@ -361,8 +425,7 @@ async def _raw_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> KafkaMess
     return KafkaMessage(body=b"", raw_message=records, consumer=FAKE_CONSUMER)
 
 
-def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: BatchRunner, settings: Settings,
-              listener: ConsumerRebalanceListener | None = None) -> None:
+def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: BatchRunner, settings: Settings) -> None:
     subscriber = broker.subscriber(
         *topics,
         group_id=group,
@@ -374,18 +437,20 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         auto_offset_reset="earliest",
         parser=_raw_batch,
         decoder=_no_decode,
-        listener=listener,
+        listener=runner.assignments,
     )
+    runner.subscriber = subscriber
 
     @subscriber
     async def on_batch(body: Any, message: KafkaMessage) -> None:
         await runner(records_of(message), subscriber.consumer)
 
 
-def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup) -> BatchRunner:
+def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup,
+              observer: RunnerObserver | None = None) -> BatchRunner:
     """Subscribe `group` on `broker`; the caller owns the returned runner and closes it."""
     depth = settings.kafka_pipeline_depth if group.pipelined else 1
     holder = group if isinstance(group, HoldsRecords) else None
-    runner = BatchRunner(group.name, group.handle, publisher, settings, depth, holder)
-    subscribe(broker, group.topics, group.name, runner, settings, _Forgetting(holder) if holder else None)
+    runner = BatchRunner(group.name, group.handle, publisher, settings, depth, holder, observer)
+    subscribe(broker, group.topics, group.name, runner, settings)
     return runner

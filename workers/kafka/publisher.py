@@ -30,16 +30,22 @@ from workers.settings import Settings
 PARTITIONS_TTL = 30.0  # seconds a topic's partition list is trusted before it is asked for again
 
 
+Header = tuple[str, bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     topic: str
     key: bytes
     value: bytes | None  # None is a tombstone
+    headers: tuple[Header, ...] = ()
+    cause: tuple[str, int, int] | None = None
+    """(topic, partition, offset) of the input record this answers: tracing writes that record's trace on it."""
 
     @classmethod
-    def of(cls, topic: str, key: str, message: BaseModel | None) -> Outgoing:
+    def of(cls, topic: str, key: str, message: BaseModel | None, cause: tuple[str, int, int] | None = None) -> Outgoing:
         value = message.model_dump_json(exclude_none=True).encode() if message is not None else None
-        return cls(topic, key.encode(), value)
+        return cls(topic, key.encode(), value, cause=cause)
 
 
 class BrokerUnavailable(Unavailable):
@@ -113,7 +119,8 @@ class KafkaPublisher:
         pending = []
         for record in records:
             partition = await self._partition(record.topic, record.key)
-            pending.append(await self._producer.send(record.topic, record.value, key=record.key, partition=partition))
+            pending.append(await self._producer.send(record.topic, record.value, key=record.key, partition=partition,
+                                                     headers=list(record.headers) or None))
             self.published += 1
         if pending:
             await asyncio.gather(*pending)
@@ -134,5 +141,6 @@ class BrokerPublisher:
 
     async def publish(self, records: Iterable[Outgoing]) -> None:
         for record in records:
-            await self._broker.publish(record.value, record.topic, key=record.key)
+            headers = {name: value.decode(errors="replace") for name, value in record.headers} or None
+            await self._broker.publish(record.value, record.topic, key=record.key, headers=headers)
             self.published += 1

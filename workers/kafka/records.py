@@ -50,6 +50,11 @@ class InboundRecord:
     def source(self) -> AuditSource:
         return AuditSource(topic=self.topic, partition=self.partition, offset=self.offset)
 
+    @property
+    def coordinates(self) -> tuple[str, int, int]:
+        """(topic, partition, offset): names this record as the cause of an output (`Outgoing.cause`)."""
+        return (self.topic, self.partition, self.offset)
+
 
 def records_of(message: Any) -> list[InboundRecord]:
     """The ConsumerRecords behind a FastStream batch (or single) message."""

@@ -101,7 +101,8 @@ class SignerService:
                 continue
             kept.append(job)
             signature = {"alg": ALG, "key_id": key_id, "value": sign(private_key, message), "signed_at": signed_at}
-            outputs.append(Outgoing(Topic.SPANS_SIGNED.value, job.tenant_id.encode(), _signed_record(job, signature)))
+            outputs.append(Outgoing(Topic.SPANS_SIGNED.value, job.tenant_id.encode(), _signed_record(job, signature),
+                                    cause=job.record.coordinates))
         batch.jobs = kept
         return outputs
 
