@@ -73,7 +73,8 @@ class PiiService:
     async def serve(self, parsed: Sequence[tuple[InboundRecord, PiiRequest]]) -> Outcome:
         self._batch_keys = {}
         outcome = Outcome()
-        outcome.blocked = await self._warm_keys(parsed)
+        parsed = self._patient(parsed, outcome)
+        outcome.blocked += await self._warm_keys(parsed)
         waiting = {id(r) for r in outcome.blocked}
         requests = [(r, q) for r, q in parsed if id(r) not in waiting]
         requests, out_of_budget, worn = await self._claim_budget(requests)
@@ -86,6 +87,17 @@ class PiiService:
         outcome.outputs += [Outgoing.of(Topic.ROTATION_TICKS, entry.tenant_id, _rotation_tick(entry)) for entry in worn]
         self.results += len(results)
         return outcome
+
+    def _patient(self, parsed: Sequence[tuple[InboundRecord, PiiRequest]], outcome: Outcome
+                 ) -> list[tuple[InboundRecord, PiiRequest]]:
+        """Requests of a tenant the key table has not seen yet wait for its keys (keys/patience.py)."""
+        ready = []
+        for record, request in parsed:
+            if self._keys.unknown_tenant(request.tenant_id) and self._keys.patience.waits(record):
+                outcome.blocked.append(record)
+            else:
+                ready.append((record, request))
+        return ready
 
     # --- keys ----------------------------------------------------------------
 

@@ -64,7 +64,10 @@ class SignerService:
             try:
                 entry = self._keys.active(job.tenant_id, KeyType.SIGNING)
             except KeyledgerError as exc:
-                outcome.refuse(job.record, exc)
+                if self._keys.waits_for_tenant(exc, job.record):
+                    outcome.blocked.append(job.record)  # its tenant's keys may be on their way
+                else:
+                    outcome.refuse(job.record, exc)
                 continue
             by_key.setdefault(entry.key_id, KeyBatch(entry)).jobs.append(job)
         await self._unwrap_missing(by_key, outcome)
