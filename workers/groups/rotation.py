@@ -32,7 +32,7 @@ class RotationGroup:
             if tick.tenant_id is not None:
                 per_tenant[tick.tenant_id].append((record, tick))
         fan_outs = [(record, tick) for record, tick in parsed if tick.tenant_id is None]
-        await self._emit((await self.service.fan_out(fan_outs)).refuse_all(refused))
+        waiting = list(await self._emit((await self.service.fan_out(fan_outs)).refuse_all(refused)))
         for round_ticks in policy.rounds(per_tenant):  # a tenant's ticks apply in order
-            await self._emit(await self.service.rotate(round_ticks))
-        return []
+            waiting += await self._emit(await self.service.rotate(round_ticks))
+        return waiting

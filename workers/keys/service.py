@@ -21,7 +21,9 @@ from workers.core import ids, signing
 from workers.core.b64 import b64decode, b64encode
 from workers.core.material import material_fingerprint
 from workers.errors import KeyledgerError, KeyRefused, Unavailable
+from workers.kafka.records import InboundRecord
 from workers.keys.cache import SingleFlightCache
+from workers.keys.patience import TenantPatience
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
 from workers.kms import Kms, KmsRefused, encryption_context
 from workers.ledger import AccountFlags, Ledger
@@ -42,12 +44,23 @@ class KeyService:
         kms: Kms,
         ledger: Ledger,
         secrets: SingleFlightCache[SecretKey],
+        patience: TenantPatience | None = None,
     ) -> None:
         self.directory = directory
         self.kms = kms
         self.ledger = ledger
         self.secrets = secrets
+        self.patience = patience or TenantPatience(0)
         directory.on_evict(self.evict)
+
+    def unknown_tenant(self, tenant_id: str) -> bool:
+        """Neither a tenant with keys nor a destroyed one: the key table has not heard of it (yet)."""
+        return not (self.directory.is_known_tenant(tenant_id) or self.directory.is_destroyed_tenant(tenant_id))
+
+    def waits_for_tenant(self, error: KeyledgerError, record: InboundRecord) -> bool:
+        """Whether a request refused with `error` should rather wait: its tenant is not in the key table
+        yet and its wait (keys/patience.py) is not over."""
+        return error.code is ErrorCode.UNKNOWN_TENANT and self.patience.waits(record)
 
     # --- lookups -----------------------------------------------------------
 

@@ -46,7 +46,10 @@ class Shredder:
             try:
                 doomed += [(record, e) for e in self._keys_of(event.tenant_id)]
             except KeyRefused as exc:
-                outcome.refuse(record, exc)
+                if self._keys.waits_for_tenant(exc, record):
+                    outcome.blocked.append(record)  # created just before: its keys may be on their way
+                else:
+                    outcome.refuse(record, exc)
         outcome.ops += [_destroy_op(record, entry) for record, entry in doomed]
         outcome.outputs += [Outgoing.of(Topic.KEYS_MATERIAL, e.key_id, None) for _, e in doomed]
         outcome.events += [_destroyed_event(e) for _, e in doomed]
