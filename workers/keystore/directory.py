@@ -139,6 +139,10 @@ class KeyDirectory:
     def is_destroyed_tenant(self, tenant_id: str) -> bool:
         return tenant_id in self._destroyed_tenants
 
+    def entries(self) -> list[KeyEntry]:
+        """Every key version known, in no particular order."""
+        return list(self._keys.values())
+
     def tenants(self) -> set[str]:
         return {tenant for tenant, _ in self._versions}
 
