@@ -78,7 +78,11 @@ class KeyService:
         for entry in self.directory.entries():
             if entry.state is KeyState.DESTROYED or entry.material is None or entry.tenant_id in owners:
                 continue
-            if await self.canonical_kms_key(entry.material.kms_key_id) == canonical:
+            try:
+                same = await self.canonical_kms_key(entry.material.kms_key_id) == canonical
+            except KeyRefused:
+                continue  # a key the KMS does not know is not the key it just described
+            if same:
                 owners.add(entry.tenant_id)
         return owners
 
