@@ -105,8 +105,8 @@ async def test_a_running_worker_reports_health_readiness_and_what_it_did(worker_
 
     await until(lag_sampled, "consumer lag of the signer's partitions", timeout=30)
     parsed = await until(counted, "metrics")
-    assert ("keyledger_key_usage_ratio", frozenset()) in parsed  # each key's generate transfer is some usage
-    assert 0 < sample(parsed, "keyledger_key_usage_ratio") < 1
+    assert ("keyledger_key_usage_ratio", frozenset()) in parsed
+    assert 0 <= sample(parsed, "keyledger_key_usage_ratio") < 1  # budgets charged by sealing: tests/app/test_metrics.py
 
     # the worker's log: one JSON object per line, the dead letter with its place and code
     lines = [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.strip()]

@@ -88,17 +88,19 @@ async def test_rotation_killed_mid_fan_out_rotates_each_key_once(topics_ready, w
 
 
 async def test_shredding_killed_mid_batch_destroys_every_key(topics_ready, worker_process, tb_env):
-    bootstrap, tenants = topics_ready, [unique_tenant("k9-del") for _ in range(TENANTS)]
+    # shredding is quick: many small batches, so the kill lands while most are still to come
+    count, env = 4 * TENANTS, {**tb_env, "KEYLEDGER_KAFKA_BATCH_MAX": "4"}
+    bootstrap, tenants = topics_ready, [unique_tenant("k9-del") for _ in range(count)]
     await onboard(bootstrap, worker_process, tb_env, tenants)
     wanted = set(tenants)
     destroyed = counting(lambda v: v.get("tenant_id") in wanted and v.get("type") == "destroyed")
-    first = worker_process("keyledger-keygen", env=tb_env)
+    first = worker_process("keyledger-keygen", env=env)
     await produce(bootstrap, "tenants.deleted", [(t.encode(), deletion(t)) for t in tenants])
-    await kill_when(bootstrap, first, "keys.events", destroyed, at_least=10, total=2 * TENANTS)
-    worker_process("keyledger-keygen", env=tb_env)
-    await read_topic(bootstrap, "keys.events", until=lambda rs: destroyed(rs) >= 2 * TENANTS, timeout=120)
+    await kill_when(bootstrap, first, "keys.events", destroyed, at_least=2, total=2 * count)
+    worker_process("keyledger-keygen", env=env)
+    await read_topic(bootstrap, "keys.events", until=lambda rs: destroyed(rs) >= 2 * count, timeout=120)
     await assert_key_invariants(bootstrap, tenants, destroyed=True)
-    assert_audit_agrees(bootstrap, tb_env, tenants[::15])
+    assert_audit_agrees(bootstrap, tb_env, tenants[::60])
 
 
 async def test_pii_killed_mid_stream_answers_every_request_and_counts_each_once(topics_ready, worker_process, tb_env):

@@ -99,14 +99,14 @@ async def test_status_lists_keys_near_wear_out_from_tigerbeetle(topics_ready, ti
     ledger = TigerBeetleLedger(tigerbeetle_address)
     env = {"KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap, "KEYLEDGER_LEDGER": "tigerbeetle",
            "KEYLEDGER_TB_ADDRESSES": tigerbeetle_address,
-           # the key account holds 1 (generate) + encryptions: 2 reaches 90% of 2, 1 does not
+           # the encryption budget is charged per field sealed: 2 reaches 90% of 2, 0 does not
            "KEYLEDGER_ENCRYPT_LIMIT": "2"}
     try:
         async with in_process_workers(bootstrap, GROUPS, ledger=ledger):
             await produce(bootstrap, "tenants.created", [(t.encode(), tenant_created(t)) for t in (used, idle)])
             for tenant in (used, idle):
                 await records_for(bootstrap, "keys.events", tenant, want=2, timeout=90)
-            await produce(bootstrap, "pii.requests", [(used.encode(), pii(used, "encrypt", {"ssn": "078-05-1120"}, "w1"))])
+            await produce(bootstrap, "pii.requests", [(used.encode(), pii(used, "encrypt", {"ssn": "078-05-1120", "dob": "1970-01-01"}, "w1"))])
             assert (await result(bootstrap, used, "w1"))["key_id"]
             shown = await status_json(env)
     finally:

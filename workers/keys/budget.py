@@ -79,6 +79,12 @@ class EncryptionBudget:
                 raise LedgerError(f"ledger refused a budget debit: {result.status.name}")
         return granted
 
+    async def used(self, key_ids: Sequence[str]) -> dict[str, int]:
+        """Seals charged per key so far (0 for a key whose budget was never opened)."""
+        accounts = {a.id: a for a in await self._ledger.lookup_accounts([ids.budget_account_id(k) for k in key_ids])}
+        return {k: accounts[ids.budget_account_id(k)].debits_posted if ids.budget_account_id(k) in accounts else 0
+                for k in key_ids}
+
     async def remaining(self, key_ids: Sequence[str]) -> dict[str, int]:
         """Seals left per key (the limit for a key whose budget was never opened)."""
         accounts = {a.id: a for a in await self._ledger.lookup_accounts([ids.budget_account_id(k) for k in key_ids])}

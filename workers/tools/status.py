@@ -148,8 +148,7 @@ async def near_wear_out(ledger: Ledger, keys: list[KeyEntry], encrypt_limit: int
     budget the PII workers charge before sealing (keys/budget.py), so this is exactly what they enforce."""
     if not keys:
         return []
-    left = await EncryptionBudget(ledger, encrypt_limit).remaining([k.key_id for k in keys])
-    used = {key_id: encrypt_limit - remaining for key_id, remaining in left.items()}
+    used = await EncryptionBudget(ledger, encrypt_limit).used([k.key_id for k in keys])
     rows = [_row(k, used=used[k.key_id]) for k in keys
             if used.get(k.key_id, 0) >= NEAR_WEAR_OUT * encrypt_limit]
     return sorted(rows, key=lambda r: -(r.used or 0))

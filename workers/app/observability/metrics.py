@@ -221,8 +221,8 @@ class Samplers:
         entries = self._directory.active_keys(KeyType.ENCRYPTION)
         if not entries:
             return 0.0
-        left = await EncryptionBudget(self._ledger, self._encrypt_limit).remaining([e.key_id for e in entries])
-        return max(self._encrypt_limit - remaining for remaining in left.values()) / self._encrypt_limit
+        used = await EncryptionBudget(self._ledger, self._encrypt_limit).used([e.key_id for e in entries])
+        return max(used.values()) / self._encrypt_limit
 
 
 class StateCollector(Collector):
