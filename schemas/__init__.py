@@ -9,6 +9,7 @@ from schemas.messages import (
     KeyEventType,
     KeyMaterial,
     KeyType,
+    KmsProviderName,
     Op,
     Outcome,
     PiiOperation,
@@ -21,6 +22,7 @@ from schemas.messages import (
     SpanToSign,
     TenantCreated,
     TenantDeleted,
+    TickAction,
 )
 from schemas.topics import Topic
 
@@ -34,6 +36,7 @@ __all__ = [
     "KeyEventType",
     "KeyMaterial",
     "KeyType",
+    "KmsProviderName",
     "Op",
     "Outcome",
     "PiiOperation",
@@ -46,5 +49,6 @@ __all__ = [
     "SpanToSign",
     "TenantCreated",
     "TenantDeleted",
+    "TickAction",
     "Topic",
 ]

@@ -42,6 +42,7 @@ class VersionPlan:
     key_type: KeyType
     version: int
     kms_key_id: str | None
+    kms_provider: str | None = None  # None: where new keys go (KEYLEDGER_KMS_PROVIDER)
 
     @property
     def key_id(self) -> str:
@@ -81,7 +82,7 @@ class VersionMaker:
     async def _ensure_material(self, plans: list[VersionPlan]) -> None:
         directory = self._keys.directory
         fresh = [p for p in plans if (e := directory.get(p.key_id)) is None or e.material is None]
-        minted = await asyncio.gather(*(self._keys.mint(p.tenant_id, p.key_type, p.version, p.kms_key_id) for p in fresh))
+        minted = await asyncio.gather(*(self._keys.mint(p.tenant_id, p.key_type, p.version, p.kms_key_id, p.kms_provider) for p in fresh))
         await self._publisher.publish(Outgoing.of(Topic.KEYS_MATERIAL, m.material.key_id, m.material) for m in minted)
         for key in minted:
             directory.apply_material(key.material)
