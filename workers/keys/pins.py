@@ -4,15 +4,16 @@ The key account pins the fingerprint of the record the key was created with
 (accounts are immutable); every `rewrap` transfer on the key account carries,
 in user_data_64, the fingerprint of the record that rewrap published (KEK
 rotation or provider migration). The chain, oldest first, is the pin and then
-those transfers in ledger order. A process unwraps the newest record it holds
-when it is the pinned one, else the record accepted last among those it holds;
+those transfers in ledger order. A process unwraps the record accepted last
+among those it holds, whatever order they arrived in;
 a record the chain does not contain (late, forged, or published by a rewrap
 that crashed before the ledger accepted it) is never unwrapped, exactly as a
 record that does not match the pin was refused before rewrapping existed.
 
 Cost: one `lookup_accounts` per unwrap (as before), plus one
-`get_account_transfers` on the key account only when the newest record is not
-the one the key was created with (that is, after a rewrap).
+`get_account_transfers` on the key account only when the process has seen
+another record than the one the key was created with (after a rewrap, or a
+forged or racing record).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ async def accepted_material(directory: KeyDirectory, ledger: Ledger, entry: KeyE
 
 async def settle(directory: KeyDirectory, ledger: Ledger, entry: KeyEntry, account: Account) -> KeyMaterial:
     newest = entry.newest or entry.material
-    if newest is not None and material_fingerprint(newest) == account.user_data_64:
-        return newest  # the record the key was created with: no rewrap to look for
+    if newest is not None and len(entry.candidates) <= 1 and material_fingerprint(newest) == account.user_data_64:
+        return newest  # the one record seen is the one the key was created with: no rewrap to look for
     return settled(directory, entry, await accepted_chain(ledger, account))
 
 

@@ -115,6 +115,8 @@ class AwsKms:
         key_id = request.kms_key_id or self.default_key_id
         if not key_id:
             raise KmsRefused("no KMS key id: set KEYLEDGER_KMS_KEY_ID")
+        if len(request.plaintext) != 32:
+            raise KmsRefused("a data key to wrap is 32 bytes")
         reply = await self._call("Encrypt", KeyId=key_id, Plaintext=request.plaintext,
                                  EncryptionContext=request.context)
         return DataKey(plaintext=request.plaintext, wrapped=reply["CiphertextBlob"], kms_key_id=key_id)
