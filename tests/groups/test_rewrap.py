@@ -102,6 +102,9 @@ async def test_a_replayed_rewrap_tick_republishes_its_audit_and_calls_no_kms(har
     assert context.kms.calls == calls and len(captured.values("keys.material")) == material_count
     again = rewrap_audits(captured)[len(first):]
     assert again == first  # same ids, same content: kms.audit counts them once
+    # the same tick arriving as another record (a fan-out done again) still republishes the same events
+    await group.handle([inbound("keys.rotation-ticks", "acme", rewrap_tick("rw-1", "acme"), offset=99, partition=2)])
+    assert rewrap_audits(captured)[2 * len(first):] == first and first[0].source.offset == 7
     # a new run is a new rewrap of every live key
     await broker.publish(rewrap_tick("rw-2", "acme"), "keys.rotation-ticks", key=b"acme")
     assert len({a.event_id for a in rewrap_audits(captured)}) == 4

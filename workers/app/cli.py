@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--key-type", choices=["signing", "encryption"], help="only this key type")
     rotate.add_argument("--reason", choices=["scheduled", "manual", "compromise"], default="manual",
                         help="scheduled rotates only keys older than KEYLEDGER_ROTATION_AGE; compromise also revokes")
+    rewrap = verbs.add_parser("rewrap", help="re-wrap live keys under their KMS key's latest version (same keys)")
+    rewrap_scope = rewrap.add_mutually_exclusive_group(required=True)
+    rewrap_scope.add_argument("--all", action="store_true", help="every tenant; then retire unneeded KEK versions")
+    rewrap_scope.add_argument("--tenant", help="one tenant")
+    migrate = verbs.add_parser("migrate", help="move wrapped keys to another KMS provider (resumable)")
+    migrate.add_argument("--to", required=True, choices=["aws", "vault"], help="the provider to move every key to")
     audit = verbs.add_parser("audit", help="audit trail tools")
     audit_verbs = audit.add_subparsers(dest="audit_verb", required=True)
     audit_verify = audit_verbs.add_parser("verify", help="replay kms.audit and compare it with TigerBeetle")
@@ -75,6 +81,14 @@ def main(argv: list[str] | None = None) -> None:
 
         key_type = KeyType(args.key_type) if args.key_type else None
         sys.exit(asyncio.run(rotate(_bootstrap_or_exit(_settings()), args.tenant, key_type, RotationReason(args.reason))))
+    elif args.verb == "rewrap":
+        from workers.tools.rewrap import rewrap
+
+        sys.exit(asyncio.run(rewrap(_bootstrap_or_exit(_settings()), args.tenant)))
+    elif args.verb == "migrate":
+        from workers.tools.migrate import migrate
+
+        sys.exit(asyncio.run(migrate(_bootstrap_or_exit(_settings()), args.to)))
     elif args.verb == "audit":
         sys.exit(asyncio.run(_audit_verify(_settings(), args.tenant)))
 

@@ -19,7 +19,9 @@ steps loses nothing, a replay duplicates nothing):
 
 The transfer id is derived from the key and the tick that asked (its root: the
 fan-out or CLI run), so a replayed tick finds the transfer, republishes its
-audit event unchanged and calls no KMS. A crash after step 3 leaves a record
+audit event unchanged (the transfer keeps where its tick was, so a replay that
+arrives as another record, e.g. a fan-out done again, still says the same) and
+calls no KMS. A crash after step 3 leaves a record
 the ledger never accepted: it is ignored, and the replay wraps again. A key
 destroyed while its rewrap ran has a closed account, so the ledger refuses the
 transfer; its tombstone is then published again, after the new record.
@@ -42,7 +44,7 @@ from functools import partial
 from typing import Protocol, cast
 
 from schemas.errors import ErrorCode
-from schemas.messages import KeyMaterial, Op, RotationReason, RotationTick, TickAction
+from schemas.messages import AuditSource, KeyMaterial, Op, RotationReason, RotationTick, TickAction
 from schemas.topics import Topic
 from workers.core import ids, signing
 from workers.core.b64 import b64decode, b64encode
@@ -71,7 +73,7 @@ from workers.kms import (
     wrap_many,
 )
 from workers.ledger import Account, AccountFlags, Ledger
-from workers.ledger.records import OpRecord
+from workers.ledger.records import OpRecord, pack_origin, unpack_origin
 from workers.services.outcome import Outcome
 
 log = logging.getLogger("keyledger.rewrap")
@@ -323,8 +325,9 @@ class RewrapService:
             if account is None or account.flags & AccountFlags.CLOSED:
                 continue  # not yet created (its keygen completes it) or destroyed meanwhile
             done = existing.get(move.transfer_id)
-            if done is not None:
-                found.replayed.append(self._op(move, tag=done.user_data_64))
+            if done is not None:  # republished as it was: same fingerprint, same triggering record
+                source = unpack_origin(Topic.ROTATION_TICKS, done.user_data_128)
+                found.replayed.append(self._op(move, tag=done.user_data_64, source=source))
                 self._keys.directory.settle(move.entry.key_id, [done.user_data_64])
                 continue
             try:
@@ -453,12 +456,13 @@ class RewrapService:
             assert move.new is not None
             self._keys.directory.apply_material(move.new)
 
-    def _op(self, move: Move, tag: int | None = None) -> OpRecord:
+    def _op(self, move: Move, tag: int | None = None, source: AuditSource | None = None) -> OpRecord:
         if tag is None:
             assert move.new is not None
             tag = material_fingerprint(move.new)
-        return OpRecord(move.transfer_id, move.entry.tenant_id, move.entry.key_id, Op.REWRAP, move.record.source,
-                        reason=reason_of(move.tick), tag=tag)
+        source = source or move.record.source
+        return OpRecord(move.transfer_id, move.entry.tenant_id, move.entry.key_id, Op.REWRAP, source,
+                        reason=reason_of(move.tick), tag=tag, origin=pack_origin(source))
 
     async def _after(self, done: list[Move]) -> None:
         """Once the transfers are durable: use the new records here, and tombstone again any key that was
