@@ -1,35 +1,42 @@
 # Quick start: `make demo` and `make test`; both build the venv first.
+# `make demo` installs the runtime only; `make test` (and lint, unit, bench) add the `dev` extra:
+# test vectors, moto, hypothesis, ruff, mypy. Each install is a stamp that pyproject.toml invalidates.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
 
 .PHONY: demo test unit lint bench dev clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	$(BIN)/pip install --quiet -e .
+	@touch $(RUNTIME)
 
-demo: $(STAMP)
+$(DEV): $(RUNTIME)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(DEV)
+
+demo: $(RUNTIME)
 	$(BIN)/keyledger demo
 
-dev: $(STAMP)
+dev: $(RUNTIME)
 	$(BIN)/keyledger dev
 
-test: $(STAMP) lint
+test: $(DEV) lint
 	$(BIN)/pytest -q -rs
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(DEV)
 	$(BIN)/pytest -q -m "not integration"
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python bench/run.py
 
 clean:

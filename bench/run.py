@@ -14,11 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import lifecycle, pii, rewrap, signing, vault
+from bench import crypto_peers, lifecycle, pii, rewrap, signing, vault
 
 
 async def main() -> None:
     figures: dict = {}
+    print("per-field sealing and opening in one process: keyledger beside Tink, AES-GCM and the AWS Encryption SDK",
+          file=sys.stderr, flush=True)
+    figures.update(crypto_peers.run())
     figures.update(await signing.run(int(os.environ.get("BENCH_SPANS", "100000"))))
     figures.update(await pii.run(int(os.environ.get("BENCH_PII_RECORDS", "30000"))))
     print("rotation: one manual tick over every tenant, against moto's KMS over HTTP", file=sys.stderr, flush=True)

@@ -2,6 +2,8 @@
 
 from schemas.errors import ErrorCode, ErrorInfo
 from schemas.messages import (
+    SYSTEM_TENANT,
+    AuditDigest,
     AuditEvent,
     AuditSource,
     DeadLetter,
@@ -27,6 +29,8 @@ from schemas.messages import (
 from schemas.topics import Topic
 
 __all__ = [
+    "SYSTEM_TENANT",
+    "AuditDigest",
     "AuditEvent",
     "AuditSource",
     "DeadLetter",

@@ -11,11 +11,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.errors import ErrorInfo
 
 TENANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+SYSTEM_TENANT = "keyledger-system"
+"""Reserved tenant id of keyledger's own keys (the audit digest key): onboarding refuses it, listings skip it."""
 TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN)]
 KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -111,9 +113,21 @@ class TenantDeleted(_Message):
 
 
 class SpanToSign(_Message):
+    """A span to sign carries no `signature` member yet: the signer appends one to the record as it
+    arrived, and a second `signature` would make the signed record's meaning depend on which
+    duplicate a reader keeps."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["signature"]}})
+
     job_id: EventId
     tenant_id: TenantId
     span: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _not_signed_yet(self) -> SpanToSign:
+        if self.model_extra and "signature" in self.model_extra:
+            raise ValueError("a span to sign carries no signature yet")
+        return self
 
 
 class PiiRequest(_Message):
@@ -122,6 +136,9 @@ class PiiRequest(_Message):
     record_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     operation: PiiOperation
     fields: Annotated[dict[FieldPath, str], Field(max_length=256)]
+
+
+WEAR_OUT = "wear_out"  # RotationTick.cause when a key's encryption budget is spent
 
 
 class RotationTick(_Message):
@@ -137,6 +154,8 @@ class RotationTick(_Message):
     """The tick (without tenant) that fanned this one out."""
     cause: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     """Why keyledger itself asked for the rotation, e.g. `wear_out`."""
+    key_id: KeyId | None = None
+    """Rotate only while this key is still the active one (a wear-out tick names the spent key)."""
     action: TickAction | None = None
     """Absent = `rotate`. `rewrap`, `migrate` and `retire` change wrappings, never keys; `reason` is then
     `scheduled` (a cron tick: only keys under an older KEK version) or `manual` (the CLI: every live key)."""
@@ -223,15 +242,60 @@ class AuditEvent(_Message):
     source: AuditSource
 
 
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Offset = Annotated[int, Field(ge=0, le=2**53 - 1)]  # RFC 8785 numbers: exact up to 2^53
+
+
+class AuditDigest(_Message):
+    """One signed link of the per-partition hash chain on `kms.audit.digests` (key = the partition, as text).
+
+    Covers the `kms.audit` records of `partition` from `first_offset` to `last_offset` (both
+    included, `count` records); byte formats and the signed bytes are in workers/core/digest.py.
+    `previous_digest_sha256` is 64 zeros on a partition's first digest.
+    """
+
+    partition: Annotated[int, Field(ge=0, lt=2**31)]
+    first_offset: Offset
+    last_offset: Offset
+    count: Annotated[int, Field(ge=1)]
+    records_sha256: Sha256Hex
+    previous_digest_sha256: Sha256Hex
+    created_at: datetime
+    key_id: KeyId
+    signature: str
+    """Ed25519, base64url without padding, over RFC 8785 JSON of every other member."""
+
+
 class DeadLetter(_Message):
-    """A record that could not be processed, as it arrived, with the reason."""
+    """A record that could not be processed, as it arrived, with the reason.
+
+    Two exceptions to "as it arrived" (shared/design.md), both flagged so a reader never mistakes
+    a partial payload for the record:
+
+    - a `pii.requests` record keeps its field values only when KEYLEDGER_DLQ_KEEP_PII=true; otherwise
+      `payload` is a redacted JSON copy (each `fields` value, and any member the contract does not
+      name, replaced by `{"length": <UTF-8 bytes>, "sha256": <hex>}`), or None when the value is not
+      a JSON object at all; `payload_redacted` is then true;
+    - a letter never exceeds the largest record the broker takes: a payload that does not fit keeps
+      its first bytes (`payload_truncated`); headers, then the key, that alone do not fit are
+      dropped (`headers_dropped`, `key_dropped`).
+
+    Whenever `payload` is not the whole original value, `payload_size` and `payload_sha256` describe
+    the original value (its length in bytes and SHA-256, hex), so the letter still identifies it.
+    """
 
     topic: str
     partition: int
     offset: int
     key: str | None = None  # base64 of the raw key
-    headers: list[tuple[str, str]] = []  # (name, base64 of the raw value)
-    payload: str | None = None  # base64 of the raw value; None for a tombstone
+    headers: list[tuple[str, str | None]] = []  # (name, base64 of the raw value, or None for a null value)
+    payload: str | None = None  # base64 of the raw value (or its redacted/truncated form); None for a tombstone
+    payload_size: Annotated[int, Field(ge=0)] | None = None
+    payload_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    payload_truncated: bool = False
+    payload_redacted: bool = False
+    headers_dropped: bool = False
+    key_dropped: bool = False
     error: ErrorInfo
     group: str
     attempts: int = 1

@@ -97,3 +97,11 @@ def test_the_check_would_catch_an_upward_import():
     # the graph is read from the files themselves: a core module importing a service is seen
     assert _layer("workers.core.policy")[1] < _layer("workers.services.pii")[1]  # type: ignore[index]
     assert "workers.services.outcome" in GRAPH["workers.services.pii"]
+
+
+def test_only_the_app_layer_imports_metrics_or_tracing_libraries():
+    # ports, runner and services report through small Protocols; workers/app/observability implements them
+    observability = ("prometheus_client", "opentelemetry", "aiohttp")
+    offenders = [f"{name}: {imp}" for name, path in MODULES.items() if not name.startswith("workers.app")
+                 for imp in _imports(path) if imp.split(".")[0] in observability]
+    assert offenders == []

@@ -16,18 +16,28 @@ from schemas.errors import ErrorCode, ErrorInfo
 MAX_MESSAGE = 500  # characters; ErrorInfo allows more, but a message never needs to quote its input
 
 
+def bounded(message: str) -> str:
+    """`message` cut to MAX_MESSAGE characters: every message that reaches the wire goes through here."""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+def error_info(code: ErrorCode, message: str) -> ErrorInfo:
+    """An ErrorInfo whose message is bounded, so building a result or a letter never fails on it."""
+    return ErrorInfo(type=code, message=bounded(message))
+
+
 class KeyledgerError(Exception):
     """An expected failure of one request. The message is safe to log and publish."""
 
     code: ErrorCode = ErrorCode.PROCESSING_FAILED
 
     def __init__(self, message: str, code: ErrorCode | None = None) -> None:
-        super().__init__(message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…")
+        super().__init__(bounded(message))
         if code is not None:
             self.code = code
 
     def info(self) -> ErrorInfo:
-        return ErrorInfo(type=self.code, message=str(self))
+        return error_info(self.code, str(self))
 
 
 class BadInput(KeyledgerError):
@@ -42,3 +52,24 @@ class KeyRefused(KeyledgerError):
 
 class Unavailable(Exception):
     """Transient: the records wait uncommitted and are retried with backoff; never counts as an attempt."""
+
+
+class OperatorError(Exception):
+    """A failure of a CLI verb that the operator can fix: printed as one line, no traceback.
+
+    The message names the setting or input at fault and the fix; it never quotes a secret.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(OperatorError):
+    """A setting or argument is wrong or names something unreachable (exit 2)."""
+
+    exit_code = 2
+
+
+class CheckFailed(OperatorError):
+    """The verb ran and what it checked does not hold (exit 1)."""
+
+    exit_code = 1

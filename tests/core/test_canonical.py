@@ -1,11 +1,14 @@
-"""The fast path of canonical_json must equal the reference RFC 8785 implementation byte for byte."""
+"""The fast path of canonical_json must equal the reference RFC 8785 implementation byte for byte;
+the I-JSON reader refuses what RFC 7493 refuses, with a typed code and without quoting the input."""
 
+import json
 import random
 
 import pytest
 import rfc8785
 
-from workers.core.canonical import CanonicalizationError, canonical_json
+from schemas.errors import ErrorCode
+from workers.core.canonical import CanonicalizationError, NotIJson, canonical_json, loads_ijson, plain_json_loads
 
 ALPHABET = ["a", "B", "z", "0", "é", "ü", "\u2028", "\x00", "\x1f", "\x7f", '"', "\\", "/", "\n", "€", "😀",
             "\ue000", "\uffff", "\u00e9"]
@@ -57,3 +60,52 @@ def test_known_canonical_forms(value, expected):
 def test_values_without_a_canonical_form_are_refused(value):
     with pytest.raises(CanonicalizationError):
         canonical_json(value)
+
+
+def test_refusals_name_the_kind_never_the_value():
+    with pytest.raises(CanonicalizationError) as err:
+        canonical_json({"x": 98765432109876543210})
+    assert "98765" not in str(err.value)
+
+
+READERS = [loads_ijson, lambda raw: plain_json_loads(raw)[0]]
+
+
+@pytest.mark.parametrize("read", READERS, ids=["loads_ijson", "plain_json_loads"])
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b'{"a": 1, "a": 1}', ErrorCode.INVALID_MESSAGE),
+        (b'{"\\u0061b": 1, "ab": 2}', ErrorCode.INVALID_MESSAGE),  # the same name once unescaped
+        (b'{"\\ud83d\\ude00": 1, "\xf0\x9f\x98\x80": 2}', ErrorCode.INVALID_MESSAGE),  # a surrogate pair = U+1F600
+        (b'{"a": [1, {"b": {"c": 1, "c": 2}}]}', ErrorCode.INVALID_MESSAGE),
+        (b'{"n": ' + b"9" * 5000 + b"}", ErrorCode.INVALID_MESSAGE),
+        (b'{"n": -1e999}', ErrorCode.INVALID_MESSAGE),
+        (b'{"n": NaN}', ErrorCode.NOT_JSON),
+        (b'{"n": -Infinity}', ErrorCode.NOT_JSON),
+        (b'\xef\xbb\xbf{"a": 1}', ErrorCode.NOT_JSON),
+        ('{"a": 1}'.encode("utf-16"), ErrorCode.NOT_JSON),
+        ('{"a": 1}'.encode("utf-16-be"), ErrorCode.NOT_JSON),
+        ('{"a": 1}'.encode("utf-32"), ErrorCode.NOT_JSON),
+        (b'{"a": "\xff"}', ErrorCode.NOT_JSON),
+        (b'{"a": 1', ErrorCode.NOT_JSON),
+    ],
+)
+def test_what_is_not_i_json_is_refused_with_its_code(read, raw, code):
+    with pytest.raises(NotIJson) as err:
+        read(raw)
+    assert err.value.code is code and "999" not in str(err.value)
+
+
+@pytest.mark.parametrize("read", READERS, ids=["loads_ijson", "plain_json_loads"])
+def test_i_json_reads_as_json_does(read):
+    raw = json.dumps({"a": [1, 2.5, {"b": None, "ab": "\u00e9\U0001f600"}], "A": True, "n": 2**64}).encode()
+    assert read(raw) == json.loads(raw)
+    assert read(b'{"a": {"x": 1}, "b": {"x": 1}}') == {"a": {"x": 1}, "b": {"x": 1}}  # same names, other objects
+
+
+def test_plain_is_still_told_at_parse_time():
+    assert plain_json_loads(b'{"a": 1, "b": [true, "x"]}') == ({"a": 1, "b": [True, "x"]}, True)
+    assert plain_json_loads(b'{"a": 1.5}')[1] is False
+    assert plain_json_loads(b'{"a": 9007199254740993}')[1] is False
+    assert plain_json_loads(b'{"\\u00e9": 1}')[1] is False

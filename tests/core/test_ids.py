@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from schemas.messages import KeyType, Op
+from schemas.messages import TENANT_ID_PATTERN, KeyType, Op, RotationTick
 from workers.core import ids
 
 
@@ -59,3 +59,31 @@ def test_ids_avoid_tigerbeetle_reserved_values():
 
 
 KNOWN_ACME_SIGNING_V1 = "5ee4077609c2b6ac7a398645876aad47"
+
+
+# --- fan-out child tick ids (issue 9, item 9) ------------------------------------------------------
+
+LONGEST_TENANT = "t" + "x" * 127
+
+
+@pytest.mark.parametrize(("parent", "tenant"), [
+    ("p" * 200, LONGEST_TENANT), ("p" * 150, LONGEST_TENANT), ("p" * 71, LONGEST_TENANT), ("p" * 200, "a"),
+])
+def test_child_tick_ids_always_fit_an_event_id(parent, tenant):
+    child = ids.child_tick_id(parent, tenant)
+    RotationTick(tick_id=child, issued_at="2026-01-01T00:00:00Z", tenant_id=tenant, parent_tick_id=parent)
+    assert len(child) <= 200 and child == ids.child_tick_id(parent, tenant)
+
+
+def test_a_child_id_that_fits_stays_readable():
+    assert ids.child_tick_id("sched-1", "acme") == "sched-1/acme"
+    assert ids.child_tick_id("p" * 71, LONGEST_TENANT) == "p" * 71 + "/" + LONGEST_TENANT  # exactly 200
+
+
+def test_hashed_child_ids_differ_by_parent_and_tenant_and_never_look_readable():
+    parent = "p" * 150
+    a, b = ids.child_tick_id(parent, LONGEST_TENANT), ids.child_tick_id(parent, LONGEST_TENANT[:-1] + "y")
+    c = ids.child_tick_id(parent + "q" * 50, LONGEST_TENANT)  # same first 100 characters
+    assert len({a, b, c}) == 3
+    assert all(re.fullmatch(r"p{100}/~[0-9a-f]{32}", x) for x in (a, b, c))
+    assert not re.fullmatch(TENANT_ID_PATTERN, a.rsplit("/", 1)[1])  # a tenant id never has `~`

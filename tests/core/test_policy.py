@@ -30,8 +30,3 @@ def test_rounds_take_each_tenants_ticks_in_order():
     assert policy.rounds(per_tenant) == [["a1", "b1", "c1"], ["a2", "c2"], ["a3"]]
     assert policy.rounds({}) == []
 
-
-def test_wear_out_allows_exactly_the_limit():
-    assert not policy.worn_out(used=90, planned=10, limit=100)
-    assert policy.worn_out(used=90, planned=11, limit=100)
-    assert policy.worn_out(used=100, planned=1, limit=100)

@@ -8,8 +8,9 @@ import json
 import pytest
 
 from schemas.messages import AuditEvent, DeadLetter, KeyEvent, KeyMaterial
-from tests.support.harness import handler_harness, tenant_created
+from tests.support.harness import handler_harness, inbound, tenant_created
 from workers.core import ids
+from workers.kms.local import LocalKms
 from workers.ledger import QueryFilter, QueryFilterFlags
 
 
@@ -81,3 +82,16 @@ async def test_bad_input_goes_to_the_dlq_and_the_worker_keeps_going(harness, val
     assert [letter.error.type.value for letter in letters] == [code]
     assert letters[0].topic == "tenants.created" and letters[0].group == "keyledger-keygen"
     assert len(captured.values("keys.events", KeyEvent)) == 2
+
+
+async def test_kms_refusing_one_tenants_key_refuses_that_tenant_alone():
+    kms = LocalKms()
+    await kms.schedule_key_deletion("gone-key", 7)  # the local KMS then refuses GenerateDataKey under it
+    async with handler_harness(["keyledger-keygen"], kms=kms) as (context, broker, captured):
+        service = context.groups["keyledger-keygen"]
+        records = [inbound("tenants.created", "byok", created("byok", kms_key_id="gone-key"), offset=0),
+                   inbound("tenants.created", "acme", created("acme"), offset=1)]
+        assert await service.handle(records) == []
+        assert sorted(m.tenant_id for m in captured.values("keys.material", KeyMaterial)) == ["acme", "acme"]
+        [letter] = captured.values("kms.dlq", DeadLetter)  # one letter though both of its keys were refused
+        assert (letter.offset, letter.error.type.value, letter.attempts) == (0, "kms_refused", 1)

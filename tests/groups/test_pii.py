@@ -11,7 +11,8 @@ import pytest
 from Crypto.Cipher import AES
 
 from schemas.messages import KeyType, PiiResult
-from tests.support.harness import handler_harness, tenant_created
+from tests.support.harness import handler_harness, inbound, tenant_created
+from workers.core import ids
 from workers.kms import encryption_context
 
 GROUPS = ["keyledger-keygen", "keyledger-pii", "keyledger-rotation"]
@@ -117,15 +118,32 @@ async def test_after_a_compromise_old_ciphertexts_only_reencrypt(harness):
     assert (await call(broker, captured, "acme", "decrypt", migrated["fields"]))["fields"] == {"a": SECRET}
 
 
-async def test_a_worn_out_key_stops_encrypting_and_asks_for_rotation():
-    async with handler_harness(["keyledger-keygen", "keyledger-pii"], encrypt_limit=5) as (context, broker, captured):
+async def test_a_spent_key_seals_up_to_exactly_its_limit_then_requests_wait_for_the_next_version():
+    groups = ["keyledger-keygen", "keyledger-pii", "keyledger-rotation"]
+    async with handler_harness(groups, encrypt_limit=5) as (context, broker, captured):
         await broker.publish(tenant_created("acme"), "tenants.created", key=b"acme")
-        ok = await call(broker, captured, "acme", "encrypt", {"a": "1", "b": "2", "c": "3"})
-        assert "error" not in ok  # 1 generate + 3 encryptions
-        worn = await call(broker, captured, "acme", "encrypt", {"a": "1", "b": "2"})
-        assert worn["error"]["type"] == "key_worn_out" and worn["fields"] == {}
-        [rotation] = captured.values("keys.rotation-ticks")
-        assert rotation["tenant_id"] == "acme" and rotation["key_type"] == "encryption"
+        v1 = context.keys.active("acme", KeyType.ENCRYPTION).key_id
+        pii = context.groups["keyledger-pii"]
+        records = [inbound("pii.requests", "acme", request("acme", "encrypt", fields, job_id=job), offset=n)
+                   for n, (job, fields) in enumerate([("j1", {"a": "1", "b": "2", "c": "3"}),
+                                                      ("j2", {"a": "1", "b": "2", "c": "3"}),  # 3 > the 2 left
+                                                      ("j3", {"a": "1", "b": "2"})])]          # exactly the 2 left
+        blocked = await pii.handle(records)
+        assert [r.offset for r in blocked] == [1]  # it waits: never answered key_worn_out
+        results = {r["job_id"]: r for r in captured.values("pii.results")}
+        assert sorted(results) == ["j1", "j3"] and {r["key_id"] for r in results.values()} == {v1}
+        [wear_out] = captured.values("keys.rotation-ticks")
+        assert (wear_out["tenant_id"], wear_out["cause"], wear_out["key_id"]) == ("acme", "wear_out", v1)
+        v2 = context.keys.active("acme", KeyType.ENCRYPTION).key_id  # the tick was handled: a new version
+        assert v2 != v1
+        assert await pii.handle(blocked) == []
+        results = {r["job_id"]: r for r in captured.values("pii.results")}
+        assert results["j2"]["key_id"] == v2 and all("error" not in r and "errors" not in r for r in results.values())
+        [v1_account] = await context.ledger.lookup_accounts([ids.from_hex(v1)])
+        seals = [a for a in captured.values("kms.audit") if a["key_id"] == v1 and a["op"] == "encrypt"]
+        assert sum(a["count"] for a in seals) == 5 == v1_account.credits_posted - 2  # besides: generate, rotate
+        rotations = [a for a in captured.values("kms.audit") if a["op"] == "rotate"]
+        assert [a["reason"] for a in rotations] == ["wear_out rotation"]
 
 
 async def test_plaintexts_never_reach_logs_or_the_dlq(harness, caplog):

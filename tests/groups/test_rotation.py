@@ -122,3 +122,30 @@ async def test_a_tick_for_an_unknown_tenant_is_dead_lettered(harness):
     context, broker, captured = harness
     await broker.publish(tick("t9", tenant_id="nobody"), "keys.rotation-ticks", key=b"nobody")
     assert [d["error"]["type"] for d in captured.values("kms.dlq")] == ["unknown_tenant"]
+
+
+async def test_a_manual_fan_out_of_a_200_character_tick_reaches_a_128_character_tenant(harness):
+    context, broker, captured = harness
+    tenant, parent = "t" + "x" * 127, "p" * 200
+    await broker.publish(tenant_created(tenant), "tenants.created", key=tenant.encode())
+    service = context.groups["keyledger-rotation"]
+    await service.handle([inbound("keys.rotation-ticks", "scheduler", tick(parent, reason="manual", key_type="signing"),
+                                  offset=0)])
+    assert {active(context, t).version for t in ("acme", "globex", tenant)} == {2}
+    children = [t for t in captured.values("keys.rotation-ticks") if t.get("parent_tick_id") == parent]
+    assert {c["tick_id"] for c in children if c["tenant_id"] == tenant} == {ids.child_tick_id(parent, tenant)}
+    assert all(len(c["tick_id"]) <= 200 for c in children)
+    assert captured.values("kms.dlq") == []
+
+
+async def test_kms_refusing_a_new_version_refuses_that_tick_alone(harness):
+    context, broker, captured = harness
+    byok = "byok"
+    await broker.publish(tenant_created(byok, kms_key_id="byok-key"), "tenants.created", key=byok.encode())
+    await context.kms.schedule_key_deletion("byok-key", 7)  # the local KMS then refuses GenerateDataKey under it
+    service = context.groups["keyledger-rotation"]
+    await service.handle([inbound("keys.rotation-ticks", t, tick(f"{t}-m", tenant_id=t, reason="manual"), offset=i)
+                          for i, t in enumerate((byok, "acme"))])
+    assert active(context, "acme").version == 2 and active(context, byok).version == 1
+    [letter] = captured.values("kms.dlq")
+    assert (letter["error"]["type"], letter["offset"], letter["attempts"]) == ("kms_refused", 0, 1)

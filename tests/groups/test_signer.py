@@ -77,7 +77,9 @@ async def test_tampering_breaks_verification(harness, tamper):
         (span_job("nobody"), "unknown_tenant"),
         (b"{]", "not_json"),
         (json.dumps({"job_id": "j", "tenant_id": "acme", "span": [1]}).encode(), "invalid_message"),
-        (json.dumps({"job_id": "j", "tenant_id": "acme", "span": {"x": float("nan")}}).encode(), "invalid_message"),
+        # NaN is not JSON (RFC 8259): refused by the reader, before any canonicalisation
+        (json.dumps({"job_id": "j", "tenant_id": "acme", "span": {"x": float("nan")}}).encode(), "not_json"),
+        (json.dumps({"job_id": "j", "tenant_id": "acme", "span": {"x": 2**60}}).encode(), "invalid_message"),
         (json.dumps({"tenant_id": "acme", "span": {}}).encode(), "invalid_message"),
     ],
 )

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from workers.app.context import ProcessContext
+from workers.app.embedded import free_port
 from workers.kafka.tap import read_topic
 from workers.kafka.topics import ensure_topics
 from workers.settings import Settings
@@ -38,12 +39,21 @@ def tenant_created(tenant: str, event_id: str | None = None, **extra) -> bytes:
 async def records_for(bootstrap: str, topic: str, tenant: str, want: int = 0, timeout: float = 30.0) -> list[dict]:
     """The JSON values of `topic` keyed by `tenant` or naming it (waits until `want` are there)."""
     def mine(records):
-        values = [(r.key, json.loads(r.value)) for r in records if r.value is not None]
-        return [v for key, v in values if key == tenant.encode() or v.get("tenant_id") == tenant]
+        values = [(r.key, _json_object(r.value)) for r in records]
+        return [v for key, v in values if v is not None and (key == tenant.encode() or v.get("tenant_id") == tenant)]
 
     records = await read_topic(bootstrap, topic, until=(lambda rs: len(mine(rs)) >= want) if want else None,
                                timeout=timeout)
     return mine(records)
+
+
+def _json_object(value: bytes | None) -> dict | None:
+    """A record's JSON object, or None: input topics also hold the hostile records tests send."""
+    try:
+        decoded = json.loads(value) if value is not None else None
+    except (ValueError, RecursionError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
 
 
 async def committed_offset(bootstrap: str, group: str, topic: str, partition: int) -> int:
@@ -91,10 +101,12 @@ def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -
     def start(*groups: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
         args = [sys.executable, "-m", "workers.app.cli", "run"] + [a for g in groups for a in ("--group", g)]
+        # each worker its own health/metrics port: several may run at once
         full_env = {**os.environ, **aws_env, "KEYLEDGER_KAFKA_BOOTSTRAP": topics_ready,
-                    "KEYLEDGER_KAFKA_PARTITIONS": "3", **(env or {})}
+                    "KEYLEDGER_KAFKA_PARTITIONS": "3", "KEYLEDGER_HTTP_PORT": str(free_port()), **(env or {})}
         proc = subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         proc.log_path = tmp_path / f"worker-{len(started)}.log"
+        proc.http_port = int(full_env["KEYLEDGER_HTTP_PORT"])
         started.append(proc)
         return proc
 
@@ -109,8 +121,10 @@ def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -
 
 
 @asynccontextmanager
-async def in_process_workers(bootstrap: str, groups: list[str], **components) -> AsyncIterator[ProcessContext]:
-    settings = Settings(kafka_bootstrap=bootstrap, kafka_partitions=3, retry_backoff=0.05, retry_backoff_max=0.2)
+async def in_process_workers(bootstrap: str, groups: list[str], *, overrides: dict | None = None,
+                             **components) -> AsyncIterator[ProcessContext]:
+    settings = Settings(**{"kafka_bootstrap": bootstrap, "kafka_partitions": 3, "retry_backoff": 0.05,
+                           "retry_backoff_max": 0.2, **(overrides or {})})
     context = ProcessContext.build(settings, bootstrap, **components)
     context.register(groups)
     await context.start()

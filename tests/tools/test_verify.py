@@ -304,7 +304,7 @@ def test_verify_lines(book) -> None:
         (8, "?", Verdict.INVALID),
         (9, "j-partial", Verdict.INVALID),
         (10, "?", Verdict.INVALID),
-        (11, "j-nan", Verdict.VALID),  # NaN outside the span is not signed: the span still verifies
+        (11, "j-nan", Verdict.INVALID),  # NaN is not JSON, anywhere in the line: the signer refuses such a record
         (12, "j-deep", Verdict.VALID),
     ]
 
@@ -318,6 +318,20 @@ def test_nan_inside_a_line_span_is_invalid(book) -> None:
     line = json.dumps(signed_span(span={"d": 1}))
     assert list(verify_lines([line.replace('"d":1', '"d":NaN').replace('"d": 1', '"d": NaN')], book)) == [
         (1, "job-1", Verdict.INVALID)]
+
+
+@pytest.mark.parametrize("spelling", ['"amount": 1000000', '"\\u0061mount": 1000000'])
+def test_a_signed_span_with_a_duplicate_name_is_invalid(book, spelling) -> None:
+    # a first-name-wins reader would see amount 1, the signature covers the last one
+    line = json.dumps(signed_span(span={"amount": 1}))
+    assert list(verify_lines([line], book)) == [(1, "job-1", Verdict.VALID)]
+    forged = line.replace('"amount": 1', '"amount": 1, ' + spelling)
+    assert list(verify_lines([forged], book)) == [(1, "job-1", Verdict.INVALID)]
+
+
+def test_a_utf16_line_is_invalid(book) -> None:
+    line = json.dumps(signed_span())
+    assert list(verify_lines([line.encode("utf-16").decode("latin-1")], book)) == [(1, "?", Verdict.INVALID)]
 
 
 def test_learn_raw_skips_what_is_not_an_event(clock) -> None:

@@ -1,114 +1,162 @@
-"""`keyledger` command line: run, dev, demo (and the verbs later issues add)."""
+"""`keyledger` command line.
+
+One builder per verb adds its subparser (with a description and an example) and sets
+`handler`, the function that runs it and returns the exit code. Every failure an operator
+can cause ends as one line on stderr naming the setting and the fix (workers.app.failures):
+exit 2 for configuration, 1 for a failed check; `--debug` or KEYLEDGER_LOG_LEVEL=DEBUG
+also prints the traceback. Inputs (settings, files, arguments) are checked before any
+connection is opened.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from typing import TextIO
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
 
-from pydantic import ValidationError
-
+from schemas.topics import Topic
+from workers.app.preflight import check_kafka, check_ledger, check_topics, load_settings, require_bootstrap
+from workers.errors import ConfigError
 from workers.groups import ALL_GROUPS
-from workers.settings import Settings
+from workers.settings import LedgerKind, Settings
+
+DESCRIPTION = """\
+keyledger: per-tenant signing (Ed25519) and encryption (AES-256-GCM) keys, wrapped by a KMS,
+served over Kafka topics; every key operation is recorded in a ledger and on kms.audit.
+Settings are KEYLEDGER_* environment variables (docs/contract.md lists them)."""
+
+EPILOG = """\
+first steps:
+  keyledger demo          drive every flow once on an embedded stack
+  keyledger dev           run everything locally; it prints the exports for the other verbs
+  keyledger <verb> -h     what a verb does, with an example"""
+
+Handler = Callable[[argparse.Namespace], int]
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        lines = [f"  KEYLEDGER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
-        sys.exit("keyledger: bad configuration\n" + "\n".join(lines))
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keyledger", description=__doc__)
-    verbs = parser.add_subparsers(dest="verb", required=True)
-    run = verbs.add_parser("run", help="run consumer groups until SIGTERM")
-    run.add_argument("--group", action="append", choices=ALL_GROUPS, help="a consumer group (default: all)")
-    verbs.add_parser("dev", help="embedded broker + local KMS + memory ledger + all workers")
-    verbs.add_parser("demo", help="start the embedded stack and drive every flow")
-    verify = verbs.add_parser("verify", help="verify signed spans (JSON lines) against keys.events")
-    verify.add_argument("file", help="a file of signed spans, one per line; - for stdin")
-    rotate = verbs.add_parser("rotate", help="rotate keys now (a tick on keys.rotation-ticks), with a progress bar")
-    scope = rotate.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--all", action="store_true", help="every tenant")
-    scope.add_argument("--tenant", help="one tenant")
-    rotate.add_argument("--key-type", choices=["signing", "encryption"], help="only this key type")
-    rotate.add_argument("--reason", choices=["scheduled", "manual", "compromise"], default="manual",
-                        help="scheduled rotates only keys older than KEYLEDGER_ROTATION_AGE; compromise also revokes")
-    rewrap = verbs.add_parser("rewrap", help="re-wrap live keys under their KMS key's latest version (same keys)")
-    rewrap_scope = rewrap.add_mutually_exclusive_group(required=True)
-    rewrap_scope.add_argument("--all", action="store_true", help="every tenant; then retire unneeded KEK versions")
-    rewrap_scope.add_argument("--tenant", help="one tenant")
-    migrate = verbs.add_parser("migrate", help="move wrapped keys to another KMS provider (resumable)")
-    migrate.add_argument("--to", required=True, choices=["aws", "vault"], help="the provider to move every key to")
-    audit = verbs.add_parser("audit", help="audit trail tools")
-    audit_verbs = audit.add_subparsers(dest="audit_verb", required=True)
-    audit_verify = audit_verbs.add_parser("verify", help="replay kms.audit and compare it with TigerBeetle")
-    audit_verify.add_argument("--tenant", help="only this tenant")
+def _verb(verbs: Any, name: str, handler: Handler, *, summary: str, description: str,
+          example: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = verbs.add_parser(
+        name, help=summary, description=description, epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler)
+    # also after the verb; SUPPRESS keeps a --debug given before the verb
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback on failure")
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    from workers.app.runtime import setup_logging
-
-    setup_logging()
-    if args.verb == "run":
-        from workers.app.runtime import run
-
-        asyncio.run(run(_settings(), args.group or ALL_GROUPS))
-    elif args.verb == "dev":
-        from workers.app.dev import dev
-
-        asyncio.run(dev(_settings()))
-    elif args.verb == "demo":
-        from workers.app.demo import demo
-
-        sys.exit(asyncio.run(demo(_settings())))
-    elif args.verb == "verify":
-        settings = _settings()
-        try:
-            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-        except OSError as exc:
-            sys.exit(f"keyledger verify: cannot read {args.file}: {exc.strerror}")
-        with stream:
-            sys.exit(asyncio.run(_verify(settings, stream)))
-    elif args.verb == "rotate":
-        from schemas.messages import KeyType, RotationReason
-        from workers.tools.rotate import rotate
-
-        key_type = KeyType(args.key_type) if args.key_type else None
-        sys.exit(asyncio.run(rotate(_bootstrap_or_exit(_settings()), args.tenant, key_type, RotationReason(args.reason))))
-    elif args.verb == "rewrap":
-        from workers.tools.rewrap import rewrap
-
-        sys.exit(asyncio.run(rewrap(_bootstrap_or_exit(_settings()), args.tenant)))
-    elif args.verb == "migrate":
-        from workers.tools.migrate import migrate
-
-        sys.exit(asyncio.run(migrate(_bootstrap_or_exit(_settings()), args.to)))
-    elif args.verb == "audit":
-        sys.exit(asyncio.run(_audit_verify(_settings(), args.tenant)))
+async def _reach(bootstrap: str, *topics: str) -> None:
+    """Before a tool verb reads: the broker answers and holds the topics it reads."""
+    await check_kafka(bootstrap)
+    await check_topics(bootstrap, list(topics))
 
 
-def _bootstrap_or_exit(settings: Settings) -> str:
-    if not settings.kafka_bootstrap:
-        sys.exit("keyledger: set KEYLEDGER_KAFKA_BOOTSTRAP to the broker that holds the topics")
-    return settings.kafka_bootstrap
+# --- run -----------------------------------------------------------------------------------------
 
 
-async def _verify(settings: Settings, stream: TextIO) -> int:
+def _add_run(verbs: Any) -> None:
+    run = _verb(verbs, "run", _run, summary="run consumer groups until SIGTERM",
+                description="Run consumer groups (default: all) against KEYLEDGER_KAFKA_BOOTSTRAP until SIGTERM;\n"
+                            "a clean shutdown commits what was processed and nothing else.",
+                example="KEYLEDGER_KAFKA_BOOTSTRAP=kafka:9092 keyledger run --group keyledger-signer")
+    run.add_argument("--group", action="append", choices=ALL_GROUPS, help="a consumer group (repeat; default: all)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from workers.app.runtime import run
+
+    settings = load_settings()
+
+    async def checked_run() -> None:
+        if settings.kafka_bootstrap:
+            await check_kafka(settings.kafka_bootstrap)
+        await check_ledger(settings)
+        await run(settings, args.group or ALL_GROUPS)
+
+    asyncio.run(checked_run())
+    return 0
+
+
+# --- dev -----------------------------------------------------------------------------------------
+
+
+def _add_dev(verbs: Any) -> None:
+    _verb(verbs, "dev", _dev, summary="run the whole stack locally (in memory)",
+          description="An embedded Kafka-compatible broker on KEYLEDGER_DEV_PORT (default 9092 when free),\n"
+                      "the local KMS, TigerBeetle when a server binary is found (TIGERBEETLE_BIN or PATH;\n"
+                      "else, or with KEYLEDGER_LEDGER=memory, the memory ledger) and every consumer group,\n"
+                      "in one process. It prints the export lines the other verbs need. Everything is gone\n"
+                      "when it stops.",
+          example="keyledger dev      # then, in another shell, paste the export lines it prints")
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from workers.app.dev import dev
+
+    asyncio.run(dev(load_settings()))
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+def _add_demo(verbs: Any) -> None:
+    _verb(verbs, "demo", _demo, summary="drive every flow once on an embedded stack",
+          description="Start the embedded stack and drive every flow through the real topics: onboarding,\n"
+                      "signing and independent verification, PII encryption, rotation, crypto-shredding,\n"
+                      "and an audit of kms.audit against the ledger, in the same process.",
+          example="keyledger demo")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from workers.app.demo import demo
+
+    settings = load_settings()
+
+    async def checked_demo() -> int:
+        if settings.kafka_bootstrap:
+            await check_kafka(settings.kafka_bootstrap)
+        await check_ledger(settings)
+        return await demo(settings)
+
+    return asyncio.run(checked_demo())
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+
+def _add_verify(verbs: Any) -> None:
+    verify = _verb(verbs, "verify", _verify, summary="verify signed spans against keys.events",
+                   description="Verify signed spans (JSON lines, as on spans.signed) with the public keys learned\n"
+                               "from keys.events. Prints `line, job_id, verdict` per span (valid, invalid,\n"
+                               "unknown key, revoked key); exits 1 when any span is not valid.",
+                   example="keyledger verify signed.jsonl")
+    verify.add_argument("file", help="a file of signed spans, one per line; - for stdin")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    try:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from None
+    with stream:
+        return asyncio.run(_verify_stream(settings, stream))
+
+
+async def _verify_stream(settings: Settings, stream: TextIO) -> int:
     from workers.core.signing import Verdict
     from workers.tools.verify import load_book, verify_lines
 
-    try:
-        # public keys: the design's 24 h cache, sized like the others (KEYLEDGER_CACHE_PUBLIC_TTL, _MAX_ENTRIES)
-        book = await load_book(_bootstrap_or_exit(settings), ttl=settings.cache_public_ttl,
-                               maxsize=settings.cache_max_entries)
-    except TimeoutError as exc:
-        sys.exit(f"keyledger verify: cannot read keys.events: {exc}")
+    bootstrap = require_bootstrap(settings)
+    await _reach(bootstrap, Topic.KEYS_EVENTS)
+    # public keys: the design's 24 h cache, sized like the others (KEYLEDGER_CACHE_PUBLIC_TTL, _MAX_ENTRIES)
+    book = await load_book(bootstrap, ttl=settings.cache_public_ttl, maxsize=settings.cache_max_entries)
     failures = 0
     # the file is already open (checked before any connection); reading lines of it is local and short
     for line_no, job_id, verdict in verify_lines(stream, book):
@@ -117,21 +165,329 @@ async def _verify(settings: Settings, stream: TextIO) -> int:
     return 1 if failures else 0
 
 
-async def _audit_verify(settings: Settings, tenant: str | None) -> int:
-    from workers.ledger.factory import open_ledger
-    from workers.tools.audit_check import verify_audit
+# --- rotate --------------------------------------------------------------------------------------
 
+
+def _add_rotate(verbs: Any) -> None:
+    rotate = _verb(verbs, "rotate", _rotate, summary="rotate keys now, with a progress bar",
+                   description="Publish a rotation tick on keys.rotation-ticks and follow the new versions on\n"
+                               "keys.events to the end. Old signatures keep verifying; old ciphertexts decrypt\n"
+                               "and re-encrypt to the new version. Exits 1 on a tenant with no keys.",
+                   example="keyledger rotate --tenant acme --key-type encryption")
+    scope = rotate.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all", action="store_true", help="every tenant")
+    scope.add_argument("--tenant", help="one tenant")
+    rotate.add_argument("--key-type", choices=["signing", "encryption"], help="only this key type")
+    rotate.add_argument("--reason", choices=["scheduled", "manual", "compromise"], default="manual",
+                        help="scheduled rotates only keys older than KEYLEDGER_ROTATION_AGE; compromise also revokes")
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from schemas.messages import KeyType, RotationReason
+    from workers.tools.rotate import rotate
+
+    settings = load_settings()
+    bootstrap = require_bootstrap(settings)
+    key_type = KeyType(args.key_type) if args.key_type else None
+
+    async def checked_rotate() -> int:
+        await _reach(bootstrap, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
+        return await rotate(bootstrap, args.tenant, key_type, RotationReason(args.reason))
+
+    return asyncio.run(checked_rotate())
+
+
+# --- rewrap / migrate ----------------------------------------------------------------------------
+
+
+def _add_rewrap(verbs: Any) -> None:
+    rewrap = _verb(verbs, "rewrap", _rewrap, summary="re-wrap live keys under their KMS key's latest version",
+                   description="One `rewrap` tick per tenant on keys.rotation-ticks, followed until keyledger-rotation\n"
+                               "has handled them all: every live key is re-wrapped under the latest version of its KMS\n"
+                               "key (Vault transit/rewrap, AWS ReEncrypt; the plaintext never leaves the KMS). The keys\n"
+                               "do not change: signatures verify, ciphertexts decrypt. With --all, a `retire` tick then\n"
+                               "raises each Vault transit key's min_decryption_version as far as no live key needs.\n"
+                               "Resumable: run it again after an interruption. Exits 1 when a tenant failed.",
+                   example="keyledger rewrap --all")
+    scope = rewrap.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all", action="store_true", help="every tenant, then retire unneeded KEK versions")
+    scope.add_argument("--tenant", help="one tenant")
+
+
+def _rewrap(args: argparse.Namespace) -> int:
+    from workers.tools.rewrap import rewrap
+
+    bootstrap = require_bootstrap(load_settings())
+
+    async def checked_rewrap() -> int:
+        await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
+        return await rewrap(bootstrap, args.tenant)
+
+    return asyncio.run(checked_rewrap())
+
+
+def _add_migrate(verbs: Any) -> None:
+    migrate = _verb(verbs, "migrate", _migrate, summary="move wrapped keys to another KMS provider, resumable",
+                    description="One `migrate` tick per tenant with a key under another provider; the workers (run\n"
+                                "with both providers in KEYLEDGER_KMS_PROVIDERS) unwrap each key under its provider,\n"
+                                "wrap it under the target's default key and prove the new wrapping unwraps to the\n"
+                                "same key before publishing it. Keys already there are skipped; keys under a tenant's\n"
+                                "own KMS key are not moved. Prints how many keys remain elsewhere: remove the old\n"
+                                "provider only when none does. Exits 1 while any remains.",
+                    example="keyledger migrate --to vault")
+    migrate.add_argument("--to", required=True, choices=["aws", "vault"], help="the provider every key moves to")
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from workers.tools.migrate import migrate
+
+    bootstrap = require_bootstrap(load_settings())
+
+    async def checked_migrate() -> int:
+        await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
+        return await migrate(bootstrap, args.to)
+
+    return asyncio.run(checked_migrate())
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+def _add_status(verbs: Any) -> None:
+    status = _verb(verbs, "status", _status, summary="the key table at a glance",
+                   description="Tenants, keys by type and state, keys due for rotation (KEYLEDGER_ROTATION_AGE)\n"
+                               "and, with a TigerBeetle ledger, keys near wear-out (KEYLEDGER_ENCRYPT_LIMIT),\n"
+                               "read from keys.material and keys.events. Writes nothing.",
+                   example="keyledger status --json | jq .keys")
+    status.add_argument("--json", action="store_true", help="one JSON object, for tools")
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    bootstrap = require_bootstrap(settings)
+    return asyncio.run(_status_report(settings, bootstrap, as_json=args.json))
+
+
+async def _status_report(settings: Settings, bootstrap: str, *, as_json: bool) -> int:
+    from workers.ledger.factory import describe_ledger, open_ledger
+    from workers.tools.status import read_status, render, to_json
+
+    await check_ledger(settings)
+    await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS)
+    ledger = open_ledger(settings) if settings.ledger is LedgerKind.TIGERBEETLE else None
+    note = (f"skipped: {describe_ledger(settings)} lives inside the worker process; usage is read from a "
+            "TigerBeetle ledger (KEYLEDGER_LEDGER=tigerbeetle)")
+    try:
+        status = await read_status(bootstrap, ledger, rotation_age=settings.rotation_age,
+                                   encrypt_limit=settings.encrypt_limit, ledger_note=note)
+    finally:
+        if ledger is not None:
+            await ledger.aclose()
+    print(to_json(status) if as_json else render(status, f"Kafka {bootstrap}, {describe_ledger(settings)}"))
+    return 0
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+
+def _add_audit(verbs: Any) -> None:
+    audit = verbs.add_parser("audit", help="audit trail tools", description="Audit trail tools.")
+    audit_verbs = audit.add_subparsers(dest="audit_verb", required=True, metavar="{verify,report}")
+    _add_audit_verify(audit_verbs)
+    _add_audit_report(audit_verbs)
+
+
+def _add_audit_verify(audit_verbs: Any) -> None:
+    verify = _verb(audit_verbs, "verify", _audit_verify,
+                   summary="replay kms.audit, compare it with the ledger, check the digest chain",
+                   description="Replay kms.audit and compare it with the ledger both ways: every event names a\n"
+                               "transfer that exists and matches, and every transfer of the tenants seen is on\n"
+                               "the topic. Then check the signed digest chain on kms.audit.digests: every audit\n"
+                               "record covered by exactly one digest, hashes and signatures good, no gap.\n"
+                               "Needs a ledger another process can read (TigerBeetle); exits 1 on any mismatch\n"
+                               "or break.",
+                   example="keyledger audit verify --tenant acme")
+    verify.add_argument("--tenant", help="only this tenant in the ledger comparison (the chain is checked whole)")
+
+
+def _outside_ledger(settings: Settings) -> None:
+    if settings.ledger is LedgerKind.MEMORY:
+        raise ConfigError("the ledger (memory) lives inside the process that runs the workers (keyledger dev or "
+                          "run), so no other process can audit it: run `keyledger dev` with a TigerBeetle binary "
+                          "(TIGERBEETLE_BIN or PATH) and paste its export lines, or run `keyledger demo`, which "
+                          "audits in-process")
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    _outside_ledger(settings)
+    bootstrap = require_bootstrap(settings)
+    return asyncio.run(_audit_verify_report(settings, bootstrap, args.tenant))
+
+
+async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str | None) -> int:
+    from workers.ledger.factory import describe_ledger, open_ledger
+    from workers.tools.audit_check import verify_audit, verify_chain
+
+    await check_ledger(settings)
+    await _reach(bootstrap, Topic.KMS_AUDIT)
     ledger = open_ledger(settings)
     try:
-        report = await verify_audit(_bootstrap_or_exit(settings), ledger, tenant)
+        report = await verify_audit(bootstrap, ledger, tenant)
     finally:
         await ledger.aclose()
     for problem in report.mismatches[:100]:
         print(f"MISMATCH {problem}")
     verdict = "agrees with" if report.agrees else "DISAGREES with"
-    print(f"kms.audit {verdict} TigerBeetle: {report.events} events ({report.duplicates} duplicate records), "
-          f"{len(report.tenants)} tenants, {len(report.mismatches)} mismatches")
-    return 0 if report.agrees else 1
+    print(f"kms.audit {verdict} {describe_ledger(settings)}: {report.events} events ({report.duplicates} "
+          f"duplicate records), {len(report.tenants)} tenants, {len(report.mismatches)} mismatches")
+    chain = await verify_chain(bootstrap)
+    for problem in chain.problems[:100]:
+        print(f"CHAIN {problem}")
+    waiting = ", ".join(f"partition {p}: {n}" for p, n in sorted(chain.not_yet_digested.items())) or "none"
+    print(f"digest chain {'intact' if chain.intact else 'BROKEN'}: {chain.digests} digests over {chain.records} "
+          f"records ({chain.duplicates} republished), {len(chain.problems)} breaks; not yet digested: {waiting}")
+    return 0 if report.agrees and chain.intact else 1
+
+
+def _add_audit_report(audit_verbs: Any) -> None:
+    report = _verb(audit_verbs, "report", _audit_report,
+                   summary="one tenant's key lifecycle for an auditor (HTML or JSON)",
+                   description="Every key version of a tenant with its created/rotated/revoked/destroyed times\n"
+                               "(ledger time), operations per key, rotation cadence against the policy, wear-out\n"
+                               "headroom, denied operations, and the verdicts of the ledger comparison and the\n"
+                               "digest chain. HTML is one self-contained file with an SVG timeline.",
+                   example="keyledger audit report --tenant acme --out acme.html")
+    report.add_argument("--tenant", required=True, help="the tenant")
+    report.add_argument("--format", choices=["html", "json"], default="html", help="html (default): one self-contained file")
+    report.add_argument("--out", help="write to this file (default: stdout)")
+
+
+def _audit_report(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    _outside_ledger(settings)
+    bootstrap = require_bootstrap(settings)
+    text, summary = asyncio.run(_build_report(settings, bootstrap, args.tenant, args.format))
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+    print(f"{summary} -> {args.out or 'stdout'}", file=sys.stderr)
+    return 0
+
+
+async def _build_report(settings: Settings, bootstrap: str, tenant: str, form: str) -> tuple[str, str]:
+    import json
+
+    from workers.ledger.factory import open_ledger
+    from workers.tools.report import build_report
+    from workers.tools.report_html import render_html
+
+    await check_ledger(settings)
+    await _reach(bootstrap, Topic.KMS_AUDIT, Topic.KEYS_EVENTS)
+    ledger = open_ledger(settings)
+    try:
+        report = await build_report(bootstrap, ledger, tenant, rotation_age=settings.rotation_age,
+                                    encrypt_limit=settings.encrypt_limit)
+    finally:
+        await ledger.aclose()
+    text = render_html(report) if form == "html" else json.dumps(report.to_json(), indent=2) + "\n"
+    summary = (f"{form} report of {tenant}: {len(report.keys)} key versions, {len(report.operations)} ledger "
+               f"operations; ledger vs kms.audit {'agree' if report.ledger_agrees else 'DISAGREE'}, "
+               f"digest chain {'intact' if report.chain_intact else 'BROKEN'}")
+    return text, summary
+
+
+# --- docs ----------------------------------------------------------------------------------------
+
+
+def _add_docs(verbs: Any) -> None:
+    docs = _verb(verbs, "docs", _docs, summary="write the contract: AsyncAPI and JSON Schema per topic",
+                 description="Write docs/asyncapi.json (AsyncAPI 3.0.0: every topic a channel with its payload\n"
+                             "schema) and schemas/json/<topic>.json (JSON Schema 2020-12), generated from schemas/.",
+                 example="keyledger docs --out /tmp/contract")
+    docs.add_argument("--out", metavar="DIR", help="write under DIR instead of the repository (DIR/docs, DIR/schemas/json)")
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from workers.tools.contract import docs_command
+
+    return docs_command(args.out)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+BUILDERS: list[Callable[[Any], None]] = [_add_run, _add_dev, _add_demo, _add_verify, _add_rotate, _add_rewrap,
+                                         _add_migrate, _add_status, _add_audit, _add_docs]
+
+
+def version() -> str:
+    """The installed distribution's version; from pyproject.toml when running from a source tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("keyledger")
+    except PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyledger", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"keyledger {version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on failure, print the traceback too (as KEYLEDGER_LOG_LEVEL=DEBUG does)")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
+    for build in BUILDERS:
+        build(verbs)
+    return parser
+
+
+def _debugging(args: argparse.Namespace) -> bool:
+    # read from the environment directly: the settings may be what is broken
+    return bool(args.debug) or os.environ.get("KEYLEDGER_LOG_LEVEL", "").strip().upper() == "DEBUG"
+
+
+LONG_RUNNING = ("run", "dev", "demo")  # their clients' logs are operational news, kept
+
+
+def _quiet_clients() -> None:
+    """The clients' own error logs would repeat, in their words, the one line the CLI prints on failure."""
+    import logging
+
+    for name in ("aiokafka", "kafka", "tigerbeetle"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    from workers.app.observability.logs import setup_logging
+
+    setup_logging()
+    debugging = _debugging(args)
+    if not debugging and args.verb not in LONG_RUNNING:
+        _quiet_clients()
+    name = " ".join(filter(None, ["keyledger", args.verb, getattr(args, "audit_verb", None)]))
+    try:
+        code = args.handler(args)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        from workers.app.failures import explain
+
+        if debugging:
+            traceback.print_exc()
+        message, code = explain(exc)
+        for line in message.splitlines():
+            print(f"{name}: {line}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,26 @@
-"""The process context: every adapter and service, built once, closed once with `aclose()`."""
+"""The process context: every adapter and service, built once, closed once with `aclose()`.
+
+The KMS and ledger are the configured adapters behind metering wrappers (metrics, and spans
+when tracing is on); runners and emitters report to the process's observer; `serve_http()`
+opens `/healthz`, `/readyz` and `/metrics` (workers/app/observability).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faststream.kafka import KafkaBroker
 
+from workers.app.observability import Observability
+from workers.app.observability.health import Dependency
 from workers.groups import GROUPS
 from workers.groups.base import Deps
+from workers.groups.pii import PiiGroup
+from workers.groups.signer import SignerGroup
 from workers.kafka.broker import build_broker, start_concurrently
 from workers.kafka.consume import BatchRunner, ConsumerGroup, run_group
 from workers.kafka.publisher import BrokerPublisher, KafkaPublisher, Publisher
@@ -23,7 +33,16 @@ from workers.kms import Kms
 from workers.kms.factory import open_kms
 from workers.ledger import Ledger
 from workers.ledger.factory import open_ledger
-from workers.settings import Settings
+from workers.settings import Profile, Settings
+
+if TYPE_CHECKING:
+    from workers.app.observability.tracing import Tracing
+
+log = logging.getLogger("keyledger")
+
+# groups that keep serving from cached unwrapped keys while the KMS is out of reach
+SERVE_FROM_CACHE = frozenset({SignerGroup.name, PiiGroup.name})
+BROKER_PING_TIMEOUT = 2.0
 
 
 @dataclass
@@ -37,8 +56,12 @@ class ProcessContext:
     keys: KeyService
     audit: AuditTrail
     follower: KeyFollower | None = None
+    observability: Observability = field(default_factory=Observability)
     groups: dict[str, ConsumerGroup] = field(default_factory=dict)
     runners: list[BatchRunner] = field(default_factory=list)
+    bootstrap: str = ""
+    key_table_loaded: bool = False
+    http_url: str | None = None
 
     @classmethod
     def build(
@@ -50,32 +73,43 @@ class ProcessContext:
         ledger: Ledger | None = None,
         follow: bool = True,
         test_broker: bool = False,
+        tracing: Tracing | None = None,
     ) -> ProcessContext:
         """Wire everything; nothing connects until `start()`.
 
-        `test_broker`: outputs go through the FastStream broker itself, so a TestKafkaBroker captures them."""
+        `test_broker`: outputs go through the FastStream broker itself, so a TestKafkaBroker captures them.
+        `tracing`: a given tracer (tests); by default tracing follows the OTEL_* environment."""
+        observability = Observability.build(tracing)
         broker = build_broker(settings, bootstrap)
         publisher: Publisher = BrokerPublisher(broker) if test_broker else KafkaPublisher(bootstrap, settings)
-        kms = kms or open_kms(settings)
-        ledger = ledger or open_ledger(settings)
+        publisher = observability.traced_publisher(publisher)
+        adapter = ledger or open_ledger(settings)
+        metered_kms = observability.metered_kms(kms or open_kms(settings))
+        metered_ledger = observability.metered_ledger(adapter)
         directory = KeyDirectory()
         secrets: SingleFlightCache[SecretKey] = SingleFlightCache(
             ttl=settings.cache_private_ttl, max_entries=settings.cache_max_entries
         )
-        keys = KeyService(directory, kms, ledger, secrets)
+        keys = KeyService(directory, metered_kms, metered_ledger, secrets)
         follower = KeyFollower(bootstrap, directory, startup_timeout=settings.startup_timeout) if follow else None
-        return cls(settings, broker, publisher, kms, ledger, directory, keys, AuditTrail(ledger), follower)
+        context = cls(settings, broker, publisher, metered_kms, metered_ledger, directory, keys,
+                      AuditTrail(metered_ledger), follower, observability, bootstrap=bootstrap)
+        observability.watch(context.runners, secrets, directory, adapter, settings.encrypt_limit)
+        return context
 
     @property
     def deps(self) -> Deps:
-        return Deps(self.settings, self.keys, self.ledger, self.audit, self.publisher)
+        return Deps(self.settings, self.keys, self.ledger, self.audit, self.publisher, self.bootstrap,
+                    self.observability.observer)
 
     def register(self, names: Sequence[str]) -> None:
         """Build the named consumer groups and subscribe them; `aclose()` stops their runners."""
         deps = self.deps
         for name in names:
             group = self.groups[name] = GROUPS[name](deps)
-            self.runners.append(run_group(self.broker, self.publisher, self.settings, group))
+            self.observability.metrics.watch_group(name)
+            self.runners.append(run_group(self.broker, self.publisher, self.settings, group,
+                                          self.observability.observer))
 
     def stats(self) -> dict[str, Any]:
         """Counters safe to log: no key material, no payloads."""
@@ -94,14 +128,52 @@ class ProcessContext:
         """Load the key table first, then connect the producer and start consuming."""
         if self.follower is not None:
             await self.follower.start()
+        self.key_table_loaded = True
         await self.publisher.start()
         await start_concurrently(self.broker)
+
+    async def serve_http(self) -> str | None:
+        """Open `/healthz`, `/readyz`, `/metrics` (before `start()`: liveness answers while the key table loads).
+
+        Off with KEYLEDGER_HTTP_PORT=0. A port in use stops a production process; in dev it is only a warning."""
+        port = self.settings.http_port
+        if port == 0:
+            return None
+        try:
+            bound = await self.observability.serve(self.settings.http_host, port, self.readiness)
+        except OSError as exc:
+            if self.settings.profile is Profile.PRODUCTION:
+                raise SystemExit(f"keyledger: cannot listen on KEYLEDGER_HTTP_PORT={port}: {exc.strerror}") from None
+            log.warning("no health/metrics endpoint: port %d: %s (set KEYLEDGER_HTTP_PORT)", port, exc.strerror)
+            return None
+        host = "127.0.0.1" if self.settings.http_host in ("0.0.0.0", "::", "") else self.settings.http_host
+        self.http_url = f"http://{host}:{bound}"
+        return self.http_url
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: the broker answers, the key table is loaded, every group has joined; a KMS or ledger
+        known to be out of reach counts only where this process cannot serve without it."""
+        broker = await self.broker.ping(BROKER_PING_TIMEOUT)
+        groups = {r.group: {"joined": r.assignments.joined, "partitions": len(r.assignments.partitions)}
+                  for r in self.runners}
+        kms = Dependency(self.observability.kms_reachability.report(),
+                         fatal=bool(self.runners) and not SERVE_FROM_CACHE & set(self.groups))
+        ledger = Dependency(self.observability.ledger_reachability.report(), fatal=bool(self.runners))
+        ready = (broker and self.key_table_loaded and all(g["joined"] for g in groups.values())
+                 and not kms.blocks and not ledger.blocks)
+        return ready, {
+            "broker": {"ok": broker},
+            "key_table": {"loaded": self.key_table_loaded, "keys": len(self.directory)},
+            "groups": groups,
+            "kms": {**kms.report, "fatal": kms.fatal},
+            "ledger": {**ledger.report, "fatal": ledger.fatal},
+        }
 
     async def aclose(self) -> None:
         closers: list[Callable[[], Any]] = [r.aclose for r in self.runners] + [self.broker.stop, self.publisher.aclose]
         if self.follower is not None:
             closers.append(self.follower.aclose)
-        closers += [self.kms.aclose, self.ledger.aclose]
+        closers += [self.kms.aclose, self.ledger.aclose, self.observability.aclose]
         for close in closers:
             with contextlib.suppress(Exception):
                 await close()

@@ -5,24 +5,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import tempfile
+import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from schemas.messages import KeyEvent
+from schemas.messages import SYSTEM_TENANT, KeyEvent
 from schemas.topics import Topic
 from workers.app.context import ProcessContext
 from workers.app.runtime import bootstrap_for, running_workers
 from workers.groups import ALL_GROUPS
 from workers.kafka.tap import produce, read_topic
+from workers.ledger.factory import describe_ledger
 from workers.settings import Settings
-from workers.tools.audit_check import verify_audit
-from workers.tools.verify import load_book, verify_signed_span
+from workers.tools.audit_check import ChainReport, Logged, check_chain, verify_audit, verify_chain
+from workers.tools.report import build_report
+from workers.tools.report_html import render_html
+from workers.tools.verify import PublicKeyBook, load_book, verify_signed_span
 
 TENANTS = ("acme", "globex", "initech")
+DEMO_DIGEST_INTERVAL = 2.0  # seconds: the demo's own process digests often, so the chain covers it before the end
 
 
 def _say(text: str = "") -> None:
@@ -30,6 +37,7 @@ def _say(text: str = "") -> None:
 
 
 async def demo(settings: Settings) -> int:
+    settings = settings.model_copy(update={"digest_interval": min(settings.digest_interval, DEMO_DIGEST_INTERVAL)})
     async with bootstrap_for(settings) as bootstrap, running_workers(settings, bootstrap, ALL_GROUPS) as context:
         _say(f"embedded broker at {bootstrap}; KMS {settings.kms_provider.value}; ledger {settings.ledger.value}")
         events = await onboard(bootstrap)
@@ -38,7 +46,10 @@ async def demo(settings: Settings) -> int:
         sealed = await protect_pii(bootstrap)
         await rotate_and_migrate(bootstrap, sealed)
         await shred(bootstrap, sealed)
-        return await audit(bootstrap, context)
+        failed = await audit(bootstrap, context)
+        failed |= await digest_chain(bootstrap)
+        await tenant_report(bootstrap, context, "acme")
+        return failed
 
 
 async def audit(bootstrap: str, context: ProcessContext) -> int:
@@ -48,7 +59,7 @@ async def audit(bootstrap: str, context: ProcessContext) -> int:
     for problem in report.mismatches[:10]:
         _say(f"MISMATCH {problem}")
     _say(f"{report.events} audit events for {len(report.tenants)} tenants: "
-         f"{'agree exactly with' if report.agrees else 'DISAGREE with'} the ledger ({context.settings.ledger.value})")
+         f"{'agree exactly with' if report.agrees else 'DISAGREE with'} {describe_ledger(context.settings)}")
     return 0 if report.agrees else 1
 
 
@@ -61,8 +72,8 @@ async def onboard(bootstrap: str) -> list[KeyEvent]:
     _say("\n== 1. tenant onboarding: tenants.created -> keys.material, keys.events, kms.audit")
     await produce(bootstrap, Topic.TENANTS_CREATED, [_tenant_created(t) for t in TENANTS])
     wanted = 2 * len(TENANTS)
-    records = await read_topic(bootstrap, Topic.KEYS_EVENTS, until=lambda r: len(r) >= wanted, timeout=60)
-    events = [KeyEvent.model_validate_json(r.value) for r in records]
+    records = await read_topic(bootstrap, Topic.KEYS_EVENTS, until=lambda r: len(_tenants_only(r)) >= wanted, timeout=60)
+    events = [KeyEvent.model_validate_json(r.value) for r in _tenants_only(records)]
     _say(f"{'tenant':<10} {'type':<11} {'v':>2}  {'key_id':<32}  public key")
     for e in sorted(events, key=lambda e: (e.tenant_id, e.key_type)):
         _say(f"{e.tenant_id:<10} {e.key_type.value:<11} {e.version:>2}  {e.key_id}  {e.public_key or '-'}")
@@ -74,10 +85,15 @@ async def onboard(bootstrap: str) -> list[KeyEvent]:
 async def replay_is_idempotent(bootstrap: str, before: int) -> None:
     _say("\n== 2. the same tenants created again: no new keys")
     await produce(bootstrap, Topic.TENANTS_CREATED, [_tenant_created(t) for t in TENANTS])
-    audit_before = len(await read_topic(bootstrap, Topic.KMS_AUDIT))
-    records = await read_topic(bootstrap, Topic.KEYS_EVENTS, until=lambda r: len(r) > before, timeout=3)
-    audit_after = len(await read_topic(bootstrap, Topic.KMS_AUDIT))
-    _say(f"keys.events: {before} before, {len(records)} after; kms.audit: {audit_before} -> {audit_after}")
+    audit_before = len(_tenants_only(await read_topic(bootstrap, Topic.KMS_AUDIT)))
+    records = await read_topic(bootstrap, Topic.KEYS_EVENTS, until=lambda r: len(_tenants_only(r)) > before, timeout=3)
+    audit_after = len(_tenants_only(await read_topic(bootstrap, Topic.KMS_AUDIT)))
+    _say(f"keys.events: {before} before, {len(_tenants_only(records))} after; kms.audit: {audit_before} -> {audit_after}"
+         " (tenants' records; keyledger's own digest key is tenant keyledger-system)")
+
+
+def _tenants_only(records: list[Any]) -> list[Any]:
+    return [r for r in records if r.value is not None and json.loads(r.value).get("tenant_id") != SYSTEM_TENANT]
 
 
 async def sign_and_verify(bootstrap: str) -> None:
@@ -174,3 +190,54 @@ async def shred(bootstrap: str, sealed: dict[str, Any]) -> None:
     after = await _pii(bootstrap, "initech", "decrypt", enc["fields"], "demo-after")
     _say(f"{len(tombstones)} tombstones on keys.material; decrypting initech's data now: "
          f"{sorted({e['type'] for e in after['errors'].values()})}")
+
+
+async def digest_chain(bootstrap: str) -> int:
+    _say("\n== 9. tamper evidence: the signed digest chain over kms.audit (kms.audit.digests)")
+    deadline = time.monotonic() + 30
+    chain = await verify_chain(bootstrap)
+    while chain.not_yet_digested and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)  # the last records wait at most the digest interval
+        chain = await verify_chain(bootstrap)
+    _say(f"{chain.digests} signed digests cover {chain.records} audit records in {len(chain.covered)} partitions: "
+         f"{'intact' if chain.intact else 'BROKEN'}; not yet digested: {sum(chain.not_yet_digested.values())}")
+    for problem in chain.problems[:10]:
+        _say(f"CHAIN {problem}")
+    await _show_tampering(bootstrap)
+    return 0 if chain.intact else 1
+
+
+async def _show_tampering(bootstrap: str) -> None:
+    """The same check over altered copies of the topics (in memory: the broker's topics stay as they are)."""
+    audit = [Logged(r.partition, r.offset, r.key, r.value) for r in await read_topic(bootstrap, Topic.KMS_AUDIT)]
+    digests = [Logged(r.partition, r.offset, r.key, r.value)
+               for r in await read_topic(bootstrap, Topic.KMS_AUDIT_DIGESTS)]
+    book = PublicKeyBook()
+    for record in await read_topic(bootstrap, Topic.KEYS_EVENTS):
+        book.learn_raw(record.value)
+    victim = audit[len(audit) // 2]
+    inflated = {**json.loads(victim.value or b"{}"), "count": json.loads(victim.value or b"{}").get("count", 0) + 1}
+    altered = [r if r is not victim else Logged(r.partition, r.offset, r.key, json.dumps(inflated).encode())
+               for r in audit]
+    cases: list[tuple[str, ChainReport]] = [
+        (f"one audit record's count raised by one (partition {victim.partition} offset {victim.offset})",
+         check_chain(altered, digests, book)),
+        ("the same record deleted", check_chain([r for r in audit if r is not victim], digests, book)),
+        ("the first digest dropped", check_chain(audit, digests[1:], book)),
+    ]
+    for what, report in cases:
+        first = report.problems[0] if report.problems else "NOT DETECTED"
+        _say(f"  {what}: {len(report.problems)} break(s), e.g. {first}")
+
+
+async def tenant_report(bootstrap: str, context: ProcessContext, tenant: str) -> None:
+    _say(f"\n== 10. {tenant}'s key lifecycle report for an auditor (keyledger audit report --tenant {tenant})")
+    settings = context.settings
+    report = await build_report(bootstrap, context.ledger, tenant, rotation_age=settings.rotation_age,
+                                encrypt_limit=settings.encrypt_limit)
+    path = Path(tempfile.mkdtemp(prefix="keyledger-demo-")) / f"report-{tenant}.html"
+    await asyncio.to_thread(path.write_text, render_html(report), encoding="utf-8")
+    _say(f"{len(report.keys)} key versions, {len(report.operations)} ledger operations, "
+         f"ledger vs kms.audit {'agree' if report.ledger_agrees else 'DISAGREE'}, "
+         f"{report.protected_records} of {report.tenant_audit_records} audit records under a verified digest")
+    _say(f"HTML report: {path}")

@@ -17,13 +17,6 @@ from workers.settings import Settings
 log = logging.getLogger("keyledger")
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # FastStream's own lifecycle chatter (assignments, task callbacks) goes to keyledger.kafka
-    for noisy in ("aiokafka", "faststream", "botocore", "aiobotocore", "keyledger.kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 @contextlib.asynccontextmanager
 async def bootstrap_for(settings: Settings) -> AsyncIterator[str]:
     """The configured Kafka, or an embedded broker for the life of the block (dev only)."""
@@ -44,6 +37,8 @@ async def running_workers(settings: Settings, bootstrap: str, groups: Sequence[s
     context = ProcessContext.build(settings, bootstrap)
     context.register(groups)
     try:
+        if await context.serve_http():
+            log.info("health and metrics on %s (/healthz, /readyz, /metrics)", context.http_url)
         await context.start()
         log.info("consumer groups running: %s", ", ".join(groups))
         yield context

@@ -1,11 +1,22 @@
-"""RFC 8785 (JCS) canonical JSON: the bytes that are signed and used as AAD."""
+"""RFC 8785 (JCS) canonical JSON: the bytes that are signed and used as AAD; and the strict I-JSON
+(RFC 7493) reader every input topic goes through.
+
+Input rules (shared/design.md): UTF-8 only (no byte order mark, no UTF-16/32 guessing), no duplicate
+member names at any depth (compared after unescaping, so `"\\u0061b"` and `"ab"` are the same name),
+numbers that have a value (no NaN/Infinity, no float overflowing to infinity, no integer beyond
+Python's digit limit). A refusal is `NotIJson`, whose message never quotes the input.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import threading
 from typing import Any
 
 import rfc8785
+
+from schemas.errors import ErrorCode
 
 
 class CanonicalizationError(ValueError):
@@ -14,6 +25,64 @@ class CanonicalizationError(ValueError):
 
 # RFC 8785 numbers are IEEE 754 doubles: integers beyond 2^53 have no exact form
 _SAFE_INT = 2**53 - 1
+
+
+class NotIJson(ValueError):
+    """Input that is not I-JSON. `code` is `not_json` (not JSON text at all, or not UTF-8) or
+    `invalid_message` (JSON, but with duplicate names or a number that has no value)."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # the parser hands over names already unescaped: "\u0061b" arrives as "ab"
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise NotIJson("duplicate member name in a JSON object", ErrorCode.INVALID_MESSAGE)
+    return obj
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # beyond sys.get_int_max_str_digits()
+        raise NotIJson(f"integer of {len(text)} digits", ErrorCode.INVALID_MESSAGE) from None
+
+
+def _float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise NotIJson("number out of the IEEE 754 range", ErrorCode.INVALID_MESSAGE)
+    return number
+
+
+def _constant(text: str) -> float:
+    raise NotIJson("NaN and Infinity are not JSON", ErrorCode.NOT_JSON)
+
+
+def _text(raw: bytes) -> str:
+    """The UTF-8 text of `raw`: json.loads(bytes) would also take UTF-16/32, and a BOM is not JSON."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotIJson("value is not UTF-8", ErrorCode.NOT_JSON) from None
+    if text.startswith("\ufeff"):
+        raise NotIJson("value starts with a byte order mark", ErrorCode.NOT_JSON)
+    return text
+
+
+# built once: json.loads(text, **hooks) would build a decoder per call (~3 us)
+_IJSON = json.JSONDecoder(object_pairs_hook=_unique, parse_int=_int, parse_float=_float, parse_constant=_constant)
+
+
+def loads_ijson(raw: bytes) -> Any:
+    """Parse `raw` under the input rules above; NotIJson (typed), RecursionError for absurd nesting."""
+    try:
+        return _IJSON.decode(_text(raw))
+    except json.JSONDecodeError:
+        raise NotIJson("value is not JSON", ErrorCode.NOT_JSON) from None
 
 
 def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
@@ -28,8 +97,13 @@ def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
             pass  # a lone surrogate: the reference implementation decides
     try:
         return rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, TypeError, ValueError, UnicodeEncodeError) as exc:
-        raise CanonicalizationError(str(exc)) from None
+    except rfc8785.IntegerDomainError:
+        raise CanonicalizationError("an integer beyond the IEEE 754 safe range") from None
+    except rfc8785.FloatDomainError:
+        raise CanonicalizationError("NaN or infinity") from None
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, UnicodeEncodeError):
+        # the library's messages may quote the value; ours never do
+        raise CanonicalizationError("a string or value that is not valid Unicode JSON") from None
 
 
 def _plain(value: Any) -> bool:
@@ -55,34 +129,42 @@ def _plain(value: Any) -> bool:
     return True
 
 
-class _Scan:
-    __slots__ = ("plain",)
+class _Scan(threading.local):
+    """Whether the value being parsed is plain; per thread, so one decoder serves every caller."""
 
-    def __init__(self) -> None:
-        self.plain = True
+    plain = True
+
+
+_scan = _Scan()
+
+
+def _scan_float(text: str) -> float:
+    _scan.plain = False
+    return _float(text)
+
+
+def _scan_int(text: str) -> int:
+    number = _int(text)
+    if not -_SAFE_INT <= number <= _SAFE_INT:
+        _scan.plain = False
+    return number
+
+
+_PLAIN_SCAN = json.JSONDecoder(object_pairs_hook=_unique, parse_int=_scan_int, parse_float=_scan_float,
+                               parse_constant=_constant)
 
 
 def plain_json_loads(raw: bytes) -> tuple[Any, bool]:
-    """json.loads that also says whether the value is plain (see canonical_json) at parse time.
+    """`loads_ijson` (same refusals, NotIJson) that also says whether the value is plain (see
+    canonical_json) at parse time.
 
     Floats and out-of-range integers are noticed by the parser hooks; keys are ASCII when the raw
     text is ASCII without \\u escapes. Any doubt answers False and the full scan decides later.
     """
-    scan = _Scan()
-
-    def on_float(text: str) -> float:
-        scan.plain = False
-        return float(text)
-
-    def on_int(text: str) -> int:
-        number = int(text)
-        if not -_SAFE_INT <= number <= _SAFE_INT:
-            scan.plain = False
-        return number
-
-    def on_constant(text: str) -> float:
-        scan.plain = False  # NaN and Infinity have no RFC 8785 form: the reference refuses them
-        return float(text)
-
-    value = json.loads(raw, parse_float=on_float, parse_int=on_int, parse_constant=on_constant)
-    return value, scan.plain and raw.isascii() and b"\\u" not in raw
+    text = _text(raw)
+    _scan.plain = True
+    try:
+        value = _PLAIN_SCAN.decode(text)
+    except json.JSONDecodeError:
+        raise NotIJson("value is not JSON", ErrorCode.NOT_JSON) from None
+    return value, _scan.plain and raw.isascii() and b"\\u" not in raw

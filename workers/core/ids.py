@@ -18,6 +18,7 @@ KEY_ACCOUNT_CODE = 8
 TENANT_ACCOUNT_CODE = 1
 TRANSFER_CODE = 8
 SYSTEM_CODE = 2  # keyledger's own accounts (the ledger clock): never a tenant's, never a key
+BUDGET_CODE = 9  # an encryption key's budget of seals (keys/budget.py): accounts and their transfers
 MAX_VERSION = 2**24 - 1
 
 KEY_TYPE_CODE = {KeyType.SIGNING: 1, KeyType.ENCRYPTION: 2}
@@ -116,3 +117,33 @@ def system_account_id(name: str) -> int:
 def system_transfer_id(label: str, name: str) -> int:
     """A transfer between system accounts (e.g. the ledger clock), derived from `name`."""
     return _hash128(label, name)
+
+
+MAX_EVENT_ID = 200  # schemas.messages.EventId
+CHILD_PREFIX = 100
+CHILD_HASH_MARK = "~"  # never in a tenant id (schemas.TENANT_ID_PATTERN): the two forms cannot collide
+
+
+def child_tick_id(parent_tick_id: str, tenant_id: str) -> str:
+    """The id of the per-tenant tick a fan-out of `parent_tick_id` publishes; always a valid EventId.
+
+    `<parent>/<tenant>` when that fits in 200 characters (readable, and what earlier versions
+    published, so a replayed fan-out keeps its ids); otherwise
+    `<first 100 characters of parent>/~<32 hex of BLAKE2b(parent, tenant)>`. Tenant ids hold no `/`
+    or `~`, so the part after the last `/` tells the forms apart, and the same (parent, tenant)
+    always gives the same id: follow a fan-out by computing its children's ids, never by prefix.
+    """
+    readable = f"{parent_tick_id}/{tenant_id}"
+    if len(readable) <= MAX_EVENT_ID:
+        return readable
+    return f"{parent_tick_id[:CHILD_PREFIX]}/{CHILD_HASH_MARK}{to_hex(_hash128('child-tick', parent_tick_id, tenant_id))}"
+
+
+def budget_account_id(key_id: str) -> int:
+    """The budget account of encryption key `key_id` (keys/budget.py)."""
+    return _hash128("budget", key_id)
+
+
+def budget_transfer_id(kind: str, key_id: str, *source: str | int) -> int:
+    """A budget funding (`fund`) or debit (`seal`) transfer, derived from the key and what caused it."""
+    return _hash128("budget-" + kind, key_id, *source)

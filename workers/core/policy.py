@@ -1,4 +1,6 @@
-"""Key policy, pure: when a key is due for rotation, in which rounds ticks apply, when a key is worn out.
+"""Key policy, pure: when a key is due for rotation and in which rounds ticks apply.
+
+Wear-out is counted in the ledger itself (keys/budget.py), so every worker shares one counter.
 
 Times are TigerBeetle cluster time in nanoseconds since the epoch; nothing here
 reads a clock or talks to the ledger.
@@ -29,7 +31,3 @@ def rounds(per_tenant: Mapping[str, Sequence[T]]) -> list[list[T]]:
     depth = max((len(ticks) for ticks in per_tenant.values()), default=0)
     return [[ticks[k] for ticks in per_tenant.values() if k < len(ticks)] for k in range(depth)]
 
-
-def worn_out(used: int, planned: int, limit: int) -> bool:
-    """True when `planned` more encryptions would take a key with `used` past `limit` (AES-GCM random nonces)."""
-    return used + planned > limit

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from workers.groups.audit_digest import AuditDigestGroup
 from workers.groups.base import Deps
 from workers.groups.keygen import KeygenGroup
 from workers.groups.pii import PiiGroup
@@ -20,6 +21,7 @@ GROUPS: dict[str, Callable[[Deps], ConsumerGroup]] = {
     SignerGroup.name: SignerGroup,
     PiiGroup.name: PiiGroup,
     RotationGroup.name: RotationGroup,
+    AuditDigestGroup.name: AuditDigestGroup,
 }
 
 ALL_GROUPS = tuple(GROUPS)

@@ -8,6 +8,7 @@ from schemas.messages import PiiRequest
 from schemas.topics import Topic
 from workers.groups.base import Deps
 from workers.kafka.records import InboundRecord, parse, parse_all
+from workers.keys.budget import EncryptionBudget
 from workers.services.pii import PiiService
 
 
@@ -17,7 +18,7 @@ class PiiGroup:
     pipelined: bool = True
 
     def __init__(self, deps: Deps) -> None:
-        self.service = PiiService(deps.keys, deps.ledger, deps.settings.encrypt_limit)
+        self.service = PiiService(deps.keys, EncryptionBudget(deps.ledger, deps.settings.encrypt_limit))
         self._emit = deps.emitter(self.name)
         self._max_bytes = deps.settings.max_message_bytes
 

@@ -25,7 +25,7 @@ def build_broker(settings: Settings, bootstrap: str) -> KafkaBroker:
         # one partition's batch per request is in flight at a time: 16 KiB batches (the default) turn
         # a 500-record handler batch into several sequential round trips
         max_batch_size=settings.kafka_producer_batch_bytes,
-        max_request_size=max(settings.max_message_bytes * 2, settings.kafka_producer_batch_bytes * 2),
+        max_request_size=settings.producer_max_request_bytes,
         # FastStream logs every message at INFO; per-message logs are DEBUG here
         logger=log,
         log_level=logging.DEBUG,

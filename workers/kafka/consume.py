@@ -7,8 +7,18 @@ and are retried with exponential backoff while the rest of the stream keeps
 flowing; the committed offset of a partition never passes its oldest waiting
 record, so a crash or rebalance redelivers it. A record whose processing raises
 anything else is retried alone a bounded number of times, then goes to
-`kms.dlq` with a typed error. When too many records wait, their partitions are
-paused (bounded memory) until they drain.
+`kms.dlq` with a typed error; it leaves the waiting set only once its letter is
+acknowledged (a letter that cannot be published keeps its record waiting, so
+nothing is ever committed past a record that is neither processed nor
+dead-lettered). When too many records wait, their partitions are paused
+(bounded memory) until they drain.
+
+Records reach the runner as the broker holds them: `subscribe` gives FastStream
+a parser that does not decode headers (a null or non-UTF-8 header value would
+make FastStream's own batch parser raise outside the runner and lose the batch).
+
+The runner reports what it does to an optional `RunnerObserver` (metrics, traces,
+log context live in workers/app/observability; nothing here imports them).
 """
 
 from __future__ import annotations
@@ -17,19 +27,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka.message import FAKE_CONSUMER
 
-from schemas.errors import ErrorCode, ErrorInfo
+from schemas.errors import ErrorCode
 from schemas.topics import Topic
-from workers.errors import Unavailable
+from workers.errors import Unavailable, error_info
+from workers.kafka.letters import DeadLetters
 from workers.kafka.publisher import Publisher
-from workers.kafka.records import InboundRecord, letter_for, records_of
+from workers.kafka.records import InboundRecord, records_of
 from workers.settings import Settings
 
 log = logging.getLogger("keyledger.consume")
@@ -50,6 +63,76 @@ class ConsumerGroup(Protocol):
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]: ...
 
 
+@runtime_checkable
+class HoldsRecords(Protocol):
+    """A group that keeps records after `handle` returns (the audit digest group keeps them until a
+    published digest covers them). The runner commits such a group's partition only up to
+    `held()[(topic, partition)]` (a partition it does not name is not committed at all), calls
+    `flush()` every `flush_every` seconds, never while `handle` runs, and `forget()` with the
+    partitions a rebalance takes away."""
+
+    flush_every: float
+
+    def held(self) -> Mapping[tuple[str, int], int]: ...
+
+    async def flush(self) -> None: ...
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None: ...
+
+
+class RunnerObserver(Protocol):
+    """What a runner reports as it goes. Calls are cheap and never raise; none is required."""
+
+    def batch(self, group: str, records: Sequence[InboundRecord]) -> AbstractContextManager[object]:
+        """Wraps one handling of `records` (a batch, or waiting records tried again)."""
+        ...
+
+    def finished(self, group: str, count: int) -> None:
+        """`count` records are done: each has its outputs or its typed dead letter."""
+        ...
+
+    def retried(self, group: str, count: int) -> None:
+        """`count` records were parked to be tried again (a transient failure or a failed attempt)."""
+        ...
+
+    def dead_lettered(self, group: str, code: ErrorCode) -> None:
+        """One record went to the DLQ after its attempts ran out."""
+        ...
+
+
+class NoObserver:
+    def batch(self, group: str, records: Sequence[InboundRecord]) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def finished(self, group: str, count: int) -> None:
+        pass
+
+    def retried(self, group: str, count: int) -> None:
+        pass
+
+    def dead_lettered(self, group: str, code: ErrorCode) -> None:
+        pass
+
+
+class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The group's partitions as the last rebalance left them; `joined` once the first assignment arrived
+    (an empty one too: a replica beyond the partition count has joined, it just has nothing to do)."""
+
+    def __init__(self, holder: HoldsRecords | None = None) -> None:
+        self.joined = False
+        self.partitions: frozenset[TopicPartition] = frozenset()
+        self._holder = holder
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.partitions = self.partitions - set(revoked)
+        if self._holder is not None:  # a holding group drops what it kept of partitions now someone else's
+            self._holder.forget((tp.topic, tp.partition) for tp in revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
+        self.partitions = frozenset(assigned)
+
+
 @dataclass(slots=True)
 class Waiting:
     record: InboundRecord
@@ -61,12 +144,16 @@ class BatchRunner:
     """Runs `handle` over batches; with `depth` > 1 the next batch is handled while the previous one's
     outputs are still being acknowledged (only for groups whose records are independent of each other)."""
 
-    def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1) -> None:
+    def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1,
+                 holder: HoldsRecords | None = None, observer: RunnerObserver | None = None) -> None:
         if depth < 1:
             raise ValueError("pipeline depth must be at least 1")
+        if holder is not None and depth != 1:
+            raise ValueError("a group that holds records handles one batch at a time")
         self.group = group
         self._handle = handle
         self._publisher = publisher
+        self._letters = DeadLetters.of(group, settings)
         self._attempts_allowed = settings.retry_attempts
         self._backoff = settings.retry_backoff
         self._backoff_max = settings.retry_backoff_max
@@ -86,6 +173,11 @@ class BatchRunner:
         self._in_flight: list[dict[TopicPartition, int]] = []  # oldest offset of each batch being handled
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_task: asyncio.Task[None] | None = None
+        self._holder = holder
+        self._flush_task: asyncio.Task[None] | None = None
+        self._observer: RunnerObserver = observer or NoObserver()
+        self.assignments = Assignments(holder)
+        self.subscriber: Any = None  # FastStream's subscriber, set by `subscribe`: its consumer exists once started
         self.records = 0
         self.dead = 0
 
@@ -99,6 +191,8 @@ class BatchRunner:
             self._seen[tp] = max(self._seen.get(tp, 0), record.offset + 1)
             oldest[tp] = min(record.offset, oldest.get(tp, record.offset))
         self._in_flight.append(oldest)
+        if self._holder is not None and self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush_loop(self._holder), name=f"{self.group}-flush")
         task = asyncio.create_task(self._run(list(records), oldest))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -108,7 +202,14 @@ class BatchRunner:
     async def _run(self, records: list[InboundRecord], oldest: dict[TopicPartition, int]) -> None:
         try:
             async with self._serial or contextlib.nullcontext():
-                await self._process(self._take_due() + records)
+                taken = self._take_due() + records
+                try:
+                    await self._process(taken)
+                except Exception as exc:
+                    # a bug of ours: the batch waits (replaying done records is idempotent) rather than being
+                    # committed past
+                    log.exception("%s: batch failed outside its handler", self.group)
+                    self._wait(taken, type(exc).__name__)
         finally:
             self._in_flight.remove(oldest)
             self._slots.release()
@@ -120,20 +221,30 @@ class BatchRunner:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The group's consumer once it started (for lag: its assignment, end offsets, committed offsets)."""
+        consumer = self._consumer or getattr(self.subscriber, "consumer", None)
+        return consumer if isinstance(consumer, AIOKafkaConsumer) else None
+
     async def aclose(self) -> None:
         """Finish the batches in hand (their offsets commit), stop retrying the waiting ones."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retry_task
+        for background in (self._retry_task, self._flush_task):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
 
     # --- processing ------------------------------------------------------------
 
     async def _process(self, records: list[InboundRecord]) -> None:
         if not records:
             return
+        with self._observer.batch(self.group, records):
+            await self._process_batch(records)
+
+    async def _process_batch(self, records: list[InboundRecord]) -> None:
         try:
             blocked = list(await self._handle(records))
         except Unavailable as exc:
@@ -150,6 +261,7 @@ class BatchRunner:
         for key in done:
             self._waiting.pop(key, None)
         self.records += len(done)
+        self._observer.finished(self.group, len(done))
 
     async def _isolate(self, records: list[InboundRecord]) -> None:
         """One failing record must not hold the others: process each alone."""
@@ -167,34 +279,48 @@ class BatchRunner:
             else:
                 self._waiting.pop(_key(record), None)
                 self.records += 1
+                self._observer.finished(self.group, 1)
 
     async def _failed(self, record: InboundRecord, error: str) -> None:
+        """Count a failed attempt; the last one dead-letters the record, which leaves the waiting set
+        only once its letter is acknowledged."""
         previous = self._waiting.get(_key(record))
         attempts = (previous.attempts if previous else 0) + 1
+        where = {"group": self.group, "topic": record.topic, "partition": record.partition, "offset": record.offset}
         if attempts < self._attempts_allowed:
             self._waiting[_key(record)] = Waiting(record, attempts, error)
             log.warning("%s: %s:%d@%d failed (%s), attempt %d of %d", self.group, record.topic,
-                        record.partition, record.offset, error, attempts, self._attempts_allowed)
+                        record.partition, record.offset, error, attempts, self._attempts_allowed, extra=where)
+            self._observer.retried(self.group, 1)
+            return
+        log.error("%s: %s:%d@%d to %s after %d attempts (%s)", self.group, record.topic, record.partition,
+                  record.offset, Topic.DLQ.value, attempts, error, extra={**where, "code": ErrorCode.PROCESSING_FAILED.value})
+        info = error_info(ErrorCode.PROCESSING_FAILED, f"{error} after {attempts} attempts")
+        try:
+            await self._publisher.publish([self._letters.letter(record, info, attempts)])
+        except Exception as exc:
+            # the next retry handles the record again, and a failure then tries the letter again
+            self._waiting[_key(record)] = Waiting(record, attempts - 1, error)
+            self._wait([], f"letter not published: {type(exc).__name__}")
             return
         self._waiting.pop(_key(record), None)
-        log.error("%s: %s:%d@%d to %s after %d attempts (%s)", self.group, record.topic, record.partition,
-                  record.offset, Topic.DLQ.value, attempts, error)
-        info = ErrorInfo(type=ErrorCode.PROCESSING_FAILED, message=f"{error} after {attempts} attempts")
-        await self._publisher.publish([letter_for(record, info, self.group, attempts)])
         self.dead += 1
+        self._observer.dead_lettered(self.group, info.type)
 
     def _wait(self, records: Sequence[InboundRecord], error: str) -> None:
-        """Park records for a later retry; a transient error never counts against their attempts."""
+        """Park records for a later retry; a transient error never counts against their attempts.
+        With no records, only backs off (the records are already waiting)."""
         for record in records:
             previous = self._waiting.get(_key(record))
             self._waiting[_key(record)] = Waiting(record, previous.attempts if previous else 0, error)
-        if not records:
+        if not self._waiting:
             return
+        self._observer.retried(self.group, len(records))
         self._retry_streak += 1
         delay = min(self._backoff * 2 ** (self._retry_streak - 1), self._backoff_max)
         self._next_retry = time.monotonic() + delay
         log.warning("%s: %d records wait (%s); retry in %.1fs, offsets not committed past them",
-                    self.group, len(self._waiting), error, delay)
+                    self.group, len(self._waiting), error, delay, extra={"group": self.group})
 
     def _take_due(self) -> list[InboundRecord]:
         if not self._waiting or time.monotonic() < self._next_retry:
@@ -204,13 +330,37 @@ class BatchRunner:
         return sorted((w.record for w in self._waiting.values()), key=lambda r: (r.topic, r.partition, r.offset))
 
     async def _retry_loop(self) -> None:
+        """Retries waiting records until none is left; nothing but cancellation ends it early."""
         while True:
             await asyncio.sleep(max(self._next_retry - time.monotonic(), 0.01))
             if not self._waiting:
                 self._retry_task = None
                 return
-            async with self._serial or contextlib.nullcontext():
-                await self._process(self._take_due())
+            try:
+                async with self._serial or contextlib.nullcontext():
+                    await self._process(self._take_due())
+                await self._commit()
+            except Exception as exc:
+                log.exception("%s: retry failed", self.group)
+                self._wait([], type(exc).__name__)
+
+    async def _flush_loop(self, holder: HoldsRecords) -> None:
+        """The holder's timer: what it flushes becomes committable, so commit right after.
+        Failed flushes back off like retries (doubling, capped), so an outage is not logged every tick."""
+        failures = 0
+        while True:
+            await asyncio.sleep(min(holder.flush_every * 2 ** min(failures, 10), max(self._backoff_max,
+                                                                                     holder.flush_every)))
+            try:
+                async with self._serial or contextlib.nullcontext():
+                    await holder.flush()
+                failures = 0
+            except Unavailable as exc:
+                failures += 1
+                log.warning("%s: flush waits (%s); offsets not committed past what it holds", self.group, exc)
+            except Exception:
+                failures += 1
+                log.exception("%s: flush failed; retried at the next tick", self.group)
             await self._commit()
 
     # --- offsets -----------------------------------------------------------------
@@ -228,9 +378,14 @@ class BatchRunner:
         for batch in self._in_flight:
             for tp, offset in batch.items():
                 unfinished[tp] = min(offset, unfinished.get(tp, offset))
+        held = self._holder.held() if self._holder is not None else None
         offsets = {}
         for tp, seen in self._seen.items():
             safe = min(seen, unfinished.get(tp, seen))
+            if held is not None:
+                if (tp.topic, tp.partition) not in held:
+                    continue  # the holder has not covered anything of it yet
+                safe = min(safe, held[(tp.topic, tp.partition)])
             if safe > self._committed.get(tp, -1):
                 offsets[tp] = safe
         if offsets and self._consumer is not None:
@@ -263,8 +418,15 @@ async def _no_decode(message: Any) -> None:
     return None
 
 
+async def _raw_batch(records: tuple[ConsumerRecord[Any, Any], ...]) -> KafkaMessage:
+    """The batch as FastStream's message, headers untouched: FastStream's own parser decodes every
+    header value as UTF-8 and raises on a null or binary one, outside the runner, losing the batch."""
+    # FastStream acknowledges nothing itself (AckPolicy.MANUAL): the runner commits
+    return KafkaMessage(body=b"", raw_message=records, consumer=FAKE_CONSUMER)
+
+
 def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: BatchRunner, settings: Settings) -> None:
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         *topics,
         group_id=group,
         batch=True,
@@ -273,15 +435,22 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         # the runner commits itself, never past a record still waiting for a retry
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
+        parser=_raw_batch,
         decoder=_no_decode,
+        listener=runner.assignments,
     )
+    runner.subscriber = subscriber
+
+    @subscriber
     async def on_batch(body: Any, message: KafkaMessage) -> None:
-        await runner(records_of(message), getattr(message, "consumer", None))
+        await runner(records_of(message), subscriber.consumer)
 
 
-def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup) -> BatchRunner:
+def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup,
+              observer: RunnerObserver | None = None) -> BatchRunner:
     """Subscribe `group` on `broker`; the caller owns the returned runner and closes it."""
     depth = settings.kafka_pipeline_depth if group.pipelined else 1
-    runner = BatchRunner(group.name, group.handle, publisher, settings, depth)
+    holder = group if isinstance(group, HoldsRecords) else None
+    runner = BatchRunner(group.name, group.handle, publisher, settings, depth, holder, observer)
     subscribe(broker, group.topics, group.name, runner, settings)
     return runner

@@ -18,14 +18,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
+from workers.errors import Unavailable
 from workers.kafka import compat
 from workers.settings import Settings
 
 PARTITIONS_TTL = 30.0  # seconds a topic's partition list is trusted before it is asked for again
+
+
+Header = tuple[str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +38,18 @@ class Outgoing:
     topic: str
     key: bytes
     value: bytes | None  # None is a tombstone
+    headers: tuple[Header, ...] = ()
+    cause: tuple[str, int, int] | None = None
+    """(topic, partition, offset) of the input record this answers: tracing writes that record's trace on it."""
 
     @classmethod
-    def of(cls, topic: str, key: str, message: BaseModel | None) -> Outgoing:
+    def of(cls, topic: str, key: str, message: BaseModel | None, cause: tuple[str, int, int] | None = None) -> Outgoing:
         value = message.model_dump_json(exclude_none=True).encode() if message is not None else None
-        return cls(topic, key.encode(), value)
+        return cls(topic, key.encode(), value, cause=cause)
+
+
+class BrokerUnavailable(Unavailable):
+    """The broker did not acknowledge in time or is unreachable: the records wait, no attempt counts."""
 
 
 class Publisher(Protocol):
@@ -63,7 +75,7 @@ class KafkaPublisher:
             # one partition's batch per request is in flight at a time: 16 KiB batches (the default) turn
             # a 1,000-record handler batch into several sequential round trips
             max_batch_size=settings.kafka_producer_batch_bytes,
-            max_request_size=max(settings.max_message_bytes * 2, settings.kafka_producer_batch_bytes * 2),
+            max_request_size=settings.producer_max_request_bytes,
             **durability,
         )
         self._partitioner = DefaultPartitioner()
@@ -94,10 +106,21 @@ class KafkaPublisher:
         return chosen
 
     async def publish(self, records: Iterable[Outgoing]) -> None:
+        """Raises BrokerUnavailable for what waiting cures (timeouts, connections, leader changes);
+        any other refusal (a record too large for the broker) as aiokafka raised it."""
+        try:
+            await self._publish(records)
+        except KafkaError as exc:
+            if exc.retriable or isinstance(exc, KafkaTimeoutError):
+                raise BrokerUnavailable(f"publish: {type(exc).__name__}") from exc
+            raise
+
+    async def _publish(self, records: Iterable[Outgoing]) -> None:
         pending = []
         for record in records:
             partition = await self._partition(record.topic, record.key)
-            pending.append(await self._producer.send(record.topic, record.value, key=record.key, partition=partition))
+            pending.append(await self._producer.send(record.topic, record.value, key=record.key, partition=partition,
+                                                     headers=list(record.headers) or None))
             self.published += 1
         if pending:
             await asyncio.gather(*pending)
@@ -118,5 +141,6 @@ class BrokerPublisher:
 
     async def publish(self, records: Iterable[Outgoing]) -> None:
         for record in records:
-            await self._broker.publish(record.value, record.topic, key=record.key)
+            headers = {name: value.decode(errors="replace") for name, value in record.headers} or None
+            await self._broker.publish(record.value, record.topic, key=record.key, headers=headers)
             self.published += 1

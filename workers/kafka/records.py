@@ -1,21 +1,17 @@
-"""Inbound records as plain values, parsing with typed errors, and DLQ letters."""
+"""Inbound records as plain values, and parsing with typed errors (DLQ letters: kafka/letters.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.errors import ErrorCode, ErrorInfo
-from schemas.messages import AuditSource, DeadLetter
-from schemas.topics import Topic
-from workers.core.b64 import b64encode
+from schemas.errors import ErrorCode
+from schemas.messages import AuditSource
+from workers.core.canonical import NotIJson, loads_ijson
 from workers.errors import BadInput, KeyledgerError
-from workers.kafka.publisher import Outgoing
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -23,14 +19,21 @@ T = TypeVar("T")
 Refusal = tuple["InboundRecord", KeyledgerError]
 
 
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class InboundRecord:
+    """One consumed record, as the broker holds it. Header values are opaque bytes or None (never
+    decoded: a null or non-UTF-8 value is as valid as any other); names are str because the Kafka
+    protocol makes them UTF-8 strings and aiokafka decodes them so."""
+
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: Headers = ()
 
     @classmethod
     def of(cls, record: Any) -> InboundRecord:
@@ -47,12 +50,40 @@ class InboundRecord:
     def source(self) -> AuditSource:
         return AuditSource(topic=self.topic, partition=self.partition, offset=self.offset)
 
+    @property
+    def coordinates(self) -> tuple[str, int, int]:
+        """(topic, partition, offset): names this record as the cause of an output (`Outgoing.cause`)."""
+        return (self.topic, self.partition, self.offset)
+
 
 def records_of(message: Any) -> list[InboundRecord]:
     """The ConsumerRecords behind a FastStream batch (or single) message."""
     raw = message.raw_message
     raw = raw if isinstance(raw, tuple | list) else (raw,)
     return [InboundRecord.of(r) for r in raw]
+
+
+MAX_PROBLEMS = 10
+
+
+def problems_of(exc: ValidationError, model: type[BaseModel]) -> str:
+    """A pydantic failure as field paths and error kinds only, bounded. Only the model's own field
+    names are quoted: a dict key or an extra member is input (it may be PII, or 3,000 characters)."""
+    problems = [f"{_location(err['loc'], model)}: {err['type']}" for err in exc.errors()[:MAX_PROBLEMS]]
+    more = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+
+
+def _location(loc: tuple[int | str, ...], model: type[BaseModel]) -> str:
+    parts = []
+    for depth, part in enumerate(loc):
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif depth == 0 and part in model.model_fields or part == "[key]":
+            parts.append(part)
+        else:
+            parts.append("<key>")
+    return ".".join(parts) or "<root>"
 
 
 def parse(record: InboundRecord, model: type[M], max_bytes: int) -> M:
@@ -65,19 +96,23 @@ def parse(record: InboundRecord, model: type[M], max_bytes: int) -> M:
         raise BadInput("tombstone (null value) where a message was expected", ErrorCode.INVALID_MESSAGE)
     if len(record.value) > max_bytes:
         raise BadInput(f"record of {len(record.value)} bytes exceeds {max_bytes}", ErrorCode.OVERSIZED)
-    try:
-        data = json.loads(record.value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise BadInput("value is not UTF-8 JSON", ErrorCode.NOT_JSON) from None
+    data = decode_value(record.value)
     if not isinstance(data, dict):
         raise BadInput("value is not a JSON object", ErrorCode.INVALID_MESSAGE)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['type']}" for err in exc.errors()[:10]
-        )
-        raise BadInput(f"invalid {model.__name__}: {problems}", ErrorCode.INVALID_MESSAGE) from None
+        raise BadInput(f"invalid {model.__name__}: {problems_of(exc, model)}", ErrorCode.INVALID_MESSAGE) from None
+
+
+def decode_value(value: bytes) -> Any:
+    """The I-JSON value of a record (core/canonical.py rules), or BadInput with its typed code."""
+    try:
+        return loads_ijson(value)
+    except NotIJson as exc:
+        raise BadInput(str(exc), exc.code) from None
+    except RecursionError:
+        raise BadInput("value nests too deeply", ErrorCode.NOT_JSON) from None
 
 
 def parse_all(records: Iterable[InboundRecord], parse_one: Callable[[InboundRecord], T]
@@ -91,24 +126,3 @@ def parse_all(records: Iterable[InboundRecord], parse_one: Callable[[InboundReco
         except KeyledgerError as exc:
             refused.append((record, exc))
     return parsed, refused
-
-
-def dead_letter(record: InboundRecord, error: ErrorInfo, group: str, attempts: int = 1) -> DeadLetter:
-    return DeadLetter(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=b64encode(record.key) if record.key is not None else None,
-        headers=[(name, b64encode(value or b"")) for name, value in record.headers],
-        payload=b64encode(record.value) if record.value is not None else None,
-        error=error,
-        group=group,
-        attempts=attempts,
-        failed_at=datetime.now(UTC),
-    )
-
-
-def letter_for(record: InboundRecord, error: ErrorInfo, group: str, attempts: int = 1) -> Outgoing:
-    """The `kms.dlq` record for `record`, keyed like the original."""
-    key = record.key.decode(errors="replace") if record.key else ""
-    return Outgoing.of(Topic.DLQ, key, dead_letter(record, error, group, attempts))

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)
 
 
 async def read_topic(
@@ -18,7 +21,7 @@ async def read_topic(
 ) -> list[ConsumerRecord]:
     """Every record of `topic` from the beginning: to its current end, or until `until(records)` holds."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
+    await started(consumer)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, timeout))]
         consumer.assign(partitions)
@@ -41,6 +44,16 @@ async def read_topic(
         await consumer.stop()
 
 
+async def started(client: C) -> C:
+    """`client.start()`, stopping it again when the start fails (else aiokafka warns "Unclosed ..." at exit)."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+    return client
+
+
 async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float) -> set[int]:
     deadline = time.monotonic() + timeout
     while not (found := consumer.partitions_for_topic(topic)):
@@ -54,7 +67,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float) ->
 async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
     """A plain producer, as any outside client would write (key, value) records."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
+    await started(producer)
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in records]
         await asyncio.gather(*futures)

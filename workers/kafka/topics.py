@@ -12,12 +12,13 @@ from workers.settings import Settings
 
 log = logging.getLogger("keyledger.topics")
 
-# keys.material keeps the latest record of every key forever; keys.events and
-# kms.audit are the verifiers' and auditors' history, so they never expire.
+# keys.material keeps the latest record of every key forever; keys.events,
+# kms.audit and its digest chain are the verifiers' and auditors' history, so they never expire.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     Topic.KEYS_MATERIAL: {"cleanup.policy": "compact"},
     Topic.KEYS_EVENTS: {"retention.ms": "-1"},
     Topic.KMS_AUDIT: {"retention.ms": "-1"},
+    Topic.KMS_AUDIT_DIGESTS: {"retention.ms": "-1"},
 }
 
 
@@ -25,8 +26,8 @@ async def ensure_topics(bootstrap: str, settings: Settings, topics: list[str] | 
     """Create missing topics; returns the names it created."""
     wanted = topics or [t.value for t in Topic]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="keyledger-admin")
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(

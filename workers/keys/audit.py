@@ -47,7 +47,8 @@ class AuditTrail:
                 raise LedgerError(f"ledger refused {op.op.value} transfer: {result.status.name}")
             if result.status in _REFUSED_AS_DESTROYED:
                 continue  # not recorded, so not announced: the audit only claims what TigerBeetle holds
-            events.append(Outgoing.of(Topic.KMS_AUDIT, op.tenant_id, audit_event(op, result.timestamp)))
+            cause = (op.source.topic, op.source.partition, op.source.offset)
+            events.append(Outgoing.of(Topic.KMS_AUDIT, op.tenant_id, audit_event(op, result.timestamp), cause))
         return events
 
 

@@ -2,7 +2,9 @@
 
 Concurrent misses on one key share one loader call (so one KMS Decrypt). A
 failed load is not cached: the next caller tries again. Entries hold key
-objects, never printable secrets; `repr` shows counts only.
+objects, never printable secrets; `repr` shows counts only. `hits`, `misses`
+and `evictions` (entries removed by capacity, expiry or invalidation) are plain
+counters, read by the metrics at scrape time.
 """
 
 from __future__ import annotations
@@ -10,19 +12,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
 
 V = TypeVar("V")
 
 
+class _CountedTTLCache(TTLCache[str, V]):
+    """A TTLCache that counts what it drops on its own (capacity, expiry)."""
+
+    dropped = 0
+
+    def popitem(self) -> tuple[str, V]:
+        item = super().popitem()
+        self.dropped += 1
+        return item
+
+    def expire(self, time: Any = None) -> Any:
+        expired = super().expire(time)
+        self.dropped += len(expired)
+        return expired
+
+
 class SingleFlightCache(Generic[V]):
     def __init__(self, *, ttl: float, max_entries: int, timer: Callable[[], float] = time.monotonic) -> None:
         if ttl <= 0 or max_entries < 1:
             raise ValueError("cache ttl and max_entries must be positive")
-        self._entries: TTLCache[str, V] = TTLCache(maxsize=max_entries, ttl=ttl, timer=timer)
+        self._entries: _CountedTTLCache[V] = _CountedTTLCache(maxsize=max_entries, ttl=ttl, timer=timer)
         self._inflight: dict[str, asyncio.Future[V]] = {}
+        self._invalidated = 0
         self.hits = 0
         self.misses = 0
 
@@ -60,7 +79,12 @@ class SingleFlightCache(Generic[V]):
         self._entries[key] = value
 
     def evict(self, key: str) -> None:
-        self._entries.pop(key, None)
+        if self._entries.pop(key, None) is not None:
+            self._invalidated += 1
+
+    @property
+    def evictions(self) -> int:
+        return self._invalidated + self._entries.dropped
 
     def clear(self) -> None:
         self._entries.clear()

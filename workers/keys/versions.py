@@ -2,7 +2,8 @@
 
 Order (a crash between any two steps loses nothing, a replay duplicates nothing):
   1. KMS GenerateDataKey for versions that have neither material nor account
-     (material written by a crashed attempt is reused, never minted twice);
+     (material written by a crashed attempt is reused, never minted twice); a version KMS
+     refuses to generate (KeyRefused, `kms_refused`) is refused alone, the others go on;
   2. publish their `keys.material` (acks=all): the wrapped key is safe;
   3. create the tenant and key accounts, each pinning its material's fingerprint.
 Key ids are derived from (tenant, type, version), so a replay lands on the same
@@ -23,7 +24,7 @@ from workers.core import ids
 from workers.errors import KeyRefused, Unavailable
 from workers.kafka.publisher import Outgoing, Publisher
 from workers.kafka.records import InboundRecord
-from workers.keys.service import KeyService
+from workers.keys.service import KeyService, MintedKey
 from workers.ledger import (
     Account,
     CreateAccountStatus,
@@ -58,9 +59,9 @@ class VersionMaker:
     async def make_durable(self, plans: list[VersionPlan]) -> tuple[list[VersionPlan], list[tuple[VersionPlan, KeyRefused]]]:
         """Steps 1-3 for every plan; returns the plans now durable and those refused."""
         todo, refused = await self._recoverable(plans)
-        await self._ensure_material(todo)
+        todo, kms_refused = await self._ensure_material(todo)
         await self._register_accounts(todo)
-        return todo, refused
+        return todo, refused + kms_refused
 
     async def _recoverable(self, plans: list[VersionPlan]) -> tuple[list[VersionPlan], list[tuple[VersionPlan, KeyRefused]]]:
         """A version whose account exists without matching material cannot be rebuilt: refuse it."""
@@ -79,13 +80,33 @@ class VersionMaker:
                 todo.append(plan)
         return todo, refused
 
-    async def _ensure_material(self, plans: list[VersionPlan]) -> None:
+    async def _ensure_material(self, plans: list[VersionPlan]
+                               ) -> tuple[list[VersionPlan], list[tuple[VersionPlan, KeyRefused]]]:
+        """Mint what has no material yet; returns the plans that have material and those KMS refused.
+        What was minted is published even when another mint failed transiently (then this raises),
+        so a retry does not mint it again."""
         directory = self._keys.directory
         fresh = [p for p in plans if (e := directory.get(p.key_id)) is None or e.material is None]
-        minted = await asyncio.gather(*(self._keys.mint(p.tenant_id, p.key_type, p.version, p.kms_key_id, p.kms_provider) for p in fresh))
+        results = await asyncio.gather(
+            *(self._keys.mint(p.tenant_id, p.key_type, p.version, p.kms_key_id, p.kms_provider) for p in fresh), return_exceptions=True)
+        minted: list[MintedKey] = []
+        refused: list[tuple[VersionPlan, KeyRefused]] = []
+        failure: BaseException | None = None
+        for plan, result in zip(fresh, results, strict=True):
+            if isinstance(result, KeyRefused):
+                log.warning("KMS refused to generate key %s: %s", plan.key_id, result)
+                refused.append((plan, result))
+            elif isinstance(result, BaseException):
+                failure = failure if isinstance(failure, Unavailable) else result  # an outage first: the batch waits
+            else:
+                minted.append(result)
         await self._publisher.publish(Outgoing.of(Topic.KEYS_MATERIAL, m.material.key_id, m.material) for m in minted)
         for key in minted:
             directory.apply_material(key.material)
+        if failure is not None:
+            raise failure
+        lost = {id(plan) for plan, _ in refused}
+        return [p for p in plans if id(p) not in lost], refused
 
     async def _register_accounts(self, plans: list[VersionPlan]) -> None:
         if not plans:

@@ -163,6 +163,17 @@ class KeyDirectory:
     def tenants(self) -> set[str]:
         return {tenant for tenant, _ in self._versions}
 
+    def active_keys(self, key_type: KeyType) -> list[KeyEntry]:
+        """Every tenant's active key of `key_type`."""
+        return [entry for (_, kind), entry in self._active.items() if kind == key_type]
+
+    def census(self) -> dict[tuple[KeyType, KeyState], int]:
+        """How many keys are in each (type, state); every pair is present, zero included."""
+        counts = {(kind, state): 0 for kind in KeyType for state in KeyState}
+        for entry in self._keys.values():
+            counts[(entry.key_type, entry.state)] += 1
+        return counts
+
     def __len__(self) -> int:
         return len(self._keys)
 

@@ -36,7 +36,15 @@ MAX_WRAPPED_BYTES = 6144  # AWS KMS ciphertext blobs are at most 6 KiB
 
 
 class KmsError(Exception):
-    """A KMS failure; messages never carry key material."""
+    """A KMS failure; messages never carry key material.
+
+    `detail` is the provider's own explanation (e.g. AWS's "User ... is not authorized to perform kms:Decrypt"):
+    for the operator's log only, since it may name accounts and roles; the message travels further (DLQ, results).
+    """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class KmsUnavailable(KmsError, Unavailable):

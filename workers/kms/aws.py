@@ -29,6 +29,8 @@ from workers.kms import (
     gather_each,
 )
 
+_DETAIL_CHARS = 500  # AWS error messages are a sentence; never let one grow a log line without bound
+
 _TRANSIENT_CODES = {
     "ThrottlingException",
     "KMSInternalException",
@@ -154,16 +156,17 @@ class AwsKms:
                 return reply
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "Unknown")
+                detail = str(exc.response.get("Error", {}).get("Message") or "")[:_DETAIL_CHARS] or None
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if code == "ThrottlingException" or status == 429:
                     raise KmsThrottled(f"{operation}: {code}") from None
                 if code in _TRANSIENT_CODES or status >= 500:
-                    raise KmsUnavailable(f"{operation}: {code}") from None
-                raise KmsRefused(f"{operation}: {code}") from None
+                    raise KmsUnavailable(f"{operation}: {code}", detail) from None
+                raise KmsRefused(f"{operation}: {code}", detail) from None
             except ParamValidationError:
                 raise KmsRefused(f"{operation}: invalid request parameters") from None
             except (TimeoutError, BotoCoreError, OSError) as exc:
-                raise KmsUnavailable(f"{operation}: {type(exc).__name__}") from None
+                raise KmsUnavailable(f"{operation}: {type(exc).__name__}", str(exc)[:_DETAIL_CHARS] or None) from None
 
 
 def _snake(operation: str) -> str:

@@ -14,3 +14,10 @@ def open_ledger(settings: Settings) -> Ledger:
     from workers.ledger.memory import MemoryLedger
 
     return MemoryLedger()
+
+
+def describe_ledger(settings: Settings) -> str:
+    """How outputs name the ledger: TigerBeetle only when one is used."""
+    if settings.ledger is LedgerKind.TIGERBEETLE:
+        return f"TigerBeetle at {settings.tb_addresses}"
+    return "the ledger (memory)"

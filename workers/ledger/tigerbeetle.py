@@ -34,6 +34,7 @@ from workers.ledger import (
     QueryFilter,
     Transfer,
 )
+from workers.ledger.addresses import resolved_tb_addresses
 
 E = TypeVar("E")
 R = TypeVar("R")
@@ -56,7 +57,8 @@ class TigerBeetleLedger:
             raise ValueError("TigerBeetle needs replica addresses (KEYLEDGER_TB_ADDRESSES)")
         if batch_max < 1 or timeout <= 0:
             raise ValueError("batch_max and timeout must be positive")
-        self._client = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=addresses)
+        # host names resolved once here (the client takes IPs only), so every way of building one accepts them
+        self._client = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=resolved_tb_addresses(addresses))
         self._batch_max = batch_max
         self._timeout = timeout
         self._closed = False

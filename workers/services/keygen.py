@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from schemas.errors import ErrorCode
-from schemas.messages import KeyEventType, Op, TenantCreated
+from schemas.messages import SYSTEM_TENANT, KeyEventType, Op, TenantCreated
 from workers.core import ids
 from workers.errors import KeyRefused
 from workers.kafka.records import InboundRecord
@@ -55,6 +55,8 @@ class KeygenService:
 
     def _plan(self, record: InboundRecord, event: TenantCreated) -> list[VersionPlan]:
         directory = self._keys.directory
+        if event.tenant_id == SYSTEM_TENANT:
+            raise KeyRefused(f"tenant id {SYSTEM_TENANT} is reserved for keyledger's own keys", ErrorCode.INVALID_MESSAGE)
         if directory.is_destroyed_tenant(event.tenant_id):
             raise KeyRefused(f"tenant {event.tenant_id} was destroyed; its id cannot be reused", ErrorCode.TENANT_DESTROYED)
         plans = []

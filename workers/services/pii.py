@@ -3,15 +3,18 @@
 Results are per field: one bad field gets a typed error under `errors` and the
 rest of the record still succeeds. Plaintext values exist only inside this
 module's locals and the published result of a `decrypt`; they never reach logs,
-exceptions or DLQ letters (a request that cannot be parsed is dead-lettered as
-it arrived, and that is the producer's own record).
+exceptions or DLQ letters (a request that cannot be parsed is dead-lettered with
+its field values replaced by their length and SHA-256 unless
+KEYLEDGER_DLQ_KEEP_PII=true: kafka/letters.py).
 
 Audit: one transfer per (key, operation, batch) whose amount is the number of
 fields. A field naming a key the tenant may not use is recorded as `denied`
 against the tenant's own active encryption key, never against the key it named.
-Wear-out: before encrypting, the key's usage counter (its TigerBeetle balance)
-is checked against KEYLEDGER_ENCRYPT_LIMIT; a worn key encrypts nothing more and
-a rotation tick is requested for it.
+Wear-out: before sealing, each request's fields are charged to its active key's
+budget in the ledger (keys/budget.py), so across every worker a key seals at most
+KEYLEDGER_ENCRYPT_LIMIT fields, up to exactly that. Requests that no longer fit wait,
+uncommitted, for the tenant's next key version, which one wear-out rotation tick per
+key asks for; they are then sealed with it. No request is refused for wear-out.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.errors import ErrorCode, ErrorInfo
 from schemas.messages import (
+    WEAR_OUT,
     KeyType,
     Op,
     PiiOperation,
@@ -34,14 +38,14 @@ from schemas.messages import (
     RotationTick,
 )
 from schemas.topics import Topic
-from workers.core import ids, policy
+from workers.core import ids
 from workers.core.envelope import EnvelopeError, open_field, parse_envelope, seal_field
 from workers.errors import KeyledgerError, KeyRefused
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord
+from workers.keys.budget import Claim, EncryptionBudget
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
-from workers.ledger import Ledger
 from workers.ledger.records import OpRecord
 from workers.services.outcome import Outcome
 
@@ -57,11 +61,10 @@ class Usage:
 
 
 class PiiService:
-    def __init__(self, keys: KeyService, ledger: Ledger, encrypt_limit: int) -> None:
+    def __init__(self, keys: KeyService, budget: EncryptionBudget) -> None:
         self._keys = keys
-        self._ledger = ledger
-        self._encrypt_limit = encrypt_limit
-        self._worn: set[str] = set()
+        self._budget = budget
+        self._worn: set[str] = set()  # active keys whose budget ran out: their requests wait for the next version
         self._batch_keys: dict[str, object] = {}
         self.results = 0
 
@@ -71,14 +74,14 @@ class PiiService:
         outcome.blocked = await self._warm_keys(parsed)
         waiting = {id(r) for r in outcome.blocked}
         requests = [(r, q) for r, q in parsed if id(r) not in waiting]
-        worn = await self._worn_keys(requests)
+        requests, out_of_budget, worn = await self._claim_budget(requests)
+        outcome.blocked += out_of_budget
         usage = Usage()
-        results = [self._serve(record, request, usage, worn) for record, request in requests]
+        results = [self._serve(record, request, usage) for record, request in requests]
         outcome.ops = _ops(usage)
-        ticks = [_rotation_tick(entry) for entry in worn.values() if entry.key_id not in self._worn]
-        self._worn.update(worn)
-        outcome.outputs = [Outgoing(Topic.PII_RESULTS.value, str(r["tenant_id"]).encode(), _json(r)) for r in results]
-        outcome.outputs += [Outgoing.of(Topic.ROTATION_TICKS, t.tenant_id or "", t) for t in ticks]
+        outcome.outputs = [Outgoing(Topic.PII_RESULTS.value, str(r["tenant_id"]).encode(), _json(r),
+                                    cause=record.coordinates) for (record, _), r in zip(requests, results, strict=True)]
+        outcome.outputs += [Outgoing.of(Topic.ROTATION_TICKS, entry.tenant_id, _rotation_tick(entry)) for entry in worn]
         self.results += len(results)
         return outcome
 
@@ -116,38 +119,47 @@ class PiiService:
                 blocked.update((id(r), r) for r in users[key_id])
         return list(blocked.values())
 
-    async def _worn_keys(self, requests: list[tuple[InboundRecord, PiiRequest]]) -> dict[str, KeyEntry]:
-        """Active encryption keys whose usage (ledger balance + this batch) reaches the limit."""
-        planned: dict[str, int] = defaultdict(int)
-        entries: dict[str, KeyEntry] = {}
-        for _, request in requests:
+    async def _claim_budget(self, requests: list[tuple[InboundRecord, PiiRequest]]
+                            ) -> tuple[list[tuple[InboundRecord, PiiRequest]], list[InboundRecord], list[KeyEntry]]:
+        """Charge each sealing request's fields to its active key's budget (keys/budget.py), in order.
+
+        Returns the requests to serve, the records that must wait for the tenant's next key version
+        (their key's budget is spent: never answered `key_worn_out`), and the keys newly found spent,
+        for which one wear-out rotation tick is asked (its id is derived from the key, so two workers
+        asking for the same key ask for one rotation)."""
+        claims: list[Claim] = []
+        claimants: list[tuple[InboundRecord, KeyEntry]] = []
+        waiting: dict[int, InboundRecord] = {}
+        for record, request in requests:
             if request.operation is PiiOperation.DECRYPT:
                 continue
             try:
                 entry = self._keys.active(request.tenant_id, KeyType.ENCRYPTION)
             except KeyRefused:
+                continue  # answered per request in _serve
+            if entry.key_id in self._worn:
+                waiting[id(record)] = record
                 continue
-            planned[entry.key_id] += len(request.fields)
-            entries[entry.key_id] = entry
-        if not planned:
-            return {}
-        accounts = await self._ledger.lookup_accounts([ids.from_hex(k) for k in planned])
-        used = {ids.to_hex(a.id): a.credits_posted + a.credits_pending for a in accounts}
-        return {k: entries[k] for k, n in planned.items() if policy.worn_out(used.get(k, 0), n, self._encrypt_limit)}
+            claims.append(Claim(entry.key_id, record.topic, record.partition, record.offset, len(request.fields)))
+            claimants.append((record, entry))
+        spent: dict[str, KeyEntry] = {}
+        for (record, entry), granted in zip(claimants, await self._budget.claim(claims), strict=True):
+            if not granted:
+                waiting[id(record)] = record
+                spent[entry.key_id] = entry
+        newly = [entry for key_id, entry in spent.items() if key_id not in self._worn]
+        self._worn.update(spent)
+        return [(r, q) for r, q in requests if id(r) not in waiting], list(waiting.values()), newly
 
     # --- one request -----------------------------------------------------------
 
-    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage, worn: dict[str, KeyEntry]) -> dict[str, object]:
+    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage) -> dict[str, object]:
         active: KeyEntry | None = None
         if request.operation is not PiiOperation.DECRYPT:
             try:
                 active = self._keys.active(request.tenant_id, KeyType.ENCRYPTION)
             except KeyRefused as exc:
                 return _result(request, error=_error(exc.info()))
-            if active.key_id in worn:
-                usage.add(active, Op.DENIED, record, failed=True)
-                return _result(request, error=_error(ErrorInfo(
-                    type=ErrorCode.KEY_WORN_OUT, message=f"key {active.key_id} reached its encryption limit; rotation requested")))
         fields: dict[str, str] = {}
         errors: dict[str, dict[str, str]] = {}
         used: str | None = active.key_id if active else None
@@ -215,11 +227,19 @@ class PiiService:
         return secret
 
 
-def _result(request: PiiRequest, **values: object) -> dict[str, object]:
-    """A `pii.results` value (the PiiResult schema) as a plain dict: built per record on the hot path."""
+def _result(request: PiiRequest, *, fields: dict[str, str] | None = None, key_id: str | None = None,
+            errors: dict[str, dict[str, str]] | None = None, error: dict[str, str] | None = None) -> dict[str, object]:
+    """A `pii.results` value as a plain dict, built per record on the hot path. Members come in
+    PiiResult's field order and None is left out, so `_json` of it is byte for byte
+    `PiiResult(...).to_json()` (tests/services/test_contract_fast_paths.py holds them together)."""
     result: dict[str, object] = {"job_id": request.job_id, "tenant_id": request.tenant_id, "record_id": request.record_id,
-              "operation": request.operation.value, "fields": {}}
-    result.update((name, value) for name, value in values.items() if value is not None)
+                                 "operation": request.operation.value, "fields": {} if fields is None else fields}
+    if key_id is not None:
+        result["key_id"] = key_id
+    if errors is not None:
+        result["errors"] = errors
+    if error is not None:
+        result["error"] = error
     return result
 
 
@@ -251,4 +271,4 @@ def _ops(usage: Usage) -> list[OpRecord]:
 
 def _rotation_tick(entry: KeyEntry) -> RotationTick:
     return RotationTick(tick_id=f"wear-out-{entry.key_id}", issued_at=datetime.now(UTC), tenant_id=entry.tenant_id,
-                        key_type=entry.key_type, reason=RotationReason.MANUAL, cause="wear_out")
+                        key_type=entry.key_type, reason=RotationReason.MANUAL, cause=WEAR_OUT, key_id=entry.key_id)

@@ -17,6 +17,11 @@
   key), and the event that switches versions is a single record. A replayed tick
   finds the rotation it already made (the rotate transfer carries the tick's tag)
   and changes nothing; a crash half-way is completed by the replay.
+- The audit digest key (tenant `keyledger-system`) follows the rotation age like any
+  signing key: a scheduled fan-out rotates it when due. Manual and compromise fan-outs
+  (`keyledger rotate --all`) are about tenants' keys and skip it; a tick naming
+  `keyledger-system` rotates it. Old digests stay verifiable: keys.events keeps every
+  version's public key.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import logging
 from collections.abc import Sequence
 
 from schemas.errors import ErrorCode
-from schemas.messages import KeyEvent, KeyEventType, KeyType, Op, RotationReason, RotationTick
+from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyEventType, KeyType, Op, RotationReason, RotationTick
 from schemas.topics import Topic
 from workers.core import ids, policy
 from workers.errors import KeyRefused
@@ -84,19 +89,20 @@ class RotationService:
     async def _fan_out(self, tick: RotationTick) -> list[Outgoing]:
         now = await self._clock.now(f"tick/{tick.tick_id}")
         cutoff = policy.rotation_cutoff(now, tick.reason, self.rotation_age)
-        entries = self._active_entries(tick.key_type)
+        entries = self._active_entries(tick.key_type, with_system=tick.reason is RotationReason.SCHEDULED)
         due = await self._created_before(entries, cutoff)
         tenants = sorted({e.tenant_id for e in due})
         log.info("tick %s (%s): %d of %d active keys due, %d tenants", tick.tick_id, tick.reason.value,
                  len(due), len(entries), len(tenants))
         return [Outgoing.of(Topic.ROTATION_TICKS, tenant, RotationTick(
-            tick_id=f"{tick.tick_id}/{tenant}", issued_at=tick.issued_at, tenant_id=tenant, key_type=tick.key_type,
+            tick_id=ids.child_tick_id(tick.tick_id, tenant), issued_at=tick.issued_at, tenant_id=tenant, key_type=tick.key_type,
             reason=tick.reason, due_before=cutoff, parent_tick_id=tick.tick_id)) for tenant in tenants]
 
-    def _active_entries(self, key_type: KeyType | None) -> list[KeyEntry]:
+    def _active_entries(self, key_type: KeyType | None, with_system: bool = False) -> list[KeyEntry]:
         directory = self._keys.directory
         types = [key_type] if key_type else list(KeyType)
-        return [e for t in directory.tenants() for k in types if (e := directory.active(t, k)) is not None]
+        tenants = directory.tenants() if with_system else directory.tenants() - {SYSTEM_TENANT}
+        return [e for t in tenants for k in types if (e := directory.active(t, k)) is not None]
 
     async def _created_before(self, entries: list[KeyEntry], cutoff: int) -> list[KeyEntry]:
         """The entries whose key account the ledger created before `cutoff` (cluster time)."""
@@ -144,6 +150,8 @@ class RotationService:
                 if exc.code is ErrorCode.KEY_NOT_FOUND:
                     continue  # the tenant never had this key type
                 raise
+            if tick.key_id is not None and tick.key_id != old.key_id:
+                continue  # the key this tick was about is no longer active: rotated already
             targets.append(Rotation(record, tick, old, self._keys.kms))
         return targets
 
@@ -184,7 +192,8 @@ def _tick_tag(tick: RotationTick) -> int:
 
 def _ops(rotation: Rotation) -> list[OpRecord]:
     old, new, source = rotation.old, rotation.new, rotation.record.source
-    reason = f"{rotation.tick.reason.value} rotation"
+    # the cause when keyledger asked for it itself (e.g. "wear_out rotation"), else the tick's reason
+    reason = f"{rotation.tick.cause or rotation.tick.reason.value} rotation"
     ops = [
         OpRecord(ids.transfer_id(Op.ROTATE, old.key_id), old.tenant_id, old.key_id, Op.ROTATE, source,
                  reason=reason, linked_key_id=new.key_id, tag=_tick_tag(rotation.tick)),

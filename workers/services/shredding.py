@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from schemas.errors import ErrorCode
-from schemas.messages import KeyEvent, KeyEventType, Op, TenantDeleted
+from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyEventType, Op, TenantDeleted
 from schemas.topics import Topic
 from workers.core import ids
 from workers.errors import KeyRefused
@@ -58,6 +58,8 @@ class Shredder:
 
     def _keys_of(self, tenant_id: str) -> list[KeyEntry]:
         directory = self._keys.directory
+        if tenant_id == SYSTEM_TENANT:  # the audit digest key: shredding it would orphan no data but stop the chain
+            raise KeyRefused(f"tenant id {SYSTEM_TENANT} is reserved for keyledger's own keys", ErrorCode.INVALID_MESSAGE)
         if not directory.is_known_tenant(tenant_id):
             raise KeyRefused(f"unknown tenant {tenant_id}", ErrorCode.UNKNOWN_TENANT)
         return [e for e in directory.tenant_keys(tenant_id) if e.state is not KeyState.DESTROYED]

@@ -21,10 +21,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.errors import ErrorCode
-from schemas.messages import TENANT_ID_PATTERN, KeyType, Op
+from schemas.messages import SYSTEM_TENANT, TENANT_ID_PATTERN, KeyType, Op
 from schemas.topics import Topic
 from workers.core import ids
-from workers.core.canonical import CanonicalizationError, plain_json_loads
+from workers.core.canonical import CanonicalizationError, NotIJson, plain_json_loads
 from workers.core.signing import ALG, sign, signing_input
 from workers.errors import BadInput, KeyledgerError
 from workers.kafka.publisher import Outgoing
@@ -101,7 +101,8 @@ class SignerService:
                 continue
             kept.append(job)
             signature = {"alg": ALG, "key_id": key_id, "value": sign(private_key, message), "signed_at": signed_at}
-            outputs.append(Outgoing(Topic.SPANS_SIGNED.value, job.tenant_id.encode(), _signed_record(job, signature)))
+            outputs.append(Outgoing(Topic.SPANS_SIGNED.value, job.tenant_id.encode(), _signed_record(job, signature),
+                                    cause=job.record.coordinates))
         batch.jobs = kept
         return outputs
 
@@ -114,7 +115,8 @@ def _signed_record(job: Job, signature: dict[str, str]) -> bytes:
 
 
 def parse_job(record: InboundRecord, max_bytes: int) -> Job:
-    """The hot path's parser: the same rules as schemas.SpanToSign, without model overhead."""
+    """The hot path's parser: accepts exactly what SpanToSign.model_validate_json accepts, without model
+    overhead (tests/services/test_contract_fast_paths.py holds them together)."""
     value = record.value
     if value is None:
         raise BadInput("tombstone (null value) where a span was expected")
@@ -122,8 +124,11 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
         raise BadInput(f"record of {len(value)} bytes exceeds {max_bytes}", ErrorCode.OVERSIZED)
     try:
         data, plain = plain_json_loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
-        raise BadInput("value is not UTF-8 JSON", ErrorCode.NOT_JSON) from None
+    except NotIJson as exc:  # not UTF-8, a BOM, not JSON, a duplicate name, a number without a value
+        raise BadInput(str(exc), exc.code) from None
+    except RecursionError:
+        raise BadInput("value nests too deeply", ErrorCode.NOT_JSON) from None
+    _refuse_what_the_model_cannot_parse(value, data, plain)
     if not isinstance(data, dict):
         raise BadInput("value is not a JSON object")
     if "signature" in data:
@@ -133,12 +138,46 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
         raise BadInput("invalid SpanToSign: job_id: missing or not a string of 1..200 characters")
     if not isinstance(tenant_id, str) or not _TENANT_ID(tenant_id):
         raise BadInput("invalid SpanToSign: tenant_id: missing or malformed")
+    if tenant_id == SYSTEM_TENANT:  # the audit digest key signs digests, never a caller's span
+        raise BadInput(f"invalid SpanToSign: tenant_id: {SYSTEM_TENANT} is reserved for keyledger's own keys")
     if not isinstance(span, dict):
         raise BadInput("invalid SpanToSign: span: missing or not a JSON object")
     return Job(record, job_id, tenant_id, span, plain)
 
 
 _TENANT_ID = re.compile(TENANT_ID_PATTERN).fullmatch
+MAX_DEPTH = 200  # pydantic's JSON parser (jiter) refuses more nested non-empty containers
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]").search
+
+
+def _refuse_what_the_model_cannot_parse(raw: bytes, data: Any, plain: bool) -> None:
+    """What json.loads accepts and SpanToSign.model_validate_json refuses as invalid JSON: lone surrogate
+    escapes (not Unicode text, and not I-JSON) and nesting deeper than MAX_DEPTH. Each exact check runs
+    only when a scan of the raw bytes (in C) cannot rule the case out; depth first (json.dumps recurses)."""
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _deeper_than(data, MAX_DEPTH):
+        raise BadInput(f"value nests deeper than {MAX_DEPTH} levels", ErrorCode.NOT_JSON)
+    # a plain value's text has no unicode escape at all (plain_json_loads)
+    if not plain and b"\\" in raw and _SURROGATE_ESCAPE(raw) and not _encodes(data):
+        raise BadInput("value has a lone surrogate escape (not Unicode text)", ErrorCode.NOT_JSON)
+
+
+def _encodes(data: Any) -> bool:
+    """Whether every string in `data` is Unicode text (json.loads leaves unpaired surrogate escapes in)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether more than `limit` non-empty containers nest (jiter counts a level when it enters one)."""
+    level: list[Any] = [data] if type(data) in (dict, list) and data else []
+    for _ in range(limit):
+        level = [v for c in level for v in (c.values() if type(c) is dict else c) if type(v) in (dict, list) and v]
+        if not level:
+            return False
+    return True
 
 
 def _sign_op(batch: KeyBatch) -> OpRecord:

@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from schemas.messages import KmsProviderName, RotationReason, RotationTick, TickAction
+from workers.errors import CheckFailed
+from workers.tools.progress import Progress
 from workers.tools.ticks import (
-    Progress,
     dead_letters_for,
     describe,
     follow,
@@ -47,10 +48,9 @@ async def migrate(bootstrap: str, to: KmsProviderName, *, idle_timeout: float = 
     letters: list[tuple[str, str]] = []
     if ticks:
         sent = await send_ticks(bootstrap, ticks)
-        if not await follow(bootstrap, sent, Progress("tenants", len(sent), err), idle_timeout):
-            err.write(f"keyledger migrate: keyledger-rotation handled nothing for {idle_timeout:.0f}s; is it running "
-                      f"with the {to} provider configured? Run the same command again to resume.\n")
-            return 1
+        if not await follow(bootstrap, sent, Progress("tenants", len(sent), unit="tenant", done="tenants handled", out=err), idle_timeout):
+            raise CheckFailed(f"keyledger-rotation handled nothing for {idle_timeout:.0f}s; is it running with the {to} "
+                              "provider configured? Run the same command again to resume")
         letters = await dead_letters_for(bootstrap, {t.tick_id for t in ticks})
         for tick_id, error in letters:
             out.write(f"FAILED {tick_id}: {error}\n")

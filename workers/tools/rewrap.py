@@ -18,8 +18,9 @@ from typing import TextIO
 
 from schemas.messages import RotationReason, RotationTick, TickAction
 from workers.core.material import material_fingerprint
+from workers.errors import CheckFailed
+from workers.tools.progress import Progress
 from workers.tools.ticks import (
-    Progress,
     dead_letters_for,
     describe,
     follow,
@@ -33,9 +34,9 @@ from workers.tools.ticks import (
 async def rewrap(bootstrap: str, tenant: str | None, *, idle_timeout: float = 120.0,
                  out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     directory = await load_directory(bootstrap)
-    if tenant is not None and not directory.is_known_tenant(tenant):
-        err.write(f"keyledger rewrap: unknown tenant {tenant}\n")
-        return 2
+    if tenant is not None and not live_keys(directory, tenant):
+        raise CheckFailed(f"tenant {tenant!r} has no live keys on keys.material: nothing to re-wrap "
+                          "(check the tenant id; `keyledger status` lists the tenants)")
     keys = live_keys(directory, tenant)
     before = {e.key_id: material_fingerprint(e.newest) for e in keys if e.newest is not None}
     tenants = sorted({e.tenant_id for e in keys})
@@ -47,18 +48,17 @@ async def rewrap(bootstrap: str, tenant: str | None, *, idle_timeout: float = 12
     out.writelines(line + "\n" for line in describe(wrappings(keys)))
     out.flush()
     sent = await send_ticks(bootstrap, ticks)
-    finished = await follow(bootstrap, sent, Progress("tenants", len(sent), err), idle_timeout)
+    finished = await follow(bootstrap, sent, Progress("tenants", len(sent), unit="tenant", done="tenants handled", out=err), idle_timeout)
     if not finished:
-        err.write(f"keyledger rewrap: keyledger-rotation handled nothing for {idle_timeout:.0f}s; is it running? "
-                  "Run the same command again to resume (keys already re-wrapped are skipped).\n")
-        return 1
+        raise CheckFailed(f"keyledger-rotation handled nothing for {idle_timeout:.0f}s; is it running? Run the same "
+                          "command again to resume (keys already re-wrapped are skipped)")
     letters = await dead_letters_for(bootstrap, {t.tick_id for t in ticks})
     for tick_id, error in letters:
         out.write(f"FAILED {tick_id}: {error}\n")
     if tenant is None:
         retire = RotationTick(tick_id=f"{run}/retire", issued_at=datetime.now(UTC), action=TickAction.RETIRE,
                               parent_tick_id=run)
-        retired = await follow(bootstrap, await send_ticks(bootstrap, [retire]), Progress("retire", 1, err),
+        retired = await follow(bootstrap, await send_ticks(bootstrap, [retire]), Progress("retire", 1, unit="tick", done="retire ticks handled", out=err),
                                idle_timeout)
         out.write("retire tick handled: the rotation worker logged each KEK's min_decryption_version\n" if retired
                   else "retire tick not handled yet\n")

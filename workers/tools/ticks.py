@@ -5,7 +5,7 @@ does), publishes one tick per tenant in scope (key = tenant, so a tenant's
 ticks stay in order on one partition), and waits until `keyledger-rotation`
 has committed past every one of them: each was handled (or dead-lettered,
 which the run then reports from kms.dlq). Progress goes to stderr: a bar on a
-terminal, plain lines otherwise. Nothing here touches a KMS or the ledger.
+terminal, plain lines otherwise (tools/progress.py). Nothing here touches a KMS or the ledger.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
@@ -28,6 +26,7 @@ from schemas.topics import Topic
 from workers.core.material import provider_name, wrapped_kek_version
 from workers.kafka.tap import read_topic
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
+from workers.tools.progress import Progress
 
 ROTATION_GROUP = "keyledger-rotation"
 LIVE = (KeyState.ACTIVE, KeyState.ROTATED, KeyState.REVOKED)
@@ -109,51 +108,23 @@ async def committed(bootstrap: str, partitions: Iterable[int], group: str = ROTA
         await consumer.stop()
 
 
-class Progress:
-    """A bar on a terminal; plain lines (on change, at most every few seconds) otherwise."""
-
-    def __init__(self, label: str, total: int, out: TextIO = sys.stderr, every: float = 5.0) -> None:
-        self.label, self.total, self.out, self.every = label, total, out, every
-        self.tty = out.isatty()
-        self.started = time.monotonic()
-        self._last: tuple[int, float] = (-1, 0.0)
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        rate = done / max(now - self.started, 1e-6)
-        if self.tty:
-            width = 30
-            filled = int(width * min(done, self.total) / max(self.total, 1))
-            self.out.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} ({rate:,.1f}/s)")
-        elif done != self._last[0] and (done >= self.total or now - self._last[1] >= self.every):
-            self.out.write(f"{self.label}: {done}/{self.total} ({rate:,.1f}/s)\n")
-            self._last = (done, now)
-        self.out.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
-
-
 async def follow(bootstrap: str, sent: Sequence[Sent], progress: Progress, idle_timeout: float) -> bool:
     """Wait until the rotation group committed past every sent tick; False when nothing moved for
     `idle_timeout` seconds (no rotation worker running, or one stuck on an outage: see its log)."""
     last_done, last_change = -1, time.monotonic()
     partitions = {s.partition for s in sent}
-    while True:
-        offsets = await committed(bootstrap, partitions)
-        done = sum(1 for s in sent if offsets[s.partition] > s.offset)
-        progress.update(done)
-        if done >= len(sent):
-            progress.close()
-            return True
-        if done != last_done:
-            last_done, last_change = done, time.monotonic()
-        elif time.monotonic() - last_change > idle_timeout:
-            progress.close()
-            return False
-        await asyncio.sleep(0.5)
+    with progress:
+        while True:
+            offsets = await committed(bootstrap, partitions)
+            done = sum(1 for s in sent if offsets[s.partition] > s.offset)
+            progress.update_to(done)
+            if done >= len(sent):
+                return True
+            if done != last_done:
+                last_done, last_change = done, time.monotonic()
+            elif time.monotonic() - last_change > idle_timeout:
+                return False
+            await asyncio.sleep(0.5)
 
 
 async def dead_letters_for(bootstrap: str, tick_ids: set[str]) -> list[tuple[str, str]]:

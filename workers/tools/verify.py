@@ -24,6 +24,7 @@ the signature, the key cannot make a span valid. A bad signature under a revoked
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -169,15 +170,28 @@ def verify_lines(lines: Iterable[str], book: PublicKeyBook) -> Iterator[tuple[in
         if not line.strip():
             continue
         signed, plain = _parse(line)
+        if signed is None:
+            yield number, _job_id(_lenient(line)), Verdict.INVALID
+            continue
         yield number, _job_id(signed), _verify(book, signed, known_plain=plain)
 
 
 def _parse(line: str) -> tuple[Any, bool]:
+    """The line under the signer's input rules (I-JSON: no duplicate names, no NaN, ...), or None:
+    a record the signer would have refused cannot carry a valid signature of what it seems to say."""
     # plain_json_loads also tells whether the fast canonical form applies, saving a rescan per span
     try:
-        return plain_json_loads(line.encode())
+        return plain_json_loads(line.encode("utf-8"))
     except (ValueError, RecursionError):
-        return None, False  # not JSON, or a lone surrogate: JSONDecodeError and UnicodeError are ValueErrors
+        return None, False  # not I-JSON, or a lone surrogate: NotIJson and UnicodeError are ValueErrors
+
+
+def _lenient(line: str) -> Any:
+    """Only to name the job of an invalid line in the report."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _job_id(signed: Any) -> str:

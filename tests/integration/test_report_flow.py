@@ -1,0 +1,163 @@
+"""`keyledger audit report`: the facts of a scripted history, over a real broker and a real TigerBeetle.
+
+History of tenant T: onboard, sign 5 spans, encrypt 2 fields, present another tenant's
+ciphertext (denied), manual rotation, sign 3 spans, compromise of the encryption key,
+deletion. The report must tell exactly that story from the ledger and keys.events, and its
+HTML must render in a real headless browser where one is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.integration import isolated
+from tests.integration.conftest import in_process_workers, tenant_created, unique_tenant
+from tests.integration.isolated import wait_for_chain
+from tests.support.harness import span_job
+from workers.kafka.tap import produce, read_topic
+from workers.ledger.tigerbeetle import TigerBeetleLedger
+from workers.tools.report import build_report
+from workers.tools.report_html import render_html
+
+pytestmark = pytest.mark.integration
+own_broker, own_tigerbeetle = isolated.own_broker, isolated.own_tigerbeetle  # fixtures
+
+GROUPS = ["keyledger-keygen", "keyledger-signer", "keyledger-pii", "keyledger-rotation", "keyledger-audit-digest"]
+
+
+async def events_of(bootstrap: str, tenant: str, kind: str, want: int) -> list[dict]:
+    def mine(records):
+        return [e for e in (json.loads(r.value) for r in records if r.value) if e["tenant_id"] == tenant
+                and e["type"] == kind]
+
+    return mine(await read_topic(bootstrap, "keys.events", timeout=60, until=lambda rs: len(mine(rs)) >= want))
+
+
+async def pii(bootstrap: str, tenant: str, operation: str, fields: dict, job_id: str) -> dict:
+    body = {"job_id": job_id, "tenant_id": tenant, "record_id": "r1", "operation": operation, "fields": fields}
+    await produce(bootstrap, "pii.requests", [(tenant.encode(), json.dumps(body).encode())])
+
+    def found(records):
+        return [v for v in (json.loads(r.value) for r in records) if v.get("job_id") == job_id]
+
+    return found(await read_topic(bootstrap, "pii.results", timeout=60, until=lambda rs: bool(found(rs))))[0]
+
+
+async def sign(bootstrap: str, tenant: str, count: int, total: int) -> None:
+    await produce(bootstrap, "spans.to-sign", [(tenant.encode(), span_job(tenant)) for _ in range(count)])
+    await read_topic(bootstrap, "spans.signed", timeout=60, until=lambda rs: sum(
+        json.loads(r.value)["tenant_id"] == tenant for r in rs) >= total)
+
+
+async def tick(bootstrap: str, tenant: str, tick_id: str, **fields) -> None:
+    body = {"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), "tenant_id": tenant, **fields}
+    await produce(bootstrap, "keys.rotation-ticks", [(tenant.encode(), json.dumps(body).encode())])
+
+
+async def scripted_history(bootstrap: str, tenant: str, other: str) -> None:
+    await produce(bootstrap, "tenants.created", [(t.encode(), tenant_created(t)) for t in (tenant, other)])
+    await events_of(bootstrap, tenant, "generated", 2)
+    await events_of(bootstrap, other, "generated", 2)
+    await sign(bootstrap, tenant, 5, 5)
+    await pii(bootstrap, tenant, "encrypt", {"email": "a@example.com", "phone": "+1 555 0100"}, "enc-1")
+    theirs = await pii(bootstrap, other, "encrypt", {"ssn": "078-05-1120"}, "enc-other")
+    refused = await pii(bootstrap, tenant, "decrypt", theirs["fields"], "steal")
+    assert refused["errors"]["ssn"]["type"] == "key_not_found"
+    await tick(bootstrap, tenant, "rotate-1", reason="manual")
+    await events_of(bootstrap, tenant, "rotated", 2)
+    await sign(bootstrap, tenant, 3, 8)
+    await tick(bootstrap, tenant, "compromise-1", reason="compromise", key_type="encryption")
+    await events_of(bootstrap, tenant, "revoked", 1)
+    deleted = {"event_id": "bye", "tenant_id": tenant, "occurred_at": datetime.now(UTC).isoformat()}
+    await produce(bootstrap, "tenants.deleted", [(tenant.encode(), json.dumps(deleted).encode())])
+    await events_of(bootstrap, tenant, "destroyed", 5)
+
+
+async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle, monkeypatch, tmp_path):
+    bootstrap = own_broker
+    monkeypatch.setenv("KEYLEDGER_DIGEST_INTERVAL", "0.5")
+    tenant, other = unique_tenant("rep"), unique_tenant("oth")
+    async with in_process_workers(bootstrap, GROUPS, ledger=TigerBeetleLedger(own_tigerbeetle)) as context:
+        await scripted_history(bootstrap, tenant, other)
+        await wait_for_chain(bootstrap, min_records=1)
+        report = await build_report(bootstrap, context.ledger, tenant, rotation_age=0, encrypt_limit=100)
+        relaxed = await build_report(bootstrap, context.ledger, tenant, rotation_age=10**9, encrypt_limit=100)
+
+    keys = {(k.key_type, k.version): k for k in report.keys}
+    assert sorted(keys) == [("encryption", 1), ("encryption", 2), ("encryption", 3), ("signing", 1), ("signing", 2)]
+    assert {k.state for k in report.keys} == {"destroyed"}
+    assert {k: v.operations for k, v in keys.items()} == {
+        ("signing", 1): {"destroy": 1, "generate": 1, "rotate": 1, "sign": 5},
+        ("signing", 2): {"destroy": 1, "generate": 1, "sign": 3},
+        ("encryption", 1): {"destroy": 1, "encrypt": 2, "generate": 1, "rotate": 1},
+        ("encryption", 2): {"destroy": 1, "generate": 1, "revoke": 1, "rotate": 1},
+        ("encryption", 3): {"destroy": 1, "generate": 1},
+    }
+    assert keys[("encryption", 1)].failures == {"denied": 1}
+    assert [(o.op, o.count, o.key_id, o.reason) for o in report.denied] == [
+        ("denied", 1, keys[("encryption", 1)].key_id, "refused")]
+    # lifecycle times, in ledger time and in order
+    enc1, enc2, enc3, sig1 = keys[("encryption", 1)], keys[("encryption", 2)], keys[("encryption", 3)], keys[("signing", 1)]
+    assert enc1.created_ns < enc1.rotated_ns < enc2.rotated_ns < enc2.revoked_ns < enc1.destroyed_ns  # one batch: rotate, then revoke
+    assert enc3.rotated_ns is None and enc3.revoked_ns is None and enc1.revoked_ns is None
+    assert (enc1.replaced_by, enc2.replaced_by) == (enc2.key_id, enc3.key_id)
+    assert (sig1.rotation_reason, enc1.rotation_reason, enc2.rotation_reason) == ("manual", "manual", "compromise")
+    assert all(set(k.announced) >= {"destroyed"} for k in report.keys) and sig1.public_key
+    # policy: every rotation is late against a zero age and none against a long one
+    assert {(k.key_type, k.version) for k in report.late_rotations} == {("signing", 1), ("encryption", 1),
+                                                                          ("encryption", 2)}
+    assert relaxed.late_rotations == [] and all(k.late is False for k in relaxed.keys if k.rotated_ns)
+    for key in report.keys:  # the usage counter is every operation's amount; headroom is what is left of the limit
+        assert key.usage == sum(key.operations.values()) + sum(key.failures.values())
+        assert key.headroom == (100 - key.usage if key.key_type == "encryption" else None)
+    # verification verdicts for this tenant
+    # (one transfer and one kms.audit event per operation batch; how spans were batched is the broker's business)
+    transfers = len(report.operations)
+    assert transfers >= 17 and report.ledger_agrees and report.ledger_events == transfers
+    assert report.chain_intact and report.tenant_audit_records == transfers
+    assert report.protected_records == transfers and report.awaiting_digest == 0
+
+    facts = json.loads(json.dumps(report.to_json()))
+    assert [(k["key_type"], k["version"], k["state"]) for k in facts["keys"]] == [
+        (k.key_type, k.version, k.state) for k in report.keys]
+    assert facts["denied_total"] == 1 and facts["totals"]["sign"] == 8 and len(facts["rotations"]) == 3
+    assert facts["verification"]["digest_chain"]["protected_by_a_verified_digest"] == transfers
+
+    html = render_html(report)
+    assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "@media print" in html
+    assert not any(tag in html for tag in ("<script", "<link", "src=", "<img", "url("))  # nothing external
+    assert all(k.key_id in html for k in report.keys) and "late" in html and "denied" in html
+    page = tmp_path / "report.html"
+    page.write_text(html, encoding="utf-8")
+    _screenshot(page, tmp_path / "report.png")
+
+    cli = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "workers.app.cli", "audit", "report", "--tenant", tenant, "--format",
+                         "json", "--out", str(tmp_path / "report.json")],
+        env={**os.environ, "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap, "KEYLEDGER_LEDGER": "tigerbeetle",
+             "KEYLEDGER_TB_ADDRESSES": own_tigerbeetle, "KEYLEDGER_ROTATION_AGE": "1000000000",
+             "KEYLEDGER_ENCRYPT_LIMIT": "100"},
+        capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    from_cli = json.loads((tmp_path / "report.json").read_text())
+    assert from_cli["keys"] == json.loads(json.dumps(relaxed.to_json()))["keys"]
+    assert "digest chain intact" in cli.stderr
+
+
+def _screenshot(page: Path, png: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no headless browser to render the HTML report: install Debian's `chromium`")
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
+                    "--window-size=1280,1600", page.as_uri()], check=True, capture_output=True, timeout=120)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not an empty canvas

@@ -1,0 +1,259 @@
+"""services/digest.py with the group's emitter, over the memory ledger and the local KMS; the "topic" is a list.
+
+The digests the service publishes are what a restarted service reads back, so the tests
+exercise the rule that the digest topic is the state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import pytest
+
+from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyMaterial, KeyType
+from schemas.topics import Topic
+from workers.errors import Unavailable
+from workers.groups.base import Emitter
+from workers.kafka.letters import DeadLetters
+from workers.kafka.publisher import Outgoing
+from workers.kafka.records import InboundRecord
+from workers.keys.audit import AuditTrail
+from workers.keys.cache import SingleFlightCache
+from workers.keys.service import KeyService
+from workers.keys.versions import VersionMaker
+from workers.keystore.directory import KeyDirectory
+from workers.kms.local import LocalKms
+from workers.ledger.memory import MemoryLedger
+from workers.services.digest import DigestKeyUnavailable, DigestLogUnavailable, DigestService
+from workers.settings import Settings
+from workers.tools.audit_check import Logged, check_chain
+from workers.tools.verify import PublicKeyBook
+
+
+class Topics:
+    """A publisher that keeps what it was given per topic, and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[Outgoing]] = {}
+        self.published = 0
+        self.fail_digests = 0
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def publish(self, records: Iterable[Outgoing]) -> None:
+        records = list(records)
+        if self.fail_digests and any(r.topic == Topic.KMS_AUDIT_DIGESTS for r in records):
+            self.fail_digests -= 1
+            raise Unavailable("broker briefly unreachable")
+        for record in records:
+            self.records.setdefault(record.topic, []).append(record)
+            self.published += 1
+
+    def values(self, topic: str) -> list[bytes | None]:
+        return [r.value for r in self.records.get(topic, [])]
+
+    def digests(self) -> list[dict]:
+        return [json.loads(v) for v in self.values(Topic.KMS_AUDIT_DIGESTS) if v]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Stack:
+    """One process: key table, KMS, ledger, emitter, digest service."""
+
+    def __init__(self, topics: Topics, ledger: MemoryLedger | None = None, directory: KeyDirectory | None = None,
+                 max_records: int = 10_000) -> None:
+        self.topics = topics
+        self.clock = Clock()
+        self.ledger = ledger or MemoryLedger()
+        self.directory = directory or KeyDirectory()
+        self.keys = KeyService(self.directory, LocalKms(), self.ledger, SingleFlightCache(ttl=60, max_entries=10))
+        self.emit = Emitter("keyledger-audit-digest", AuditTrail(self.ledger), topics, self.keys,
+                            DeadLetters.of("keyledger-audit-digest", Settings()))
+
+        async def read_digests() -> list[bytes | None]:
+            self.reads += 1
+            return topics.values(Topic.KMS_AUDIT_DIGESTS)
+
+        self.reads = 0
+        self.service = DigestService(self.keys, VersionMaker(self.keys, self.ledger, topics), read_digests,
+                                     interval=300, max_records=max_records, clock=self.clock)
+
+    async def seal(self) -> list[int]:
+        due = self.service.due()
+        if due:
+            await self.emit(await self.service.ensure_key(due))
+            await self.emit(await self.service.seal(due))
+        return due
+
+
+def audit(partition: int, offsets: Iterable[int]) -> list[InboundRecord]:
+    return [InboundRecord(Topic.KMS_AUDIT.value, partition, o, b"t", json.dumps({"n": o, "p": partition}).encode())
+            for o in offsets]
+
+
+def book_of(topics: Topics) -> PublicKeyBook:
+    book = PublicKeyBook()
+    for value in topics.values(Topic.KEYS_EVENTS):
+        book.learn_raw(value)
+    return book
+
+
+def chain_report(topics: Topics, records: list[InboundRecord]):
+    digests = [Logged(0, n, r.key, r.value) for n, r in enumerate(topics.records.get(Topic.KMS_AUDIT_DIGESTS, []))]
+    logged = [Logged(r.partition, r.offset, r.key, r.value) for r in records]
+    return check_chain(logged, digests, book_of(topics))
+
+
+async def test_runs_wait_for_the_interval_then_make_one_signed_linked_digest_per_partition():
+    topics = Topics()
+    stack = Stack(topics)
+    records = audit(0, range(3)) + audit(1, range(2))
+    await stack.service.take(records)
+    assert stack.service.due() == [] and stack.service.held() == {}  # nothing digested: nothing committable
+    stack.clock.now += 300
+    assert await stack.seal() == [0, 1]
+    digests = topics.digests()
+    assert [(d["partition"], d["first_offset"], d["last_offset"], d["count"]) for d in digests] == [
+        (0, 0, 2, 3), (1, 0, 1, 2)]
+    assert stack.service.held() == {0: 3, 1: 2}
+    # the digest key was made on first need, like a tenant's: material, ledger account, event, audit
+    [event] = [KeyEvent.model_validate_json(v) for v in topics.values(Topic.KEYS_EVENTS)]
+    assert (event.tenant_id, event.key_type, event.version, event.type.value) == (SYSTEM_TENANT, KeyType.SIGNING, 1,
+                                                                                  "generated")
+    assert all(d["key_id"] == event.key_id for d in digests)
+    assert [json.loads(v)["tenant_id"] for v in topics.values(Topic.KMS_AUDIT)] == [SYSTEM_TENANT]
+    assert await stack.ledger.lookup_accounts([int(event.key_id, 16)])
+    report = chain_report(topics, records)
+    assert report.intact and report.digests == 2 and report.not_yet_digested == {}
+
+
+async def test_a_digest_never_covers_more_than_its_record_limit():
+    topics = Topics()
+    stack = Stack(topics, max_records=3)
+    records = audit(0, range(7))
+    await stack.service.take(records)
+    assert await stack.seal() == [0]  # two full runs are due at once, without waiting for the interval
+    assert [(d["first_offset"], d["last_offset"]) for d in topics.digests()] == [(0, 2), (3, 5)]
+    assert stack.service.held() == {0: 6}
+    stack.clock.now += 300
+    await stack.seal()
+    report = chain_report(topics, records)
+    assert report.intact and report.digests == 3 and report.covered[0] == [(0, 2), (3, 5), (6, 6)]
+
+
+async def test_a_restart_continues_the_chain_from_the_topic_and_skips_what_is_covered():
+    topics = Topics()
+    first = Stack(topics)
+    await first.service.take(audit(0, range(5)))
+    first.clock.now += 300
+    await first.seal()
+
+    # a new process, same topics: the redelivered records 0..4 (never committed, say) are skipped
+    second = Stack(topics, ledger=first.ledger, directory=_replayed_directory(topics))
+    await second.service.take(audit(0, range(8)))
+    assert second.reads == 1 and second.service.skipped == 5 and second.service.taken == 3
+    assert second.service.held() == {0: 5}
+    second.clock.now += 300
+    await second.seal()
+    report = chain_report(topics, audit(0, range(8)))
+    assert report.intact and report.duplicates == 0 and report.covered[0] == [(0, 4), (5, 7)]
+    assert len({d["key_id"] for d in topics.digests()}) == 1  # the same digest key, not a second one
+
+
+async def test_a_failed_publish_is_retried_with_the_same_bytes_and_commits_wait_for_it():
+    topics = Topics()
+    stack = Stack(topics)
+    await stack.service.take(audit(0, range(4)))
+    stack.clock.now += 300
+    topics.fail_digests = 1
+    with pytest.raises(Unavailable):
+        await stack.seal()
+    assert topics.digests() == [] and stack.service.held() == {}
+    failed = stack.service.signed
+    await stack.service.take(audit(0, range(4, 6)))  # more records arrive meanwhile
+    stack.clock.now += 300
+    await stack.seal()
+    digests = topics.digests()
+    assert failed == 1 and [(d["first_offset"], d["last_offset"]) for d in digests] == [(0, 3), (4, 5)]
+    assert stack.service.held() == {0: 6}
+    assert chain_report(topics, audit(0, range(6))).intact
+
+
+async def test_a_byte_identical_republish_counts_once():
+    topics = Topics()
+    stack = Stack(topics)
+    await stack.service.take(audit(0, range(2)))
+    stack.clock.now += 300
+    await stack.seal()
+    topics.records[Topic.KMS_AUDIT_DIGESTS] *= 2
+    report = chain_report(topics, audit(0, range(2)))
+    assert report.intact and report.digests == 1 and report.duplicates == 1
+
+
+async def test_a_forgotten_partition_is_read_again_from_the_topic():
+    topics = Topics()
+    stack = Stack(topics)
+    await stack.service.take(audit(0, range(3)))
+    stack.clock.now += 300
+    await stack.seal()
+    await stack.service.take(audit(0, range(3, 5)))
+    stack.service.forget([0])
+    assert stack.service.held() == {} and stack.service.due() == []
+    await stack.service.take(audit(0, range(5)))  # the next owner's view: redelivered from the commit
+    assert stack.reads == 2 and stack.service.held() == {0: 3}
+
+
+async def test_an_unusable_digest_key_makes_records_wait_not_dead_letters():
+    topics = Topics()
+    first = Stack(topics)
+    await first.service.take(audit(0, range(2)))
+    first.clock.now += 300
+    await first.seal()
+    # another process whose ledger never saw the key: unwrapping is refused, so it cannot sign
+    stranger = Stack(topics, directory=_replayed_directory(topics))
+    await stranger.service.take(audit(0, range(2, 4)))
+    stranger.clock.now += 300
+    with pytest.raises(DigestKeyUnavailable):
+        await stranger.seal()
+    assert stranger.service.held() == {0: 2} and stranger.service.due() == [0]
+
+
+async def test_an_unreadable_digest_topic_makes_records_wait():
+    stack = Stack(Topics())
+
+    async def broken() -> list[bytes | None]:
+        raise TimeoutError("kms.audit.digests not read to its end")
+
+    stack.service._read_digests = broken
+    with pytest.raises(DigestLogUnavailable):
+        await stack.service.take(audit(0, range(1)))
+
+
+def _replayed_directory(topics: Topics) -> KeyDirectory:
+    """What a new process's key follower builds from keys.material and keys.events."""
+    directory = KeyDirectory()
+    for value in topics.values(Topic.KEYS_MATERIAL):
+        directory.apply_material(KeyMaterial.model_validate_json(value))
+    for value in topics.values(Topic.KEYS_EVENTS):
+        directory.apply_event(KeyEvent.model_validate_json(value))
+    return directory
+
+
+def test_the_digest_interval_is_a_setting_of_300_seconds_by_default(monkeypatch):
+    from workers.settings import Settings
+
+    monkeypatch.delenv("KEYLEDGER_DIGEST_INTERVAL", raising=False)
+    assert Settings().digest_interval == 300
+    monkeypatch.setenv("KEYLEDGER_DIGEST_INTERVAL", "2")
+    assert Settings().digest_interval == 2
+    assert "10,000" in Settings.model_fields["digest_interval"].description

@@ -1,0 +1,172 @@
+"""The KMS and ledger ports, metered: the same Protocols, wrapping the configured adapters.
+
+Each call is counted by operation and outcome, timed, traced as a client span when
+tracing is on, and remembered by a `Reachability` that /readyz reports without
+probing the dependency (a probe of AWS KMS costs money and quota). A KMS refusal
+is logged with its cause: the provider's explanation, not only the error class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from workers.app.observability.metrics import Metrics
+from workers.errors import Unavailable
+from workers.kms import DataKey, Kms, KmsRefused
+from workers.ledger import (
+    Account,
+    AccountFilter,
+    CreateAccountResult,
+    CreateTransferResult,
+    Ledger,
+    QueryFilter,
+    Transfer,
+)
+
+log = logging.getLogger("keyledger.ports")
+
+T = TypeVar("T")
+SpanFactory = Callable[[str, dict[str, Any]], contextlib.AbstractContextManager[object]]
+
+
+def _no_span(name: str, attributes: dict[str, Any]) -> contextlib.AbstractContextManager[object]:
+    return contextlib.nullcontext()
+
+
+class Reachability:
+    """What the latest calls said about a dependency: `ok` (it answered, refusals included), `unavailable`
+    (it did not), or `unknown` (no call yet)."""
+
+    def __init__(self) -> None:
+        self.state = "unknown"
+        self.last_error: str | None = None
+        self.since: datetime | None = None
+
+    def answered(self) -> None:
+        if self.state != "ok":
+            self.state, self.since = "ok", datetime.now(UTC)
+
+    def failed(self, error: str) -> None:
+        self.last_error = error
+        if self.state != "unavailable":
+            self.state, self.since = "unavailable", datetime.now(UTC)
+
+    def report(self) -> dict[str, Any]:
+        return {"state": self.state, "since": self.since.isoformat() if self.since else None,
+                "last_error": self.last_error}
+
+
+class MeteredKms:
+    """A `Kms` that reports every call; `calls` and `default_key_id` read through to the adapter."""
+
+    def __init__(self, inner: Kms, metrics: Metrics, span: SpanFactory | None = None) -> None:
+        self.inner = inner
+        self.default_key_id = inner.default_key_id
+        self.reachability = Reachability()
+        self._metrics = metrics
+        self._span = span or _no_span
+        self._calls = 0
+
+    @property
+    def calls(self) -> int:
+        return int(getattr(self.inner, "calls", self._calls))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def generate_data_key(self, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
+        return await self._call("generate_data_key", lambda: self.inner.generate_data_key(kms_key_id, context))
+
+    async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
+        return await self._call("decrypt", lambda: self.inner.decrypt(wrapped, kms_key_id, context))
+
+    async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
+        await self._call("schedule_key_deletion", lambda: self.inner.schedule_key_deletion(kms_key_id, pending_days))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        self._calls += 1
+        outcome = "error"
+        started = time.perf_counter()
+        try:
+            with self._span(f"kms {operation}", {"keyledger.kms.operation": operation}):
+                result = await call()
+            outcome = "success"
+            self.reachability.answered()
+            return result
+        except KmsRefused as exc:
+            outcome = "refused"
+            self.reachability.answered()
+            cause = f": {exc.detail}" if exc.detail else ""
+            log.warning("KMS refused %s: %s%s", operation, exc, cause,
+                        extra={"code": "kms_refused", "operation": operation})
+            raise
+        except Unavailable as exc:
+            outcome = "unavailable"
+            self.reachability.failed(str(exc))
+            raise
+        finally:
+            self._metrics.kms_calls.labels(operation, outcome).inc()
+            self._metrics.kms_seconds.labels(operation).observe(time.perf_counter() - started)
+
+
+class MeteredLedger:
+    """A `Ledger` that reports every request (one port call: the adapter may cut it into several)."""
+
+    def __init__(self, inner: Ledger, metrics: Metrics, span: SpanFactory | None = None) -> None:
+        self.inner = inner
+        self.reachability = Reachability()
+        self._metrics = metrics
+        self._span = span or _no_span
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
+        return await self._call("create_accounts", len(accounts), lambda: self.inner.create_accounts(accounts))
+
+    async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
+        return await self._call("create_transfers", len(transfers), lambda: self.inner.create_transfers(transfers))
+
+    async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
+        return await self._call("lookup_accounts", len(ids), lambda: self.inner.lookup_accounts(ids))
+
+    async def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
+        return await self._call("lookup_transfers", len(ids), lambda: self.inner.lookup_transfers(ids))
+
+    async def get_account_transfers(self, account_filter: AccountFilter) -> list[Transfer]:
+        return await self._call("get_account_transfers", 1, lambda: self.inner.get_account_transfers(account_filter))
+
+    async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        return await self._call("query_accounts", 1, lambda: self.inner.query_accounts(query_filter))
+
+    async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
+        return await self._call("query_transfers", 1, lambda: self.inner.query_transfers(query_filter))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def _call(self, operation: str, events: int, call: Callable[[], Awaitable[T]]) -> T:
+        outcome = "error"
+        started = time.perf_counter()
+        try:
+            with self._span(f"ledger {operation}", {"keyledger.ledger.operation": operation,
+                                                    "keyledger.ledger.events": events}):
+                result = await call()
+            outcome = "success"
+            self.reachability.answered()
+            return result
+        except Unavailable as exc:
+            outcome = "unavailable"
+            self.reachability.failed(str(exc))
+            raise
+        finally:
+            self._metrics.ledger_requests.labels(operation, outcome).inc()
+            self._metrics.ledger_seconds.labels(operation).observe(time.perf_counter() - started)
