@@ -9,6 +9,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.messages import AuditEvent, KeyEvent, KeyMaterial, KeyType
 from tests.support.harness import handler_harness, inbound, span_job, tenant_created
@@ -53,6 +55,13 @@ def rewrap_audits(captured) -> list[AuditEvent]:
     return [a for a in captured.values("kms.audit", AuditEvent) if a.op.value == "rewrap"]
 
 
+def kms_calls(context, operation: str, outcome: str = "success") -> float:
+    text = generate_latest(context.observability.metrics.registry).decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "keyledger_kms_calls_total"
+               and sample.labels == {"operation": operation, "outcome": outcome})
+
+
 def book_of(captured) -> PublicKeyBook:
     book = PublicKeyBook()
     for event in captured.values("keys.events", KeyEvent):
@@ -79,6 +88,9 @@ async def test_a_rewrap_publishes_new_wrappings_of_the_same_keys_and_the_ledger_
         [account] = await context.ledger.lookup_accounts([ids.from_hex(entry.key_id)])
         assert account.user_data_64 == material_fingerprint(first)
     assert len([m for m in captured.values("keys.material", KeyMaterial) if m.tenant_id == "globex"]) == 2
+
+    # metered like every KMS call: one batch call for the tenant's keys
+    assert kms_calls(context, "rewrap_many") == 1
 
     # a cold cache unwraps the new wrapping: old signatures verify, old ciphertexts decrypt
     context.keys.secrets.clear()

@@ -9,6 +9,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.messages import AuditEvent, KeyEvent, KeyMaterial, KeyType
 from tests.support.harness import handler_harness, inbound, span_job, tenant_created
@@ -51,6 +53,13 @@ def latest_records(captured) -> dict[str, KeyMaterial]:
     for record in captured.values("keys.material", KeyMaterial):
         latest[record.key_id] = record
     return latest
+
+
+def kms_calls(context, operation: str) -> float:
+    text = generate_latest(context.observability.metrics.registry).decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "keyledger_kms_calls_total"
+               and sample.labels == {"operation": operation, "outcome": "success"})
 
 
 def book_of(captured) -> PublicKeyBook:
@@ -156,6 +165,9 @@ async def test_migration_to_vault_and_back_keeps_every_key(openbao):
             assert (record.kms_provider, record.kms_key_id, record.kek_version) == ("vault", key, 1)
         audits = [a for a in captured.values("kms.audit", AuditEvent) if a.op.value == "rewrap"]
         assert len(audits) == 6 and {a.reason for a in audits} == {"migration to vault"}
+        # each provider's calls are metered, per tenant tick (the test broker delivers them one by one):
+        # one unwrap under local and one proof under vault (decrypt_many), one wrap under vault
+        assert [kms_calls(context, op) for op in ("decrypt_many", "wrap_many")] == [2 * 3, 3]
 
         # a process with only the vault provider unwraps every migrated key to the same key
         cold = KeyService(KeyDirectory(), vault, context.ledger, SingleFlightCache(ttl=60, max_entries=100))

@@ -202,8 +202,8 @@ class RewrapService:
         versions stop unwrapping. Nothing is retired for a KEK when a key under it cannot be proven
         (no accepted record here); the minimum never rises past the latest version."""
         report = []
-        for adapter in self._versioned_adapters():
-            floors, unproven = await self._floors(adapter)
+        for provider, adapter in self._versioned_adapters():
+            floors, unproven = await self._floors(provider)
             for kek in sorted(set(floors) | {adapter.default_key_id}):
                 if kek in unproven:
                     report.append(f"{provider_of(adapter)} KEK {kek}: kept, {unproven[kek]}")
@@ -219,17 +219,19 @@ class RewrapService:
                                   f"v{versions.min_decryption} (oldest version in use: v{floor}, latest v{versions.latest})")
         return report
 
-    def _versioned_adapters(self) -> list[VersionedKms]:
+    def _versioned_adapters(self) -> list[tuple[str, VersionedKms]]:
+        """(provider, adapter) of each configured provider whose KEKs have versions."""
         providers = getattr(self.kms, "providers", None)
-        adapters = list(providers.values()) if isinstance(providers, dict) else [self.kms]
-        return [cast(VersionedKms, a) for a in adapters if isinstance(a, KekVersionedKms)]
+        names = list(providers) if isinstance(providers, dict) else [provider_of(self.kms)]
+        adapters = [(name, kms_for(self.kms, name)) for name in names]
+        return [(name, cast(VersionedKms, a)) for name, a in adapters if isinstance(a, KekVersionedKms)]
 
-    async def _floors(self, adapter: Kms) -> tuple[dict[str, int], dict[str, str]]:
-        """Per KEK of `adapter`: the lowest version a live key needs, and the KEKs with a key whose
+    async def _floors(self, provider: str) -> tuple[dict[str, int], dict[str, str]]:
+        """Per KEK of `provider`: the lowest version a live key needs, and the KEKs with a key whose
         record cannot be proven (why)."""
         entries = [e for e in self._keys.directory.entries()
                    if e.state is not KeyState.DESTROYED and (e.newest or e.material) is not None
-                   and self._routes_to(e.newest or e.material, adapter)]
+                   and self._routes_to(e.newest or e.material, provider)]
         accounts = {a.id: a for a in await self._ledger.lookup_accounts([ids.from_hex(e.key_id) for e in entries])}
         floors: dict[str, int] = {}
         unproven: dict[str, str] = {}
@@ -253,10 +255,11 @@ class RewrapService:
             floors[record.kms_key_id] = min(version, floors.get(record.kms_key_id, version))
         return floors, unproven
 
-    def _routes_to(self, material: KeyMaterial | None, adapter: Kms) -> bool:
+    def _routes_to(self, material: KeyMaterial | None, provider: str) -> bool:
+        """Whether `provider` unwraps `material` here (a single adapter unwraps every record)."""
         assert material is not None
         try:
-            return kms_for(self.kms, material.kms_provider) is adapter
+            return provider_of(kms_for(self.kms, material.kms_provider)) == provider
         except KmsRefused:
             return False
 
@@ -426,7 +429,11 @@ class RewrapService:
             else:
                 ready.append((move, plaintext))
         del unwrapped
-        wrapped = await wrap_many(target, [WrapRequest(p, None, m.context) for m, p in ready])
+        try:
+            wrapped: list[DataKey | KmsError] = await wrap_many(target, [WrapRequest(p, None, m.context)
+                                                                          for m, p in ready])
+        except KmsRefused as exc:  # an adapter that cannot wrap a given key refuses them all
+            wrapped = [exc] * len(ready)
         checks: list[tuple[Move, bytes, DataKey]] = []
         for (move, plaintext), result in zip(ready, wrapped, strict=True):
             if isinstance(result, KmsError):
