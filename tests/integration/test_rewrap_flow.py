@@ -158,6 +158,17 @@ async def test_kek_rotation_rewrap_and_retire_over_a_real_broker_across_kill_9(o
     stop(worker)
     worker_process(*GROUPS, env=vault)  # a cold cache unwraps the v2 wrappings
     await same_keys_work(bootstrap, tenants, sealed, "after-rewrap")
+
+    # the scheduled variant (a CronJob's `rewrap --all --scheduled`): one pass re-wraps, the next retires
+    openbao.admin("POST", f"transit/keys/{key}/rotate", {})
+    first = await asyncio.to_thread(cli, vault, "rewrap", "--all", "--scheduled")
+    assert first.returncode == 0, first.stdout + first.stderr
+    await read_topic(bootstrap, "keys.material", timeout=120, until=lambda rs: len(
+        {r.key for r in rs if r.value and b'"kek_version":3' in r.value}) == 40)
+    assert openbao.admin("GET", f"transit/keys/{key}")["data"]["min_decryption_version"] == 2  # not yet
+    second = await asyncio.to_thread(cli, vault, "rewrap", "--all", "--scheduled")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert openbao.admin("GET", f"transit/keys/{key}")["data"]["min_decryption_version"] == 3
     report = await asyncio.to_thread(cli, vault, "audit", "verify")
     assert report.returncode == 0 and "agrees with TigerBeetle" in report.stdout, report.stdout
 

@@ -212,15 +212,22 @@ def _add_rewrap(verbs: Any) -> None:
     scope = rewrap.add_mutually_exclusive_group(required=True)
     scope.add_argument("--all", action="store_true", help="every tenant, then retire unneeded KEK versions")
     scope.add_argument("--tenant", help="one tenant")
+    rewrap.add_argument("--scheduled", action="store_true",
+                        help="with --all, for a CronJob: one scheduled tick (retire what the last pass left unneeded, "
+                             "then re-wrap keys under an older Vault KEK version); returns once the worker took it")
 
 
 def _rewrap(args: argparse.Namespace) -> int:
-    from workers.tools.rewrap import rewrap
+    from workers.tools.rewrap import rewrap, rewrap_scheduled
 
     bootstrap = require_bootstrap(load_settings())
+    if args.scheduled and args.tenant:
+        raise ConfigError("--scheduled goes with --all: a scheduled pass covers every tenant")
 
     async def checked_rewrap() -> int:
         await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
+        if args.scheduled:
+            return await rewrap_scheduled(bootstrap)
         return await rewrap(bootstrap, args.tenant)
 
     return asyncio.run(checked_rewrap())

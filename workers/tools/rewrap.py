@@ -7,6 +7,11 @@ Vault transit key's min_decryption_version as far as the worker can prove no
 live key still needs the older versions (it logs what it retired and why not).
 The keys themselves never change: same key ids, public keys, ciphertexts.
 Exit status 0 when every tick was handled and none was dead-lettered.
+
+`--scheduled` (for a CronJob) publishes one scheduled `rewrap` tick instead and
+waits until the rotation group has taken it: the worker first retires the KEK
+versions the previous pass left unneeded, then fans out to the tenants with a
+key under an older Vault KEK version (keys under AWS KMS are left alone).
 """
 
 from __future__ import annotations
@@ -66,4 +71,20 @@ async def rewrap(bootstrap: str, tenant: str | None, *, idle_timeout: float = 12
     moved = sum(1 for e in after if e.newest is not None and before.get(e.key_id) not in (None, material_fingerprint(e.newest)))
     out.write(f"{run}: {moved} keys re-wrapped, {len(letters)} tenants failed; now:\n")
     out.writelines(line + "\n" for line in describe(wrappings(after)))
+    return 1 if letters else 0
+
+
+async def rewrap_scheduled(bootstrap: str, *, idle_timeout: float = 120.0, out: TextIO = sys.stdout,
+                           err: TextIO = sys.stderr) -> int:
+    tick = RotationTick(tick_id=f"cron-rewrap-{uuid.uuid4()}", issued_at=datetime.now(UTC), action=TickAction.REWRAP,
+                        reason=RotationReason.SCHEDULED)
+    sent = await send_ticks(bootstrap, [tick])
+    if not await follow(bootstrap, sent, Progress("rewrap tick", 1, unit="tick", done="ticks taken", out=err),
+                        idle_timeout):
+        raise CheckFailed(f"keyledger-rotation did not take tick {tick.tick_id} within {idle_timeout:.0f}s; is it "
+                          "running? The tick stays on keys.rotation-ticks and will be handled when it is")
+    letters = await dead_letters_for(bootstrap, {tick.tick_id})
+    for tick_id, error in letters:
+        out.write(f"FAILED {tick_id}: {error}\n")
+    out.write(f"{tick.tick_id}: taken; tenants with keys under an older KEK version get one rewrap tick each\n")
     return 1 if letters else 0
