@@ -118,7 +118,8 @@ class Move:
 
 @dataclass(slots=True)
 class Pass:
-    """What one call found: moves to make, and per tick the failures that keep it from finishing."""
+    """What planning found: the moves to make (some already failed), and the ops of moves a crashed
+    or repeated run already made, to republish as they were."""
 
     moves: list[Move] = field(default_factory=list)
     replayed: list[OpRecord] = field(default_factory=list)
@@ -183,7 +184,7 @@ class RewrapService:
             log.info("%s tick %s: %d live keys to move, %d tenants", tick.action, tick.tick_id, len(wanted),
                      len(tenants))
             outcome.outputs += [Outgoing.of(Topic.ROTATION_TICKS, tenant, tick.model_copy(update={
-                "tick_id": f"{tick.tick_id}/{tenant}", "tenant_id": tenant, "parent_tick_id": tick.tick_id}))
+                "tick_id": ids.child_tick_id(tick.tick_id, tenant), "tenant_id": tenant, "parent_tick_id": tick.tick_id}))
                 for tenant in tenants]
         return outcome
 
@@ -206,16 +207,20 @@ class RewrapService:
             floors, unproven = await self._floors(provider)
             for kek in sorted(set(floors) | {adapter.default_key_id}):
                 if kek in unproven:
-                    report.append(f"{provider_of(adapter)} KEK {kek}: kept, {unproven[kek]}")
+                    report.append(f"{provider} KEK {kek}: kept, {unproven[kek]}")
                     continue
-                versions = await adapter.kek_versions(kek)
+                try:
+                    versions = await adapter.kek_versions(kek)
+                except KmsRefused as exc:  # e.g. a BYOK transit key this token may not read: leave it alone
+                    report.append(f"{provider} KEK {kek}: kept, its versions cannot be read ({exc})")
+                    continue
                 floor = min(floors.get(kek, versions.latest), versions.latest)
                 if floor > versions.min_decryption:
                     await adapter.retire_kek_versions(floor, kek)
-                    report.append(f"{provider_of(adapter)} KEK {kek}: versions below v{floor} retired "
+                    report.append(f"{provider} KEK {kek}: versions below v{floor} retired "
                                   f"(was v{versions.min_decryption}; every live key is at v{floor} or later)")
                 else:
-                    report.append(f"{provider_of(adapter)} KEK {kek}: min_decryption_version stays "
+                    report.append(f"{provider} KEK {kek}: min_decryption_version stays "
                                   f"v{versions.min_decryption} (oldest version in use: v{floor}, latest v{versions.latest})")
         return report
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from schemas.messages import KmsProviderName, RotationReason, RotationTick, TickAction
+from workers.core import ids
 from workers.errors import CheckFailed
 from workers.tools.progress import Progress
 from workers.tools.ticks import (
@@ -40,7 +41,7 @@ async def migrate(bootstrap: str, to: KmsProviderName, *, idle_timeout: float = 
     tenants = sorted({e.tenant_id for e in elsewhere})
     run = f"cli-migrate-{uuid.uuid4()}"
     now = datetime.now(UTC)
-    ticks = [RotationTick(tick_id=f"{run}/{t}", issued_at=now, tenant_id=t, action=TickAction.MIGRATE,
+    ticks = [RotationTick(tick_id=ids.child_tick_id(run, t), issued_at=now, tenant_id=t, action=TickAction.MIGRATE,
                           to_provider=to, reason=RotationReason.MANUAL, parent_tick_id=run) for t in tenants]
     out.write(f"{run}: {len(elsewhere)} live keys of {len(tenants)} tenants are not under {to}\n")
     out.writelines(line + "\n" for line in describe(wrappings(elsewhere)))

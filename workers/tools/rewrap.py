@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from schemas.messages import RotationReason, RotationTick, TickAction
+from workers.core import ids
 from workers.core.material import material_fingerprint
 from workers.errors import CheckFailed
 from workers.tools.progress import Progress
@@ -47,7 +48,7 @@ async def rewrap(bootstrap: str, tenant: str | None, *, idle_timeout: float = 12
     tenants = sorted({e.tenant_id for e in keys})
     run = f"cli-rewrap-{uuid.uuid4()}"
     now = datetime.now(UTC)
-    ticks = [RotationTick(tick_id=f"{run}/{t}", issued_at=now, tenant_id=t, action=TickAction.REWRAP,
+    ticks = [RotationTick(tick_id=ids.child_tick_id(run, t), issued_at=now, tenant_id=t, action=TickAction.REWRAP,
                           reason=RotationReason.MANUAL, parent_tick_id=run) for t in tenants]
     out.write(f"{run}: re-wrapping {len(keys)} live keys of {len(tenants)} tenants\n")
     out.writelines(line + "\n" for line in describe(wrappings(keys)))
