@@ -183,10 +183,20 @@ async def test_migration_to_vault_and_back_keeps_every_key(openbao):
         await handle(context, tick("mig-2", action="migrate", to_provider="vault"))  # resumable: nothing left
         assert len(captured.values("keys.material")) == published
 
+        # a rotation meanwhile: the new version goes where new keys go (local here), under its default key;
+        # a tenant's own key keeps wrapping its next version
+        for tenant in ("acme", "byok"):
+            await broker.publish(tick(f"rot-{tenant}", tenant_id=tenant, reason="manual", key_type="signing"),
+                                 "keys.rotation-ticks", key=tenant.encode())
+        v2 = {r.tenant_id: r for r in captured.values("keys.material", KeyMaterial)
+              if r.version == 2 and r.key_type is KeyType.SIGNING}
+        assert (v2["acme"].kms_provider, v2["acme"].kms_key_id) == ("local", local.default_key_id)
+        assert (v2["byok"].kms_provider, v2["byok"].kms_key_id) == ("local", "tenant-own-key")
+
         await handle(context, tick("mig-3", action="migrate", to_provider="local"))
         back = latest_records(captured)
         assert {r.kms_provider for r in back.values()} == {"local"}
-        assert {k: r.public_key for k, r in back.items()} == {k: r.public_key for k, r in before.items()}
+        assert {k: back[k].public_key for k in before} == {k: r.public_key for k, r in before.items()}
         await still_the_same_keys(context, broker, captured, sealed)
 
 
