@@ -214,14 +214,17 @@ class RewrapService:
                 except KmsRefused as exc:  # e.g. a BYOK transit key this token may not read: leave it alone
                     report.append(f"{provider} KEK {kek}: kept, its versions cannot be read ({exc})")
                     continue
-                floor = min(floors.get(kek, versions.latest), versions.latest)
+                floor, oldest = floors.get(kek, (versions.latest, None))
+                floor = min(floor, versions.latest)
                 if floor > versions.min_decryption:
                     await adapter.retire_kek_versions(floor, kek)
                     report.append(f"{provider} KEK {kek}: versions below v{floor} retired "
                                   f"(was v{versions.min_decryption}; every live key is at v{floor} or later)")
                 else:
                     report.append(f"{provider} KEK {kek}: min_decryption_version stays "
-                                  f"v{versions.min_decryption} (oldest version in use: v{floor}, latest v{versions.latest})")
+                                  f"v{versions.min_decryption} (oldest version in use: v{floor}"
+                                  + (f", by key {oldest}" if oldest and floor < versions.latest else "")
+                                  + f", latest v{versions.latest})")
         return report
 
     def _versioned_adapters(self) -> list[tuple[str, VersionedKms]]:
@@ -231,14 +234,14 @@ class RewrapService:
         adapters = [(name, kms_for(self.kms, name)) for name in names]
         return [(name, cast(VersionedKms, a)) for name, a in adapters if isinstance(a, KekVersionedKms)]
 
-    async def _floors(self, provider: str) -> tuple[dict[str, int], dict[str, str]]:
-        """Per KEK of `provider`: the lowest version a live key needs, and the KEKs with a key whose
-        record cannot be proven (why)."""
+    async def _floors(self, provider: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
+        """Per KEK of `provider`: the lowest version a live key needs (and one key that needs it), and
+        the KEKs with a key whose record cannot be proven (why)."""
         entries = [e for e in self._keys.directory.entries()
                    if e.state is not KeyState.DESTROYED and (e.newest or e.material) is not None
                    and self._routes_to(e.newest or e.material, provider)]
         accounts = {a.id: a for a in await self._ledger.lookup_accounts([ids.from_hex(e.key_id) for e in entries])}
-        floors: dict[str, int] = {}
+        floors: dict[str, tuple[int, str]] = {}
         unproven: dict[str, str] = {}
         for entry in entries:
             newest = entry.newest or entry.material
@@ -257,7 +260,7 @@ class RewrapService:
             if version is None:
                 unproven.setdefault(record.kms_key_id, f"key {entry.key_id} has no versioned wrapping")
                 continue
-            floors[record.kms_key_id] = min(version, floors.get(record.kms_key_id, version))
+            floors[record.kms_key_id] = min((version, entry.key_id), floors.get(record.kms_key_id, (version, entry.key_id)))
         return floors, unproven
 
     def _routes_to(self, material: KeyMaterial | None, provider: str) -> bool:
