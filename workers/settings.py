@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(5, ge=1, le=100, description="Attempts at a failing record before it goes to the DLQ.")
     retry_backoff: float = Field(0.2, gt=0, le=60, description="First backoff in seconds after a transient failure (doubles, capped).")
     retry_backoff_max: float = Field(10.0, gt=0, le=600, description="Longest backoff in seconds between retries.")
+    key_table_wait: float = Field(30.0, ge=0, le=3600, description="Seconds a record naming a tenant this process's key table has not seen yet waits (uncommitted, retried with backoff) for its keys, before it is refused as unknown_tenant; covers a tenant created just before its first spans.")
     startup_timeout: float = Field(60.0, gt=0, description="Seconds to read keys.material/keys.events to their end at start.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of `/healthz`, `/readyz` and `/metrics`; 0 turns the endpoint off.")
     http_host: str = Field("0.0.0.0", description="Address the HTTP endpoint listens on.")

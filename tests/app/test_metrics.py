@@ -8,16 +8,15 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.messages import KeyType, Op
+from schemas.messages import KeyType
 from tests.support.faults import SwitchableKms
-from tests.support.harness import handler_harness, inbound, span_job, tenant_created
+from tests.support.harness import handler_harness, span_job, tenant_created
 from workers.app.observability.metrics import Metrics, Samplers
 from workers.app.observability.ports import MeteredKms, MeteredLedger
-from workers.core import ids
+from workers.keys.budget import Claim, EncryptionBudget
 from workers.kms import KmsRefused, KmsUnavailable
 from workers.kms.local import LocalKms
 from workers.ledger.memory import MemoryLedger
-from workers.ledger.records import OpRecord
 
 
 def value(context, name: str, **labels: str) -> float:
@@ -116,18 +115,16 @@ async def test_metered_kms_reports_an_outage_without_logging_it_as_a_refusal(cap
     assert [r for r in caplog.records if r.name == "keyledger.ports"] == []
 
 
-async def test_key_usage_ratio_is_the_highest_balance_over_the_limit():
+async def test_key_usage_ratio_is_the_highest_share_of_an_encryption_budget_spent():
     async with handler_harness(["keyledger-keygen"]) as (context, broker, captured):
         for tenant in ("acme", "globex"):
             await broker.publish(tenant_created(tenant), "tenants.created", key=tenant.encode())
         acme = context.keys.active("acme", KeyType.ENCRYPTION)
-        record = inbound("pii.requests", "acme", b"{}", offset=7)
-        op = OpRecord(ids.transfer_id(Op.ENCRYPT, acme.key_id, "test"), "acme", acme.key_id, Op.ENCRYPT, record.source,
-                      count=40)
-        await context.audit.record([op])
+        budget = EncryptionBudget(context.ledger, 100)
+        assert await budget.claim([Claim(acme.key_id, "pii.requests", 0, 7, 40)]) == [True]
         samplers = Samplers(context.runners, context.directory, context.ledger, encrypt_limit=100)
         await samplers.refresh(wait=5)
-        assert samplers.usage_ratio == pytest.approx((40 + 1) / 100)  # the generate transfer counts too
+        assert samplers.usage_ratio == pytest.approx(40 / 100)  # globex's untouched budget is 0
 
 
 async def test_the_metered_ledger_is_the_same_ledger():

@@ -103,7 +103,9 @@ def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -
         args = [sys.executable, "-m", "workers.app.cli", "run"] + [a for g in groups for a in ("--group", g)]
         # each worker its own health/metrics port: several may run at once
         full_env = {**os.environ, **aws_env, "KEYLEDGER_KAFKA_BOOTSTRAP": topics_ready,
-                    "KEYLEDGER_KAFKA_PARTITIONS": "3", "KEYLEDGER_HTTP_PORT": str(free_port()), **(env or {})}
+                    "KEYLEDGER_KAFKA_PARTITIONS": "3", "KEYLEDGER_HTTP_PORT": str(free_port()),
+                    # an unknown tenant is refused after 5 s, not 30: tests that expect unknown_tenant stay short
+                    "KEYLEDGER_KEY_TABLE_WAIT": "5", **(env or {})}
         proc = subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         proc.log_path = tmp_path / f"worker-{len(started)}.log"
         proc.http_port = int(full_env["KEYLEDGER_HTTP_PORT"])
@@ -124,7 +126,7 @@ def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -
 async def in_process_workers(bootstrap: str, groups: list[str], *, overrides: dict | None = None,
                              **components) -> AsyncIterator[ProcessContext]:
     settings = Settings(**{"kafka_bootstrap": bootstrap, "kafka_partitions": 3, "retry_backoff": 0.05,
-                           "retry_backoff_max": 0.2, **(overrides or {})})
+                           "retry_backoff_max": 0.2, "key_table_wait": 5, **(overrides or {})})
     context = ProcessContext.build(settings, bootstrap, **components)
     context.register(groups)
     await context.start()

@@ -28,6 +28,10 @@ class SwitchableKms:
         self._check()
         return await self._kms.decrypt(wrapped, kms_key_id, context)
 
+    async def describe_key(self, kms_key_id: str) -> str:
+        self._check()
+        return await self._kms.describe_key(kms_key_id)
+
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         self._check()
         await self._kms.schedule_key_deletion(kms_key_id, pending_days)

@@ -52,7 +52,8 @@ def _capture_into(captured: Captured, context: ProcessContext, topic: str) -> No
 async def handler_harness(groups: list[str], *, kms: Any = None, ledger: Any = None,
                           **settings: Any) -> AsyncIterator[tuple[ProcessContext, Any, Captured]]:
     # the in-memory test broker delivers inline: handle each batch before publish() returns
-    config = Settings(kafka_bootstrap="unused:9092", **{"kafka_pipeline_depth": 1, **settings})
+    # key_table_wait 0: one process, inline delivery, so a tenant unknown now is unknown for good
+    config = Settings(kafka_bootstrap="unused:9092", **{"kafka_pipeline_depth": 1, "key_table_wait": 0, **settings})
     context = ProcessContext.build(config, "unused:9092", kms=kms or LocalKms(), ledger=ledger or MemoryLedger(),
                                    follow=False, test_broker=True)
     context.register(groups)

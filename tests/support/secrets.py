@@ -13,7 +13,12 @@ from collections.abc import Iterable
 def encodings(secret: bytes) -> dict[str, bytes]:
     forms = {"raw": secret, "hex": secret.hex().encode(), "HEX": secret.hex().upper().encode()}
     if not secret.isascii():
-        forms["repr"] = repr(secret)[2:-1].encode()
+        # repr picks its quotes from the whole bytes object it prints, so a `'` in the secret may or may not
+        # be escaped in a larger repr: look for both spellings
+        body = repr(secret)[2:-1]
+        plain = body.replace("\\'", "'")
+        forms["repr"] = plain.encode()
+        forms["repr-quoted"] = plain.replace("'", "\\'").encode()
     for shift in range(3):
         part = secret[shift:]
         part = part[: len(part) // 3 * 3]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from schemas.messages import AuditSource, KeyEvent, KeyEventType, KeyMaterial, KeyType, Op
+from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
 from workers.core import ids
+from workers.keys.budget import Claim, EncryptionBudget
 from workers.keystore.directory import KeyDirectory
 from workers.ledger.memory import MemoryLedger
-from workers.ledger.records import OpRecord, key_account, tenant_account
 from workers.tools.status import RESERVED_TENANT, near_wear_out, render, summarise, to_json
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -78,16 +78,12 @@ def test_text_and_json_forms_carry_the_same_facts():
     assert body["near_wear_out"] is None and body["due_for_rotation"][0]["key_id"] == ids.key_id_for("acme", KeyType.SIGNING, 2)
 
 
-async def test_near_wear_out_reads_key_account_usage_from_the_ledger():
+async def test_near_wear_out_reads_the_encryption_budget_the_workers_charge():
     ledger = MemoryLedger()
     directory = table()
     keys = [directory.active("acme", KeyType.ENCRYPTION), directory.active("globex", KeyType.SIGNING)]
-    await ledger.create_accounts([tenant_account("acme"), tenant_account("globex")]
-                                 + [key_account(k.tenant_id, k.key_id, k.key_type, k.version, 0) for k in keys])
-    source = AuditSource(topic="pii.requests", partition=0, offset=0)
-    used = [(keys[0], 91), (keys[1], 89)]
-    await ledger.create_transfers([OpRecord(transfer_id=n + 1, tenant_id=k.tenant_id, key_id=k.key_id, op=Op.ENCRYPT,
-                                            source=source, count=count).to_transfer()
-                                   for n, (k, count) in enumerate(used)])
+    budget = EncryptionBudget(ledger, 100)
+    assert await budget.claim([Claim(k.key_id, "pii.requests", 0, n, count)
+                               for n, (k, count) in enumerate([(keys[0], 91), (keys[1], 89)])]) == [True, True]
     worn = await near_wear_out(ledger, keys, encrypt_limit=100)
     assert [(r.tenant_id, r.used) for r in worn] == [("acme", 91)]  # 91 >= 90% of 100; 89 is not

@@ -26,6 +26,7 @@ from workers.kafka.consume import BatchRunner, ConsumerGroup, run_group
 from workers.kafka.publisher import BrokerPublisher, KafkaPublisher, Publisher
 from workers.keys.audit import AuditTrail
 from workers.keys.cache import SingleFlightCache
+from workers.keys.patience import TenantPatience
 from workers.keys.service import KeyService, SecretKey
 from workers.keystore.directory import KeyDirectory
 from workers.keystore.follower import KeyFollower
@@ -90,7 +91,7 @@ class ProcessContext:
         secrets: SingleFlightCache[SecretKey] = SingleFlightCache(
             ttl=settings.cache_private_ttl, max_entries=settings.cache_max_entries
         )
-        keys = KeyService(directory, metered_kms, metered_ledger, secrets)
+        keys = KeyService(directory, metered_kms, metered_ledger, secrets, TenantPatience(settings.key_table_wait))
         follower = KeyFollower(bootstrap, directory, startup_timeout=settings.startup_timeout) if follow else None
         context = cls(settings, broker, publisher, metered_kms, metered_ledger, directory, keys,
                       AuditTrail(metered_ledger), follower, observability, bootstrap=bootstrap)

@@ -109,6 +109,20 @@ class TigerBeetleServer:
     def start(self, timeout: float = 60.0) -> TigerBeetleServer:
         subprocess.run([self._binary, "format", "--cluster=0", "--replica=0", "--replica-count=1", "--development",
                         str(self._data)], check=True, capture_output=True)
+        return self._run(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, keeping the data file: `restart()` brings the same ledger back (fault tests)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=30)
+        self._process = None
+
+    def restart(self, timeout: float = 60.0) -> TigerBeetleServer:
+        """Start again on the existing data file, same address."""
+        return self._run(timeout)
+
+    def _run(self, timeout: float) -> TigerBeetleServer:
         self._process = subprocess.Popen(
             [self._binary, "start", f"--addresses={self.address}", "--development", str(self._data)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -29,10 +29,11 @@ class KeygenGroup:
         """Creations first, then deletions: a tenant created and deleted in one batch ends destroyed."""
         created = [r for r in records if r.topic == Topic.TENANTS_CREATED]
         deleted = [r for r in records if r.topic == Topic.TENANTS_DELETED]
+        waiting: list[InboundRecord] = []
         if created:
             creations, refused = parse_all(created, lambda r: parse(r, TenantCreated, self._max_bytes))
-            await self._emit((await self.service.create(creations)).refuse_all(refused))
+            waiting += await self._emit((await self.service.create(creations)).refuse_all(refused))
         if deleted:
             deletions, refused = parse_all(deleted, lambda r: parse(r, TenantDeleted, self._max_bytes))
-            await self._emit((await self.shredder.shred(deletions)).refuse_all(refused))
-        return []
+            waiting += await self._emit((await self.shredder.shred(deletions)).refuse_all(refused))
+        return waiting

@@ -21,7 +21,9 @@ from workers.core import ids, signing
 from workers.core.b64 import b64decode, b64encode
 from workers.core.material import material_fingerprint
 from workers.errors import KeyledgerError, KeyRefused, Unavailable
+from workers.kafka.records import InboundRecord
 from workers.keys.cache import SingleFlightCache
+from workers.keys.patience import TenantPatience
 from workers.keys.pins import accepted_material
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
 from workers.kms import Kms, KmsRefused, encryption_context, kms_for, provider_of
@@ -43,12 +45,56 @@ class KeyService:
         kms: Kms,
         ledger: Ledger,
         secrets: SingleFlightCache[SecretKey],
+        patience: TenantPatience | None = None,
     ) -> None:
         self.directory = directory
         self.kms = kms
         self.ledger = ledger
         self.secrets = secrets
+        self.patience = patience or TenantPatience(0)
+        self._canonical: dict[str, str] = {}  # KMS key as named -> as the KMS identifies it (describe_key)
         directory.on_evict(self.evict)
+
+    # --- BYOK ownership ------------------------------------------------------
+
+    async def canonical_kms_key(self, kms_key_id: str) -> str:
+        """The KMS's own identity of a key however it is named (id, ARN, alias); remembered per name."""
+        known = self._canonical.get(kms_key_id)
+        if known is None:
+            try:
+                known = await self.kms.describe_key(kms_key_id)
+            except KmsRefused as exc:
+                raise KeyRefused(f"KMS does not describe key {kms_key_id[:200]!r}: {exc}", ErrorCode.KMS_REFUSED) from None
+            if len(self._canonical) > 100_000:
+                self._canonical.clear()
+            self._canonical[kms_key_id] = known
+        return known
+
+    async def is_default_kms_key(self, kms_key_id: str) -> bool:
+        return await self.canonical_kms_key(kms_key_id) == await self.canonical_kms_key(self.kms.default_key_id)
+
+    async def tenants_bound_to(self, canonical: str) -> set[str]:
+        """The live tenants with a key version wrapped under the KMS key `canonical` (from keys.material)."""
+        owners = set()
+        for entry in self.directory.entries():
+            if entry.state is KeyState.DESTROYED or entry.material is None or entry.tenant_id in owners:
+                continue
+            try:
+                same = await self.canonical_kms_key(entry.material.kms_key_id) == canonical
+            except KeyRefused:
+                continue  # a key the KMS does not know is not the key it just described
+            if same:
+                owners.add(entry.tenant_id)
+        return owners
+
+    def unknown_tenant(self, tenant_id: str) -> bool:
+        """Neither a tenant with keys nor a destroyed one: the key table has not heard of it (yet)."""
+        return not (self.directory.is_known_tenant(tenant_id) or self.directory.is_destroyed_tenant(tenant_id))
+
+    def waits_for_tenant(self, error: KeyledgerError, record: InboundRecord) -> bool:
+        """Whether a request refused with `error` should rather wait: its tenant is not in the key table
+        yet and its wait (keys/patience.py) is not over."""
+        return error.code is ErrorCode.UNKNOWN_TENANT and self.patience.waits(record)
 
     # --- lookups -----------------------------------------------------------
 

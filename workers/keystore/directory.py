@@ -135,9 +135,6 @@ class KeyDirectory:
     def get(self, key_id: str) -> KeyEntry | None:
         return self._keys.get(key_id)
 
-    def entries(self) -> list[KeyEntry]:
-        return list(self._keys.values())
-
     def versions(self, tenant_id: str, key_type: KeyType) -> list[KeyEntry]:
         return sorted(self._versions.get((tenant_id, key_type), {}).values(), key=lambda e: e.version)
 
@@ -159,6 +156,10 @@ class KeyDirectory:
 
     def is_destroyed_tenant(self, tenant_id: str) -> bool:
         return tenant_id in self._destroyed_tenants
+
+    def entries(self) -> list[KeyEntry]:
+        """Every key version known, in no particular order."""
+        return list(self._keys.values())
 
     def tenants(self) -> set[str]:
         return {tenant for tenant, _ in self._versions}

@@ -126,6 +126,11 @@ class Kms(Protocol):
 
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None: ...
 
+    async def describe_key(self, kms_key_id: str) -> str:
+        """The key's canonical identity, the same however it is named (AWS: the key ARN, resolving a key id,
+        an ARN or an alias); KmsRefused when there is no such key. BYOK ownership compares these."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -142,6 +142,10 @@ class AwsKms:
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         await self._call("ScheduleKeyDeletion", KeyId=kms_key_id, PendingWindowInDays=pending_days)
 
+    async def describe_key(self, kms_key_id: str) -> str:
+        reply = await self._call("DescribeKey", KeyId=kms_key_id)
+        return str(reply["KeyMetadata"]["Arn"])
+
     async def aclose(self) -> None:
         await self._stack.aclose()
         self._client = None

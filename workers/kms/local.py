@@ -96,6 +96,10 @@ class LocalKms:
         # stricter than moto: a key pending deletion unwraps nothing
         self._pending_deletion.add(kms_key_id)
 
+    async def describe_key(self, kms_key_id: str) -> str:
+        """Local keys have one name each (no aliases): the name is the identity."""
+        return f"local:{kms_key_id}"
+
     async def aclose(self) -> None:
         return None
 

@@ -92,6 +92,11 @@ class KmsRouter:
                 results[i] = result
         return results  # type: ignore[return-value]
 
+    async def describe_key(self, kms_key_id: str) -> str:
+        """As the primary provider identifies the key (BYOK keys are bound where new keys go); a key of
+        another provider is usually refused there, so it never compares equal to one of the primary's."""
+        return await self.primary.describe_key(kms_key_id)
+
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         if self.is_default_key(kms_key_id):
             raise KmsRefused(f"{kms_key_id} is a provider's shared default key: keyledger never deletes it")

@@ -328,6 +328,10 @@ class VaultKms:
             raise ValueError("min_version must be at least 1")
         await self._call("POST", f"{self._mount}/keys/{name}/config", {"min_decryption_version": min_version})
 
+    async def describe_key(self, kms_key_id: str) -> str:
+        """A transit key is its name under its mount (no aliases)."""
+        return f"vault:{self._mount}/{self._name(kms_key_id)}"
+
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         name = self._name(kms_key_id)
         if name == self.default_key_id:

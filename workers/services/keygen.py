@@ -40,8 +40,11 @@ class KeygenService:
         """All or nothing: a KMS or ledger outage raises Unavailable and the batch waits."""
         outcome = Outcome()
         plans: dict[str, VersionPlan] = {}
+        claimed: dict[str, str] = {}  # BYOK keys claimed in this batch -> by which tenant
         for record, event in requests:
             try:
+                if event.kms_key_id is not None:
+                    await self._own_kms_key(event.tenant_id, event.kms_key_id, claimed)
                 for plan in self._plan(record, event):
                     plans.setdefault(plan.key_id, plan)  # one tenant twice in a batch: one key
             except KeyRefused as exc:
@@ -52,6 +55,19 @@ class KeygenService:
         outcome.events += [self._versions.announcement(p, KeyEventType.GENERATED) for p in todo]
         self.keys_created += len(todo)
         return outcome
+
+    async def _own_kms_key(self, tenant_id: str, kms_key_id: str, claimed: dict[str, str]) -> None:
+        """BYOK: a tenant's own KMS key belongs to that tenant alone. The shared default key, or a key bound
+        to another live tenant (compared as the KMS identifies keys: an id, an ARN and an alias of one key
+        are one key), is refused, so deleting this tenant can never destroy what others need."""
+        if await self._keys.is_default_kms_key(kms_key_id):
+            raise KeyRefused("kms_key_id names the shared default KMS key, not a key of the tenant's own",
+                             ErrorCode.KMS_REFUSED)
+        canonical = await self._keys.canonical_kms_key(kms_key_id)
+        others = (await self._keys.tenants_bound_to(canonical) | {claimed.get(canonical, tenant_id)}) - {tenant_id}
+        if others:
+            raise KeyRefused("kms_key_id names a KMS key already bound to another tenant", ErrorCode.KMS_REFUSED)
+        claimed[canonical] = tenant_id
 
     def _plan(self, record: InboundRecord, event: TenantCreated) -> list[VersionPlan]:
         directory = self._keys.directory

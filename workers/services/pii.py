@@ -7,8 +7,9 @@ exceptions or DLQ letters (a request that cannot be parsed is dead-lettered with
 its field values replaced by their length and SHA-256 unless
 KEYLEDGER_DLQ_KEEP_PII=true: kafka/letters.py).
 
-Audit: one transfer per (key, operation, batch) whose amount is the number of
-fields. A field naming a key the tenant may not use is recorded as `denied`
+Audit: one transfer per (record, key, operation, outcome) whose amount is the number
+of fields; its id depends on the record alone, so a redelivery in other batches lands
+on the same transfers. A field naming a key the tenant may not use is recorded as `denied`
 against the tenant's own active encryption key, never against the key it named.
 Wear-out: before sealing, each request's fields are charged to its active key's
 budget in the ledger (keys/budget.py), so across every worker a key seals at most
@@ -52,12 +53,13 @@ from workers.services.outcome import Outcome
 
 @dataclass(slots=True)
 class Usage:
-    """Operations per (key, op) in this batch, and the first record that caused them."""
+    """Operations per (record, key, op, outcome) in this batch: each becomes one audited transfer whose
+    amount is the fields of that record it covers, and whose id depends on the record alone."""
 
-    counts: dict[tuple[str, str, Op, bool], list[InboundRecord]] = field(default_factory=lambda: defaultdict(list))
+    counts: dict[tuple[InboundRecord, str, str, Op, bool], int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, entry: KeyEntry, op: Op, record: InboundRecord, failed: bool = False) -> None:
-        self.counts[(entry.tenant_id, entry.key_id, op, failed)].append(record)
+        self.counts[(record, entry.tenant_id, entry.key_id, op, failed)] += 1
 
 
 class PiiService:
@@ -71,7 +73,8 @@ class PiiService:
     async def serve(self, parsed: Sequence[tuple[InboundRecord, PiiRequest]]) -> Outcome:
         self._batch_keys = {}
         outcome = Outcome()
-        outcome.blocked = await self._warm_keys(parsed)
+        parsed = self._patient(parsed, outcome)
+        outcome.blocked += await self._warm_keys(parsed)
         waiting = {id(r) for r in outcome.blocked}
         requests = [(r, q) for r, q in parsed if id(r) not in waiting]
         requests, out_of_budget, worn = await self._claim_budget(requests)
@@ -84,6 +87,17 @@ class PiiService:
         outcome.outputs += [Outgoing.of(Topic.ROTATION_TICKS, entry.tenant_id, _rotation_tick(entry)) for entry in worn]
         self.results += len(results)
         return outcome
+
+    def _patient(self, parsed: Sequence[tuple[InboundRecord, PiiRequest]], outcome: Outcome
+                 ) -> list[tuple[InboundRecord, PiiRequest]]:
+        """Requests of a tenant the key table has not seen yet wait for its keys (keys/patience.py)."""
+        ready = []
+        for record, request in parsed:
+            if self._keys.unknown_tenant(request.tenant_id) and self._keys.patience.waits(record):
+                outcome.blocked.append(record)
+            else:
+                ready.append((record, request))
+        return ready
 
     # --- keys ----------------------------------------------------------------
 
@@ -252,21 +266,19 @@ def _json(value: dict[str, object]) -> bytes:
 
 
 def _ops(usage: Usage) -> list[OpRecord]:
-    ops = []
-    for (tenant_id, key_id, op, failed), records in usage.counts.items():
-        first, last = records[0], records[-1]
-        ops.append(OpRecord(
-            transfer_id=ids.transfer_id(op, key_id, "fail" if failed else "ok", first.topic, first.partition,
-                                        first.offset, last.partition, last.offset, len(records)),
-            tenant_id=tenant_id,
-            key_id=key_id,
-            op=op,
-            source=first.source,
-            count=len(records),
-            failed=failed,
-            reason="pii fields" if not failed else "refused",
-        ))
-    return ops
+    """One transfer per (record, key, op, outcome); a redelivered record, however batched, lands on the
+    same transfers (`exists`), so the ledger counts each field once."""
+    return [OpRecord(
+        transfer_id=ids.transfer_id(op, key_id, "fail" if failed else "ok", record.topic, record.partition,
+                                    record.offset),
+        tenant_id=tenant_id,
+        key_id=key_id,
+        op=op,
+        source=record.source,
+        count=count,
+        failed=failed,
+        reason="pii fields" if not failed else "refused",
+    ) for (record, tenant_id, key_id, op, failed), count in usage.counts.items()]
 
 
 def _rotation_tick(entry: KeyEntry) -> RotationTick:

@@ -283,7 +283,10 @@ class RewrapService:
                 self._check(tick)
                 moves += self._moves_of(record, tick)
             except KeyledgerError as exc:
-                outcome.refuse(record, exc)
+                if self._keys.waits_for_tenant(exc, record):
+                    outcome.blocked.append(record)  # the key table has not read this tenant yet
+                else:
+                    outcome.refuse(record, exc)
         found = await self._plan(moves)
         await self._perform(found.moves)
         done = [m for m in found.moves if m.new is not None and m.error is None]
@@ -500,7 +503,7 @@ class RewrapService:
         for move in moves:
             if move.error is not None:
                 failures.setdefault(id(move.record), []).append(move)
-        dead = {id(record) for record, _ in outcome.dead}
+        dead = {id(record) for record, _ in outcome.dead} | {id(record) for record in outcome.blocked}
         for record, _ in ticks:
             failed = failures.get(id(record), [])
             if not failed or id(record) in dead:

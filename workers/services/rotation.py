@@ -125,7 +125,10 @@ class RotationService:
             try:
                 wanted += self._targets(record, tick)
             except KeyRefused as exc:
-                outcome.refuse(record, exc)
+                if self._keys.waits_for_tenant(exc, record):
+                    outcome.blocked.append(record)
+                else:
+                    outcome.refuse(record, exc)
         wanted = await self._due(wanted)
         wanted = await self._not_already_done(wanted)
         todo, refused = await self._versions.make_durable([r.new for r in wanted])

@@ -46,15 +46,36 @@ class Shredder:
             try:
                 doomed += [(record, e) for e in self._keys_of(event.tenant_id)]
             except KeyRefused as exc:
-                outcome.refuse(record, exc)
+                if self._keys.waits_for_tenant(exc, record):
+                    outcome.blocked.append(record)  # created just before: its keys may be on their way
+                else:
+                    outcome.refuse(record, exc)
         outcome.ops += [_destroy_op(record, entry) for record, entry in doomed]
         outcome.outputs += [Outgoing.of(Topic.KEYS_MATERIAL, e.key_id, None) for _, e in doomed]
         outcome.events += [_destroyed_event(e) for _, e in doomed]
-        default_key = self._keys.kms.default_key_id
-        byok = {e.material.kms_key_id for _, e in doomed if e.material and e.material.kms_key_id != default_key}
+        byok = await self._owned_alone(doomed)
         outcome.then += [partial(self._schedule_deletion, kms_key_id) for kms_key_id in sorted(byok)]
         self.keys_destroyed += len(doomed)
         return outcome
+
+    async def _owned_alone(self, doomed: list[tuple[InboundRecord, KeyEntry]]) -> set[str]:
+        """The KMS keys to schedule for deletion: a BYOK key bound to the deleted tenant alone, never the
+        shared default key nor one another live tenant's material is wrapped under (compared as the KMS
+        identifies keys, so an alias or ARN of the default key is the default key)."""
+        chosen = set()
+        deleted = {e.tenant_id for _, e in doomed}
+        for kms_key_id in sorted({e.material.kms_key_id for _, e in doomed if e.material is not None}):
+            try:
+                if await self._keys.is_default_kms_key(kms_key_id):
+                    continue
+                others = await self._keys.tenants_bound_to(await self._keys.canonical_kms_key(kms_key_id)) - deleted
+            except KeyRefused:
+                continue  # the KMS no longer knows the key: nothing left to schedule
+            if others:
+                log.warning("KMS key of a deleted tenant not scheduled for deletion: another tenant's keys use it")
+                continue
+            chosen.add(kms_key_id)
+        return chosen
 
     def _keys_of(self, tenant_id: str) -> list[KeyEntry]:
         directory = self._keys.directory

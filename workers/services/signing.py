@@ -64,7 +64,10 @@ class SignerService:
             try:
                 entry = self._keys.active(job.tenant_id, KeyType.SIGNING)
             except KeyledgerError as exc:
-                outcome.refuse(job.record, exc)
+                if self._keys.waits_for_tenant(exc, job.record):
+                    outcome.blocked.append(job.record)  # its tenant's keys may be on their way
+                else:
+                    outcome.refuse(job.record, exc)
                 continue
             by_key.setdefault(entry.key_id, KeyBatch(entry)).jobs.append(job)
         await self._unwrap_missing(by_key, outcome)
@@ -73,8 +76,7 @@ class SignerService:
             private_key = self._keys.cached_secret(key_id)
             assert isinstance(private_key, Ed25519PrivateKey)
             outcome.outputs.extend(self._sign_all(batch, private_key, signed_at, outcome))
-            if batch.jobs:
-                outcome.ops.append(_sign_op(batch))
+            outcome.ops.extend(_sign_op(batch.entry, job.record) for job in batch.jobs)
         self.signed += len(outcome.outputs)
         return outcome
 
@@ -180,16 +182,14 @@ def _deeper_than(data: Any, limit: int) -> bool:
     return True
 
 
-def _sign_op(batch: KeyBatch) -> OpRecord:
-    """One transfer for the batch's spans under one key; its id is derived from the records it covers."""
-    first, last = batch.jobs[0].record, batch.jobs[-1].record
-    covered = (first.topic, first.partition, first.offset, last.partition, last.offset, len(batch.jobs))
+def _sign_op(entry: KeyEntry, record: InboundRecord) -> OpRecord:
+    """One transfer per signed span, its id derived from the span's record alone (topic, partition,
+    offset): a redelivery, however the records are batched, lands on the same transfer (`exists`)."""
     return OpRecord(
-        transfer_id=ids.transfer_id(Op.SIGN, batch.entry.key_id, *covered),
-        tenant_id=batch.entry.tenant_id,
-        key_id=batch.entry.key_id,
+        transfer_id=ids.transfer_id(Op.SIGN, entry.key_id, record.topic, record.partition, record.offset),
+        tenant_id=entry.tenant_id,
+        key_id=entry.key_id,
         op=Op.SIGN,
-        source=first.source,
-        count=len(batch.jobs),
-        reason="spans signed",
+        source=record.source,
+        reason="span signed",
     )

@@ -29,8 +29,8 @@ from pydantic import ValidationError
 
 from schemas.messages import KeyEvent, KeyMaterial, KeyType
 from schemas.topics import Topic
-from workers.core import ids
 from workers.kafka.tap import read_topic
+from workers.keys.budget import EncryptionBudget
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
 from workers.ledger import Ledger
 
@@ -144,11 +144,12 @@ def _row(key: KeyEntry, **extra: Any) -> KeyRow:
 
 
 async def near_wear_out(ledger: Ledger, keys: list[KeyEntry], encrypt_limit: int) -> list[KeyRow]:
-    """Active encryption keys whose ledger usage reaches NEAR_WEAR_OUT of the limit, most used first."""
+    """Active encryption keys whose seals reach NEAR_WEAR_OUT of the limit, most used first: the encryption
+    budget the PII workers charge before sealing (keys/budget.py), so this is exactly what they enforce."""
     if not keys:
         return []
-    accounts = await ledger.lookup_accounts([ids.from_hex(k.key_id) for k in keys])
-    used = {ids.to_hex(a.id): a.credits_posted + a.credits_pending for a in accounts}
+    left = await EncryptionBudget(ledger, encrypt_limit).remaining([k.key_id for k in keys])
+    used = {key_id: encrypt_limit - remaining for key_id, remaining in left.items()}
     rows = [_row(k, used=used[k.key_id]) for k in keys
             if used.get(k.key_id, 0) >= NEAR_WEAR_OUT * encrypt_limit]
     return sorted(rows, key=lambda r: -(r.used or 0))

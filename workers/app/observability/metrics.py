@@ -37,9 +37,9 @@ from prometheus_client.registry import Collector
 from schemas.errors import ErrorCode
 from schemas.messages import KeyEventType, KeyType
 from workers.app.observability.logs import batch_context
-from workers.core import ids
 from workers.kafka.consume import BatchRunner
 from workers.kafka.records import InboundRecord
+from workers.keys.budget import EncryptionBudget
 from workers.keys.cache import SingleFlightCache
 from workers.keystore.directory import KeyDirectory
 from workers.ledger import Ledger
@@ -216,13 +216,13 @@ class Samplers:
         return lags
 
     async def _usage_ratio(self) -> float:
-        """The highest usage (ledger balance: operations recorded) over limit among active encryption keys."""
+        """The highest share of its encryption budget (keys/budget.py: seals charged before sealing) that an
+        active encryption key has used."""
         entries = self._directory.active_keys(KeyType.ENCRYPTION)
         if not entries:
             return 0.0
-        accounts = await self._ledger.lookup_accounts([ids.from_hex(e.key_id) for e in entries])
-        used = max((a.credits_posted + a.credits_pending for a in accounts), default=0)
-        return used / self._encrypt_limit
+        left = await EncryptionBudget(self._ledger, self._encrypt_limit).remaining([e.key_id for e in entries])
+        return max(self._encrypt_limit - remaining for remaining in left.values()) / self._encrypt_limit
 
 
 class StateCollector(Collector):

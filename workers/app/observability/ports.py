@@ -129,6 +129,9 @@ class MeteredKms:
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         await self._call("schedule_key_deletion", lambda: self.inner.schedule_key_deletion(kms_key_id, pending_days))
 
+    async def describe_key(self, kms_key_id: str) -> str:
+        return await self._call("describe_key", lambda: self.inner.describe_key(kms_key_id))
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
