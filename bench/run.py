@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in one run; figures on stderr as they come, one JSON object last.
 
-Sizes: BENCH_SPANS (100,000), BENCH_PII_RECORDS (30,000), BENCH_TENANTS (10,000), BENCH_VAULT_TENANTS (10,000).
+Sizes: BENCH_SPANS (100,000), BENCH_PII_RECORDS (30,000), BENCH_TENANTS (10,000), BENCH_VAULT_TENANTS (10,000),
+BENCH_REWRAP_TENANTS (10,000), BENCH_REWRAP_MOTO_TENANTS (1,000).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import crypto_peers, lifecycle, pii, signing, vault
+from bench import crypto_peers, lifecycle, pii, rewrap, signing, vault
 
 
 async def main() -> None:
@@ -26,6 +27,8 @@ async def main() -> None:
     print("rotation: one manual tick over every tenant, against moto's KMS over HTTP", file=sys.stderr, flush=True)
     figures.update(await lifecycle.run(int(os.environ.get("BENCH_TENANTS", "10000"))))
     figures.update(await vault.run(int(os.environ.get("BENCH_VAULT_TENANTS", "10000"))))
+    figures.update(await rewrap.run(int(os.environ.get("BENCH_REWRAP_TENANTS", "10000")),
+                                    int(os.environ.get("BENCH_REWRAP_MOTO_TENANTS", "1000"))))
     print(json.dumps(figures), flush=True)
 
 

@@ -11,6 +11,7 @@ from schemas.messages import (
     KeyEventType,
     KeyMaterial,
     KeyType,
+    KmsProviderName,
     Op,
     Outcome,
     PiiOperation,
@@ -23,6 +24,7 @@ from schemas.messages import (
     SpanToSign,
     TenantCreated,
     TenantDeleted,
+    TickAction,
 )
 from schemas.topics import Topic
 
@@ -38,6 +40,7 @@ __all__ = [
     "KeyEventType",
     "KeyMaterial",
     "KeyType",
+    "KmsProviderName",
     "Op",
     "Outcome",
     "PiiOperation",
@@ -50,5 +53,6 @@ __all__ = [
     "SpanToSign",
     "TenantCreated",
     "TenantDeleted",
+    "TickAction",
     "Topic",
 ]

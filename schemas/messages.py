@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -40,6 +40,7 @@ class Op(StrEnum):
     DECRYPT = "decrypt"
     REENCRYPT = "reencrypt"
     ROTATE = "rotate"
+    REWRAP = "rewrap"
     REVOKE = "revoke"
     DESTROY = "destroy"
     DENIED = "denied"
@@ -61,6 +62,21 @@ class RotationReason(StrEnum):
     SCHEDULED = "scheduled"
     MANUAL = "manual"
     COMPROMISE = "compromise"
+
+
+class TickAction(StrEnum):
+    """What a `keys.rotation-ticks` record asks for (absent = `rotate`)."""
+
+    ROTATE = "rotate"
+    REWRAP = "rewrap"
+    """Re-wrap live keys under their KMS key's latest version (the key itself is unchanged)."""
+    MIGRATE = "migrate"
+    """Move live keys to the KMS provider `to_provider` (unwrap under the old, wrap under the new)."""
+    RETIRE = "retire"
+    """Raise each Vault transit key's min_decryption_version as far as no live key needs older versions."""
+
+
+KmsProviderName = Literal["aws", "vault", "local"]
 
 
 class PiiOperation(StrEnum):
@@ -140,6 +156,11 @@ class RotationTick(_Message):
     """Why keyledger itself asked for the rotation, e.g. `wear_out`."""
     key_id: KeyId | None = None
     """Rotate only while this key is still the active one (a wear-out tick names the spent key)."""
+    action: TickAction | None = None
+    """Absent = `rotate`. `rewrap`, `migrate` and `retire` change wrappings, never keys; `reason` is then
+    `scheduled` (a cron tick: only keys under an older KEK version) or `manual` (the CLI: every live key)."""
+    to_provider: KmsProviderName | None = None
+    """`migrate` only: the provider every live key moves to."""
 
 
 # --- outbound ----------------------------------------------------------------
@@ -181,6 +202,10 @@ class KeyMaterial(_Message):
     wrapped_key: str
     public_key: str | None = None
     created_at: datetime
+    kms_provider: KmsProviderName | None = None
+    """The provider that wrapped `wrapped_key`; absent = `aws`."""
+    kek_version: Annotated[int, Field(ge=1, lt=2**31)] | None = None
+    """The KMS key version that wrapped it, when the provider has versions (vault)."""
 
 
 class KeyEvent(_Message):

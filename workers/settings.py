@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_048_576, ge=1024, description="Inbound records larger than this go to the DLQ as oversized; also the largest record keyledger writes (a dead letter is cut to fit). Set it to the broker's message.max.bytes or less.")
     dlq_keep_pii: bool = Field(False, description="Keep the field values of `pii.requests` records in their dead letters; off: each value is replaced by its length and SHA-256.")
     kms_provider: KmsProvider = Field(KmsProvider.LOCAL, description="`aws` (AWS KMS API), `vault` (Vault/OpenBao Transit) or `local` (a development KEK).")
+    kms_providers: str = Field("", description="Every KMS provider this process unwraps with, comma separated (e.g. `aws,vault` while migrating); KEYLEDGER_KMS_PROVIDER, where new keys go, is always one of them.")
     kms_key_id: str | None = Field(None, description="Default KMS key (ARN or alias) that wraps tenant keys.")
     kms_endpoint_url: str | None = Field(None, description="KMS endpoint override (LocalStack, moto); unset uses AWS.")
     kms_timeout: float = Field(5.0, gt=0, le=120, description="Seconds before one KMS call times out.")
@@ -189,6 +190,21 @@ class Settings(BaseSettings):
         """The producers' max request size: room for a full handler batch and for any record we write."""
         return max(self.max_message_bytes * 2, self.kafka_producer_batch_bytes * 2)
 
+    @property
+    def configured_kms_providers(self) -> list[KmsProvider]:
+        """KEYLEDGER_KMS_PROVIDER first, then the others KEYLEDGER_KMS_PROVIDERS names (no repeats)."""
+        named = [KmsProvider(name.strip().lower()) for name in self.kms_providers.split(",") if name.strip()]
+        return list(dict.fromkeys([self.kms_provider, *named]))
+
+    @model_validator(mode="after")
+    def _check_kms_providers(self) -> Settings:
+        try:
+            self.configured_kms_providers  # noqa: B018 - validates the names
+        except ValueError:
+            raise ValueError(f"KEYLEDGER_KMS_PROVIDERS={self.kms_providers!r}: each name is one of "
+                             f"{', '.join(p.value for p in KmsProvider)}") from None
+        return self
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.profile is Profile.PRODUCTION:
@@ -199,17 +215,20 @@ class Settings(BaseSettings):
 
     def production_problems(self) -> list[str]:
         problems = []
+        providers = self.configured_kms_providers
         if self.kms_provider is KmsProvider.LOCAL:
             problems.append("KEYLEDGER_KMS_PROVIDER=local (set `aws`)")
+        elif KmsProvider.LOCAL in providers:
+            problems.append("KEYLEDGER_KMS_PROVIDERS names local")
         if self.ledger is LedgerKind.MEMORY:
             problems.append("KEYLEDGER_LEDGER=memory (set `tigerbeetle`)")
         if not self.kafka_bootstrap:
             problems.append("KEYLEDGER_KAFKA_BOOTSTRAP is unset (embedded broker)")
         if self.ledger is LedgerKind.TIGERBEETLE and not self.tb_addresses:
             problems.append("KEYLEDGER_TB_ADDRESSES is unset")
-        if self.kms_provider is KmsProvider.AWS and not self.kms_key_id:
+        if KmsProvider.AWS in providers and not self.kms_key_id:
             problems.append("KEYLEDGER_KMS_KEY_ID is unset")
-        if self.kms_provider is KmsProvider.VAULT:
+        if KmsProvider.VAULT in providers:
             problems.extend(self._vault_problems())
         return problems
 

@@ -68,3 +68,37 @@ def test_replayed_events_change_nothing():
     for _ in range(3):
         d.apply_event(event(KeyEventType.GENERATED, m))
     assert len(d) == 1 and d.active("acme", KeyType.SIGNING).version == 1
+
+
+def test_settle_uses_the_record_accepted_last_and_later_records_do_not_replace_it():
+    from workers.core.material import material_fingerprint
+
+    d = KeyDirectory()
+    first = material("acme", KeyType.SIGNING, 1)
+    second = first.model_copy(update={"wrapped_key": "c2Vjb25k"})
+    forged = first.model_copy(update={"wrapped_key": "Zm9yZ2Vk"})
+    for m in (first, second, forged):
+        d.apply_material(m)
+    entry = d.get(first.key_id)
+    assert entry.newest is forged and entry.material is forged  # nothing settled yet
+    chain = [material_fingerprint(first), material_fingerprint(second)]
+    assert d.settle(first.key_id, chain) is second and entry.pinned
+    d.apply_material(forged.model_copy(update={"wrapped_key": "bGF0ZXI="}))
+    assert entry.material is second  # a later record is a candidate, not the record in use
+    assert d.pin(first.key_id, material_fingerprint(first)) is first
+
+
+def test_candidates_are_bounded_and_the_record_in_use_is_kept():
+    from workers.core.material import material_fingerprint
+    from workers.keystore.directory import MAX_CANDIDATES
+
+    d = KeyDirectory()
+    first = material("acme", KeyType.ENCRYPTION, 1)
+    d.apply_material(first)
+    d.pin(first.key_id, material_fingerprint(first))
+    for i in range(3 * MAX_CANDIDATES):
+        d.apply_material(first.model_copy(update={"wrapped_key": f"{i:08d}"}))
+    entry = d.get(first.key_id)
+    assert len(entry.candidates) == MAX_CANDIDATES and entry.material is first
+    assert material_fingerprint(first) in entry.candidates
+    assert entry.newest.wrapped_key == f"{3 * MAX_CANDIDATES - 1:08d}"

@@ -21,11 +21,14 @@ from workers.kms import (
     KmsUnavailable,
     RewrappingKms,
     UnwrapRequest,
+    WrapRequest,
     decrypt_many,
     encryption_context,
     generate_data_keys,
     provider_of,
     rewrap,
+    rewrap_many,
+    wrap_many,
 )
 from workers.kms.aws import AwsKms
 from workers.kms.local import LocalKms
@@ -237,3 +240,40 @@ async def test_data_keys_never_show_their_plaintext(kms):
         _assert_no_secret(text, data_key.plaintext)
     batch = await kms.generate_data_keys([DataKeyRequest(None, ACME)])
     _assert_no_secret(repr(batch), batch[0].plaintext)
+
+
+async def test_wrap_many_wraps_given_keys_each_under_its_own_context(make_kms, provider):
+    kms = make_kms(batch_max=2)
+    try:
+        contexts = [encryption_context(f"tenant-{i}", f"{i:032x}", "encryption") for i in range(3)]
+        plaintexts = [bytes([i]) * 32 for i in range(3)]
+        results = await wrap_many(kms, [WrapRequest(p, None, c) for p, c in zip(plaintexts, contexts, strict=True)]
+                                  + [WrapRequest(b"short", None, ACME)])
+        assert isinstance(results[3], KmsRefused)
+        for result, plaintext, context in zip(results[:3], plaintexts, contexts, strict=True):
+            assert isinstance(result, DataKey) and result.plaintext == plaintext
+            assert plaintext not in result.wrapped and 0 < len(result.wrapped) <= WRAPPED_BOUND[provider]
+            assert await kms.decrypt(result.wrapped, result.kms_key_id, context) == plaintext
+            with pytest.raises(KmsRefused):
+                await kms.decrypt(result.wrapped, result.kms_key_id, ACME)
+        assert "\\x00" * 4 not in repr(WrapRequest(plaintexts[0], None, ACME))  # the key never shows
+    finally:
+        await kms.aclose()
+
+
+async def test_rewrap_many_agrees_with_single_rewraps_and_one_bad_item_fails_alone(make_kms, provider):
+    kms = make_kms(batch_max=2)  # vault: several batch requests for one call
+    try:
+        keys = [await kms.generate_data_key(None, ACME) for _ in range(3)]
+        requests = [UnwrapRequest(k.wrapped, k.kms_key_id, ACME) for k in keys]
+        requests.insert(1, UnwrapRequest(keys[0].wrapped, keys[0].kms_key_id, OTHERS["another tenant"]))
+        results = await rewrap_many(kms, requests)
+        assert isinstance(results[1], KmsRefused)
+        del results[1]
+        for key, result in zip(keys, results, strict=True):
+            assert not isinstance(result, KmsError)
+            assert result.wrapped != key.wrapped and (result.kek_version is not None) == (provider == "vault")
+            assert await kms.decrypt(result.wrapped, key.kms_key_id, ACME) == key.plaintext
+        assert await rewrap_many(kms, []) == []
+    finally:
+        await kms.aclose()

@@ -10,7 +10,7 @@ import dataclasses
 import types
 from datetime import UTC, datetime, timedelta, timezone
 from enum import Enum
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import annotated_types as at
 from hypothesis import strategies as st
@@ -63,6 +63,8 @@ def _from_annotation(tp: Any) -> st.SearchStrategy[Any]:
         return _constrained(args[0], _constraints(args[1:]))
     if origin in (Union, types.UnionType):
         return st.one_of(*(_from_annotation(a) for a in args))
+    if origin is Literal:
+        return st.sampled_from(args)
     if origin is list:
         return st.lists(_from_annotation(args[0]), max_size=3)
     if origin is tuple:

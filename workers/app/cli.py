@@ -197,6 +197,66 @@ def _rotate(args: argparse.Namespace) -> int:
     return asyncio.run(checked_rotate())
 
 
+# --- rewrap / migrate ----------------------------------------------------------------------------
+
+
+def _add_rewrap(verbs: Any) -> None:
+    rewrap = _verb(verbs, "rewrap", _rewrap, summary="re-wrap live keys under their KMS key's latest version",
+                   description="One `rewrap` tick per tenant on keys.rotation-ticks, followed until keyledger-rotation\n"
+                               "has handled them all: every live key is re-wrapped under the latest version of its KMS\n"
+                               "key (Vault transit/rewrap, AWS ReEncrypt; the plaintext never leaves the KMS). The keys\n"
+                               "do not change: signatures verify, ciphertexts decrypt. With --all, a `retire` tick then\n"
+                               "raises each Vault transit key's min_decryption_version as far as no live key needs.\n"
+                               "Resumable: run it again after an interruption. Exits 1 when a tenant failed.",
+                   example="keyledger rewrap --all")
+    scope = rewrap.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all", action="store_true", help="every tenant, then retire unneeded KEK versions")
+    scope.add_argument("--tenant", help="one tenant")
+    rewrap.add_argument("--scheduled", action="store_true",
+                        help="with --all, for a CronJob: one scheduled tick (retire what the last pass left unneeded, "
+                             "then re-wrap keys under an older Vault KEK version); returns once the worker took it")
+
+
+def _rewrap(args: argparse.Namespace) -> int:
+    from workers.tools.rewrap import rewrap, rewrap_scheduled
+
+    bootstrap = require_bootstrap(load_settings())
+    if args.scheduled and args.tenant:
+        raise ConfigError("--scheduled goes with --all: a scheduled pass covers every tenant")
+
+    async def checked_rewrap() -> int:
+        await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
+        if args.scheduled:
+            return await rewrap_scheduled(bootstrap)
+        return await rewrap(bootstrap, args.tenant)
+
+    return asyncio.run(checked_rewrap())
+
+
+def _add_migrate(verbs: Any) -> None:
+    migrate = _verb(verbs, "migrate", _migrate, summary="move wrapped keys to another KMS provider, resumable",
+                    description="One `migrate` tick per tenant with a key under another provider; the workers (run\n"
+                                "with both providers in KEYLEDGER_KMS_PROVIDERS) unwrap each key under its provider,\n"
+                                "wrap it under the target's default key and prove the new wrapping unwraps to the\n"
+                                "same key before publishing it. Keys already there are skipped; keys under a tenant's\n"
+                                "own KMS key are not moved. Prints how many keys remain elsewhere: remove the old\n"
+                                "provider only when none does. Exits 1 while any remains.",
+                    example="keyledger migrate --to vault")
+    migrate.add_argument("--to", required=True, choices=["aws", "vault"], help="the provider every key moves to")
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from workers.tools.migrate import migrate
+
+    bootstrap = require_bootstrap(load_settings())
+
+    async def checked_migrate() -> int:
+        await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
+        return await migrate(bootstrap, args.to)
+
+    return asyncio.run(checked_migrate())
+
+
 # --- status --------------------------------------------------------------------------------------
 
 
@@ -364,8 +424,8 @@ def _docs(args: argparse.Namespace) -> int:
 
 # --- the command ---------------------------------------------------------------------------------
 
-BUILDERS: list[Callable[[Any], None]] = [_add_run, _add_dev, _add_demo, _add_verify, _add_rotate, _add_status,
-                                         _add_audit, _add_docs]
+BUILDERS: list[Callable[[Any], None]] = [_add_run, _add_dev, _add_demo, _add_verify, _add_rotate, _add_rewrap,
+                                         _add_migrate, _add_status, _add_audit, _add_docs]
 
 
 def version() -> str:

@@ -34,6 +34,7 @@ OP_CODE = {
     Op.REVOKE: 7,
     Op.DESTROY: 8,
     Op.DENIED: 9,
+    Op.REWRAP: 10,
 }
 OP_BY_CODE = {v: k for k, v in OP_CODE.items()}
 FAILURE_BIT = 1 << 16  # set in a transfer's user_data_32 when the outcome was a failure

@@ -24,9 +24,10 @@ from workers.errors import KeyledgerError, KeyRefused, Unavailable
 from workers.kafka.records import InboundRecord
 from workers.keys.cache import SingleFlightCache
 from workers.keys.patience import TenantPatience
+from workers.keys.pins import accepted_material
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
-from workers.kms import Kms, KmsRefused, encryption_context
-from workers.ledger import AccountFlags, Ledger
+from workers.kms import Kms, KmsRefused, encryption_context, kms_for, provider_of
+from workers.ledger import Ledger
 
 SecretKey = Ed25519PrivateKey | AESGCM
 
@@ -144,38 +145,30 @@ class KeyService:
         material = await self._check_pinned(entry, material)
         context = encryption_context(entry.tenant_id, entry.key_id, entry.key_type)
         try:
-            plaintext = await self.kms.decrypt(b64decode(material.wrapped_key), material.kms_key_id, context)
+            kms = kms_for(self.kms, material.kms_provider)
+            plaintext = await kms.decrypt(b64decode(material.wrapped_key), material.kms_key_id, context)
         except KmsRefused as exc:
             raise KeyRefused(f"KMS refused to unwrap {entry.key_id}: {exc}", ErrorCode.KMS_REFUSED) from None
         return secret_key_of(entry.key_type, plaintext)
 
     async def _check_pinned(self, entry: KeyEntry, material: KeyMaterial) -> KeyMaterial:
-        """The material the key's ledger account pins (first writer wins), or a typed refusal."""
-        accounts = await self.ledger.lookup_accounts([ids.from_hex(entry.key_id)])
-        if not accounts:
-            raise KeyRefused(f"key {entry.key_id} has no ledger account", ErrorCode.KEY_NOT_FOUND)
-        account = accounts[0]
-        if account.flags & AccountFlags.CLOSED:
-            raise KeyRefused(f"key {entry.key_id} was destroyed", ErrorCode.KEY_DESTROYED)
-        if account.user_data_64 != material_fingerprint(material):
-            pinned = self.directory.pin(entry.key_id, account.user_data_64)
-            if pinned is None:
-                raise KeyRefused(f"material of {entry.key_id} does not match its ledger account",
-                                 ErrorCode.MATERIAL_MISMATCH)
-            material = pinned
-        return material
+        """The material the ledger accepted (the account's pin or a rewrap's; keys/pins.py), or a typed refusal."""
+        return await accepted_material(self.directory, self.ledger, entry)
 
     def evict(self, key_id: str) -> None:
         self.secrets.evict(key_id)
 
     # --- minting -----------------------------------------------------------
 
-    async def mint(self, tenant_id: str, key_type: KeyType, version: int, kms_key_id: str | None) -> MintedKey:
-        """New key material from KMS GenerateDataKey; the plaintext only reaches the cache."""
+    async def mint(self, tenant_id: str, key_type: KeyType, version: int, kms_key_id: str | None,
+                   kms_provider: str | None = None) -> MintedKey:
+        """New key material from KMS GenerateDataKey (under `kms_provider`, None = where new keys go);
+        the plaintext only reaches the cache."""
         key_id = ids.key_id_for(tenant_id, key_type, version)
         context = encryption_context(tenant_id, key_id, key_type)
         try:
-            data_key = await self.kms.generate_data_key(kms_key_id, context)
+            kms = kms_for(self.kms, kms_provider) if kms_provider else self.kms
+            data_key = await kms.generate_data_key(kms_key_id, context)
         except KmsRefused as exc:
             raise KeyRefused(f"KMS refused to generate a key: {exc}", ErrorCode.KMS_REFUSED) from None
         secret = secret_key_of(key_type, data_key.plaintext)
@@ -191,6 +184,8 @@ class KeyService:
             wrapped_key=b64encode(data_key.wrapped),
             public_key=public,
             created_at=datetime.now(UTC),
+            kms_provider=provider_of(kms),
+            kek_version=data_key.kek_version,
         )
         # warm the cache: the first sign/encrypt under a new key costs no KMS call
         self.secrets.put(key_id, secret)

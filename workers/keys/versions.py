@@ -43,6 +43,7 @@ class VersionPlan:
     key_type: KeyType
     version: int
     kms_key_id: str | None
+    kms_provider: str | None = None  # None: where new keys go (KEYLEDGER_KMS_PROVIDER)
 
     @property
     def key_id(self) -> str:
@@ -87,7 +88,7 @@ class VersionMaker:
         directory = self._keys.directory
         fresh = [p for p in plans if (e := directory.get(p.key_id)) is None or e.material is None]
         results = await asyncio.gather(
-            *(self._keys.mint(p.tenant_id, p.key_type, p.version, p.kms_key_id) for p in fresh), return_exceptions=True)
+            *(self._keys.mint(p.tenant_id, p.key_type, p.version, p.kms_key_id, p.kms_provider) for p in fresh), return_exceptions=True)
         minted: list[MintedKey] = []
         refused: list[tuple[VersionPlan, KeyRefused]] = []
         failure: BaseException | None = None

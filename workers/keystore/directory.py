@@ -4,16 +4,21 @@ A key version becomes usable when its material is known *and* an event has
 announced it; the highest announced version that is neither rotated, revoked
 nor destroyed is the (tenant, type)'s active key. Listeners are told of every
 key that leaves the active/rotated states so caches evict it everywhere.
+
+A key may have several material records: racing writers of one version, and
+one record per rewrap (same key, new wrapping). The entry keeps the recent
+ones as candidates; which of them may be unwrapped is the ledger's decision
+(core/material.py: the pin and the rewrap chain), applied with `settle`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
-from workers.core.material import material_fingerprint
+from workers.core.material import latest_accepted, material_fingerprint
 
 
 class KeyState(StrEnum):
@@ -32,11 +37,15 @@ class KeyEntry:
     version: int
     state: KeyState
     material: KeyMaterial | None = None
+    """The record in use: the newest one, until the ledger settled on one (`pinned`)."""
     public_key: str | None = None
-    # every material record seen for this id, by fingerprint: two writers racing on one version
-    # both publish, the ledger account pins one, and `pin` picks it whatever compaction kept
+    # the recent material records of this id, by fingerprint, least recently seen first: two writers
+    # racing on one version both publish, every rewrap publishes one, and `settle` picks the one the
+    # ledger accepted last, whatever compaction kept
     candidates: dict[int, KeyMaterial] = field(default_factory=dict)
     pinned: bool = False
+    newest: KeyMaterial | None = None
+    """The last record read, accepted or not."""
 
     @property
     def fingerprint(self) -> int | None:
@@ -44,6 +53,7 @@ class KeyEntry:
 
 
 Evict = Callable[[str], None]
+MAX_CANDIDATES = 8  # a version is raced by a few writers at most; older rewraps fall off first
 
 
 class KeyDirectory:
@@ -66,18 +76,26 @@ class KeyDirectory:
             entry = self._add(material.key_id, material.tenant_id, material.key_type, material.version, KeyState.PENDING)
         elif entry.state is KeyState.DESTROYED:
             return  # a destroyed key never comes back, whatever arrives late
-        if len(entry.candidates) < 8:  # bounded: a version is raced by a few writers at most
-            entry.candidates[material_fingerprint(material)] = material
+        fingerprint = material_fingerprint(material)
+        entry.candidates.pop(fingerprint, None)  # seen again: now the most recent
+        entry.candidates[fingerprint] = material
+        _forget_oldest(entry)
+        entry.newest = material
         if not entry.pinned:
             entry.material = material
             entry.public_key = material.public_key or entry.public_key
 
     def pin(self, key_id: str, fingerprint: int) -> KeyMaterial | None:
         """Settle on the material the ledger account pins; None when that record has not arrived."""
+        return self.settle(key_id, [fingerprint])
+
+    def settle(self, key_id: str, chain: Sequence[int]) -> KeyMaterial | None:
+        """Settle on the candidate accepted last in `chain` (the account's pin, then its rewraps'
+        fingerprints, in ledger order); None when no accepted record has arrived."""
         entry = self._keys.get(key_id)
         if entry is None or entry.state is KeyState.DESTROYED:
             return None
-        chosen = entry.candidates.get(fingerprint)
+        chosen = latest_accepted(chain, entry.candidates.values())
         if chosen is not None:
             entry.material, entry.pinned = chosen, True
             entry.public_key = chosen.public_key or entry.public_key
@@ -86,7 +104,7 @@ class KeyDirectory:
     def apply_tombstone(self, key_id: str) -> None:
         entry = self._keys.get(key_id)
         if entry is not None:
-            entry.material = None
+            entry.material = entry.newest = None
             entry.candidates.clear()
             self._set_state(entry, KeyState.DESTROYED)
 
@@ -106,7 +124,7 @@ class KeyDirectory:
             if entry.state is not KeyState.DESTROYED:
                 self._set_state(entry, KeyState.REVOKED)
         elif event.type is KeyEventType.DESTROYED:
-            entry.material = None
+            entry.material = entry.newest = None
             entry.candidates.clear()
             self._set_state(entry, KeyState.DESTROYED)
             if all(k.state is KeyState.DESTROYED for k in self.tenant_keys(entry.tenant_id)):
@@ -176,3 +194,12 @@ class KeyDirectory:
         if state in (KeyState.ROTATED, KeyState.REVOKED, KeyState.DESTROYED):
             for listener in self._listeners:
                 listener(entry.key_id)
+
+
+def _forget_oldest(entry: KeyEntry) -> None:
+    """Bound the candidates, never dropping the record in use."""
+    for fingerprint in list(entry.candidates):
+        if len(entry.candidates) <= MAX_CANDIDATES:
+            return
+        if entry.candidates[fingerprint] is not entry.material:
+            del entry.candidates[fingerprint]

@@ -6,11 +6,14 @@ encryption context (always exactly {"tenant_id", "key_id", "key_type"}) is the
 associated data, so a blob moved to another tenant or key never unwraps.
 
 Every adapter implements `Kms`. The batch methods (`generate_data_keys`,
-`decrypt_many`), `rewrap` and the KEK-version methods are optional parts of
-the port (`BatchKms`, `RewrappingKms`, `KekVersionedKms`); callers go through
-the module functions `generate_data_keys`, `decrypt_many` and `rewrap`, which
-use an adapter's own method when it has one and single calls otherwise. The
-three adapters here (aws, vault, local) implement all of them. Batch results
+`decrypt_many`), `rewrap`, `rewrap_many`, `wrap_many` and the KEK-version
+methods are optional parts of the port (`BatchKms`, `RewrappingKms`,
+`BatchRewrappingKms`, `WrappingKms`, `KekVersionedKms`); callers go through
+the module functions `generate_data_keys`, `decrypt_many`, `rewrap`,
+`rewrap_many` and `wrap_many`, which use an adapter's own method when it has
+one and single calls otherwise. The three adapters here (aws, vault, local)
+implement all of them. `wrap_many` wraps a given key (provider migration: the
+one place a key is unwrapped under one provider to be wrapped under another). Batch results
 come back in request order, one per request: the value, or the KmsError of
 that request (a batch never fails as a whole for one bad item).
 
@@ -91,6 +94,15 @@ class UnwrapRequest:
     context: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class WrapRequest:
+    """An existing data key to wrap under `kms_key_id` (None = the default key), bound to `context`."""
+
+    plaintext: bytes = field(repr=False)
+    kms_key_id: str | None
+    context: dict[str, str]
+
+
 class Rewrapped(NamedTuple):
     """A wrapped key re-wrapped under the KMS key's latest version (same plaintext, same context)."""
 
@@ -140,6 +152,20 @@ class RewrappingKms(Protocol):
 
 
 @runtime_checkable
+class BatchRewrappingKms(Protocol):
+    """Optional: many rewraps per KMS request (vault's transit/rewrap `batch_input`)."""
+
+    async def rewrap_many(self, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]: ...
+
+
+@runtime_checkable
+class WrappingKms(Protocol):
+    """Optional: wrap given data keys (AWS Encrypt, vault transit/encrypt), in order, one result each."""
+
+    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]: ...
+
+
+@runtime_checkable
 class KekVersionedKms(Protocol):
     """Optional: a KMS key whose versions keyledger manages (vault transit)."""
 
@@ -153,6 +179,30 @@ class KekVersionedKms(Protocol):
 def provider_of(kms: object) -> str:
     """The `kms_provider` to record on keys.material for keys wrapped by `kms` (absent = `aws`)."""
     return getattr(kms, "provider", "aws")
+
+
+@runtime_checkable
+class RoutingKms(Protocol):
+    """A KMS made of one adapter per provider (kms/router.py): `route` names the one for a provider."""
+
+    def route(self, provider: str) -> Kms: ...
+
+
+def kms_for(kms: Kms, provider: str | None) -> Kms:
+    """The adapter that unwraps records wrapped by `provider` (None = the default provider, aws).
+    A single adapter serves every record (it refuses what it cannot unwrap); a router picks by name."""
+    if isinstance(kms, RoutingKms):
+        return kms.route(provider or "aws")
+    return kms
+
+
+def is_shared_key(kms: Kms, provider: str | None, kms_key_id: str) -> bool:
+    """True when `kms_key_id` is the default key of `provider` here: the key that wraps every tenant
+    without its own (BYOK) key. False for a provider this process is not configured with."""
+    try:
+        return kms_key_id == kms_for(kms, provider).default_key_id
+    except KmsError:
+        return False
 
 
 _T = TypeVar("_T")
@@ -179,6 +229,20 @@ async def decrypt_many(kms: Kms, requests: Sequence[UnwrapRequest]) -> list[byte
     if isinstance(kms, BatchKms):
         return await kms.decrypt_many(requests)
     return await gather_each([kms.decrypt(r.wrapped, r.kms_key_id, r.context) for r in requests])
+
+
+async def rewrap_many(kms: Kms, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]:
+    """One rewrap (or KmsError) per request, in order: the adapter's batch method, or single rewraps."""
+    if isinstance(kms, BatchRewrappingKms):
+        return await kms.rewrap_many(requests)
+    return await gather_each([rewrap(kms, r.wrapped, r.kms_key_id, r.context) for r in requests])
+
+
+async def wrap_many(kms: Kms, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
+    """Each given key wrapped (a DataKey holding it, or the KmsError of that request), in order."""
+    if isinstance(kms, WrappingKms):
+        return await kms.wrap_many(requests)
+    raise KmsRefused(f"{type(kms).__name__} cannot wrap a given key")
 
 
 async def rewrap(kms: Kms, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:

@@ -25,6 +25,7 @@ from workers.kms import (
     KmsUnavailable,
     Rewrapped,
     UnwrapRequest,
+    WrapRequest,
     gather_each,
 )
 
@@ -107,6 +108,20 @@ class AwsKms:
 
     async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
         return await gather_each([self.decrypt(r.wrapped, r.kms_key_id, r.context) for r in requests])
+
+    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
+        """KMS Encrypt of each given key (concurrent single calls: AWS KMS has no batch Encrypt)."""
+        return await gather_each([self._wrap(r) for r in requests])
+
+    async def _wrap(self, request: WrapRequest) -> DataKey:
+        key_id = request.kms_key_id or self.default_key_id
+        if not key_id:
+            raise KmsRefused("no KMS key id: set KEYLEDGER_KMS_KEY_ID")
+        if len(request.plaintext) != 32:
+            raise KmsRefused("a data key to wrap is 32 bytes")
+        reply = await self._call("Encrypt", KeyId=key_id, Plaintext=request.plaintext,
+                                 EncryptionContext=request.context)
+        return DataKey(plaintext=request.plaintext, wrapped=reply["CiphertextBlob"], kms_key_id=key_id)
 
     async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
         """ReEncrypt under the same key and the same context on both sides: the plaintext stays in KMS

@@ -1,4 +1,4 @@
-"""Builds the configured KMS adapter."""
+"""Builds the configured KMS: one adapter, or a router over several during a provider migration."""
 
 from __future__ import annotations
 
@@ -10,7 +10,19 @@ from workers.settings import KmsProvider, Settings, VaultAuthMethod
 
 
 def open_kms(settings: Settings) -> Kms:
-    if settings.kms_provider is KmsProvider.AWS:
+    """The adapter of KEYLEDGER_KMS_PROVIDER; with KEYLEDGER_KMS_PROVIDERS naming others too, a KmsRouter
+    whose primary (where new keys go) is that adapter."""
+    providers = settings.configured_kms_providers
+    if len(providers) == 1:
+        return open_provider(settings, providers[0])
+    from workers.kms.router import KmsRouter
+
+    adapters = [open_provider(settings, provider) for provider in providers]
+    return KmsRouter(adapters[0], adapters[1:])
+
+
+def open_provider(settings: Settings, provider: KmsProvider) -> Kms:
+    if provider is KmsProvider.AWS:
         from workers.kms.aws import AwsKms
 
         return AwsKms(
@@ -21,12 +33,14 @@ def open_kms(settings: Settings) -> Kms:
             max_attempts=settings.kms_max_attempts,
             concurrency=settings.kms_concurrency,
         )
-    if settings.kms_provider is KmsProvider.VAULT:
+    if provider is KmsProvider.VAULT:
         return open_vault(settings)
     from workers.kms.local import DEFAULT_KEY_ID, LocalKms
 
     kek = b64decode(settings.local_kek) if settings.local_kek else None
-    return LocalKms(kek, default_key_id=settings.kms_key_id or DEFAULT_KEY_ID)
+    # KEYLEDGER_KMS_KEY_ID names the local key only when local is the one provider (else it is AWS's key)
+    key_id = settings.kms_key_id if settings.configured_kms_providers == [KmsProvider.LOCAL] else None
+    return LocalKms(kek, default_key_id=key_id or DEFAULT_KEY_ID)
 
 
 def open_vault(settings: Settings) -> Kms:

@@ -26,6 +26,7 @@ from workers.kms import (
     KmsRefused,
     Rewrapped,
     UnwrapRequest,
+    WrapRequest,
     gather_each,
 )
 
@@ -53,13 +54,20 @@ class LocalKms:
         self.calls = 0
 
     async def generate_data_key(self, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
+        return await self.wrap(os.urandom(DATA_KEY_BYTES), kms_key_id, context)
+
+    async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         key_id = kms_key_id or self.default_key_id
         self._refuse_deleted(key_id)
         self.calls += 1
-        plaintext = os.urandom(DATA_KEY_BYTES)
+        if len(plaintext) != DATA_KEY_BYTES:
+            raise KmsRefused("ValidationException: a data key is 32 bytes")
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, plaintext, _aad(key_id, context))
         return DataKey(plaintext=plaintext, wrapped=MAGIC + nonce + sealed, kms_key_id=key_id)
+
+    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
+        return await gather_each([self.wrap(r.plaintext, r.kms_key_id, r.context) for r in requests])
 
     async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
         self._refuse_deleted(kms_key_id)

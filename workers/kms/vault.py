@@ -11,7 +11,8 @@ it; an existing key of another type, or not derived, is refused (never used).
 Data keys are 32 bytes from `os.urandom`, wrapped by `transit/encrypt` (Transit
 has no data-key endpoint). The wrapped blob is Vault's ciphertext string
 `vault:vN:<base64>` as ASCII bytes; N is the Transit key version, recorded as
-`DataKey.kek_version`. `generate_data_keys` and `decrypt_many` send up to
+`DataKey.kek_version`. `generate_data_keys`, `wrap_many`, `decrypt_many` and
+`rewrap_many` send up to
 `batch_max` items per request with `batch_input`, per Transit key (200 by
 default: OpenBao's default max_request_json_strings of 1000 refuses 250 items of
 4 strings each; a refused batch is split in halves and the limit lowered).
@@ -79,6 +80,7 @@ from workers.kms import (
     KmsUnavailable,
     Rewrapped,
     UnwrapRequest,
+    WrapRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -210,23 +212,30 @@ class VaultKms:
         return _plaintext(data)
 
     async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
+        return await self.wrap_many([WrapRequest(os.urandom(DATA_KEY_BYTES), r.kms_key_id, r.context)
+                                     for r in requests])
+
+    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
+        """transit/encrypt of each given key, `batch_max` per request, per Transit key, in order."""
         results: list[DataKey | KmsError | None] = [None] * len(requests)
 
         async def chunk(name: str, slots: list[int]) -> None:
-            plaintexts = [os.urandom(DATA_KEY_BYTES) for _ in slots]
-            items = [{"plaintext": _b64(p), "context": _context(requests[i].context)}
-                     for i, p in zip(slots, plaintexts, strict=True)]
+            items = [{"plaintext": _b64(requests[i].plaintext), "context": _context(requests[i].context)}
+                     for i in slots]
             try:
                 replies = await self._batch(f"{self._mount}/encrypt/{name}", items)
             except KmsError as exc:
                 replies = [exc] * len(slots)
-            for i, plaintext, reply in zip(slots, plaintexts, replies, strict=True):
-                results[i] = reply if isinstance(reply, KmsError) else _guarded(_data_key, plaintext, reply, name)
+            for i, reply in zip(slots, replies, strict=True):
+                results[i] = (reply if isinstance(reply, KmsError)
+                              else _guarded(_data_key, requests[i].plaintext, reply, name))
 
         groups: dict[str, list[int]] = {}
         for i, request in enumerate(requests):
             try:
                 name = self._name(request.kms_key_id)
+                if len(request.plaintext) != DATA_KEY_BYTES:
+                    raise KmsRefused("a data key to wrap is 32 bytes")
             except KmsError as exc:
                 results[i] = exc
                 continue
@@ -269,8 +278,32 @@ class VaultKms:
         name = self._name(kms_key_id)
         data = await self._call("POST", f"{self._mount}/rewrap/{name}",
                                 {"ciphertext": _ciphertext(wrapped), "context": _context(context)})
-        blob = _wrapped(data)
-        return Rewrapped(blob, _version_of(blob))
+        return _rewrapped(data)
+
+    async def rewrap_many(self, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]:
+        """transit/rewrap with `batch_input`: each blob re-wrapped under its Transit key's latest version
+        (the plaintexts never leave Vault), `batch_max` per request, in order, one result each."""
+        results: list[Rewrapped | KmsError | None] = [None] * len(requests)
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                groups.setdefault(self._name(request.kms_key_id), []).append((i, _ciphertext(request.wrapped)))
+            except KmsError as exc:
+                results[i] = exc
+
+        async def chunk(name: str, slots: list[tuple[int, str]]) -> None:
+            items = [{"ciphertext": ciphertext, "context": _context(requests[i].context)} for i, ciphertext in slots]
+            try:
+                replies = await self._batch(f"{self._mount}/rewrap/{name}", items)
+            except KmsError as exc:
+                replies = [exc] * len(slots)
+            for (i, _), reply in zip(slots, replies, strict=True):
+                results[i] = reply if isinstance(reply, KmsError) else _guarded(_rewrapped, reply)
+
+        await asyncio.gather(*(chunk(name, slots[start:start + self._batch_max])
+                               for name, slots in groups.items()
+                               for start in range(0, len(slots), self._batch_max)))
+        return results  # type: ignore[return-value]
 
     async def rotate_kek(self, kms_key_id: str | None = None) -> int:
         """A new version of the Transit key; new wraps use it, older blobs still unwrap. Returns it."""
@@ -576,6 +609,13 @@ def _wrapped(data: dict[str, Any]) -> bytes:
     if not isinstance(ciphertext, str) or not ciphertext.isascii():
         raise KmsUnavailable("vault returned no ciphertext")
     return ciphertext.encode("ascii")
+
+
+def _rewrapped(data: dict[str, Any]) -> Rewrapped:
+    blob = _wrapped(data)
+    if len(blob) > MAX_WRAPPED_BYTES:
+        raise KmsUnavailable("vault returned a ciphertext of an impossible length")
+    return Rewrapped(blob, _version_of(blob))
 
 
 def _data_key(plaintext: bytes, data: dict[str, Any], name: str) -> DataKey:

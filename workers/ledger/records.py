@@ -6,6 +6,9 @@
 - op transfer:    tenant account -> key account, code 8, amount = operations covered,
                   user_data_32 = op code (| failure bit), user_data_64 = source offset,
                   user_data_128 = linked key (the new key of a rotation) or 0
+- rewrap:         user_data_64 = fingerprint of the record it accepted (keys/pins.py),
+                  user_data_128 = partition << 64 | offset of the tick that asked (so a replay
+                  arriving as another record republishes the very same audit event)
 - destroy:        a pending transfer with CLOSING_CREDIT: the key account is closed,
                   so TigerBeetle itself refuses any later operation on it
 """
@@ -50,6 +53,7 @@ class OpRecord:
     linked_key_id: str | None = None
     closing: bool = False
     tag: int | None = None  # user_data_64 instead of the source offset (e.g. the tick that rotated)
+    origin: int | None = None  # user_data_128 when no key is linked (a rewrap: where its tick was)
 
     def to_transfer(self) -> Transfer:
         flags = TransferFlags.PENDING | TransferFlags.CLOSING_CREDIT if self.closing else TransferFlags.NONE
@@ -58,10 +62,19 @@ class OpRecord:
             debit_account_id=ids.tenant_ref(self.tenant_id),
             credit_account_id=ids.from_hex(self.key_id),
             amount=self.count,
-            user_data_128=ids.from_hex(self.linked_key_id) if self.linked_key_id else 0,
+            user_data_128=ids.from_hex(self.linked_key_id) if self.linked_key_id else (self.origin or 0),
             user_data_64=self.tag if self.tag is not None else max(self.source.offset, 0),
             user_data_32=ids.pack_op(self.op, self.failed),
             ledger=ids.LEDGER,
             code=ids.TRANSFER_CODE,
             flags=flags,
         )
+
+
+def pack_origin(source: AuditSource) -> int:
+    """A record's place (partition, offset) in one 128-bit value; the topic is implied by the op."""
+    return (source.partition << 64) | max(source.offset, 0)
+
+
+def unpack_origin(topic: str, origin: int) -> AuditSource:
+    return AuditSource(topic=topic, partition=origin >> 64, offset=origin & (2**64 - 1))

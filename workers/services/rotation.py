@@ -39,6 +39,7 @@ from workers.kafka.records import InboundRecord
 from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker, VersionPlan
 from workers.keystore.directory import KeyEntry
+from workers.kms import Kms, is_shared_key
 from workers.ledger import Ledger
 from workers.ledger.clock import LedgerClock
 from workers.ledger.records import OpRecord
@@ -54,12 +55,17 @@ class Rotation:
 
     __slots__ = ("record", "tick", "old", "new")
 
-    def __init__(self, record: InboundRecord, tick: RotationTick, old: KeyEntry) -> None:
+    def __init__(self, record: InboundRecord, tick: RotationTick, old: KeyEntry, kms: Kms) -> None:
         self.record = record
         self.tick = tick
         self.old = old
-        kms_key_id = old.material.kms_key_id if old.material else None
-        self.new = VersionPlan(record, old.tenant_id, old.key_type, old.version + 1, kms_key_id)
+        # a tenant's own KMS key (BYOK) wraps its next version too, with the same provider; a key under
+        # a provider's shared default key moves to where new keys go (a provider migration may be under way)
+        material = old.material
+        byok = material is not None and not is_shared_key(kms, material.kms_provider, material.kms_key_id)
+        self.new = VersionPlan(record, old.tenant_id, old.key_type, old.version + 1,
+                               material.kms_key_id if material and byok else None,
+                               material.kms_provider if material and byok else None)
 
 
 class RotationService:
@@ -149,7 +155,7 @@ class RotationService:
                 raise
             if tick.key_id is not None and tick.key_id != old.key_id:
                 continue  # the key this tick was about is no longer active: rotated already
-            targets.append(Rotation(record, tick, old))
+            targets.append(Rotation(record, tick, old, self._keys.kms))
         return targets
 
     async def _due(self, wanted: list[Rotation]) -> list[Rotation]:

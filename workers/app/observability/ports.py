@@ -17,7 +17,21 @@ from typing import Any, TypeVar
 
 from workers.app.observability.metrics import Metrics
 from workers.errors import Unavailable
-from workers.kms import DataKey, Kms, KmsRefused
+from workers.kms import (
+    DataKey,
+    DataKeyRequest,
+    Kms,
+    KmsError,
+    KmsRefused,
+    Rewrapped,
+    RoutingKms,
+    UnwrapRequest,
+    WrapRequest,
+    decrypt_many,
+    generate_data_keys,
+    rewrap_many,
+    wrap_many,
+)
 from workers.ledger import (
     Account,
     AccountFilter,
@@ -62,15 +76,42 @@ class Reachability:
 
 
 class MeteredKms:
-    """A `Kms` that reports every call; `calls` and `default_key_id` read through to the adapter."""
+    """A `Kms` that reports every call; `calls` and `default_key_id` read through to the adapter.
 
-    def __init__(self, inner: Kms, metrics: Metrics, span: SpanFactory | None = None) -> None:
+    Batch calls count once per port call; a router's providers are metered too (`route`), sharing
+    this one's reachability."""
+
+    def __init__(self, inner: Kms, metrics: Metrics, span: SpanFactory | None = None,
+                 reachability: Reachability | None = None) -> None:
         self.inner = inner
         self.default_key_id = inner.default_key_id
-        self.reachability = Reachability()
+        self.reachability = reachability or Reachability()
         self._metrics = metrics
         self._span = span or _no_span
         self._calls = 0
+        self._routes: dict[str, MeteredKms] = {}
+
+    def route(self, provider: str) -> Kms:
+        """The metered adapter of `provider` when the inner KMS is a router; else this one (one adapter
+        serves every record, as `kms_for` says)."""
+        if not isinstance(self.inner, RoutingKms):
+            return self
+        if provider not in self._routes:
+            self._routes[provider] = MeteredKms(self.inner.route(provider), self._metrics, self._span,
+                                                self.reachability)
+        return self._routes[provider]
+
+    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
+        return await self._call("generate_data_keys", lambda: generate_data_keys(self.inner, requests))
+
+    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
+        return await self._call("decrypt_many", lambda: decrypt_many(self.inner, requests))
+
+    async def rewrap_many(self, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]:
+        return await self._call("rewrap_many", lambda: rewrap_many(self.inner, requests))
+
+    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
+        return await self._call("wrap_many", lambda: wrap_many(self.inner, requests))
 
     @property
     def calls(self) -> int:

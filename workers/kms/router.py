@@ -1,0 +1,120 @@
+"""Several KMS providers in one process: the hybrid period of a provider migration.
+
+`KmsRouter` is a `Kms` made of one adapter per configured provider. New keys go
+to the primary provider (KEYLEDGER_KMS_PROVIDER); a wrapped key is unwrapped
+by the provider its keys.material record names (`kms_provider`, absent = aws),
+which callers pick with `workers.kms.kms_for(kms, provider)`. A record naming a
+provider this process was not configured with is refused, saying which: the
+old provider may only be removed once no live record names it.
+
+Deletion of a tenant's own KMS key is refused while several providers are
+configured (a key id does not say which provider holds it, and a wrong guess
+could schedule the deletion of an unrelated key); the shared default key of
+every provider is always refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from workers.kms import (
+    DataKey,
+    DataKeyRequest,
+    Kms,
+    KmsError,
+    KmsRefused,
+    UnwrapRequest,
+    decrypt_many,
+    generate_data_keys,
+    provider_of,
+)
+
+_BLOB_PREFIXES = (("vault", b"vault:v"), ("local", b"KLK1"))
+
+
+class KmsRouter:
+    def __init__(self, primary: Kms, others: Sequence[Kms] = ()) -> None:
+        adapters = [primary, *others]
+        self._by_provider: dict[str, Kms] = {}
+        for adapter in adapters:
+            name = provider_of(adapter)
+            if name in self._by_provider:
+                raise ValueError(f"KMS provider {name} configured twice")
+            self._by_provider[name] = adapter
+        self.primary = primary
+        self.provider = provider_of(primary)
+        self.default_key_id = primary.default_key_id
+
+    @property
+    def providers(self) -> Mapping[str, Kms]:
+        return dict(self._by_provider)
+
+    @property
+    def calls(self) -> int:
+        return sum(int(getattr(adapter, "calls", 0) or 0) for adapter in self._by_provider.values())
+
+    def route(self, provider: str) -> Kms:
+        adapter = self._by_provider.get(provider)
+        if adapter is None:
+            raise KmsRefused(f"keys.material names KMS provider {provider!r}, which this process is not configured "
+                             f"with (configured: {', '.join(self._by_provider)}; see KEYLEDGER_KMS_PROVIDERS)")
+        return adapter
+
+    def is_default_key(self, kms_key_id: str) -> bool:
+        return any(kms_key_id == adapter.default_key_id for adapter in self._by_provider.values())
+
+    # --- the Kms port: new keys under the primary provider ------------------------------
+
+    async def generate_data_key(self, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
+        return await self.primary.generate_data_key(kms_key_id, context)
+
+    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
+        return await generate_data_keys(self.primary, requests)
+
+    async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
+        """For callers that do not know the record's provider: guessed from the blob's form (vault and
+        local blobs have a fixed prefix; anything else is AWS's). Callers that know use `kms_for`."""
+        return await self.route(_provider_of_blob(wrapped)).decrypt(wrapped, kms_key_id, context)
+
+    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
+        results: list[bytes | KmsError | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(_provider_of_blob(request.wrapped), []).append(i)
+        for provider, slots in groups.items():
+            try:
+                adapter = self.route(provider)
+            except KmsError as exc:
+                for i in slots:
+                    results[i] = exc
+                continue
+            for i, result in zip(slots, await decrypt_many(adapter, [requests[i] for i in slots]), strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    async def describe_key(self, kms_key_id: str) -> str:
+        """As the primary provider identifies the key (BYOK keys are bound where new keys go); a key of
+        another provider is usually refused there, so it never compares equal to one of the primary's."""
+        return await self.primary.describe_key(kms_key_id)
+
+    async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
+        if self.is_default_key(kms_key_id):
+            raise KmsRefused(f"{kms_key_id} is a provider's shared default key: keyledger never deletes it")
+        if len(self._by_provider) > 1:
+            raise KmsRefused(f"several KMS providers are configured ({', '.join(self._by_provider)}): "
+                             f"schedule the deletion of {kms_key_id} by hand with the provider that holds it")
+        await self.primary.schedule_key_deletion(kms_key_id, pending_days)
+
+    async def aclose(self) -> None:
+        for adapter in self._by_provider.values():
+            try:
+                await adapter.aclose()
+            except Exception:  # close the others whatever one of them says
+                pass
+
+
+def _provider_of_blob(wrapped: bytes) -> str:
+    for provider, prefix in _BLOB_PREFIXES:
+        if wrapped.startswith(prefix):
+            return provider
+    return "aws"
