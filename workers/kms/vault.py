@@ -60,10 +60,10 @@ import os
 import random
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -83,6 +83,7 @@ from workers.kms import (
     WrapRequest,
 )
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 KEY_TYPE = "aes256-gcm96"
@@ -252,27 +253,7 @@ class VaultKms:
         return results  # type: ignore[return-value]
 
     async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
-        results: list[bytes | KmsError | None] = [None] * len(requests)
-        groups: dict[str, list[tuple[int, str]]] = {}
-        for i, request in enumerate(requests):
-            try:
-                groups.setdefault(self._name(request.kms_key_id), []).append((i, _ciphertext(request.wrapped)))
-            except KmsError as exc:
-                results[i] = exc
-
-        async def chunk(name: str, slots: list[tuple[int, str]]) -> None:
-            items = [{"ciphertext": ciphertext, "context": _context(requests[i].context)} for i, ciphertext in slots]
-            try:
-                replies = await self._batch(f"{self._mount}/decrypt/{name}", items)
-            except KmsError as exc:
-                replies = [exc] * len(slots)
-            for (i, _), reply in zip(slots, replies, strict=True):
-                results[i] = reply if isinstance(reply, KmsError) else _guarded(_plaintext, reply)
-
-        await asyncio.gather(*(chunk(name, slots[start:start + self._batch_max])
-                               for name, slots in groups.items()
-                               for start in range(0, len(slots), self._batch_max)))
-        return results  # type: ignore[return-value]
+        return await self._per_blob("decrypt", requests, _plaintext)
 
     async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
         name = self._name(kms_key_id)
@@ -283,7 +264,13 @@ class VaultKms:
     async def rewrap_many(self, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]:
         """transit/rewrap with `batch_input`: each blob re-wrapped under its Transit key's latest version
         (the plaintexts never leave Vault), `batch_max` per request, in order, one result each."""
-        results: list[Rewrapped | KmsError | None] = [None] * len(requests)
+        return await self._per_blob("rewrap", requests, _rewrapped)
+
+    async def _per_blob(self, endpoint: str, requests: Sequence[UnwrapRequest],
+                        parse: Callable[[dict[str, Any]], T]) -> list[T | KmsError]:
+        """transit/<endpoint> of wrapped blobs with `batch_input`, grouped per Transit key, `batch_max` per
+        request, in order; a blob or a batch that fails gives its own KmsError, never the others'."""
+        results: list[T | KmsError | None] = [None] * len(requests)
         groups: dict[str, list[tuple[int, str]]] = {}
         for i, request in enumerate(requests):
             try:
@@ -294,11 +281,11 @@ class VaultKms:
         async def chunk(name: str, slots: list[tuple[int, str]]) -> None:
             items = [{"ciphertext": ciphertext, "context": _context(requests[i].context)} for i, ciphertext in slots]
             try:
-                replies = await self._batch(f"{self._mount}/rewrap/{name}", items)
+                replies = await self._batch(f"{self._mount}/{endpoint}/{name}", items)
             except KmsError as exc:
                 replies = [exc] * len(slots)
             for (i, _), reply in zip(slots, replies, strict=True):
-                results[i] = reply if isinstance(reply, KmsError) else _guarded(_rewrapped, reply)
+                results[i] = reply if isinstance(reply, KmsError) else _guarded(parse, reply)
 
         await asyncio.gather(*(chunk(name, slots[start:start + self._batch_max])
                                for name, slots in groups.items()
