@@ -74,13 +74,14 @@ class PiiService:
         self._batch_keys = {}
         outcome = Outcome()
         parsed = self._patient(parsed, outcome)
-        outcome.blocked += await self._warm_keys(parsed)
+        blocked, warmed = await self._warm_keys(parsed)
+        outcome.blocked += blocked
         waiting = {id(r) for r in outcome.blocked}
         requests = [(r, q) for r, q in parsed if id(r) not in waiting]
-        requests, out_of_budget, worn = await self._claim_budget(requests)
+        requests, out_of_budget, worn, sealing_keys = await self._claim_budget(requests, warmed)
         outcome.blocked += out_of_budget
         usage = Usage()
-        results = [self._serve(record, request, usage) for record, request in requests]
+        results = [self._serve(record, request, usage, sealing_keys.get(id(record))) for record, request in requests]
         outcome.ops = _ops(usage)
         outcome.outputs = [Outgoing(Topic.PII_RESULTS.value, str(r["tenant_id"]).encode(), _json(r),
                                     cause=record.coordinates) for (record, _), r in zip(requests, results, strict=True)]
@@ -116,7 +117,8 @@ class PiiService:
                     pass  # answered per field in _serve
         return entries
 
-    async def _warm_keys(self, requests: Sequence[tuple[InboundRecord, PiiRequest]]) -> list[InboundRecord]:
+    async def _warm_keys(self, requests: Sequence[tuple[InboundRecord, PiiRequest]]
+                         ) -> tuple[list[InboundRecord], set[str]]:
         """Unwrap every key this batch needs (one KMS call per missing key); records whose key can't be had yet wait.
         Refused keys are answered per field in _serve."""
         needed: dict[str, KeyEntry] = {}
@@ -131,10 +133,11 @@ class PiiService:
         for key_id, failure in failures.items():
             if not isinstance(failure, KeyledgerError):
                 blocked.update((id(r), r) for r in users[key_id])
-        return list(blocked.values())
+        return list(blocked.values()), set(needed)
 
-    async def _claim_budget(self, requests: list[tuple[InboundRecord, PiiRequest]]
-                            ) -> tuple[list[tuple[InboundRecord, PiiRequest]], list[InboundRecord], list[KeyEntry]]:
+    async def _claim_budget(self, requests: list[tuple[InboundRecord, PiiRequest]], warmed: set[str]
+                            ) -> tuple[list[tuple[InboundRecord, PiiRequest]], list[InboundRecord], list[KeyEntry],
+                                       dict[int, KeyEntry]]:
         """Charge each sealing request's fields to its active key's budget (keys/budget.py), in order.
 
         Returns the requests to serve, the records that must wait for the tenant's next key version
@@ -151,25 +154,34 @@ class PiiService:
                 entry = self._keys.active(request.tenant_id, KeyType.ENCRYPTION)
             except KeyRefused:
                 continue  # answered per request in _serve
-            if entry.key_id in self._worn:
+            if entry.key_id in self._worn or entry.key_id not in warmed:
+                # spent, or the active version moved on (a rotation) since the keys were unwrapped: wait
                 waiting[id(record)] = record
                 continue
+            if self._keys.cached_secret(entry.key_id) is None:
+                continue  # refused by the KMS: answered per field in _serve, nothing to charge
             claims.append(Claim(entry.key_id, record.topic, record.partition, record.offset, len(request.fields)))
             claimants.append((record, entry))
         spent: dict[str, KeyEntry] = {}
+        sealing_keys: dict[int, KeyEntry] = {}
         for (record, entry), granted in zip(claimants, await self._budget.claim(claims), strict=True):
-            if not granted:
+            if granted:
+                sealing_keys[id(record)] = entry  # sealed with the key it was charged to, whatever is active by then
+            else:
                 waiting[id(record)] = record
                 spent[entry.key_id] = entry
         newly = [entry for key_id, entry in spent.items() if key_id not in self._worn]
         self._worn.update(spent)
-        return [(r, q) for r, q in requests if id(r) not in waiting], list(waiting.values()), newly
+        return ([(r, q) for r, q in requests if id(r) not in waiting], list(waiting.values()), newly,
+                sealing_keys)
 
     # --- one request -----------------------------------------------------------
 
-    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage) -> dict[str, object]:
-        active: KeyEntry | None = None
-        if request.operation is not PiiOperation.DECRYPT:
+    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage,
+               charged: KeyEntry | None) -> dict[str, object]:
+        """`charged`: the key this request's seals were charged to (sealing requests that got a budget)."""
+        active: KeyEntry | None = charged
+        if request.operation is not PiiOperation.DECRYPT and active is None:
             try:
                 active = self._keys.active(request.tenant_id, KeyType.ENCRYPTION)
             except KeyRefused as exc:
