@@ -89,7 +89,10 @@ class KeyService:
 
     def unknown_tenant(self, tenant_id: str) -> bool:
         """Neither a tenant with keys nor a destroyed one: the key table has not heard of it (yet)."""
-        return not (self.directory.is_known_tenant(tenant_id) or self.directory.is_destroyed_tenant(tenant_id))
+        if self.directory.is_destroyed_tenant(tenant_id):
+            return False
+        # material read but no key announced yet (keygen is between the two): not known yet either
+        return not any(e.state is not KeyState.PENDING for e in self.directory.tenant_keys(tenant_id))
 
     def waits_for_tenant(self, error: KeyledgerError, record: InboundRecord) -> bool:
         """Whether a request refused with `error` should rather wait: its tenant is not in the key table
@@ -104,7 +107,7 @@ class KeyService:
             return entry
         if self.directory.is_destroyed_tenant(tenant_id):
             raise KeyRefused(f"tenant {tenant_id} was destroyed", ErrorCode.TENANT_DESTROYED)
-        if not self.directory.is_known_tenant(tenant_id):
+        if self.unknown_tenant(tenant_id):
             raise KeyRefused(f"unknown tenant {tenant_id}", ErrorCode.UNKNOWN_TENANT)
         raise KeyRefused(f"tenant {tenant_id} has no active {key_type.value} key", ErrorCode.KEY_NOT_FOUND)
 
