@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     ledger: LedgerKind = Field(LedgerKind.MEMORY, description="`tigerbeetle` or `memory` (embedded, dev only).")
     tb_addresses: str | None = Field(None, description="TigerBeetle replica addresses, comma separated.")
     tb_cluster_id: int = Field(0, ge=0, description="TigerBeetle cluster id.")
-    tb_batch_max: int = Field(250, ge=1, le=8189, description="Most events in one TigerBeetle request (32 KiB on a --development server).")
+    tb_batch_max: int = Field(8189, ge=1, le=8189, description="Most events in one TigerBeetle request; a server with a lower limit (a --development one: 253) makes it smaller on its first refusal.")
     cache_private_ttl: float = Field(3600, gt=0, description="Seconds an unwrapped private/secret key stays cached.")
     cache_public_ttl: float = Field(86400, gt=0, description="Seconds a public key stays cached.")
     cache_max_entries: int = Field(1000, ge=1, description="Most entries in each key cache.")

@@ -6,6 +6,8 @@ import random
 
 import pytest
 import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.errors import ErrorCode
 from workers.core.canonical import CanonicalizationError, NotIJson, canonical_json, loads_ijson, plain_json_loads
@@ -109,3 +111,52 @@ def test_plain_is_still_told_at_parse_time():
     assert plain_json_loads(b'{"a": 1.5}')[1] is False
     assert plain_json_loads(b'{"a": 9007199254740993}')[1] is False
     assert plain_json_loads(b'{"\\u00e9": 1}')[1] is False
+
+
+# --- duplicate names: the quote-counting check (text without a backslash) against the pairs hook ---
+
+_names = st.sampled_from(["a", "b", "ab", "é", "😀", " ", "a b", ""])
+_leaves = st.one_of(st.none(), st.booleans(), st.integers(-10, 10), st.sampled_from(["", "x", "a", "é", "1"]),
+                    st.floats(allow_nan=False, allow_infinity=False, width=32))
+
+
+def _json_text(tree):
+    """JSON text of a tree whose objects are lists of (name, value) pairs, names possibly repeated."""
+    kind, body = tree
+    if kind == "leaf":
+        return json.dumps(body, ensure_ascii=False)
+    if kind == "list":
+        return "[" + ",".join(_json_text(item) for item in body) + "]"
+    return "{" + ",".join(json.dumps(name, ensure_ascii=False) + ":" + _json_text(value) for name, value in body) + "}"
+
+
+_trees = st.recursive(
+    _leaves.map(lambda v: ("leaf", v)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4).map(lambda items: ("list", items)),
+                            st.lists(st.tuples(_names, inner), max_size=4).map(lambda pairs: ("object", pairs))),
+    max_leaves=20,
+)
+
+
+def _has_duplicate(tree) -> bool:
+    kind, body = tree
+    if kind == "leaf":
+        return False
+    if kind == "list":
+        return any(_has_duplicate(item) for item in body)
+    names = [name for name, _ in body]
+    return len(set(names)) != len(names) or any(_has_duplicate(value) for _, value in body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_trees)
+@pytest.mark.parametrize("read", READERS, ids=["loads_ijson", "plain_json_loads"])
+def test_a_duplicate_name_is_refused_exactly_when_there_is_one(read, tree):
+    raw = _json_text(tree).encode()
+    assert b"\\" not in raw  # the counting path: no escapes in the text
+    if _has_duplicate(tree):
+        with pytest.raises(NotIJson) as err:
+            read(raw)
+        assert err.value.code is ErrorCode.INVALID_MESSAGE
+    else:
+        assert read(raw) == json.loads(raw)

@@ -16,7 +16,7 @@ from workers.ledger import Ledger, LedgerUnavailable
 from workers.ledger.memory import MemoryLedger
 from workers.ledger.tigerbeetle import TigerBeetleLedger
 
-BATCH_MAX = 250  # what a --development server accepts per request (32 KiB)
+BATCH_MAX = 250  # under what a --development server accepts per request (32 KiB: 253)
 _answering: set[str] = set()
 
 

@@ -523,3 +523,23 @@ async def test_open_ledger_builds_the_configured_adapter():
         assert isinstance(real, TigerBeetleLedger)
     finally:
         await real.aclose()
+
+
+async def test_a_server_with_a_smaller_request_limit_shrinks_the_requests_and_loses_nothing(tigerbeetle_address):
+    """The production default (8,189 a request) against a --development server (253): the first request is
+    refused by the client before it is sent, the adapter cuts again, every event lands exactly once."""
+    ledger = TigerBeetleLedger(tigerbeetle_address, 0, timeout=30.0)
+    try:
+        assert ledger.batch_max == 8189
+        accounts = [account() for _ in range(700)]
+        results = await ledger.create_accounts(accounts)
+        assert [r.status for r in results] == [A.CREATED] * 700
+        assert ledger.batch_max == 253
+        tenant, key = accounts[0], accounts[1]
+        transfers = [transfer(tenant, key) for _ in range(600)]
+        assert [r.status for r in await ledger.create_transfers(transfers)] == [T.CREATED] * 600
+        found = await ledger.lookup_transfers([t.id for t in transfers])
+        assert [t.id for t in found] == [t.id for t in transfers]
+        assert len(await ledger.lookup_accounts([a.id for a in accounts])) == 700
+    finally:
+        await ledger.aclose()

@@ -8,6 +8,7 @@ and two different purposes can never collide by concatenation tricks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from schemas.messages import KeyType, Op
@@ -40,17 +41,22 @@ OP_BY_CODE = {v: k for k, v in OP_CODE.items()}
 FAILURE_BIT = 1 << 16  # set in a transfer's user_data_32 when the outcome was a failure
 
 
+_PERSON = b"keyledger-v1"
+
+
 def _hash128(label: str, *parts: str | int) -> int:
-    h = hashlib.blake2b(digest_size=16, person=b"keyledger-v1")
+    # one buffer and one hash call: the same bytes as updating part by part, a third of the Python calls
+    data = bytearray()
     for part in (label, *parts):
-        raw = str(part).encode()
-        h.update(len(raw).to_bytes(4, "big"))
-        h.update(raw)
-    value = int.from_bytes(h.digest(), "big")
+        raw = (part if type(part) is str else str(part)).encode()
+        data += len(raw).to_bytes(4, "big")
+        data += raw
+    value = int.from_bytes(hashlib.blake2b(data, digest_size=16, person=_PERSON).digest(), "big")
     # 0 and 2^128-1 are reserved by TigerBeetle; hitting them is ~2^-127 likely
     return value if 0 < value < U128_MAX else 1
 
 
+@functools.lru_cache(maxsize=65_536)  # asked once per audited operation, of a few hot tenants
 def tenant_ref(tenant_id: str) -> int:
     """The tenant's 128-bit reference: its account id and its keys' user_data_128."""
     return _hash128("tenant", tenant_id)

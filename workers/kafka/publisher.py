@@ -81,6 +81,7 @@ class KafkaPublisher:
         self._partitioner = DefaultPartitioner()
         self._topics: dict[str, tuple[float, list[int]]] = {}
         self._chosen: dict[tuple[str, bytes], int] = {}
+        self._max_request = settings.producer_max_request_bytes
         self.published = 0
 
     async def start(self) -> None:
@@ -89,8 +90,8 @@ class KafkaPublisher:
     async def aclose(self) -> None:
         await self._producer.stop()
 
-    async def _partition(self, topic: str, key: bytes) -> int:
-        """The default partitioner's answer, remembered per (topic, key): murmur2 in Python costs ~4 us."""
+    async def _partitions(self, topic: str) -> list[int]:
+        """The topic's partitions, asked for again every PARTITIONS_TTL seconds (a topic may grow)."""
         now = time.monotonic()
         known = self._topics.get(topic)
         if known is None or now - known[0] > PARTITIONS_TTL:
@@ -98,11 +99,20 @@ class KafkaPublisher:
             if known is None or known[1] != partitions:
                 self._chosen = {k: p for k, p in self._chosen.items() if k[0] != topic}
             known = self._topics[topic] = (now, partitions)
+        return known[1]
+
+    async def _partition(self, topic: str, key: bytes) -> int:
+        """The default partitioner's answer, remembered per (topic, key): murmur2 in Python costs ~4 us."""
+        chosen = self._chosen.get((topic, key))
+        known = self._topics.get(topic)
+        if chosen is not None and known is not None and time.monotonic() - known[0] <= PARTITIONS_TTL:
+            return chosen
+        partitions = await self._partitions(topic)
         chosen = self._chosen.get((topic, key))
         if chosen is None:
             if len(self._chosen) > 100_000:
                 self._chosen.clear()
-            chosen = self._chosen[(topic, key)] = self._partitioner(key, known[1], known[1])
+            chosen = self._chosen[(topic, key)] = self._partitioner(key, partitions, partitions)
         return chosen
 
     async def publish(self, records: Iterable[Outgoing]) -> None:
@@ -116,14 +126,42 @@ class KafkaPublisher:
             raise
 
     async def _publish(self, records: Iterable[Outgoing]) -> None:
-        pending = []
+        """Records are packed per partition into record batches built here (aiokafka's batch builder, in C)
+        and handed over whole: `send` per record costs ~18 us of Python (metadata wait, partitioner,
+        accumulator). Order within a partition is the order of `records`. A record too large for any
+        request goes through `send`, which refuses it as it always did."""
+        by_partition: dict[tuple[str, int], list[Outgoing]] = {}
+        pending: list[asyncio.Future[object]] = []
         for record in records:
-            partition = await self._partition(record.topic, record.key)
-            pending.append(await self._producer.send(record.topic, record.value, key=record.key, partition=partition,
-                                                     headers=list(record.headers) or None))
-            self.published += 1
+            if _size(record) > self._max_request:
+                pending.append(await self._producer.send(record.topic, record.value, key=record.key,
+                                                         headers=list(record.headers) or None))
+                self.published += 1
+                continue
+            by_partition.setdefault((record.topic, await self._partition(record.topic, record.key)), []).append(record)
+        for (topic, partition), batch in by_partition.items():
+            pending.extend(await self._send_batches(topic, partition, batch))
         if pending:
             await asyncio.gather(*pending)
+
+    async def _send_batches(self, topic: str, partition: int, records: list[Outgoing]) -> list[asyncio.Future[object]]:
+        sent = []
+        builder = self._producer.create_batch()
+        for record in records:
+            headers = list(record.headers)
+            if builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
+                sent.append(await self._producer.send_batch(builder, topic, partition=partition))
+                builder = self._producer.create_batch()
+                builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
+            self.published += 1
+        sent.append(await self._producer.send_batch(builder, topic, partition=partition))
+        return sent
+
+
+def _size(record: Outgoing) -> int:
+    """Bytes the record takes in a batch, bounded above (varints and attributes: under 64 bytes)."""
+    return 64 + len(record.key) + len(record.value or b"") + sum(
+        len(name) * 4 + len(value or b"") for name, value in record.headers)
 
 
 class BrokerPublisher:

@@ -48,7 +48,8 @@ class InboundRecord:
 
     @property
     def source(self) -> AuditSource:
-        return AuditSource(topic=self.topic, partition=self.partition, offset=self.offset)
+        # the broker's own coordinates: of the model's types by construction, so not validated again
+        return AuditSource.model_construct(topic=self.topic, partition=self.partition, offset=self.offset)
 
     @property
     def coordinates(self) -> tuple[str, int, int]:

@@ -1,8 +1,11 @@
 """`tigerbeetle` ledger: the real client, with requests cut to the server's size limit.
 
-A `--development` server accepts 32 KiB per request (250 accounts or transfers),
-a production one about 8,190 events; `batch_max` says which. Cuts never split a
-LINKED chain, so a chain stays atomic however large the batch.
+A production server accepts 8,189 accounts or transfers per request, a `--development`
+one 32 KiB (253). `batch_max` is the most this process sends; the client refuses a
+larger request before sending it (TooMuchDataError), so the first refusal drops the
+size to the development limit, then halves it, and the request is cut again: no
+setting to get right, nothing applied twice. Cuts never split a LINKED chain, so a
+chain stays atomic however large the batch.
 
 Every request is bounded by `timeout`. The client itself never gives up on a
 request, so a timed-out request is left running (shielded) rather than
@@ -18,6 +21,7 @@ become LedgerError.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -49,10 +53,13 @@ _UNAVAILABLE = (
     NativeError,
 )
 _REFUSED = (tb.TooMuchDataError, IntegerOverflowError)
+PRODUCTION_BATCH_MAX = 8189  # 1 MiB messages less the header, 128-byte events
+DEVELOPMENT_BATCH_MAX = 253  # a --development server: 32 KiB less the header and the request's trailer
+log = logging.getLogger("keyledger.ledger")
 
 
 class TigerBeetleLedger:
-    def __init__(self, addresses: str, cluster_id: int = 0, batch_max: int = 250, timeout: float = 10.0) -> None:
+    def __init__(self, addresses: str, cluster_id: int = 0, batch_max: int = PRODUCTION_BATCH_MAX, timeout: float = 10.0) -> None:
         if not addresses:
             raise ValueError("TigerBeetle needs replica addresses (KEYLEDGER_TB_ADDRESSES)")
         if batch_max < 1 or timeout <= 0:
@@ -64,17 +71,22 @@ class TigerBeetleLedger:
         self._closed = False
         self._unanswered: set[asyncio.Task[Any]] = set()  # timed out, still owned by the client
 
+    @property
+    def batch_max(self) -> int:
+        """Events per request now: the configured most, or what the server's refusals left of it."""
+        return self._batch_max
+
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
-        return await self._in_requests(self._client.create_accounts, _cut_between_chains(accounts, self._batch_max))
+        return await self._in_requests(self._client.create_accounts, accounts, chains=True)
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
-        return await self._in_requests(self._client.create_transfers, _cut_between_chains(transfers, self._batch_max))
+        return await self._in_requests(self._client.create_transfers, transfers, chains=True)
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
-        return await self._in_requests(self._client.lookup_accounts, _cut(ids, self._batch_max))
+        return await self._in_requests(self._client.lookup_accounts, ids, chains=False)
 
     async def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
-        return await self._in_requests(self._client.lookup_transfers, _cut(ids, self._batch_max))
+        return await self._in_requests(self._client.lookup_transfers, ids, chains=False)
 
     async def get_account_transfers(self, account_filter: AccountFilter) -> list[Transfer]:
         return await self._request(self._client.get_account_transfers, account_filter)
@@ -94,13 +106,30 @@ class TigerBeetleLedger:
         if isinstance(closed, BaseException):
             raise closed
 
-    async def _in_requests(self, send: Callable[[list[E]], Awaitable[list[R]]], chunks: list[list[E]]) -> list[R]:
+    async def _in_requests(self, send: Callable[[list[E]], Awaitable[list[R]]], events: Sequence[E],
+                           chains: bool) -> list[R]:
+        """`events` in requests of at most `batch_max`, in order; a request the client refuses as too large
+        (before sending it) shrinks `batch_max` and is cut again from where it started."""
         results: list[R] = []
-        for chunk in chunks:
-            results.extend(await self._request(send, chunk))
+        start = 0
+        while start < len(events):
+            end = _request_end(events, start, self._batch_max, chains)
+            try:
+                results.extend(await self._request(send, list(events[start:end]), cut_again=True))
+            except tb.TooMuchDataError:
+                self._shrink(end - start)
+                continue
+            start = end
         return results
 
-    async def _request(self, send: Callable[[Any], Awaitable[R]], body: Any) -> R:
+    def _shrink(self, refused: int) -> None:
+        if refused <= 1:
+            raise LedgerError("TigerBeetle refuses a request of one event as too much data")
+        smaller = DEVELOPMENT_BATCH_MAX if refused > DEVELOPMENT_BATCH_MAX else refused // 2
+        log.info("TigerBeetle refused %d events in one request; sending at most %d from now on", refused, smaller)
+        self._batch_max = smaller
+
+    async def _request(self, send: Callable[[Any], Awaitable[R]], body: Any, cut_again: bool = False) -> R:
         if self._closed:
             raise LedgerUnavailable("TigerBeetle client is closed")
         request = asyncio.ensure_future(send(body))
@@ -110,6 +139,10 @@ class TigerBeetleLedger:
             raise LedgerUnavailable(f"TigerBeetle did not answer within {self._timeout:g}s") from None
         except _UNAVAILABLE as exc:
             raise LedgerUnavailable(f"TigerBeetle: {type(exc).__name__}: {exc}") from exc
+        except tb.TooMuchDataError as exc:
+            if cut_again:
+                raise  # _in_requests shrinks the request and cuts again
+            raise LedgerError(f"TigerBeetle refuses the request: {exc}") from exc
         except _REFUSED as exc:
             raise LedgerError(f"TigerBeetle refuses the request: {exc}") from exc
         finally:
@@ -126,21 +159,13 @@ class TigerBeetleLedger:
             request.exception()  # nobody awaits it any more; mark its failure as seen
 
 
-def _cut(events: Sequence[E], size: int) -> list[list[E]]:
-    return [list(events[start : start + size]) for start in range(0, len(events), size)]
-
-
-def _cut_between_chains(events: Sequence[E], size: int) -> list[list[E]]:
-    """Requests of at most `size` events, each ending where a LINKED chain ends (all cut before any is sent)."""
-    chunks: list[list[E]] = []
-    start = 0
-    while start < len(events):
-        end = min(start + size, len(events))
-        if end < len(events):
-            while end > start and events[end - 1].flags & _LINKED:  # type: ignore[attr-defined]
-                end -= 1
-            if end == start:
-                raise LedgerError(f"a linked chain longer than batch_max={size} cannot be sent in one request")
-        chunks.append(list(events[start:end]))
-        start = end
-    return chunks
+def _request_end(events: Sequence[E], start: int, size: int, chains: bool) -> int:
+    """Where the request starting at `start` ends: at most `size` events, and (with `chains`) where a
+    LINKED chain ends."""
+    end = min(start + size, len(events))
+    if chains and end < len(events):
+        while end > start and events[end - 1].flags & _LINKED:  # type: ignore[attr-defined]
+            end -= 1
+        if end == start:
+            raise LedgerError(f"a linked chain longer than batch_max={size} cannot be sent in one request")
+    return end

@@ -24,8 +24,9 @@ from schemas.errors import ErrorCode
 from schemas.messages import SYSTEM_TENANT, TENANT_ID_PATTERN, KeyType, Op
 from schemas.topics import Topic
 from workers.core import ids
+from workers.core.b64 import b64url_encode
 from workers.core.canonical import CanonicalizationError, NotIJson, plain_json_loads
-from workers.core.signing import ALG, sign, signing_input
+from workers.core.signing import ALG, signing_input
 from workers.errors import BadInput, KeyledgerError
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord
@@ -93,6 +94,11 @@ class SignerService:
     def _sign_all(self, batch: KeyBatch, private_key: Ed25519PrivateKey, signed_at: str,
                   outcome: Outcome) -> list[Outgoing]:
         key_id = batch.entry.key_id
+        # the signature member around its value: every part is of a JSON-safe alphabet (the alg, a hex key
+        # id, base64url, an RFC 3339 time), so it is written as it stands (json.dumps cost ~5 us a span)
+        head = f',"signature":{{"alg":"{ALG}","key_id":"{key_id}","value":"'.encode()
+        tail = f'","signed_at":"{signed_at}"}}}}'.encode()
+        topic = Topic.SPANS_SIGNED.value
         outputs = []
         kept = []
         for job in batch.jobs:
@@ -102,18 +108,16 @@ class SignerService:
                 outcome.refuse(job.record, BadInput(f"span has no RFC 8785 form: {exc}"))
                 continue
             kept.append(job)
-            signature = {"alg": ALG, "key_id": key_id, "value": sign(private_key, message), "signed_at": signed_at}
-            outputs.append(Outgoing(Topic.SPANS_SIGNED.value, job.tenant_id.encode(), _signed_record(job, signature),
+            value = b64url_encode(private_key.sign(message)).encode()
+            outputs.append(Outgoing(topic, job.tenant_id.encode(), _spliced(job, head + value + tail),
                                     cause=job.record.coordinates))
         batch.jobs = kept
         return outputs
 
 
-def _signed_record(job: Job, signature: dict[str, str]) -> bytes:
+def _spliced(job: Job, signature_member: bytes) -> bytes:
     """The request as it arrived plus its signature: splicing the raw object saves re-serialising the span."""
-    raw = (job.record.value or b"").rstrip()
-    suffix = b',"signature":' + json.dumps(signature, separators=(",", ":")).encode() + b"}"
-    return raw[:-1] + suffix
+    return (job.record.value or b"").rstrip()[:-1] + signature_member
 
 
 def parse_job(record: InboundRecord, max_bytes: int) -> Job:
