@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas.messages import AuditSource, KeyEvent
+from schemas.messages import KeyEvent
 from schemas.topics import Topic
 from workers.kafka.letters import DeadLetters
 from workers.kafka.publisher import Outgoing, Publisher
@@ -15,6 +15,7 @@ from workers.kafka.records import InboundRecord, Refusal
 from workers.keys.audit import AuditTrail
 from workers.keys.service import KeyService
 from workers.ledger import Ledger
+from workers.ledger.records import Coordinates
 from workers.services.outcome import Outcome
 from workers.settings import Settings
 
@@ -93,7 +94,7 @@ class Emitter:
             for event in outcome.events:
                 self._log_event(event, sources.get(event.key_id))
 
-    def _log_event(self, event: KeyEvent, source: AuditSource | None) -> None:
+    def _log_event(self, event: KeyEvent, source: Coordinates | None) -> None:
         where = {"topic": source.topic, "partition": source.partition, "offset": source.offset} if source else {}
         log.info("%s: key %s %s (tenant %s, %s v%d)", self._group, event.key_id, event.type.value, event.tenant_id,
                  event.key_type.value, event.version, extra={

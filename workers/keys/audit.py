@@ -12,7 +12,7 @@ import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from schemas.messages import AuditEvent, Outcome
+from schemas.messages import AuditEvent, AuditSource, Outcome
 from schemas.topics import Topic
 from workers.core import ids
 from workers.kafka.publisher import Outgoing
@@ -95,5 +95,5 @@ def audit_event(op: OpRecord, timestamp_ns: int) -> AuditEvent:
         outcome=Outcome.FAILURE if op.failed else Outcome.SUCCESS,
         reason=op.reason,
         occurred_at=occurred,
-        source=op.source,
+        source=AuditSource(topic=op.source.topic, partition=op.source.partition, offset=op.source.offset),
     )

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from schemas.messages import AuditSource, KeyType, Op
 from workers.core import ids
@@ -38,6 +39,20 @@ def key_account(tenant_id: str, key_id: str, key_type: KeyType, version: int, fi
     )
 
 
+class Coordinates(Protocol):
+    """Where an operation's cause sits: an AuditSource, or the consumed record itself (the hot paths pass
+    the record and build no model per operation)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class OpRecord:
     """One audited operation: becomes one transfer and one `kms.audit` event with the same id."""
@@ -46,7 +61,7 @@ class OpRecord:
     tenant_id: str
     key_id: str
     op: Op
-    source: AuditSource
+    source: Coordinates
     count: int = 1
     failed: bool = False
     reason: str = ""
@@ -71,7 +86,7 @@ class OpRecord:
         )
 
 
-def pack_origin(source: AuditSource) -> int:
+def pack_origin(source: Coordinates) -> int:
     """A record's place (partition, offset) in one 128-bit value; the topic is implied by the op."""
     return (source.partition << 64) | max(source.offset, 0)
 

@@ -286,7 +286,7 @@ def _ops(usage: Usage) -> list[OpRecord]:
         tenant_id=tenant_id,
         key_id=key_id,
         op=op,
-        source=record.source,
+        source=record,
         count=count,
         failed=failed,
         reason="pii fields" if not failed else "refused",

@@ -194,6 +194,6 @@ def _sign_op(entry: KeyEntry, record: InboundRecord) -> OpRecord:
         tenant_id=entry.tenant_id,
         key_id=entry.key_id,
         op=Op.SIGN,
-        source=record.source,
+        source=record,
         reason="span signed",
     )
