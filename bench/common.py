@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,10 +69,32 @@ class Worker:
             **env,
         }
         self.process = subprocess.Popen(args, env=environment, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self._samples: list[tuple[float, float]] = []  # (wall clock, CPU seconds of the process so far)
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        ticks = os.sysconf("SC_CLK_TCK")
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        while self.process.poll() is None:
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return
+            self._samples.append((time.time(), (int(fields[11]) + int(fields[12])) / ticks))  # utime + stime
+            time.sleep(0.05)
+
+    def cpu_seconds(self, start: float, end: float) -> float:
+        """CPU the worker used between two wall-clock times (from samples every 50 ms)."""
+        def at(moment: float) -> float:
+            before = [cpu for t, cpu in self._samples if t <= moment]
+            return before[-1] if before else 0.0
+        return at(end) - at(start)
 
     def stop(self) -> dict:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=60)
+        self._sampler.join(timeout=5)
         match = re.search(r"stats (\{.*\})", self.log.read_text())
         return json.loads(match.group(1)) if match else {}
 
