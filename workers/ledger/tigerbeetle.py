@@ -171,7 +171,7 @@ _U64 = 2**64 - 1
 _TRANSFER = struct.Struct("<12QQIIIHHQ")
 
 
-class _PackedTransfer(tb_bindings.CTransfer):  # type: ignore[misc]
+class _PackedTransfer(tb_bindings.CTransfer):
     """CTransfer built from one `struct.pack`: the client's own from_param validates and converts each
     field in Python (~20 us a transfer, one transfer per signed span). struct refuses what the ranges
     refuse (a negative or too large integer), which becomes LedgerError like the client's own check."""
