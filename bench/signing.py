@@ -109,15 +109,17 @@ async def end_to_end(spans: int) -> dict:
             await produce(bootstrap, "spans.to-sign", jobs[start:start + 20_000])
         signer = Worker(bootstrap, kms, "keyledger-signer", **ledger) if tb else None
         await wait_group_done(bootstrap, "keyledger-signer", "spans.to-sign")
-        stats = (signer or onboarding).stop()
         signed = await read_topic(bootstrap, "spans.signed", timeout=300)
+        stamps = sorted(r.timestamp for r in signed)
+        busy = (signer or onboarding).cpu_seconds(stamps[0] / 1000, stamps[-1] / 1000) if signed else 0.0
+        stats = (signer or onboarding).stop()
     if len(signed) < spans:
         raise SystemExit(f"only {len(signed)} of {spans} spans were signed")
-    stamps = sorted(r.timestamp for r in signed)
     seconds = max((stamps[-1] - stamps[0]) / 1000, 1e-3)
     # without TigerBeetle the one process also made the 2 GenerateDataKey calls per tenant
     kms_calls = stats.get("kms_calls", 0) - (0 if tb else 2 * TENANTS)
     return {"spans": len(signed), "seconds": seconds, "spans_per_s": len(signed) / seconds,
+            "cpu_us_per_span": busy * 1e6 / len(signed), "cpu_busy": busy / seconds,
             "kms_calls": kms_calls, "distinct_keys": TENANTS, "ledger": "tigerbeetle" if tb else "memory"}
 
 
@@ -133,12 +135,16 @@ async def run(spans: int) -> dict:
     kms_per_100k = e2e["kms_calls"] * 100_000 / e2e["spans"] if e2e["kms_calls"] is not None else None
     ratio = e2e["spans_per_s"] / raw
     say(f"  {e2e['spans_per_s']:,.0f} spans/s end to end = {ratio:.2f} of the raw signing rate; "
-        f"{e2e['kms_calls']} KMS calls ({kms_per_100k:.0f} per 100,000 spans; {TENANTS} distinct keys)")
+        f"{e2e['kms_calls']} KMS calls ({kms_per_100k:.0f} per 100,000 spans; {TENANTS} distinct keys); "
+        f"the worker used {e2e['cpu_us_per_span']:.0f} us of CPU a span ({e2e['cpu_busy']:.0%} of one core); "
+        f"the raw signature alone is {1e6 / raw:.0f} us")
     return {
         "sign_raw_per_s": round(raw),
         "sign_e2e_spans_per_s": round(e2e["spans_per_s"]),
         "sign_e2e_ratio": round(ratio, 3),
         "sign_e2e_spans": e2e["spans"],
+        "sign_worker_cpu_us_per_span": round(e2e["cpu_us_per_span"], 1),
+        "sign_worker_cpu_busy": round(e2e["cpu_busy"], 3),
         "cached_key_p50_us": round(p50, 2),
         "cached_key_p99_us": round(p99, 2),
         "sign_kms_calls": e2e["kms_calls"],

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from workers.app.embedded import EmbeddedBroker, TigerBeetleServer, free_port, port_is_free, tigerbeetle_binary
 from workers.app.preflight import check_kafka, check_ledger
-from workers.app.runtime import running_workers, until_signalled
+from workers.app.runtime import running_workers, settle_the_heap, until_signalled
 from workers.errors import ConfigError
 from workers.groups import ALL_GROUPS
 from workers.ledger.factory import describe_ledger
@@ -78,6 +78,7 @@ async def dev(settings: Settings) -> None:
         stack = await start_stack(settings, cleanup)
         async with running_workers(stack.settings, stack.bootstrap, ALL_GROUPS) as context:
             print("\n".join(banner(stack, time.monotonic() - started, context.http_url)), flush=True)
+            settle_the_heap()
             await until_signalled()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -46,6 +47,21 @@ async def running_workers(settings: Settings, bootstrap: str, groups: Sequence[s
         await context.aclose()
 
 
+# A record makes a few dozen short-lived objects; at CPython's default (700 allocations) a young
+# collection runs every ~20 records, and the older generations it promotes into are walked again and
+# again. Reference counting frees these objects anyway; the collector is only for cycles.
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def settle_the_heap() -> None:
+    """Once started: what exists now (modules, the key table as read so far, clients) is moved out of the
+    collector's sight for good (gc.freeze), and collections run less often. bench/signing.py measured
+    113 -> 99 us of worker CPU per signed span."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,5 +73,6 @@ async def until_signalled() -> None:
 
 async def run(settings: Settings, groups: Sequence[str]) -> None:
     async with bootstrap_for(settings) as bootstrap, running_workers(settings, bootstrap, groups) as context:
+        settle_the_heap()  # this process is a worker from now on (not in tests: they share their process)
         await until_signalled()
         log.info("stats %s", json.dumps(context.stats()))

@@ -145,6 +145,7 @@ def child_tick_id(parent_tick_id: str, tenant_id: str) -> str:
     return f"{parent_tick_id[:CHILD_PREFIX]}/{CHILD_HASH_MARK}{to_hex(_hash128('child-tick', parent_tick_id, tenant_id))}"
 
 
+@functools.lru_cache(maxsize=65_536)  # asked once per sealing request, of a few active keys
 def budget_account_id(key_id: str) -> int:
     """The budget account of encryption key `key_id` (keys/budget.py)."""
     return _hash128("budget", key_id)
