@@ -160,3 +160,23 @@ def test_a_duplicate_name_is_refused_exactly_when_there_is_one(read, tree):
         assert err.value.code is ErrorCode.INVALID_MESSAGE
     else:
         assert read(raw) == json.loads(raw)
+
+
+@pytest.mark.parametrize("read", READERS, ids=["loads_ijson", "plain_json_loads"])
+@pytest.mark.parametrize("raw", [
+    b'{"a":123456789012345678901234567890}',  # past 64 bits: orjson would read a float
+    b'{"a":-9999999999999999999,"b":18446744073709551615}',
+    b'{"a":[' + b"[" * 299 + b"1" + b"]" * 299 + b"]}",  # past orjson's writer depth: the exact reader
+    b'{"t":"1795000000000000000","n":1795000000000000000}',
+])
+def test_what_the_fast_reader_leaves_to_the_exact_one_reads_exactly(read, raw):
+    assert read(raw) == json.loads(raw)
+    assert type(read(raw)) is type(json.loads(raw))
+
+
+@pytest.mark.parametrize("read", READERS, ids=["loads_ijson", "plain_json_loads"])
+@pytest.mark.parametrize("number", [b"123456789012345678901234567890", b"-9999999999999999999", b"18446744073709551616"])
+@pytest.mark.parametrize("where", [b"%s", b'{"a":%s}', b'{"a": [1, %s]}', b'{"a":\n\t%s}', b"[%s]"])
+def test_a_wide_integer_anywhere_is_read_exactly(read, number, where):
+    raw = where.replace(b"%s", number)
+    assert read(raw) == json.loads(raw)
