@@ -100,15 +100,18 @@ def _decode(text: str, hooked: json.JSONDecoder, unhooked: json.JSONDecoder) -> 
 # Integers orjson would read as floats (it is exact up to 64 bits) send the text to the exact reader.
 # A number follows the start, ':', ',' or '['; digits inside a string (a hex id, an OTLP time) follow a
 # quote or a letter, and when they do not the exact reader is merely slower. The plain scan of 19
-# digits (C, ~1 us) runs first: the anchored pattern costs ~4 us.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}").search
+# digits runs first (a translate and a substring search, ~1 us a KB; the regex engine takes 10): the
+# anchored pattern costs ~4 us.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # every digit a 0, the rest a space
+_NINETEEN = b"0" * 19
 _WIDE_INTEGER = re.compile(rb"[:,\[]\s*-?[0-9]{19}").search
 _WIDE_ALONE = re.compile(rb"\s*-?[0-9]{19}").match
 _MISS = object()
 
 
 def _wide_integer(raw: bytes) -> bool:
-    return _LONG_DIGITS(raw) is not None and (_WIDE_INTEGER(raw) is not None or _WIDE_ALONE(raw) is not None)
+    return _NINETEEN in raw.translate(_DIGITS_AS_ZEROS) and (
+        _WIDE_INTEGER(raw) is not None or _WIDE_ALONE(raw) is not None)
 
 
 def _fast_loads(raw: bytes) -> Any:
