@@ -44,10 +44,10 @@ FAILURE_BIT = 1 << 16  # set in a transfer's user_data_32 when the outcome was a
 _PERSON = b"keyledger-v1"
 
 
-def _hash128(label: str, *parts: str | int) -> int:
+def _hash128(label: str, *parts: str | int, prefix: bytes = b"") -> int:
     # one buffer and one hash call: the same bytes as updating part by part, a third of the Python calls
-    data = bytearray()
-    for part in (label, *parts):
+    data = bytearray(prefix)
+    for part in (label, *parts) if not prefix else parts:
         raw = (part if type(part) is str else str(part)).encode()
         data += len(raw).to_bytes(4, "big")
         data += raw
@@ -74,7 +74,18 @@ def key_id_for(tenant_id: str, key_type: KeyType, version: int) -> str:
 
 def transfer_id(op: Op, key_id: str, *source: str | int) -> int:
     """Id of the transfer recording `op` on `key_id` caused by `source` (topic, partition, offset, ...)."""
-    return _hash128("transfer", Op(op).value, key_id, *source)
+    return _hash128("", *source, prefix=_encoded("transfer", Op(op).value, key_id))
+
+
+@functools.lru_cache(maxsize=65_536)  # one per (op, key) in use: the hot paths make one transfer per record
+def _encoded(*parts: str) -> bytes:
+    """The length-prefixed bytes `_hash128` hashes for these leading parts."""
+    data = bytearray()
+    for part in parts:
+        raw = part.encode()
+        data += len(raw).to_bytes(4, "big")
+        data += raw
+    return bytes(data)
 
 
 def event_id(kind: str, key_id: str) -> str:

@@ -257,11 +257,15 @@ class BatchRunner:
             self._wait(blocked, "transient")
         else:
             self._retry_streak = 0
-        done = {_key(r) for r in records} - {_key(r) for r in blocked}
-        for key in done:
-            self._waiting.pop(key, None)
-        self.records += len(done)
-        self._observer.finished(self.group, len(done))
+        if blocked or self._waiting:
+            done = {_key(r) for r in records} - {_key(r) for r in blocked}
+            for key in done:
+                self._waiting.pop(key, None)
+            finished = len(done)
+        else:  # the common case: nothing waits, so nothing to take out of the waiting set
+            finished = len(records)
+        self.records += finished
+        self._observer.finished(self.group, finished)
 
     async def _isolate(self, records: list[InboundRecord]) -> None:
         """One failing record must not hold the others: process each alone."""

@@ -70,7 +70,10 @@ class SignerService:
                 else:
                     outcome.refuse(job.record, exc)
                 continue
-            by_key.setdefault(entry.key_id, KeyBatch(entry)).jobs.append(job)
+            batch = by_key.get(entry.key_id)
+            if batch is None:
+                batch = by_key[entry.key_id] = KeyBatch(entry)
+            batch.jobs.append(job)
         await self._unwrap_missing(by_key, outcome)
         signed_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         for key_id, batch in by_key.items():

@@ -21,7 +21,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
@@ -155,7 +155,7 @@ class Tracing:
                 trace_headers = carriers[id(span)] = tuple((k, v.encode()) for k, v in carrier.items())
             if trace_headers:
                 kept = tuple(h for h in record.headers if h[0] not in (TRACEPARENT, TRACESTATE))
-                record = replace(record, headers=kept + trace_headers)
+                record = record._replace(headers=kept + trace_headers)
             stamped.append(record)
         return stamped
 
