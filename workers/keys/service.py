@@ -89,6 +89,8 @@ class KeyService:
 
     def unknown_tenant(self, tenant_id: str) -> bool:
         """Neither a tenant with keys nor a destroyed one: the key table has not heard of it (yet)."""
+        if self.directory.active(tenant_id, KeyType.ENCRYPTION) or self.directory.active(tenant_id, KeyType.SIGNING):
+            return False  # the common case, asked once per PII request: two dict lookups
         if self.directory.is_destroyed_tenant(tenant_id):
             return False
         # material read but no key announced yet (keygen is between the two): not known yet either
