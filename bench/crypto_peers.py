@@ -1,8 +1,10 @@
 """Per-field sealing and opening in one process, keyledger beside its peers, on the same record.
 
 The record: three fields of ~300 bytes, each bound to (tenant, record, field, key) by its AAD.
-- keyledger:   workers.core.envelope.seal_field / open_field (kl1 wire format, RFC 8785 AAD)
+- keyledger:   workers.core.envelope.RecordSealer / open_field (kl1 wire format, RFC 8785 AAD), as the
+               PII worker calls them: text in, kl1 strings out
 - tink:        Tink's AES256_GCM AEAD with the same associated data (ciphertext bytes only)
+- tink_text:   the same, its ciphertext written and read as unpadded base64url, as a JSON field carries it
 - aes-gcm:     cryptography's AESGCM, nonce + AAD given: the cipher itself, the floor
 - aws-esdk:    the AWS Encryption SDK, caching CMM over a raw AES master key, its default suite
                (committing, ECDSA P-384 signed messages), one message per field with the AAD's
@@ -23,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from workers.core.envelope import field_aad, open_field, parse_envelope, seal_field
+from workers.core.b64 import b64url_decode, b64url_encode
+from workers.core.envelope import RecordSealer, field_aad, open_field, parse_envelope, seal_field
 
 TENANT, RECORD, KEY_ID = "tenant-001", "rec-1", "ab" * 16
 FIELDS = {"email": "user1@example.com" + "x" * 280, "address": "1 Main Street " + "y" * 300, "notes": "z" * 300}
@@ -45,9 +48,10 @@ def keyledger(key: bytes) -> tuple[float, float]:
     aead = AESGCM(key)
     sealed = {p: seal_field(aead, KEY_ID, TENANT, RECORD, p, v) for p, v in FIELDS.items()}
 
-    def seal() -> None:
+    def seal() -> None:  # as the PII worker seals a record: one RecordSealer for its fields
+        sealer = RecordSealer(aead, KEY_ID, TENANT, RECORD, len(FIELDS))
         for path, value in FIELDS.items():
-            seal_field(aead, KEY_ID, TENANT, RECORD, path, value)
+            sealer.seal(path, value)
 
     def open_all() -> None:
         for path, text in sealed.items():
@@ -74,7 +78,7 @@ def bare_aes_gcm(key: bytes) -> tuple[float, float]:
     return rate(seal), rate(open_all)
 
 
-def tink_aead() -> tuple[float, float] | None:
+def tink_aead() -> tuple[float, float, float, float] | None:
     try:
         import tink
         from tink import aead
@@ -93,7 +97,18 @@ def tink_aead() -> tuple[float, float] | None:
         for path in FIELDS:
             primitive.decrypt(sealed[path], aads[path]).decode()
 
-    return rate(seal), rate(open_all)
+    # a JSON field carries text: Tink's bytes as unpadded base64url, as keyledger's kl1 body is
+    texts = {p: b64url_encode(c) for p, c in sealed.items()}
+
+    def seal_text() -> None:
+        for path, value in FIELDS.items():
+            b64url_encode(primitive.encrypt(value.encode(), aads[path]))
+
+    def open_text() -> None:
+        for path in FIELDS:
+            primitive.decrypt(b64url_decode(texts[path]), aads[path]).decode()
+
+    return rate(seal), rate(open_all), rate(seal_text), rate(open_text)
 
 
 def aws_esdk(key: bytes) -> tuple[float, float] | None:
@@ -136,7 +151,9 @@ def aws_esdk(key: bytes) -> tuple[float, float] | None:
 def run() -> dict[str, float]:
     key = os.urandom(32)
     figures: dict[str, float] = {}
-    for name, result in (("keyledger", keyledger(key)), ("aes_gcm", bare_aes_gcm(key)), ("tink", tink_aead()),
+    tink = tink_aead()
+    for name, result in (("keyledger", keyledger(key)), ("aes_gcm", bare_aes_gcm(key)),
+                         ("tink", tink[:2] if tink else None), ("tink_text", tink[2:] if tink else None),
                          ("aws_esdk", aws_esdk(key))):
         if result is None:
             print(f"{name}: not installed (dev extra)", file=sys.stderr, flush=True)
@@ -145,7 +162,7 @@ def run() -> dict[str, float]:
         figures[f"fields_{name}_seal_records_per_s"] = round(seal)
         figures[f"fields_{name}_open_records_per_s"] = round(open_)
         print(f"{name:<10} seal {seal:>10,.0f} records/s   open {open_:>10,.0f} records/s", file=sys.stderr, flush=True)
-    for peer in ("tink", "aws_esdk", "aes_gcm"):
+    for peer in ("tink", "tink_text", "aws_esdk", "aes_gcm"):
         if f"fields_{peer}_seal_records_per_s" in figures:
             for op in ("seal", "open"):
                 figures[f"fields_{op}_vs_{peer}"] = round(

@@ -23,6 +23,7 @@ kinds only, never bytes of the input (a ciphertext or plaintext is PII).
 
 from __future__ import annotations
 
+import binascii
 import os
 import re
 from json.encoder import encode_basestring as _json_string
@@ -32,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.errors import ErrorCode
-from workers.core.b64 import b64url_decode_checked, b64url_encode
+from workers.core.b64 import b64url_encode
 from workers.errors import KeyledgerError
 
 PREFIX = "kl1."
@@ -46,7 +47,6 @@ MAX_BODY_BYTES = NONCE_BYTES + MAX_FIELD_BYTES + TAG_BYTES
 MAX_ENVELOPE_CHARS = len(PREFIX) + 32 + 1 + (4 * MAX_BODY_BYTES + 2) // 3
 
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
-_ENVELOPE = re.compile(r"kl1\.([0-9a-f]{32})\.([A-Za-z0-9_-]+)")
 
 
 class EnvelopeError(KeyledgerError, ValueError):
@@ -95,21 +95,95 @@ def seal_field(aead: AESGCM, key_id: str, tenant_id: str, record_id: str, field:
     return f"{PREFIX}{key_id}.{b64url_encode(nonce + sealed)}"
 
 
+class RecordSealer:
+    """`seal_field` for the fields of one record under one key, with what they share made once: the key
+    id checked, the AAD's tail after the field name (JCS orders `field` first, so the tail is the same
+    for every field of the record), and the nonces, cut from one `os.urandom` call (12 fresh random
+    bytes each, as from one call per field; none is ever handed out twice). Same output format, same
+    refusals as `seal_field`."""
+
+    __slots__ = ("_aead", "_key_id", "_prefix", "_tail", "_nonces", "_next")
+
+    def __init__(self, aead: AESGCM, key_id: str, tenant_id: str, record_id: str, fields: int) -> None:
+        if not _KEY_ID.fullmatch(key_id):
+            raise ValueError("key_id must be 32 lowercase hex characters")
+        if fields < 0:
+            raise ValueError("a record has no negative number of fields")
+        self._aead = aead
+        self._key_id = key_id
+        self._prefix = f"{PREFIX}{key_id}."
+        tail = f',"key_id":{_json_string(key_id)},"record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'
+        try:
+            self._tail: bytes | None = tail.encode()
+        except UnicodeEncodeError:
+            self._tail = None  # a lone surrogate in the record id: every field is refused, as by field_aad
+        self._nonces = os.urandom(NONCE_BYTES * fields)
+        self._next = 0
+
+    def seal(self, field: str, plaintext: str) -> str:
+        try:
+            raw = plaintext.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EnvelopeError("field value is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
+        if len(raw) > MAX_FIELD_BYTES:
+            raise EnvelopeError(f"field value of {len(raw)} bytes exceeds {MAX_FIELD_BYTES}", ErrorCode.OVERSIZED)
+        try:
+            head = f'{{"field":{_json_string(field)}'.encode()
+        except UnicodeEncodeError:
+            head = b""
+        if not head or self._tail is None:
+            raise EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE)
+        at = self._next
+        if at + NONCE_BYTES > len(self._nonces):  # more fields than announced: fresh bytes, never a reuse
+            self._nonces, at = os.urandom(NONCE_BYTES), 0
+        nonce = self._nonces[at:at + NONCE_BYTES]
+        self._next = at + NONCE_BYTES
+        sealed = self._aead.encrypt(nonce, raw, head + self._tail)
+        return self._prefix + b64url_encode(nonce + sealed)
+
+
 def parse_envelope(text: str) -> Envelope:
     """Strict parse: one spelling per ciphertext, so nothing but the exact format reaches AES."""
     if not isinstance(text, str) or len(text) > MAX_ENVELOPE_CHARS:
         raise _malformed("not a kl1 ciphertext of acceptable size")
-    match = _ENVELOPE.fullmatch(text)
-    if match is None:
+    # the layout checked by slicing, the body's alphabet by the strict decoder (a regex over ~400
+    # characters cost more than the AES-GCM of the field)
+    key_id, body = text[4:36], text[37:]
+    if not (text.startswith(PREFIX) and text[36:37] == "." and _KEY_ID.fullmatch(key_id) and body):
         raise _malformed("not a kl1 ciphertext (kl1.<32 lowercase hex>.<base64url>)")
-    key_id, body = match.groups()
     try:
-        raw = b64url_decode_checked(body)  # the pattern admitted only url-safe characters
+        raw = _b64url_strict(body)
     except ValueError:
         raise _malformed("ciphertext body is not canonical unpadded base64url") from None
     if not MIN_BODY_BYTES <= len(raw) <= MAX_BODY_BYTES:
         raise _malformed(f"ciphertext body of {len(raw)} bytes is outside {MIN_BODY_BYTES}..{MAX_BODY_BYTES}")
     return Envelope(key_id, raw[:NONCE_BYTES], raw[NONCE_BYTES:])
+
+
+# url-safe characters to the standard alphabet; the standard alphabet's own '+', '/' and '=' (and
+# everything else) to '!', which the strict decoder refuses
+_URL_TO_STD_STRICT = bytes(
+    ord("+") if c == ord("-") else ord("/") if c == ord("_") else
+    c if chr(c).isascii() and chr(c).isalnum() else ord("!") for c in range(256))
+_UNUSED_BITS = (0, 0, 0x0F, 0x03)  # bits of the last character that carry no data, by length % 4
+_PADDING = (b"", b"", b"==", b"=")
+_SEXTET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+
+
+def _b64url_strict(text: str) -> bytes:
+    """Canonical unpadded base64url only (ValueError otherwise): any other character, padding, a
+    length of 1 mod 4, or non-zero unused bits in the last character are refused."""
+    rest = len(text) % 4
+    if rest == 1 or not text.isascii():
+        raise ValueError("not unpadded base64url")
+    last = _SEXTET.get(text[-1])
+    if last is None or (rest and last & _UNUSED_BITS[rest]):
+        raise ValueError("not canonical base64url")
+    try:
+        return binascii.a2b_base64(text.encode("ascii").translate(_URL_TO_STD_STRICT) + _PADDING[rest],
+                                   strict_mode=True)
+    except binascii.Error:
+        raise ValueError("not base64url") from None
 
 
 def open_field(aead: AESGCM, envelope: Envelope, tenant_id: str, record_id: str, field: str) -> str:

@@ -41,7 +41,7 @@ from schemas.messages import (
 )
 from schemas.topics import Topic
 from workers.core import ids
-from workers.core.envelope import EnvelopeError, open_field, parse_envelope, seal_field
+from workers.core.envelope import EnvelopeError, RecordSealer, open_field, parse_envelope
 from workers.errors import KeyledgerError, KeyRefused
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord
@@ -190,21 +190,32 @@ class PiiService:
         fields: dict[str, str] = {}
         errors: dict[str, dict[str, str]] = {}
         used: str | None = active.key_id if active else None
+        sealer = self._sealer(request, active)
         for path, value in request.fields.items():
             try:
-                fields[path], key_id = self._field(record, request, path, value, active, usage)
+                fields[path], key_id = self._field(record, request, path, value, active, sealer, usage)
             except KeyledgerError as exc:
                 errors[path] = _error(exc.info())
             else:
                 used = used or key_id
         return _result(request, fields=fields, errors=errors or None, key_id=used)
 
-    def _field(self, record: InboundRecord, request: PiiRequest, path: str, value: str,
-               active: KeyEntry | None, usage: Usage) -> tuple[str, str]:
+    def _sealer(self, request: PiiRequest, active: KeyEntry | None) -> RecordSealer | KeyRefused | None:
+        """What seals this request's fields (None for a decrypt), or why nothing can: answered per field."""
+        if request.operation is PiiOperation.DECRYPT or active is None:
+            return None
+        try:
+            return RecordSealer(self._aead(active), active.key_id, request.tenant_id, request.record_id,
+                                len(request.fields))
+        except KeyRefused as exc:
+            return exc
+
+    def _field(self, record: InboundRecord, request: PiiRequest, path: str, value: str, active: KeyEntry | None,
+               sealer: RecordSealer | KeyRefused | None, usage: Usage) -> tuple[str, str]:
         """The field's output and the key that produced it."""
         if request.operation is PiiOperation.ENCRYPT:
             assert active is not None
-            sealed = seal_field(self._aead(active), active.key_id, request.tenant_id, request.record_id, path, value)
+            sealed = _sealer_of(sealer).seal(path, value)
             usage.add(active, Op.ENCRYPT, record)
             return sealed, active.key_id
         plaintext, opened_with = self._open(record, request, path, value, usage)
@@ -212,8 +223,7 @@ class PiiService:
             return plaintext, opened_with
         assert active is not None
         usage.add(active, Op.REENCRYPT, record)
-        sealed = seal_field(self._aead(active), active.key_id, request.tenant_id, request.record_id, path, plaintext)
-        return sealed, active.key_id
+        return _sealer_of(sealer).seal(path, plaintext), active.key_id
 
     def _open(self, record: InboundRecord, request: PiiRequest, path: str, value: str,
               usage: Usage) -> tuple[str, str]:
@@ -252,6 +262,13 @@ class PiiService:
         if not isinstance(secret, AESGCM):
             raise KeyRefused(f"key {entry.key_id} is not available", ErrorCode.KEY_NOT_FOUND)
         return secret
+
+
+def _sealer_of(sealer: RecordSealer | KeyRefused | None) -> RecordSealer:
+    if isinstance(sealer, KeyRefused):
+        raise sealer  # the active key is not available: this field's error
+    assert sealer is not None
+    return sealer
 
 
 def _result(request: PiiRequest, *, fields: dict[str, str] | None = None, key_id: str | None = None,
