@@ -159,7 +159,7 @@ class PiiService:
                 # spent, or the active version moved on (a rotation) since the keys were unwrapped: wait
                 waiting[id(record)] = record
                 continue
-            if self._keys.cached_secret(entry.key_id) is None:
+            if self._batch_secret(entry.key_id) is None:
                 continue  # refused by the KMS: answered per field in _serve, nothing to charge
             claims.append(Claim(entry.key_id, record.topic, record.partition, record.offset, len(request.fields)))
             claimants.append((record, entry))
@@ -254,11 +254,15 @@ class PiiService:
             return  # a tenant without keys has no account to record against; the result says why
         usage.add(own, Op.DENIED, record, failed=True)
 
-    def _aead(self, entry: KeyEntry) -> AESGCM:
+    def _batch_secret(self, key_id: str) -> object | None:
         # per batch: the TTL cache's bookkeeping costs more than the AES-GCM of a short field
-        secret = self._batch_keys.get(entry.key_id)
+        secret = self._batch_keys.get(key_id)
         if secret is None:
-            secret = self._batch_keys[entry.key_id] = self._keys.cached_secret(entry.key_id)
+            secret = self._batch_keys[key_id] = self._keys.cached_secret(key_id)
+        return secret
+
+    def _aead(self, entry: KeyEntry) -> AESGCM:
+        secret = self._batch_secret(entry.key_id)
         if not isinstance(secret, AESGCM):
             raise KeyRefused(f"key {entry.key_id} is not available", ErrorCode.KEY_NOT_FOUND)
         return secret
