@@ -1,7 +1,7 @@
 """Per-field sealing and opening in one process, keyledger beside its peers, on the same record.
 
 The record: three fields of ~300 bytes, each bound to (tenant, record, field, key) by its AAD.
-- keyledger:   workers.core.envelope.RecordSealer / open_field (kl1 wire format, RFC 8785 AAD), as the
+- keyledger:   workers.core.envelope.RecordSealer / RecordOpener (kl1 wire format, RFC 8785 AAD), as the
                PII worker calls them: text in, kl1 strings out
 - tink:        Tink's AES256_GCM AEAD with the same associated data (ciphertext bytes only)
 - tink_text:   the same, its ciphertext written and read as unpadded base64url, as a JSON field carries it
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from workers.core.b64 import b64url_decode, b64url_encode
-from workers.core.envelope import RecordSealer, field_aad, open_field, parse_envelope, seal_field
+from workers.core.envelope import RecordOpener, RecordSealer, field_aad, parse_envelope, seal_field
 
 TENANT, RECORD, KEY_ID = "tenant-001", "rec-1", "ab" * 16
 FIELDS = {"email": "user1@example.com" + "x" * 280, "address": "1 Main Street " + "y" * 300, "notes": "z" * 300}
@@ -53,9 +53,10 @@ def keyledger(key: bytes) -> tuple[float, float]:
         for path, value in FIELDS.items():
             sealer.seal(path, value)
 
-    def open_all() -> None:
+    def open_all() -> None:  # as the PII worker opens a record: one RecordOpener for its fields
+        opener = RecordOpener(TENANT, RECORD)
         for path, text in sealed.items():
-            open_field(aead, parse_envelope(text), TENANT, RECORD, path)
+            opener.open(aead, parse_envelope(text), path)
 
     return rate(seal), rate(open_all)
 

@@ -26,8 +26,10 @@ from workers.core.envelope import (
     MAX_ENVELOPE_CHARS,
     MAX_FIELD_BYTES,
     MIN_BODY_BYTES,
+    TAG_BYTES,
     Envelope,
     EnvelopeError,
+    RecordOpener,
     RecordSealer,
     aead_for_key,
     field_aad,
@@ -436,6 +438,57 @@ def test_a_record_sealer_refuses_what_seal_field_refuses_with_the_same_code_and_
 def test_a_record_sealer_refuses_a_key_id_it_could_not_parse_back(key_id):
     with pytest.raises(ValueError):
         RecordSealer(aead_for_key(KEY), key_id, TENANT, RECORD, 1)
+
+
+# RecordOpener: the fields of one record opened with the AAD's tail made once
+
+
+@pytest.mark.parametrize(("tenant", "record", "field", "plaintext"), FIELD_CASES)
+def test_a_record_opener_opens_what_was_sealed_there_and_nothing_moved(tenant, record, field, plaintext):
+    envelope = parse_envelope(seal_field(aead_for_key(KEY), KEY_ID, tenant, record, field, plaintext))
+    assert RecordOpener(tenant, record).open(aead_for_key(KEY), envelope, field) == plaintext
+    for opener, where, key in [(RecordOpener(tenant, record), field + "x", KEY),
+                               (RecordOpener(tenant, record + "x"), field, KEY),
+                               (RecordOpener(tenant + "x", record), field, KEY),
+                               (RecordOpener(tenant, record), field, OTHER_KEY)]:
+        with pytest.raises(EnvelopeError) as caught:
+            opener.open(aead_for_key(key), envelope, where)
+        assert caught.value.code is ErrorCode.DECRYPT_FAILED
+
+
+def test_a_record_opener_refuses_every_flipped_bit_of_nonce_ciphertext_and_tag():
+    key_id, raw = split(seal("jane@example.com"))
+    opener = RecordOpener(TENANT, RECORD)
+    for bit in range(len(raw) * 8):
+        flipped = bytearray(raw)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(EnvelopeError):
+            opener.open(aead_for_key(KEY), parse_envelope(join(key_id, bytes(flipped))), FIELD)
+    for cut in range(1, TAG_BYTES):  # truncated tags do not parse or do not open
+        with pytest.raises(EnvelopeError):
+            opener.open(aead_for_key(KEY), Envelope(key_id, raw[:12], raw[12:-cut]), FIELD)
+
+
+_coordinates = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_coordinates, _coordinates, _coordinates, st.sampled_from([0, 1, 2]))
+def test_a_record_opener_answers_exactly_as_open_field(tenant, record, field, moved):
+    # sealed at fixed coordinates, opened at arbitrary ones (lone surrogates included): same plaintext,
+    # or the same error code and message
+    text = seal_field(aead_for_key(KEY), KEY_ID, TENANT, RECORD, FIELD, "secret")
+    tenant, record, field = [(TENANT, RECORD, FIELD), (tenant, RECORD, FIELD), (tenant, record, field)][moved]
+    envelope = parse_envelope(text)
+    try:
+        expected: object = open_field(aead_for_key(KEY), envelope, tenant, record, field)
+    except EnvelopeError as exc:
+        expected = (exc.code, str(exc))
+    try:
+        got: object = RecordOpener(tenant, record).open(aead_for_key(KEY), envelope, field)
+    except EnvelopeError as exc:
+        got = (exc.code, str(exc))
+    assert got == expected
 
 
 _OLD_ENVELOPE = re.compile(r"kl1\.([0-9a-f]{32})\.([A-Za-z0-9_-]+)")

@@ -47,6 +47,7 @@ MAX_BODY_BYTES = NONCE_BYTES + MAX_FIELD_BYTES + TAG_BYTES
 MAX_ENVELOPE_CHARS = len(PREFIX) + 32 + 1 + (4 * MAX_BODY_BYTES + 2) // 3
 
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
+_is_key_id = _KEY_ID.fullmatch
 
 
 class EnvelopeError(KeyledgerError, ValueError):
@@ -144,16 +145,22 @@ class RecordSealer:
 
 def parse_envelope(text: str) -> Envelope:
     """Strict parse: one spelling per ciphertext, so nothing but the exact format reaches AES."""
-    if not isinstance(text, str) or len(text) > MAX_ENVELOPE_CHARS:
+    # the layout checked by slicing and the body's alphabet by the strict decoder, in one function: a
+    # regex over ~400 characters cost more than the AES-GCM of the field, and each call here costs
+    # about what the cipher does
+    if type(text) is not str or len(text) > MAX_ENVELOPE_CHARS:
         raise _malformed("not a kl1 ciphertext of acceptable size")
-    # the layout checked by slicing, the body's alphabet by the strict decoder (a regex over ~400
-    # characters cost more than the AES-GCM of the field)
-    key_id, body = text[4:36], text[37:]
-    if not (text.startswith(PREFIX) and text[36:37] == "." and _KEY_ID.fullmatch(key_id) and body):
+    key_id = text[4:36]
+    if not (text.startswith(PREFIX) and text[36:37] == "." and _is_key_id(key_id) and len(text) > 37):
         raise _malformed("not a kl1 ciphertext (kl1.<32 lowercase hex>.<base64url>)")
+    rest = (len(text) - 37) % 4
+    last = _SEXTET.get(text[-1])
+    if rest == 1 or last is None or last & _UNUSED_BITS[rest] or not text.isascii():
+        raise _malformed("ciphertext body is not canonical unpadded base64url")
     try:
-        raw = _b64url_strict(body)
-    except ValueError:
+        raw = binascii.a2b_base64(text.encode("ascii")[37:].translate(_URL_TO_STD_STRICT) + _PADDING[rest],
+                                  strict_mode=True)
+    except binascii.Error:
         raise _malformed("ciphertext body is not canonical unpadded base64url") from None
     if not MIN_BODY_BYTES <= len(raw) <= MAX_BODY_BYTES:
         raise _malformed(f"ciphertext body of {len(raw)} bytes is outside {MIN_BODY_BYTES}..{MAX_BODY_BYTES}")
@@ -170,24 +177,35 @@ _PADDING = (b"", b"", b"==", b"=")
 _SEXTET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
 
 
-def _b64url_strict(text: str) -> bytes:
-    """Canonical unpadded base64url only (ValueError otherwise): any other character, padding, a
-    length of 1 mod 4, or non-zero unused bits in the last character are refused."""
-    rest = len(text) % 4
-    if rest == 1 or not text.isascii():
-        raise ValueError("not unpadded base64url")
-    last = _SEXTET.get(text[-1])
-    if last is None or (rest and last & _UNUSED_BITS[rest]):
-        raise ValueError("not canonical base64url")
-    try:
-        return binascii.a2b_base64(text.encode("ascii").translate(_URL_TO_STD_STRICT) + _PADDING[rest],
-                                   strict_mode=True)
-    except binascii.Error:
-        raise ValueError("not base64url") from None
-
-
 def open_field(aead: AESGCM, envelope: Envelope, tenant_id: str, record_id: str, field: str) -> str:
     raw = _decrypt(aead, envelope.nonce, envelope.sealed, field_aad(tenant_id, record_id, field, envelope.key_id))
+    return _utf8(raw)
+
+
+class RecordOpener:
+    """`open_field` for the fields of one record, with the AAD's tail after the key id (`record_id`,
+    `tenant_id`: the same for every field of the record) made once. Same answers as `open_field`."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self, tenant_id: str, record_id: str) -> None:
+        try:
+            self._tail: bytes | None = f'","record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'.encode()
+        except UnicodeEncodeError:
+            self._tail = None  # a lone surrogate: no field of this record was ever sealed
+
+    def open(self, aead: AESGCM, envelope: Envelope, field: str) -> str:
+        try:
+            # a parsed key id is 32 lowercase hex characters: JSON needs no escaping for it
+            head = f'{{"field":{_json_string(field)},"key_id":"{envelope.key_id}'.encode()
+        except UnicodeEncodeError:
+            head = b""
+        if not head or self._tail is None:
+            raise EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE)
+        return _utf8(_decrypt(aead, envelope.nonce, envelope.sealed, head + self._tail))
+
+
+def _utf8(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

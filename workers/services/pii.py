@@ -41,7 +41,7 @@ from schemas.messages import (
 )
 from schemas.topics import Topic
 from workers.core import ids
-from workers.core.envelope import EnvelopeError, RecordSealer, open_field, parse_envelope
+from workers.core.envelope import Envelope, EnvelopeError, RecordOpener, RecordSealer, parse_envelope
 from workers.errors import KeyledgerError, KeyRefused
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord
@@ -69,10 +69,11 @@ class PiiService:
         self._budget = budget
         self._worn: set[str] = set()  # active keys whose budget ran out: their requests wait for the next version
         self._batch_keys: dict[str, object] = {}
+        self._envelopes: dict[str, Envelope | EnvelopeError] = {}
         self.results = 0
 
     async def serve(self, parsed: Sequence[tuple[InboundRecord, PiiRequest]]) -> Outcome:
-        self._batch_keys = {}
+        self._batch_keys, self._envelopes = {}, {}
         outcome = Outcome()
         parsed = self._patient(parsed, outcome)
         blocked, warmed = await self._warm_keys(parsed)
@@ -113,7 +114,7 @@ class PiiService:
         if request.operation is not PiiOperation.ENCRYPT:
             for text in request.fields.values():
                 try:
-                    entries.append(self._keys.owned(request.tenant_id, parse_envelope(text).key_id))
+                    entries.append(self._keys.owned(request.tenant_id, self._envelope(text).key_id))
                 except (EnvelopeError, KeyRefused):
                     pass  # answered per field in _serve
         return entries
@@ -191,9 +192,10 @@ class PiiService:
         errors: dict[str, dict[str, str]] = {}
         used: str | None = active.key_id if active else None
         sealer = self._sealer(request, active)
+        opener = None if request.operation is PiiOperation.ENCRYPT else RecordOpener(request.tenant_id, request.record_id)
         for path, value in request.fields.items():
             try:
-                fields[path], key_id = self._field(record, request, path, value, active, sealer, usage)
+                fields[path], key_id = self._field(record, request, path, value, active, sealer, opener, usage)
             except KeyledgerError as exc:
                 errors[path] = _error(exc.info())
             else:
@@ -211,24 +213,25 @@ class PiiService:
             return exc
 
     def _field(self, record: InboundRecord, request: PiiRequest, path: str, value: str, active: KeyEntry | None,
-               sealer: RecordSealer | KeyRefused | None, usage: Usage) -> tuple[str, str]:
+               sealer: RecordSealer | KeyRefused | None, opener: RecordOpener | None, usage: Usage) -> tuple[str, str]:
         """The field's output and the key that produced it."""
         if request.operation is PiiOperation.ENCRYPT:
             assert active is not None
             sealed = _sealer_of(sealer).seal(path, value)
             usage.add(active, Op.ENCRYPT, record)
             return sealed, active.key_id
-        plaintext, opened_with = self._open(record, request, path, value, usage)
+        assert opener is not None
+        plaintext, opened_with = self._open(record, request, path, value, opener, usage)
         if request.operation is PiiOperation.DECRYPT:
             return plaintext, opened_with
         assert active is not None
         usage.add(active, Op.REENCRYPT, record)
         return _sealer_of(sealer).seal(path, plaintext), active.key_id
 
-    def _open(self, record: InboundRecord, request: PiiRequest, path: str, value: str,
+    def _open(self, record: InboundRecord, request: PiiRequest, path: str, value: str, opener: RecordOpener,
               usage: Usage) -> tuple[str, str]:
         try:
-            envelope = parse_envelope(value)
+            envelope = self._envelope(value)
         except EnvelopeError as exc:
             raise KeyledgerError(str(exc), ErrorCode.MALFORMED_CIPHERTEXT) from None
         try:
@@ -239,13 +242,26 @@ class PiiService:
         if entry.state is KeyState.REVOKED and request.operation is PiiOperation.DECRYPT:
             raise KeyRefused(f"key {entry.key_id} is revoked: reencrypt to migrate", ErrorCode.KEY_REVOKED)
         try:
-            plaintext = open_field(self._aead(entry), envelope, request.tenant_id, request.record_id, path)
+            plaintext = opener.open(self._aead(entry), envelope, path)
         except EnvelopeError as exc:
             usage.add(entry, Op.DECRYPT, record, failed=True)
             raise KeyledgerError(str(exc), ErrorCode(exc.code)) from None
         if request.operation is PiiOperation.DECRYPT:
             usage.add(entry, Op.DECRYPT, record)
         return plaintext, entry.key_id
+
+    def _envelope(self, text: str) -> Envelope:
+        """`parse_envelope`, once per ciphertext a batch: finding the keys a batch needs parsed it already."""
+        parsed = self._envelopes.get(text)
+        if parsed is None:
+            try:
+                parsed = parse_envelope(text)
+            except EnvelopeError as exc:
+                parsed = exc
+            self._envelopes[text] = parsed
+        if isinstance(parsed, EnvelopeError):
+            raise parsed
+        return parsed
 
     def _deny(self, tenant_id: str, record: InboundRecord, usage: Usage) -> None:
         try:
