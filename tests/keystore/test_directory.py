@@ -80,12 +80,13 @@ def test_settle_uses_the_record_accepted_last_and_later_records_do_not_replace_i
     for m in (first, second, forged):
         d.apply_material(m)
     entry = d.get(first.key_id)
-    assert entry.newest is forged and entry.material is forged  # nothing settled yet
+    # records are held as bytes and parsed when read: equal models, not the objects given
+    assert entry.newest == forged and entry.material == forged  # nothing settled yet
     chain = [material_fingerprint(first), material_fingerprint(second)]
-    assert d.settle(first.key_id, chain) is second and entry.pinned
+    assert d.settle(first.key_id, chain) == second and entry.pinned
     d.apply_material(forged.model_copy(update={"wrapped_key": "bGF0ZXI="}))
-    assert entry.material is second  # a later record is a candidate, not the record in use
-    assert d.pin(first.key_id, material_fingerprint(first)) is first
+    assert entry.material == second  # a later record is a candidate, not the record in use
+    assert d.pin(first.key_id, material_fingerprint(first)) == first
 
 
 def test_candidates_are_bounded_and_the_record_in_use_is_kept():
@@ -99,6 +100,6 @@ def test_candidates_are_bounded_and_the_record_in_use_is_kept():
     for i in range(3 * MAX_CANDIDATES):
         d.apply_material(first.model_copy(update={"wrapped_key": f"{i:08d}"}))
     entry = d.get(first.key_id)
-    assert len(entry.candidates) == MAX_CANDIDATES and entry.material is first
+    assert len(entry.candidates) == MAX_CANDIDATES and entry.material == first
     assert material_fingerprint(first) in entry.candidates
     assert entry.newest.wrapped_key == f"{3 * MAX_CANDIDATES - 1:08d}"

@@ -77,10 +77,11 @@ class KeyService:
         """The live tenants with a key version wrapped under the KMS key `canonical` (from keys.material)."""
         owners = set()
         for entry in self.directory.entries():
-            if entry.state is KeyState.DESTROYED or entry.material is None or entry.tenant_id in owners:
+            kms_key_id = entry.kms_key_id  # read off the stored record: no parse per key of the table
+            if entry.state is KeyState.DESTROYED or kms_key_id is None or entry.tenant_id in owners:
                 continue
             try:
-                same = await self.canonical_kms_key(entry.material.kms_key_id) == canonical
+                same = await self.canonical_kms_key(kms_key_id) == canonical
             except KeyRefused:
                 continue  # a key the KMS does not know is not the key it just described
             if same:

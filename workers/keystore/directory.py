@@ -9,16 +9,26 @@ A key may have several material records: racing writers of one version, and
 one record per rewrap (same key, new wrapping). The entry keeps the recent
 ones as candidates; which of them may be unwrapped is the ledger's decision
 (core/material.py: the pin and the rewrap chain), applied with `settle`.
+
+The table is sized for millions of keys: an entry holds its records in their
+stored form (compact.py: the record's bytes, packed when it is one keyledger
+wrote) and parses one into a `KeyMaterial` only when asked (`material`,
+`newest`: an unwrap on a cache miss, a rotation, a rewrap, status). Its one
+candidate is its newest record, so an entry has a fingerprint dict only once
+two records with different fingerprints arrived. A tenant's keys hang off
+one small object per tenant (no dict per (tenant, type) with one version).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
 
+from pydantic import ValidationError
+
 from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
-from workers.core.material import latest_accepted, material_fingerprint
+from workers.core.material import material_fingerprint
+from workers.keystore import compact
 
 
 class KeyState(StrEnum):
@@ -29,41 +39,184 @@ class KeyState(StrEnum):
     DESTROYED = "destroyed"
 
 
-@dataclass(slots=True)
+Evict = Callable[[str], None]
+MAX_CANDIDATES = 8  # a version is raced by a few writers at most; older rewraps fall off first
+_KEY_TYPES = {kind.value: kind for kind in KeyType}  # a str or a KeyType to the KeyType (no enum call)
+
+
 class KeyEntry:
-    key_id: str
-    tenant_id: str
-    key_type: KeyType
-    version: int
-    state: KeyState
-    material: KeyMaterial | None = None
-    """The record in use: the newest one, until the ledger settled on one (`pinned`)."""
-    public_key: str | None = None
-    # the recent material records of this id, by fingerprint, least recently seen first: two writers
-    # racing on one version both publish, every rewrap publishes one, and `settle` picks the one the
-    # ledger accepted last, whatever compaction kept
-    candidates: dict[int, KeyMaterial] = field(default_factory=dict)
-    pinned: bool = False
-    newest: KeyMaterial | None = None
-    """The last record read, accepted or not."""
+    """One key version.
+
+    Invariants: `_material` (the record in use: the newest one, until the ledger settled on one,
+    `pinned`) and `_newest` (the last record read, accepted or not) are stored forms of records of
+    this key; `_candidates` is None while the candidates are just `_newest` (or none, when it is None),
+    else the recent records by fingerprint, least recently seen first. A destroyed entry holds none.
+    """
+
+    __slots__ = ("key_id", "tenant_id", "key_type", "version", "state", "public_key", "pinned",
+                 "_material", "_newest", "_candidates")
+
+    def __init__(self, key_id: str, tenant_id: str, key_type: KeyType, version: int, state: KeyState) -> None:
+        self.key_id = key_id
+        self.tenant_id = tenant_id
+        self.key_type = key_type
+        self.version = version
+        self.state = state
+        self.public_key: str | None = None
+        self.pinned = False
+        self._material: bytes | None = None
+        self._newest: bytes | None = None
+        self._candidates: dict[int, bytes] | None = None
+
+    def __repr__(self) -> str:
+        return (f"KeyEntry(key_id={self.key_id!r}, tenant_id={self.tenant_id!r}, key_type={self.key_type.value!r}, "
+                f"version={self.version}, state={self.state.value!r}, pinned={self.pinned})")
+
+    @property
+    def material(self) -> KeyMaterial | None:
+        """The record in use, parsed now (a new model on every read)."""
+        return None if self._material is None else self._model(self._material)
+
+    @property
+    def newest(self) -> KeyMaterial | None:
+        """The last record read, accepted or not, parsed now."""
+        return None if self._newest is None else self._model(self._newest)
+
+    @property
+    def has_material(self) -> bool:
+        """`material is not None`, without parsing it."""
+        return self._material is not None
+
+    @property
+    def kms_key_id(self) -> str | None:
+        """The KMS key of the record in use, without parsing a packed record."""
+        stored = self._material
+        if stored is None:
+            return None
+        return compact.kms_key_id(stored) if compact.is_packed(stored) else self._model(stored).kms_key_id
 
     @property
     def fingerprint(self) -> int | None:
-        return material_fingerprint(self.material) if self.material else None
+        return None if self._material is None else self._fingerprint_of(self._material)
+
+    @property
+    def candidates(self) -> Mapping[int, KeyMaterial]:
+        """The recent records by fingerprint, least recently seen first (a read-only view)."""
+        return _Candidates(self)
+
+    # --- internals (the directory's) -----------------------------------------
+
+    def _ids(self) -> compact.Ids:
+        return (self.key_id, self.tenant_id, self.key_type, self.version)  # a StrEnum member is its value
+
+    def _model(self, stored: bytes) -> KeyMaterial:
+        """The model of a stored record: the model of the bytes read (compact.py's invariant)."""
+        return KeyMaterial.model_validate_json(compact.unpack(stored, self._ids()))
+
+    def _fingerprint_of(self, stored: bytes) -> int:
+        return material_fingerprint(self._model(stored))
+
+    def _stored_candidates(self) -> dict[int, bytes]:
+        if self._candidates is not None:
+            return self._candidates
+        return {} if self._newest is None else {self._fingerprint_of(self._newest): self._newest}
+
+    def _remember(self, stored: bytes) -> None:
+        """`stored` becomes the newest record and the most recent candidate. Fingerprints are computed
+        only when a record differs from the one candidate: equal bytes are an equal record."""
+        if self._candidates is None and (self._newest is None or self._newest == stored):
+            self._newest = stored
+            return
+        held = self._stored_candidates()
+        fingerprint = self._fingerprint_of(stored)
+        held.pop(fingerprint, None)  # seen again: now the most recent
+        held[fingerprint] = stored
+        self._forget_oldest(held)
+        self._newest = stored
+        self._candidates = held if len(held) > 1 else None  # one fingerprint: it is the newest record's
+
+    def _forget_oldest(self, held: dict[int, bytes]) -> None:
+        """Bound the candidates, never dropping the record in use."""
+        if len(held) <= MAX_CANDIDATES:
+            return
+        in_use = None if self._material is None else self._fingerprint_of(self._material)
+        for fingerprint in list(held):
+            if len(held) <= MAX_CANDIDATES:
+                return
+            if fingerprint != in_use:
+                del held[fingerprint]
+
+    def _forget_material(self) -> None:
+        self._material = self._newest = self._candidates = None
 
 
-Evict = Callable[[str], None]
-MAX_CANDIDATES = 8  # a version is raced by a few writers at most; older rewraps fall off first
+class _Candidates(Mapping[int, KeyMaterial]):
+    """A view of an entry's candidates: its size costs nothing, a record is parsed when read."""
+
+    __slots__ = ("_entry",)
+
+    def __init__(self, entry: KeyEntry) -> None:
+        self._entry = entry
+
+    def __len__(self) -> int:
+        entry = self._entry
+        if entry._candidates is not None:
+            return len(entry._candidates)
+        return 0 if entry._newest is None else 1
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._entry._stored_candidates()))
+
+    def __getitem__(self, fingerprint: int) -> KeyMaterial:
+        return self._entry._model(self._entry._stored_candidates()[fingerprint])
+
+
+# slot names by type, looked up in a dict: `.value` of an enum member is a Python-level property
+_VERSIONS = {kind: kind.value for kind in KeyType}
+_ACTIVE = {kind: f"active_{kind.value}" for kind in KeyType}
+
+
+class _Tenant:
+    """One tenant's key versions and active key, per type. A type with one version holds its entry
+    itself, more versions a dict by version; `active_<type>` is kept current on every state change."""
+
+    __slots__ = ("tenant_id", *_VERSIONS.values(), *_ACTIVE.values())
+
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        for name in self.__slots__[1:]:
+            setattr(self, name, None)
+
+    def versions(self, key_type: KeyType) -> list[KeyEntry]:
+        held: KeyEntry | dict[int, KeyEntry] | None = getattr(self, _VERSIONS[key_type])
+        if held is None:
+            return []
+        if isinstance(held, KeyEntry):
+            return [held]
+        return sorted(held.values(), key=lambda e: e.version)
+
+    def add(self, entry: KeyEntry) -> None:
+        """Index `entry` by its version (an entry of the same version is replaced, as a dict would)."""
+        name = _VERSIONS[entry.key_type]
+        held: KeyEntry | dict[int, KeyEntry] | None = getattr(self, name)
+        if held is None or (isinstance(held, KeyEntry) and held.version == entry.version):
+            setattr(self, name, entry)
+        elif isinstance(held, KeyEntry):
+            setattr(self, name, {held.version: held, entry.version: entry})
+        else:
+            held[entry.version] = entry
+
+    def refresh_active(self, key_type: KeyType) -> None:
+        active = next((e for e in reversed(self.versions(key_type)) if e.state is KeyState.ACTIVE), None)
+        setattr(self, _ACTIVE[key_type], active)
 
 
 class KeyDirectory:
     def __init__(self) -> None:
         self._keys: dict[str, KeyEntry] = {}
-        self._versions: dict[tuple[str, KeyType], dict[int, KeyEntry]] = {}
+        self._tenants: dict[str, _Tenant] = {}
         self._destroyed_tenants: set[str] = set()
         self._listeners: list[Evict] = []
-        # the active version per (tenant, type), kept current on every state change: the hot path reads it
-        self._active: dict[tuple[str, KeyType], KeyEntry] = {}
 
     def on_evict(self, listener: Evict) -> None:
         self._listeners.append(listener)
@@ -71,19 +224,32 @@ class KeyDirectory:
     # --- writes ------------------------------------------------------------
 
     def apply_material(self, material: KeyMaterial) -> None:
-        entry = self._keys.get(material.key_id)
+        """A record this process wrote or built: held as its JSON (`to_json()`, what it publishes)."""
+        self._apply_material(material.key_id, material.tenant_id, material.key_type, material.version,
+                             material.public_key, material.to_json())
+
+    def apply_material_record(self, value: bytes) -> bool:
+        """A `keys.material` value as read; False (and nothing changes) when `KeyMaterial` refuses it."""
+        try:
+            material = KeyMaterial.model_validate_json(value)
+        except ValidationError:
+            return False
+        self._apply_material(material.key_id, material.tenant_id, material.key_type, material.version,
+                             material.public_key, value)
+        return True
+
+    def _apply_material(self, key_id: str, tenant_id: str, key_type: KeyType, version: int,
+                        public_key: str | None, raw: bytes) -> None:
+        entry = self._keys.get(key_id)
         if entry is None:
-            entry = self._add(material.key_id, material.tenant_id, material.key_type, material.version, KeyState.PENDING)
+            entry = self._add(key_id, tenant_id, key_type, version, KeyState.PENDING)
         elif entry.state is KeyState.DESTROYED:
             return  # a destroyed key never comes back, whatever arrives late
-        fingerprint = material_fingerprint(material)
-        entry.candidates.pop(fingerprint, None)  # seen again: now the most recent
-        entry.candidates[fingerprint] = material
-        _forget_oldest(entry)
-        entry.newest = material
+        stored = compact.pack(raw, entry._ids())
+        entry._remember(stored)
         if not entry.pinned:
-            entry.material = material
-            entry.public_key = material.public_key or entry.public_key
+            entry._material = stored
+            entry.public_key = public_key or entry.public_key
 
     def pin(self, key_id: str, fingerprint: int) -> KeyMaterial | None:
         """Settle on the material the ledger account pins; None when that record has not arrived."""
@@ -91,22 +257,38 @@ class KeyDirectory:
 
     def settle(self, key_id: str, chain: Sequence[int]) -> KeyMaterial | None:
         """Settle on the candidate accepted last in `chain` (the account's pin, then its rewraps'
-        fingerprints, in ledger order); None when no accepted record has arrived."""
+        fingerprints, in ledger order); None when no accepted record has arrived. The rule is
+        core/material.py's `latest_accepted`, over the fingerprints the entry holds."""
         entry = self._keys.get(key_id)
         if entry is None or entry.state is KeyState.DESTROYED:
             return None
-        chosen = latest_accepted(chain, entry.candidates.values())
-        if chosen is not None:
-            entry.material, entry.pinned = chosen, True
-            entry.public_key = chosen.public_key or entry.public_key
+        rank = {fingerprint: position for position, fingerprint in enumerate(chain)}
+        best: tuple[int, bytes] | None = None
+        for fingerprint, stored in entry._stored_candidates().items():
+            position = rank.get(fingerprint)
+            if position is not None and (best is None or position > best[0]):
+                best = (position, stored)
+        if best is None:
+            return None
+        chosen = entry._model(best[1])
+        entry._material, entry.pinned = best[1], True
+        entry.public_key = chosen.public_key or entry.public_key
         return chosen
 
     def apply_tombstone(self, key_id: str) -> None:
         entry = self._keys.get(key_id)
         if entry is not None:
-            entry.material = entry.newest = None
-            entry.candidates.clear()
+            entry._forget_material()
             self._set_state(entry, KeyState.DESTROYED)
+
+    def apply_event_record(self, value: bytes) -> bool:
+        """A `keys.events` value as read; False (and nothing changes) when `KeyEvent` refuses it."""
+        try:
+            event = KeyEvent.model_validate_json(value)
+        except ValidationError:
+            return False
+        self.apply_event(event)
+        return True
 
     def apply_event(self, event: KeyEvent) -> None:
         entry = self._keys.get(event.key_id) or self._add(
@@ -124,8 +306,7 @@ class KeyDirectory:
             if entry.state is not KeyState.DESTROYED:
                 self._set_state(entry, KeyState.REVOKED)
         elif event.type is KeyEventType.DESTROYED:
-            entry.material = entry.newest = None
-            entry.candidates.clear()
+            entry._forget_material()
             self._set_state(entry, KeyState.DESTROYED)
             if all(k.state is KeyState.DESTROYED for k in self.tenant_keys(entry.tenant_id)):
                 self._destroyed_tenants.add(entry.tenant_id)
@@ -136,23 +317,19 @@ class KeyDirectory:
         return self._keys.get(key_id)
 
     def versions(self, tenant_id: str, key_type: KeyType) -> list[KeyEntry]:
-        return sorted(self._versions.get((tenant_id, key_type), {}).values(), key=lambda e: e.version)
+        tenant = self._tenants.get(tenant_id)
+        return [] if tenant is None else tenant.versions(_KEY_TYPES[key_type])
 
     def active(self, tenant_id: str, key_type: KeyType) -> KeyEntry | None:
-        return self._active.get((tenant_id, key_type))
-
-    def _refresh_active(self, tenant_id: str, key_type: KeyType) -> None:
-        for entry in reversed(self.versions(tenant_id, key_type)):
-            if entry.state is KeyState.ACTIVE:
-                self._active[(tenant_id, key_type)] = entry
-                return
-        self._active.pop((tenant_id, key_type), None)
+        tenant = self._tenants.get(tenant_id)
+        return None if tenant is None else getattr(tenant, _ACTIVE[key_type])
 
     def tenant_keys(self, tenant_id: str) -> list[KeyEntry]:
-        return [e for t in KeyType for e in self.versions(tenant_id, t)]
+        tenant = self._tenants.get(tenant_id)
+        return [] if tenant is None else [e for t in KeyType for e in tenant.versions(t)]
 
     def is_known_tenant(self, tenant_id: str) -> bool:
-        return any((tenant_id, t) in self._versions for t in KeyType)
+        return tenant_id in self._tenants
 
     def is_destroyed_tenant(self, tenant_id: str) -> bool:
         return tenant_id in self._destroyed_tenants
@@ -162,11 +339,12 @@ class KeyDirectory:
         return list(self._keys.values())
 
     def tenants(self) -> set[str]:
-        return {tenant for tenant, _ in self._versions}
+        return set(self._tenants)
 
     def active_keys(self, key_type: KeyType) -> list[KeyEntry]:
         """Every tenant's active key of `key_type`."""
-        return [entry for (_, kind), entry in self._active.items() if kind == key_type]
+        name = _ACTIVE[key_type]
+        return [entry for tenant in self._tenants.values() if (entry := getattr(tenant, name)) is not None]
 
     def census(self) -> dict[tuple[KeyType, KeyState], int]:
         """How many keys are in each (type, state); every pair is present, zero included."""
@@ -181,25 +359,20 @@ class KeyDirectory:
     # --- internals ---------------------------------------------------------
 
     def _add(self, key_id: str, tenant_id: str, key_type: KeyType, version: int, state: KeyState) -> KeyEntry:
-        entry = KeyEntry(key_id, tenant_id, KeyType(key_type), version, state)
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            tenant = self._tenants[tenant_id] = _Tenant(tenant_id)
+        # the tenant's own id object: a million entries share a few hundred thousand strings
+        entry = KeyEntry(key_id, tenant.tenant_id, _KEY_TYPES[key_type], version, state)
         self._keys[key_id] = entry
-        self._versions.setdefault((tenant_id, entry.key_type), {})[version] = entry
+        tenant.add(entry)
         return entry
 
     def _set_state(self, entry: KeyEntry, state: KeyState) -> None:
         if entry.state is state:
             return
         entry.state = state
-        self._refresh_active(entry.tenant_id, entry.key_type)
+        self._tenants[entry.tenant_id].refresh_active(entry.key_type)
         if state in (KeyState.ROTATED, KeyState.REVOKED, KeyState.DESTROYED):
             for listener in self._listeners:
                 listener(entry.key_id)
-
-
-def _forget_oldest(entry: KeyEntry) -> None:
-    """Bound the candidates, never dropping the record in use."""
-    for fingerprint in list(entry.candidates):
-        if len(entry.candidates) <= MAX_CANDIDATES:
-            return
-        if entry.candidates[fingerprint] is not entry.material:
-            del entry.candidates[fingerprint]
