@@ -14,6 +14,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nacl.signing import VerifyKey
 
 from workers.core.b64 import b64url_decode, b64url_encode
@@ -25,6 +26,7 @@ from workers.core.signing import (
     sign,
     signing_input,
     verify,
+    verify_raw,
 )
 
 
@@ -150,6 +152,36 @@ def test_wycheproof_valid_and_invalid() -> None:
         counts[result] += 1
     # "acceptable" (small/mixed-order public keys) is policy-dependent: exercised for no crash only
     assert counts["valid"] > 0 and counts["invalid"] > 0, counts
+
+
+# --- verify_raw: a key object made once, a signature already decoded ---------------------------
+
+
+@pytest.mark.parametrize(("name", "seed", "public", "message", "signature"), RFC8032, ids=[v[0] for v in RFC8032])
+def test_verify_raw_rfc8032_vectors(name: str, seed: str, public: str, message: str, signature: str) -> None:
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
+    raw, data = bytes.fromhex(signature), bytes.fromhex(message)
+    assert verify_raw(key, data, raw)
+    assert not verify_raw(key, data + b"\0", raw)
+    assert not verify_raw(key, data, raw[:-1] + bytes([raw[-1] ^ 1]))
+    for wrong_length in (b"", raw[:-1], raw + b"\0", raw * 2):
+        assert not verify_raw(key, data, wrong_length)
+
+
+def test_verify_raw_agrees_with_verify_on_every_vector() -> None:
+    """Wycheproof (valid, invalid, acceptable) and djb's 1024 lines: the same answer both ways, so the
+    verifier's cached key objects change no verdict."""
+    cases = [(public, message, raw) for _, public, message, raw, _ in _wycheproof()]
+    for line in _sign_input_lines():
+        _, pk, message, signed = (bytes.fromhex(part) for part in line.split(":")[:4])
+        cases.append((pk, message, signed[:SIGNATURE_BYTES]))
+    for public, message, raw in cases:
+        try:
+            key = Ed25519PublicKey.from_public_bytes(public)
+        except ValueError:
+            assert not verify(public, message, b64url_encode(raw))
+            continue
+        assert verify_raw(key, message, raw) == verify(public, message, b64url_encode(raw))
 
 
 # --- span signing input: tampering ----------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import uuid
 from datetime import UTC, datetime
 
@@ -17,7 +19,17 @@ from workers.core.signing import (
     sign,
     signing_input,
 )
-from workers.tools.verify import PublicKeyBook, load_book, verify_lines, verify_signed_span
+from workers.tools import verify as verify_module
+from workers.tools.verify import (
+    KeyStatus,
+    KnownKey,
+    PublicKeyBook,
+    load_book,
+    reads_a_file,
+    verify_lines,
+    verify_signed_span,
+    write_verdicts,
+)
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 KEY_A1 = "a1" * 16
@@ -214,6 +226,75 @@ def test_revocation_of_another_tenant_does_not_touch_ours(book) -> None:
     assert verify_signed_span(book, signed_span()) is Verdict.VALID
 
 
+# --- cached key objects -------------------------------------------------------------------------
+
+
+def raw_public(key) -> bytes:
+    return key.public_bytes_raw()
+
+
+def test_the_key_object_is_made_from_its_own_entrys_bytes(book) -> None:
+    for tenant, key_id in (("acme", KEY_A1), ("globex", KEY_B1)):
+        known = book.lookup(tenant, key_id)
+        assert raw_public(known.verifier) == known.public_key == public_key_bytes(private(key_id))
+    assert book.lookup("acme", KEY_A1).verifier is not book.lookup("globex", KEY_B1).verifier
+
+
+def test_a_key_object_of_tenant_a_never_verifies_for_tenant_b(book) -> None:
+    # globex announces a key under acme's key id, with globex's own public key
+    globex_own = event("generated", "globex", KEY_A1).model_copy(
+        update={"public_key": b64encode(public_key_bytes(private(KEY_B1)))})
+    book.learn(globex_own)
+    acme_span = signed_span("acme", KEY_A1)
+    assert verify_signed_span(book, acme_span) is Verdict.VALID  # acme's object for acme's span
+    assert verify_signed_span(book, {**acme_span, "tenant_id": "globex"}) is Verdict.INVALID
+    # a span globex really signed under that key id verifies with globex's object only
+    value = sign(private(KEY_B1), signing_input("globex", KEY_A1, SPAN))
+    globex_span = {**signed_span("globex", KEY_A1), "signature": {**acme_span["signature"], "value": value}}
+    assert verify_signed_span(book, globex_span) is Verdict.VALID
+    assert verify_signed_span(book, {**globex_span, "tenant_id": "acme"}) is Verdict.INVALID
+    assert raw_public(book.lookup("globex", KEY_A1).verifier) == public_key_bytes(private(KEY_B1))
+    assert raw_public(book.lookup("acme", KEY_A1).verifier) == public_key_bytes(private(KEY_A1))
+
+
+def test_a_later_public_key_does_not_replace_the_first(book) -> None:
+    # the first public key learned stays, bytes and object alike
+    other = event("rotated", "acme", KEY_A1).model_copy(update={"public_key": b64encode(public_key_bytes(private(KEY_B1)))})
+    book.learn(other)
+    known = book.lookup("acme", KEY_A1)
+    assert known.public_key == raw_public(known.verifier) == public_key_bytes(private(KEY_A1))
+    assert verify_signed_span(book, signed_span()) is Verdict.VALID
+
+
+def test_a_key_without_public_key_has_no_object(clock) -> None:
+    book = PublicKeyBook(timer=clock)
+    book.learn(event("generated", "acme", KEY_A1, public=False))
+    assert book.lookup("acme", KEY_A1).verifier is None
+    assert KnownKey("acme", KEY_A1, None, KeyStatus.CURRENT).verifier is None
+
+
+@pytest.mark.parametrize("ending", ["revoked", "destroyed"])
+def test_revoked_and_destroyed_stay_sticky_once_the_object_is_made(clock, ending) -> None:
+    book = PublicKeyBook(timer=clock)
+    book.learn(event(ending, "acme", KEY_A1, public=False))  # before its public key is known
+    assert verify_signed_span(book, signed_span()) is Verdict.REVOKED_KEY
+    book.learn(event("generated", "acme", KEY_A1))  # late: fills the key in, the state stays
+    book.learn(event("rotated", "acme", KEY_A1))
+    known = book.lookup("acme", KEY_A1)
+    assert known.status == ending and known.verifier is not None
+    assert verify_signed_span(book, signed_span()) is Verdict.REVOKED_KEY
+    forged = signed_span()
+    forged["span"] = {**forged["span"], "name": "forged"}
+    assert verify_signed_span(book, forged) is Verdict.INVALID  # now checked: altered under a revoked key
+
+
+def test_an_expired_key_is_unknown_whatever_its_object(book, clock) -> None:
+    assert book.lookup("acme", KEY_A1).verifier is not None
+    clock.now = 86400 + 1
+    assert book.lookup("acme", KEY_A1) is None
+    assert list(verify_lines([json.dumps(signed_span())], book)) == [(1, "job-1", Verdict.UNKNOWN_KEY)]
+
+
 # --- malformed records -------------------------------------------------------------------------
 
 
@@ -309,6 +390,70 @@ def test_verify_lines(book) -> None:
     ]
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1024])
+def test_write_verdicts_writes_what_a_print_per_span_wrote(book, chunk) -> None:
+    tampered = signed_span(job_id="j-2")
+    tampered["span"] = {**tampered["span"], "name": "x"}
+    lines = [json.dumps(signed_span(job_id="j-1")), "\n", json.dumps(tampered), "{oops",
+             json.dumps(signed_span(key_id="ff" * 16, job_id="j-4")), json.dumps(signed_span(job_id="j\tt"))]
+    out = io.StringIO()
+    assert write_verdicts(lines, book, out, chunk=chunk) == 3
+    printed = "".join(f"{n}\t{job}\t{verdict.value}\n" for n, job, verdict in verify_lines(lines, book))
+    assert out.getvalue() == printed == (
+        "1\tj-1\tvalid\n3\tj-2\tinvalid\n4\t?\tinvalid\n5\tj-4\tunknown key\n6\tj\tt\tvalid\n")
+
+
+def test_write_verdicts_of_nothing(book) -> None:
+    out = io.StringIO()
+    assert write_verdicts(["", " \n"], book, out) == 0
+    assert out.getvalue() == ""
+
+
+def mixed_lines(book) -> list[str]:
+    book.learn(event("revoked", "globex", KEY_B1, public=False))
+    tampered = signed_span(job_id="j-tampered")
+    tampered["span"] = {**tampered["span"], "name": "x"}
+    return [json.dumps(signed_span(job_id="j-valid")), "\n", json.dumps(tampered), "   \n",
+            json.dumps(signed_span(key_id="ff" * 16, job_id="j-unknown")),
+            json.dumps(signed_span("globex", KEY_B1, job_id="j-revoked")), "{not json", '["a list"]',
+            '{"job_id": "j-partial"}', json.dumps(signed_span(job_id="j-valid-2", span={"v": 1.5, "é": "ü"}))]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch", [1, 2, 3, 256])
+def test_threads_give_the_same_verdicts_in_the_same_order(book, monkeypatch, threads, batch) -> None:
+    monkeypatch.setattr(verify_module, "THREAD_BATCH", batch)
+    lines = mixed_lines(book) * 7
+    serial = list(verify_lines(lines, book))
+    assert list(verify_lines(lines, book, threads=threads)) == serial
+    assert [v for _, _, v in serial].count(Verdict.VALID) == 14 and len(serial) == 56
+    out, threaded = io.StringIO(), io.StringIO()
+    assert write_verdicts(lines, book, out) == write_verdicts(lines, book, threaded, threads=threads) == 42
+    assert out.getvalue() == threaded.getvalue()
+
+
+def test_threads_of_nothing(book) -> None:
+    assert list(verify_lines([], book, threads=2)) == list(verify_lines(["", " \n"], book, threads=2)) == []
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 0), (2, 2), (4, 4), (64, 8)])
+def test_default_threads(monkeypatch, cpus, threads) -> None:
+    monkeypatch.setattr(verify_module.os, "sched_getaffinity", lambda _: set(range(cpus)), raising=False)
+    assert verify_module.default_threads() == threads
+
+
+def test_reads_a_file(tmp_path) -> None:
+    path = tmp_path / "spans.jsonl"
+    path.write_text("{}\n")
+    with path.open(encoding="utf-8") as stream:
+        assert reads_a_file(stream)
+    assert not reads_a_file(io.StringIO("{}\n"))
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end) as pipe:
+        os.close(write_end)
+        assert not reads_a_file(pipe)
+
+
 def test_verify_lines_of_nothing(book) -> None:
     assert list(verify_lines([], book)) == []
     assert list(verify_lines(["", "\n", " \t\n"], book)) == []
@@ -395,3 +540,16 @@ async def test_load_book_reads_keys_events(kafka_bootstrap: str) -> None:
     assert verify_signed_span(book, signed_span(tenant, key_id)) is Verdict.VALID
     assert verify_signed_span(book, signed_span(tenant, revoked_id)) is Verdict.REVOKED_KEY
     assert verify_signed_span(book, signed_span(tenant, uuid.uuid4().hex)) is Verdict.UNKNOWN_KEY
+
+
+def test_an_invalid_line_whose_job_id_is_a_lone_surrogate_is_reported_not_a_crash():
+    import io
+
+    from workers.tools.verify import PublicKeyBook, write_verdicts
+
+    out = io.StringIO()
+    lines = ['{"job_id": "j\\ud800", "tenant_id": "acme"}\n', '{"job_id": "next"}\n']
+    assert write_verdicts(lines, PublicKeyBook(), out) == 2
+    report = out.getvalue()
+    report.encode("utf-8")  # every line can be written to a UTF-8 terminal or file
+    assert report.splitlines() == ["1\tj\\ud800\tinvalid", "2\tnext\tinvalid"]

@@ -52,11 +52,23 @@ def sign(private_key: Ed25519PrivateKey, message: bytes) -> str:
 
 
 def verify(public_key: bytes, message: bytes, signature: str) -> bool:
+    """Whether `signature` (unpadded base64url) is `public_key`'s Ed25519 signature of `message`."""
     try:
         raw = b64url_decode(signature)
-        if len(raw) != SIGNATURE_BYTES:
-            return False
-        Ed25519PublicKey.from_public_bytes(public_key).verify(raw, message)
+        key = Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError:
+        return False
+    return verify_raw(key, message, raw)
+
+
+def verify_raw(public_key: Ed25519PublicKey, message: bytes, signature: bytes) -> bool:
+    """`verify` for a key object made once and a signature already decoded: a verifier of many spans
+    under few keys skips rebuilding the key (~1 us) and decoding the value twice. Anything but 64
+    bytes is no signature."""
+    if len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        public_key.verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -25,20 +25,28 @@ the signature, the key cannot make a span valid. A bad signature under a revoked
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from itertools import islice
+from typing import Any, TextIO, get_args
 
 from cachetools import TTLCache
-from pydantic import ValidationError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import StringConstraints, TypeAdapter, ValidationError
 
-from schemas.messages import KeyEvent, KeyEventType, KeyType, SignedSpan
+from schemas.messages import TENANT_ID_PATTERN, EventId, KeyEvent, KeyEventType, KeyId, KeyType, SignedSpan
 from schemas.topics import Topic
 from workers.core.b64 import b64decode, b64url_decode
 from workers.core.canonical import CanonicalizationError, plain_json_loads
-from workers.core.signing import ALG, SIGNATURE_BYTES, Verdict, signing_input, verify
+from workers.core.signing import ALG, SIGNATURE_BYTES, Verdict, signing_input, verify_raw
 
 PUBLIC_KEY_BYTES = 32
 
@@ -51,10 +59,20 @@ class KeyStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class KnownKey:
+    """One signing key of one tenant. `verifier` is the key object of exactly `public_key` (None when it
+    is None), made when the entry is made: it is never shared between entries, so a key object can only
+    verify for the (tenant, key id) whose event carried its bytes."""
+
     tenant_id: str
     key_id: str
     public_key: bytes | None
     status: KeyStatus
+    verifier: Ed25519PublicKey | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # built once per event, not once per span (~1 us each); frozen, so set through object
+        if self.public_key is not None:
+            object.__setattr__(self, "verifier", Ed25519PublicKey.from_public_bytes(self.public_key))
 
 
 class PublicKeyBook:
@@ -93,7 +111,11 @@ class PublicKeyBook:
         return True
 
     def lookup(self, tenant_id: str, key_id: str) -> KnownKey | None:
-        return self._keys.get((tenant_id, key_id))
+        # the item, not .get(): TTLCache.get checks expiry twice (`in`, then the item), ~1 us a span more
+        try:
+            return self._keys[tenant_id, key_id]
+        except KeyError:  # absent, expired or evicted
+            return None
 
 
 def _public_key(text: str | None) -> bytes | None:
@@ -102,9 +124,12 @@ def _public_key(text: str | None) -> bytes | None:
         return None
     try:
         raw = b64decode(text)
+        if len(raw) != PUBLIC_KEY_BYTES:
+            return None
+        Ed25519PublicKey.from_public_bytes(raw)  # what KnownKey will build must build
     except ValueError:
         return None
-    return raw if len(raw) == PUBLIC_KEY_BYTES else None
+    return raw
 
 
 def _next_status(current: KeyStatus, event: KeyEventType) -> KeyStatus:
@@ -116,30 +141,61 @@ def _next_status(current: KeyStatus, event: KeyEventType) -> KeyStatus:
 
 
 def verify_signed_span(book: PublicKeyBook, signed: dict[str, Any] | SignedSpan) -> Verdict:
-    return _verify(book, signed, known_plain=False)
+    return _verify(book, signed, known_plain=False, parsed=False, escaped=True)
 
 
-def _verify(book: PublicKeyBook, signed: Any, *, known_plain: bool) -> Verdict:
-    record = _well_formed(signed)
-    if record is None:
+def _verify(book: PublicKeyBook, signed: Any, *, known_plain: bool, parsed: bool, escaped: bool) -> Verdict:
+    step = _prepare(book, signed, known_plain=known_plain, parsed=parsed, escaped=escaped)
+    return _finish(step) if isinstance(step, tuple) else step
+
+
+Check = tuple[Ed25519PublicKey, bytes, bytes, Verdict]
+"""A signature still to check: (key object, signed bytes, signature, the verdict when it verifies)."""
+
+
+def _prepare(book: PublicKeyBook, signed: Any, *, known_plain: bool, parsed: bool, escaped: bool) -> Verdict | Check:
+    """Everything but the Ed25519 check: the verdict when it is known without one, else the Check."""
+    claim = _claim(signed, parsed=parsed, escaped=escaped)
+    if claim is None:
         return Verdict.INVALID
-    signature = record.signature
-    known = book.lookup(record.tenant_id, signature.key_id)
+    tenant_id, key_id, span, signature = claim
+    known = book.lookup(tenant_id, key_id)
     if known is None:
         return Verdict.UNKNOWN_KEY
-    if known.public_key is None:
+    if known.verifier is None:
         return Verdict.UNKNOWN_KEY if known.status is KeyStatus.CURRENT else Verdict.REVOKED_KEY
     try:
-        message = signing_input(record.tenant_id, signature.key_id, record.span, known_plain=known_plain)
+        message = signing_input(tenant_id, key_id, span, known_plain=known_plain)
     except (CanonicalizationError, RecursionError):
         return Verdict.INVALID  # NaN, infinity, a huge integer, absurd nesting: no signer could have signed it
-    if not verify(known.public_key, message, signature.value):
-        return Verdict.INVALID
-    return Verdict.VALID if known.status is KeyStatus.CURRENT else Verdict.REVOKED_KEY
+    return known.verifier, message, signature, Verdict.VALID if known.status is KeyStatus.CURRENT else Verdict.REVOKED_KEY
 
 
-def _well_formed(signed: Any) -> SignedSpan | None:
-    """The record as a SignedSpan when it has every field of the contract, else None."""
+def _finish(check: Check) -> Verdict:
+    """The Ed25519 check alone: touches no shared state, so any thread may run it."""
+    verifier, message, signature, verdict = check
+    return verdict if verify_raw(verifier, message, signature) else Verdict.INVALID
+
+
+Claim = tuple[str, str, dict[str, Any], bytes]
+"""What a well-formed record says: (tenant_id, key_id, span, the signature's 64 raw bytes)."""
+
+
+def _claim(signed: Any, *, parsed: bool, escaped: bool) -> Claim | None:
+    """The record's claim when it has every field of the contract, else None.
+
+    Invariant: the verdict is SignedSpan.model_validate's plus the checks of `_model_claim`, for any
+    value. `_fast_claim` answers only when it is sure the model accepts the record with these very
+    values; every other record, malformed ones included, goes to the model itself (tests/tools hold
+    the two together)."""
+    if type(signed) is dict:
+        claim = _fast_claim(signed, parsed=parsed, escaped=escaped)
+        if claim is not None:
+            return claim
+    return _model_claim(signed)
+
+
+def _model_claim(signed: Any) -> Claim | None:
     if isinstance(signed, SignedSpan):
         record = signed
     elif isinstance(signed, dict):
@@ -152,28 +208,190 @@ def _well_formed(signed: Any) -> SignedSpan | None:
             return None
     else:
         return None
-    if record.signature.alg != ALG or not _is_signature_value(record.signature.value):
+    signature = record.signature
+    raw = _signature_bytes(signature.value) if signature.alg == ALG else None
+    return None if raw is None else (record.tenant_id, signature.key_id, record.span, raw)
+
+
+def _string_constraints(annotated: Any) -> StringConstraints:
+    return next(m for m in get_args(annotated) if isinstance(m, StringConstraints))
+
+
+# the model's own constraints, so that the two readings cannot drift apart; fullmatch of an anchored
+# pattern is the Rust regex's match (neither lets `$` match before a final newline under fullmatch)
+_TENANT_ID = re.compile(TENANT_ID_PATTERN).fullmatch
+_KEY_ID = re.compile(str(_string_constraints(KeyId).pattern)).fullmatch
+_MIN_ID, _MAX_ID = _string_constraints(EventId).min_length or 0, _string_constraints(EventId).max_length or 0
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)  # the validator of Signature.signed_at
+_TIMES: dict[str, bool] = {}  # signed_at texts already judged: the signer writes one per batch
+_TIMES_MAX = 4096
+
+
+def _fast_claim(signed: dict[str, Any], *, parsed: bool, escaped: bool) -> Claim | None:
+    """The claim of a record the model certainly accepts, else None (unsure: the model decides).
+
+    `parsed`: the value comes from the JSON reader, so every member name is a str. `escaped`: its text
+    may hold \\u escapes, so a string may hold a lone surrogate, which the model refuses in job_id (a
+    constrained string) and in member names (extra members are stored by name)."""
+    job_id, tenant_id, span, signature = (
+        signed.get("job_id"), signed.get("tenant_id"), signed.get("span"), signed.get("signature"))
+    # exact types only: the model's lax mode also takes bytes, subclasses and mappings; those go to it
+    if type(job_id) is not str or type(tenant_id) is not str or type(span) is not dict or type(signature) is not dict:
         return None
-    return record
+    alg, key_id, value = signature.get("alg"), signature.get("key_id"), signature.get("value")
+    if type(alg) is not str or alg != ALG or type(key_id) is not str or type(value) is not str:
+        return None
+    if not _MIN_ID <= len(job_id) <= _MAX_ID or not _TENANT_ID(tenant_id) or not _KEY_ID(key_id):
+        return None
+    if not _known_time(signature.get("signed_at")):
+        return None
+    if escaped and not (_unicode(job_id) and _unicode_names(signed) and _unicode_names(signature)):
+        return None
+    if not parsed and not all(type(name) is str for name in span):
+        return None
+    raw = _signature_bytes(value)
+    return None if raw is None else (tenant_id, key_id, span, raw)
 
 
-def _is_signature_value(text: str) -> bool:
+def _known_time(value: Any) -> bool:
+    """Whether Signature.signed_at's validator takes `value`, for text (numbers go to the model)."""
+    if type(value) is not str:
+        return False
+    good = _TIMES.get(value)
+    if good is None:
+        try:
+            _DATETIME.validate_python(value)
+            good = True
+        except ValidationError:
+            good = False
+        if len(_TIMES) >= _TIMES_MAX:
+            _TIMES.clear()
+        _TIMES[value] = good
+    return good
+
+
+def _unicode(text: str) -> bool:
+    """Whether `text` is Unicode text (UTF-8 encodable: no lone surrogate), as pydantic requires."""
+    if text.isascii():
+        return True
     try:
-        return len(b64url_decode(text)) == SIGNATURE_BYTES
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unicode_names(members: dict[Any, Any]) -> bool:
+    return all(type(name) is str and _unicode(name) for name in members)
+
+
+def _signature_bytes(text: str) -> bytes | None:
+    """The 64 bytes of an unpadded base64url signature value, else None."""
+    try:
+        raw = b64url_decode(text)
     except ValueError:
+        return None
+    return raw if len(raw) == SIGNATURE_BYTES else None
+
+
+def verify_lines(lines: Iterable[str], book: PublicKeyBook, *, threads: int = 0
+                 ) -> Iterator[tuple[int, str, Verdict]]:
+    """(line number from 1, job_id or "?", verdict) per non-blank line of JSON-lines input, in input order.
+
+    With `threads` > 0 the Ed25519 checks run on that many threads (cryptography releases the interpreter
+    lock while it verifies) while this thread parses the next lines; the verdicts are the same."""
+    if threads > 0:
+        yield from _verify_lines_on_threads(lines, book, threads)
+        return
+    for number, line in _numbered(lines):
+        job_id, step = _step(line, book)
+        yield number, job_id, _finish(step) if isinstance(step, tuple) else step
+
+
+def _numbered(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(lines, start=1):
+        if line and not line.isspace():  # what strip() would empty, without making the copy
+            yield number, line
+
+
+def _step(line: str, book: PublicKeyBook) -> tuple[str, Verdict | Check]:
+    signed, plain = _parse(line)
+    if signed is None:
+        return _job_id(_lenient(line)), Verdict.INVALID
+    # lone surrogates only come from escapes: text read as UTF-8 has none, else _parse refused it
+    return _job_id(signed), _prepare(book, signed, known_plain=plain, parsed=True, escaped="\\u" in line)
+
+
+THREAD_BATCH = 256  # lines per hand-over to a checking thread: ~17 ms of checks, so the hand-over is noise
+
+
+def _verify_lines_on_threads(lines: Iterable[str], book: PublicKeyBook, threads: int
+                             ) -> Iterator[tuple[int, str, Verdict]]:
+    """Batches of lines prepared here (parse, claim, book, RFC 8785: the book and its caches stay on
+    this thread) and checked on the pool, at most `threads` + 1 batches ahead of the output, which
+    follows the input order whatever order the batches finish in."""
+    ahead: deque[tuple[list[tuple[int, str, Verdict | Check]], Future[list[Verdict]]]] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keyledger-verify") as pool:
+        for batch in _batches(_numbered(lines), THREAD_BATCH):
+            steps = [(number, *_step(line, book)) for number, line in batch]
+            checks = [step for _, _, step in steps if isinstance(step, tuple)]
+            ahead.append((steps, pool.submit(_finish_all, checks)))
+            if len(ahead) > threads:
+                yield from _settled(*ahead.popleft())
+        while ahead:
+            yield from _settled(*ahead.popleft())
+
+
+def _batches(items: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def _finish_all(checks: list[Check]) -> list[Verdict]:
+    return [_finish(check) for check in checks]
+
+
+def _settled(steps: list[tuple[int, str, Verdict | Check]], checked: Future[list[Verdict]]
+             ) -> Iterator[tuple[int, str, Verdict]]:
+    verdicts = iter(checked.result())
+    for number, job_id, step in steps:
+        yield number, job_id, next(verdicts) if isinstance(step, tuple) else step
+
+
+MAX_THREADS = 8  # past this, this thread's ~10 us of preparing a span feeds no more checkers
+
+
+def default_threads() -> int:
+    """Checking threads for `keyledger verify`: one per CPU this process may run on (at most
+    MAX_THREADS), none with one CPU: a single checking thread only adds hand-overs, since the checker
+    waits for the interpreter lock after every check while this thread prepares the next batch."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cpus, MAX_THREADS) if cpus > 1 else 0
+
+
+def reads_a_file(stream: TextIO) -> bool:
+    """Whether `stream` reads a regular file, whose lines may be read ahead at no cost; a pipe or a
+    terminal may be waiting for lines not written yet, and the verdicts of those it gave are due now."""
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):  # no descriptor (io.UnsupportedOperation is both), or closed
         return False
 
 
-def verify_lines(lines: Iterable[str], book: PublicKeyBook) -> Iterator[tuple[int, str, Verdict]]:
-    """(line number from 1, job_id or "?", verdict) per non-blank line of JSON-lines input."""
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        signed, plain = _parse(line)
-        if signed is None:
-            yield number, _job_id(_lenient(line)), Verdict.INVALID
-            continue
-        yield number, _job_id(signed), _verify(book, signed, known_plain=plain)
+def write_verdicts(lines: Iterable[str], book: PublicKeyBook, out: TextIO, *, chunk: int = 1024,
+                   threads: int = 0) -> int:
+    """`verify_lines` written to `out` as `line<TAB>job_id<TAB>verdict` lines, in input order, one write
+    per `chunk` lines (a print per span cost ~0.2 us more); returns how many verdicts were not valid."""
+    failures = 0
+    pending: list[str] = []
+    for number, job_id, verdict in verify_lines(lines, book, threads=threads):
+        pending.append(f"{number}\t{job_id}\t{verdict.value}\n")
+        failures += verdict is not Verdict.VALID
+        if len(pending) >= chunk:
+            out.write("".join(pending))
+            pending.clear()
+    out.write("".join(pending))
+    return failures
 
 
 def _parse(line: str) -> tuple[Any, bool]:
@@ -196,7 +414,11 @@ def _lenient(line: str) -> Any:
 
 def _job_id(signed: Any) -> str:
     job_id = signed.get("job_id") if isinstance(signed, dict) else None
-    return job_id if isinstance(job_id, str) and job_id else "?"
+    if not isinstance(job_id, str) or not job_id:
+        return "?"
+    # a lone surrogate (read leniently from an invalid line) cannot be written out: the report names it
+    # by its escaped spelling rather than failing on it
+    return job_id if job_id.isascii() else job_id.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def load_book(
