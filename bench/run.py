@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in one run; figures on stderr as they come, one JSON object last.
 
-Sizes: BENCH_SPANS (100,000), BENCH_PII_RECORDS (30,000), BENCH_TENANTS (10,000), BENCH_VAULT_TENANTS (10,000),
-BENCH_REWRAP_TENANTS (10,000), BENCH_REWRAP_MOTO_TENANTS (1,000).
+Sizes: BENCH_SPANS (100,000), BENCH_VERIFY_SPANS (100,000), BENCH_PII_RECORDS (30,000), BENCH_TENANTS (10,000),
+BENCH_KEYTABLE_KEYS (1,000,000), BENCH_VAULT_TENANTS (10,000), BENCH_REWRAP_TENANTS (10,000),
+BENCH_REWRAP_MOTO_TENANTS (1,000).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import crypto_peers, lifecycle, pii, rewrap, signing, vault
+from bench import crypto_peers, keytable, lifecycle, pii, rewrap, signing, vault, verify
 
 
 async def main() -> None:
@@ -23,9 +24,11 @@ async def main() -> None:
           file=sys.stderr, flush=True)
     figures.update(crypto_peers.run())
     figures.update(await signing.run(int(os.environ.get("BENCH_SPANS", "100000"))))
+    figures.update(await verify.run(int(os.environ.get("BENCH_VERIFY_SPANS", "100000"))))
     figures.update(await pii.run(int(os.environ.get("BENCH_PII_RECORDS", "30000"))))
-    print("rotation: one manual tick over every tenant, against moto's KMS over HTTP", file=sys.stderr, flush=True)
+    print("onboarding and rotation of every tenant, against moto's KMS over HTTP", file=sys.stderr, flush=True)
     figures.update(await lifecycle.run(int(os.environ.get("BENCH_TENANTS", "10000"))))
+    figures.update(await keytable.run(int(os.environ.get("BENCH_KEYTABLE_KEYS", "1000000"))))
     figures.update(await vault.run(int(os.environ.get("BENCH_VAULT_TENANTS", "10000"))))
     figures.update(await rewrap.run(int(os.environ.get("BENCH_REWRAP_TENANTS", "10000")),
                                     int(os.environ.get("BENCH_REWRAP_MOTO_TENANTS", "1000"))))

@@ -92,7 +92,8 @@ async def end_to_end(spans: int) -> dict:
     with broker() as bootstrap, moto_kms() as kms, tigerbeetle() as tb:
         await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=6))
         ledger = {"KEYLEDGER_LEDGER": "tigerbeetle", "KEYLEDGER_TB_ADDRESSES": tb} if tb else {}
-        onboarding = Worker(bootstrap, kms, "keyledger-keygen", **ledger)
+        # without TigerBeetle one process onboards and signs: the memory ledger lives there
+        onboarding = Worker(bootstrap, kms, "keyledger-keygen", *(() if tb else ("keyledger-signer",)), **ledger)
         tenants = [f"tenant-{i:03d}" for i in range(TENANTS)]
         now = "2026-11-22T00:00:00Z"
         await produce(bootstrap, "tenants.created", [
