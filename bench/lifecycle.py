@@ -44,6 +44,7 @@ async def kms_ceiling(kms: tuple[str, str]) -> tuple[float, int, dict[int, float
     """The best GenerateDataKey/s over the swept concurrencies, the concurrency that reached it, and each
     level's rate: the ceiling onboarding and rotation (two calls a tenant) are held to."""
     levels = sorted({*LEVELS, Settings().kms_concurrency})  # the default always among them
+    await kms_rate(kms, Settings().kms_concurrency, 4000)  # moto answers a fresh server's first thousands slower
     rates = {level: await kms_rate(kms, level) for level in levels}
     best = max(rates, key=rates.__getitem__)
     return rates[best], best, rates
@@ -56,12 +57,12 @@ def enough(rates: dict[int, float], ceiling: float) -> int:
 
 async def run(tenants: int) -> dict:
     with broker() as bootstrap, moto_kms() as kms:
-        floor, best, rates = await kms_ceiling(kms)
+        best_rate, best, rates = await kms_ceiling(kms)
         default = Settings().kms_concurrency
         say("  moto answers a bare client " + ", ".join(f"{r:,.0f}/s at {c}" for c, r in rates.items())
-            + f" GenerateDataKey calls in flight: ceiling {floor:,.0f}/s at {best}, 0.95 of it from "
-            f"{enough(rates, floor)} on; the default KEYLEDGER_KMS_CONCURRENCY={default} reaches "
-            f"{rates[default] / floor:.2f} of it; at most {floor / 2:,.0f} tenants/s")
+            + f" GenerateDataKey calls in flight: best {best_rate:,.0f}/s at {best}, 0.95 of it from "
+            f"{enough(rates, best_rate)} on; the default KEYLEDGER_KMS_CONCURRENCY={default} reaches "
+            f"{rates[default] / best_rate:.2f} of it")
         await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=6))
         worker = Worker(bootstrap, kms, "keyledger-keygen", "keyledger-rotation")
         now = "2026-11-22T00:00:00Z"
@@ -78,19 +79,25 @@ async def run(tenants: int) -> dict:
         await _count_events(bootstrap, "generated", 2 * (tenants + 1), timeout=1200)
         onboard_s = time.perf_counter() - started
         onboard_rate = tenants / onboard_s
-        onboard_ratio = onboard_rate / (floor / 2)
-        say(f"  {tenants} tenants onboarded ({2 * tenants} keys) in {onboard_s:.1f}s: {onboard_rate:,.0f} "
-            f"tenants/s = {onboard_ratio:.2f} of the KMS ceiling")
         tick = {"tick_id": "bench-rotation", "issued_at": now, "reason": "manual"}
         tick_sent = time.time()
         await produce(bootstrap, "keys.rotation-ticks", [(b"bench", json.dumps(tick).encode())])
         tenants += 1  # the warm-up tenant rotates too
         rotated = await _count_events(bootstrap, "rotated", 2 * tenants, timeout=1200)
         stats = worker.stop()
+        # the ceiling beside them: the bare client at the worker's concurrency just before onboarding and
+        # again just after rotation (moto's pace drifts over minutes; the mean of the two is held to)
+        after = await kms_rate(kms, default)
     if len(rotated) < 2 * tenants:
         raise SystemExit(f"only {len(rotated)} of {2 * tenants} keys rotated; worker log {worker.log}")
+    floor = (rates[default] + after) / 2
     seconds = max(r.timestamp for r in rotated) / 1000 - tick_sent
+    onboard_ratio = onboard_rate / (floor / 2)
     ratio = (tenants / seconds) / (floor / 2)
+    say(f"  KMS ceiling beside them: {rates[default]:,.0f}/s before, {after:,.0f}/s after, at most "
+        f"{floor / 2:,.0f} tenants/s")
+    say(f"  {tenants - 1} tenants onboarded ({2 * (tenants - 1)} keys) in {onboard_s:.1f}s: {onboard_rate:,.0f} "
+        f"tenants/s = {onboard_ratio:.2f} of the KMS ceiling")
     say(f"  {tenants} tenants rotated ({len(rotated)} keys) in {seconds:.1f}s: {tenants / seconds:,.0f} tenants/s = "
         f"{ratio:.2f} of the KMS ceiling")
     return {
@@ -103,10 +110,12 @@ async def run(tenants: int) -> dict:
         "onboard_ratio_to_kms_floor": round(onboard_ratio, 3),
         "rotation_kms_calls": stats.get("kms_calls"),
         "rotation_kms_floor_calls_per_s": round(floor),
-        "rotation_kms_floor_concurrency": best,
-        "rotation_kms_enough_concurrency": enough(rates, floor),
+        "rotation_kms_floor_before_calls_per_s": round(rates[default]),
+        "rotation_kms_floor_after_calls_per_s": round(after),
+        "rotation_kms_best_concurrency": best,
+        "rotation_kms_enough_concurrency": enough(rates, best_rate),
         "rotation_kms_default_concurrency": default,
-        "rotation_kms_default_vs_floor": round(rates[default] / floor, 3),
+        "rotation_kms_default_vs_best": round(rates[default] / best_rate, 3),
         "rotation_kms_calls_per_s_by_concurrency": {str(c): round(r) for c, r in rates.items()},
         "rotation_ratio_to_kms_floor": round(ratio, 3),
     }
