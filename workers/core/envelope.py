@@ -128,18 +128,13 @@ class RecordSealer:
             raise EnvelopeError("field value is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
         if len(raw) > MAX_FIELD_BYTES:
             raise EnvelopeError(f"field value of {len(raw)} bytes exceeds {MAX_FIELD_BYTES}", ErrorCode.OVERSIZED)
-        try:
-            head = f'{{"field":{_json_string(field)}'.encode()
-        except UnicodeEncodeError:
-            head = b""
-        if not head or self._tail is None:
-            raise EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE)
+        aad = _joined_aad(f'{{"field":{_json_string(field)}', self._tail)
         at = self._next
         if at + NONCE_BYTES > len(self._nonces):  # more fields than announced: fresh bytes, never a reuse
             self._nonces, at = os.urandom(NONCE_BYTES), 0
         nonce = self._nonces[at:at + NONCE_BYTES]
         self._next = at + NONCE_BYTES
-        sealed = self._aead.encrypt(nonce, raw, head + self._tail)
+        sealed = self._aead.encrypt(nonce, raw, aad)
         return self._prefix + b64url_encode(nonce + sealed)
 
 
@@ -195,14 +190,20 @@ class RecordOpener:
             self._tail = None  # a lone surrogate: no field of this record was ever sealed
 
     def open(self, aead: AESGCM, envelope: Envelope, field: str) -> str:
-        try:
-            # a parsed key id is 32 lowercase hex characters: JSON needs no escaping for it
-            head = f'{{"field":{_json_string(field)},"key_id":"{envelope.key_id}'.encode()
-        except UnicodeEncodeError:
-            head = b""
-        if not head or self._tail is None:
-            raise EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE)
-        return _utf8(_decrypt(aead, envelope.nonce, envelope.sealed, head + self._tail))
+        # a parsed key id is 32 lowercase hex characters: JSON needs no escaping for it
+        aad = _joined_aad(f'{{"field":{_json_string(field)},"key_id":"{envelope.key_id}', self._tail)
+        return _utf8(_decrypt(aead, envelope.nonce, envelope.sealed, aad))
+
+
+def _joined_aad(head: str, tail: bytes | None) -> bytes:
+    """A field's AAD from its own head and its record's tail (None: the record's ids are not valid Unicode)."""
+    try:
+        encoded = head.encode()
+    except UnicodeEncodeError:
+        encoded = None
+    if encoded is None or tail is None:
+        raise EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE)
+    return encoded + tail
 
 
 def _utf8(raw: bytes) -> str:
