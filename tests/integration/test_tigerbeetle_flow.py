@@ -81,7 +81,8 @@ async def test_kill_9_mid_stream_then_restart_signs_every_span_once_in_the_ledge
         wanted = set(tenants)
         return {v["job_id"] for v in (json.loads(r.value) for r in records if r.value) if v.get("tenant_id") in wanted}
 
-    first = worker_process("keyledger-signer", env=tb_env)
+    # small batches, so the kill lands among many of them rather than after the one that held everything
+    first = worker_process("keyledger-signer", env={**tb_env, "KEYLEDGER_KAFKA_BATCH_MAX": "200"})
     partly = await read_topic(bootstrap, "spans.signed", until=lambda rs: len(signed_jobs(rs)) >= 300, timeout=90)
     first.send_signal(signal.SIGKILL)  # mid-stream: some batches signed and audited, their offsets not committed
     first.wait()

@@ -133,7 +133,10 @@ def line_oracle(line: str) -> list[tuple[int, str, Verdict]]:
 
 def job_of(value: Any) -> str:
     job_id = value.get("job_id") if isinstance(value, dict) else None
-    return job_id if isinstance(job_id, str) and job_id else "?"
+    if not isinstance(job_id, str) or not job_id:
+        return "?"
+    # the one intended change: a job id that cannot be written (a lone surrogate) is reported escaped
+    return job_id.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def same_json(a: Any, b: Any) -> bool:
