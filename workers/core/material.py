@@ -19,7 +19,7 @@ import binascii
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.messages import KeyMaterial
 from workers.core.b64 import b64decode
@@ -28,6 +28,7 @@ from workers.core.canonical import canonical_json
 _PINNED_FIELDS = ("key_id", "tenant_id", "key_type", "version", "kms_key_id", "wrapped_key", "public_key")
 DEFAULT_PROVIDER = "aws"  # a record without kms_provider was wrapped by AWS KMS (design contract)
 _VAULT_BLOB = re.compile(rb"vault:v([1-9][0-9]{0,9}):")
+T = TypeVar("T")
 
 
 def material_fingerprint(material: KeyMaterial) -> int:
@@ -60,10 +61,16 @@ def wrapped_kek_version(material: KeyMaterial) -> int | None:
 def latest_accepted(chain: Sequence[int], candidates: Iterable[KeyMaterial]) -> KeyMaterial | None:
     """Of `candidates`, the record accepted last in `chain` (the pin, then each rewrap's fingerprint,
     in ledger order); None when no candidate was accepted."""
+    return latest_accepted_by(chain, ((material_fingerprint(m), m) for m in candidates))
+
+
+def latest_accepted_by(chain: Sequence[int], fingerprinted: Iterable[tuple[int, T]]) -> T | None:
+    """`latest_accepted` over records whose fingerprints are already known, in whatever form they are held
+    (the key table keeps stored bytes): the record of the fingerprint `chain` accepted last, or None."""
     rank = {fingerprint: position for position, fingerprint in enumerate(chain)}
-    best: tuple[int, KeyMaterial] | None = None
-    for material in candidates:
-        position = rank.get(material_fingerprint(material))
+    best: tuple[int, T] | None = None
+    for fingerprint, record in fingerprinted:
+        position = rank.get(fingerprint)
         if position is not None and (best is None or position > best[0]):
-            best = (position, material)
+            best = (position, record)
     return best[1] if best else None

@@ -27,7 +27,7 @@ from enum import StrEnum
 from pydantic import ValidationError
 
 from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
-from workers.core.material import material_fingerprint
+from workers.core.material import latest_accepted_by, material_fingerprint
 from workers.keystore import compact
 
 
@@ -257,21 +257,15 @@ class KeyDirectory:
 
     def settle(self, key_id: str, chain: Sequence[int]) -> KeyMaterial | None:
         """Settle on the candidate accepted last in `chain` (the account's pin, then its rewraps'
-        fingerprints, in ledger order); None when no accepted record has arrived. The rule is
-        core/material.py's `latest_accepted`, over the fingerprints the entry holds."""
+        fingerprints, in ledger order); None when no accepted record has arrived."""
         entry = self._keys.get(key_id)
         if entry is None or entry.state is KeyState.DESTROYED:
             return None
-        rank = {fingerprint: position for position, fingerprint in enumerate(chain)}
-        best: tuple[int, bytes] | None = None
-        for fingerprint, stored in entry._stored_candidates().items():
-            position = rank.get(fingerprint)
-            if position is not None and (best is None or position > best[0]):
-                best = (position, stored)
-        if best is None:
+        stored = latest_accepted_by(chain, entry._stored_candidates().items())
+        if stored is None:
             return None
-        chosen = entry._model(best[1])
-        entry._material, entry.pinned = best[1], True
+        chosen = entry._model(stored)
+        entry._material, entry.pinned = stored, True
         entry.public_key = chosen.public_key or entry.public_key
         return chosen
 
