@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import struct
 
 from schemas.messages import KeyType, Op
 
@@ -45,15 +46,53 @@ _PERSON = b"keyledger-v1"
 
 
 def _hash128(label: str, *parts: str | int, prefix: bytes = b"") -> int:
-    # one buffer and one hash call: the same bytes as updating part by part, a third of the Python calls
-    data = bytearray(prefix)
-    for part in (label, *parts) if not prefix else parts:
-        raw = (part if type(part) is str else str(part)).encode()
-        data += len(raw).to_bytes(4, "big")
-        data += raw
-    value = int.from_bytes(hashlib.blake2b(data, digest_size=16, person=_PERSON).digest(), "big")
+    """BLAKE2b-128 of the length-prefixed parts (`prefix`: the already framed leading parts, instead of
+    `label`)."""
+    return _hash_after(prefix or _framed(label), parts)
+
+
+def _hash_after(prefix: bytes, parts: tuple[str | int, ...]) -> int:
+    # the hash state after `prefix` is kept and copied: the same digest as hashing prefix + parts, and the
+    # hot paths (one transfer per signed span or PII record) share their prefix with every other record
+    state = _seeded(prefix).copy()
+    framed: list[bytes] = []
+    add = framed.append
+    for part in parts:
+        if type(part) is str and len(part) <= _SHORT:
+            add(_framed_short(part))
+        else:
+            raw = b"%d" % part if type(part) is int else str(part).encode()
+            add(_LENGTH(len(raw)))
+            add(raw)
+    state.update(b"".join(framed))
+    value = int.from_bytes(state.digest(), "big")
     # 0 and 2^128-1 are reserved by TigerBeetle; hitting them is ~2^-127 likely
     return value if 0 < value < U128_MAX else 1
+
+
+_LENGTH = struct.Struct(">I").pack
+
+
+@functools.lru_cache(maxsize=65_536)  # one per (purpose, key) in use
+def _seeded(prefix: bytes) -> hashlib.blake2b:
+    return hashlib.blake2b(prefix, digest_size=16, person=_PERSON)
+
+
+def _framed(part: str) -> bytes:
+    """One part as hashed: its UTF-8 length in 4 big-endian bytes, then the UTF-8."""
+    if len(part) <= _SHORT:
+        return _framed_short(part)
+    raw = part.encode()
+    return _LENGTH(len(raw)) + raw
+
+
+_SHORT = 64  # topic names, labels, outcomes: framed once each
+
+
+@functools.lru_cache(maxsize=4096)
+def _framed_short(part: str) -> bytes:
+    raw = part.encode()
+    return len(raw).to_bytes(4, "big") + raw
 
 
 @functools.lru_cache(maxsize=65_536)  # asked once per audited operation, of a few hot tenants
@@ -74,18 +113,13 @@ def key_id_for(tenant_id: str, key_type: KeyType, version: int) -> str:
 
 def transfer_id(op: Op, key_id: str, *source: str | int) -> int:
     """Id of the transfer recording `op` on `key_id` caused by `source` (topic, partition, offset, ...)."""
-    return _hash128("", *source, prefix=_encoded("transfer", Op(op).value, key_id))
+    return _hash_after(_encoded("transfer", Op(op).value, key_id), source)
 
 
 @functools.lru_cache(maxsize=65_536)  # one per (op, key) in use: the hot paths make one transfer per record
 def _encoded(*parts: str) -> bytes:
     """The length-prefixed bytes `_hash128` hashes for these leading parts."""
-    data = bytearray()
-    for part in parts:
-        raw = part.encode()
-        data += len(raw).to_bytes(4, "big")
-        data += raw
-    return bytes(data)
+    return b"".join(_framed(part) for part in parts)
 
 
 def event_id(kind: str, key_id: str) -> str:
@@ -164,4 +198,4 @@ def budget_account_id(key_id: str) -> int:
 
 def budget_transfer_id(kind: str, key_id: str, *source: str | int) -> int:
     """A budget funding (`fund`) or debit (`seal`) transfer, derived from the key and what caused it."""
-    return _hash128("budget-" + kind, key_id, *source)
+    return _hash_after(_encoded("budget-" + kind, key_id), source)

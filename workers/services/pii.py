@@ -55,12 +55,27 @@ from workers.services.outcome import Outcome
 @dataclass(slots=True)
 class Usage:
     """Operations per (record, key, op, outcome) in this batch: each becomes one audited transfer whose
-    amount is the fields of that record it covers, and whose id depends on the record alone."""
+    amount is the fields of that record it covers, and whose id depends on the record alone. Records are
+    told apart by identity (one object per consumed record): hashing the record itself hashed its value."""
 
-    counts: dict[tuple[InboundRecord, str, str, Op, bool], int] = field(default_factory=lambda: defaultdict(int))
+    counts: dict[tuple[int, str, str, Op, bool], int] = field(default_factory=lambda: defaultdict(int))
+    records: dict[int, InboundRecord] = field(default_factory=dict)
 
     def add(self, entry: KeyEntry, op: Op, record: InboundRecord, failed: bool = False) -> None:
-        self.counts[(record, entry.tenant_id, entry.key_id, op, failed)] += 1
+        self.records[id(record)] = record
+        self.counts[(id(record), entry.tenant_id, entry.key_id, op, failed)] += 1
+
+
+class BatchMemo:
+    """What one `serve` call looks up once: key secrets (the TTL cache's bookkeeping costs more than the
+    AES-GCM of a short field) and parsed ciphertexts (finding the keys a batch needs parses them already).
+    One per call, never on the service: pipelined batches are served concurrently."""
+
+    __slots__ = ("secrets", "envelopes")
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, object] = {}
+        self.envelopes: dict[str, Envelope | EnvelopeError] = {}
 
 
 class PiiService:
@@ -68,22 +83,21 @@ class PiiService:
         self._keys = keys
         self._budget = budget
         self._worn: set[str] = set()  # active keys whose budget ran out: their requests wait for the next version
-        self._batch_keys: dict[str, object] = {}
-        self._envelopes: dict[str, Envelope | EnvelopeError] = {}
         self.results = 0
 
     async def serve(self, parsed: Sequence[tuple[InboundRecord, PiiRequest]]) -> Outcome:
-        self._batch_keys, self._envelopes = {}, {}
+        memo = BatchMemo()
         outcome = Outcome()
         parsed = self._patient(parsed, outcome)
-        blocked, warmed = await self._warm_keys(parsed)
+        blocked, warmed = await self._warm_keys(parsed, memo)
         outcome.blocked += blocked
         waiting = {id(r) for r in outcome.blocked}
         requests = [(r, q) for r, q in parsed if id(r) not in waiting]
-        requests, out_of_budget, worn, sealing_keys = await self._claim_budget(requests, warmed)
+        requests, out_of_budget, worn, sealing_keys = await self._claim_budget(requests, warmed, memo)
         outcome.blocked += out_of_budget
         usage = Usage()
-        results = [self._serve(record, request, usage, sealing_keys.get(id(record))) for record, request in requests]
+        results = [self._serve(record, request, usage, sealing_keys.get(id(record)), memo)
+                   for record, request in requests]
         outcome.ops = _ops(usage)
         outcome.outputs = [Outgoing(Topic.PII_RESULTS.value, str(r["tenant_id"]).encode(), _json(r),
                                     cause=record.coordinates) for (record, _), r in zip(requests, results, strict=True)]
@@ -104,7 +118,7 @@ class PiiService:
 
     # --- keys ----------------------------------------------------------------
 
-    def _entries_needed(self, request: PiiRequest) -> list[KeyEntry]:
+    def _entries_needed(self, request: PiiRequest, memo: BatchMemo) -> list[KeyEntry]:
         entries = []
         if request.operation is not PiiOperation.DECRYPT:
             try:
@@ -114,19 +128,19 @@ class PiiService:
         if request.operation is not PiiOperation.ENCRYPT:
             for text in request.fields.values():
                 try:
-                    entries.append(self._keys.owned(request.tenant_id, self._envelope(text).key_id))
+                    entries.append(self._keys.owned(request.tenant_id, _envelope(text, memo).key_id))
                 except (EnvelopeError, KeyRefused):
                     pass  # answered per field in _serve
         return entries
 
-    async def _warm_keys(self, requests: Sequence[tuple[InboundRecord, PiiRequest]]
+    async def _warm_keys(self, requests: Sequence[tuple[InboundRecord, PiiRequest]], memo: BatchMemo
                          ) -> tuple[list[InboundRecord], set[str]]:
         """Unwrap every key this batch needs (one KMS call per missing key); records whose key can't be had yet wait.
         Refused keys are answered per field in _serve."""
         needed: dict[str, KeyEntry] = {}
         users: dict[str, list[InboundRecord]] = defaultdict(list)
         for record, request in requests:
-            for entry in self._entries_needed(request):
+            for entry in self._entries_needed(request, memo):
                 if entry.state is not KeyState.DESTROYED:
                     needed[entry.key_id] = entry
                     users[entry.key_id].append(record)
@@ -137,8 +151,8 @@ class PiiService:
                 blocked.update((id(r), r) for r in users[key_id])
         return list(blocked.values()), set(needed)
 
-    async def _claim_budget(self, requests: list[tuple[InboundRecord, PiiRequest]], warmed: set[str]
-                            ) -> tuple[list[tuple[InboundRecord, PiiRequest]], list[InboundRecord], list[KeyEntry],
+    async def _claim_budget(self, requests: list[tuple[InboundRecord, PiiRequest]], warmed: set[str],
+                            memo: BatchMemo) -> tuple[list[tuple[InboundRecord, PiiRequest]], list[InboundRecord], list[KeyEntry],
                                        dict[int, KeyEntry]]:
         """Charge each sealing request's fields to its active key's budget (keys/budget.py), in order.
 
@@ -160,7 +174,7 @@ class PiiService:
                 # spent, or the active version moved on (a rotation) since the keys were unwrapped: wait
                 waiting[id(record)] = record
                 continue
-            if self._batch_secret(entry.key_id) is None:
+            if self._batch_secret(entry.key_id, memo) is None:
                 continue  # refused by the KMS: answered per field in _serve, nothing to charge
             claims.append(Claim(entry.key_id, record.topic, record.partition, record.offset, len(request.fields)))
             claimants.append((record, entry))
@@ -179,8 +193,8 @@ class PiiService:
 
     # --- one request -----------------------------------------------------------
 
-    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage,
-               charged: KeyEntry | None) -> dict[str, object]:
+    def _serve(self, record: InboundRecord, request: PiiRequest, usage: Usage, charged: KeyEntry | None,
+               memo: BatchMemo) -> dict[str, object]:
         """`charged`: the key this request's seals were charged to (sealing requests that got a budget)."""
         active: KeyEntry | None = charged
         if request.operation is not PiiOperation.DECRYPT and active is None:
@@ -191,29 +205,32 @@ class PiiService:
         fields: dict[str, str] = {}
         errors: dict[str, dict[str, str]] = {}
         used: str | None = active.key_id if active else None
-        sealer = self._sealer(request, active)
+        sealer = self._sealer(request, active, memo)
         opener = None if request.operation is PiiOperation.ENCRYPT else RecordOpener(request.tenant_id, request.record_id)
         for path, value in request.fields.items():
             try:
-                fields[path], key_id = self._field(record, request, path, value, active, sealer, opener, usage)
+                fields[path], key_id = self._field(record, request, path, value, active, sealer, opener, usage,
+                                                  memo)
             except KeyledgerError as exc:
                 errors[path] = _error(exc.info())
             else:
                 used = used or key_id
         return _result(request, fields=fields, errors=errors or None, key_id=used)
 
-    def _sealer(self, request: PiiRequest, active: KeyEntry | None) -> RecordSealer | KeyRefused | None:
+    def _sealer(self, request: PiiRequest, active: KeyEntry | None, memo: BatchMemo
+                ) -> RecordSealer | KeyRefused | None:
         """What seals this request's fields (None for a decrypt), or why nothing can: answered per field."""
         if request.operation is PiiOperation.DECRYPT or active is None:
             return None
         try:
-            return RecordSealer(self._aead(active), active.key_id, request.tenant_id, request.record_id,
+            return RecordSealer(self._aead(active, memo), active.key_id, request.tenant_id, request.record_id,
                                 len(request.fields))
         except KeyRefused as exc:
             return exc
 
     def _field(self, record: InboundRecord, request: PiiRequest, path: str, value: str, active: KeyEntry | None,
-               sealer: RecordSealer | KeyRefused | None, opener: RecordOpener | None, usage: Usage) -> tuple[str, str]:
+               sealer: RecordSealer | KeyRefused | None, opener: RecordOpener | None, usage: Usage,
+               memo: BatchMemo) -> tuple[str, str]:
         """The field's output and the key that produced it."""
         if request.operation is PiiOperation.ENCRYPT:
             assert active is not None
@@ -221,7 +238,7 @@ class PiiService:
             usage.add(active, Op.ENCRYPT, record)
             return sealed, active.key_id
         assert opener is not None
-        plaintext, opened_with = self._open(record, request, path, value, opener, usage)
+        plaintext, opened_with = self._open(record, request, path, value, opener, usage, memo)
         if request.operation is PiiOperation.DECRYPT:
             return plaintext, opened_with
         assert active is not None
@@ -229,9 +246,9 @@ class PiiService:
         return _sealer_of(sealer).seal(path, plaintext), active.key_id
 
     def _open(self, record: InboundRecord, request: PiiRequest, path: str, value: str, opener: RecordOpener,
-              usage: Usage) -> tuple[str, str]:
+              usage: Usage, memo: BatchMemo) -> tuple[str, str]:
         try:
-            envelope = self._envelope(value)
+            envelope = _envelope(value, memo)
         except EnvelopeError as exc:
             raise KeyledgerError(str(exc), ErrorCode.MALFORMED_CIPHERTEXT) from None
         try:
@@ -242,26 +259,13 @@ class PiiService:
         if entry.state is KeyState.REVOKED and request.operation is PiiOperation.DECRYPT:
             raise KeyRefused(f"key {entry.key_id} is revoked: reencrypt to migrate", ErrorCode.KEY_REVOKED)
         try:
-            plaintext = opener.open(self._aead(entry), envelope, path)
+            plaintext = opener.open(self._aead(entry, memo), envelope, path)
         except EnvelopeError as exc:
             usage.add(entry, Op.DECRYPT, record, failed=True)
             raise KeyledgerError(str(exc), ErrorCode(exc.code)) from None
         if request.operation is PiiOperation.DECRYPT:
             usage.add(entry, Op.DECRYPT, record)
         return plaintext, entry.key_id
-
-    def _envelope(self, text: str) -> Envelope:
-        """`parse_envelope`, once per ciphertext a batch: finding the keys a batch needs parsed it already."""
-        parsed = self._envelopes.get(text)
-        if parsed is None:
-            try:
-                parsed = parse_envelope(text)
-            except EnvelopeError as exc:
-                parsed = exc
-            self._envelopes[text] = parsed
-        if isinstance(parsed, EnvelopeError):
-            raise parsed
-        return parsed
 
     def _deny(self, tenant_id: str, record: InboundRecord, usage: Usage) -> None:
         try:
@@ -270,18 +274,31 @@ class PiiService:
             return  # a tenant without keys has no account to record against; the result says why
         usage.add(own, Op.DENIED, record, failed=True)
 
-    def _batch_secret(self, key_id: str) -> object | None:
-        # per batch: the TTL cache's bookkeeping costs more than the AES-GCM of a short field
-        secret = self._batch_keys.get(key_id)
+    def _batch_secret(self, key_id: str, memo: BatchMemo) -> object | None:
+        secret = memo.secrets.get(key_id)
         if secret is None:
-            secret = self._batch_keys[key_id] = self._keys.cached_secret(key_id)
+            secret = memo.secrets[key_id] = self._keys.cached_secret(key_id)
         return secret
 
-    def _aead(self, entry: KeyEntry) -> AESGCM:
-        secret = self._batch_secret(entry.key_id)
+    def _aead(self, entry: KeyEntry, memo: BatchMemo) -> AESGCM:
+        secret = self._batch_secret(entry.key_id, memo)
         if not isinstance(secret, AESGCM):
             raise KeyRefused(f"key {entry.key_id} is not available", ErrorCode.KEY_NOT_FOUND)
         return secret
+
+
+def _envelope(text: str, memo: BatchMemo) -> Envelope:
+    """`parse_envelope`, once per ciphertext a batch."""
+    parsed = memo.envelopes.get(text)
+    if parsed is None:
+        try:
+            parsed = parse_envelope(text)
+        except EnvelopeError as exc:
+            parsed = exc
+        memo.envelopes[text] = parsed
+    if isinstance(parsed, EnvelopeError):
+        raise parsed
+    return parsed
 
 
 def _sealer_of(sealer: RecordSealer | KeyRefused | None) -> RecordSealer:
@@ -321,17 +338,21 @@ def _json(value: dict[str, object]) -> bytes:
 def _ops(usage: Usage) -> list[OpRecord]:
     """One transfer per (record, key, op, outcome); a redelivered record, however batched, lands on the
     same transfers (`exists`), so the ledger counts each field once."""
-    return [OpRecord(
-        transfer_id=ids.transfer_id(op, key_id, "fail" if failed else "ok", record.topic, record.partition,
-                                    record.offset),
-        tenant_id=tenant_id,
-        key_id=key_id,
-        op=op,
-        source=record,
-        count=count,
-        failed=failed,
-        reason="pii fields" if not failed else "refused",
-    ) for (record, tenant_id, key_id, op, failed), count in usage.counts.items()]
+    ops = []
+    for (record_key, tenant_id, key_id, op, failed), count in usage.counts.items():
+        record = usage.records[record_key]
+        ops.append(OpRecord(
+            transfer_id=ids.transfer_id(op, key_id, "fail" if failed else "ok", record.topic, record.partition,
+                                        record.offset),
+            tenant_id=tenant_id,
+            key_id=key_id,
+            op=op,
+            source=record,
+            count=count,
+            failed=failed,
+            reason="pii fields" if not failed else "refused",
+        ))
+    return ops
 
 
 def _rotation_tick(entry: KeyEntry) -> RotationTick:
