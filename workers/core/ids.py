@@ -113,7 +113,12 @@ def key_id_for(tenant_id: str, key_type: KeyType, version: int) -> str:
 
 def transfer_id(op: Op, key_id: str, *source: str | int) -> int:
     """Id of the transfer recording `op` on `key_id` caused by `source` (topic, partition, offset, ...)."""
-    return _hash_after(_encoded("transfer", Op(op).value, key_id), source)
+    return _hash_after(_transfer_prefix(op, key_id), source)
+
+
+@functools.lru_cache(maxsize=65_536)  # one per (op, key) in use: the hot paths make one transfer per record
+def _transfer_prefix(op: Op, key_id: str) -> bytes:
+    return _encoded("transfer", Op(op).value, key_id)
 
 
 @functools.lru_cache(maxsize=65_536)  # one per (op, key) in use: the hot paths make one transfer per record

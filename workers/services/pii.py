@@ -99,8 +99,9 @@ class PiiService:
         results = [self._serve(record, request, usage, sealing_keys.get(id(record)), memo)
                    for record, request in requests]
         outcome.ops = _ops(usage)
-        outcome.outputs = [Outgoing(Topic.PII_RESULTS.value, str(r["tenant_id"]).encode(), _json(r),
-                                    cause=record.coordinates) for (record, _), r in zip(requests, results, strict=True)]
+        topic = Topic.PII_RESULTS.value
+        outcome.outputs = [Outgoing(topic, request.tenant_id.encode(), _json(r), cause=record.coordinates)
+                           for (record, request), r in zip(requests, results, strict=True)]
         outcome.outputs += [Outgoing.of(Topic.ROTATION_TICKS, entry.tenant_id, _rotation_tick(entry)) for entry in worn]
         self.results += len(results)
         return outcome
