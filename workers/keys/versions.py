@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.errors import ErrorCode
@@ -38,16 +38,19 @@ log = logging.getLogger("keyledger.versions")
 
 @dataclass(slots=True)
 class VersionPlan:
+    """A key version to make durable. Never changed once made: `key_id` is derived once (a rotation
+    looks it up a dozen times, and each derivation is a hash)."""
+
     record: InboundRecord
     tenant_id: str
     key_type: KeyType
     version: int
     kms_key_id: str | None
     kms_provider: str | None = None  # None: where new keys go (KEYLEDGER_KMS_PROVIDER)
+    key_id: str = field(init=False)
 
-    @property
-    def key_id(self) -> str:
-        return ids.key_id_for(self.tenant_id, self.key_type, self.version)
+    def __post_init__(self) -> None:
+        self.key_id = ids.key_id_for(self.tenant_id, self.key_type, self.version)
 
 
 class VersionMaker:
