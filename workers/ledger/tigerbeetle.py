@@ -21,6 +21,7 @@ become LedgerError.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Sequence
@@ -85,9 +86,13 @@ class TigerBeetleLedger:
         return await self._in_requests(self._create_transfers, transfers, chains=True)
 
     async def _create_transfers(self, transfers: list[Transfer]) -> list[CreateTransferResult]:
-        """The client's create_transfers with each event packed in one struct call (_PackedTransfer)."""
+        """The client's create_transfers, its events packed into one array here (`packed_transfers`) and
+        handed over as the request's one element: the client copies that array whole, where it would
+        convert and copy each event in Python. The server reads the same bytes either way (the ledger
+        contract suite runs this adapter against a real TigerBeetle)."""
+        events = packed_transfers(transfers)
         return await self._client._submit(  # type: ignore[no-any-return]
-            tb_bindings.Operation.CREATE_TRANSFERS, transfers, _PackedTransfer, tb_bindings.CCreateTransferResult)
+            tb_bindings.Operation.CREATE_TRANSFERS, [events], type(events), tb_bindings.CCreateTransferResult)
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
         return await self._in_requests(self._client.lookup_accounts, ids, chains=False)
@@ -171,22 +176,24 @@ _U64 = 2**64 - 1
 _TRANSFER = struct.Struct("<12QQIIIHHQ")
 
 
-class _PackedTransfer(tb_bindings.CTransfer):
-    """CTransfer built from one `struct.pack`: the client's own from_param validates and converts each
-    field in Python (~20 us a transfer, one transfer per signed span). struct refuses what the ranges
-    refuse (a negative or too large integer), which becomes LedgerError like the client's own check."""
+def packed_transfers(transfers: Sequence[Transfer]) -> ctypes.Array[tb_bindings.CTransfer]:
+    """`transfers` as one C array of CTransfer, from one buffer of one `struct.pack` each: the client's
+    own from_param validates and converts each field in Python (~20 us a transfer, one transfer per
+    signed span), and building the array from one struct per event costs another ~0.7 us a transfer."""
+    return (tb_bindings.CTransfer * len(transfers)).from_buffer_copy(b"".join([_packed(t) for t in transfers]))
 
-    @classmethod
-    def from_param(cls, t: Transfer) -> _PackedTransfer:
-        try:
-            raw = _TRANSFER.pack(
-                t.id & _U64, t.id >> 64, t.debit_account_id & _U64, t.debit_account_id >> 64,
-                t.credit_account_id & _U64, t.credit_account_id >> 64, t.amount & _U64, t.amount >> 64,
-                t.pending_id & _U64, t.pending_id >> 64, t.user_data_128 & _U64, t.user_data_128 >> 64,
-                t.user_data_64, t.user_data_32, t.timeout, t.ledger, t.code, t.flags, t.timestamp)
-        except struct.error as exc:
-            raise LedgerError(f"TigerBeetle refuses the request: a transfer field is out of range ({exc})") from None
-        return cls.from_buffer_copy(raw)
+
+def _packed(t: Transfer) -> bytes:
+    """The CTransfer bytes of `t`. struct refuses what the client's ranges refuse (a negative or too large
+    integer), which becomes LedgerError like the client's own check."""
+    try:
+        return _TRANSFER.pack(
+            t.id & _U64, t.id >> 64, t.debit_account_id & _U64, t.debit_account_id >> 64,
+            t.credit_account_id & _U64, t.credit_account_id >> 64, t.amount & _U64, t.amount >> 64,
+            t.pending_id & _U64, t.pending_id >> 64, t.user_data_128 & _U64, t.user_data_128 >> 64,
+            t.user_data_64, t.user_data_32, t.timeout, t.ledger, t.code, t.flags, t.timestamp)
+    except struct.error as exc:
+        raise LedgerError(f"TigerBeetle refuses the request: a transfer field is out of range ({exc})") from None
 
 
 def _request_end(events: Sequence[E], start: int, size: int, chains: bool) -> int:
