@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import ErrorCode
+from workers.core import canonical
 from workers.core.canonical import CanonicalizationError, NotIJson, canonical_json, loads_ijson, plain_json_loads
 
 ALPHABET = ["a", "B", "z", "0", "é", "ü", "\u2028", "\x00", "\x1f", "\x7f", '"', "\\", "/", "\n", "€", "😀",
@@ -180,3 +181,23 @@ def test_what_the_fast_reader_leaves_to_the_exact_one_reads_exactly(read, raw):
 def test_a_wide_integer_anywhere_is_read_exactly(read, number, where):
     raw = where.replace(b"%s", number)
     assert read(raw) == json.loads(raw)
+
+
+
+_plain_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'),
+                      max_size=5)
+_ascii_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+              st.floats(allow_nan=False, allow_infinity=False), _plain_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_plain_text, inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_ascii_json)
+def test_plainness_of_ascii_text_looks_at_the_values_alone_and_says_the_same(value):
+    raw = json.dumps(value).encode()  # ASCII, and without a backslash: the fast reader's text
+    parsed = json.loads(raw)
+    assert canonical._plain_values(parsed) == canonical._plain(parsed)
+    assert plain_json_loads(raw) == (parsed, canonical._plain(parsed))

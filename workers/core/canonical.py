@@ -188,6 +188,25 @@ def _plain(value: Any) -> bool:
     return True
 
 
+def _plain_values(value: Any) -> bool:
+    """`_plain` for a value parsed from ASCII JSON text: its names are ASCII strings already, so only the
+    values are looked at (a signed span has ~18 names)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is int:
+            if not -_SAFE_INT <= item <= _SAFE_INT:
+                return False
+        elif not (kind is str or kind is bool or item is None):
+            return False
+    return True
+
+
 class _Scan(threading.local):
     """Whether the value being parsed is plain; per thread, so one decoder serves every caller."""
 
@@ -223,9 +242,12 @@ def plain_json_loads(raw: bytes) -> tuple[Any, bool]:
     """
     value = _fast_loads(raw)
     if value is not _MISS:
-        plain = _plain(value)  # a wide integer is a float to orjson, so only a value that is not plain may hold one
+        ascii_text = raw.isascii()
+        # ASCII text has ASCII names only, so only the values need a look; a wide integer is a float to
+        # orjson, so only a value that is not plain may hold one
+        plain = _plain_values(value) if ascii_text else _plain(value)
         if plain or not _wide_integer(raw):
-            return value, plain and raw.isascii()
+            return value, plain and ascii_text
     text = _text(raw)
     _scan.plain = True
     value = _decode(text, _PLAIN_SCAN, _PLAIN_SCAN_NO_HOOK)
