@@ -45,10 +45,9 @@ FAILURE_BIT = 1 << 16  # set in a transfer's user_data_32 when the outcome was a
 _PERSON = b"keyledger-v1"
 
 
-def _hash128(label: str, *parts: str | int, prefix: bytes = b"") -> int:
-    """BLAKE2b-128 of the length-prefixed parts (`prefix`: the already framed leading parts, instead of
-    `label`)."""
-    return _hash_after(prefix or _framed(label), parts)
+def _hash128(label: str, *parts: str | int) -> int:
+    """BLAKE2b-128 of the length-prefixed parts, `label` first."""
+    return _hash_after(_framed(label), parts)
 
 
 def _hash_after(prefix: bytes, parts: tuple[str | int, ...]) -> int:
@@ -56,21 +55,16 @@ def _hash_after(prefix: bytes, parts: tuple[str | int, ...]) -> int:
     # hot paths (one transfer per signed span or PII record) share their prefix with every other record
     state = _seeded(prefix).copy()
     framed: list[bytes] = []
-    add = framed.append
     for part in parts:
         if type(part) is str and len(part) <= _SHORT:
-            add(_framed_short(part))
-        else:
+            framed.append(_framed_short(part))
+        else:  # a long text, or an int as its decimal digits (the bytes str() writes)
             raw = b"%d" % part if type(part) is int else str(part).encode()
-            add(_LENGTH(len(raw)))
-            add(raw)
+            framed += (_LENGTH(len(raw)), raw)
     state.update(b"".join(framed))
     value = int.from_bytes(state.digest(), "big")
     # 0 and 2^128-1 are reserved by TigerBeetle; hitting them is ~2^-127 likely
     return value if 0 < value < U128_MAX else 1
-
-
-_LENGTH = struct.Struct(">I").pack
 
 
 @functools.lru_cache(maxsize=65_536)  # one per (purpose, key) in use
@@ -78,21 +72,27 @@ def _seeded(prefix: bytes) -> hashlib.blake2b:
     return hashlib.blake2b(prefix, digest_size=16, person=_PERSON)
 
 
-def _framed(part: str) -> bytes:
-    """One part as hashed: its UTF-8 length in 4 big-endian bytes, then the UTF-8."""
-    if len(part) <= _SHORT:
-        return _framed_short(part)
-    raw = part.encode()
+def _frame(raw: bytes) -> bytes:
+    """One part as hashed: its length in 4 big-endian bytes, then the part."""
     return _LENGTH(len(raw)) + raw
 
 
+_LENGTH = struct.Struct(">I").pack
 _SHORT = 64  # topic names, labels, outcomes: framed once each
+
+
+def _framed(part: str) -> bytes:
+    return _framed_short(part) if len(part) <= _SHORT else _frame(part.encode())
 
 
 @functools.lru_cache(maxsize=4096)
 def _framed_short(part: str) -> bytes:
-    raw = part.encode()
-    return len(raw).to_bytes(4, "big") + raw
+    return _frame(part.encode())
+
+
+def _frames(*parts: str) -> bytes:
+    """The bytes `_hash128` hashes for these leading parts."""
+    return b"".join(map(_framed, parts))
 
 
 @functools.lru_cache(maxsize=65_536)  # asked once per audited operation, of a few hot tenants
@@ -118,13 +118,7 @@ def transfer_id(op: Op, key_id: str, *source: str | int) -> int:
 
 @functools.lru_cache(maxsize=65_536)  # one per (op, key) in use: the hot paths make one transfer per record
 def _transfer_prefix(op: Op, key_id: str) -> bytes:
-    return _encoded("transfer", Op(op).value, key_id)
-
-
-@functools.lru_cache(maxsize=65_536)  # one per (op, key) in use: the hot paths make one transfer per record
-def _encoded(*parts: str) -> bytes:
-    """The length-prefixed bytes `_hash128` hashes for these leading parts."""
-    return b"".join(_framed(part) for part in parts)
+    return _frames("transfer", Op(op).value, key_id)
 
 
 def event_id(kind: str, key_id: str) -> str:
@@ -203,4 +197,9 @@ def budget_account_id(key_id: str) -> int:
 
 def budget_transfer_id(kind: str, key_id: str, *source: str | int) -> int:
     """A budget funding (`fund`) or debit (`seal`) transfer, derived from the key and what caused it."""
-    return _hash_after(_encoded("budget-" + kind, key_id), source)
+    return _hash_after(_budget_prefix(kind, key_id), source)
+
+
+@functools.lru_cache(maxsize=65_536)  # one per (kind, key) in use: a PII record's seals make one debit
+def _budget_prefix(kind: str, key_id: str) -> bytes:
+    return _frames("budget-" + kind, key_id)
