@@ -165,7 +165,10 @@ def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
         raise CanonicalizationError("a string or value that is not valid Unicode JSON") from None
 
 
-def _plain(value: Any) -> bool:
+def _plain(value: Any, names_ascii: bool = False) -> bool:
+    """No floats, integers in the safe range only, names below U+D800. `names_ascii`: the value was
+    parsed from ASCII text, so its names are ASCII strings already and only the values need a look
+    (a signed span has ~18 names)."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -177,32 +180,14 @@ def _plain(value: Any) -> bool:
                 continue
             return False
         if kind is dict:
-            for key in item:
-                if type(key) is not str or not (key.isascii() or max(key) < "\ud800"):
-                    return False
+            if not names_ascii:
+                for key in item:
+                    if type(key) is not str or not (key.isascii() or max(key) < "\ud800"):
+                        return False
             stack.extend(item.values())
         elif kind is list:
             stack.extend(item)
         else:
-            return False
-    return True
-
-
-def _plain_values(value: Any) -> bool:
-    """`_plain` for a value parsed from ASCII JSON text: its names are ASCII strings already, so only the
-    values are looked at (a signed span has ~18 names)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            stack.extend(item.values())
-        elif kind is list:
-            stack.extend(item)
-        elif kind is int:
-            if not -_SAFE_INT <= item <= _SAFE_INT:
-                return False
-        elif not (kind is str or kind is bool or item is None):
             return False
     return True
 
@@ -245,7 +230,7 @@ def plain_json_loads(raw: bytes) -> tuple[Any, bool]:
         ascii_text = raw.isascii()
         # ASCII text has ASCII names only, so only the values need a look; a wide integer is a float to
         # orjson, so only a value that is not plain may hold one
-        plain = _plain_values(value) if ascii_text else _plain(value)
+        plain = _plain(value, names_ascii=ascii_text)
         if plain or not _wide_integer(raw):
             return value, plain and ascii_text
     text = _text(raw)
