@@ -71,11 +71,31 @@ class BatchMemo:
     AES-GCM of a short field) and parsed ciphertexts (finding the keys a batch needs parses them already).
     One per call, never on the service: pipelined batches are served concurrently."""
 
-    __slots__ = ("secrets", "envelopes")
+    __slots__ = ("_keys", "_secrets", "_envelopes")
 
-    def __init__(self) -> None:
-        self.secrets: dict[str, object] = {}
-        self.envelopes: dict[str, Envelope | EnvelopeError] = {}
+    def __init__(self, keys: KeyService) -> None:
+        self._keys = keys
+        self._secrets: dict[str, object] = {}
+        self._envelopes: dict[str, Envelope | EnvelopeError] = {}
+
+    def secret(self, key_id: str) -> object | None:
+        secret = self._secrets.get(key_id)
+        if secret is None:
+            secret = self._secrets[key_id] = self._keys.cached_secret(key_id)
+        return secret
+
+    def envelope(self, text: str) -> Envelope:
+        """`parse_envelope` of `text`, once."""
+        parsed = self._envelopes.get(text)
+        if parsed is None:
+            try:
+                parsed = parse_envelope(text)
+            except EnvelopeError as exc:
+                parsed = exc
+            self._envelopes[text] = parsed
+        if isinstance(parsed, EnvelopeError):
+            raise parsed
+        return parsed
 
 
 class PiiService:
@@ -86,7 +106,7 @@ class PiiService:
         self.results = 0
 
     async def serve(self, parsed: Sequence[tuple[InboundRecord, PiiRequest]]) -> Outcome:
-        memo = BatchMemo()
+        memo = BatchMemo(self._keys)
         outcome = Outcome()
         parsed = self._patient(parsed, outcome)
         blocked, warmed = await self._warm_keys(parsed, memo)
@@ -129,7 +149,7 @@ class PiiService:
         if request.operation is not PiiOperation.ENCRYPT:
             for text in request.fields.values():
                 try:
-                    entries.append(self._keys.owned(request.tenant_id, _envelope(text, memo).key_id))
+                    entries.append(self._keys.owned(request.tenant_id, memo.envelope(text).key_id))
                 except (EnvelopeError, KeyRefused):
                     pass  # answered per field in _serve
         return entries
@@ -175,7 +195,7 @@ class PiiService:
                 # spent, or the active version moved on (a rotation) since the keys were unwrapped: wait
                 waiting[id(record)] = record
                 continue
-            if self._batch_secret(entry.key_id, memo) is None:
+            if memo.secret(entry.key_id) is None:
                 continue  # refused by the KMS: answered per field in _serve, nothing to charge
             claims.append(Claim(entry.key_id, record.topic, record.partition, record.offset, len(request.fields)))
             claimants.append((record, entry))
@@ -249,7 +269,7 @@ class PiiService:
     def _open(self, record: InboundRecord, request: PiiRequest, path: str, value: str, opener: RecordOpener,
               usage: Usage, memo: BatchMemo) -> tuple[str, str]:
         try:
-            envelope = _envelope(value, memo)
+            envelope = memo.envelope(value)
         except EnvelopeError as exc:
             raise KeyledgerError(str(exc), ErrorCode.MALFORMED_CIPHERTEXT) from None
         try:
@@ -275,31 +295,11 @@ class PiiService:
             return  # a tenant without keys has no account to record against; the result says why
         usage.add(own, Op.DENIED, record, failed=True)
 
-    def _batch_secret(self, key_id: str, memo: BatchMemo) -> object | None:
-        secret = memo.secrets.get(key_id)
-        if secret is None:
-            secret = memo.secrets[key_id] = self._keys.cached_secret(key_id)
-        return secret
-
     def _aead(self, entry: KeyEntry, memo: BatchMemo) -> AESGCM:
-        secret = self._batch_secret(entry.key_id, memo)
+        secret = memo.secret(entry.key_id)
         if not isinstance(secret, AESGCM):
             raise KeyRefused(f"key {entry.key_id} is not available", ErrorCode.KEY_NOT_FOUND)
         return secret
-
-
-def _envelope(text: str, memo: BatchMemo) -> Envelope:
-    """`parse_envelope`, once per ciphertext a batch."""
-    parsed = memo.envelopes.get(text)
-    if parsed is None:
-        try:
-            parsed = parse_envelope(text)
-        except EnvelopeError as exc:
-            parsed = exc
-        memo.envelopes[text] = parsed
-    if isinstance(parsed, EnvelopeError):
-        raise parsed
-    return parsed
 
 
 def _sealer_of(sealer: RecordSealer | KeyRefused | None) -> RecordSealer:
