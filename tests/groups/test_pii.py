@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from Crypto.Cipher import AES
@@ -157,3 +158,21 @@ async def test_plaintexts_never_reach_logs_or_the_dlq(harness, caplog):
     assert SECRET not in caplog.text
     for letter in captured.values("kms.dlq"):
         assert SECRET not in json.dumps({k: v for k, v in letter.items() if k != "payload"})
+
+
+async def test_a_batch_seals_with_nonces_drawn_by_the_block_and_no_nonce_twice(harness, monkeypatch):
+    import workers.core.envelope as envelope
+
+    context, broker, captured = harness
+    drawn: list[int] = []
+    real = envelope.os.urandom  # counted where the seals draw it, not for the whole process
+    monkeypatch.setattr(envelope, "os", SimpleNamespace(urandom=lambda size: drawn.append(size) or real(size)))
+    records = [inbound("pii.requests", "acme", request("acme", "encrypt", {"a": "1", "b": "2", "c": "3"},
+                                                       record_id=f"r{n}", job_id=f"j{n}"), offset=n)
+               for n in range(50)]
+    assert await context.groups["keyledger-pii"].handle(records) == []
+    results = captured.values("pii.results")[-50:]
+    assert sorted(r["record_id"] for r in results) == sorted(f"r{n}" for n in range(50))
+    nonces = {base64.urlsafe_b64decode(t.split(".")[2] + "==")[:12] for r in results for t in r["fields"].values()}
+    assert len(nonces) == 150
+    assert len(drawn) == 2 and sum(drawn) >= 150 * 12  # 150 nonces in two draws, not one a record

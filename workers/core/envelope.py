@@ -76,7 +76,7 @@ def field_aad(tenant_id: str, record_id: str, field: str, key_id: str) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         # only a lone surrogate in a path or id gets here; such a field can never be sealed
-        raise EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
+        raise _not_unicode() from None
 
 
 def seal_field(aead: AESGCM, key_id: str, tenant_id: str, record_id: str, field: str, plaintext: str,
@@ -96,29 +96,56 @@ def seal_field(aead: AESGCM, key_id: str, tenant_id: str, record_id: str, field:
     return f"{PREFIX}{key_id}.{b64url_encode(nonce + sealed)}"
 
 
+class NoncePool:
+    """GCM nonces cut from one `os.urandom` block at a time: each nonce is 12 bytes fresh from the OS
+    generator, and none is handed out twice (the cursor only moves forward and a spent block is never
+    read again). One `os.urandom` call costs about what 36 bytes of it do, so a pool serves many records.
+    Not shared between threads or across a fork: the PII service makes one per `serve` call."""
+
+    __slots__ = ("_block", "_at", "_block_bytes")
+
+    def __init__(self, nonces_per_block: int = 100) -> None:
+        if not 1 <= nonces_per_block <= 65_536:
+            raise ValueError("a nonce block holds 1..65536 nonces")
+        self._block_bytes = NONCE_BYTES * nonces_per_block
+        self._block = b""
+        self._at = 0
+
+    def take(self, count: int) -> bytes:
+        """`count` nonces, concatenated: `count * 12` bytes no other call gets."""
+        size = NONCE_BYTES * count
+        at = self._at
+        if at + size > len(self._block):
+            self._block, at = os.urandom(max(size, self._block_bytes)), 0
+        self._at = at + size
+        return self._block[at:at + size]
+
+
 class RecordSealer:
     """`seal_field` for the fields of one record under one key, with what they share made once: the key
     id checked, the AAD's tail after the field name (JCS orders `field` first, so the tail is the same
-    for every field of the record), and the nonces, cut from one `os.urandom` call (12 fresh random
-    bytes each, as from one call per field; none is ever handed out twice). Same output format, same
-    refusals as `seal_field`."""
+    for every field of the record), and the nonces, taken at once from `nonces` (a batch's pool) or else
+    from one `os.urandom` call (12 fresh random bytes each, as from one call per field; none is ever
+    handed out twice). Same output format, same refusals as `seal_field`."""
 
     __slots__ = ("_aead", "_key_id", "_prefix", "_tail", "_nonces", "_next")
 
-    def __init__(self, aead: AESGCM, key_id: str, tenant_id: str, record_id: str, fields: int) -> None:
-        if not _KEY_ID.fullmatch(key_id):
+    def __init__(self, aead: AESGCM, key_id: str, tenant_id: str, record_id: str, fields: int,
+                 nonces: NoncePool | None = None) -> None:
+        if not _is_key_id(key_id):
             raise ValueError("key_id must be 32 lowercase hex characters")
         if fields < 0:
             raise ValueError("a record has no negative number of fields")
         self._aead = aead
         self._key_id = key_id
         self._prefix = f"{PREFIX}{key_id}."
-        tail = f',"key_id":{_json_string(key_id)},"record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'
+        # 32 lowercase hex characters need no JSON escaping
+        tail = f',"key_id":"{key_id}","record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'
         try:
             self._tail: bytes | None = tail.encode()
         except UnicodeEncodeError:
             self._tail = None  # a lone surrogate in the record id: every field is refused, as by field_aad
-        self._nonces = os.urandom(NONCE_BYTES * fields)
+        self._nonces = os.urandom(NONCE_BYTES * fields) if nonces is None else nonces.take(fields)
         self._next = 0
 
     def seal(self, field: str, plaintext: str) -> str:
@@ -128,13 +155,15 @@ class RecordSealer:
             raise EnvelopeError("field value is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
         if len(raw) > MAX_FIELD_BYTES:
             raise EnvelopeError(f"field value of {len(raw)} bytes exceeds {MAX_FIELD_BYTES}", ErrorCode.OVERSIZED)
-        aad = _joined_aad(f'{{"field":{_json_string(field)}', self._tail)
+        head = _FIELD_HEADS.get(field) or _field_head(field)
+        if self._tail is None:
+            raise _not_unicode()
         at = self._next
         if at + NONCE_BYTES > len(self._nonces):  # more fields than announced: fresh bytes, never a reuse
             self._nonces, at = os.urandom(NONCE_BYTES), 0
         nonce = self._nonces[at:at + NONCE_BYTES]
         self._next = at + NONCE_BYTES
-        sealed = self._aead.encrypt(nonce, raw, aad)
+        sealed = self._aead.encrypt(nonce, raw, head + self._tail)
         return self._prefix + b64url_encode(nonce + sealed)
 
 
@@ -178,32 +207,50 @@ def open_field(aead: AESGCM, envelope: Envelope, tenant_id: str, record_id: str,
 
 
 class RecordOpener:
-    """`open_field` for the fields of one record, with the AAD's tail after the key id (`record_id`,
-    `tenant_id`: the same for every field of the record) made once. Same answers as `open_field`."""
+    """`open_field` for the fields of one record, with the AAD's tail after the field name (key id,
+    `record_id`, `tenant_id`) made once per key the record's fields name. Same answers as `open_field`."""
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_record", "_tails")
 
     def __init__(self, tenant_id: str, record_id: str) -> None:
         try:
-            self._tail: bytes | None = f'","record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'.encode()
+            self._record: bytes | None = f'","record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'.encode()
         except UnicodeEncodeError:
-            self._tail = None  # a lone surrogate: no field of this record was ever sealed
+            self._record = None  # a lone surrogate: no field of this record was ever sealed
+        self._tails: dict[str, bytes] = {}
 
     def open(self, aead: AESGCM, envelope: Envelope, field: str) -> str:
-        # a parsed key id is 32 lowercase hex characters: JSON needs no escaping for it
-        aad = _joined_aad(f'{{"field":{_json_string(field)},"key_id":"{envelope.key_id}', self._tail)
-        return _utf8(_decrypt(aead, envelope.nonce, envelope.sealed, aad))
+        head = _FIELD_HEADS.get(field) or _field_head(field)
+        tail = self._tails.get(envelope.key_id)
+        if tail is None:
+            if self._record is None:
+                raise _not_unicode()
+            # a parsed key id is 32 lowercase hex characters: JSON needs no escaping for it
+            tail = self._tails[envelope.key_id] = f',"key_id":"{envelope.key_id}'.encode() + self._record
+        return _utf8(_decrypt(aead, envelope.nonce, envelope.sealed, head + tail))
 
 
-def _joined_aad(head: str, tail: bytes | None) -> bytes:
-    """A field's AAD from its own head and its record's tail (None: the record's ids are not valid Unicode)."""
+# The AAD's head, `{"field":<JSON of the path>`, by path: a record's fields are named as the last record's
+# were. Bounded: paths longer than a schema's names are not kept, and the table is emptied when full.
+_FIELD_HEADS: dict[str, bytes] = {}
+_FIELD_HEADS_MAX = 4096
+_CACHED_PATH_CHARS = 256
+
+
+def _field_head(field: str) -> bytes:
     try:
-        encoded = head.encode()
+        head = f'{{"field":{_json_string(field)}'.encode()
     except UnicodeEncodeError:
-        encoded = None
-    if encoded is None or tail is None:
-        raise EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE)
-    return encoded + tail
+        raise _not_unicode() from None
+    if len(field) <= _CACHED_PATH_CHARS:
+        if len(_FIELD_HEADS) >= _FIELD_HEADS_MAX:
+            _FIELD_HEADS.clear()
+        _FIELD_HEADS[field] = head
+    return head
+
+
+def _not_unicode() -> EnvelopeError:
+    return EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE)
 
 
 def _utf8(raw: bytes) -> str:

@@ -41,7 +41,7 @@ from schemas.messages import (
 )
 from schemas.topics import Topic
 from workers.core import ids
-from workers.core.envelope import Envelope, EnvelopeError, RecordOpener, RecordSealer, parse_envelope
+from workers.core.envelope import Envelope, EnvelopeError, NoncePool, RecordOpener, RecordSealer, parse_envelope
 from workers.errors import KeyledgerError, KeyRefused
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord
@@ -67,14 +67,16 @@ class Usage:
 
 
 class BatchMemo:
-    """What one `serve` call looks up once: key secrets (the TTL cache's bookkeeping costs more than the
-    AES-GCM of a short field) and parsed ciphertexts (finding the keys a batch needs parses them already).
-    One per call, never on the service: pipelined batches are served concurrently."""
+    """What one `serve` call looks up or draws once: key secrets (the TTL cache's bookkeeping costs more than
+    the AES-GCM of a short field), parsed ciphertexts (finding the keys a batch needs parses them already)
+    and the nonces its seals take (one `os.urandom` call for many records). One per call, never on the
+    service: pipelined batches are served concurrently."""
 
-    __slots__ = ("_keys", "_secrets", "_envelopes")
+    __slots__ = ("_keys", "_secrets", "_envelopes", "nonces")
 
     def __init__(self, keys: KeyService) -> None:
         self._keys = keys
+        self.nonces = NoncePool()
         self._secrets: dict[str, object] = {}
         self._envelopes: dict[str, Envelope | EnvelopeError] = {}
 
@@ -245,7 +247,7 @@ class PiiService:
             return None
         try:
             return RecordSealer(self._aead(active, memo), active.key_id, request.tenant_id, request.record_id,
-                                len(request.fields))
+                                len(request.fields), memo.nonces)
         except KeyRefused as exc:
             return exc
 
