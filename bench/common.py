@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import boto3
 
@@ -52,13 +53,39 @@ def broker() -> Iterator[str]:
         yield embedded.bootstrap
 
 
+class CpuSplit(NamedTuple):
+    """CPU seconds of a process by where they ran: its main thread (the event loop: Python, aiokafka) in user
+    and in kernel mode, and every other thread (the TigerBeetle client's, executor threads)."""
+
+    main_user: float
+    main_kernel: float
+    other_threads: float
+
+    @property
+    def total(self) -> float:
+        return self.main_user + self.main_kernel + self.other_threads
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _ticks(stat: str) -> tuple[float, float]:
+    """(user, kernel) CPU seconds from a /proc stat file."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
 class Worker:
     """`keyledger run` as its own process, as an operator runs it."""
 
+    started = 0
+
     def __init__(self, bootstrap: str, kms: tuple[str, str], *groups: str, **env: str) -> None:
         self.log = Path(tempfile.mkstemp(prefix="keyledger-bench-", suffix=".log")[1])
-        profile = os.environ.get("BENCH_PROFILE")  # a path: the worker runs under cProfile and writes it there
-        runner = ["-m", "cProfile", "-o", profile] if profile else []
+        Worker.started += 1
+        # BENCH_PROFILE=path: each worker runs under cProfile and writes path.<n>.<groups> (bench/where.py reads it)
+        profile = os.environ.get("BENCH_PROFILE")
+        runner = ["-m", "cProfile", "-o", f"{profile}.{Worker.started}.{'+'.join(groups)}"] if profile else []
         args = [sys.executable, *runner, "-m", "workers.app.cli", "run"] + [a for g in groups for a in ("--group", g)]
         environment = {
             **os.environ,
@@ -69,27 +96,30 @@ class Worker:
             **env,
         }
         self.process = subprocess.Popen(args, env=environment, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        self._samples: list[tuple[float, float]] = []  # (wall clock, CPU seconds of the process so far)
+        self._samples: list[tuple[float, CpuSplit]] = []  # (wall clock, CPU of the process so far)
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
     def _sample(self) -> None:
-        ticks = os.sysconf("SC_CLK_TCK")
-        stat = Path(f"/proc/{self.process.pid}/stat")
+        pid = self.process.pid
         while self.process.poll() is None:
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
+                total, main = _ticks(f"/proc/{pid}/stat"), _ticks(f"/proc/{pid}/task/{pid}/stat")
             except OSError:
                 return
-            self._samples.append((time.time(), (int(fields[11]) + int(fields[12])) / ticks))  # utime + stime
+            self._samples.append((time.time(), CpuSplit(main[0], main[1], total[0] + total[1] - main[0] - main[1])))
             time.sleep(0.05)
 
-    def cpu_seconds(self, start: float, end: float) -> float:
-        """CPU the worker used between two wall-clock times (from samples every 50 ms)."""
-        def at(moment: float) -> float:
+    def cpu_split(self, start: float, end: float) -> CpuSplit:
+        """CPU the worker used between two wall-clock times (from samples every 50 ms), by where it ran."""
+        def at(moment: float) -> CpuSplit:
             before = [cpu for t, cpu in self._samples if t <= moment]
-            return before[-1] if before else 0.0
-        return at(end) - at(start)
+            return before[-1] if before else CpuSplit(0.0, 0.0, 0.0)
+        first, last = at(start), at(end)
+        return CpuSplit(*(b - a for a, b in zip(first, last, strict=True)))
+
+    def cpu_seconds(self, start: float, end: float) -> float:
+        return self.cpu_split(start, end).total
 
     def stop(self) -> dict:
         self.process.send_signal(signal.SIGTERM)

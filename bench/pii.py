@@ -28,9 +28,10 @@ def record(i: int) -> tuple[bytes, bytes]:
     return tenant.encode(), json.dumps(body).encode()
 
 
-async def pass_through(bootstrap: str, records: list[tuple[bytes, bytes]]) -> tuple[float, float]:
+async def pass_through(bootstrap: str, records: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
     """Consume, produce the same records durably, commit: what any worker pays before doing any work.
-    Records/s, and microseconds of this process's CPU a record (it runs nothing else meanwhile)."""
+    Records/s, and microseconds of this process's CPU a record (it runs nothing else meanwhile), of it in
+    the kernel."""
     await produce(bootstrap, "bench.pass-in", records)
     compat.install()
     consumer = AIOKafkaConsumer("bench.pass-in", bootstrap_servers=bootstrap, group_id="bench-pass",
@@ -42,17 +43,19 @@ async def pass_through(bootstrap: str, records: list[tuple[bytes, bytes]]) -> tu
                                 max_request_size=settings.kafka_producer_batch_bytes * 2)
     await consumer.start()
     await producer.start()
-    done, start, cpu = 0, None, 0.0
+    done, start, cpu = 0, None, os.times()
     try:
         while done < len(records):
             batches = await consumer.getmany(timeout_ms=100, max_records=Settings().kafka_batch_max)
             if start is None:
-                start, cpu = time.perf_counter(), time.process_time()
+                start, cpu = time.perf_counter(), os.times()
             futures = [await producer.send("bench.pass-out", r.value, key=r.key) for rs in batches.values() for r in rs]
             await asyncio.gather(*futures)
             await consumer.commit()
             done += len(futures)
-        return done / (time.perf_counter() - start), (time.process_time() - cpu) * 1e6 / done
+        seconds, now = time.perf_counter() - start, os.times()
+        user, kernel = now.user - cpu.user, now.system - cpu.system
+        return done / seconds, (user + kernel) * 1e6 / done, kernel * 1e6 / done
     finally:
         await consumer.stop()
         await producer.stop()
@@ -73,12 +76,14 @@ async def serve(bootstrap: str, kms: tuple[str, str], ledger: dict[str, str], op
     failed = sum(1 for r in results if b'"error"' in r.value or b'"errors"' in r.value)
     stamps = sorted(r.timestamp for r in results)
     seconds = max((stamps[-1] - stamps[0]) / 1000, 1e-3)
-    cpu = worker.cpu_seconds(stamps[0] / 1000, stamps[-1] / 1000)
+    split = worker.cpu_split(stamps[0] / 1000, stamps[-1] / 1000)
+    cpu = split.total
     if shared is None:
         worker.stop()
     megabytes = sum(len(v) for _, v in requests) / 1e6
     return {"records": len(results), "failed": failed, "per_s": len(results) / seconds, "seconds": seconds,
             "cpu_s": cpu, "cpu_us_per_record": cpu * 1e6 / len(results), "mb_per_s": megabytes / seconds,
+            **{f"{part}_us_per_record": value * 1e6 / len(results) for part, value in split._asdict().items()},
             "millicores_per_mb_s": 1000 * cpu / megabytes}, results
 
 
@@ -124,24 +129,29 @@ async def run(count: int) -> dict:
                             ["bench.pass-in", "bench.pass-out", "tenants.created", "keys.events", "keys.material",
                              "kms.audit", "kms.dlq", "pii.requests", "pii.results", "keys.rotation-ticks"])
         say(f"pii: transport floor, {count} records of {size:,.0f} bytes consumed and produced by plain aiokafka")
-        floor, floor_cpu = await pass_through(bootstrap, records)
-        say(f"  {floor:,.0f} records/s, {floor_cpu:.1f} us of CPU a record")
+        floor, floor_cpu, floor_kernel = await pass_through(bootstrap, records)
+        say(f"  {floor:,.0f} records/s, {floor_cpu:.1f} us of CPU a record ({floor_kernel:.1f} of it in the kernel)")
         say(f"pii: end to end, 3 fields per record, {TENANTS} tenants, one worker process: encrypt, then decrypt "
             "and reencrypt of what it sealed")
         e2e = await end_to_end(bootstrap, kms, records)
     figures: dict[str, object] = {"pii_record_bytes": round(size), "pii_passthrough_per_s": round(floor),
-                                  "pii_passthrough_cpu_us": round(floor_cpu, 1), "pii_records": count}
+                                  "pii_passthrough_cpu_us": round(floor_cpu, 1),
+                                  "pii_passthrough_kernel_us": round(floor_kernel, 1), "pii_records": count}
     for operation, measured in e2e.items():
         ratio = measured["per_s"] / floor
         say(f"  {operation}: {measured['per_s']:,.0f} records/s = {ratio:.2f} of the pass-through "
             f"({measured['failed']} failed); {measured['mb_per_s']:.1f} MB/s in, "
             f"{measured['millicores_per_mb_s']:.0f} millicores per MB/s, {measured['cpu_us_per_record']:.1f} us of "
-            "the worker's CPU a record")
+            f"the worker's CPU a record: {measured['main_user_us_per_record']:.1f} in its event loop's thread, "
+            f"{measured['main_kernel_us_per_record']:.1f} in the kernel for it, {measured['other_threads_us_per_record']:.1f} "
+            "in other threads (the TigerBeetle client's)")
         figures[f"pii_{operation}_e2e_per_s"] = round(measured["per_s"])
         figures[f"pii_{operation}_ratio"] = round(ratio, 3)
         figures[f"pii_{operation}_failed"] = measured["failed"]
         figures[f"pii_{operation}_millicores_per_mb_s"] = round(measured["millicores_per_mb_s"], 1)
         figures[f"pii_{operation}_cpu_us"] = round(measured["cpu_us_per_record"], 1)
+        for part in ("main_user", "main_kernel", "other_threads"):
+            figures[f"pii_{operation}_{part}_us"] = round(measured[f"{part}_us_per_record"], 1)
     return figures
 
 
