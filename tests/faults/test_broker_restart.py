@@ -1,11 +1,22 @@
 """The broker killed and restarted mid-stream (tansu on S3 storage: moto's S3 over HTTP keeps the log):
-the workers reconnect, every span is signed, and the invariants hold."""
+the workers reconnect, every span is signed, and the invariants hold.
+
+tansu's S3 engine can lose the batch it is writing when it is killed while keeping that batch's offsets
+(a hole below the partition's last record: seen in about 1 run of 10, in spans.signed or kms.audit, whichever
+the worker was writing at the kill). An idempotent producer's records take consecutive offsets and no
+transactions are used here, so a hole is a loss inside the broker, after its acknowledgement. A span
+whose signed record fell into such a hole must still have been signed and audited by the worker (its
+`kms.audit` event names the span's input offset); audit events lost in a hole must still be transfers in
+the ledger (`audit verify` names them, and nothing else may disagree). Anything missing without a hole
+to explain it fails the test."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+import warnings
 
 import boto3
 import pytest
@@ -58,7 +69,47 @@ async def test_broker_killed_and_restarted_mid_stream(durable_broker, worker_pro
     await asyncio.sleep(2)
     durable_broker.start()  # same port, same bucket: the log survives
     await produce(bootstrap, "spans.to-sign", jobs[len(jobs) // 2:])
-    done = await read_topic(bootstrap, "spans.signed", until=lambda rs: signed(rs) >= len(jobs), timeout=180)
-    assert signed(done) == len(jobs)
+    inputs = {(r.partition, r.offset): json.loads(r.value)["job_id"]
+              for r in await read_topic(bootstrap, "spans.to-sign", timeout=60)
+              if r.value and json.loads(r.value).get("tenant_id") in wanted}
+    assert len(inputs) == len(jobs)  # the broker kept every input the test produced
+    deadline = time.monotonic() + 180
+    while True:
+        done = await read_topic(bootstrap, "spans.signed", timeout=60)
+        audited = _signed_inputs(await read_topic(bootstrap, "kms.audit", timeout=60))
+        if signed(done) == len(jobs) or set(inputs) <= audited or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+    done = await read_topic(bootstrap, "spans.signed", timeout=60)  # to its end, after the audit read
+    audit = await read_topic(bootstrap, "kms.audit", timeout=60)
+    missing = {json.loads(v)["job_id"] for _, v in jobs} - {json.loads(r.value)["job_id"] for r in done if r.value}
+    if missing:
+        holes = _holes(done)
+        unaudited = {job for at, job in inputs.items() if job in missing and at not in _signed_inputs(audit)}
+        assert not unaudited, f"{len(unaudited)} spans never signed: {sorted(unaudited)[:5]}"
+        assert len(missing) <= holes, f"{len(missing)} signed spans missing, only {holes} offsets lost by the broker"
+        warnings.warn(f"the broker lost {holes} acknowledged records of spans.signed when killed; the worker had "
+                      f"signed and audited each of the {len(missing)} spans they held", stacklevel=1)
     await assert_key_invariants(bootstrap, tenants)
-    assert_audit_agrees(bootstrap, env, tenants)
+    audit_holes = _holes(audit)
+    if assert_audit_agrees(bootstrap, env, tenants, lost_by_broker=audit_holes):
+        warnings.warn(f"the broker lost {audit_holes} acknowledged records of kms.audit when killed; the ledger "
+                      "holds their transfers, and nothing else disagrees", stacklevel=1)
+
+
+def _signed_inputs(audit) -> set[tuple[int, int]]:
+    """(partition, offset) of every spans.to-sign record a `sign` audit event says was signed."""
+    events = (json.loads(r.value) for r in audit if r.value)
+    return {(e["source"]["partition"], e["source"]["offset"]) for e in events
+            if e.get("op") == "sign" and e.get("outcome") == "success" and e["source"]["topic"] == "spans.to-sign"}
+
+
+def _holes(records) -> int:
+    """Offsets below each partition's last record that no record holds. Counted from the records, not from
+    the broker's end offsets: after a kill, tansu reports a partition's end from a stale watermark (seen:
+    4 for a partition holding 302 records). A batch lost at a partition's very end leaves no hole, and then
+    the test fails, as it must when the loss cannot be told from the worker's."""
+    held: dict[int, set[int]] = {}
+    for record in records:
+        held.setdefault(record.partition, set()).add(record.offset)
+    return sum(max(offsets) + 1 - len(offsets) for offsets in held.values())
