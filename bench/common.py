@@ -83,7 +83,7 @@ class Worker:
     def __init__(self, bootstrap: str, kms: tuple[str, str], *groups: str, **env: str) -> None:
         self.log = Path(tempfile.mkstemp(prefix="keyledger-bench-", suffix=".log")[1])
         Worker.started += 1
-        # BENCH_PROFILE=path: each worker runs under cProfile and writes path.<n>.<groups> (bench/where.py reads it)
+        # BENCH_PROFILE=path: each worker runs under cProfile and writes path.<n>.<groups> (pstats reads it)
         profile = os.environ.get("BENCH_PROFILE")
         runner = ["-m", "cProfile", "-o", f"{profile}.{Worker.started}.{'+'.join(groups)}"] if profile else []
         args = [sys.executable, *runner, "-m", "workers.app.cli", "run"] + [a for g in groups for a in ("--group", g)]

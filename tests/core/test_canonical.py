@@ -183,7 +183,6 @@ def test_a_wide_integer_anywhere_is_read_exactly(read, number, where):
     assert read(raw) == json.loads(raw)
 
 
-
 _plain_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'),
                       max_size=5)
 _ascii_json = st.recursive(

@@ -128,7 +128,7 @@ class RecordSealer:
     from one `os.urandom` call (12 fresh random bytes each, as from one call per field; none is ever
     handed out twice). Same output format, same refusals as `seal_field`."""
 
-    __slots__ = ("_aead", "_key_id", "_prefix", "_tail", "_nonces", "_next")
+    __slots__ = ("_aead", "_prefix", "_tail", "_nonces", "_next")
 
     def __init__(self, aead: AESGCM, key_id: str, tenant_id: str, record_id: str, fields: int,
                  nonces: NoncePool | None = None) -> None:
@@ -137,7 +137,6 @@ class RecordSealer:
         if fields < 0:
             raise ValueError("a record has no negative number of fields")
         self._aead = aead
-        self._key_id = key_id
         self._prefix = f"{PREFIX}{key_id}."
         # 32 lowercase hex characters need no JSON escaping
         tail = f',"key_id":"{key_id}","record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'
