@@ -25,14 +25,16 @@ so a field value moved to another field, record, job, tenant or caller, or put u
 result key, fails to open. The per-field cost is one AES-GCM seal; the HPKE seal is paid once
 per (caller, period) (`ResultKeyring`).
 
-Private key files of callers (keyledger's own format, base64url raw): X25519, 32 bytes; the
-hybrid, ML-KEM-768's 64-byte seed followed by X25519's 32 bytes.
+Caller private keys (base64url raw in the caller's key file): X25519, its 32 bytes; the hybrid, its
+32-byte decapsulation key (seed) of draft-irtf-cfrg-concrete-hybrid-kems (X-Wing): SHAKE256(seed)
+gives 96 bytes, ML-KEM-768's 64-byte seed (d || z) then X25519's private key.
 
 Errors are `ResultSealError`; their messages never quote a key, a field value or a ciphertext.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ RESULT_KEY_INFO = b"keyledger result key v1\x00"
 MLKEM768_PUBLIC_BYTES = 1184
 MLKEM768_SEED_BYTES = 64
 X25519_BYTES = 32
+HYBRID_SEED_BYTES = 32
 DEFAULT_PERIOD = timedelta(hours=1)
 
 _KEM = {CallerKem.X25519: hpke.KEM.X25519, CallerKem.MLKEM768_X25519: hpke.KEM.MLKEM768_X25519}
@@ -99,10 +102,9 @@ def private_key(kem: CallerKem, raw: bytes) -> HpkePrivateKey:
             if len(raw) != X25519_BYTES:
                 raise ResultSealError("an X25519 private key is 32 bytes")
             return x25519.X25519PrivateKey.from_private_bytes(raw)
-        if len(raw) != MLKEM768_SEED_BYTES + X25519_BYTES:
-            raise ResultSealError("an ML-KEM-768+X25519 private key is 96 bytes")
-        return hpke.MLKEM768X25519PrivateKey(mlkem.MLKEM768PrivateKey.from_seed_bytes(raw[:MLKEM768_SEED_BYTES]),
-                                             x25519.X25519PrivateKey.from_private_bytes(raw[MLKEM768_SEED_BYTES:]))
+        if len(raw) != HYBRID_SEED_BYTES:
+            raise ResultSealError("an ML-KEM-768+X25519 private key is a 32-byte seed")
+        return hpke.MLKEM768X25519PrivateKey(*_hybrid_parts(raw))
     except ValueError as exc:
         if isinstance(exc, ResultSealError):
             raise
@@ -112,13 +114,24 @@ def private_key(kem: CallerKem, raw: bytes) -> HpkePrivateKey:
 def generate_keypair(kem: CallerKem) -> tuple[bytes, bytes]:
     """A new caller key pair as raw (private, public) bytes."""
     kem = CallerKem(kem)
-    classical = x25519.X25519PrivateKey.generate()
-    classical_public = classical.public_key().public_bytes_raw()
     if kem is CallerKem.X25519:
-        return classical.private_bytes_raw(), classical_public
-    quantum = mlkem.MLKEM768PrivateKey.generate()
-    return (quantum.private_bytes_raw() + classical.private_bytes_raw(),
-            quantum.public_key().public_bytes_raw() + classical_public)
+        classical = x25519.X25519PrivateKey.generate()
+        return classical.private_bytes_raw(), classical.public_key().public_bytes_raw()
+    seed = os.urandom(HYBRID_SEED_BYTES)
+    return seed, hybrid_public_bytes(seed)
+
+
+def hybrid_public_bytes(seed: bytes) -> bytes:
+    """The encoded public key of a hybrid seed: ML-KEM-768's public key, then X25519's."""
+    quantum, classical = _hybrid_parts(seed)
+    return quantum.public_key().public_bytes_raw() + classical.public_key().public_bytes_raw()
+
+
+def _hybrid_parts(seed: bytes) -> tuple[mlkem.MLKEM768PrivateKey, x25519.X25519PrivateKey]:
+    """The two private keys a hybrid seed expands to (SHAKE256, 96 bytes)."""
+    expanded = hashlib.shake_256(seed).digest(MLKEM768_SEED_BYTES + X25519_BYTES)
+    return (mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:MLKEM768_SEED_BYTES]),
+            x25519.X25519PrivateKey.from_private_bytes(expanded[MLKEM768_SEED_BYTES:]))
 
 
 def result_key_info(caller_id: str, result_key_id: str) -> bytes:
