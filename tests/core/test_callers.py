@@ -133,11 +133,19 @@ def test_a_proved_request_is_admitted_and_a_copy_lands_on_the_same_id():
     pytest.param(lambda r: {**r, "caller": {**r["caller"], "proof": r["caller"]["proof"][:-2] + "AA"}},
                  id="another proof"),
     pytest.param(lambda r: {**r, "caller": {**r["caller"], "proof": "not base64url!"}}, id="a malformed proof"),
+    pytest.param(lambda r: {**r, "caller": {**r["caller"], "proof": "\u00e9" * 43}}, id="a proof that is not ASCII"),
+    pytest.param(lambda r: {**r, "caller": {**r["caller"], "proof": 7}}, id="a proof that is not a string"),
     pytest.param(lambda r: {**r, "caller": {k: v for k, v in r["caller"].items() if k != "proof"}}, id="no proof"),
 ])
 def test_a_proof_covers_every_member(tamper):
     proved = prove(request(), "decrypt", CALLER_ID, SECRET, NOW)
     assert verifier().check(tamper(proved), "acme", "decrypt", NOW).refusal is CallerRefusal.BAD_PROOF
+
+
+def test_known_plain_gives_the_same_verdict():
+    proved = prove(request(), "decrypt", CALLER_ID, SECRET, NOW)
+    assert verifier().check(proved, "acme", "decrypt", NOW, known_plain=True) == verifier().check(
+        proved, "acme", "decrypt", NOW)
 
 
 def test_a_proof_binds_the_operation_even_without_an_operation_member():
