@@ -75,7 +75,7 @@ class WaitingSet:
         if not self._records:
             return None
         self._streak += 1
-        delay = min(self.backoff * 2 ** (self._streak - 1), self.backoff_max)
+        delay = min(self.backoff * 2.0 ** (self._streak - 1), self.backoff_max)
         self.next_retry = now + delay
         return delay
 
