@@ -13,6 +13,12 @@ nothing is ever committed past a record that is neither processed nor
 dead-lettered). When too many records wait, their partitions are paused
 (bounded memory) until they drain.
 
+The decisions are pure and tested apart: which records wait, their attempts and
+when they are due, and which partitions to pause (`WaitingSet`, `Backpressure`
+in workers/kafka/waiting.py); what each partition may be committed to
+(`OffsetTracker`, workers/kafka/offsets.py). `BatchRunner` is the I/O loop around
+them and the one place that commits.
+
 Records reach the runner as the broker holds them: `subscribe` gives FastStream
 a parser that does not decode headers (a null or non-UTF-8 header value would
 make FastStream's own batch parser raise outside the runner and lose the batch).
