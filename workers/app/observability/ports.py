@@ -101,7 +101,7 @@ class MeteredKms(Kms):
     def route(self, provider: str) -> Kms:
         """The metered adapter of `provider`: this one when the inner KMS serves every record itself."""
         routed = self.inner.route(provider)
-        if routed is self.inner:
+        if not self.inner.capabilities.routing:
             return self
         if provider not in self._routes:
             self._routes[provider] = MeteredKms(routed, self._metrics, self._span, self.reachability)
