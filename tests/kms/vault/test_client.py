@@ -1,11 +1,16 @@
-"""HTTP to Vault against real OpenBao dev servers: how the server's failures map onto the port (sealed,
-rate-limited), TLS trust, namespaces."""
+"""HTTP to Vault (client.py): retries of transient answers against a scripted HTTP server; against real
+OpenBao dev servers, how the server's failures map onto the port (sealed, rate-limited), TLS trust,
+namespaces."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 import urllib.error
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -13,6 +18,62 @@ from tests.kms.vault.bao import ACME, fresh_name
 from workers.app.openbao import OpenBaoDevServer
 from workers.kms import DataKeyRequest, KmsThrottled, KmsUnavailable
 from workers.kms.vault import TokenAuth, VaultKms
+from workers.kms.vault.client import VaultClient
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[str, list[tuple[int, dict]], list[dict[str, str]]]]:
+    """An HTTP server answering each request with the next (status, JSON body) of a script; yields its
+    address, the script to fill, and the headers of each request it received."""
+    script: list[tuple[int, dict]] = []
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(dict(self.headers))
+            status, body = script.pop(0)
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", script, seen
+    server.shutdown()
+    server.server_close()
+
+
+async def test_transient_answers_are_retried_until_one_is_not(scripted):
+    addr, script, seen = scripted
+    script += [(503, {"errors": ["Vault is sealed"]}), (429, {"errors": ["rate limited"]}),
+               (400, {"errors": ["1 error occurred:\n\t* invalid ciphertext\n\n"]})]
+    client = VaultClient(addr, namespace="team", timeout=5, max_attempts=4)
+    try:
+        assert await client.send("POST", "transit/decrypt/k", {}, "the-token") == (
+            400, {"errors": ["1 error occurred:\n\t* invalid ciphertext\n\n"]})
+        assert client.requests == 3 and script == []
+        assert all(h["X-Vault-Token"] == "the-token" and h["X-Vault-Namespace"] == "team" for h in seen)
+    finally:
+        await client.aclose()
+
+
+async def test_retries_stop_at_max_attempts_with_the_last_failure(scripted):
+    addr, script, _ = scripted
+    script += [(503, {"errors": ["standby"]}), (429, {"errors": ["rate limited"]})]
+    client = VaultClient(addr, timeout=5, max_attempts=2)
+    try:
+        with pytest.raises(KmsThrottled, match="transit/encrypt/k: vault 429 rate limited"):
+            await client.send("POST", "transit/encrypt/k", {}, None)
+        assert client.requests == 2
+    finally:
+        await client.aclose()
 
 
 async def test_a_sealed_vault_is_unavailable_within_the_timeout():
