@@ -8,9 +8,9 @@ def test_dev_defaults_match_the_design(monkeypatch):
     for name in ("KEYLEDGER_PROFILE", "KEYLEDGER_KAFKA_BOOTSTRAP", "KEYLEDGER_LEDGER", "KEYLEDGER_KMS_PROVIDER"):
         monkeypatch.delenv(name, raising=False)
     s = Settings()
-    assert s.kms_provider is KmsProvider.LOCAL and s.ledger is LedgerKind.MEMORY and s.kafka_bootstrap is None
-    assert (s.cache_private_ttl, s.cache_public_ttl, s.cache_max_entries) == (3600, 86400, 1000)
-    assert s.rotation_age == 7_776_000 and s.aws_region == "us-east-1" and s.tb_cluster_id == 0
+    assert s.kms.provider is KmsProvider.LOCAL and s.ledger.kind is LedgerKind.MEMORY and s.kafka.bootstrap is None
+    assert (s.cache.private_ttl, s.cache.public_ttl, s.cache.max_entries) == (3600, 86400, 1000)
+    assert s.limits.rotation_age == 7_776_000 and s.kms.aws.region is None and s.ledger.tb_cluster_id == 0
 
 
 @pytest.mark.parametrize(

@@ -154,10 +154,10 @@ class BatchRunner:
         self._handle = handle
         self._publisher = publisher
         self._letters = DeadLetters.of(group, settings)
-        self._attempts_allowed = settings.retry_attempts
-        self._backoff = settings.retry_backoff
-        self._backoff_max = settings.retry_backoff_max
-        self._max_waiting = settings.kafka_batch_max * 20
+        self._attempts_allowed = settings.retry.attempts
+        self._backoff = settings.retry.backoff
+        self._backoff_max = settings.retry.backoff_max
+        self._max_waiting = settings.kafka.batch_max * 20
         self._waiting: dict[tuple[str, int, int], Waiting] = {}
         self._next_retry = 0.0
         self._retry_streak = 0
@@ -434,8 +434,8 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         *topics,
         group_id=group,
         batch=True,
-        max_records=settings.kafka_batch_max,
-        batch_timeout_ms=settings.kafka_batch_timeout_ms,
+        max_records=settings.kafka.batch_max,
+        batch_timeout_ms=settings.kafka.batch_timeout_ms,
         # the runner commits itself, never past a record still waiting for a retry
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
@@ -453,7 +453,7 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
 def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup,
               observer: RunnerObserver | None = None) -> BatchRunner:
     """Subscribe `group` on `broker`; the caller owns the returned runner and closes it."""
-    depth = settings.kafka_pipeline_depth if group.pipelined else 1
+    depth = settings.kafka.pipeline_depth if group.pipelined else 1
     holder = group if isinstance(group, HoldsRecords) else None
     runner = BatchRunner(group.name, group.handle, publisher, settings, depth, holder, observer)
     subscribe(broker, group.topics, group.name, runner, settings)
