@@ -158,16 +158,16 @@ async def check_tls(bootstrap: str, settings: KafkaSecurity) -> None:
         except ssl.SSLCertVerificationError as exc:
             raise ConfigError(_untrusted(bootstrap, settings, exc.verify_message)) from None
         except ssl.SSLError as exc:
-            raise ConfigError(_refused(bootstrap, settings, exc.reason or str(exc))) from None
+            raise ConfigError(_refused(bootstrap, settings, f"refused the handshake ({exc.reason or exc})")) from None
         except (OSError, TimeoutError):
             continue  # not reachable: the plain reachability check names KEYLEDGER_KAFKA_BOOTSTRAP
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await _api_versions(reader, writer)
         except ssl.SSLError as exc:
-            raise ConfigError(_refused(bootstrap, settings, exc.reason or str(exc))) from None
+            raise ConfigError(_refused(bootstrap, settings, f"ended the session ({exc.reason or exc})")) from None
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            raise ConfigError(_refused(bootstrap, settings, "the broker closed the connection")) from None
+            raise ConfigError(_refused(bootstrap, settings, "closed the connection after the handshake")) from None
         finally:
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError):
@@ -192,10 +192,10 @@ def _untrusted(bootstrap: str, settings: KafkaSecurity, why: str) -> str:
 def _refused(bootstrap: str, settings: KafkaSecurity, why: str) -> str:
     cert, key = settings.env_name("ssl_cert_file"), settings.env_name("ssl_key_file")
     if not settings.ssl_cert_file:
-        return (f"TLS to Kafka at {bootstrap}: the broker refused the connection ({why}): it asks for a client "
-                f"certificate (mutual TLS): set {cert} and {key}")
-    return (f"TLS to Kafka at {bootstrap}: the broker refused the client certificate in {cert} ({why}): use a "
-            "certificate signed by a CA the broker trusts")
+        return (f"TLS to Kafka at {bootstrap}: the broker {why}: it asks for a client certificate (mutual TLS): "
+                f"set {cert} and {key}")
+    return (f"TLS to Kafka at {bootstrap}: the broker {why}: it refuses the client certificate in {cert}: use "
+            "one signed by a CA the broker trusts")
 
 
 @contextlib.asynccontextmanager
@@ -215,6 +215,8 @@ async def connect_errors_named(bootstrap: str, settings: KafkaSecurity) -> Async
     except ssl.SSLCertVerificationError as exc:
         raise ConfigError(_untrusted(bootstrap, settings, exc.verify_message)) from None
     except KafkaConnectionError as exc:
-        if settings.uses_tls and "closed" in str(exc):
-            raise ConfigError(_refused(bootstrap, settings, str(exc))) from None
-        raise
+        if not settings.uses_tls:
+            raise
+        raise ConfigError(f"cannot connect to Kafka at {bootstrap} over TLS ({exc}): check "
+                          f"{settings.env_name('ssl_ca_file')}, {settings.env_name('ssl_cert_file')} and "
+                          f"{settings.env_name('ssl_key_file')}") from None
