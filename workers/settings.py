@@ -554,9 +554,10 @@ def flat_values(settings: Settings) -> Iterator[tuple[str, Any]]:
 
 
 def _unknown(name: str) -> str:
-    env = name if name.upper().startswith(ENV_PREFIX) else ENV_PREFIX + name.upper()
-    close = difflib.get_close_matches(env.upper(), [e for e in ENV_NAMES.values()], n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else "docs/contract.md lists the settings"
+    env = ENV_PREFIX + name.upper()
+    # compared without the prefix every name shares, which would make any name look close
+    close = difflib.get_close_matches(name.upper(), [e[len(ENV_PREFIX):] for e in ENV_NAMES.values()], n=1)
+    hint = f"did you mean {ENV_PREFIX}{close[0]}?" if close else "docs/contract.md lists the settings"
     return f"{env} is not a keyledger setting ({hint}): rename or unset it"
 
 
