@@ -122,6 +122,10 @@ def test_an_unknown_variable_stops_with_the_closest_name(monkeypatch):
     monkeypatch.setenv("KEYLEDGER_ZZZ", "1")
     [line] = problems()
     assert line.startswith("KEYLEDGER_ZZZ is not a keyledger setting (docs/contract.md lists the settings)")
+    monkeypatch.delenv("KEYLEDGER_ZZZ")
+    monkeypatch.setenv("KEYLEDGER_KAFKA", "k:9092")  # a section's name is no setting either
+    [line] = problems()
+    assert line.startswith("KEYLEDGER_KAFKA is not a keyledger setting")
 
 
 def test_an_unknown_argument_is_refused_too():

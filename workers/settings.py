@@ -115,7 +115,7 @@ class Section(BaseModel):
     capitals, or KEYLEDGER_ + ENV_NAMES[field]; a field whose type is a Section is a nested group."""
 
     # errors never quote input: a KEK must not reach a log through a traceback
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=False)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     ENV_PREFIX: ClassVar[str] = ""
     ENV_NAMES: ClassVar[dict[str, str]] = {}
     SECRETS: ClassVar[frozenset[str]] = frozenset()  # fields whose values never appear in a message
@@ -436,7 +436,7 @@ class Settings(BaseSettings, Section):
         unknown = []
         for name, value in data.items():
             path = FLAT_NAMES.get(name.lower())
-            if name in cls.model_fields and (path is None or isinstance(value, dict | BaseModel)):
+            if name in cls.model_fields and isinstance(value, dict | BaseModel):
                 path = (name,)  # a whole section (`ledger` is also the flat name of the ledger's kind)
             if path is None:
                 unknown.append(name)
@@ -485,7 +485,7 @@ class Settings(BaseSettings, Section):
         parts = []
         providers = self.kms.configured_providers
         if self.kms.provider is KmsProvider.LOCAL:
-            parts.append("KEYLEDGER_KMS_PROVIDER=local (set `aws` or `vault`)")
+            parts.append("KEYLEDGER_KMS_PROVIDER=local (set `aws`)")
         elif KmsProvider.LOCAL in providers:
             parts.append("KEYLEDGER_KMS_PROVIDERS names local")
         if self.ledger.kind is LedgerKind.MEMORY:
@@ -496,8 +496,6 @@ class Settings(BaseSettings, Section):
 
     def production_problems(self) -> list[str]:
         problems = self.dev_parts()
-        if self.kms.provider is KmsProvider.LOCAL:
-            problems[0] = "KEYLEDGER_KMS_PROVIDER=local (set `aws`)"
         providers = self.kms.configured_providers
         if self.ledger.kind is LedgerKind.TIGERBEETLE and not self.ledger.tb_addresses:
             problems.append("KEYLEDGER_TB_ADDRESSES is unset")
@@ -533,10 +531,10 @@ def _walk(section: type[Section], path: tuple[str, ...] = ()) -> Iterator[tuple[
             yield (*path, name), section.env_name(name), name in section.SECRETS
 
 
-SETTINGS: list[tuple[tuple[str, ...], str, bool]] = list(_walk(Settings))
-ENV_NAMES: dict[tuple[str, ...], str] = {path: env for path, env, _ in SETTINGS}
-SECRET_SETTINGS = frozenset(env for _, env, secret in SETTINGS if secret)
-FLAT_NAMES: dict[str, tuple[str, ...]] = {env[len(ENV_PREFIX):].lower(): path for path, env, _ in SETTINGS}
+LEAVES: list[tuple[tuple[str, ...], str, bool]] = list(_walk(Settings))
+ENV_NAMES: dict[tuple[str, ...], str] = {path: env for path, env, _ in LEAVES}
+SECRET_SETTINGS = frozenset(env for _, env, secret in LEAVES if secret)
+FLAT_NAMES: dict[str, tuple[str, ...]] = {env[len(ENV_PREFIX):].lower(): path for path, env, _ in LEAVES}
 
 
 def env_name(loc: tuple[str | int, ...]) -> str | None:
@@ -545,8 +543,8 @@ def env_name(loc: tuple[str | int, ...]) -> str | None:
 
 
 def flat_values(settings: Settings) -> Iterator[tuple[str, Any]]:
-    """(flat name, value) of every setting that was given or differs from nothing: what `updated` rebuilds."""
-    for path, env, _ in SETTINGS:
+    """(flat name, value) of every setting: what `updated` rebuilds a copy from."""
+    for path, env, _ in LEAVES:
         value: Any = settings
         for part in path:
             value = getattr(value, part)
