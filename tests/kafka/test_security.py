@@ -147,6 +147,14 @@ async def test_a_refused_login_names_the_settings(secrets):
                                       f"KEYLEDGER_KAFKA_SASL_USERNAME and {secret}")
 
 
+async def test_a_login_refused_while_bootstrapping_names_the_login_settings(secrets):
+    # aiokafka logs the refusal and raises only this
+    with pytest.raises(ConfigError, match="with SASL PLAIN .*check KEYLEDGER_KAFKA_SASL_USERNAME and "
+                                          "KEYLEDGER_KAFKA_SASL_PASSWORD_FILE$"):
+        async with connect_errors_named("kafka:9093", sasl(secrets, "PLAIN")):
+            raise KafkaConnectionError("Unable to bootstrap from [('kafka', 9093)]")
+
+
 async def test_a_tls_connection_failure_names_the_tls_settings_and_plaintext_passes_through(pki):
     security = KafkaSecurity(protocol="SSL", ssl_ca_file=str(pki.ca.cert))
     with pytest.raises(ConfigError, match="over TLS .*KEYLEDGER_KAFKA_SSL_CA_FILE, KEYLEDGER_KAFKA_SSL_CERT_FILE"):

@@ -198,23 +198,31 @@ def _refused(bootstrap: str, settings: KafkaSecurity, why: str) -> str:
             "one signed by a CA the broker trusts")
 
 
+def _login_settings(settings: KafkaSecurity) -> str:
+    secret = "sasl_oauth_token_file" if settings.sasl_mechanism is SaslMechanism.OAUTHBEARER else "sasl_password_file"
+    return f"{settings.env_name('sasl_username')} and {settings.env_name(secret)}"
+
+
 @contextlib.asynccontextmanager
 async def connect_errors_named(bootstrap: str, settings: KafkaSecurity) -> AsyncIterator[None]:
-    """Around the first connections of a process: a refused login or a failed TLS handshake becomes one line
-    naming the setting (ConfigError)."""
+    """Around the first connections of a process, once the broker is known to answer (workers.app.preflight):
+    a refused login or a failed TLS handshake becomes one line naming the setting (ConfigError). aiokafka
+    reports a login refused while it bootstraps only as "Unable to bootstrap", so with SASL that is one too."""
     try:
         yield
     except SaslAuthenticationFailed:
-        secret = ("sasl_oauth_token_file" if settings.sasl_mechanism is SaslMechanism.OAUTHBEARER
-                  else "sasl_password_file")
         raise ConfigError(f"Kafka at {bootstrap} refused the SASL {settings.sasl_mechanism} login: check "
-                          f"{settings.env_name('sasl_username')} and {settings.env_name(secret)}") from None
+                          f"{_login_settings(settings)}") from None
     except UnsupportedSaslMechanismError:
         raise ConfigError(f"Kafka at {bootstrap} does not offer SASL {settings.sasl_mechanism}: set "
                           f"{settings.env_name('sasl_mechanism')} to one it offers") from None
     except ssl.SSLCertVerificationError as exc:
         raise ConfigError(_untrusted(bootstrap, settings, exc.verify_message)) from None
     except KafkaConnectionError as exc:
+        if settings.uses_sasl:
+            raise ConfigError(f"cannot connect to Kafka at {bootstrap} with SASL {settings.sasl_mechanism} ({exc}); "
+                              f"the broker answers, so the login is the likely cause: check "
+                              f"{_login_settings(settings)}") from None
         if not settings.uses_tls:
             raise
         raise ConfigError(f"cannot connect to Kafka at {bootstrap} over TLS ({exc}): check "
