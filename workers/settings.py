@@ -226,6 +226,10 @@ class KafkaSettings(Section):
         return max(self.max_message_bytes * 2, self.producer_batch_bytes * 2)
 
 
+class MissingSetting(ConfigError):
+    """A setting a part of the process needs at start is nowhere to be found."""
+
+
 class AwsSettings(Section):
     ENV_PREFIX = "AWS_"
     ENV_NAMES: ClassVar[dict[str, str]] = {"endpoint_url": "KMS_ENDPOINT_URL"}
@@ -253,10 +257,6 @@ class AwsSettings(Section):
                                  f"{self.env_name('region')} (or AWS_REGION, AWS_DEFAULT_REGION, or a region in "
                                  "the AWS profile's config)")
         return str(region)
-
-
-class MissingSetting(ConfigError):
-    """A setting a part of the process needs at start is nowhere to be found."""
 
 
 class VaultSettings(Section):
