@@ -208,6 +208,18 @@ def test_production_refuses_plaintext_kafka_unless_told():
                            "PLAINTEXT (set SSL or SASL_SSL, or KEYLEDGER_KAFKA_ALLOW_PLAINTEXT=true")
 
 
+def test_the_aws_provider_without_a_region_anywhere_stops_at_start():
+    env = {"KEYLEDGER_KMS_PROVIDER": "aws", "KEYLEDGER_KMS_KEY_ID": "alias/keyledger", "KEYLEDGER_LEDGER": "memory",
+           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+           "AWS_REGION": "", "AWS_DEFAULT_REGION": "", "AWS_PROFILE": ""}
+    result = keyledger("demo", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "Unclosed" not in result.stderr
+    *started, line = result.stderr.splitlines()  # demo says first where its embedded broker listens
+    assert all(" INFO " in earlier for earlier in started), result.stderr
+    assert line.startswith("keyledger demo: KEYLEDGER_KMS_PROVIDER uses aws but no AWS region is set: set "
+                           "KEYLEDGER_AWS_REGION (or AWS_REGION, AWS_DEFAULT_REGION")
+
+
 def test_a_sasl_password_is_never_shown(tmp_path):
     password = tmp_path / "password"
     password.write_text("hunter2-but-longer")

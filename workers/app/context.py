@@ -81,11 +81,12 @@ class ProcessContext:
         `test_broker`: outputs go through the FastStream broker itself, so a TestKafkaBroker captures them.
         `tracing`: a given tracer (tests); by default tracing follows the OTEL_* environment."""
         observability = Observability.build(tracing)
+        # the KMS first: a setting it lacks (an AWS region) stops the process before any client exists
+        metered_kms = observability.metered_kms(kms or open_kms(settings.kms))
+        adapter = ledger or open_ledger(settings.ledger)
         broker = build_broker(settings.kafka, bootstrap)
         publisher: Publisher = BrokerPublisher(broker) if test_broker else KafkaPublisher(bootstrap, settings)
         publisher = observability.traced_publisher(publisher)
-        adapter = ledger or open_ledger(settings.ledger)
-        metered_kms = observability.metered_kms(kms or open_kms(settings.kms))
         metered_ledger = observability.metered_ledger(adapter)
         directory = KeyDirectory()
         secrets: SingleFlightCache[SecretKey] = SingleFlightCache(

@@ -36,11 +36,13 @@ async def bootstrap_for(settings: Settings) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def running_workers(settings: Settings, bootstrap: str, groups: Sequence[str]) -> AsyncIterator[ProcessContext]:
-    async with connect_errors_named(bootstrap, settings.kafka.security):
-        await ensure_topics(bootstrap, settings)
+    """Built first, so that what the settings lack (an AWS region) stops the process before any connection;
+    then the topics, the endpoint, the key table and the consumer groups."""
     context = ProcessContext.build(settings, bootstrap)
-    context.register(groups)
     try:
+        async with connect_errors_named(bootstrap, settings.kafka.security):
+            await ensure_topics(bootstrap, settings)
+        context.register(groups)
         if await context.serve_http():
             log.info("health and metrics on %s (/healthz, /readyz, /metrics)", context.http_url)
         async with connect_errors_named(bootstrap, settings.kafka.security):
