@@ -94,7 +94,7 @@ def _caller_add(args: argparse.Namespace) -> int:
 
     async def checked_add() -> int:
         await _reach(bootstrap, Topic.KEYS_CALLERS)
-        kms = open_kms(settings)
+        kms = open_kms(settings.kms)
         try:
             policy = await caller_add(bootstrap, kms, operator, args.name, tenants=tenants, operations=operations,
                                       kem=kem, caller_public_key=public, secret_out=args.secret_out)
@@ -113,11 +113,11 @@ def _operator_public_key() -> Any:
     from workers.core.callers import operator_public_key
 
     settings = load_settings()
-    if not settings.operator_public_key:
+    if not settings.callers.operator_public_key:
         raise ConfigError("KEYLEDGER_OPERATOR_PUBLIC_KEY is not set: set it to the content of operator.pub "
                           "(`keyledger operator keygen` writes it)")
     try:
-        return operator_public_key(settings.operator_public_key)
+        return operator_public_key(settings.callers.operator_public_key)
     except ValueError:
         raise ConfigError("KEYLEDGER_OPERATOR_PUBLIC_KEY: not base64url of a 32-byte Ed25519 public key") from None
 

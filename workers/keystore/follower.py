@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.topics import Topic
+from workers.kafka.security import client_options
 from workers.keystore.directory import KeyDirectory
 
 log = logging.getLogger("keyledger.keystore")
@@ -34,6 +35,7 @@ class KeyFollower:
             client_id="keyledger-keystore",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **client_options(),
         )
         self._task: asyncio.Task[None] | None = None
         self.applied = 0

@@ -137,7 +137,7 @@ def build_docs_app() -> FastStream:
     Nothing connects. Settings are the defaults, not the environment's, so the document is the same
     everywhere. Also `faststream docs gen --factory workers.tools.contract:build_docs_app`."""
     settings = Settings.model_construct()
-    broker = build_broker(settings, DOCS_SERVER)
+    broker = build_broker(settings.kafka, DOCS_SERVER)
     deps = _offline_deps(settings, broker)
     for build in GROUPS.values():  # as ProcessContext.register does
         run_group(broker, deps.publisher, settings, build(deps))
