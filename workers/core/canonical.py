@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 from typing import Any
 
 import orjson
@@ -192,48 +191,9 @@ def _plain(value: Any, names_ascii: bool = False) -> bool:
     return True
 
 
-class _Scan(threading.local):
-    """Whether the value being parsed is plain; per thread, so one decoder serves every caller."""
-
-    plain = True
-
-
-_scan = _Scan()
-
-
-def _scan_float(text: str) -> float:
-    _scan.plain = False
-    return _float(text)
-
-
-def _scan_int(text: str) -> int:
-    number = _int(text)
-    if not -_SAFE_INT <= number <= _SAFE_INT:
-        _scan.plain = False
-    return number
-
-
-_PLAIN_SCAN = json.JSONDecoder(object_pairs_hook=_unique, parse_int=_scan_int, parse_float=_scan_float,
-                               parse_constant=_constant)
-_PLAIN_SCAN_NO_HOOK = json.JSONDecoder(parse_int=_scan_int, parse_float=_scan_float, parse_constant=_constant)
-
-
 def plain_json_loads(raw: bytes) -> tuple[Any, bool]:
     """`loads_ijson` (same refusals, NotIJson) that also says whether the value is plain (see
-    canonical_json) at parse time.
-
-    Floats and out-of-range integers are noticed by the parser hooks; keys are ASCII when the raw
-    text is ASCII without \\u escapes. Any doubt answers False and the full scan decides later.
-    """
-    value = _fast_loads(raw)
-    if value is not _MISS:
-        ascii_text = raw.isascii()
-        # ASCII text has ASCII names only, so only the values need a look; a wide integer is a float to
-        # orjson, so only a value that is not plain may hold one
-        plain = _plain(value, names_ascii=ascii_text)
-        if plain or not _wide_integer(raw):
-            return value, plain and ascii_text
-    text = _text(raw)
-    _scan.plain = True
-    value = _decode(text, _PLAIN_SCAN, _PLAIN_SCAN_NO_HOOK)
-    return value, _scan.plain and raw.isascii() and b"\\u" not in raw
+    canonical_json). Names are checked by the text: ASCII text without \\u escapes has ASCII names only,
+    so only the values need a look. False when in doubt: canonical_json then scans for itself."""
+    value = loads_ijson(raw)
+    return value, raw.isascii() and b"\\u" not in raw and _plain(value, names_ascii=True)

@@ -58,7 +58,7 @@ class EnvelopeError(KeyledgerError, ValueError):
 
 
 class Envelope(NamedTuple):
-    """A parsed ciphertext (a tuple: built per field on the hot path, a frozen dataclass costs 3x)."""
+    """A parsed ciphertext (a tuple: one is built per field read)."""
 
     key_id: str
     nonce: bytes
@@ -69,9 +69,23 @@ def field_aad(tenant_id: str, record_id: str, field: str, key_id: str) -> bytes:
     """RFC 8785 of the four coordinates, spelled out: JCS sorts the ASCII member names (field <
     key_id < record_id < tenant_id) and writes each string as JSON with only `"`, `\\` and control
     characters escaped, which is exactly the C `encode_basestring` (json.dumps(ensure_ascii=False)).
-    Four concatenations cost a fifth of building and canonicalising a dict per field."""
-    text = (f'{{"field":{_json_string(field)},"key_id":{_json_string(key_id)},'
-            f'"record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}')
+    The one writer of the AAD: `RecordSealer` and `RecordOpener` join the same two halves, the head
+    (the field) and the tail (the key, record and tenant), the tail made once per record."""
+    return _aad_head(field) + _aad_tail(key_id, record_id, tenant_id)
+
+
+def _aad_head(field: str) -> bytes:
+    """`{"field":<JSON of the path>`: the AAD up to the key id."""
+    return _utf8_of(f'{{"field":{_json_string(field)}')
+
+
+def _aad_tail(key_id: str, record_id: str, tenant_id: str) -> bytes:
+    """`,"key_id":...,"record_id":...,"tenant_id":...}`: the AAD after the field."""
+    return _utf8_of(f',"key_id":{_json_string(key_id)},"record_id":{_json_string(record_id)},'
+                    f'"tenant_id":{_json_string(tenant_id)}}}')
+
+
+def _utf8_of(text: str) -> bytes:
     try:
         return text.encode()
     except UnicodeEncodeError:
@@ -99,7 +113,7 @@ def seal_field(aead: AESGCM, key_id: str, tenant_id: str, record_id: str, field:
 class NoncePool:
     """GCM nonces cut from one `os.urandom` block at a time: each nonce is 12 bytes fresh from the OS
     generator, and none is handed out twice (the cursor only moves forward and a spent block is never
-    read again). One `os.urandom` call costs about what 36 bytes of it do, so a pool serves many records.
+    read again). A pool serves many records, so the fixed cost of an `os.urandom` call is paid per block.
     Not shared between threads or across a fork: the PII service makes one per `serve` call."""
 
     __slots__ = ("_block", "_at", "_block_bytes")
@@ -138,11 +152,9 @@ class RecordSealer:
             raise ValueError("a record has no negative number of fields")
         self._aead = aead
         self._prefix = f"{PREFIX}{key_id}."
-        # 32 lowercase hex characters need no JSON escaping
-        tail = f',"key_id":"{key_id}","record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'
         try:
-            self._tail: bytes | None = tail.encode()
-        except UnicodeEncodeError:
+            self._tail: bytes | None = _aad_tail(key_id, record_id, tenant_id)
+        except EnvelopeError:
             self._tail = None  # a lone surrogate in the record id: every field is refused, as by field_aad
         self._nonces = os.urandom(NONCE_BYTES * fields) if nonces is None else nonces.take(fields)
         self._next = 0
@@ -154,7 +166,7 @@ class RecordSealer:
             raise EnvelopeError("field value is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
         if len(raw) > MAX_FIELD_BYTES:
             raise EnvelopeError(f"field value of {len(raw)} bytes exceeds {MAX_FIELD_BYTES}", ErrorCode.OVERSIZED)
-        head = _FIELD_HEADS.get(field) or _field_head(field)
+        head = _aad_head(field)
         if self._tail is None:
             raise _not_unicode()
         at = self._next
@@ -169,8 +181,7 @@ class RecordSealer:
 def parse_envelope(text: str) -> Envelope:
     """Strict parse: one spelling per ciphertext, so nothing but the exact format reaches AES."""
     # the layout checked by slicing and the body's alphabet by the strict decoder, in one function: a
-    # regex over ~400 characters cost more than the AES-GCM of the field, and each call here costs
-    # about what the cipher does
+    # regex over the whole body would cost about what the cipher does
     if type(text) is not str or len(text) > MAX_ENVELOPE_CHARS:
         raise _malformed("not a kl1 ciphertext of acceptable size")
     key_id = text[4:36]
@@ -209,43 +220,19 @@ class RecordOpener:
     """`open_field` for the fields of one record, with the AAD's tail after the field name (key id,
     `record_id`, `tenant_id`) made once per key the record's fields name. Same answers as `open_field`."""
 
-    __slots__ = ("_record", "_tails")
+    __slots__ = ("_tenant_id", "_record_id", "_tails")
 
     def __init__(self, tenant_id: str, record_id: str) -> None:
-        try:
-            self._record: bytes | None = f'","record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'.encode()
-        except UnicodeEncodeError:
-            self._record = None  # a lone surrogate: no field of this record was ever sealed
-        self._tails: dict[str, bytes] = {}
+        self._tenant_id = tenant_id
+        self._record_id = record_id
+        self._tails: dict[str, bytes] = {}  # by key id, for this record only
 
     def open(self, aead: AESGCM, envelope: Envelope, field: str) -> str:
-        head = _FIELD_HEADS.get(field) or _field_head(field)
+        head = _aad_head(field)
         tail = self._tails.get(envelope.key_id)
         if tail is None:
-            if self._record is None:
-                raise _not_unicode()
-            # a parsed key id is 32 lowercase hex characters: JSON needs no escaping for it
-            tail = self._tails[envelope.key_id] = f',"key_id":"{envelope.key_id}'.encode() + self._record
+            tail = self._tails[envelope.key_id] = _aad_tail(envelope.key_id, self._record_id, self._tenant_id)
         return _utf8(_decrypt(aead, envelope.nonce, envelope.sealed, head + tail))
-
-
-# The AAD's head, `{"field":<JSON of the path>`, by path: a record's fields are named as the last record's
-# were. Bounded: paths longer than a schema's names are not kept, and the table is emptied when full.
-_FIELD_HEADS: dict[str, bytes] = {}
-_FIELD_HEADS_MAX = 4096
-_CACHED_PATH_CHARS = 256
-
-
-def _field_head(field: str) -> bytes:
-    try:
-        head = f'{{"field":{_json_string(field)}'.encode()
-    except UnicodeEncodeError:
-        raise _not_unicode() from None
-    if len(field) <= _CACHED_PATH_CHARS:
-        if len(_FIELD_HEADS) >= _FIELD_HEADS_MAX:
-            _FIELD_HEADS.clear()
-        _FIELD_HEADS[field] = head
-    return head
 
 
 def _not_unicode() -> EnvelopeError:
