@@ -1,7 +1,7 @@
 """RFC 8785 (JCS) canonical JSON: the bytes that are signed and used as AAD; and the strict I-JSON
 (RFC 7493) reader every input topic goes through.
 
-Input rules (shared/design.md): UTF-8 only (no byte order mark, no UTF-16/32 guessing), no duplicate
+Input rules (docs/contract.md): UTF-8 only (no byte order mark, no UTF-16/32 guessing), no duplicate
 member names at any depth (compared after unescaping, so `"\\u0061b"` and `"ab"` are the same name),
 numbers that have a value (no NaN/Infinity, no float overflowing to infinity, no integer beyond
 Python's digit limit). A refusal is `NotIJson`, whose message never quotes the input.
