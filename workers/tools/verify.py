@@ -70,7 +70,7 @@ class KnownKey:
     verifier: Ed25519PublicKey | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # built once per event, not once per span (~1 us each); frozen, so set through object
+        # built once per event, not once per span; frozen, so set through object
         if self.public_key is not None:
             object.__setattr__(self, "verifier", Ed25519PublicKey.from_public_bytes(self.public_key))
 
@@ -111,7 +111,7 @@ class PublicKeyBook:
         return True
 
     def lookup(self, tenant_id: str, key_id: str) -> KnownKey | None:
-        # the item, not .get(): TTLCache.get checks expiry twice (`in`, then the item), ~1 us a span more
+        # the item, not .get(): TTLCache.get checks expiry twice (`in`, then the item)
         try:
             return self._keys[tenant_id, key_id]
         except KeyError:  # absent, expired or evicted
@@ -322,7 +322,7 @@ def _step(line: str, book: PublicKeyBook) -> tuple[str, Verdict | Check]:
     return _job_id(signed), _prepare(book, signed, known_plain=plain, parsed=True, escaped="\\u" in line)
 
 
-THREAD_BATCH = 256  # lines per hand-over to a checking thread: ~17 ms of checks, so the hand-over is noise
+THREAD_BATCH = 256  # lines per hand-over to a checking thread: enough checks that the hand-over is noise
 
 
 def _verify_lines_on_threads(lines: Iterable[str], book: PublicKeyBook, threads: int
@@ -358,7 +358,7 @@ def _settled(steps: list[tuple[int, str, Verdict | Check]], checked: Future[list
         yield number, job_id, next(verdicts) if isinstance(step, tuple) else step
 
 
-MAX_THREADS = 8  # past this, this thread's ~10 us of preparing a span feeds no more checkers
+MAX_THREADS = 8  # past this, this one thread preparing the spans feeds no more checkers
 
 
 def default_threads() -> int:
@@ -381,7 +381,7 @@ def reads_a_file(stream: TextIO) -> bool:
 def write_verdicts(lines: Iterable[str], book: PublicKeyBook, out: TextIO, *, chunk: int = 1024,
                    threads: int = 0) -> int:
     """`verify_lines` written to `out` as `line<TAB>job_id<TAB>verdict` lines, in input order, one write
-    per `chunk` lines (a print per span cost ~0.2 us more); returns how many verdicts were not valid."""
+    per `chunk` lines (not a print per span); returns how many verdicts were not valid."""
     failures = 0
     pending: list[str] = []
     for number, job_id, verdict in verify_lines(lines, book, threads=threads):
