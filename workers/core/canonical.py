@@ -193,7 +193,14 @@ def _plain(value: Any, names_ascii: bool = False) -> bool:
 
 def plain_json_loads(raw: bytes) -> tuple[Any, bool]:
     """`loads_ijson` (same refusals, NotIJson) that also says whether the value is plain (see
-    canonical_json). Names are checked by the text: ASCII text without \\u escapes has ASCII names only,
+    canonical_json). Names are told by the text: ASCII text without \\u escapes has ASCII names only,
     so only the values need a look. False when in doubt: canonical_json then scans for itself."""
-    value = loads_ijson(raw)
+    value = _fast_loads(raw)
+    if value is not _MISS:
+        ascii_text = raw.isascii()  # and without a backslash, or orjson's reading would be _MISS
+        plain = _plain(value, names_ascii=ascii_text)
+        # a wide integer is a float to orjson, so only a value that is not plain may hold one
+        if plain or not _wide_integer(raw):
+            return value, plain and ascii_text
+    value = _decode(_text(raw), _IJSON, _IJSON_NO_HOOK)
     return value, raw.isascii() and b"\\u" not in raw and _plain(value, names_ascii=True)

@@ -9,7 +9,6 @@ and two different purposes can never collide by concatenation tricks.
 from __future__ import annotations
 
 import hashlib
-import struct
 
 from schemas.messages import KeyType, Op
 
@@ -47,11 +46,12 @@ _PERSON = b"keyledger-v1"
 def _hash128(label: str, *parts: str | int) -> int:
     """BLAKE2b-128 of `label`, then each part, each as its length in 4 big-endian bytes then its UTF-8
     text (an int as its decimal digits)."""
-    state = hashlib.blake2b(digest_size=16, person=_PERSON)
+    framed = bytearray()
     for part in (label, *parts):
         raw = str(part).encode()
-        state.update(struct.pack(">I", len(raw)) + raw)
-    value = int.from_bytes(state.digest(), "big")
+        framed += len(raw).to_bytes(4, "big")
+        framed += raw
+    value = int.from_bytes(hashlib.blake2b(framed, digest_size=16, person=_PERSON).digest(), "big")
     # 0 and 2^128-1 are reserved by TigerBeetle; a digest hitting either is all but impossible
     return value if 0 < value < U128_MAX else 1
 
