@@ -9,6 +9,7 @@ and two different purposes can never collide by concatenation tricks.
 from __future__ import annotations
 
 import hashlib
+import struct
 
 from schemas.messages import KeyType, Op
 
@@ -46,14 +47,19 @@ _PERSON = b"keyledger-v1"
 def _hash128(label: str, *parts: str | int) -> int:
     """BLAKE2b-128 of `label`, then each part, each as its length in 4 big-endian bytes then its UTF-8
     text (an int as its decimal digits)."""
-    framed = bytearray()
+    state = _EMPTY.copy()
     for part in (label, *parts):
         raw = str(part).encode()
-        framed += len(raw).to_bytes(4, "big")
-        framed += raw
-    value = int.from_bytes(hashlib.blake2b(framed, digest_size=16, person=_PERSON).digest(), "big")
+        state.update(_LENGTH(len(raw)))
+        state.update(raw)
+    value = int.from_bytes(state.digest(), "big")
     # 0 and 2^128-1 are reserved by TigerBeetle; a digest hitting either is all but impossible
     return value if 0 < value < U128_MAX else 1
+
+
+# the hash with nothing hashed yet, never updated itself: every derivation starts from a copy
+_EMPTY = hashlib.blake2b(digest_size=16, person=_PERSON)
+_LENGTH = struct.Struct(">I").pack
 
 
 def tenant_ref(tenant_id: str) -> int:
