@@ -45,8 +45,7 @@ MAX_BODY_BYTES = NONCE_BYTES + MAX_FIELD_BYTES + TAG_BYTES
 # unpadded base64 of n bytes is ceil(4n/3) characters; checked before any decoding work
 MAX_ENVELOPE_CHARS = len(PREFIX) + 32 + 1 + (4 * MAX_BODY_BYTES + 2) // 3
 
-_KEY_ID = re.compile(r"[0-9a-f]{32}")
-_is_key_id = _KEY_ID.fullmatch
+_is_key_id = re.compile(r"[0-9a-f]{32}").fullmatch
 
 
 class EnvelopeError(KeyledgerError, ValueError):
@@ -95,17 +94,31 @@ def _utf8_of(text: str) -> bytes:
 def seal_field(aead: AESGCM, key_id: str, tenant_id: str, record_id: str, field: str, plaintext: str,
                nonce: bytes | None = None) -> str:
     """`nonce` is for known-answer tests only: a repeated nonce under one key breaks GCM."""
-    if not _KEY_ID.fullmatch(key_id):
+    _check_key_id(key_id)
+    raw = _field_value(plaintext)
+    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    return _written(key_id, nonce, _encrypt(aead, nonce, raw, field_aad(tenant_id, record_id, field, key_id)))
+
+
+def _check_key_id(key_id: str) -> None:
+    if not _is_key_id(key_id):
         raise ValueError("key_id must be 32 lowercase hex characters")  # our own key table's bug, not input
+
+
+def _field_value(plaintext: str) -> bytes:
+    """The value's UTF-8 bytes, refused when they could not be read back (so that everything sealed,
+    parse_envelope accepts)."""
     try:
         raw = plaintext.encode("utf-8")
     except UnicodeEncodeError:
         raise EnvelopeError("field value is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
     if len(raw) > MAX_FIELD_BYTES:
-        # refused here so that everything seal_field writes, parse_envelope accepts
         raise EnvelopeError(f"field value of {len(raw)} bytes exceeds {MAX_FIELD_BYTES}", ErrorCode.OVERSIZED)
-    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
-    sealed = _encrypt(aead, nonce, raw, field_aad(tenant_id, record_id, field, key_id))
+    return raw
+
+
+def _written(key_id: str, nonce: bytes, sealed: bytes) -> str:
+    """The wire format: `kl1.<key_id>.<base64url(nonce || ciphertext || tag)>`."""
     return f"{PREFIX}{key_id}.{b64url_encode(nonce + sealed)}"
 
 
@@ -141,16 +154,15 @@ class RecordSealer:
     from one `os.urandom` call (12 fresh random bytes each, as from one call per field; none is ever
     handed out twice). Same output format, same refusals as `seal_field`."""
 
-    __slots__ = ("_aead", "_prefix", "_tail", "_nonces", "_next")
+    __slots__ = ("_aead", "_key_id", "_tail", "_nonces", "_next")
 
     def __init__(self, aead: AESGCM, key_id: str, tenant_id: str, record_id: str, fields: int,
                  nonces: NoncePool | None = None) -> None:
-        if not _is_key_id(key_id):
-            raise ValueError("key_id must be 32 lowercase hex characters")
+        _check_key_id(key_id)
         if fields < 0:
             raise ValueError("a record has no negative number of fields")
         self._aead = aead
-        self._prefix = f"{PREFIX}{key_id}."
+        self._key_id = key_id
         try:
             self._tail: bytes | None = _aad_tail(key_id, record_id, tenant_id)
         except EnvelopeError:
@@ -159,12 +171,7 @@ class RecordSealer:
         self._next = 0
 
     def seal(self, field: str, plaintext: str) -> str:
-        try:
-            raw = plaintext.encode("utf-8")
-        except UnicodeEncodeError:
-            raise EnvelopeError("field value is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
-        if len(raw) > MAX_FIELD_BYTES:
-            raise EnvelopeError(f"field value of {len(raw)} bytes exceeds {MAX_FIELD_BYTES}", ErrorCode.OVERSIZED)
+        raw = _field_value(plaintext)
         head = _aad_head(field)
         if self._tail is None:
             raise _not_unicode()
@@ -173,8 +180,7 @@ class RecordSealer:
             self._nonces, at = os.urandom(NONCE_BYTES), 0
         nonce = self._nonces[at:at + NONCE_BYTES]
         self._next = at + NONCE_BYTES
-        sealed = self._aead.encrypt(nonce, raw, head + self._tail)
-        return self._prefix + b64url_encode(nonce + sealed)
+        return _written(self._key_id, nonce, _encrypt(self._aead, nonce, raw, head + self._tail))
 
 
 def parse_envelope(text: str) -> Envelope:
