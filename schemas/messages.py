@@ -1,4 +1,4 @@
-"""Message models, one per topic of shared/design.md.
+"""Message models, one per topic of docs/contract.md.
 
 Inbound models accept extra fields (producers may add more); outbound models
 serialise with `to_json()` so every producer writes the same bytes for the
@@ -269,7 +269,7 @@ class AuditDigest(_Message):
 class DeadLetter(_Message):
     """A record that could not be processed, as it arrived, with the reason.
 
-    Two exceptions to "as it arrived" (shared/design.md), both flagged so a reader never mistakes
+    Two exceptions to "as it arrived" (docs/contract.md), both flagged so a reader never mistakes
     a partial payload for the record:
 
     - a `pii.requests` record keeps its field values only when KEYLEDGER_DLQ_KEEP_PII=true; otherwise

@@ -1,4 +1,4 @@
-"""Topic names of the external contract (shared/design.md) and the model of each topic's values."""
+"""Topic names of the external contract (docs/contract.md) and the model of each topic's values."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 REPO = Path(__file__).resolve().parents[2]
 
 DESCRIPTION = (
-    "keyledger's Kafka contract (shared/design.md). Values are UTF-8 JSON (I-JSON, RFC 7493), one message per "
+    "keyledger's Kafka contract (docs/contract.md). Values are UTF-8 JSON (I-JSON, RFC 7493), one message per "
     "record. Every topic is keyed by `tenant_id` except `keys.material` (key = `key_id`, compacted) and "
     "`kms.dlq` (the failed record's own key). Inbound messages may carry more members than listed."
 )
