@@ -21,7 +21,14 @@ from typing import Any, TextIO
 
 from schemas.errors import ErrorCode
 from schemas.topics import Topic
-from workers.app.preflight import check_kafka, check_ledger, check_topics, load_settings, require_bootstrap
+from workers.app.preflight import (
+    check_kafka,
+    check_ledger,
+    check_topics,
+    load_settings,
+    preflight,
+    require_bootstrap,
+)
 from workers.errors import ConfigError
 from workers.groups import ALL_GROUPS
 from workers.settings import LedgerKind, Settings
@@ -77,7 +84,9 @@ def _run(args: argparse.Namespace) -> int:
         if settings.kafka_bootstrap:
             await check_kafka(settings.kafka_bootstrap)
         await check_ledger(settings)
-        await run(settings, args.group or ALL_GROUPS)
+        groups = args.group or ALL_GROUPS
+        await preflight(settings, settings.kafka_bootstrap, groups)
+        await run(settings, groups)
 
     asyncio.run(checked_run())
     return 0
