@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -94,3 +97,11 @@ def test_letter_ids_are_partition_slash_offset():
     assert parse_letter_id("0/017") == "0/17"
     with pytest.raises(ConfigError, match="not a letter id"):
         parse_letter_id("tenants.created:0:17")
+
+
+def test_replay_without_a_selection_is_refused_before_connecting():
+    done = subprocess.run([sys.executable, "-m", "workers.app.cli", "dlq", "replay"], capture_output=True, text=True,
+                          timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")})
+    assert done.returncode == 2
+    assert done.stderr == ("keyledger dlq replay: name the letters to replay (ids or --code/--tenant/--group/--since), "
+                           "or --all\n")
