@@ -13,7 +13,8 @@ topic, keyed as it was, with one more header, `keyledger-dlq-letter: <letter id>
 only a letter that holds the whole record: one whose payload was redacted (PII) or cut to a prefix,
 or whose headers or key were dropped, is listed as not replayable and never sent. Nor is a letter
 of a topic keyledger writes itself (`kms.audit`: a replay there would add an audit event no
-operation made).
+operation made). A replayed record meets every check the workers make, as the first time: a
+caller's request whose proof no longer holds (expired, revoked) is refused again, saying why.
 
 Idempotence: a letter is answered once, however often it is replayed. Two designs were open: make
 the workers derive their ids from the original record's coordinates when a replay header names
