@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from schemas.errors import ErrorCode
 from schemas.topics import Topic
@@ -32,6 +32,9 @@ from workers.app.preflight import (
 from workers.errors import ConfigError
 from workers.groups import ALL_GROUPS
 from workers.settings import LedgerKind, Settings
+
+if TYPE_CHECKING:
+    from workers.tools.dlq import DeadLetters, Letter, Selection
 
 DESCRIPTION = """\
 keyledger: per-tenant signing (Ed25519) and encryption (AES-256-GCM) keys, wrapped by a KMS,
@@ -454,21 +457,22 @@ def _add_dlq(verbs: Any) -> None:
     replay.add_argument("--all", action="store_true", help="every replayable letter (without ids or filters)")
 
 
-def _dlq_selection(args: argparse.Namespace) -> Any:
+def _dlq_selection(args: argparse.Namespace) -> Selection:
     from workers.tools.dlq import Selection, parse_letter_id, parse_since
 
     return Selection(ids=frozenset(parse_letter_id(i) for i in getattr(args, "ids", [])), code=args.code,
                      tenant=args.tenant, group=args.group, since=parse_since(args.since) if args.since else None)
 
 
-def _dlq_read(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+def _dlq_read(args: argparse.Namespace) -> tuple[Settings, str, list[Letter]]:
+    """The settings, the broker, and the letters `args` select (every id named must exist)."""
     from workers.tools.dlq import read_letters
 
     selection = _dlq_selection(args)
     settings = load_settings()
     bootstrap = require_bootstrap(settings)
 
-    async def checked_read() -> Any:
+    async def checked_read() -> DeadLetters:
         await _reach(bootstrap, Topic.DLQ)
         return await read_letters(bootstrap)
 
@@ -479,13 +483,13 @@ def _dlq_read(args: argparse.Namespace) -> tuple[Any, list[Any]]:
         raise ConfigError(f"no letter {', '.join(missing)} on kms.dlq (`keyledger dlq list` names them)")
     if found.unreadable:
         print(f"({found.unreadable} records on kms.dlq are not keyledger letters: skipped)", file=sys.stderr)
-    return (settings, bootstrap), chosen
+    return settings, bootstrap, chosen
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
     from workers.tools.dlq import list_lines
 
-    _, chosen = _dlq_read(args)
+    *_, chosen = _dlq_read(args)
     for line in list_lines(chosen):
         print(line)
     print(f"{len(chosen)} letters", file=sys.stderr)
@@ -495,7 +499,7 @@ def _dlq_list(args: argparse.Namespace) -> int:
 def _dlq_show(args: argparse.Namespace) -> int:
     from workers.tools.dlq import show_text
 
-    _, chosen = _dlq_read(args)
+    *_, chosen = _dlq_read(args)
     print("\n\n".join(show_text(letter) for letter in chosen))
     return 0
 
@@ -505,7 +509,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 
     if not (args.all or _dlq_selection(args).narrowed):
         raise ConfigError("name the letters to replay (ids or --code/--tenant/--group/--since), or --all")
-    (settings, bootstrap), chosen = _dlq_read(args)
+    settings, bootstrap, chosen = _dlq_read(args)
     outcomes = asyncio.run(replay(bootstrap, settings, chosen))
     for outcome in outcomes:
         print(outcome.line())
