@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 def aws(moto_endpoint: str, key: str | None, **more) -> Settings:
-    return Settings(kms_provider="aws", kms_key_id=key, kms_endpoint_url=moto_endpoint, kms_max_attempts=1, **more)
+    return Settings(kms_provider="aws", kms_key_id=key, kms_endpoint_url=moto_endpoint, aws_region="us-east-1",
+                    kms_max_attempts=1, **more)
 
 
 async def test_keygen_makes_a_data_key_and_the_signer_only_reaches_the_kms(moto_endpoint, moto_kms_key):
@@ -87,7 +88,8 @@ async def test_a_wrong_tigerbeetle_cluster_id_is_named_as_such(tigerbeetle):
 
 def test_run_stops_at_start_on_a_missing_key_before_consuming(moto_endpoint, kafka_bootstrap):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
-    env.update({"KEYLEDGER_KAFKA_BOOTSTRAP": kafka_bootstrap, "KEYLEDGER_KMS_PROVIDER": "aws",
+    env.update({"KEYLEDGER_PROFILE": "dev", "KEYLEDGER_LEDGER": "memory", "KEYLEDGER_AWS_REGION": "us-east-1",
+                "KEYLEDGER_KAFKA_BOOTSTRAP": kafka_bootstrap, "KEYLEDGER_KMS_PROVIDER": "aws",
                 "KEYLEDGER_KMS_KEY_ID": "alias/keyledger-missing", "KEYLEDGER_KMS_ENDPOINT_URL": moto_endpoint,
                 "KEYLEDGER_HTTP_PORT": "0", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     done = subprocess.run([sys.executable, "-m", "workers.app.cli", "run", "--group", "keyledger-keygen"],
