@@ -12,7 +12,8 @@ steps loses nothing, a replay duplicates nothing):
      unwrap under the old provider, wrap under the new (batched where the
      provider can) and unwrap the new wrapping once to prove it holds the same key
      before anything is published;
-  3. the new `keys.material` record is published (acks=all) and held as a candidate;
+  3. the new `keys.material` record is written (MaterialStore: durable once it returns) and held as a
+     candidate;
   4. a `rewrap` transfer on the key account carries the new record's fingerprint:
      from then on the ledger accepts it (the groups' emitter creates it, then
      publishes the `kms.audit` event with the same id).
@@ -24,7 +25,7 @@ arrives as another record, e.g. a fan-out done again, still says the same) and
 calls no KMS. A crash after step 3 leaves a record
 the ledger never accepted: it is ignored, and the replay wraps again. A key
 destroyed while its rewrap ran has a closed account, so the ledger refuses the
-transfer; its tombstone is then published again, after the new record.
+transfer; its tombstone is then written again, after the new record.
 
 Which keys: live ones (announced, not destroyed). `rewrap` moves keys under a
 versioned KEK (Vault) below its latest version; a `manual` tick (the CLI) also
@@ -44,14 +45,13 @@ from functools import partial
 from typing import Protocol, cast
 
 from schemas.errors import ErrorCode
-from schemas.messages import AuditSource, KeyMaterial, Op, RotationReason, RotationTick, TickAction
+from schemas.messages import KeyMaterial, Op, RotationReason, RotationTick, TickAction
 from schemas.topics import Topic
 from workers.core import ids, signing
 from workers.core.b64 import b64decode, b64encode
 from workers.core.material import material_fingerprint, provider_name, wrapped_kek_version
 from workers.errors import BadInput, KeyledgerError, KeyRefused, Unavailable
-from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord
+from workers.keys.material import MaterialStore
 from workers.keys.pins import settle
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
@@ -73,12 +73,13 @@ from workers.kms import (
     wrap_many,
 )
 from workers.ledger import Account, AccountFlags, Ledger
-from workers.ledger.records import OpRecord, pack_origin, unpack_origin
+from workers.ledger.records import Coordinates, OpRecord, pack_origin, unpack_origin
 from workers.services.outcome import Outcome
+from workers.source import Source
 
 log = logging.getLogger("keyledger.rewrap")
 
-Tick = tuple[InboundRecord, RotationTick]
+Tick = tuple[Source, RotationTick]
 LIVE = (KeyState.ACTIVE, KeyState.ROTATED, KeyState.REVOKED)
 REWRAPPING = (TickAction.REWRAP, TickAction.MIGRATE)
 
@@ -91,7 +92,8 @@ class VersionedKms(Kms, KekVersionedKms, Protocol):
 class Move:
     """One key to re-wrap for one tick."""
 
-    record: InboundRecord
+    source: Source
+    """The tick that asked."""
     tick: RotationTick
     entry: KeyEntry
     old: KeyMaterial | None = None
@@ -150,10 +152,10 @@ def live_entries(keys: KeyService, tick: RotationTick) -> list[KeyEntry]:
 
 
 class RewrapService:
-    def __init__(self, keys: KeyService, ledger: Ledger, publisher: Publisher) -> None:
+    def __init__(self, keys: KeyService, ledger: Ledger, materials: MaterialStore) -> None:
         self._keys = keys
         self._ledger = ledger
-        self._publisher = publisher
+        self._materials = materials
         self.rewrapped = 0
 
     @property
@@ -162,20 +164,20 @@ class RewrapService:
 
     # --- fan-out ------------------------------------------------------------------
 
-    async def fan_out(self, ticks: Sequence[Tick]) -> Outcome:
+    async def fan_out(self, ticks: Sequence[Tick]) -> Outcome[None]:
         """One tick per tenant with a key to move, for each rewrap/migrate tick that names no tenant."""
-        outcome = Outcome()
-        for record, tick in ticks:
+        outcome = Outcome[None]()
+        for source, tick in ticks:
             if tick.action is TickAction.REWRAP and tick.reason is RotationReason.SCHEDULED:
                 # what the previous scheduled pass left unneeded; this pass's wrappings retire at the next
                 for line in await self.retire_unneeded():
                     log.info("retire (tick %s): %s", tick.tick_id, line)
             try:
                 self._check(tick)
-                moves = [Move(record, tick, e, old=e.material) for e in live_entries(self._keys, tick)]
+                moves = [Move(source, tick, e, old=e.material) for e in live_entries(self._keys, tick)]
                 wanted = await self._wanted(moves)
             except KeyledgerError as exc:
-                outcome.refuse(record, exc)
+                outcome.refuse(source, exc)
                 continue
             for move in wanted:
                 if move.error is not None:
@@ -183,19 +185,19 @@ class RewrapService:
             tenants = sorted({m.entry.tenant_id for m in wanted if m.error is None})
             log.info("%s tick %s: %d live keys to move, %d tenants", tick.action, tick.tick_id, len(wanted),
                      len(tenants))
-            outcome.outputs += [Outgoing.of(Topic.ROTATION_TICKS, tenant, tick.model_copy(update={
-                "tick_id": ids.child_tick_id(tick.tick_id, tenant), "tenant_id": tenant, "parent_tick_id": tick.tick_id}))
+            outcome.ticks += [tick.model_copy(update={
+                "tick_id": ids.child_tick_id(tick.tick_id, tenant), "tenant_id": tenant, "parent_tick_id": tick.tick_id})
                 for tenant in tenants]
         return outcome
 
     # --- retiring KEK versions ------------------------------------------------------
 
-    async def retire(self, ticks: Sequence[Tick]) -> Outcome:
+    async def retire(self, ticks: Sequence[Tick]) -> Outcome[None]:
         """`retire` ticks: raise each versioned KEK's min_decryption_version as far as no live key needs."""
         if ticks:
             for line in await self.retire_unneeded():
                 log.info("retire (tick %s): %s", ticks[-1][1].tick_id, line)
-        return Outcome()
+        return Outcome[None]()
 
     async def retire_unneeded(self) -> list[str]:
         """For each versioned KEK (Vault transit key) this process uses: the lowest version any live key's
@@ -273,20 +275,20 @@ class RewrapService:
 
     # --- one tenant per tick -------------------------------------------------------
 
-    async def rewrap(self, ticks: Sequence[Tick]) -> Outcome:
+    async def rewrap(self, ticks: Sequence[Tick]) -> Outcome[None]:
         """At most one tick per tenant (a round). Keys whose KMS is out of reach make their tick wait;
         a key the KMS refuses sends its tick to the DLQ once the tenant's other keys are done."""
-        outcome = Outcome()
+        outcome = Outcome[None]()
         moves: list[Move] = []
-        for record, tick in ticks:
+        for source, tick in ticks:
             try:
                 self._check(tick)
-                moves += self._moves_of(record, tick)
+                moves += self._moves_of(source, tick)
             except KeyledgerError as exc:
-                if self._keys.waits_for_tenant(exc, record):
-                    outcome.blocked.append(record)  # the key table has not read this tenant yet
+                if self._keys.waits_for_tenant(exc, source):
+                    outcome.blocked.append(source)  # the key table has not read this tenant yet
                 else:
-                    outcome.refuse(record, exc)
+                    outcome.refuse(source, exc)
         found = await self._plan(moves)
         await self._perform(found.moves)
         done = [m for m in found.moves if m.new is not None and m.error is None]
@@ -318,12 +320,12 @@ class RewrapService:
                              ErrorCode.KMS_REFUSED)
         return adapter
 
-    def _moves_of(self, record: InboundRecord, tick: RotationTick) -> list[Move]:
+    def _moves_of(self, source: Source, tick: RotationTick) -> list[Move]:
         assert tick.tenant_id is not None
         directory = self._keys.directory
         if not directory.is_known_tenant(tick.tenant_id):
             raise KeyRefused(f"unknown tenant {tick.tenant_id}", ErrorCode.UNKNOWN_TENANT)
-        return [Move(record, tick, entry) for entry in live_entries(self._keys, tick)]
+        return [Move(source, tick, entry) for entry in live_entries(self._keys, tick)]
 
     async def _plan(self, moves: list[Move]) -> Pass:
         """Drop keys without a live account, replay what a crashed run finished, settle the rest on
@@ -469,16 +471,17 @@ class RewrapService:
         """Step 3: the new records are durable before any transfer names them."""
         if not done:
             return
-        await self._publisher.publish(Outgoing.of(Topic.KEYS_MATERIAL, m.entry.key_id, m.new) for m in done)
+        new = [m.new for m in done if m.new is not None]
+        await self._materials.write(new)
         for move in done:
             assert move.new is not None
             self._keys.directory.apply_material(move.new)
 
-    def _op(self, move: Move, tag: int | None = None, source: AuditSource | None = None) -> OpRecord:
+    def _op(self, move: Move, tag: int | None = None, source: Coordinates | None = None) -> OpRecord:
         if tag is None:
             assert move.new is not None
             tag = material_fingerprint(move.new)
-        source = source or move.record.source
+        source = source or move.source
         return OpRecord(move.transfer_id, move.entry.tenant_id, move.entry.key_id, Op.REWRAP, source,
                         reason=reason_of(move.tick), tag=tag, origin=pack_origin(source))
 
@@ -495,25 +498,25 @@ class RewrapService:
                 self._keys.directory.settle(move.entry.key_id, [material_fingerprint(move.new)])
         if closed:
             log.warning("%d keys were destroyed while re-wrapped: tombstoned again", len(closed))
-            await self._publisher.publish(Outgoing.of(Topic.KEYS_MATERIAL, key_id, None) for key_id in sorted(closed))
+            await self._materials.erase(sorted(closed))
 
-    def _settle_ticks(self, ticks: Sequence[Tick], moves: list[Move], outcome: Outcome) -> None:
+    def _settle_ticks(self, ticks: Sequence[Tick], moves: list[Move], outcome: Outcome[None]) -> None:
         """A tick waits while a key of it is out of reach; else a refused key sends it to the DLQ."""
-        failures: dict[int, list[Move]] = {}
+        failures: dict[Source, list[Move]] = {}
         for move in moves:
             if move.error is not None:
-                failures.setdefault(id(move.record), []).append(move)
-        dead = {id(record) for record, _ in outcome.dead} | {id(record) for record in outcome.blocked}
-        for record, _ in ticks:
-            failed = failures.get(id(record), [])
-            if not failed or id(record) in dead:
+                failures.setdefault(move.source, []).append(move)
+        dead = {source for source, _ in outcome.dead} | set(outcome.blocked)
+        for source, _ in ticks:
+            failed = failures.get(source, [])
+            if not failed or source in dead:
                 continue
             if any(isinstance(m.error, Unavailable) for m in failed):
-                outcome.blocked.append(record)
+                outcome.blocked.append(source)
             else:
                 first = failed[0].error
                 assert isinstance(first, KeyledgerError)
-                outcome.refuse(record, KeyRefused(f"{len(failed)} keys not re-wrapped; first: {first}", first.code))
+                outcome.refuse(source, KeyRefused(f"{len(failed)} keys not re-wrapped; first: {first}", first.code))
 
 
 def _failure(move: Move, error: KmsError) -> KeyledgerError | Unavailable:
