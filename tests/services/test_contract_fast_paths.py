@@ -6,8 +6,6 @@
   parse, else `invalid_message`).
 - `groups.signer.signed_value` (the request as it arrived plus a spliced signature member) reads back as
   the `SignedSpan` the model would write, extras and all.
-- `groups.pii.result_value` (a dict dumped by orjson) writes exactly the bytes of `PiiResult(...).to_json()`
-  for the same values.
 
 Inputs are I-JSON text (UTF-8, no duplicate member names): those two rules are issue 9's and the model
 cannot see a duplicate name at all, so inputs breaking them are set aside here (`assume`), not judged.
@@ -25,24 +23,20 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas.errors import ErrorCode, ErrorInfo
-from schemas.messages import PiiOperation, PiiRequest, PiiResult, Signature, SignedSpan, SpanToSign
-from tests.support.strategies import finite_scalars, json_objects, json_values, models, tenant_ids
+from schemas.errors import ErrorCode
+from schemas.messages import Signature, SignedSpan, SpanToSign
+from tests.support.strategies import finite_scalars, json_objects, json_values, tenant_ids
 from workers.core.b64 import b64url_encode
 from workers.core.canonical import CanonicalizationError, NotIJson, loads_ijson
 from workers.core.signing import signing_input
 from workers.errors import KeyledgerError
-from workers.groups.pii import result_value
 from workers.groups.signer import MAX_DEPTH, parse_job, signed_value
 from workers.kafka.records import InboundRecord
-from workers.services.pii import PiiAnswer
 from workers.services.signing import Job
-from workers.source import Source
 
 CHECK = settings(max_examples=300, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 KEY_ID = "ab" * 16
-SOURCE = Source("pii.requests", 0, 7)
 RAW = "@@raw@@"  # placeholder member value, replaced by raw JSON text after dumping
 
 # --- spans.to-sign: the oracle and the fast path ---------------------------------------------------
@@ -289,51 +283,3 @@ def test_the_spliced_signed_span_is_the_models_signed_span(value: dict[str, Any]
     # the same members and values (json.dumps tells 1 from 1.0), null extras too (the request as it arrived);
     # the splice keeps the request's member order
     assert json.dumps(json.loads(spliced), sort_keys=True) == json.dumps(json.loads(model.model_dump_json()), sort_keys=True)
-
-
-# --- pii.results --------------------------------------------------------------------------------------
-
-errors_info = st.builds(ErrorInfo, type=st.sampled_from(ErrorCode), message=st.text(max_size=40) | st.text(max_size=2000))
-key_ids = st.from_regex(r"^[0-9a-f]{32}$", fullmatch=True)
-
-
-@st.composite
-def outcomes(draw: st.DrawFn) -> dict[str, Any]:
-    """What PiiService._serve answers: a whole-request error, or per-field outputs and errors."""
-    if draw(st.booleans()):
-        return {"error": draw(errors_info)}
-    paths = st.text(min_size=1, max_size=20)
-    return {
-        "fields": draw(st.none() | st.dictionaries(paths, st.text(max_size=60), max_size=4)),
-        "errors": draw(st.none() | st.dictionaries(paths, errors_info, min_size=1, max_size=3)),
-        "key_id": draw(st.none() | key_ids),
-    }
-
-
-@CHECK
-@given(models(PiiRequest), outcomes())
-@example(PiiRequest(job_id="j\u2028\x00é😀", tenant_id="t", record_id="r\"\\", operation=PiiOperation.ENCRYPT,
-                    fields={}), {"fields": {"a\x1f": "\x7f"}, "errors": None, "key_id": KEY_ID})
-def test_the_fast_pii_result_is_byte_for_byte_the_model(request: PiiRequest, outcome: dict[str, Any]):
-    error = outcome.get("error")
-    errors = outcome.get("errors")
-    fast = result_value(PiiAnswer(SOURCE, request, outcome.get("fields") or {}, outcome.get("key_id"), errors, error))
-    model = PiiResult(
-        job_id=request.job_id, tenant_id=request.tenant_id, record_id=request.record_id, operation=request.operation,
-        fields=outcome.get("fields") or {}, key_id=outcome.get("key_id"), errors=errors, error=error,
-    )
-    assert PiiResult.model_validate_json(fast) == model
-    assert fast == model.to_json()
-
-
-def test_the_byte_comparison_would_see_a_member_out_of_order():
-    request = PiiRequest(job_id="j", tenant_id="t", record_id="r", operation=PiiOperation.DECRYPT, fields={})
-    error = ErrorInfo(type=ErrorCode.KEY_NOT_FOUND, message="no")
-    fast = result_value(PiiAnswer(SOURCE, request, {}, KEY_ID, {"a": error}))
-    members = json.loads(fast)
-    swapped = json.dumps({k: members[k] for k in ["job_id", "tenant_id", "record_id", "operation", "fields", "errors",
-                                                  "key_id"]}, separators=(",", ":")).encode()
-    model = PiiResult(job_id="j", tenant_id="t", record_id="r", operation=PiiOperation.DECRYPT, key_id=KEY_ID,
-                      errors={"a": error})
-    assert fast == model.to_json()
-    assert PiiResult.model_validate_json(swapped) == model and swapped != model.to_json()

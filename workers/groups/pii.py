@@ -1,19 +1,10 @@
-"""Consumer group `keyledger-pii`: pii.requests -> pii.results (services/pii.py).
-
-A result is written by `result_value`: a dict in `PiiResult`'s field order dumped by orjson, byte for
-byte `PiiResult(...).to_json()` without building the model per record
-(tests/services/test_contract_fast_paths.py holds the two together).
-"""
+"""Consumer group `keyledger-pii`: pii.requests -> pii.results (services/pii.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
-import orjson
-
-from schemas.errors import ErrorInfo
-from schemas.messages import PiiRequest
+from schemas.messages import PiiRequest, PiiResult
 from schemas.topics import Topic
 from workers.groups.base import Deps
 from workers.kafka.publisher import Outgoing
@@ -45,22 +36,7 @@ def result_record(answer: PiiAnswer) -> Outgoing:
 
 
 def result_value(answer: PiiAnswer) -> bytes:
-    """The `pii.results` value of `answer`: members in PiiResult's field order, None left out."""
     request = answer.request
-    result: dict[str, object] = {"job_id": request.job_id, "tenant_id": request.tenant_id,
-                                 "record_id": request.record_id, "operation": request.operation.value,
-                                 "fields": answer.fields}
-    if answer.key_id is not None:
-        result["key_id"] = answer.key_id
-    if answer.errors is not None:
-        result["errors"] = {path: _error(info) for path, info in answer.errors.items()}
-    if answer.error is not None:
-        result["error"] = _error(answer.error)
-    try:
-        return orjson.dumps(result)  # the same bytes as json's below, in C
-    except TypeError:  # a lone surrogate (not UTF-8): json writes it and the publish refuses, as before
-        return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _error(info: ErrorInfo) -> dict[str, str]:
-    return {"type": info.type.value, "message": info.message}
+    return PiiResult(job_id=request.job_id, tenant_id=request.tenant_id, record_id=request.record_id,
+                     operation=request.operation, fields=answer.fields, key_id=answer.key_id, errors=answer.errors,
+                     error=answer.error).to_json()
