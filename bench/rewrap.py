@@ -39,6 +39,7 @@ from workers.kms.aws import AwsKms
 from workers.kms.vault import TokenAuth, VaultKms
 from workers.ledger.memory import MemoryLedger
 from workers.ledger.records import key_account, tenant_account
+from workers.services.kek_retirement import KekRetirement
 from workers.services.rewrap import RewrapService
 from workers.source import Source
 
@@ -114,7 +115,7 @@ async def _vault(tenants: int) -> dict:
             _say(f"vault: {moved:,} keys re-wrapped to KEK v2 in {seconds:.1f}s: {moved / seconds:,.0f} keys/s "
                  f"({calls:,} Vault requests, transit/rewrap batches of {kms._batch_max})")
             started = time.perf_counter()
-            report = await RewrapService(keys, keys.ledger, KafkaMaterialStore(CountingPublisher())).retire_unneeded()
+            report = await KekRetirement(keys, keys.ledger).retire_unneeded()
             retire_s = time.perf_counter() - started
             _say(f"vault: retirement proof over {moved:,} keys in {retire_s:.2f}s: {report[0]}")
         finally:

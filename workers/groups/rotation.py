@@ -1,6 +1,6 @@
 """Consumer group `keyledger-rotation`: keys.rotation-ticks -> new key versions (services/rotation.py),
-and, for ticks with an `action`, new wrappings of the same keys (services/rewrap.py: rewrap, migrate,
-retire)."""
+and, for ticks with an `action`, new wrappings of the same keys (services/rewrap.py, rewrap_fanout.py,
+kek_retirement.py: rewrap, migrate, retire)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from workers.core import policy
 from workers.groups.base import Deps, Emitter
 from workers.kafka.records import InboundRecord, parse, parse_all
 from workers.keys.versions import VersionMaker
-from workers.services.rewrap import REWRAPPING, RewrapService
+from workers.services.kek_retirement import KekRetirement
+from workers.services.moves import REWRAPPING
+from workers.services.rewrap import RewrapService
+from workers.services.rewrap_fanout import RewrapFanOut
 from workers.services.rotation import RotationService, Tick
 
 
@@ -26,6 +29,8 @@ class RotationGroup:
         versions = VersionMaker(deps.keys, deps.ledger, deps.materials)
         self.service = RotationService(deps.keys, deps.ledger, versions, deps.settings.rotation_age)
         self.rewrap = RewrapService(deps.keys, deps.ledger, deps.materials)
+        self.retirement = KekRetirement(deps.keys, deps.ledger)
+        self.rewrap_fan_out = RewrapFanOut(deps.keys, self.retirement)
         self._emit: Emitter[None] = deps.emitter(self.name)
         self._max_bytes = deps.settings.max_message_bytes
 
@@ -42,7 +47,7 @@ class RotationGroup:
         fanned = await self.service.fan_out(fan_outs)
         waiting = await self._emit(records, fanned.refuse_all((r.source, e) for r, e in refused))
         if rewrap_fan_outs:
-            waiting += await self._emit(records, await self.rewrap.fan_out(rewrap_fan_outs))
+            waiting += await self._emit(records, await self.rewrap_fan_out.fan_out(rewrap_fan_outs))
         for round_ticks in policy.rounds(per_tenant):  # a tenant's ticks apply in order
             rotations = [(r, t) for r, t in round_ticks if t.action not in REWRAPPING]
             rewraps = [(r, t) for r, t in round_ticks if t.action in REWRAPPING]
@@ -51,5 +56,5 @@ class RotationGroup:
             if rewraps:
                 waiting += await self._emit(records, await self.rewrap.rewrap(rewraps))
         if retires:  # last: after this batch's rewraps are durable
-            waiting += await self._emit(records, await self.rewrap.retire(retires))
+            waiting += await self._emit(records, await self.retirement.retire(retires))
         return waiting
