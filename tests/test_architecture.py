@@ -19,6 +19,7 @@ LAYERS = {
     "workers.ledger": 2,
     "workers.keystore": 2,
     "workers.keys": 3,
+    "workers.client": 3,  # the caller side: proofs and sealed results (core), for services adopting callers
     "workers.services": 4,
     "workers.kafka": 5,  # the transport: above the services, which take parsed requests and return results
     "workers.groups": 6,

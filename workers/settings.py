@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     http_host: str = Field("0.0.0.0", description="Address the HTTP endpoint listens on.")
     log_format: LogFormat | None = Field(None, description="`json` (one object per line) or `text`; unset: json in the production profile, text otherwise.")
     log_level: LogLevel = Field(LogLevel.INFO, description="Least severe log level written (DEBUG also shows per-message broker logs).")
+    caller_max_skew: float = Field(300, gt=0, le=86_400, description="Seconds a caller's proof `at` may differ from this process's clock (either side) before the request is refused as expired.")
+    operator_public_key: str | None = Field(None, description="The operator's Ed25519 public key (base64url, no padding, raw 32 bytes; `keyledger operator keygen` writes it): only keys.callers records it signed grant anything.")
 
     @field_validator("log_level", mode="before")
     @classmethod

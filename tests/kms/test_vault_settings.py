@@ -87,13 +87,19 @@ def test_the_factory_builds_the_vault_adapter_with_each_auth(monkeypatch, tmp_pa
     monkeypatch.setenv("VAULT_TOKEN", "from-vault-token")
     kms = open_kms(Settings(**base))
     assert isinstance(kms, VaultKms) and kms.default_key_id == "kl" and kms.provider == "vault"
-    assert kms._auth == TokenAuth("from-vault-token") and kms._mount == "kms/transit"
-    assert (kms._namespace, kms._timeout, kms._batch_max, kms._concurrency) == ("team", 2.5, 100, 3)
-    assert open_kms(Settings(**base, vault_token="explicit"))._auth == TokenAuth("explicit")
+    client = kms.session.client
+    assert kms.session.auth == TokenAuth("from-vault-token") and kms.mount == "kms/transit"
+    assert (client.namespace, client.timeout, kms.batch_max, client.concurrency) == ("team", 2.5, 100, 3)
+    assert _auth(open_kms(Settings(**base, vault_token="explicit"))) == TokenAuth("explicit")
     approle = open_kms(Settings(**base, vault_auth="approle", vault_role_id="r", vault_secret_id="s"))
-    assert approle._auth == AppRoleAuth("r", "s", mount="approle")
+    assert _auth(approle) == AppRoleAuth("r", "s", mount="approle")
     k8s = open_kms(Settings(**base, vault_auth="kubernetes", vault_k8s_role="kl", vault_auth_mount="k8s-prod"))
-    assert k8s._auth == KubernetesAuth("kl", "/var/run/secrets/kubernetes.io/serviceaccount/token", mount="k8s-prod")
+    assert _auth(k8s) == KubernetesAuth("kl", "/var/run/secrets/kubernetes.io/serviceaccount/token", mount="k8s-prod")
+
+
+def _auth(kms):
+    assert isinstance(kms, VaultKms)
+    return kms.session.auth
 
 
 @pytest.mark.parametrize(
@@ -117,7 +123,7 @@ def test_auth_reprs_hide_their_secrets():
 
 
 async def test_a_context_with_another_key_order_is_the_same_context():
-    from workers.kms.vault import _context
+    from workers.kms.vault import transit_context
 
     context = encryption_context("acme", "ab" * 16, "signing")
-    assert _context(context) == _context(dict(reversed(list(context.items()))))
+    assert transit_context(context) == transit_context(dict(reversed(list(context.items()))))

@@ -424,10 +424,20 @@ def _docs(args: argparse.Namespace) -> int:
     return docs_command(args.out)
 
 
+# --- caller, operator, client (workers/app/callers_cli.py) ----------------------------------------
+
+
+def _add_callers(verbs: Any) -> None:
+    from workers.app.callers_cli import add_caller, add_client, add_operator
+
+    for build in (add_caller, add_operator, add_client):
+        build(verbs, _verb)
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 BUILDERS: list[Callable[[Any], None]] = [_add_run, _add_dev, _add_demo, _add_verify, _add_rotate, _add_rewrap,
-                                         _add_migrate, _add_status, _add_audit, _add_docs]
+                                         _add_migrate, _add_status, _add_audit, _add_docs, _add_callers]
 
 
 def version() -> str:
@@ -483,7 +493,8 @@ def main(argv: list[str] | None = None) -> None:
     debugging = _debugging(args)
     if not debugging and args.verb not in LONG_RUNNING:
         _quiet_clients()
-    name = " ".join(filter(None, ["keyledger", args.verb, getattr(args, "audit_verb", None)]))
+    name = " ".join(filter(None, ["keyledger", args.verb, getattr(args, "audit_verb", None),
+                                  getattr(args, "sub_verb", None)]))
     try:
         code = args.handler(args)
     except KeyboardInterrupt:

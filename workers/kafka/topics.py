@@ -16,6 +16,7 @@ log = logging.getLogger("keyledger.topics")
 # kms.audit and its digest chain are the verifiers' and auditors' history, so they never expire.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     Topic.KEYS_MATERIAL: {"cleanup.policy": "compact"},
+    Topic.KEYS_CALLERS: {"cleanup.policy": "compact"},
     Topic.KEYS_EVENTS: {"retention.ms": "-1"},
     Topic.KMS_AUDIT: {"retention.ms": "-1"},
     Topic.KMS_AUDIT_DIGESTS: {"retention.ms": "-1"},

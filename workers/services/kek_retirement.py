@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Protocol, cast
 
 from schemas.messages import KeyMaterial
 from workers.core import ids
@@ -19,16 +18,12 @@ from workers.errors import KeyledgerError
 from workers.keys.pins import settle
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyState
-from workers.kms import KekVersionedKms, Kms, KmsRefused, kms_for, provider_of
+from workers.kms import Kms, KmsRefused, kms_for, provider_of
 from workers.ledger import AccountFlags, Ledger
 from workers.services.moves import Tick
 from workers.services.outcome import Outcome
 
 log = logging.getLogger("keyledger.rewrap")
-
-
-class VersionedKms(Kms, KekVersionedKms, Protocol):
-    """An adapter whose KEK has versions keyledger may retire (vault)."""
 
 
 class KekRetirement:
@@ -77,12 +72,9 @@ class KekRetirement:
                                   + f", latest v{versions.latest})")
         return report
 
-    def _versioned_adapters(self) -> list[tuple[str, VersionedKms]]:
+    def _versioned_adapters(self) -> list[tuple[str, Kms]]:
         """(provider, adapter) of each configured provider whose KEKs have versions."""
-        providers = getattr(self.kms, "providers", None)
-        names = list(providers) if isinstance(providers, dict) else [provider_of(self.kms)]
-        adapters = [(name, kms_for(self.kms, name)) for name in names]
-        return [(name, cast(VersionedKms, a)) for name, a in adapters if isinstance(a, KekVersionedKms)]
+        return [(name, a) for name, a in self.kms.providers.items() if a.capabilities.kek_versions]
 
     async def _floors(self, provider: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
         """Per KEK of `provider`: the lowest version a live key needs (and one key that needs it), and

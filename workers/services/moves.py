@@ -15,7 +15,6 @@ from workers.errors import BadInput, KeyledgerError, KeyRefused, Unavailable
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
 from workers.kms import (
-    KekVersionedKms,
     Kms,
     KmsError,
     KmsRefused,
@@ -152,7 +151,7 @@ async def _latest_version(kms: Kms, material: KeyMaterial) -> int | None:
     """The latest version of the KEK that wrapped `material`; None when the provider has none."""
     try:
         adapter = kms_for(kms, material.kms_provider)
-        if not isinstance(adapter, KekVersionedKms):
+        if not adapter.capabilities.kek_versions:
             return None
         return (await adapter.kek_versions(material.kms_key_id)).latest
     except KmsRefused as exc:

@@ -74,10 +74,13 @@ TOPICS: dict[Topic, str] = {
                              "Written by keyledger-audit-digest.",
     Topic.DLQ: "A record that could not be processed, as it arrived (base64), with a typed error. "
                "Key: the record's own key. Written by every group.",
+    Topic.KEYS_CALLERS: "A caller's policy (tenants, operations, HPKE public key, KMS-wrapped HMAC secret), signed "
+                        "by the operator key; the latest version of each caller wins. Compacted. Key: caller_id. "
+                        "Written by `keyledger caller`; read whole by every process.",
 }
 # the topics keyledger writes: each gets a publisher in the document
 OUTPUTS = (Topic.SPANS_SIGNED, Topic.PII_RESULTS, Topic.ROTATION_TICKS, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS,
-           Topic.KMS_AUDIT, Topic.KMS_AUDIT_DIGESTS, Topic.DLQ)
+           Topic.KMS_AUDIT, Topic.KMS_AUDIT_DIGESTS, Topic.DLQ, Topic.KEYS_CALLERS)
 KEY_TABLE = "key-table"  # no consumer group: every process reads keys.material and keys.events to their end
 
 
