@@ -4,13 +4,14 @@ writes `pii.results`).
 Each request is resolved once into a `Plan` (its tenant's active encryption key, or why it has
 none). Results are per field: one bad field gets a typed error under `errors` and the
 rest of the record still succeeds. Plaintext values exist only inside this
-module's locals and the published result of a `decrypt`; they never reach logs,
+module's locals, a request's `Plan` and `PiiAnswer` (its fields are left out of their reprs) and
+the result the group publishes from it; they never reach logs,
 exceptions or DLQ letters (a request that cannot be parsed is dead-lettered with
 its field values replaced by their length and SHA-256 unless
 KEYLEDGER_DLQ_KEEP_PII=true: kafka/letters.py).
 
-Audit: one transfer per (record, key, operation, outcome) whose amount is the number
-of fields; its id depends on the record alone, so a redelivery in other batches lands
+Audit: one transfer per (request, key, operation, outcome) whose amount is the number
+of fields; its id depends on the request's source alone, so a redelivery in other batches lands
 on the same transfers. A field naming a key the tenant may not use is recorded as `denied`
 against the tenant's own active encryption key, never against the key it named.
 Wear-out: before sealing, each request's fields are charged to its active key's
@@ -56,8 +57,8 @@ class PiiAnswer:
     fields it produced and the key that produced them, per-field errors, or one error for the request."""
 
     source: Source
-    request: PiiRequest
-    fields: dict[str, str] = field(default_factory=dict)
+    request: PiiRequest = field(repr=False)  # an encrypt's fields are plaintext
+    fields: dict[str, str] = field(default_factory=dict, repr=False)  # a decrypt's are plaintext
     key_id: str | None = None
     errors: dict[str, ErrorInfo] | None = None
     error: ErrorInfo | None = None
@@ -69,7 +70,7 @@ class Plan:
     request is then answered with that error; a decrypt needs no active key)."""
 
     source: Source
-    request: PiiRequest
+    request: PiiRequest = field(repr=False)  # an encrypt's fields are plaintext
     active: KeyEntry | None
     no_active: KeyRefused | None
     charged: KeyEntry | None = None
