@@ -21,6 +21,7 @@ class KmsProvider(StrEnum):
     AWS = "aws"
     VAULT = "vault"
     LOCAL = "local"
+    PKCS11 = "pkcs11"
 
 
 class VaultAuthMethod(StrEnum):

@@ -35,6 +35,10 @@ def open_provider(settings: Settings, provider: KmsProvider) -> Kms:
         )
     if provider is KmsProvider.VAULT:
         return open_vault(settings)
+    if provider is KmsProvider.PKCS11:
+        from workers.kms.pkcs11 import Pkcs11Kms, Pkcs11Settings
+
+        return Pkcs11Kms.from_settings(Pkcs11Settings())
     from workers.kms.local import DEFAULT_KEY_ID, LocalKms
 
     kek = b64decode(settings.local_kek) if settings.local_kek else None
