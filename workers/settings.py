@@ -22,6 +22,7 @@ class KmsProvider(StrEnum):
     VAULT = "vault"
     LOCAL = "local"
     PKCS11 = "pkcs11"
+    GCP = "gcp"
 
 
 class VaultAuthMethod(StrEnum):

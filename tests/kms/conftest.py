@@ -61,3 +61,36 @@ def softhsm(tmp_path_factory) -> Iterator[SoftHsm]:
             os.environ.pop("SOFTHSM2_CONF", None)
         else:
             os.environ["SOFTHSM2_CONF"] = previous
+
+
+GCP_KEY = "projects/keyledger-test/locations/global/keyRings/keyledger/cryptoKeys/keyledger-kek"
+
+
+@pytest.fixture(scope="session")
+def cloud_kms_server() -> Iterator:
+    """A Cloud KMS protocol double (tests/kms/gcp_double.py) serving on its own thread's event loop, so
+    sync and async tests alike reach it; not Google's service."""
+    import asyncio
+    import threading
+
+    from tests.kms.gcp_double import CloudKmsDouble
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="cloud-kms-double", daemon=True)
+    thread.start()
+    double = asyncio.run_coroutine_threadsafe(CloudKmsDouble().start(), loop).result(timeout=30)
+    try:
+        yield double
+    finally:
+        asyncio.run_coroutine_threadsafe(double.stop(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def cloud_kms(cloud_kms_server):
+    """The double, reset for this test: only the default key, no fault."""
+    cloud_kms_server.keys.clear()
+    cloud_kms_server.fault, cloud_kms_server.corrupt = None, False
+    cloud_kms_server.create_key(GCP_KEY)
+    return cloud_kms_server

@@ -1,6 +1,6 @@
 """One KMS contract, every adapter and wrapper of the port: local (in process), aws (moto's server over
 HTTP), vault (an OpenBao dev server over HTTP), pkcs11 (a fresh SoftHSM2 token through its PKCS#11
-module), the router (vault primary, local beside it) and the metered KMS around vault. Key states
+module), gcp (the official client against a local Cloud KMS protocol double over gRPC), the router (vault primary, local beside it) and the metered KMS around vault. Key states
 (disabled, pending deletion, retired versions) are refused by the KMS itself; errors map to the
 port's three kinds (unavailable, throttled, refused). Every refusal below is preceded by the same call succeeding on the untouched
 input, so a refusal is the KMS saying no, not a broken setup."""
@@ -15,6 +15,7 @@ import time
 import boto3
 import pytest
 
+from tests.kms.conftest import GCP_KEY
 from tests.support.faults import SwitchableKms
 from workers.app.embedded import free_port
 from workers.app.observability.metrics import Metrics
@@ -42,6 +43,7 @@ from workers.kms import (
     wrap_many,
 )
 from workers.kms.aws import AwsKms
+from workers.kms.gcp import GcpKms
 from workers.kms.local import LocalKms
 from workers.kms.pkcs11 import Pkcs11Kms
 from workers.kms.router import KmsRouter
@@ -54,12 +56,13 @@ OTHERS = {
     "another key_type": {**ACME, "key_type": "signing"},
 }
 # per provider: the largest wrapped key it may return (local and vault blobs have a fixed size)
-WRAPPED_BOUND = {"local": 64, "aws": MAX_WRAPPED_BYTES, "vault": len("vault:v99:") + 80, "pkcs11": 88}
-VERSIONED = {"vault", "pkcs11"}  # providers whose data keys carry the KEK version that wrapped them
+WRAPPED_BOUND = {"local": 64, "aws": MAX_WRAPPED_BYTES, "vault": len("vault:v99:") + 80, "pkcs11": 88, "gcp": MAX_WRAPPED_BYTES}
+VERSIONED = {"vault", "pkcs11", "gcp"}  # providers whose data keys carry the KEK version that wrapped them
 NATIVE_REWRAP = {"aws", "vault"}
 UNREACHABLE_TIMEOUT = 1.0
 # each adapter under test: the provider whose keys it makes, and the wrapper around it (if any)
 ADAPTERS = {"local": ("local", None), "aws": ("aws", None), "vault": ("vault", None), "pkcs11": ("pkcs11", None),
+            "gcp": ("gcp", None),
             "router": ("vault", "router"), "metered": ("vault", "metered")}
 
 
@@ -91,6 +94,9 @@ def make_kms(request, adapter):
                 pytest.skip("a PKCS#11 module has no endpoint (a lost device: test_errors_map_to_the_port_kinds)")
             hsm = request.getfixturevalue("softhsm")
             kms = Pkcs11Kms(hsm.module, hsm.token_label, hsm.pin, sessions=2)
+        elif provider == "gcp":
+            endpoint = closed.removeprefix("http://") if unreachable else request.getfixturevalue("cloud_kms").endpoint
+            kms = GcpKms(GCP_KEY, endpoint=endpoint, insecure=True, timeout=UNREACHABLE_TIMEOUT if unreachable else 5)
         elif provider == "aws":
             endpoint, key = request.getfixturevalue("moto_endpoint"), request.getfixturevalue("moto_kms_key")
             kms = (AwsKms("any", endpoint_url=closed, timeout=UNREACHABLE_TIMEOUT, max_attempts=1) if unreachable
@@ -304,12 +310,12 @@ async def test_an_unreachable_kms_is_unavailable_within_the_timeout(make_kms):
     kms = make_kms(unreachable=True)
     try:
         for call in (lambda: kms.generate_data_key(None, ACME),
-                     lambda: kms.decrypt(b"vault:v1:" + b"A" * 80, "k", ACME)):
+                     lambda: kms.decrypt(b"vault:v1:" + b"A" * 80, kms.default_key_id, ACME)):
             started = time.monotonic()
             with pytest.raises(KmsUnavailable):
                 await call()
             assert time.monotonic() - started < UNREACHABLE_TIMEOUT + 1.0
-        results = await kms.decrypt_many([UnwrapRequest(b"vault:v1:" + b"A" * 80, "k", ACME)])
+        results = await kms.decrypt_many([UnwrapRequest(b"vault:v1:" + b"A" * 80, kms.default_key_id, ACME)])
         assert isinstance(results[0], KmsUnavailable)
     finally:
         await kms.aclose()
@@ -375,6 +381,8 @@ def fresh_key(request, provider):
         if provider == "pkcs11":
             assert isinstance(kms, Pkcs11Kms)
             await kms.create_key(name)
+        if provider == "gcp":
+            return str(request.getfixturevalue("cloud_kms").create_key(GCP_KEY.rsplit("/", 1)[0] + "/" + name))
         return f"local/{name}" if provider == "local" else name  # vault: created at first use
 
     return make
@@ -397,6 +405,10 @@ def disable(request, provider):
                 for key in session.get_objects({pkcs11.Attribute.ID: kms_key_id.encode()}):
                     key[pkcs11.Attribute.WRAP] = False
                     key[pkcs11.Attribute.UNWRAP] = False
+        elif provider == "gcp":
+            from tests.kms.gcp_double import State
+
+            request.getfixturevalue("cloud_kms").set_state(kms_key_id, State.DISABLED)
         else:
             pytest.skip(f"{provider} keys have no disabled state (vault: retire versions; local: none)")
 
@@ -521,6 +533,13 @@ async def test_errors_map_to_the_port_kinds(request, adapter, provider, kind, sc
                  "refused": p11.PKCS11Error("function not permitted")}[kind]
         for slot in list(kms._slots._queue):  # the fault goes where the module's sessions are
             slot.session = _FailingSession(error)
+    elif provider == "gcp":
+        import grpc
+
+        double = request.getfixturevalue("cloud_kms")
+        double.fault = {"unavailable": grpc.StatusCode.UNAVAILABLE, "throttled": grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "refused": grpc.StatusCode.PERMISSION_DENIED}[kind]
+        kms = GcpKms(GCP_KEY, endpoint=double.endpoint, insecure=True, timeout=UNREACHABLE_TIMEOUT)
     elif provider == "aws":
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -534,7 +553,7 @@ async def test_errors_map_to_the_port_kinds(request, adapter, provider, kind, sc
     try:
         for call in (lambda: kms.generate_data_key(None, ACME),
                      lambda: kms.decrypt(b"KLH1\0\0\0\1" + b"A" * 80 if provider == "pkcs11"
-                                         else b"vault:v1:" + b"A" * 80, "k", ACME)):
+                                         else b"vault:v1:" + b"A" * 80, kms.default_key_id, ACME)):
             with pytest.raises(EXPECTED[kind]) as raised:
                 await call()
             if kind == "unavailable":

@@ -39,6 +39,10 @@ def open_provider(settings: Settings, provider: KmsProvider) -> Kms:
         from workers.kms.pkcs11 import Pkcs11Kms, Pkcs11Settings
 
         return Pkcs11Kms.from_settings(Pkcs11Settings())
+    if provider is KmsProvider.GCP:
+        from workers.kms.gcp import GcpKms, GcpSettings
+
+        return GcpKms.from_settings(GcpSettings())
     from workers.kms.local import DEFAULT_KEY_ID, LocalKms
 
     kek = b64decode(settings.local_kek) if settings.local_kek else None
