@@ -76,7 +76,7 @@ class TickAction(StrEnum):
     """Raise each Vault transit key's min_decryption_version as far as no live key needs older versions."""
 
 
-KmsProviderName = Literal["aws", "vault", "local", "pkcs11", "gcp"]
+KmsProviderName = Literal["aws", "vault", "local", "pkcs11", "gcp", "azure"]
 
 
 class PiiOperation(StrEnum):

@@ -23,6 +23,7 @@ class KmsProvider(StrEnum):
     LOCAL = "local"
     PKCS11 = "pkcs11"
     GCP = "gcp"
+    AZURE = "azure"
 
 
 class VaultAuthMethod(StrEnum):

@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,3 +95,63 @@ def cloud_kms(cloud_kms_server):
     cloud_kms_server.fault, cloud_kms_server.corrupt = None, False
     cloud_kms_server.create_key(GCP_KEY)
     return cloud_kms_server
+
+
+AZURE_KEY = "keyledger-kek"
+
+
+class StaticToken:
+    """An async credential handing out one bearer token: what the Key Vault double accepts."""
+
+    async def get_token(self, *scopes: str, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        return AccessToken("keyledger-test-token", int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        pass
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def key_vault_server(tmp_path_factory) -> Iterator:
+    """A Key Vault protocol double (tests/kms/azure_double.py) over HTTPS with a certificate made here,
+    serving on its own thread's event loop; not Azure."""
+    import asyncio
+    import threading
+
+    from tests.kms.azure_double import KeyVaultDouble
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="key-vault-double", daemon=True)
+    thread.start()
+    double = asyncio.run_coroutine_threadsafe(KeyVaultDouble(tmp_path_factory.mktemp("vault-tls")).start(),
+                                              loop).result(timeout=30)
+    try:
+        yield double
+    finally:
+        asyncio.run_coroutine_threadsafe(double.stop(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def key_vault(key_vault_server):
+    """The double, reset for this test: only the default key (RSA), no fault."""
+    key_vault_server.keys.clear()
+    key_vault_server.fault = None
+    key_vault_server.create_key(AZURE_KEY)
+    return key_vault_server
+
+
+def azure_kms(vault_url: str, ca_cert, **options):
+    """The adapter as tests build it: the double's CA, its static token, the challenge's resource
+    not checked against 127.0.0.1."""
+    from workers.kms.azure import AzureKms
+
+    return AzureKms(vault_url, StaticToken(), ca_cert=str(ca_cert), verify_challenge_resource=False, **options)

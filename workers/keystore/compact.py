@@ -26,7 +26,7 @@ _PUBLIC, _PROVIDER, _KEK = 1, 2, 4
 _PACKED_BELOW = _ESCAPED = 8
 _HEAD = ("key_id", "tenant_id", "key_type", "version", "kms_key_id", "wrapped_key")
 
-_PROVIDERS = ("aws", "vault", "local", "pkcs11", "gcp")  # KmsProviderName, by code (append only)
+_PROVIDERS = ("aws", "vault", "local", "pkcs11", "gcp", "azure")  # KmsProviderName, by code (append only)
 
 # Interned KMS key ids, process-wide: the default key, and one per BYOK tenant (its keys share it).
 _kms_ids: list[str] = []

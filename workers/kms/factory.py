@@ -43,6 +43,10 @@ def open_provider(settings: Settings, provider: KmsProvider) -> Kms:
         from workers.kms.gcp import GcpKms, GcpSettings
 
         return GcpKms.from_settings(GcpSettings())
+    if provider is KmsProvider.AZURE:
+        from workers.kms.azure import AzureKms, AzureSettings
+
+        return AzureKms.from_settings(AzureSettings())
     from workers.kms.local import DEFAULT_KEY_ID, LocalKms
 
     kek = b64decode(settings.local_kek) if settings.local_kek else None
