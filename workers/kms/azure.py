@@ -215,9 +215,7 @@ class AzureKms(Kms):
         self._crypto, self._keys = {}, None
         for client in clients:
             await client.close()
-        close = getattr(self._credential, "close", None)
-        if close is not None:
-            await close()
+        await self._credential.close()  # azure.identity's async credentials hold an HTTP session
 
     # --- the clients ---------------------------------------------------------------------
 
@@ -283,8 +281,9 @@ class AzureKms(Kms):
             raise KmsUnavailable(f"azure {operation}: {type(exc).__name__}") from None
         except HttpResponseError as exc:
             status = exc.status_code or 0
-            code = getattr(exc.error, "code", None) or type(exc).__name__
-            detail = str(getattr(exc.error, "message", "") or "")[:300] or None
+            error = exc.error  # Key Vault's {"error": {"code", "message"}}, when the answer had one
+            code = (error.code if error is not None else None) or type(exc).__name__
+            detail = str((error.message if error is not None else None) or "")[:300] or None
             if status == 429:
                 raise KmsThrottled(f"azure {operation}: 429 {code}") from None
             if status >= 500 or status == 0:

@@ -252,15 +252,15 @@ class GcpKms(Kms):
 def _mapped(operation: str, exc: Exception) -> KmsError | None:
     """A google.api_core or gRPC error as the port's kind, by its gRPC status code (None: neither)."""
     from google.api_core.exceptions import GoogleAPICallError
-    from grpc import RpcError
+    from grpc.aio import AioRpcError
 
     if isinstance(exc, GoogleAPICallError):
         code, detail = exc.grpc_status_code, str(exc.message or "")[:300] or None
-    elif isinstance(exc, RpcError) and callable(getattr(exc, "code", None)):
+    elif isinstance(exc, AioRpcError):
         code, detail = exc.code(), None
     else:
         return None
-    status = getattr(code, "name", None) or type(exc).__name__
+    status = code.name if code is not None else type(exc).__name__
     if status == "RESOURCE_EXHAUSTED":
         return KmsThrottled(f"gcp {operation}: {status}")
     if status in _UNAVAILABLE or code is None:
