@@ -550,8 +550,10 @@ async def test_errors_map_to_the_port_kinds(request, adapter, provider, kind, sc
         kms = Pkcs11Kms(hsm.module, hsm.token_label, hsm.pin, sessions=2)
         error = {"unavailable": p11.DeviceRemoved(), "throttled": p11.SessionCount(),
                  "refused": p11.PKCS11Error("function not permitted")}[kind]
-        for slot in list(kms._slots._queue):  # the fault goes where the module's sessions are
+        slots = [kms._slots.get_nowait() for _ in range(kms._slots.qsize())]  # where the module's sessions are
+        for slot in slots:
             slot.session = _FailingSession(error)
+            kms._slots.put_nowait(slot)
     elif provider == "gcp":
         import grpc
 

@@ -134,14 +134,22 @@ class Pkcs11Kms(Kms):
         except p11.PKCS11Error as exc:
             raise ValueError(f"PKCS#11: token {token_label!r} could not be opened ({type(exc).__name__})") from None
         self._slots: asyncio.Queue[_Slot] = asyncio.Queue()
-        for _ in range(sessions):
-            self._slots.put_nowait(_Slot(self._token.open(rw=True)))
+        opened: list[_Slot] = []
+        try:
+            for _ in range(sessions):
+                opened.append(_Slot(self._token.open(rw=True)))
+            if not self._versions_now(self._login, self.default_key_id):
+                if not create_key:
+                    raise ValueError(f"PKCS#11: token {token_label!r} holds no KEK {self.default_key_id!r}")
+                self._generate(self._login, self.default_key_id, 1)
+        except BaseException as exc:
+            self._close_now(opened)  # a failed start leaves no session, and no login, behind
+            if isinstance(exc, p11.PKCS11Error):
+                raise ValueError(f"PKCS#11: token {token_label!r}: {type(exc).__name__} at start") from None
+            raise
+        for slot in opened:
+            self._slots.put_nowait(slot)
         self._executor = ThreadPoolExecutor(max_workers=sessions, thread_name_prefix="pkcs11")
-        versions = self._versions_now(self._login, self.default_key_id)
-        if not versions:
-            if not create_key:
-                raise ValueError(f"PKCS#11: token {token_label!r} holds no KEK {self.default_key_id!r}")
-            self._generate(self._login, self.default_key_id, 1)
 
     @classmethod
     def from_settings(cls, settings: Pkcs11Settings) -> Pkcs11Kms:
