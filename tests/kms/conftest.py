@@ -1,68 +1,12 @@
-"""Fixtures of the KMS providers' servers: a fresh SoftHSM2 token per test session."""
+"""Fixtures of the KMS providers' protocol doubles: Cloud KMS over gRPC, Key Vault over HTTPS (the SoftHSM2
+token is tests/conftest.py's `softhsm`)."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-
-SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                   "/usr/local/lib/softhsm/libsofthsm2.so")
-
-
-@dataclass(frozen=True)
-class SoftHsm:
-    module: str
-    token_label: str
-    pin_file: Path
-    conf: Path
-
-    @property
-    def pin(self) -> str:
-        return self.pin_file.read_text().strip()
-
-    def env(self) -> dict[str, str]:
-        """What a `keyledger` subprocess needs to reach this token."""
-        return {"SOFTHSM2_CONF": str(self.conf), "KEYLEDGER_PKCS11_MODULE": self.module,
-                "KEYLEDGER_PKCS11_TOKEN_LABEL": self.token_label, "KEYLEDGER_PKCS11_PIN_FILE": str(self.pin_file)}
-
-
-@pytest.fixture(scope="session")
-def softhsm(tmp_path_factory) -> Iterator[SoftHsm]:
-    """A fresh SoftHSM2 token (its own token directory) for this test session; skips, saying why, where
-    Debian's softhsm2 is not installed. SOFTHSM2_CONF is set for this process: the module reads it once."""
-    util = shutil.which("softhsm2-util")
-    module = next((m for m in SOFTHSM_MODULES if os.path.exists(m)), None)
-    if util is None or module is None:
-        pytest.skip("no SoftHSM2: `apt-get install -y softhsm2` (.ci/run installs it)")
-    base = tmp_path_factory.mktemp("softhsm")
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    pin = secrets.token_hex(8)
-    pin_file = base / "pin"
-    pin_file.write_text(pin + "\n")
-    label = f"keyledger-{secrets.token_hex(4)}"
-    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-    subprocess.run([util, "--init-token", "--free", "--label", label, "--so-pin", secrets.token_hex(8),
-                    "--pin", pin], env=env, check=True, capture_output=True)
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    try:
-        yield SoftHsm(module, label, pin_file, conf)
-    finally:
-        if previous is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = previous
-
 
 GCP_KEY = "projects/keyledger-test/locations/global/keyRings/keyledger/cryptoKeys/keyledger-kek"
 
