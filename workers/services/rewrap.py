@@ -375,7 +375,9 @@ class RewrapService:
             elif newest is None:
                 if tick.reason is RotationReason.MANUAL:
                     wanted.append(move)  # unversioned: an explicit request re-wraps under the current backing key
-            elif (wrapped_kek_version(material) or 0) < newest:
+            elif (wrapped_kek_version(material) or material.kek_version or 0) < newest:
+                # the field where the blob does not show its version (gcp, azure): a stale field only
+                # skips or repeats a rewrap; retirement (`_floors`) still trusts the blob alone
                 wanted.append(move)
         return wanted
 
