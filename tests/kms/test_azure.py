@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.kms.conftest import StaticToken, azure_kms
+from workers.errors import ConfigError
 from workers.kms import KmsRefused, KmsUnavailable, encryption_context
 from workers.kms.azure import AzureKms, AzureSettings, WrapAlgorithm
 
@@ -56,11 +57,11 @@ async def test_key_names_and_the_shared_key(key_vault):
 
 
 def test_the_settings_read_their_own_prefix(monkeypatch):
-    with pytest.raises(ValueError, match="needs KEYLEDGER_AZURE_VAULT_URL"):
+    with pytest.raises(ConfigError, match="needs KEYLEDGER_AZURE_VAULT_URL"):
         AzureKms.from_settings(AzureSettings())
     monkeypatch.setenv("KEYLEDGER_AZURE_VAULT_URL", "https://keyledger.managedhsm.azure.net/")
     monkeypatch.setenv("KEYLEDGER_AZURE_ALGORITHM", "A256KW")
     settings = AzureSettings()
     assert settings.algorithm is WrapAlgorithm.A256KW and settings.key_name == "keyledger-kek"
-    with pytest.raises(ValueError, match="https://"):
+    with pytest.raises(ConfigError, match="https://"):
         AzureKms("http://keyledger.vault.azure.net", StaticToken())

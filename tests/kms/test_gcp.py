@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.kms.conftest import GCP_KEY
+from workers.errors import ConfigError
 from workers.kms import KmsRefused, KmsUnavailable, encryption_context
 from workers.kms.gcp import GcpKms, GcpSettings
 
@@ -50,11 +51,11 @@ async def test_key_names_and_the_shared_key(kms):
 
 
 def test_the_settings_read_their_own_prefix(monkeypatch):
-    with pytest.raises(ValueError, match="needs KEYLEDGER_GCP_KEY_NAME"):
+    with pytest.raises(ConfigError, match="needs KEYLEDGER_GCP_KEY_NAME"):
         GcpKms.from_settings(GcpSettings())
     monkeypatch.setenv("KEYLEDGER_GCP_KEY_NAME", GCP_KEY)
     monkeypatch.setenv("KEYLEDGER_GCP_INSECURE", "true")
-    with pytest.raises(ValueError, match="needs KEYLEDGER_GCP_ENDPOINT"):
+    with pytest.raises(ConfigError, match="needs KEYLEDGER_GCP_ENDPOINT"):
         GcpKms.from_settings(GcpSettings())
     monkeypatch.setenv("KEYLEDGER_GCP_ENDPOINT", "127.0.0.1:1")
     kms = GcpKms.from_settings(GcpSettings())

@@ -10,12 +10,15 @@ import sys
 
 import pytest
 
+from workers.errors import ConfigError
 from workers.kms import KmsRefused, KmsThrottled, KmsUnavailable, encryption_context
 from workers.kms.pkcs11 import Pkcs11Kms, Pkcs11Settings, map_error
 
 ACME = encryption_context("acme", "ab" * 16, "encryption")
-START = ("import asyncio\nfrom workers.kms.factory import open_provider\nfrom workers.settings import KmsProvider, Settings\n"
-         "kms = open_provider(Settings(), KmsProvider.PKCS11)\n"
+START = ("import asyncio, sys\nfrom workers.app.failures import explain\nfrom workers.kms.factory import open_provider\n"
+         "from workers.settings import KmsProvider, Settings\n"
+         "try:\n    kms = open_provider(Settings(), KmsProvider.PKCS11)\n"
+         "except Exception as exc:\n    message, code = explain(exc)\n    print(message, file=sys.stderr)\n    sys.exit(code)\n"
          "async def main():\n    key = await kms.generate_data_key(None, {'tenant_id': 't', 'key_id': 'k', 'key_type': 'signing'})\n"
          "    print('started', key.kek_version)\n    await kms.aclose()\nasyncio.run(main())\n")
 
@@ -44,21 +47,20 @@ def test_a_wrong_pin_is_one_line_at_start(softhsm, tmp_path):
     wrong = tmp_path / "wrong-pin"
     wrong.write_text("not-the-pin\n")
     started = _start(softhsm, tmp_path, KEYLEDGER_PKCS11_PIN_FILE=str(wrong))
-    assert started.returncode != 0
-    last = started.stderr.strip().splitlines()[-1]
-    assert last == f"ValueError: PKCS#11: token {softhsm.token_label!r} refused the PIN (PinIncorrect)"
+    assert started.returncode == 2  # a configuration error, as the CLI reports it
+    assert started.stderr.strip() == f"PKCS#11: token {softhsm.token_label!r} refused the PIN (PinIncorrect)"
     assert "not-the-pin" not in started.stderr and softhsm.pin not in started.stderr
 
 
 def test_a_missing_token_module_or_pin_file_is_one_line_at_start(softhsm, tmp_path):
-    with pytest.raises(ValueError, match=r"^PKCS#11: no token labelled 'no-such-token' in module ") as raised:
+    with pytest.raises(ConfigError, match=r"^PKCS#11: no token labelled 'no-such-token' in module ") as raised:
         Pkcs11Kms(softhsm.module, "no-such-token", softhsm.pin)
     assert "\n" not in str(raised.value)
-    with pytest.raises(ValueError, match=r"^PKCS#11 module '/nonexistent/libpkcs11.so' did not load"):
+    with pytest.raises(ConfigError, match=r"^PKCS#11 module '/nonexistent/libpkcs11.so' did not load"):
         Pkcs11Kms("/nonexistent/libpkcs11.so", softhsm.token_label, softhsm.pin)
-    with pytest.raises(ValueError, match="needs KEYLEDGER_PKCS11_PIN_FILE"):
+    with pytest.raises(ConfigError, match="needs KEYLEDGER_PKCS11_PIN_FILE"):
         Pkcs11Kms.from_settings(Pkcs11Settings(module=softhsm.module, token_label=softhsm.token_label))
-    with pytest.raises(ValueError, match="is unreadable"):
+    with pytest.raises(ConfigError, match="is unreadable"):
         Pkcs11Kms.from_settings(Pkcs11Settings(pin_file=tmp_path / "absent"))
 
 
@@ -94,7 +96,7 @@ async def test_the_kek_is_generated_once_sensitive_and_never_extractable(softhsm
 
 
 async def test_no_kek_and_no_create_is_one_line_at_start(softhsm):
-    with pytest.raises(ValueError, match=r"holds no KEK 'absent-kek'$"):
+    with pytest.raises(ConfigError, match=r"holds no KEK 'absent-kek'$"):
         Pkcs11Kms(softhsm.module, softhsm.token_label, softhsm.pin, default_key_id="absent-kek", create_key=False)
 
 

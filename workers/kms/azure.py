@@ -50,6 +50,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.core.canonical import canonical_json
+from workers.errors import ConfigError
 from workers.kms import (
     DATA_KEY_BYTES,
     DataKey,
@@ -102,7 +103,7 @@ class AzureKms(Kms):
                  verify_challenge_resource: bool = True) -> None:
         address = urlsplit(vault_url)
         if address.scheme != "https" or not address.hostname:
-            raise ValueError("KEYLEDGER_AZURE_VAULT_URL must be an https:// URL")
+            raise ConfigError("KEYLEDGER_AZURE_VAULT_URL must be an https:// URL")
         self.vault_url = f"https://{address.netloc}"
         self.default_key_id = _check_name(default_key_id)
         self.algorithm = WrapAlgorithm(algorithm)
@@ -122,7 +123,7 @@ class AzureKms(Kms):
     @classmethod
     def from_settings(cls, settings: AzureSettings) -> AzureKms:
         if not settings.vault_url:
-            raise ValueError("KEYLEDGER_KMS_PROVIDER=azure needs KEYLEDGER_AZURE_VAULT_URL")
+            raise ConfigError("KEYLEDGER_KMS_PROVIDER=azure needs KEYLEDGER_AZURE_VAULT_URL")
         from azure.identity.aio import DefaultAzureCredential
 
         return cls(settings.vault_url, DefaultAzureCredential(), default_key_id=settings.key_name,

@@ -42,6 +42,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.core.canonical import canonical_json
+from workers.errors import ConfigError
 from workers.kms import (
     DATA_KEY_BYTES,
     DataKey,
@@ -92,9 +93,9 @@ class GcpKms(Kms):
     @classmethod
     def from_settings(cls, settings: GcpSettings) -> GcpKms:
         if not settings.key_name:
-            raise ValueError("KEYLEDGER_KMS_PROVIDER=gcp needs KEYLEDGER_GCP_KEY_NAME")
+            raise ConfigError("KEYLEDGER_KMS_PROVIDER=gcp needs KEYLEDGER_GCP_KEY_NAME")
         if settings.insecure and not settings.endpoint:
-            raise ValueError("KEYLEDGER_GCP_INSECURE=true needs KEYLEDGER_GCP_ENDPOINT (a local test server)")
+            raise ConfigError("KEYLEDGER_GCP_INSECURE=true needs KEYLEDGER_GCP_ENDPOINT (a local test server)")
         return cls(settings.key_name, endpoint=settings.endpoint, insecure=settings.insecure,
                    timeout=settings.timeout, concurrency=settings.concurrency)
 

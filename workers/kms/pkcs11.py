@@ -31,7 +31,7 @@ sessions and KEK handles.
 Errors: device, session and token-presence failures -> KmsUnavailable (the session is dropped and
 reopened by the next call); CKR_SESSION_COUNT -> KmsThrottled; anything else the token answers
 (function not permitted on a retired or disabled version, no such KEK, a tampered blob) ->
-KmsRefused. A wrong PIN, a missing module or token: one-line ValueError at start.
+KmsRefused. A wrong PIN, a missing module or token: one-line ConfigError at start (the CLI prints it and exits 2).
 
 Deletion: `schedule_key_deletion` of a tenant's own KEK clears CKA_WRAP/CKA_UNWRAP on every
 version (the token refuses it from then on, reversibly); destroying the objects after the pending
@@ -59,6 +59,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.core.canonical import canonical_json
+from workers.errors import ConfigError
 from workers.kms import (
     DATA_KEY_BYTES,
     DataKey,
@@ -106,7 +107,7 @@ class Pkcs11Kms(Kms):
     def __init__(self, module: str, token_label: str, pin: str, *, default_key_id: str = "keyledger-kek",
                  sessions: int = 4, create_key: bool = True) -> None:
         """Loads the module, logs in and opens the session pool, and finds (or, with `create_key`,
-        generates) the default KEK: every misconfiguration fails here, in one line (ValueError)."""
+        generates) the default KEK: every misconfiguration fails here, in one line (ConfigError)."""
         import pkcs11
         from pkcs11 import exceptions as p11
 
@@ -120,19 +121,19 @@ class Pkcs11Kms(Kms):
         try:
             lib = pkcs11.lib(module)
         except Exception as exc:  # the loader raises RuntimeError/OSError kinds that vary by version
-            raise ValueError(f"PKCS#11 module {module!r} did not load: {type(exc).__name__}") from None
+            raise ConfigError(f"PKCS#11 module {module!r} did not load: {type(exc).__name__}") from None
         try:
             self._token = lib.get_token(token_label=token_label)
         except p11.NoSuchToken:
-            raise ValueError(f"PKCS#11: no token labelled {token_label!r} in module {module!r}") from None
+            raise ConfigError(f"PKCS#11: no token labelled {token_label!r} in module {module!r}") from None
         try:
             self._login = self._token.open(rw=True, user_pin=pin)
         except p11.UserAlreadyLoggedIn:  # another adapter of this process holds the login
             self._login = self._token.open(rw=True)
         except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked, p11.PinExpired) as exc:
-            raise ValueError(f"PKCS#11: token {token_label!r} refused the PIN ({type(exc).__name__})") from None
+            raise ConfigError(f"PKCS#11: token {token_label!r} refused the PIN ({type(exc).__name__})") from None
         except p11.PKCS11Error as exc:
-            raise ValueError(f"PKCS#11: token {token_label!r} could not be opened ({type(exc).__name__})") from None
+            raise ConfigError(f"PKCS#11: token {token_label!r} could not be opened ({type(exc).__name__})") from None
         self._slots: asyncio.Queue[_Slot] = asyncio.Queue()
         opened: list[_Slot] = []
         try:
@@ -140,12 +141,12 @@ class Pkcs11Kms(Kms):
                 opened.append(_Slot(self._token.open(rw=True)))
             if not self._versions_now(self._login, self.default_key_id):
                 if not create_key:
-                    raise ValueError(f"PKCS#11: token {token_label!r} holds no KEK {self.default_key_id!r}")
+                    raise ConfigError(f"PKCS#11: token {token_label!r} holds no KEK {self.default_key_id!r}")
                 self._generate(self._login, self.default_key_id, 1)
         except BaseException as exc:
             self._close_now(opened)  # a failed start leaves no session, and no login, behind
             if isinstance(exc, p11.PKCS11Error):
-                raise ValueError(f"PKCS#11: token {token_label!r}: {type(exc).__name__} at start") from None
+                raise ConfigError(f"PKCS#11: token {token_label!r}: {type(exc).__name__} at start") from None
             raise
         for slot in opened:
             self._slots.put_nowait(slot)
@@ -154,11 +155,11 @@ class Pkcs11Kms(Kms):
     @classmethod
     def from_settings(cls, settings: Pkcs11Settings) -> Pkcs11Kms:
         if settings.pin_file is None:
-            raise ValueError("KEYLEDGER_KMS_PROVIDER=pkcs11 needs KEYLEDGER_PKCS11_PIN_FILE")
+            raise ConfigError("KEYLEDGER_KMS_PROVIDER=pkcs11 needs KEYLEDGER_PKCS11_PIN_FILE")
         try:
             pin = settings.pin_file.read_text().rstrip("\r\n")
         except OSError as exc:
-            raise ValueError(f"KEYLEDGER_PKCS11_PIN_FILE {str(settings.pin_file)!r} is unreadable "
+            raise ConfigError(f"KEYLEDGER_PKCS11_PIN_FILE {str(settings.pin_file)!r} is unreadable "
                              f"({exc.strerror})") from None
         return cls(settings.module, settings.token_label, pin, default_key_id=settings.key_label,
                    sessions=settings.sessions, create_key=settings.create_key)
