@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     kafka_linger_ms: int = Field(5, ge=0, le=1000, description="Producer linger: how long records wait to share a request.")
     max_message_bytes: int = Field(1_048_576, ge=1024, description="Inbound records larger than this go to the DLQ as oversized; also the largest record keyledger writes (a dead letter is cut to fit). Set it to the broker's message.max.bytes or less.")
     dlq_keep_pii: bool = Field(False, description="Keep the field values of `pii.requests` records in their dead letters; off: each value is replaced by its length and SHA-256.")
-    kms_provider: KmsProvider = Field(KmsProvider.LOCAL, description="`aws` (AWS KMS API), `vault` (Vault/OpenBao Transit) or `local` (a development KEK).")
+    kms_provider: KmsProvider = Field(KmsProvider.LOCAL, description="`aws` (AWS KMS API), `vault` (Vault/OpenBao Transit), `pkcs11` (an HSM over PKCS#11), `gcp` (Google Cloud KMS), `azure` (Azure Key Vault / Managed HSM) or `local` (a development KEK).")
     kms_providers: str = Field("", description="Every KMS provider this process unwraps with, comma separated (e.g. `aws,vault` while migrating); KEYLEDGER_KMS_PROVIDER, where new keys go, is always one of them.")
     kms_key_id: str | None = Field(None, description="Default KMS key (ARN or alias) that wraps tenant keys.")
     kms_endpoint_url: str | None = Field(None, description="KMS endpoint override (LocalStack, moto); unset uses AWS.")
