@@ -178,7 +178,7 @@ def test_batches_keep_each_partitions_order_and_headers_and_split_when_full():
 
 
 def test_a_record_aiokafka_would_refuse_goes_through_send_which_refuses_it():
-    big = Outgoing(TOPIC, b"tenant-1", b"x" * SETTINGS.producer_max_request_bytes, (("traceparent", b"00"),))
+    big = Outgoing(TOPIC, b"tenant-1", b"x" * SETTINGS.kafka.producer_max_request_bytes, (("traceparent", b"00"),))
     small = Outgoing(TOPIC, b"tenant-1", b"{}")
 
     async def test(publisher: KafkaPublisher, wire: Wire, clock: Clock) -> None:

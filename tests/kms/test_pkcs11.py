@@ -17,7 +17,7 @@ from workers.kms.pkcs11 import Pkcs11Kms, Pkcs11Settings, map_error
 ACME = encryption_context("acme", "ab" * 16, "encryption")
 START = ("import asyncio, sys\nfrom workers.app.failures import explain\nfrom workers.kms.factory import open_provider\n"
          "from workers.settings import KmsProvider, Settings\n"
-         "try:\n    kms = open_provider(Settings(), KmsProvider.PKCS11)\n"
+         "try:\n    kms = open_provider(Settings(kms_provider='pkcs11').kms, KmsProvider.PKCS11)\n"
          "except Exception as exc:\n    message, code = explain(exc)\n    print(message, file=sys.stderr)\n    sys.exit(code)\n"
          "async def main():\n    key = await kms.generate_data_key(None, {'tenant_id': 't', 'key_id': 'k', 'key_type': 'signing'})\n"
          "    print('started', key.kek_version)\n    await kms.aclose()\nasyncio.run(main())\n")

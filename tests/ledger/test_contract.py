@@ -517,9 +517,9 @@ async def test_a_chain_longer_than_a_request_is_refused_before_anything_is_sent(
 
 
 async def test_open_ledger_builds_the_configured_adapter():
-    memory = open_ledger(Settings(ledger=LedgerKind.MEMORY))
+    memory = open_ledger(Settings(ledger=LedgerKind.MEMORY).ledger)
     assert isinstance(memory, MemoryLedger)
-    real = open_ledger(Settings(ledger=LedgerKind.TIGERBEETLE, tb_addresses=f"127.0.0.1:{free_port()}", tb_batch_max=7))
+    real = open_ledger(Settings(ledger=LedgerKind.TIGERBEETLE, tb_addresses=f"127.0.0.1:{free_port()}", tb_batch_max=7).ledger)
     try:
         assert isinstance(real, TigerBeetleLedger)
     finally:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +16,15 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
+from schemas.errors import ErrorCode
 from schemas.messages import SpanToSign
 from schemas.topics import TOPIC_MODELS, Topic
 from tests.support.strategies import models
+from workers.app import cli
 from workers.groups import GROUPS
+from workers.settings import Settings
 from workers.tools import contract
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,3 +169,40 @@ def test_the_published_schema_refuses_a_span_that_is_already_signed(job: SpanToS
     value = {**json.loads(job.to_json()), "signature": signature}
     assert not validator.is_valid(value)
     assert validator.is_valid({k: v for k, v in value.items() if k != "signature"})
+
+
+# docs/contract.md, the contract of record, names everything the code offers
+
+
+CONTRACT = (ROOT / "docs/contract.md").read_text(encoding="utf-8")
+
+
+def _leaf_fields(model: type[BaseModel]) -> Iterator[str]:
+    """Every setting's field name, through any sub-model of settings."""
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield from _leaf_fields(kind)
+        else:
+            yield name
+
+
+def test_every_setting_is_in_the_contract():
+    documented = set(re.findall(r"KEYLEDGER_[A-Z0-9_]+", CONTRACT))
+    missing = [name for name in _leaf_fields(Settings)
+               if not any(env == f"KEYLEDGER_{name.upper()}" or env.endswith(f"_{name.upper()}") for env in documented)]
+    assert not missing
+
+
+def test_every_topic_and_error_code_is_in_the_contract():
+    assert [t.value for t in Topic if f"`{t.value}`" not in CONTRACT] == []
+    assert [c.value for c in ErrorCode if f"`{c.value}`" not in CONTRACT] == []
+
+
+def test_every_cli_verb_is_in_the_contract():
+    parser = cli._parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    named = [f"keyledger {verb}" for verb in verbs.choices if verb != "audit"]
+    audit = next(a for a in verbs.choices["audit"]._actions if isinstance(a, argparse._SubParsersAction))
+    named += [f"keyledger audit {verb}" for verb in audit.choices]
+    assert [name for name in named if f"`{name}" not in CONTRACT] == []

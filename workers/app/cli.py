@@ -73,8 +73,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def checked_run() -> None:
-        if settings.kafka_bootstrap:
-            await check_kafka(settings.kafka_bootstrap)
+        if settings.kafka.bootstrap:
+            await check_kafka(settings.kafka.bootstrap)
         await check_ledger(settings)
         await run(settings, args.group or ALL_GROUPS)
 
@@ -119,8 +119,8 @@ def _demo(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def checked_demo() -> int:
-        if settings.kafka_bootstrap:
-            await check_kafka(settings.kafka_bootstrap)
+        if settings.kafka.bootstrap:
+            await check_kafka(settings.kafka.bootstrap)
         await check_ledger(settings)
         return await demo(settings)
 
@@ -155,7 +155,7 @@ async def _verify_stream(settings: Settings, stream: TextIO) -> int:
     bootstrap = require_bootstrap(settings)
     await _reach(bootstrap, Topic.KEYS_EVENTS)
     # public keys: the design's 24 h cache, sized like the others (KEYLEDGER_CACHE_PUBLIC_TTL, _MAX_ENTRIES)
-    book = await load_book(bootstrap, ttl=settings.cache_public_ttl, maxsize=settings.cache_max_entries)
+    book = await load_book(bootstrap, ttl=settings.cache.public_ttl, maxsize=settings.cache.max_entries)
     # the file is already open (checked before any connection); reading lines of it is local and short.
     # The same bytes a print per span wrote, in input order. From a file: in chunks, the Ed25519 checks
     # on one thread per CPU while this one parses. From a pipe or a terminal: each verdict as its line comes
@@ -283,16 +283,16 @@ async def _status_report(settings: Settings, bootstrap: str, *, as_json: bool) -
 
     await check_ledger(settings)
     await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS)
-    ledger = open_ledger(settings) if settings.ledger is LedgerKind.TIGERBEETLE else None
-    note = (f"skipped: {describe_ledger(settings)} lives inside the worker process; usage is read from a "
+    ledger = open_ledger(settings.ledger) if settings.ledger.kind is LedgerKind.TIGERBEETLE else None
+    note = (f"skipped: {describe_ledger(settings.ledger)} lives inside the worker process; usage is read from a "
             "TigerBeetle ledger (KEYLEDGER_LEDGER=tigerbeetle)")
     try:
-        status = await read_status(bootstrap, ledger, rotation_age=settings.rotation_age,
-                                   encrypt_limit=settings.encrypt_limit, ledger_note=note)
+        status = await read_status(bootstrap, ledger, rotation_age=settings.limits.rotation_age,
+                                   encrypt_limit=settings.limits.encrypt_limit, ledger_note=note)
     finally:
         if ledger is not None:
             await ledger.aclose()
-    print(to_json(status) if as_json else render(status, f"Kafka {bootstrap}, {describe_ledger(settings)}"))
+    print(to_json(status) if as_json else render(status, f"Kafka {bootstrap}, {describe_ledger(settings.ledger)}"))
     return 0
 
 
@@ -320,7 +320,7 @@ def _add_audit_verify(audit_verbs: Any) -> None:
 
 
 def _outside_ledger(settings: Settings) -> None:
-    if settings.ledger is LedgerKind.MEMORY:
+    if settings.ledger.kind is LedgerKind.MEMORY:
         raise ConfigError("the ledger (memory) lives inside the process that runs the workers (keyledger dev or "
                           "run), so no other process can audit it: run `keyledger dev` with a TigerBeetle binary "
                           "(TIGERBEETLE_BIN or PATH) and paste its export lines, or run `keyledger demo`, which "
@@ -340,7 +340,7 @@ async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str |
 
     await check_ledger(settings)
     await _reach(bootstrap, Topic.KMS_AUDIT)
-    ledger = open_ledger(settings)
+    ledger = open_ledger(settings.ledger)
     try:
         report = await verify_audit(bootstrap, ledger, tenant)
     finally:
@@ -348,7 +348,7 @@ async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str |
     for problem in report.mismatches[:100]:
         print(f"MISMATCH {problem}")
     verdict = "agrees with" if report.agrees else "DISAGREES with"
-    print(f"kms.audit {verdict} {describe_ledger(settings)}: {report.events} events ({report.duplicates} "
+    print(f"kms.audit {verdict} {describe_ledger(settings.ledger)}: {report.events} events ({report.duplicates} "
           f"duplicate records), {len(report.tenants)} tenants, {len(report.mismatches)} mismatches")
     chain = await verify_chain(bootstrap)
     for problem in chain.problems[:100]:
@@ -394,10 +394,10 @@ async def _build_report(settings: Settings, bootstrap: str, tenant: str, form: s
 
     await check_ledger(settings)
     await _reach(bootstrap, Topic.KMS_AUDIT, Topic.KEYS_EVENTS)
-    ledger = open_ledger(settings)
+    ledger = open_ledger(settings.ledger)
     try:
-        report = await build_report(bootstrap, ledger, tenant, rotation_age=settings.rotation_age,
-                                    encrypt_limit=settings.encrypt_limit)
+        report = await build_report(bootstrap, ledger, tenant, rotation_age=settings.limits.rotation_age,
+                                    encrypt_limit=settings.limits.encrypt_limit)
     finally:
         await ledger.aclose()
     text = render_html(report) if form == "html" else json.dumps(report.to_json(), indent=2) + "\n"
@@ -424,10 +424,20 @@ def _docs(args: argparse.Namespace) -> int:
     return docs_command(args.out)
 
 
+# --- caller, operator, client (workers/app/callers_cli.py) ----------------------------------------
+
+
+def _add_callers(verbs: Any) -> None:
+    from workers.app.callers_cli import add_caller, add_client, add_operator
+
+    for build in (add_caller, add_operator, add_client):
+        build(verbs, _verb)
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 BUILDERS: list[Callable[[Any], None]] = [_add_run, _add_dev, _add_demo, _add_verify, _add_rotate, _add_rewrap,
-                                         _add_migrate, _add_status, _add_audit, _add_docs]
+                                         _add_migrate, _add_status, _add_audit, _add_docs, _add_callers]
 
 
 def version() -> str:
@@ -483,7 +493,8 @@ def main(argv: list[str] | None = None) -> None:
     debugging = _debugging(args)
     if not debugging and args.verb not in LONG_RUNNING:
         _quiet_clients()
-    name = " ".join(filter(None, ["keyledger", args.verb, getattr(args, "audit_verb", None)]))
+    name = " ".join(filter(None, ["keyledger", args.verb, getattr(args, "audit_verb", None),
+                                  getattr(args, "sub_verb", None)]))
     try:
         code = args.handler(args)
     except KeyboardInterrupt:

@@ -22,15 +22,17 @@ from workers.errors import ConfigError
 from workers.ledger.addresses import resolved_tb_addresses
 from workers.settings import (
     KAFKA_DEFAULT_PORT,
+    SECRET_SETTINGS,
     TB_DEFAULT_HOST,
     TB_DEFAULT_PORT,
+    KafkaSecurity,
     LedgerKind,
     Settings,
+    env_name,
     parse_addresses,
 )
 
 PROBE_TIMEOUT = 5.0
-SECRET_FIELDS = frozenset({"local_kek"})  # their values never appear in a message
 
 
 def load_settings() -> Settings:
@@ -45,42 +47,50 @@ def settings_problems(exc: ValidationError) -> list[str]:
     """One line per problem: `KEYLEDGER_NAME=value: what is wrong and the fix` (no pydantic internals)."""
     lines = []
     for error in exc.errors():
-        field = "_".join(str(part) for part in error["loc"])
+        name = env_name(error["loc"])
         cause = error.get("ctx", {}).get("error")
         message = str(cause) if error["type"] == "value_error" and cause is not None else error["msg"]
-        if not field:  # a whole-model check (the production profile) names its settings itself
+        if name is None:  # a check of several settings (the production profile) names them itself
             lines.append(message)
             continue
-        name = f"KEYLEDGER_{field.upper()}"
         shown = error.get("input")
-        if field not in SECRET_FIELDS and isinstance(shown, str | int | float):
+        if name not in SECRET_SETTINGS and isinstance(shown, str | int | float):
             name = f"{name}={shown}"
         lines.append(f"{name}: {message[:1].lower()}{message[1:]}")
     return lines
 
 
 def require_bootstrap(settings: Settings) -> str:
-    if not settings.kafka_bootstrap:
+    if not settings.kafka.bootstrap:
         raise ConfigError("KEYLEDGER_KAFKA_BOOTSTRAP is unset: set it to the broker that holds keyledger's topics "
                           "(`keyledger dev` prints an export line for it)")
-    return settings.kafka_bootstrap
+    return settings.kafka.bootstrap
 
 
 async def check_kafka(bootstrap: str, *, hint: str = "") -> None:
-    """Some bootstrap address answers a Kafka ApiVersions request within PROBE_TIMEOUT."""
-    reason = await _first_answer(parse_addresses(bootstrap, default_port=KAFKA_DEFAULT_PORT), speaks=_kafka_answers)
+    """Some bootstrap address answers a Kafka ApiVersions request within PROBE_TIMEOUT (over TLS when
+    KEYLEDGER_KAFKA_SECURITY_PROTOCOL says so: a wrong CA or a missing client certificate is named here)."""
+    from workers.kafka.security import check_tls
+
+    security = KafkaSecurity.from_environment()
+    speaks = None if security.uses_tls else _kafka_answers
+    reason = await _first_answer(parse_addresses(bootstrap, default_port=KAFKA_DEFAULT_PORT), speaks=speaks)
     if reason:
         raise ConfigError(f"cannot reach Kafka at {bootstrap} ({reason}): set KEYLEDGER_KAFKA_BOOTSTRAP to a running "
                           f"broker{hint}")
+    if security.uses_tls:
+        await check_tls(bootstrap, security)
 
 
 async def check_topics(bootstrap: str, topics: list[str]) -> None:
     """The broker holds `topics` (a reader would otherwise wait its whole timeout for them to appear)."""
     from aiokafka import AIOKafkaConsumer
 
+    from workers.kafka.security import client_options
     from workers.kafka.tap import started
 
-    consumer = await started(AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False))
+    consumer = await started(AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                                **client_options()))
     try:
         missing = sorted(set(topics) - await consumer.topics())
     finally:
@@ -93,14 +103,14 @@ async def check_topics(bootstrap: str, topics: list[str]) -> None:
 
 async def check_ledger(settings: Settings) -> None:
     """A TigerBeetle ledger must answer at its address; the memory ledger needs nothing."""
-    if settings.ledger is not LedgerKind.TIGERBEETLE:
+    if settings.ledger.kind is not LedgerKind.TIGERBEETLE:
         return
-    if not settings.tb_addresses:
+    if not settings.ledger.tb_addresses:
         raise ConfigError("KEYLEDGER_LEDGER=tigerbeetle needs KEYLEDGER_TB_ADDRESSES (the replicas' host:port list)")
-    addresses = resolved_tb_addresses(settings.tb_addresses)
+    addresses = resolved_tb_addresses(settings.ledger.tb_addresses)
     reason = await _first_answer(parse_addresses(addresses, default_port=TB_DEFAULT_PORT, default_host=TB_DEFAULT_HOST))
     if reason:
-        raise ConfigError(f"cannot reach TigerBeetle at {settings.tb_addresses} ({reason}): start it, or fix "
+        raise ConfigError(f"cannot reach TigerBeetle at {settings.ledger.tb_addresses} ({reason}): start it, or fix "
                           "KEYLEDGER_TB_ADDRESSES (`keyledger dev` prints the address of the one it runs)")
 
 

@@ -169,8 +169,8 @@ class BatchRunner:
         self._handle = handle
         self._publisher = publisher
         self._letters = DeadLetters.of(group, settings)
-        self._waiting = WaitingSet(settings.retry_attempts, settings.retry_backoff, settings.retry_backoff_max)
-        self._backpressure = Backpressure(settings.kafka_batch_max * 20)
+        self._waiting = WaitingSet(settings.retry.attempts, settings.retry.backoff, settings.retry.backoff_max)
+        self._backpressure = Backpressure(settings.kafka.batch_max * 20)
         self._offsets = OffsetTracker()
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()  # serialises offset bookkeeping and commits
@@ -394,8 +394,8 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         *topics,
         group_id=group,
         batch=True,
-        max_records=settings.kafka_batch_max,
-        batch_timeout_ms=settings.kafka_batch_timeout_ms,
+        max_records=settings.kafka.batch_max,
+        batch_timeout_ms=settings.kafka.batch_timeout_ms,
         # the runner commits itself, never past a record still waiting for a retry
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
@@ -413,7 +413,7 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
 def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup,
               observer: RunnerObserver | None = None) -> BatchRunner:
     """Subscribe `group` on `broker`; the caller owns the returned runner and closes it."""
-    depth = settings.kafka_pipeline_depth if group.pipelined else 1
+    depth = settings.kafka.pipeline_depth if group.pipelined else 1
     holder = group if isinstance(group, HoldsRecords) else None
     runner = BatchRunner(group.name, group.handle, publisher, settings, depth, holder, observer)
     subscribe(broker, group.topics, group.name, runner, settings)

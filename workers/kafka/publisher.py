@@ -74,21 +74,21 @@ class Publisher(Protocol):
 class KafkaPublisher:
     def __init__(self, bootstrap: str, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         compat.install()
-        durability: dict[str, object] = {"acks": "all", "enable_idempotence": settings.kafka_idempotence}
+        durability: dict[str, object] = {"acks": "all", "enable_idempotence": settings.kafka.idempotence}
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id="keyledger",
-            linger_ms=settings.kafka_linger_ms,
+            linger_ms=settings.kafka.linger_ms,
             # one partition's batch per request is in flight at a time: 16 KiB batches (the default) turn
             # a 1,000-record handler batch into several sequential round trips
-            max_batch_size=settings.kafka_producer_batch_bytes,
-            max_request_size=settings.producer_max_request_bytes,
+            max_batch_size=settings.kafka.producer_batch_bytes,
+            max_request_size=settings.kafka.producer_max_request_bytes,
             **durability,
         )
         self._partitioner = DefaultPartitioner()
         self._topics: dict[str, tuple[float, list[int]]] = {}
         self._chosen: dict[tuple[str, bytes], int] = {}
-        self._max_request = settings.producer_max_request_bytes
+        self._max_request = settings.kafka.producer_max_request_bytes
         self._clock = clock
         self.published = 0
 

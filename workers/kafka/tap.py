@@ -9,6 +9,8 @@ from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from workers.kafka.security import client_options
+
 C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)
 
 
@@ -20,7 +22,8 @@ async def read_topic(
     timeout: float = 30.0,
 ) -> list[ConsumerRecord]:
     """Every record of `topic` from the beginning: to its current end, or until `until(records)` holds."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                **client_options())
     await started(consumer)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, timeout))]
@@ -66,7 +69,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float) ->
 
 async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
     """A plain producer, as any outside client would write (key, value) records."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **client_options())
     await started(producer)
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in records]
