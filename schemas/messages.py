@@ -302,6 +302,27 @@ class DeadLetter(_Message):
     failed_at: datetime
 
 
+class DeadLetterReplay(_Message):
+    """One replay of a `kms.dlq` letter to its original topic, on `kms.dlq.replays` (key = `letter`, kept forever).
+
+    `letter` names the letter as `<kms.dlq partition>/<offset>`; `topic`, `partition`, `offset` are the
+    original record's coordinates (as in the letter) and `replayed_partition`, `replayed_offset` where
+    the replay landed on `topic`. Written after the replay is acknowledged: `keyledger dlq replay`
+    skips a letter that has one, so a letter is answered once however often it is replayed.
+    """
+
+    letter: Annotated[str, StringConstraints(pattern=r"^[0-9]+/[0-9]+$")]
+    topic: str
+    partition: int
+    offset: int
+    replayed_partition: int
+    replayed_offset: int
+    error_code: str
+    group: str
+    tenant_id: str | None = None
+    replayed_at: datetime
+
+
 # --- callers (docs/contract.md "Callers") -------------------------------------
 
 CALLER_ID_PATTERN = r"^[0-9a-f]{32}$"

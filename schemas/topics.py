@@ -12,6 +12,7 @@ from schemas.messages import (
     AuditEvent,
     CallerPolicy,
     DeadLetter,
+    DeadLetterReplay,
     KeyEvent,
     KeyMaterial,
     PiiRequest,
@@ -38,6 +39,7 @@ class Topic(StrEnum):
     KMS_AUDIT_DIGESTS = "kms.audit.digests"
     DLQ = "kms.dlq"
     KEYS_CALLERS = "keys.callers"
+    DLQ_REPLAYS = "kms.dlq.replays"
 
 
 TOPIC_MODELS: Final[dict[Topic, type[BaseModel]]] = {
@@ -54,5 +56,6 @@ TOPIC_MODELS: Final[dict[Topic, type[BaseModel]]] = {
     Topic.KMS_AUDIT_DIGESTS: AuditDigest,
     Topic.DLQ: DeadLetter,
     Topic.KEYS_CALLERS: CallerPolicy,
+    Topic.DLQ_REPLAYS: DeadLetterReplay,
 }
 """The model of every topic's record values (`keys.material` also carries tombstones: a null value)."""

@@ -21,6 +21,7 @@ import logging
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,8 @@ async def dev(settings: Settings) -> None:
     with contextlib.ExitStack() as cleanup:
         stack = await start_stack(settings, cleanup)
         async with running_workers(stack.settings, stack.bootstrap, ALL_GROUPS) as context:
-            print("\n".join(banner(stack, time.monotonic() - started, context.http_url)), flush=True)
+            print("\n".join(banner(stack, time.monotonic() - started, context.http_url, list(context.groups))),
+                  flush=True)
             settle_the_heap()
             await until_signalled()
 
@@ -128,11 +130,13 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def banner(stack: DevStack, seconds: float, http_url: str | None = None) -> list[str]:
-    """The lines printed once every group runs (stdout; nothing secret in them)."""
+def banner(stack: DevStack, seconds: float, http_url: str | None = None,
+           groups: Sequence[str] = ALL_GROUPS) -> list[str]:
+    """The lines printed once every group runs (stdout; nothing secret in them). `groups`: those running,
+    counted and named as they are."""
     settings = stack.settings
     tigerbeetle = settings.ledger.kind is LedgerKind.TIGERBEETLE
-    lines = [f"keyledger dev: {len(ALL_GROUPS)} consumer groups running after {seconds:.1f}s",
+    lines = [f"keyledger dev: {len(groups)} consumer groups running after {seconds:.1f}s",
              f"  Kafka   {stack.bootstrap}" + (" (embedded tansu broker, memory storage)" if stack.embedded_broker else "")]
     if settings.kms.provider is KmsProvider.LOCAL:
         kek = "the KEK from KEYLEDGER_LOCAL_KEK" if settings.kms.local_kek else "a fixed, public development KEK"
@@ -146,7 +150,7 @@ def banner(stack: DevStack, seconds: float, http_url: str | None = None) -> list
     else:
         lines.append(f"  ledger  {describe_ledger(settings.ledger)}, inside this process: `keyledger audit verify` "
                      "cannot read it (a TigerBeetle binary on PATH or in TIGERBEETLE_BIN gives dev one it can)")
-    lines.append(f"  groups  {', '.join(ALL_GROUPS)}")
+    lines.append(f"  groups  {', '.join(groups)}")
     lines.append(f"  metrics {http_url}/metrics   health {http_url}/healthz, {http_url}/readyz" if http_url
                  else "  metrics off (KEYLEDGER_HTTP_PORT=0, or the port was taken)")
     lines += [f"note: {note}" for note in stack.notes]

@@ -44,7 +44,7 @@ from faststream.kafka.message import FAKE_CONSUMER
 
 from schemas.errors import ErrorCode
 from schemas.topics import Topic
-from workers.errors import Unavailable, error_info
+from workers.errors import Unavailable, error_info, what_to_check
 from workers.kafka.letters import DeadLetters
 from workers.kafka.offsets import InFlight, OffsetTracker
 from workers.kafka.publisher import Publisher
@@ -250,7 +250,7 @@ class BatchRunner:
         try:
             blocked = list(await self._handle(records))
         except Unavailable as exc:
-            self._wait(records, str(exc))
+            self._wait(records, what_to_check(exc))
             return
         except Exception:
             await self._isolate(records)
@@ -269,7 +269,7 @@ class BatchRunner:
             try:
                 blocked = await self._handle([record])
             except Unavailable as exc:
-                self._wait([record], str(exc))
+                self._wait([record], what_to_check(exc))
                 continue
             except Exception as exc:
                 await self._failed(record, type(exc).__name__)
@@ -344,7 +344,8 @@ class BatchRunner:
                 failures = 0
             except Unavailable as exc:
                 failures += 1
-                log.warning("%s: flush waits (%s); offsets not committed past what it holds", self.group, exc)
+                log.warning("%s: flush waits (%s); offsets not committed past what it holds", self.group,
+                            what_to_check(exc))
             except Exception:
                 failures += 1
                 log.exception("%s: flush failed; retried at the next tick", self.group)

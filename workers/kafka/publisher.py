@@ -58,6 +58,8 @@ class Outgoing(NamedTuple):
 class BrokerUnavailable(Unavailable):
     """The broker did not acknowledge in time or is unreachable: the records wait, no attempt counts."""
 
+    setting = "KEYLEDGER_KAFKA_BOOTSTRAP and that the broker is up"
+
 
 class Publisher(Protocol):
     published: int

@@ -14,13 +14,15 @@ from workers.settings import Settings
 log = logging.getLogger("keyledger.topics")
 
 # keys.material keeps the latest record of every key forever; keys.events,
-# kms.audit and its digest chain are the verifiers' and auditors' history, so they never expire.
+# kms.audit and its digest chain are the verifiers' and auditors' history, and kms.dlq.replays the record
+# of every dead letter sent back (what makes a replay happen once), so they never expire.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     Topic.KEYS_MATERIAL: {"cleanup.policy": "compact"},
     Topic.KEYS_CALLERS: {"cleanup.policy": "compact"},
     Topic.KEYS_EVENTS: {"retention.ms": "-1"},
     Topic.KMS_AUDIT: {"retention.ms": "-1"},
     Topic.KMS_AUDIT_DIGESTS: {"retention.ms": "-1"},
+    Topic.DLQ_REPLAYS: {"retention.ms": "-1"},
 }
 
 

@@ -65,9 +65,14 @@ class KmsError(Exception):
 class KmsUnavailable(KmsError, Unavailable):
     """Transient: unreachable, throttled, timed out. Retry with backoff."""
 
+    setting = ("KEYLEDGER_KMS_ENDPOINT_URL and KEYLEDGER_AWS_REGION (aws) or KEYLEDGER_VAULT_ADDR (vault), "
+               "and the KMS credentials")
+
 
 class KmsThrottled(KmsUnavailable):
     """The KMS asked us to slow down (HTTP 429, ThrottlingException): transient, back off harder."""
+
+    setting = "KEYLEDGER_KMS_CONCURRENCY against the KMS's request quota"
 
 
 class KmsRefused(KmsError):

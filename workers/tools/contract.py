@@ -46,8 +46,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 DESCRIPTION = (
     "keyledger's Kafka contract (docs/contract.md). Values are UTF-8 JSON (I-JSON, RFC 7493), one message per "
-    "record. Every topic is keyed by `tenant_id` except `keys.material` (key = `key_id`, compacted) and "
-    "`kms.dlq` (the failed record's own key). Inbound messages may carry more members than listed."
+    "record. Every topic is keyed by `tenant_id` except `keys.material` (key = `key_id`, compacted), "
+    "`kms.dlq` (the failed record's own key) and `kms.dlq.replays` (the letter). Inbound messages may carry more "
+    "members than listed."
 )
 
 # What each topic carries, its record key, and who writes it (the models say what the values hold)
@@ -77,10 +78,14 @@ TOPICS: dict[Topic, str] = {
     Topic.KEYS_CALLERS: "A caller's policy (tenants, operations, HPKE public key, KMS-wrapped HMAC secret), signed "
                         "by the operator key; the latest version of each caller wins. Compacted. Key: caller_id. "
                         "Written by `keyledger caller`; read whole by every process.",
+    Topic.DLQ_REPLAYS: "One dead letter sent back to its original topic by `keyledger dlq replay`: which letter, "
+                       "where the record came from and where its replay landed. Kept forever. Key: the letter "
+                       "(`<kms.dlq partition>/<offset>`). Written by `keyledger dlq replay`.",
 }
 # the topics keyledger writes: each gets a publisher in the document
 OUTPUTS = (Topic.SPANS_SIGNED, Topic.PII_RESULTS, Topic.ROTATION_TICKS, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS,
-           Topic.KMS_AUDIT, Topic.KMS_AUDIT_DIGESTS, Topic.DLQ, Topic.KEYS_CALLERS)
+           Topic.KMS_AUDIT, Topic.KMS_AUDIT_DIGESTS, Topic.DLQ, Topic.KEYS_CALLERS,
+           Topic.DLQ_REPLAYS)
 KEY_TABLE = "key-table"  # no consumer group: every process reads keys.material and keys.events to their end
 
 

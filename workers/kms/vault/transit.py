@@ -247,6 +247,16 @@ class VaultKms(Kms):
 
     # --- keys ---------------------------------------------------------------------------------
 
+    def transit_path(self, operation: str, kms_key_id: str | None = None) -> str:
+        """The API path of a Transit `operation` (encrypt, decrypt, rewrap) on a key (default: the default key)."""
+        return f"{self.mount}/{operation}/{self._name(kms_key_id)}"
+
+    async def token_capabilities(self, paths: Sequence[str]) -> dict[str, list[str]]:
+        """This token's capabilities on each path (sys/capabilities-self; logs in first under a login-based
+        auth): what the policy lets the process do, asked without doing it."""
+        data = await self._call("POST", "sys/capabilities-self", {"paths": list(paths)})
+        return {path: [str(c) for c in data.get(path) or []] for path in paths}
+
     async def describe_key(self, kms_key_id: str) -> str:
         """A transit key is its name under its mount (no aliases)."""
         return f"vault:{self.mount}/{self._name(kms_key_id)}"
