@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import time
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -248,7 +249,8 @@ class AzureKms(Kms):
             return [p async for p in self._key_client().list_properties_of_key_versions(name)]
 
         properties = await self._call("listKeyVersions", listed())
-        properties.sort(key=lambda p: (p.created_on or 0, p.version))
+        never = datetime.min.replace(tzinfo=UTC)  # a version without a creation time sorts first
+        properties.sort(key=lambda p: (p.created_on or never, p.version))
         self._order[name] = [str(p.version) for p in properties]
         return {str(p.version): bool(p.enabled) for p in properties}
 
