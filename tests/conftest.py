@@ -87,3 +87,24 @@ def openbao() -> Iterator:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory) -> Iterator:
+    """A fresh SoftHSM2 token for this test session (tests/support/softhsm.py); skips, saying why, where
+    Debian's softhsm2 is not installed. SOFTHSM2_CONF is set for this process: the module reads it once."""
+    from tests.support.softhsm import init_token, softhsm_missing
+
+    missing = softhsm_missing()
+    if missing:
+        pytest.skip(missing)
+    token = init_token(tmp_path_factory.mktemp("softhsm"))
+    previous = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(token.conf)
+    try:
+        yield token
+    finally:
+        if previous is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = previous

@@ -142,7 +142,9 @@ async def wanted(kms: Kms, moves: list[Move]) -> list[Move]:
         if newest is None:
             if tick.reason is RotationReason.MANUAL:
                 chosen.append(move)  # unversioned: an explicit request re-wraps under the current backing key
-        elif (wrapped_kek_version(material) or 0) < newest:
+        elif (wrapped_kek_version(material) or material.kek_version or 0) < newest:
+            # the field where the blob does not show its version (gcp, azure): a stale field only
+            # skips or repeats a rewrap; retirement still trusts the blob alone
             chosen.append(move)
     return chosen
 
