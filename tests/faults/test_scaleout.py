@@ -219,12 +219,14 @@ async def test_signer_and_pii_fleets_lose_and_double_nothing_across_rebalances(f
     opened = {v["job_id"][len("open-"):]: v for v in values(opened_records, wanted) if v["job_id"].startswith("open-")}
     assert {job: v["fields"] for job, v in opened.items()} == plain
 
-    # each ledger transfer once: one transfer id per input record, however often it was replayed
+    # each ledger transfer once: one transfer id per input record (and key and operation), however often
+    # the record was replayed across the rebalances
     audits = values(await read_topic(bootstrap, "kms.audit", timeout=120), wanted)
-    by_source: dict[tuple[str, int, int], set[str]] = {}
+    by_source: dict[tuple, set[str]] = {}
     for audit in audits:
         source = audit["source"]
-        by_source.setdefault((source["topic"], source["partition"], source["offset"]), set()).add(audit["event_id"])
+        cause = (source["topic"], source["partition"], source["offset"], audit["key_id"], audit["op"])
+        by_source.setdefault(cause, set()).add(audit["event_id"])
     assert [s for s, ids in by_source.items() if len(ids) > 1] == [], "one input record, two ledger transfers"
     signs = {a["event_id"] for a in audits if a["op"] == "sign"}
     assert len(signs) == len(spans)
