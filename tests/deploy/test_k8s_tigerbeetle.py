@@ -14,7 +14,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from tests.deploy.test_k8s import CRD_KINDS, K8S_VERSION, config, of_kind, one, quantity, render, selects
+from tests.deploy.test_k8s import CRD_KINDS, K8S_VERSION, config, one, quantity, render, selects
 
 TARGET = "overlays/production-tigerbeetle"
 _rendered: list[dict] = []

@@ -16,8 +16,9 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,14 +94,28 @@ def _ready(port: int) -> bool:
         return False
 
 
-def kill_9(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+async def kill_9(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait)
 
 
-def stop_gracefully(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    assert proc.wait(timeout=60) == 0, proc.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
+async def stop_gracefully(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        code = await asyncio.to_thread(proc.wait, 60)
+        assert code == 0, proc.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
+
+
+def assigned(proc: subprocess.Popen) -> int:
+    """Partitions the process's groups hold now, as its /readyz reports them."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/readyz", timeout=5) as answer:  # type: ignore[attr-defined]
+            body = json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        body = json.loads(refused.read())
+    return sum(g["partitions"] for g in body["checks"]["groups"].values())
 
 
 @pytest.fixture
@@ -126,13 +141,16 @@ def distinct(field: str, tenants: set[str]) -> Callable[[list], int]:
     return lambda records: len({v[field] for v in values(records, tenants)})
 
 
+Step = Callable[[], Awaitable[None]]
+
+
 async def stream(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], chunks: int,
-                 every: float, at: dict[int, Callable[[], None]]) -> None:
+                 every: float, at: dict[int, Step]) -> None:
     """`records` in `chunks` steady chunks, `every` seconds apart; `at[i]` runs before chunk i."""
     size = -(-len(records) // chunks)
     for index in range(chunks):
         if index in at:
-            await asyncio.to_thread(at[index])
+            await at[index]()
         await produce(bootstrap, topic, records[index * size:(index + 1) * size])
         await asyncio.sleep(every)
 
@@ -144,7 +162,7 @@ async def onboard(fleet: Fleet, tenants: list[str]) -> dict[str, dict[str, str]]
     wanted = set(tenants)
     generated = await read_topic(fleet.bootstrap, "keys.events", timeout=180,
                                  until=lambda rs: len(values(rs, wanted)) >= 2 * len(tenants))
-    stop_gracefully(keygen)
+    await stop_gracefully(keygen)
     return {v["key_id"]: v for v in values(generated, wanted) if v["key_type"] == "signing"}
 
 
@@ -175,22 +193,19 @@ async def test_signer_and_pii_fleets_lose_and_double_nothing_across_rebalances(f
              for job, fields in plain.items()]
     added: list = []
 
-    def churn(step: str) -> Callable[[], None]:
-        def act() -> None:
-            if step == "kill":
-                kill_9(signers[0])
-                kill_9(piis[0])
-            elif step == "add":
-                added.extend([fleet.start("keyledger-signer"), fleet.start("keyledger-pii")])
-            else:
-                stop_gracefully(signers[1])
-                stop_gracefully(piis[1])
-        return act
+    async def kill() -> None:
+        await kill_9(signers[0], piis[0])
+
+    async def add() -> None:
+        added.extend([fleet.start("keyledger-signer"), fleet.start("keyledger-pii")])
+
+    async def stop() -> None:
+        await fleet.ready(*added)  # the new ones joined (and took partitions) while records flowed
+        await stop_gracefully(signers[1], piis[1])
 
     await asyncio.gather(
-        stream(bootstrap, "spans.to-sign", spans, chunks=24, every=0.5,
-               at={6: churn("kill"), 12: churn("add"), 18: churn("stop")}),
-        stream(bootstrap, "pii.requests", seals, chunks=24, every=0.5, at={}))
+        stream(bootstrap, "spans.to-sign", spans, chunks=30, every=0.5, at={5: kill, 10: add, 20: stop}),
+        stream(bootstrap, "pii.requests", seals, chunks=30, every=0.5, at={}))
 
     signed_records = await read_topic(bootstrap, "spans.signed", timeout=300,
                                       until=lambda rs: distinct("job_id", wanted)(rs) >= len(spans))
@@ -233,7 +248,11 @@ async def test_signer_and_pii_fleets_lose_and_double_nothing_across_rebalances(f
 
     assert_audit_agrees(bootstrap, env, tenants[::6])
     await assert_key_invariants(bootstrap, tenants)
-    assert all(p.poll() is None for p in (signers[2], piis[2], *added))  # the survivors are still serving
+    survivors = (signers[2], piis[2], *added)
+    assert all(p.poll() is None for p in survivors)
+    assert all(assigned(p) > 0 for p in survivors)  # the added ones hold partitions: they took work over
+    for proc in survivors:  # every survivor went through rebalances mid-stream
+        assert "partitions revoked" in proc.log_path.read_text(), proc.log_path  # type: ignore[attr-defined]
 
 
 async def test_keygen_and_rotation_pairs_make_one_active_key_per_tenant_and_type(fleet: Fleet, env):
@@ -246,19 +265,32 @@ async def test_keygen_and_rotation_pairs_make_one_active_key_per_tenant_and_type
 
     keygens = [fleet.start("keyledger-keygen") for _ in range(2)]
     await fleet.ready(*keygens)
+
+    async def replace_keygen() -> None:
+        await kill_9(keygens[0])
+        keygens.append(fleet.start("keyledger-keygen"))
+
     creations = [(t.encode(), tenant_created(t)) for t in tenants]
-    await stream(bootstrap, "tenants.created", creations, chunks=12, every=0.5,
-                 at={4: lambda: kill_9(keygens[0]), 8: lambda: keygens.append(fleet.start("keyledger-keygen"))})
+    await stream(bootstrap, "tenants.created", creations, chunks=12, every=0.5, at={4: replace_keygen})
     await read_topic(bootstrap, "keys.events", timeout=300, until=lambda rs: count("generated")(rs) >= 2 * len(tenants))
     await assert_key_invariants(bootstrap, tenants)
 
     rotations = [fleet.start("keyledger-rotation") for _ in range(2)]
     await fleet.ready(*rotations)
+
+    async def kill() -> None:
+        await kill_9(rotations[0])
+
+    async def add() -> None:
+        rotations.append(fleet.start("keyledger-rotation"))
+
+    async def stop() -> None:
+        await fleet.ready(rotations[2])
+        await stop_gracefully(rotations[1])
+
     ticks = [(t.encode(), json.dumps({"tick_id": f"so-{t}", "issued_at": datetime.now(UTC).isoformat(),
                                       "tenant_id": t, "reason": "manual"}).encode()) for t in tenants]
-    await stream(bootstrap, "keys.rotation-ticks", ticks, chunks=12, every=0.5,
-                 at={4: lambda: kill_9(rotations[0]), 6: lambda: rotations.append(fleet.start("keyledger-rotation")),
-                     8: lambda: stop_gracefully(rotations[1])})
+    await stream(bootstrap, "keys.rotation-ticks", ticks, chunks=16, every=0.5, at={3: kill, 5: add, 10: stop})
     await read_topic(bootstrap, "keys.events", timeout=300, until=lambda rs: count("rotated")(rs) >= 2 * len(tenants))
     directory = await assert_key_invariants(bootstrap, tenants)
     assert {e.version for t in tenants for e in directory.tenant_keys(t) if e.state.value == "active"} == {2}
