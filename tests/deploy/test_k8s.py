@@ -232,6 +232,29 @@ def test_workers_probe_health_and_readiness_on_the_http_port(objects):
             assert port == HTTP_PORT, f"{d['metadata']['name']} {probe}"
 
 
+def test_worker_memory_follows_the_readme_formula(objects):
+    """README "Capacity guide": request = idle + key versions x bytes a key, limit = 1.5 x request, both
+    rounded up to 32 MiB, for the key count the manifests are sized for."""
+    readme = (ROOT / "README.md").read_text()
+    sizing = readme[readme.index("<!-- sizing:"):readme.index("<!-- /sizing -->")]
+    found = re.search(r"request = (\d+) MiB \+ key versions × (\d+) B`, `limit = ([\d.]+) × request`, both\s+"
+                      r"rounded up to (\d+) MiB;\s+the manifests are sized for \*\*([\d,]+)\*\* key versions: "
+                      r"request (\d+)Mi, limit (\d+)Mi", sizing)
+    assert found, sizing
+    idle, per_key, factor, step, keys, request_mi, limit_mi = found.groups()
+
+    def rounded(mib: float) -> int:
+        return int(-(-mib // int(step)) * int(step))
+
+    request = rounded(int(idle) + int(keys.replace(",", "")) * int(per_key) / 2**20)
+    limit = rounded(request * float(factor))
+    assert (request, limit) == (int(request_mi), int(limit_mi))
+    for d in of_kind(objects, "Deployment"):
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        assert quantity(c["resources"]["requests"]["memory"]) == request * 2**20, d["metadata"]["name"]
+        assert quantity(c["resources"]["limits"]["memory"]) == limit * 2**20, d["metadata"]["name"]
+
+
 def test_every_deployment_has_one_disruption_budget(objects):
     budgets = of_kind(objects, "PodDisruptionBudget")
     for d in of_kind(objects, "Deployment"):
