@@ -13,7 +13,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalGenerationError, KafkaConnectionError, RebalanceInProgressError
 
-from tests.kafka.test_consume import Broker
+from tests.kafka.test_consume import Broker, until
 from workers.kafka.consume import BatchRunner
 from workers.kafka.offsets import OffsetTracker
 from workers.kafka.records import InboundRecord
@@ -114,21 +114,42 @@ async def test_a_batch_in_hand_at_revocation_finishes_and_commits_before_the_par
     await runner.aclose()
 
 
-async def test_a_batch_still_running_after_the_wait_is_abandoned_uncommitted():
+async def test_a_record_left_unfinished_by_a_batch_in_hand_at_revocation_is_not_committed_past():
     handler, consumer = Handler(), Consumer(P0)
+    handler.gate = asyncio.Event()
+    runner = BatchRunner("keyledger-pii", handler, Broker(), SETTINGS, depth=2)
+    joined(runner, consumer)
+    await runner([record(0, 0), record(0, 1, b"blocked"), record(0, 2)])
+    await handler.started.wait()
+    revoking = asyncio.create_task(runner.assignments.on_partitions_revoked({P0}))
+    await asyncio.sleep(0.05)
+    handler.gate.set()  # the batch ends during the revocation, offset 1 unfinished (a transient failure)
+    await revoking
+    assert latest(consumer) == {P0: 1}  # up to the unfinished record, never past it
+    assert runner.waiting == 0  # then left to the next owner
+    await runner.aclose()
+
+
+async def test_a_batch_still_running_after_the_wait_is_abandoned_uncommitted():
+    handler, consumer = Handler(), Consumer(P0, P1)
     handler.gate = asyncio.Event()
     runner = BatchRunner("keyledger-pii", handler, Broker(), SETTINGS, depth=2, revoke_wait=0.05)
     joined(runner, consumer)
     await runner([record(0, 0), record(0, 1, b"blocked")])
     await handler.started.wait()
-    await runner.assignments.on_partitions_revoked({P0})
-    consumer.assigned = set()
-    runner.assignments.on_partitions_assigned(set())
+    await runner.assignments.on_partitions_revoked({P0, P1})
+    consumer.assigned = {P1}
+    runner.assignments.on_partitions_assigned({P1})
     handler.gate.set()
-    await runner.aclose()
+    await until(lambda: runner.waiting == 1)  # the abandoned batch parked its unfinished record
+    handler.gate = None
+    await runner([record(1, 0)])  # pipelined: returns once the batch is in hand
+    await until(lambda: P1 in latest(consumer))
     # the batch ended after its partition went: nothing of it is committed (offset 0 is where it started)
-    assert latest(consumer) in ({}, {P0: 0})
-    assert runner.waiting == 0  # and its unfinished record is not parked: the next owner has it
+    assert latest(consumer).get(P0, 0) == 0 and latest(consumer)[P1] == 1
+    assert runner.waiting == 0  # its record is dropped, never retried here: the next owner has it
+    assert (0, 1) not in handler.handled[2:]
+    await runner.aclose()
 
 
 async def test_records_of_a_partition_revoked_before_their_batch_arrived_are_not_taken():

@@ -188,12 +188,13 @@ class BatchRunner:
       or, for a group that holds records (`HoldsRecords`), one its holder has not covered
       (`OffsetTracker.committable`);
     - rebalances: records of a partition no longer assigned are not taken (a batch delivered across
-      the revocation drops them) nor parked for a retry; on revocation the batches in hand get
-      `revoke_wait` seconds to finish, what is finished is committed under the old generation, and
-      the revoked partitions' waiting records and bookkeeping are dropped (their new owner is
-      redelivered everything past that commit); a batch still running after `revoke_wait` is
-      abandoned: its outputs may appear twice (replays are idempotent), its offsets are never
-      committed; a commit the group refuses after a rebalance is logged and skipped, never fatal.
+      the revocation drops them) nor retried; on revocation the batches in hand get `revoke_wait`
+      seconds to finish, what is finished is committed under the old generation (never past a
+      record they left unfinished), then the revoked partitions' waiting records and bookkeeping are
+      dropped (their new owner is redelivered everything past that commit); a batch still running
+      after `revoke_wait` is abandoned: its outputs may appear twice (replays are idempotent), its
+      offsets are never committed, and what it leaves unfinished is dropped before the next
+      handling; a commit the group refuses after a rebalance is logged and skipped, never fatal.
 
     The pure decisions live in `WaitingSet` and `Backpressure` (workers/kafka/waiting.py) and in
     `OffsetTracker` (workers/kafka/offsets.py); this class does the I/O: handling, dead letters,
@@ -225,6 +226,7 @@ class BatchRunner:
         self._flush_task: asyncio.Task[None] | None = None
         self._observer: RunnerObserver = observer or NoObserver()
         self._revoke_wait = revoke_wait
+        self._revoking = False  # between a revocation's start and its commit: waiting records still count
         self.assignments = Assignments(holder, self._revoked)
         self.subscriber: Any = None  # FastStream's subscriber, set by `subscribe`: its consumer exists once started
         self.records = 0
@@ -249,6 +251,7 @@ class BatchRunner:
     async def _run(self, records: list[InboundRecord], batch: InFlight) -> None:
         try:
             async with self._serial or contextlib.nullcontext():
+                self._drop_disowned()
                 taken = self._waiting.due(time.monotonic()) + records
                 try:
                     await self._process(taken)
@@ -277,20 +280,35 @@ class BatchRunner:
         """`partitions` are being taken away (the consumer still holds the old generation): let the
         batches in hand finish for up to `revoke_wait` seconds, commit what is finished, then drop the
         partitions' waiting records and offset bookkeeping: they are redelivered to whoever gets them."""
-        in_hand = [task for task in self._tasks if not task.done()]
-        if in_hand:
-            _, running = await asyncio.wait(in_hand, timeout=self._revoke_wait)
-            if running:
-                log.warning("%s: %d batches still running at revocation are abandoned; their records are "
-                            "redelivered to the partitions' next owner", self.group, len(running),
-                            extra={"group": self.group})
-        await self._commit()
-        keys = {(tp.topic, tp.partition) for tp in partitions}
-        dropped = self._waiting.drop(keys)
-        self._offsets.forget(partitions)
-        self._backpressure.forget(partitions)
+        self._revoking = True
+        try:
+            in_hand = [task for task in self._tasks if not task.done()]
+            if in_hand:
+                _, running = await asyncio.wait(in_hand, timeout=self._revoke_wait)
+                if running:
+                    log.warning("%s: %d batches still running at revocation are abandoned; their records are "
+                                "redelivered to the partitions' next owner", self.group, len(running),
+                                extra={"group": self.group})
+            await self._commit()
+            async with self._lock:  # no commit between dropping the partitions' records and forgetting them
+                dropped = self._waiting.drop({(tp.topic, tp.partition) for tp in partitions})
+                self._offsets.forget(partitions)
+                self._backpressure.forget(partitions)
+        finally:
+            self._revoking = False
         log.info("%s: %d partitions revoked, %d waiting records left to their next owner", self.group,
                  len(partitions), dropped, extra={"group": self.group})
+
+    def _drop_disowned(self) -> None:
+        """Forget waiting records of partitions no longer assigned (parked by a batch abandoned at a
+        revocation): their new owner is redelivered them. Never during a revocation, whose commit must
+        still count them; after it, nothing of those partitions is committed (`OffsetTracker.forget`)."""
+        if not self.assignments.joined or self._revoking or not self._waiting:
+            return
+        owns = self.assignments.owns
+        disowned = {(tp.topic, tp.partition) for tp in self._waiting.oldest() if not owns(tp.topic, tp.partition)}
+        if disowned:
+            self._waiting.drop(disowned)
 
     async def aclose(self) -> None:
         """Finish the batches in hand (their offsets commit), stop retrying the waiting ones."""
@@ -372,10 +390,8 @@ class BatchRunner:
 
     def _wait(self, records: Sequence[InboundRecord], error: str) -> None:
         """Park records for a later retry; a transient error never counts against their attempts.
-        With no records, only backs off (the records are already waiting). A record of a partition
-        revoked meanwhile is not parked: its new owner is redelivered it."""
-        owns = self.assignments.owns
-        records = [r for r in records if owns(r.topic, r.partition)]
+        With no records, only backs off (the records are already waiting). Records of a partition being
+        revoked are parked too: the revocation's commit must not pass them (it drops them after)."""
         delay = self._waiting.park(records, error, time.monotonic())
         if delay is None:
             return
@@ -392,6 +408,7 @@ class BatchRunner:
                 return
             try:
                 async with self._serial or contextlib.nullcontext():
+                    self._drop_disowned()
                     await self._process(self._waiting.due(time.monotonic()))
                 await self._commit()
             except Exception as exc:
