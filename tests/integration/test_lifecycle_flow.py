@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant
+from tests.support.kafka import records_for, tenant_created, unique_tenant
 from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
