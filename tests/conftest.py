@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -39,7 +40,7 @@ settings.load_profile(os.environ.get("KLTEST_HYPOTHESIS_PROFILE", "dev"))
 # fixtures that start (or need) a broker, moto, TigerBeetle, OpenBao or a `keyledger run` process
 PROCESS_FIXTURES = frozenset({
     "kafka_bootstrap", "topics_ready", "moto_endpoint", "moto_kms_key", "aws_env", "tigerbeetle_address",
-    "openbao", "worker_process", "module_workers", "own_broker", "own_tigerbeetle", "durable_broker",
+    "openbao", "worker_process", "module_workers", "module_broker", "own_broker", "own_tigerbeetle", "durable_broker",
 })
 # fixture parameters that stand for such a process (the KMS contract's providers, the ledger's adapters)
 PROCESS_PARAMS = frozenset({("provider", "aws"), ("provider", "vault"), ("ledger", "tigerbeetle")})
@@ -130,19 +131,37 @@ def openbao() -> Iterator:
 
 @pytest.fixture(scope="session")
 def topics_ready(kafka_bootstrap: str) -> str:
-    """The session broker with every topic created (three partitions each)."""
+    """The session broker with every topic created (three partitions each). Tests on it tell their work
+    apart by tenants of their own. (tansu makes the second member ever to join a consumer group wait out
+    the first one's session; later joins do not wait: on a broker shared by the session, a test that
+    restarts a worker waits once per group and session, not once per test.)"""
     asyncio.run(ensure_topics(kafka_bootstrap, Settings(kafka_bootstrap=kafka_bootstrap, kafka_partitions=3)))
     return kafka_bootstrap
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[str]:
-    """A broker of the test's own, every topic created: for a test whose workers must not meet
-    another test's (the digest key is one per broker), or that stops its broker."""
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+@contextmanager
+def _embedded_broker(log_path: Path) -> Iterator[str]:
+    """A tansu broker (it starts in a fraction of a second) with every topic created, three partitions each."""
+    with EmbeddedBroker(log_path=log_path) as broker:
         asyncio.run(ensure_topics(broker.bootstrap, Settings(kafka_bootstrap=broker.bootstrap, kafka_partitions=3)))
         yield broker.bootstrap
     forget(broker.bootstrap)
+
+
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of a module's own, every topic created, for `module_workers`: the session broker's groups
+    are joined by other tests' workers, which would take partitions from a worker that outlives a test."""
+    with _embedded_broker(tmp_path_factory.mktemp("broker") / "broker.log") as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[str]:
+    """A broker of the test's own, every topic created: for a test whose workers must not meet any
+    other's (the digest key is one per broker)."""
+    with _embedded_broker(tmp_path / "broker.log") as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture
@@ -183,11 +202,11 @@ def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -
 
 
 @pytest.fixture(scope="module")
-def module_workers(topics_ready: str, aws_env: dict[str, str],
+def module_workers(module_broker: str, aws_env: dict[str, str],
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcesses]:
-    """Starts `keyledger run` processes shared by a module's tests, stopped when the module ends: a test
-    file whose tests only send work and read answers starts its worker once (a module fixture of its
-    own calling `module_workers.start(...)`), each test isolated by tenants of its own."""
-    workers = WorkerProcesses(topics_ready, tmp_path_factory.mktemp("workers"), aws_env)
+    """Starts `keyledger run` processes on `module_broker`, shared by a module's tests and stopped when the
+    module ends: a test file whose tests only send work and read answers starts its worker once (a module
+    fixture of its own calling `module_workers.start(...)`), each test isolated by tenants of its own."""
+    workers = WorkerProcesses(module_broker, tmp_path_factory.mktemp("workers"), aws_env)
     yield workers
     workers.stop_all()

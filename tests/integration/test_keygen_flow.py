@@ -18,10 +18,16 @@ from workers.ledger.memory import MemoryLedger
 pytestmark = pytest.mark.integration
 
 
-async def test_a_plain_client_event_to_keyledger_run_yields_exactly_one_key_pair(topics_ready, worker_process, moto_endpoint, moto_kms_key):
-    bootstrap = topics_ready
+@pytest.fixture(scope="module")
+def keygen(module_workers):
+    """One `keyledger run --group keyledger-keygen` for the tests that only send it work."""
+    return module_workers.start("keyledger-keygen")
+
+
+async def test_a_plain_client_event_to_keyledger_run_yields_exactly_one_key_pair(module_broker, keygen, moto_endpoint,
+                                                                                  moto_kms_key):
+    bootstrap, worker = module_broker, keygen
     tenant = unique_tenant("plain")
-    worker = worker_process("keyledger-keygen")
     raw = tenant_created(tenant, event_id="evt-1")
     await produce(bootstrap, "tenants.created", [(tenant.encode(), raw)])
 
@@ -49,11 +55,10 @@ async def test_a_plain_client_event_to_keyledger_run_yields_exactly_one_key_pair
     assert len(await records_for(bootstrap, "kms.audit", tenant)) == 2
 
 
-async def test_bad_input_goes_to_the_dlq_and_the_partition_keeps_flowing(topics_ready, worker_process):
-    bootstrap = topics_ready
+async def test_bad_input_goes_to_the_dlq_and_the_partition_keeps_flowing(module_broker, keygen):
+    bootstrap = module_broker
     bad_key = unique_tenant("bad")
     good = unique_tenant("good")
-    worker_process("keyledger-keygen")
     await produce(bootstrap, "tenants.created", [
         (bad_key.encode(), b"\x00not json"),
         (bad_key.encode(), b'{"event_id": "e", "occurred_at": "2026-01-01T00:00:00Z"}'),

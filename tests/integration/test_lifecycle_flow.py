@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.support.kafka import records_for, tenant_created, unique_tenant
+from tests.support.kafka import records_for, tenant_created, unique_tenant, wait_drained
 from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
@@ -52,8 +52,10 @@ async def test_scheduled_ticks_rotate_every_due_key_exactly_once(topics_ready, w
     await produce(bootstrap, "keys.rotation-ticks", [(b"cron", tick("sched-1")), (b"cron-b", tick("sched-2")),
                                                      (b"cron", tick("sched-1"))])
     for t in tenants:
-        events = await records_for(bootstrap, "keys.events", t, want=4, timeout=90)
-        await asyncio.sleep(2)
+        await records_for(bootstrap, "keys.events", t, want=4, timeout=90)
+    # every tick and every tick it fanned out is handled: any second rotation is on keys.events by now
+    await wait_drained(bootstrap, "keyledger-rotation", "keys.rotation-ticks")
+    for t in tenants:
         events = await records_for(bootstrap, "keys.events", t)
         rotated = [e for e in events if e["type"] == "rotated"]
         assert sorted((e["key_type"], e["version"]) for e in rotated) == [("encryption", 2), ("signing", 2)], \

@@ -103,6 +103,28 @@ async def wait_processed(bootstrap: str, group: str, topic: str, key: str, timeo
     return record
 
 
+async def wait_drained(bootstrap: str, group: str, topic: str, timeout: float = 60.0) -> None:
+    """Wait until `group` committed every record of `topic`, and no record came in the meantime: what it
+    was given is handled, and what it wrote back to `topic` (a fan-out) is handled too."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    deadline = time.monotonic() + timeout
+    try:
+        await consumer.topics()  # the cluster's metadata, so the topic's partitions are known
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert partitions, f"no topic {topic}"
+        while True:
+            ends = await consumer.end_offsets(partitions)
+            committed = {tp: await consumer.committed(tp) or 0 for tp in partitions}
+            if all(committed[tp] >= end for tp, end in ends.items()) and ends == await consumer.end_offsets(partitions):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group} did not commit {topic} to its end: {committed} of {ends}")
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
+
+
 async def until(check: Callable[[], object], what: str, timeout: float = 60.0, every: float = 0.2) -> object:
     """The first truthy answer of `check` (a coroutine function or a plain one), asked every `every` s."""
     deadline = time.monotonic() + timeout
