@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from schemas.messages import DeadLetter
-from tests.support.harness import span_job
+from tests.support.harness import span_job, tick
 from tests.support.kafka import read, records_for, tenant_created, unique_tenant, wait_committed
 from tests.support.processes import in_process_workers
 from tests.support.secrets import found_in, record_bytes
@@ -72,9 +72,6 @@ async def letter_of(bootstrap: str, sent: RecordMetadata, key: str, timeout: flo
         assert asyncio.get_running_loop().time() < deadline, f"no letter for {sent.topic}@{sent.offset}"
         await asyncio.sleep(0.3)
 
-
-def tick(tick_id: str, **fields) -> bytes:
-    return json.dumps({"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), **fields}).encode()
 
 
 def pii(tenant: str, operation: str, fields: dict, job_id: str, **extra) -> bytes:

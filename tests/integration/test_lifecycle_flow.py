@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tests.support.harness import tick
 from tests.support.kafka import records_for, tenant_created, unique_tenant, wait_drained
 from workers.kafka.tap import produce
 
@@ -18,9 +19,6 @@ pytestmark = pytest.mark.integration
 
 GROUPS = ("keyledger-keygen", "keyledger-pii", "keyledger-rotation")
 
-
-def tick(tick_id: str, **fields) -> bytes:
-    return json.dumps({"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), **fields}).encode()
 
 
 def pii(tenant: str, operation: str, fields: dict, job_id: str) -> bytes:

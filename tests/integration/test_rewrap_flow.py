@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from schemas.messages import AuditEvent, KeyEvent, KeyMaterial
-from tests.support.harness import span_job
+from tests.support.harness import span_job, tick
 from tests.support.kafka import read, records_for, tenant_created, unique_tenant
 from workers.core.b64 import b64decode
 from workers.core.signing import Verdict
@@ -103,8 +103,8 @@ def stop(worker: subprocess.Popen, hard: bool = False) -> None:
     worker.wait(timeout=30)
 
 
-def tick(tick_id: str, **fields) -> bytes:
-    return json.dumps({"tick_id": tick_id, "issued_at": "2026-11-22T10:00:00Z", "action": "rewrap", **fields}).encode()
+def rewrap_tick(tick_id: str, **fields) -> bytes:
+    return tick(tick_id, issued_at="2026-11-22T10:00:00Z", action="rewrap", **fields)
 
 
 async def test_kek_rotation_rewrap_and_retire_over_a_real_broker_across_kill_9(own_broker, env, openbao,
@@ -118,14 +118,14 @@ async def test_kek_rotation_rewrap_and_retire_over_a_real_broker_across_kill_9(o
     openbao.admin("POST", f"transit/keys/{key}/rotate", {})
 
     # a scheduled pass, killed -9 as soon as its first re-wrapped record is out
-    await produce(bootstrap, "keys.rotation-ticks", [(b"ops", tick("first-pass"))])
+    await produce(bootstrap, "keys.rotation-ticks", [(b"ops", rewrap_tick("first-pass"))])
     await read(bootstrap, "keys.material", timeout=120,
                      until=lambda rs: any(r.value and b'"kek_version":2' in r.value for r in rs))
     stop(worker, hard=True)
     worker = worker_process(*GROUPS, env=vault)
     # one of the pass's per-tenant ticks delivered again, as Kafka redelivers what was not committed
     replayed = tenants[0]
-    await produce(bootstrap, "keys.rotation-ticks", [(replayed.encode(), tick(
+    await produce(bootstrap, "keys.rotation-ticks", [(replayed.encode(), rewrap_tick(
         f"first-pass/{replayed}", tenant_id=replayed, parent_tick_id="first-pass"))])
 
     done = await asyncio.to_thread(cli, vault, "rewrap", "--all")
