@@ -7,7 +7,8 @@ server started in-process, spoken to over HTTP by aioboto3.
 Tests' own environment variables are named KLTEST_*: KEYLEDGER_* names belong to the workers' settings.
 - KLTEST_KAFKA: the bootstrap of a broker already running (none is started).
 - KLTEST_HYPOTHESIS_PROFILE: `dev` (the default), `ci` (derandomized, no example database, no
-  deadline: the same examples on every run of a loaded machine) or `thorough` (ten times the examples).
+  deadline: the same examples on every run of a loaded machine) or `thorough` (a thousand examples where a test
+  sets no number of its own).
 
 A test that uses a fixture starting a process (PROCESS_FIXTURES) is marked `integration` here, whatever
 its file says, so `pytest -m "not integration and not process"` (make unit) starts none.
