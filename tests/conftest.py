@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,7 @@ settings.load_profile(os.environ.get("KLTEST_HYPOTHESIS_PROFILE", "dev"))
 # fixtures that start (or need) a broker, moto, TigerBeetle, OpenBao or a `keyledger run` process
 PROCESS_FIXTURES = frozenset({
     "kafka_bootstrap", "topics_ready", "moto_endpoint", "moto_kms_key", "aws_env", "tigerbeetle_address",
-    "openbao", "worker_process", "module_workers", "module_broker", "own_broker", "own_tigerbeetle", "durable_broker",
+    "openbao", "worker_process", "module_workers", "module_broker", "shared_worker", "shared_broker", "own_broker", "own_tigerbeetle", "durable_broker",
 })
 # fixture parameters that stand for such a process (the KMS contract's providers, the ledger's adapters)
 PROCESS_PARAMS = frozenset({("provider", "aws"), ("provider", "vault"), ("ledger", "tigerbeetle")})
@@ -149,6 +150,13 @@ def _embedded_broker(log_path: Path) -> Iterator[str]:
     forget(broker.bootstrap)
 
 
+@pytest.fixture(scope="session")
+def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The broker of `shared_worker`: a broker of its own, so no other test's workers join its groups."""
+    with _embedded_broker(tmp_path_factory.mktemp("shared-broker") / "broker.log") as bootstrap:
+        yield bootstrap
+
+
 @pytest.fixture(scope="module")
 def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A broker of a module's own, every topic created, for `module_workers`: the session broker's groups
@@ -210,4 +218,19 @@ def module_workers(module_broker: str, aws_env: dict[str, str],
     fixture of its own calling `module_workers.start(...)`), each test isolated by tenants of its own."""
     workers = WorkerProcesses(module_broker, tmp_path_factory.mktemp("workers"), aws_env)
     yield workers
+    workers.stop_all()
+
+
+SHARED_GROUPS = ("keyledger-keygen", "keyledger-signer", "keyledger-pii", "keyledger-rotation")
+
+
+@pytest.fixture(scope="session")
+def shared_worker(shared_broker: str, aws_env: dict[str, str],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
+    """One `keyledger run` of SHARED_GROUPS with the default settings (moto's KMS, the memory ledger) on
+    `shared_broker`, started by the first test that asks and stopped when the session ends: for the tests
+    that send it work and read the answers, each with tenants of its own, and never stop or reconfigure it
+    (nor send a scheduled tick: it would reach every other test's tenants)."""
+    workers = WorkerProcesses(shared_broker, tmp_path_factory.mktemp("shared-worker"), aws_env)
+    yield workers.start(*SHARED_GROUPS)
     workers.stop_all()

@@ -18,15 +18,9 @@ from workers.ledger.memory import MemoryLedger
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def keygen(module_workers):
-    """One `keyledger run --group keyledger-keygen` for the tests that only send it work."""
-    return module_workers.start("keyledger-keygen")
-
-
-async def test_a_plain_client_event_to_keyledger_run_yields_exactly_one_key_pair(module_broker, keygen, moto_endpoint,
-                                                                                  moto_kms_key):
-    bootstrap, worker = module_broker, keygen
+async def test_a_plain_client_event_to_keyledger_run_yields_exactly_one_key_pair(shared_broker, shared_worker,
+                                                                                  moto_endpoint, moto_kms_key):
+    bootstrap, worker = shared_broker, shared_worker
     tenant = unique_tenant("plain")
     raw = tenant_created(tenant, event_id="evt-1")
     await produce(bootstrap, "tenants.created", [(tenant.encode(), raw)])
@@ -55,8 +49,8 @@ async def test_a_plain_client_event_to_keyledger_run_yields_exactly_one_key_pair
     assert len(await records_for(bootstrap, "kms.audit", tenant)) == 2
 
 
-async def test_bad_input_goes_to_the_dlq_and_the_partition_keeps_flowing(module_broker, keygen):
-    bootstrap = module_broker
+async def test_bad_input_goes_to_the_dlq_and_the_partition_keeps_flowing(shared_broker, shared_worker):
+    bootstrap = shared_broker
     bad_key = unique_tenant("bad")
     good = unique_tenant("good")
     await produce(bootstrap, "tenants.created", [

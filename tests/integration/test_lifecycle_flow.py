@@ -62,10 +62,9 @@ async def test_scheduled_ticks_rotate_every_due_key_exactly_once(topics_ready, w
         assert sorted(a["op"] for a in audits) == ["generate"] * 4 + ["rotate"] * 2
 
 
-async def test_cli_rotation_compromise_and_shredding_end_to_end(topics_ready, worker_process):
-    bootstrap = topics_ready
+async def test_cli_rotation_compromise_and_shredding_end_to_end(shared_broker, shared_worker):
+    bootstrap = shared_broker
     tenant = unique_tenant("life")
-    worker_process(*GROUPS)
     await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant))])
     await records_for(bootstrap, "keys.events", tenant, want=2, timeout=90)
     await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "encrypt", {"ssn": "078-05-1120"}, "e1"))])

@@ -29,10 +29,9 @@ def _jcs(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def test_signed_spans_from_keyledger_run_verify_with_a_third_party_library(topics_ready, worker_process):
-    bootstrap = topics_ready
+async def test_signed_spans_from_keyledger_run_verify_with_a_third_party_library(shared_broker, shared_worker):
+    bootstrap = shared_broker
     tenant = unique_tenant("sign")
-    worker_process("keyledger-keygen", "keyledger-signer")
     await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant))])
     events = await records_for(bootstrap, "keys.events", tenant, want=2, timeout=60)
     signing = next(e for e in events if e["key_type"] == "signing")
