@@ -42,7 +42,7 @@ settings.load_profile(os.environ.get("KLTEST_HYPOTHESIS_PROFILE", "dev"))
 # fixtures that start (or need) a broker, moto, TigerBeetle, OpenBao or a `keyledger run` process
 PROCESS_FIXTURES = frozenset({
     "kafka_bootstrap", "topics_ready", "moto_endpoint", "moto_kms_key", "aws_env", "tigerbeetle_address",
-    "openbao", "worker_process", "module_workers", "module_broker", "shared_worker", "shared_broker", "own_broker", "own_tigerbeetle", "durable_broker",
+    "openbao", "worker_process", "shared_worker", "shared_broker", "own_broker", "own_tigerbeetle", "durable_broker",
 })
 # fixture parameters that stand for such a process (the KMS contract's providers, the ledger's adapters)
 PROCESS_PARAMS = frozenset({("provider", "aws"), ("provider", "vault"), ("ledger", "tigerbeetle")})
@@ -157,14 +157,6 @@ def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield bootstrap
 
 
-@pytest.fixture(scope="module")
-def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A broker of a module's own, every topic created, for `module_workers`: the session broker's groups
-    are joined by other tests' workers, which would take partitions from a worker that outlives a test."""
-    with _embedded_broker(tmp_path_factory.mktemp("broker") / "broker.log") as bootstrap:
-        yield bootstrap
-
-
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[str]:
     """A broker of the test's own, every topic created: for a test whose workers must not meet any
@@ -204,19 +196,9 @@ def aws_env(moto_endpoint: str, moto_kms_key: str) -> dict[str, str]:
 @pytest.fixture
 def worker_process(topics_ready: str, aws_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcesses]:
     """Starts `keyledger run` processes for one test (`worker_process("keyledger-keygen", env={...})`);
-    each is stopped when the test ends. For a test that kills or restarts workers."""
+    each is stopped when the test ends. For a test that kills, restarts or configures its workers; one
+    that only sends work and reads answers uses `shared_worker`."""
     workers = WorkerProcesses(topics_ready, tmp_path, aws_env)
-    yield workers
-    workers.stop_all()
-
-
-@pytest.fixture(scope="module")
-def module_workers(module_broker: str, aws_env: dict[str, str],
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcesses]:
-    """Starts `keyledger run` processes on `module_broker`, shared by a module's tests and stopped when the
-    module ends: a test file whose tests only send work and read answers starts its worker once (a module
-    fixture of its own calling `module_workers.start(...)`), each test isolated by tenants of its own."""
-    workers = WorkerProcesses(module_broker, tmp_path_factory.mktemp("workers"), aws_env)
     yield workers
     workers.stop_all()
 

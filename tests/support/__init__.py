@@ -5,6 +5,6 @@
 - kafka: reading a real broker (`records_for`, `read`: through the broker's tap, from where the last read
   stopped), committed offsets and the waits a negative assertion needs (`wait_processed`, `wait_drained`).
 - processes: `keyledger run` processes (`WorkerProcesses`, behind the `worker_process` and
-  `module_workers` fixtures), in-process workers (`in_process_workers`) and a worker's /metrics (`scrape`).
+  `shared_worker` fixtures), in-process workers (`in_process_workers`) and a worker's /metrics (`scrape`).
 - faults: real adapters with switchable outages. secrets: finding secrets in bytes. strategies: hypothesis.
 """
