@@ -27,9 +27,10 @@ import boto3
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.support.kafka import forget
+from tests.support.kafka import forget, warm_groups
 from tests.support.processes import WorkerProcesses
 from workers.app.embedded import EmbeddedBroker, TigerBeetleServer, free_port, tigerbeetle_binary
+from workers.groups import ALL_GROUPS
 from workers.kafka.topics import ensure_topics
 from workers.settings import Settings
 
@@ -133,21 +134,25 @@ def openbao() -> Iterator:
 
 @pytest.fixture(scope="session")
 def topics_ready(kafka_bootstrap: str) -> str:
-    """The session broker with every topic created (three partitions each). Tests on it tell their work
-    apart by tenants of their own. (tansu makes the second member ever to join a consumer group wait out
-    the first one's session; later joins do not wait: on a broker shared by the session, a test that
-    restarts a worker waits once per group and session, not once per test.)"""
-    asyncio.run(ensure_topics(kafka_bootstrap, Settings(kafka_bootstrap=kafka_bootstrap, kafka_partitions=3)))
+    """The session broker, every topic created and every group warmed. Tests on it tell their work apart
+    by tenants of their own."""
+    asyncio.run(_ready(kafka_bootstrap))
     return kafka_bootstrap
 
 
 @contextmanager
 def _embedded_broker(log_path: Path) -> Iterator[str]:
-    """A tansu broker (it starts in a fraction of a second) with every topic created, three partitions each."""
+    """A tansu broker (it starts in a fraction of a second), ready as `_ready` leaves it."""
     with EmbeddedBroker(log_path=log_path) as broker:
-        asyncio.run(ensure_topics(broker.bootstrap, Settings(kafka_bootstrap=broker.bootstrap, kafka_partitions=3)))
+        asyncio.run(_ready(broker.bootstrap))
         yield broker.bootstrap
     forget(broker.bootstrap)
+
+
+async def _ready(bootstrap: str) -> None:
+    """Every topic created (three partitions each) and every consumer group warmed (`warm_groups`)."""
+    await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=3))
+    await warm_groups(bootstrap, ALL_GROUPS)
 
 
 @pytest.fixture(scope="session")

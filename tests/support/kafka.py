@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -123,6 +123,30 @@ async def wait_drained(bootstrap: str, group: str, topic: str, timeout: float = 
             await asyncio.sleep(0.2)
     finally:
         await consumer.stop()
+
+
+# the first members of a group on tansu: their session is what later joins of that group wait on
+_WARMING = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 300}
+
+
+async def warm_groups(bootstrap: str, groups: Sequence[str], topic: str = "tenants.created") -> None:
+    """Join each consumer group twice, all at once, with members of a short session, committing nothing.
+
+    tansu makes the second member ever to join a group wait out the first one's session, and every join
+    wait in proportion to the session of the group's first members: after this, a worker joining (or
+    re-joining after a restart) waits a fraction of what it would on a group it is the first to join."""
+    async def join_and_leave() -> None:
+        consumers = [AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                      **_WARMING) for group in groups]
+        try:
+            await asyncio.gather(*(consumer.start() for consumer in consumers))
+            while not all(consumer.assignment() for consumer in consumers):
+                await asyncio.gather(*(consumer.getmany(timeout_ms=100) for consumer in consumers))
+        finally:
+            await asyncio.gather(*(consumer.stop() for consumer in consumers))
+
+    for _ in range(2):
+        await join_and_leave()
 
 
 async def until(check: Callable[[], object], what: str, timeout: float = 60.0, every: float = 0.2) -> object:
