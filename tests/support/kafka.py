@@ -126,7 +126,7 @@ async def wait_drained(bootstrap: str, group: str, topic: str, timeout: float = 
 
 
 # the first members of a group on tansu: their session is what later joins of that group wait on
-_WARMING = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 300}
+_WARMING = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 100}
 
 
 async def warm_groups(bootstrap: str, groups: Sequence[str], topic: str = "tenants.created") -> None:
