@@ -90,7 +90,9 @@ class Worker:
         environment = {
             **os.environ,
             "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap,
+            "KEYLEDGER_PROFILE": "dev",  # the memory ledger unless `env` names TigerBeetle
             "KEYLEDGER_KMS_PROVIDER": "aws",
+            "KEYLEDGER_AWS_REGION": "us-east-1",
             "KEYLEDGER_KMS_ENDPOINT_URL": kms[0],
             "KEYLEDGER_KMS_KEY_ID": kms[1],
             **env,

@@ -51,8 +51,8 @@ async def kms_rate(kms: tuple[str, str], concurrency: int, calls: int = 1500) ->
 async def kms_ceiling(kms: tuple[str, str]) -> tuple[float, int, dict[int, float]]:
     """The best GenerateDataKey/s over the swept concurrencies, the concurrency that reached it, and each
     level's rate: the ceiling onboarding and rotation (two calls a tenant) are held to."""
-    levels = sorted({*LEVELS, Settings().kms_concurrency})  # the default always among them
-    await kms_rate(kms, Settings().kms_concurrency, 4000)  # moto answers a fresh server's first thousands slower
+    levels = sorted({*LEVELS, Settings().kms.concurrency})  # the default always among them
+    await kms_rate(kms, Settings().kms.concurrency, 4000)  # moto answers a fresh server's first thousands slower
     rates = {level: await kms_rate(kms, level) for level in levels}
     best = max(rates, key=rates.__getitem__)
     return rates[best], best, rates
@@ -66,7 +66,7 @@ def enough(rates: dict[int, float], ceiling: float) -> int:
 async def run(tenants: int) -> dict:
     with broker() as bootstrap, moto_kms() as kms:
         best_rate, best, rates = await kms_ceiling(kms)
-        default = Settings().kms_concurrency
+        default = Settings().kms.concurrency
         say("  moto answers a bare client " + ", ".join(f"{r:,.0f}/s at {c}" for c, r in rates.items())
             + f" GenerateDataKey calls in flight: best {best_rate:,.0f}/s at {best}, 0.95 of it from "
             f"{enough(rates, best_rate)} on; the default KEYLEDGER_KMS_CONCURRENCY={default} reaches "

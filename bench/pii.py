@@ -39,14 +39,14 @@ async def pass_through(bootstrap: str, records: list[tuple[bytes, bytes]]) -> tu
     settings = Settings()
     # the worker's own producer settings, so the floor is the same transport
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=settings.kafka_linger_ms, max_batch_size=settings.kafka_producer_batch_bytes,
-                                max_request_size=settings.kafka_producer_batch_bytes * 2)
+                                linger_ms=settings.kafka.linger_ms, max_batch_size=settings.kafka.producer_batch_bytes,
+                                max_request_size=settings.kafka.producer_batch_bytes * 2)
     await consumer.start()
     await producer.start()
     done, start, cpu = 0, None, os.times()
     try:
         while done < len(records):
-            batches = await consumer.getmany(timeout_ms=100, max_records=Settings().kafka_batch_max)
+            batches = await consumer.getmany(timeout_ms=100, max_records=Settings().kafka.batch_max)
             if start is None:
                 start, cpu = time.perf_counter(), os.times()
             futures = [await producer.send("bench.pass-out", r.value, key=r.key) for rs in batches.values() for r in rs]

@@ -44,7 +44,7 @@ async def run(tenants: int = 10_000, batch: int = 200) -> dict:
     keys = len(requests)
     with OpenBaoDevServer() as bao:
         kms = VaultKms(bao.addr, TokenAuth(bao.token), default_key_id="keyledger-bench", timeout=30,
-                       concurrency=Settings().vault_concurrency, batch_max=batch)
+                       concurrency=Settings().kms.vault.concurrency, batch_max=batch)
         try:
             await kms.generate_data_key(None, requests[0].context)  # creates the key, looks the token up
 

@@ -1,4 +1,4 @@
-"""Message models, one per topic of shared/design.md.
+"""Message models, one per topic of docs/contract.md.
 
 Inbound models accept extra fields (producers may add more); outbound models
 serialise with `to_json()` so every producer writes the same bytes for the
@@ -269,7 +269,7 @@ class AuditDigest(_Message):
 class DeadLetter(_Message):
     """A record that could not be processed, as it arrived, with the reason.
 
-    Two exceptions to "as it arrived" (shared/design.md), both flagged so a reader never mistakes
+    Two exceptions to "as it arrived" (docs/contract.md), both flagged so a reader never mistakes
     a partial payload for the record:
 
     - a `pii.requests` record keeps its field values only when KEYLEDGER_DLQ_KEEP_PII=true; otherwise
@@ -300,3 +300,109 @@ class DeadLetter(_Message):
     group: str
     attempts: int = 1
     failed_at: datetime
+
+
+class DeadLetterReplay(_Message):
+    """One replay of a `kms.dlq` letter to its original topic, on `kms.dlq.replays` (key = `letter`, kept forever).
+
+    `letter` names the letter as `<kms.dlq partition>/<offset>`; `topic`, `partition`, `offset` are the
+    original record's coordinates (as in the letter) and `replayed_partition`, `replayed_offset` where
+    the replay landed on `topic`. Written after the replay is acknowledged: `keyledger dlq replay`
+    skips a letter that has one, so a letter is answered once however often it is replayed.
+    """
+
+    letter: Annotated[str, StringConstraints(pattern=r"^[0-9]+/[0-9]+$")]
+    topic: str
+    partition: int
+    offset: int
+    replayed_partition: int
+    replayed_offset: int
+    error_code: str
+    group: str
+    tenant_id: str | None = None
+    replayed_at: datetime
+
+
+# --- callers (docs/contract.md "Callers") -------------------------------------
+
+CALLER_ID_PATTERN = r"^[0-9a-f]{32}$"
+CALLER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+CallerId = Annotated[str, StringConstraints(pattern=CALLER_ID_PATTERN)]
+CallerName = Annotated[str, StringConstraints(pattern=CALLER_NAME_PATTERN)]
+B64Url = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*$")]
+ALL_TENANTS = "*"
+
+
+class CallerOperation(StrEnum):
+    """What a caller may be allowed to ask for: the three PII operations and signing a span."""
+
+    ENCRYPT = "encrypt"
+    DECRYPT = "decrypt"
+    REENCRYPT = "reencrypt"
+    SIGN = "sign"
+
+
+class CallerRefusal(StrEnum):
+    """Why a request's caller was refused (the `reason` of its `denied` audit event)."""
+
+    UNKNOWN_CALLER = "unknown_caller"
+    BAD_PROOF = "bad_proof"
+    EXPIRED = "expired"
+    NOT_ALLOWED = "not_allowed"
+    REVOKED = "revoked"
+
+
+class CallerKem(StrEnum):
+    """The HPKE KEM a caller's result keys are sealed with (suite: this KEM, HKDF-SHA256, AES-256-GCM)."""
+
+    X25519 = "x25519"
+    """DHKEM(X25519, HKDF-SHA256), RFC 9180 KEM id 0x0020."""
+    MLKEM768_X25519 = "mlkem768-x25519"
+    """The post-quantum hybrid ML-KEM-768 + X25519, HPKE KEM id 0x647a."""
+
+
+class CallerProof(_Message):
+    """The `caller` member of a request: who asks, when, and the HMAC-SHA-256 proof over the request."""
+
+    id: CallerId
+    at: Annotated[str, StringConstraints(min_length=20, max_length=40)]
+    """RFC 3339 UTC with a `Z` (e.g. `2026-01-01T00:00:00.000000Z`)."""
+    proof: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]
+    """HMAC-SHA-256 (32 bytes), base64url without padding."""
+
+
+class CallerPolicy(_Message):
+    """One record of the compacted `keys.callers` topic (key = `caller_id`), signed by the operator key.
+
+    `signature` is Ed25519 (base64url, no padding) over the policy context string followed by the
+    RFC 8785 bytes of the record without `signature` (workers/core/callers.py). Never a plaintext secret.
+    """
+
+    caller_id: CallerId
+    name: CallerName
+    tenants: Annotated[list[TenantId], Field(min_length=1, max_length=10_000)] | Literal["*"]
+    operations: Annotated[list[CallerOperation], Field(min_length=1, max_length=4)]
+    kem: CallerKem
+    public_key: B64Url
+    """The caller's HPKE public key, raw (X25519: 32 bytes; hybrid: ML-KEM-768's 1184 then X25519's 32)."""
+    wrapped_secret: str
+    """The caller's 32-byte HMAC secret wrapped by the KMS (base64), encryption context {"caller_id": id}."""
+    kms_key_id: str
+    kms_provider: KmsProviderName | None = None
+    """The provider that wrapped `wrapped_secret`; absent = `aws`."""
+    created_at: datetime
+    revoked: bool = False
+    version: Annotated[int, Field(ge=1, le=2**53 - 1)]
+    signature: B64Url
+
+
+class SealedResultKey(_Message):
+    """A result key sealed with HPKE to one caller (`result_key` of a sealed result)."""
+
+    id: KeyId
+    caller: CallerId
+    kem: CallerKem
+    enc: B64Url
+    """The HPKE encapsulated key."""
+    sealed_key: B64Url
+    """The 32-byte result key, HPKE-sealed (ciphertext || tag)."""

@@ -1,4 +1,4 @@
-"""Topic names of the external contract (shared/design.md) and the model of each topic's values."""
+"""Topic names of the external contract (docs/contract.md) and the model of each topic's values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pydantic import BaseModel
 from schemas.messages import (
     AuditDigest,
     AuditEvent,
+    CallerPolicy,
     DeadLetter,
+    DeadLetterReplay,
     KeyEvent,
     KeyMaterial,
     PiiRequest,
@@ -36,6 +38,8 @@ class Topic(StrEnum):
     KMS_AUDIT = "kms.audit"
     KMS_AUDIT_DIGESTS = "kms.audit.digests"
     DLQ = "kms.dlq"
+    KEYS_CALLERS = "keys.callers"
+    DLQ_REPLAYS = "kms.dlq.replays"
 
 
 TOPIC_MODELS: Final[dict[Topic, type[BaseModel]]] = {
@@ -51,5 +55,7 @@ TOPIC_MODELS: Final[dict[Topic, type[BaseModel]]] = {
     Topic.KMS_AUDIT: AuditEvent,
     Topic.KMS_AUDIT_DIGESTS: AuditDigest,
     Topic.DLQ: DeadLetter,
+    Topic.KEYS_CALLERS: CallerPolicy,
+    Topic.DLQ_REPLAYS: DeadLetterReplay,
 }
 """The model of every topic's record values (`keys.material` also carries tombstones: a null value)."""

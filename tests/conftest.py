@@ -190,7 +190,9 @@ def own_tigerbeetle(tmp_path: Path) -> Iterator[str]:
 def aws_env(moto_endpoint: str, moto_kms_key: str) -> dict[str, str]:
     """The settings of a worker whose KMS is the session's moto server."""
     return {
+        "KEYLEDGER_PROFILE": "dev",  # `keyledger run` with the memory ledger
         "KEYLEDGER_KMS_PROVIDER": "aws",
+        "KEYLEDGER_AWS_REGION": "us-east-1",  # moto's key is there
         "KEYLEDGER_KMS_ENDPOINT_URL": moto_endpoint,
         "KEYLEDGER_KMS_KEY_ID": moto_kms_key,
         "AWS_ACCESS_KEY_ID": "testing",

@@ -19,6 +19,7 @@ LAYERS = {
     "workers.keystore": 2,
     "workers.kafka": 2,
     "workers.keys": 3,
+    "workers.client": 3,  # the caller side: proofs and sealed results (core), for services adopting callers
     "workers.services": 4,
     "workers.groups": 5,
     "workers.tools": 5,

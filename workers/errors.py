@@ -53,6 +53,15 @@ class KeyRefused(KeyledgerError):
 class Unavailable(Exception):
     """Transient: the records wait uncommitted and are retried with backoff; never counts as an attempt."""
 
+    setting = ""
+    """The settings an operator checks while this stays out of reach (named by the retry log line)."""
+
+
+def what_to_check(exc: BaseException) -> str:
+    """Why records wait: `exc`'s message and, when its kind names them, the settings to check."""
+    setting = getattr(exc, "setting", "")
+    return f"{exc}; check {setting}" if setting else str(exc)
+
 
 class OperatorError(Exception):
     """A failure of a CLI verb that the operator can fix: printed as one line, no traceback.

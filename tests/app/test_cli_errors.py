@@ -188,6 +188,50 @@ def test_bad_values_name_the_setting_and_the_accepted_ones(name, value, says):
     assert line == f"keyledger run: {name}={value}: {says}" or line.startswith(f"keyledger run: {name}={value}: {says}")
 
 
+def test_a_misspelt_setting_stops_with_the_closest_name():
+    line = one_line(keyledger("run", env={"KEYLEDGER_KAFKA_BOOTSTRAPS": "127.0.0.1:9092"}), 2)
+    assert line == ("keyledger run: KEYLEDGER_KAFKA_BOOTSTRAPS is not a keyledger setting "
+                    "(did you mean KEYLEDGER_KAFKA_BOOTSTRAP?): rename or unset it")
+
+
+def test_run_without_a_profile_refuses_development_parts_by_name():
+    line = one_line(keyledger("run"), 2)
+    assert line.startswith("keyledger run: KEYLEDGER_PROFILE is unset, so `keyledger run` uses no development-only")
+    for named in ("KEYLEDGER_KMS_PROVIDER=local", "KEYLEDGER_LEDGER=memory", "KEYLEDGER_KAFKA_BOOTSTRAP is unset",
+                  "KEYLEDGER_PROFILE=dev"):
+        assert named in line
+
+
+def test_production_refuses_plaintext_kafka_unless_told():
+    env = {"KEYLEDGER_PROFILE": "production", "KEYLEDGER_KAFKA_BOOTSTRAP": "kafka:9092", "KEYLEDGER_KMS_PROVIDER": "aws",
+           "KEYLEDGER_KMS_KEY_ID": "alias/k", "KEYLEDGER_LEDGER": "tigerbeetle", "KEYLEDGER_TB_ADDRESSES": "3000"}
+    line = one_line(keyledger("run", env=env), 2)
+    assert line.startswith("keyledger run: KEYLEDGER_PROFILE=production refuses KEYLEDGER_KAFKA_SECURITY_PROTOCOL="
+                           "PLAINTEXT (set SSL or SASL_SSL, or KEYLEDGER_KAFKA_ALLOW_PLAINTEXT=true")
+
+
+def test_the_aws_provider_without_a_region_anywhere_stops_at_start():
+    env = {"KEYLEDGER_KMS_PROVIDER": "aws", "KEYLEDGER_KMS_KEY_ID": "alias/keyledger", "KEYLEDGER_LEDGER": "memory",
+           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+           "AWS_REGION": "", "AWS_DEFAULT_REGION": "", "AWS_PROFILE": ""}
+    result = keyledger("demo", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "Unclosed" not in result.stderr
+    *started, line = result.stderr.splitlines()  # demo says first where its embedded broker listens
+    assert all(" INFO " in earlier for earlier in started), result.stderr
+    assert line.startswith("keyledger demo: KEYLEDGER_KMS_PROVIDER uses aws but no AWS region is set: set "
+                           "KEYLEDGER_AWS_REGION (or AWS_REGION, AWS_DEFAULT_REGION")
+
+
+def test_a_sasl_password_is_never_shown(tmp_path):
+    password = tmp_path / "password"
+    password.write_text("hunter2-but-longer")
+    env = {"KEYLEDGER_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "KEYLEDGER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+           "KEYLEDGER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KEYLEDGER_KAFKA_SASL_USERNAME": "keyledger",
+           "KEYLEDGER_KAFKA_SASL_PASSWORD_FILE": str(password), "KEYLEDGER_LOG_LEVEL": "DEBUG"}
+    result = keyledger("status", env=env)
+    assert result.returncode == 2 and "hunter2" not in result.stdout + result.stderr
+
+
 def test_the_dev_port_in_use_is_named():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

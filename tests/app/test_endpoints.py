@@ -115,7 +115,7 @@ async def test_readiness_is_false_until_the_key_table_is_loaded_and_the_groups_j
     context.register(["keyledger-keygen"])
     url = await context.serve_http()
     try:
-        assert url == f"http://127.0.0.1:{settings.http_port}"
+        assert url == f"http://127.0.0.1:{settings.http.port}"
         assert (await get(f"{url}/healthz"))[0] == 200  # alive before anything connected
         status, body = await get(f"{url}/readyz")
         checks = json.loads(body)["checks"]

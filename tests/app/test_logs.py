@@ -13,7 +13,7 @@ from workers.app.observability.logs import JsonFormatter, TextFormatter, batch_c
 from workers.settings import LogFormat, LogLevel, Settings
 
 PRODUCTION = {"profile": "production", "kafka_bootstrap": "k:9092", "kms_provider": "aws", "kms_key_id": "alias/k",
-              "ledger": "tigerbeetle", "tb_addresses": "3000"}
+              "ledger": "tigerbeetle", "tb_addresses": "3000", "kafka_security_protocol": "SSL"}
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_production_logs_json_and_dev_logs_text_unless_told():
     assert Settings().effective_log_format is LogFormat.TEXT
     assert Settings(**PRODUCTION).effective_log_format is LogFormat.JSON
     assert Settings(**PRODUCTION, log_format="text").effective_log_format is LogFormat.TEXT
-    assert Settings(log_level="debug").log_level is LogLevel.DEBUG
+    assert Settings(log_level="debug").log.level is LogLevel.DEBUG
     with pytest.raises(ValueError):
         Settings(log_level="chatty")
 

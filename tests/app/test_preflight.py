@@ -32,7 +32,7 @@ def problems(**fields) -> list[str]:
 
 def test_a_good_kek_is_accepted_and_bad_ones_are_refused_without_quoting_them():
     good = base64.b64encode(bytes(range(32))).decode()
-    assert Settings(local_kek=good).local_kek == good
+    assert Settings(local_kek=good).kms.local_kek == good
     for bad, says in (("!!not base64!!", "not base64"), (base64.b64encode(b"x" * 31).decode(), "decodes to 31 bytes")):
         with pytest.raises(ValidationError) as refused:
             Settings(local_kek=bad)
@@ -62,7 +62,7 @@ def test_the_production_refusal_names_every_unsafe_setting_in_one_line():
 ])
 def test_tigerbeetle_address_forms(text, pairs):
     assert parse_addresses(text, default_port=3001, default_host="127.0.0.1") == pairs
-    assert Settings(tb_addresses=text).tb_addresses == text
+    assert Settings(tb_addresses=text).ledger.tb_addresses == text
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:port", "3000,,3001", "10.0.0.1:0", "10.0.0.1:65536", ":3000", "a b:1"])
@@ -81,8 +81,8 @@ def test_tigerbeetle_host_names_are_resolved_in_order():
 
 
 def test_the_ledger_is_named_tigerbeetle_only_when_it_is_one():
-    assert describe_ledger(Settings()) == "the ledger (memory)"
-    assert describe_ledger(Settings(ledger=LedgerKind.TIGERBEETLE, tb_addresses="3000")) == "TigerBeetle at 3000"
+    assert describe_ledger(Settings().ledger) == "the ledger (memory)"
+    assert describe_ledger(Settings(ledger=LedgerKind.TIGERBEETLE, tb_addresses="3000").ledger) == "TigerBeetle at 3000"
 
 
 def test_dev_takes_the_default_port_when_free_and_says_why_when_not():

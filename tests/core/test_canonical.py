@@ -45,6 +45,51 @@ def test_the_fast_path_equals_the_reference_on_random_values():
         assert canonical_json(value) == rfc8785.dumps(value)
 
 
+_any_text = st.text(alphabet=st.characters(codec=None), max_size=6)  # lone surrogates included
+_any_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**60), 2**60),
+              st.floats(allow_nan=True, allow_infinity=True), _any_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_any_text, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+def _reference(value):
+    try:
+        return rfc8785.dumps(value)
+    except Exception:
+        return CanonicalizationError
+
+
+def _ours(value, **options):
+    try:
+        return canonical_json(value, **options)
+    except CanonicalizationError:
+        return CanonicalizationError
+
+
+@settings(max_examples=500, deadline=None)
+@given(_any_json)
+def test_canonical_json_is_the_reference_for_any_value(value):
+    """The plain path (sorted compact JSON) beside rfc8785: same bytes, or both refuse."""
+    assert _ours({"v": value}) == _reference({"v": value})
+
+
+@settings(max_examples=500, deadline=None)
+@given(_any_json)
+def test_what_the_reader_calls_plain_has_the_reference_form_without_a_scan(value):
+    try:
+        raw = json.dumps({"v": value}).encode()
+    except (ValueError, UnicodeEncodeError):
+        return
+    try:
+        parsed, plain = plain_json_loads(raw)
+    except NotIJson:
+        return
+    if plain:
+        assert canonical_json(parsed, known_plain=True) == rfc8785.dumps(parsed)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [

@@ -31,7 +31,7 @@ def start_worker(bootstrap: str, groups: list[str], env: dict[str, str], log_pat
     """`keyledger run --group ...` as its own process (local KMS: every process shares the dev KEK)."""
     args = [sys.executable, "-m", "workers.app.cli", "run"] + [a for g in groups for a in ("--group", g)]
     full_env = {**os.environ, "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap, "KEYLEDGER_KAFKA_PARTITIONS": str(PARTITIONS),
-                "KEYLEDGER_KMS_PROVIDER": "local", **env}
+                "KEYLEDGER_KMS_PROVIDER": "local", "KEYLEDGER_PROFILE": "dev", **env}
     with open(log_path, "ab") as log:
         return subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -30,7 +30,7 @@ def read(out) -> DeadLetter:
 def test_the_bound_comes_from_the_broker_and_producer_limits():
     settings = Settings(max_message_bytes=1_048_576)
     assert letter_max_bytes(settings) == 1_048_576 - FRAMING_BYTES
-    assert settings.producer_max_request_bytes >= settings.max_message_bytes
+    assert settings.kafka.producer_max_request_bytes >= settings.kafka.max_message_bytes
 
 
 def test_a_record_near_the_limit_gets_a_letter_within_it_with_prefix_size_and_digest():

@@ -2,6 +2,7 @@ from datetime import UTC, datetime
 
 from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
 from workers.core.ids import event_id, key_id_for
+from workers.core.material import material_fingerprint
 from workers.keystore.directory import KeyDirectory, KeyState
 
 NOW = datetime.now(UTC)
@@ -103,3 +104,26 @@ def test_candidates_are_bounded_and_the_record_in_use_is_kept():
     assert len(entry.candidates) == MAX_CANDIDATES and entry.material == first
     assert material_fingerprint(first) in entry.candidates
     assert entry.newest.wrapped_key == f"{3 * MAX_CANDIDATES - 1:08d}"
+
+
+def test_a_record_naming_another_tenant_is_a_candidate_kept_as_read_and_never_the_key_in_use_once_settled():
+    genuine = material("acme", KeyType.SIGNING, 1)
+    forged = genuine.model_copy(update={"tenant_id": "globex", "wrapped_key": "Zm9yZ2Vk"})
+    d = KeyDirectory()
+    d.apply_material_record(genuine.to_json())
+    d.apply_material_record(forged.to_json())
+    entry = d.get(genuine.key_id)
+    assert entry.newest == forged and entry.candidates[material_fingerprint(genuine)] == genuine
+    assert entry._stored_candidates()[material_fingerprint(forged)] == forged.to_json()
+    assert d.pin(genuine.key_id, material_fingerprint(genuine)) == genuine and entry.material == genuine
+
+
+def test_one_record_needs_no_fingerprint_dict_and_the_same_bytes_again_add_none():
+    d = KeyDirectory()
+    m = material("acme", KeyType.ENCRYPTION, 1)
+    for _ in range(3):
+        d.apply_material_record(m.to_json())
+    entry = d.get(m.key_id)
+    assert entry._candidates is None and list(entry.candidates) == [material_fingerprint(m)]
+    d.apply_material_record(m.model_copy(update={"wrapped_key": "b3RoZXI="}).to_json())
+    assert entry._candidates is not None and len(entry.candidates) == 2

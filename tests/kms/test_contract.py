@@ -1,9 +1,11 @@
-"""One KMS contract, three providers: local (in process), aws (moto's server over HTTP), vault (an
-OpenBao dev server over HTTP). Every refusal below is preceded by the same call succeeding on the
-untouched input, so a refusal is the KMS saying no, not a broken setup."""
+"""One KMS contract, every adapter and wrapper of the port: local (in process), aws (moto's server over
+HTTP), vault (an OpenBao dev server over HTTP), the router (vault primary, local beside it) and the
+metered KMS around vault. Every refusal below is preceded by the same call succeeding on the untouched
+input, so a refusal is the KMS saying no, not a broken setup."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 
@@ -11,15 +13,19 @@ import pytest
 
 from tests.support.faults import SwitchableKms
 from workers.app.embedded import free_port
+from workers.app.observability.metrics import Metrics
+from workers.app.observability.ports import MeteredKms
 from workers.kms import (
     MAX_WRAPPED_BYTES,
-    BatchKms,
     DataKey,
     DataKeyRequest,
+    KekVersions,
+    KekVersionsUnsupported,
+    Kms,
+    KmsCapabilities,
     KmsError,
     KmsRefused,
     KmsUnavailable,
-    RewrappingKms,
     UnwrapRequest,
     WrapRequest,
     decrypt_many,
@@ -32,6 +38,7 @@ from workers.kms import (
 )
 from workers.kms.aws import AwsKms
 from workers.kms.local import LocalKms
+from workers.kms.router import KmsRouter
 from workers.kms.vault import TokenAuth, VaultKms
 
 ACME = encryption_context("acme", "ab" * 16, "encryption")
@@ -43,31 +50,47 @@ OTHERS = {
 # per provider: the largest wrapped key it may return (local and vault blobs have a fixed size)
 WRAPPED_BOUND = {"local": 64, "aws": MAX_WRAPPED_BYTES, "vault": len("vault:v99:") + 80}
 UNREACHABLE_TIMEOUT = 1.0
+# each adapter under test: the provider whose keys it makes, and the wrapper around it (if any)
+ADAPTERS = {"local": ("local", None), "aws": ("aws", None), "vault": ("vault", None),
+            "router": ("vault", "router"), "metered": ("vault", "metered")}
 
 
-@pytest.fixture(params=["local", "aws", "vault"])
-def provider(request) -> str:
+@pytest.fixture(params=list(ADAPTERS))
+def adapter(request) -> str:
     return request.param
 
 
 @pytest.fixture
-def make_kms(request, provider):
-    """Builds the provider's adapter; `unreachable=True` points it at a closed port."""
-    def make(*, unreachable: bool = False, batch_max: int = 250):
+def provider(adapter) -> str:
+    """The provider whose keys the adapter under test makes."""
+    return ADAPTERS[adapter][0]
+
+
+@pytest.fixture
+def make_kms(request, adapter):
+    """Builds the adapter under test; `unreachable=True` points it at a closed port."""
+    provider, wrapper = ADAPTERS[adapter]
+
+    def make(*, unreachable: bool = False, batch_max: int = 250) -> Kms:
         closed = f"http://127.0.0.1:{free_port()}"
+        kms: Kms
         if provider == "local":
             if unreachable:
                 pytest.skip("the local KMS has no endpoint")
-            adapter = LocalKms()
+            kms = LocalKms()
         elif provider == "aws":
             endpoint, key = request.getfixturevalue("moto_endpoint"), request.getfixturevalue("moto_kms_key")
-            adapter = (AwsKms("any", endpoint_url=closed, timeout=UNREACHABLE_TIMEOUT, max_attempts=1) if unreachable
-                       else AwsKms(key, endpoint_url=endpoint, timeout=5, max_attempts=2))
+            kms = (AwsKms("any", endpoint_url=closed, timeout=UNREACHABLE_TIMEOUT, max_attempts=1) if unreachable
+                   else AwsKms(key, endpoint_url=endpoint, timeout=5, max_attempts=2))
         else:
             bao = request.getfixturevalue("openbao")
-            adapter = (VaultKms(closed, TokenAuth("unused"), timeout=UNREACHABLE_TIMEOUT) if unreachable
-                       else VaultKms(bao.addr, TokenAuth(bao.token), timeout=5, batch_max=batch_max))
-        return adapter
+            kms = (VaultKms(closed, TokenAuth("unused"), timeout=UNREACHABLE_TIMEOUT) if unreachable
+                   else VaultKms(bao.addr, TokenAuth(bao.token), timeout=5, batch_max=batch_max))
+        if wrapper == "router":
+            return KmsRouter(kms, [LocalKms()])
+        if wrapper == "metered":
+            return MeteredKms(kms, Metrics())
+        return kms
 
     return make  # adapters are closed by the `kms` fixture or by the test that made them
 
@@ -150,7 +173,7 @@ async def test_a_tampered_blob_is_refused(kms):
 async def test_batch_generation_agrees_with_single_calls(make_kms, provider):
     kms = make_kms(batch_max=2)  # vault: several batch requests for one call
     try:
-        assert isinstance(kms, BatchKms)
+        assert kms.capabilities.batching == (provider == "vault")
         contexts = [encryption_context(f"tenant-{i}", f"{i:032x}", kt)
                     for i in range(3) for kt in ("signing", "encryption")]
         keys = await kms.generate_data_keys([DataKeyRequest(None, c) for c in contexts])
@@ -186,20 +209,63 @@ async def test_one_bad_item_fails_alone_in_a_batch(kms):
         _assert_no_secret(str(error) + repr(error), keys[2].plaintext)
 
 
-async def test_the_port_functions_use_single_calls_for_an_adapter_without_batches():
+async def test_the_defaults_of_the_port_use_single_calls_for_an_adapter_without_batches():
+    """SwitchableKms writes single calls only: batches gather them, rewrap unwraps and wraps again here."""
     kms = SwitchableKms()
-    assert not isinstance(kms, BatchKms) and not isinstance(kms, RewrappingKms)
+    assert not kms.capabilities.batching and not kms.capabilities.native_rewrap
     keys = await generate_data_keys(kms, [DataKeyRequest(None, ACME), DataKeyRequest(None, OTHERS["another key_id"])])
     assert kms.calls == 2
     results = await decrypt_many(kms, [UnwrapRequest(keys[0].wrapped, keys[0].kms_key_id, ACME),
                                        UnwrapRequest(keys[1].wrapped, keys[1].kms_key_id, ACME)])
     assert kms.calls == 4
     assert results[0] == keys[0].plaintext and isinstance(results[1], KmsRefused)
-    with pytest.raises(KmsRefused, match="cannot rewrap"):
-        await rewrap(kms, keys[0].wrapped, keys[0].kms_key_id, ACME)
+    rewrapped = await rewrap(kms, keys[0].wrapped, keys[0].kms_key_id, ACME)
+    assert kms.calls == 6 and rewrapped.wrapped != keys[0].wrapped and rewrapped.kek_version is None
+    assert await kms.decrypt(rewrapped.wrapped, keys[0].kms_key_id, ACME) == keys[0].plaintext
+    with pytest.raises(KmsRefused):  # the default rewrap checks the context as the unwrap does
+        await kms.rewrap(keys[0].wrapped, keys[0].kms_key_id, OTHERS["another tenant"])
     kms.down = True
     results = await decrypt_many(kms, [UnwrapRequest(keys[0].wrapped, keys[0].kms_key_id, ACME)])
     assert isinstance(results[0], KmsUnavailable)
+
+
+async def test_the_default_batches_keep_at_most_concurrency_calls_in_flight():
+    class Slow(SwitchableKms):
+        concurrency = 3
+        in_flight = peak = 0
+
+        async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
+            type(self).in_flight += 1
+            type(self).peak = max(self.peak, self.in_flight)
+            try:
+                await asyncio.sleep(0.01)
+                return await super().decrypt(wrapped, kms_key_id, context)
+            finally:
+                type(self).in_flight -= 1
+
+    kms = Slow()
+    key = await kms.generate_data_key(None, ACME)
+    results = await kms.decrypt_many([UnwrapRequest(key.wrapped, key.kms_key_id, ACME)] * 10)
+    assert results == [key.plaintext] * 10 and Slow.peak == 3
+
+
+async def test_capabilities_are_declared_and_each_one_holds(kms, provider):
+    """What `capabilities` says is what the adapter does: KEK versions answer or are refused by type,
+    rewrap is native or not (a native one never unwraps here), routing names the providers."""
+    capabilities = kms.capabilities
+    assert isinstance(capabilities, KmsCapabilities) and capabilities.provider == provider == provider_of(kms)
+    assert capabilities.routing == isinstance(kms, KmsRouter)
+    assert list(kms.providers) == ([provider, "local"] if capabilities.routing else [provider])
+    await kms.generate_data_key(None, ACME)  # the default key exists
+    if capabilities.kek_versions:
+        versions = await kms.kek_versions()
+        assert isinstance(versions, KekVersions) and versions.latest >= versions.min_decryption >= 1
+    else:
+        for call in (kms.kek_versions(), kms.rotate_kek(), kms.retire_kek_versions(1)):
+            with pytest.raises(KekVersionsUnsupported, match=f"the {provider} KMS provider has no KEK versions"):
+                await call
+    assert capabilities.native_rewrap == (provider != "local")
+    assert capabilities.batching == (provider == "vault")
 
 
 async def test_rewrap_keeps_the_plaintext_and_the_context(kms, provider):

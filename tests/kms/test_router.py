@@ -63,10 +63,10 @@ def test_one_provider_twice_is_a_configuration_error():
 
 
 async def test_settings_build_one_adapter_or_a_router(moto_endpoint, moto_kms_key):
-    single = open_kms(Settings(kms_provider="local"))
+    single = open_kms(Settings(kms_provider="local").kms)
     assert isinstance(single, LocalKms)
     hybrid = open_kms(Settings(kms_provider="aws", kms_providers="local, aws", kms_key_id=moto_kms_key,
-                               kms_endpoint_url=moto_endpoint))
+                               kms_endpoint_url=moto_endpoint, aws_region="us-east-1").kms)
     try:
         assert isinstance(hybrid, KmsRouter) and list(hybrid.providers) == ["aws", "local"]
         assert hybrid.provider == "aws" and hybrid.default_key_id == moto_kms_key
@@ -81,7 +81,7 @@ def test_settings_refuse_an_unknown_provider_and_check_every_configured_one():
     with pytest.raises(ValueError, match="KEYLEDGER_KMS_PROVIDERS"):
         Settings(kms_providers="aws,gcp")
     settings = Settings(kms_provider="aws", kms_providers="vault", kms_key_id="alias/k")
-    assert [p.value for p in settings.configured_kms_providers] == ["aws", "vault"]
+    assert [p.value for p in settings.kms.configured_providers] == ["aws", "vault"]
     assert "KEYLEDGER_VAULT_ADDR is unset" in settings.production_problems()
     assert "KEYLEDGER_KMS_PROVIDERS names local" in Settings(kms_provider="aws", kms_providers="local",
                                                              kms_key_id="k").production_problems()

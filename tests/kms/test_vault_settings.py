@@ -10,6 +10,7 @@ from workers.settings import KmsProvider, Settings, VaultAuthMethod
 
 PRODUCTION = {
     "KEYLEDGER_PROFILE": "production",
+    "KEYLEDGER_KAFKA_SECURITY_PROTOCOL": "SSL",
     "KEYLEDGER_KMS_PROVIDER": "vault",
     "KEYLEDGER_VAULT_ADDR": "https://vault.internal:8200",
     "KEYLEDGER_VAULT_TOKEN": "s.production-token",
@@ -29,9 +30,9 @@ def clean_env(monkeypatch):
 
 def test_vault_defaults_match_the_design():
     s = Settings()
-    assert (s.vault_addr, s.vault_transit_mount, s.vault_key, s.vault_auth) == (
+    assert (s.kms.vault.addr, s.kms.vault.transit_mount, s.kms.vault.key, s.kms.vault.auth) == (
         None, "transit", "keyledger", VaultAuthMethod.TOKEN)
-    assert s.vault_k8s_jwt_path == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert s.kms.vault.k8s_jwt_path == "/var/run/secrets/kubernetes.io/serviceaccount/token"
     assert KmsProvider("vault") is KmsProvider.VAULT
 
 
@@ -47,8 +48,8 @@ def test_vault_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("KEYLEDGER_VAULT_AUTH", "approle")
     monkeypatch.setenv("KEYLEDGER_VAULT_SECRET_ID", "the-secret-id")
     s = Settings()
-    assert s.kms_provider is KmsProvider.VAULT and s.vault_auth is VaultAuthMethod.APPROLE
-    assert s.vault_secret_id.get_secret_value() == "the-secret-id"
+    assert s.kms.provider is KmsProvider.VAULT and s.kms.vault.auth is VaultAuthMethod.APPROLE
+    assert s.kms.vault.secret_id.get_secret_value() == "the-secret-id"
     assert "the-secret-id" not in repr(s) and "the-secret-id" not in str(s.model_dump())
 
 
@@ -85,15 +86,21 @@ def test_the_factory_builds_the_vault_adapter_with_each_auth(monkeypatch, tmp_pa
             "vault_transit_mount": "kms/transit", "vault_namespace": "team", "vault_timeout": 2.5,
             "vault_batch_max": 100, "vault_concurrency": 3}
     monkeypatch.setenv("VAULT_TOKEN", "from-vault-token")
-    kms = open_kms(Settings(**base))
+    kms = open_kms(Settings(**base).kms)
     assert isinstance(kms, VaultKms) and kms.default_key_id == "kl" and kms.provider == "vault"
-    assert kms._auth == TokenAuth("from-vault-token") and kms._mount == "kms/transit"
-    assert (kms._namespace, kms._timeout, kms._batch_max, kms._concurrency) == ("team", 2.5, 100, 3)
-    assert open_kms(Settings(**base, vault_token="explicit"))._auth == TokenAuth("explicit")
-    approle = open_kms(Settings(**base, vault_auth="approle", vault_role_id="r", vault_secret_id="s"))
-    assert approle._auth == AppRoleAuth("r", "s", mount="approle")
-    k8s = open_kms(Settings(**base, vault_auth="kubernetes", vault_k8s_role="kl", vault_auth_mount="k8s-prod"))
-    assert k8s._auth == KubernetesAuth("kl", "/var/run/secrets/kubernetes.io/serviceaccount/token", mount="k8s-prod")
+    client = kms.session.client
+    assert kms.session.auth == TokenAuth("from-vault-token") and kms.mount == "kms/transit"
+    assert (client.namespace, client.timeout, kms.batch_max, client.concurrency) == ("team", 2.5, 100, 3)
+    assert _auth(open_kms(Settings(**base, vault_token="explicit").kms)) == TokenAuth("explicit")
+    approle = open_kms(Settings(**base, vault_auth="approle", vault_role_id="r", vault_secret_id="s").kms)
+    assert _auth(approle) == AppRoleAuth("r", "s", mount="approle")
+    k8s = open_kms(Settings(**base, vault_auth="kubernetes", vault_k8s_role="kl", vault_auth_mount="k8s-prod").kms)
+    assert _auth(k8s) == KubernetesAuth("kl", "/var/run/secrets/kubernetes.io/serviceaccount/token", mount="k8s-prod")
+
+
+def _auth(kms):
+    assert isinstance(kms, VaultKms)
+    return kms.session.auth
 
 
 @pytest.mark.parametrize(
@@ -108,7 +115,7 @@ def test_the_factory_builds_the_vault_adapter_with_each_auth(monkeypatch, tmp_pa
 def test_the_factory_names_what_is_missing(overrides, message):
     settings = Settings(**{"kms_provider": "vault", "vault_addr": "https://vault.internal:8200", **overrides})
     with pytest.raises(ValueError, match=message):
-        open_kms(settings)
+        open_kms(settings.kms)
 
 
 def test_auth_reprs_hide_their_secrets():
@@ -117,7 +124,7 @@ def test_auth_reprs_hide_their_secrets():
 
 
 async def test_a_context_with_another_key_order_is_the_same_context():
-    from workers.kms.vault import _context
+    from workers.kms.vault import transit_context
 
     context = encryption_context("acme", "ab" * 16, "signing")
-    assert _context(context) == _context(dict(reversed(list(context.items()))))
+    assert transit_context(context) == transit_context(dict(reversed(list(context.items()))))

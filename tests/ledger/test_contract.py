@@ -33,6 +33,7 @@ from workers.ledger import (
 from workers.ledger import (
     CreateTransferStatus as T,
 )
+from workers.ledger import tigerbeetle as tigerbeetle_module
 from workers.ledger.factory import open_ledger
 from workers.ledger.memory import RESULTS_MAX, MemoryLedger
 from workers.ledger.tigerbeetle import TigerBeetleLedger
@@ -516,9 +517,9 @@ async def test_a_chain_longer_than_a_request_is_refused_before_anything_is_sent(
 
 
 async def test_open_ledger_builds_the_configured_adapter():
-    memory = open_ledger(Settings(ledger=LedgerKind.MEMORY))
+    memory = open_ledger(Settings(ledger=LedgerKind.MEMORY).ledger)
     assert isinstance(memory, MemoryLedger)
-    real = open_ledger(Settings(ledger=LedgerKind.TIGERBEETLE, tb_addresses=f"127.0.0.1:{free_port()}", tb_batch_max=7))
+    real = open_ledger(Settings(ledger=LedgerKind.TIGERBEETLE, tb_addresses=f"127.0.0.1:{free_port()}", tb_batch_max=7).ledger)
     try:
         assert isinstance(real, TigerBeetleLedger)
     finally:
@@ -543,3 +544,22 @@ async def test_a_server_with_a_smaller_request_limit_shrinks_the_requests_and_lo
         assert len(await ledger.lookup_accounts([a.id for a in accounts])) == 700
     finally:
         await ledger.aclose()
+
+
+async def test_the_public_create_transfers_fallback_answers_as_the_packed_path(tigerbeetle_address, monkeypatch):
+    """A client release packing was not verified with sends transfers through the client's public call
+    (workers/ledger/tigerbeetle.py `transfers_sender`): the server answers both paths alike."""
+    answers = []
+    for version in (tigerbeetle_module.CLIENT_VERSION, "0.16.97-unverified"):
+        monkeypatch.setattr(tigerbeetle_module, "CLIENT_VERSION", version)
+        ledger = TigerBeetleLedger(tigerbeetle_address, 0, batch_max=250, timeout=30.0)
+        try:
+            tenant, key = account(), account()
+            await ledger.create_accounts([tenant, key])
+            batch = [transfer(tenant, key), transfer(tenant, key, flags=LINKED), replace(transfer(tenant, key), code=0),
+                     replace(transfer(tenant, key), ledger=2)]
+            answers.append(statuses(await ledger.create_transfers(batch)))
+            assert [t.id for t in await ledger.lookup_transfers([t.id for t in batch])] == [batch[0].id]
+        finally:
+            await ledger.aclose()
+    assert answers[0] == answers[1] and answers[0][0] == T.CREATED and answers[0][1] == T.LINKED_EVENT_FAILED

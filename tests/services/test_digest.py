@@ -253,7 +253,7 @@ def test_the_digest_interval_is_a_setting_of_300_seconds_by_default(monkeypatch)
     from workers.settings import Settings
 
     monkeypatch.delenv("KEYLEDGER_DIGEST_INTERVAL", raising=False)
-    assert Settings().digest_interval == 300
+    assert Settings().limits.digest_interval == 300
     monkeypatch.setenv("KEYLEDGER_DIGEST_INTERVAL", "2")
-    assert Settings().digest_interval == 2
-    assert "10,000" in Settings.model_fields["digest_interval"].description
+    assert Settings().limits.digest_interval == 2
+    assert "10,000" in Settings.setting_field("digest_interval").description

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
-from workers.kms import DataKey, KmsUnavailable
+from workers.kms import DataKey, Kms, KmsCapabilities, KmsUnavailable
 from workers.kms.local import LocalKms
 
 
-class SwitchableKms:
-    """The local KMS behind a switch: when `down`, every call fails as an unreachable KMS would."""
+class SwitchableKms(Kms):
+    """The local KMS behind a switch: when `down`, every call fails as an unreachable KMS would.
+    It writes the single calls only: batches and rewrap are the port's defaults over them."""
+
+    capabilities = KmsCapabilities("local")
 
     def __init__(self, kms: LocalKms | None = None) -> None:
         self._kms = kms or LocalKms()
         self.default_key_id = self._kms.default_key_id
         self.down = False
-        self.calls = 0
+        self._calls = 0
+
+    @property
+    def calls(self) -> int:
+        return self._calls
 
     def _check(self) -> None:
-        self.calls += 1
+        self._calls += 1
         if self.down:
             raise KmsUnavailable("EndpointConnectionError: injected outage")
 
     async def generate_data_key(self, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         self._check()
         return await self._kms.generate_data_key(kms_key_id, context)
+
+    async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
+        self._check()
+        return await self._kms.wrap(plaintext, kms_key_id, context)
 
     async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
         self._check()

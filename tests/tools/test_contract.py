@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.errors import ErrorCode
 from schemas.messages import SpanToSign
 from schemas.topics import TOPIC_MODELS, Topic
 from tests.support.strategies import models
+from workers.app import cli
 from workers.groups import GROUPS
+from workers.settings import ENV_NAMES
 from workers.tools import contract
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,3 +167,28 @@ def test_the_published_schema_refuses_a_span_that_is_already_signed(job: SpanToS
     value = {**json.loads(job.to_json()), "signature": signature}
     assert not validator.is_valid(value)
     assert validator.is_valid({k: v for k, v in value.items() if k != "signature"})
+
+
+# docs/contract.md, the contract of record, names everything the code offers
+
+
+CONTRACT = (ROOT / "docs/contract.md").read_text(encoding="utf-8")
+
+
+def test_every_setting_is_in_the_contract():
+    documented = set(re.findall(r"KEYLEDGER_[A-Z0-9_]+", CONTRACT))
+    assert sorted(set(ENV_NAMES.values()) - documented) == []
+
+
+def test_every_topic_and_error_code_is_in_the_contract():
+    assert [t.value for t in Topic if f"`{t.value}`" not in CONTRACT] == []
+    assert [c.value for c in ErrorCode if f"`{c.value}`" not in CONTRACT] == []
+
+
+def test_every_cli_verb_is_in_the_contract():
+    parser = cli._parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    named = [f"keyledger {verb}" for verb in verbs.choices if verb != "audit"]
+    audit = next(a for a in verbs.choices["audit"]._actions if isinstance(a, argparse._SubParsersAction))
+    named += [f"keyledger audit {verb}" for verb in audit.choices]
+    assert [name for name in named if f"`{name}" not in CONTRACT] == []

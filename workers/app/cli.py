@@ -17,13 +17,24 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from schemas.errors import ErrorCode
 from schemas.topics import Topic
-from workers.app.preflight import check_kafka, check_ledger, check_topics, load_settings, require_bootstrap
+from workers.app.preflight import (
+    check_kafka,
+    check_ledger,
+    check_topics,
+    load_settings,
+    preflight,
+    require_bootstrap,
+)
 from workers.errors import ConfigError
 from workers.groups import ALL_GROUPS
 from workers.settings import LedgerKind, Settings
+
+if TYPE_CHECKING:
+    from workers.tools.dlq import DeadLetters, Letter, Selection
 
 DESCRIPTION = """\
 keyledger: per-tenant signing (Ed25519) and encryption (AES-256-GCM) keys, wrapped by a KMS,
@@ -73,10 +84,12 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def checked_run() -> None:
-        if settings.kafka_bootstrap:
-            await check_kafka(settings.kafka_bootstrap)
+        if settings.kafka.bootstrap:
+            await check_kafka(settings.kafka.bootstrap)
         await check_ledger(settings)
-        await run(settings, args.group or ALL_GROUPS)
+        groups = args.group or ALL_GROUPS
+        await preflight(settings, settings.kafka.bootstrap, groups)
+        await run(settings, groups)
 
     asyncio.run(checked_run())
     return 0
@@ -119,8 +132,8 @@ def _demo(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def checked_demo() -> int:
-        if settings.kafka_bootstrap:
-            await check_kafka(settings.kafka_bootstrap)
+        if settings.kafka.bootstrap:
+            await check_kafka(settings.kafka.bootstrap)
         await check_ledger(settings)
         return await demo(settings)
 
@@ -155,7 +168,7 @@ async def _verify_stream(settings: Settings, stream: TextIO) -> int:
     bootstrap = require_bootstrap(settings)
     await _reach(bootstrap, Topic.KEYS_EVENTS)
     # public keys: the design's 24 h cache, sized like the others (KEYLEDGER_CACHE_PUBLIC_TTL, _MAX_ENTRIES)
-    book = await load_book(bootstrap, ttl=settings.cache_public_ttl, maxsize=settings.cache_max_entries)
+    book = await load_book(bootstrap, ttl=settings.cache.public_ttl, maxsize=settings.cache.max_entries)
     # the file is already open (checked before any connection); reading lines of it is local and short.
     # The same bytes a print per span wrote, in input order. From a file: in chunks, the Ed25519 checks
     # on one thread per CPU while this one parses. From a pipe or a terminal: each verdict as its line comes
@@ -283,16 +296,16 @@ async def _status_report(settings: Settings, bootstrap: str, *, as_json: bool) -
 
     await check_ledger(settings)
     await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS)
-    ledger = open_ledger(settings) if settings.ledger is LedgerKind.TIGERBEETLE else None
-    note = (f"skipped: {describe_ledger(settings)} lives inside the worker process; usage is read from a "
+    ledger = open_ledger(settings.ledger) if settings.ledger.kind is LedgerKind.TIGERBEETLE else None
+    note = (f"skipped: {describe_ledger(settings.ledger)} lives inside the worker process; usage is read from a "
             "TigerBeetle ledger (KEYLEDGER_LEDGER=tigerbeetle)")
     try:
-        status = await read_status(bootstrap, ledger, rotation_age=settings.rotation_age,
-                                   encrypt_limit=settings.encrypt_limit, ledger_note=note)
+        status = await read_status(bootstrap, ledger, rotation_age=settings.limits.rotation_age,
+                                   encrypt_limit=settings.limits.encrypt_limit, ledger_note=note)
     finally:
         if ledger is not None:
             await ledger.aclose()
-    print(to_json(status) if as_json else render(status, f"Kafka {bootstrap}, {describe_ledger(settings)}"))
+    print(to_json(status) if as_json else render(status, f"Kafka {bootstrap}, {describe_ledger(settings.ledger)}"))
     return 0
 
 
@@ -320,7 +333,7 @@ def _add_audit_verify(audit_verbs: Any) -> None:
 
 
 def _outside_ledger(settings: Settings) -> None:
-    if settings.ledger is LedgerKind.MEMORY:
+    if settings.ledger.kind is LedgerKind.MEMORY:
         raise ConfigError("the ledger (memory) lives inside the process that runs the workers (keyledger dev or "
                           "run), so no other process can audit it: run `keyledger dev` with a TigerBeetle binary "
                           "(TIGERBEETLE_BIN or PATH) and paste its export lines, or run `keyledger demo`, which "
@@ -340,7 +353,7 @@ async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str |
 
     await check_ledger(settings)
     await _reach(bootstrap, Topic.KMS_AUDIT)
-    ledger = open_ledger(settings)
+    ledger = open_ledger(settings.ledger)
     try:
         report = await verify_audit(bootstrap, ledger, tenant)
     finally:
@@ -348,7 +361,7 @@ async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str |
     for problem in report.mismatches[:100]:
         print(f"MISMATCH {problem}")
     verdict = "agrees with" if report.agrees else "DISAGREES with"
-    print(f"kms.audit {verdict} {describe_ledger(settings)}: {report.events} events ({report.duplicates} "
+    print(f"kms.audit {verdict} {describe_ledger(settings.ledger)}: {report.events} events ({report.duplicates} "
           f"duplicate records), {len(report.tenants)} tenants, {len(report.mismatches)} mismatches")
     chain = await verify_chain(bootstrap)
     for problem in chain.problems[:100]:
@@ -394,10 +407,10 @@ async def _build_report(settings: Settings, bootstrap: str, tenant: str, form: s
 
     await check_ledger(settings)
     await _reach(bootstrap, Topic.KMS_AUDIT, Topic.KEYS_EVENTS)
-    ledger = open_ledger(settings)
+    ledger = open_ledger(settings.ledger)
     try:
-        report = await build_report(bootstrap, ledger, tenant, rotation_age=settings.rotation_age,
-                                    encrypt_limit=settings.encrypt_limit)
+        report = await build_report(bootstrap, ledger, tenant, rotation_age=settings.limits.rotation_age,
+                                    encrypt_limit=settings.limits.encrypt_limit)
     finally:
         await ledger.aclose()
     text = render_html(report) if form == "html" else json.dumps(report.to_json(), indent=2) + "\n"
@@ -405,6 +418,106 @@ async def _build_report(settings: Settings, bootstrap: str, tenant: str, form: s
                f"operations; ledger vs kms.audit {'agree' if report.ledger_agrees else 'DISAGREE'}, "
                f"digest chain {'intact' if report.chain_intact else 'BROKEN'}")
     return text, summary
+
+
+# --- dlq -----------------------------------------------------------------------------------------
+
+
+def _add_dlq(verbs: Any) -> None:
+    dlq = verbs.add_parser("dlq", help="dead letters: list, show, replay",
+                           description="Dead letters on kms.dlq: list and show them (never a field value), and replay\n"
+                                       "them to their original topic once the cause is fixed.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    dlq_verbs = dlq.add_subparsers(dest="sub_verb", required=True, metavar="{list,show,replay}")
+    listing = _verb(dlq_verbs, "list", _dlq_list, summary="one line per dead letter",
+                    description="One line per letter: its id (<kms.dlq partition>/<offset>), when it failed, the\n"
+                                "group, the original topic, the error code, the tenant, and whether it can be\n"
+                                "replayed (or was). Never a field value.",
+                    example="keyledger dlq list --code kms_refused --since 2h")
+    show = _verb(dlq_verbs, "show", _dlq_show, summary="a letter's metadata and, outside pii.requests, its payload",
+                 description="The letters named (or selected by the filters) in full: original coordinates, tenant,\n"
+                             "group, error code and message, header names, replay state and, for any topic but\n"
+                             "pii.requests, the payload.",
+                 example="keyledger dlq show 0/17")
+    replay = _verb(dlq_verbs, "replay", _dlq_replay, summary="send letters back to their topic, once each",
+                   description="Write each selected letter's record back to its original topic (same key, headers\n"
+                               "and value, plus a keyledger-dlq-letter header) and record the replay on\n"
+                               "kms.dlq.replays. A letter already replayed is skipped, so a letter is answered once;\n"
+                               "a letter whose payload was redacted or cut is not replayable. Fix the cause first.\n"
+                               "Exits 1 when a selected letter could not be replayed.",
+                   example="keyledger dlq replay --code kms_refused --since 1h")
+    for parser in (listing, show, replay):
+        if parser is not listing:
+            parser.add_argument("ids", nargs="*", metavar="ID", help="letter ids (<partition>/<offset>)")
+        parser.add_argument("--code", choices=[c.value for c in ErrorCode], metavar="CODE",
+                            help="only letters with this error code (e.g. kms_refused)")
+        parser.add_argument("--tenant", help="only letters of this tenant")
+        parser.add_argument("--group", choices=ALL_GROUPS, help="only letters of this consumer group")
+        parser.add_argument("--since", metavar="TIME", help="only letters since TIME (ISO 8601, or an age: 30m, 2h, 7d)")
+    replay.add_argument("--all", action="store_true", help="every replayable letter (without ids or filters)")
+
+
+def _dlq_selection(args: argparse.Namespace) -> Selection:
+    from workers.tools.dlq import Selection, parse_letter_id, parse_since
+
+    return Selection(ids=frozenset(parse_letter_id(i) for i in getattr(args, "ids", [])), code=args.code,
+                     tenant=args.tenant, group=args.group, since=parse_since(args.since) if args.since else None)
+
+
+def _dlq_read(args: argparse.Namespace) -> tuple[Settings, str, list[Letter]]:
+    """The settings, the broker, and the letters `args` select (every id named must exist)."""
+    from workers.tools.dlq import read_letters
+
+    selection = _dlq_selection(args)
+    settings = load_settings()
+    bootstrap = require_bootstrap(settings)
+
+    async def checked_read() -> DeadLetters:
+        await _reach(bootstrap, Topic.DLQ)
+        return await read_letters(bootstrap)
+
+    found = asyncio.run(checked_read())
+    chosen = [letter for letter in found.letters if selection.matches(letter)]
+    missing = sorted(selection.ids - {letter.id for letter in found.letters})
+    if missing:
+        raise ConfigError(f"no letter {', '.join(missing)} on kms.dlq (`keyledger dlq list` names them)")
+    if found.unreadable:
+        print(f"({found.unreadable} records on kms.dlq are not keyledger letters: skipped)", file=sys.stderr)
+    return settings, bootstrap, chosen
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    from workers.tools.dlq import list_lines
+
+    *_, chosen = _dlq_read(args)
+    for line in list_lines(chosen):
+        print(line)
+    print(f"{len(chosen)} letters", file=sys.stderr)
+    return 0
+
+
+def _dlq_show(args: argparse.Namespace) -> int:
+    from workers.tools.dlq import show_text
+
+    *_, chosen = _dlq_read(args)
+    print("\n\n".join(show_text(letter) for letter in chosen))
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    from workers.tools.dlq import replay
+
+    if not (args.all or _dlq_selection(args).narrowed):
+        raise ConfigError("name the letters to replay (ids or --code/--tenant/--group/--since), or --all")
+    settings, bootstrap, chosen = _dlq_read(args)
+    outcomes = asyncio.run(replay(bootstrap, settings, chosen))
+    for outcome in outcomes:
+        print(outcome.line())
+    sent = sum(o.replay is not None for o in outcomes)
+    refused = sum(o.replay is None and o.letter.replay is None for o in outcomes)
+    print(f"{sent} replayed, {len(outcomes) - sent - refused} already replayed, {refused} not replayable",
+          file=sys.stderr)
+    return 1 if refused else 0
 
 
 # --- docs ----------------------------------------------------------------------------------------
@@ -424,10 +537,21 @@ def _docs(args: argparse.Namespace) -> int:
     return docs_command(args.out)
 
 
+# --- caller, operator, client (workers/app/callers_cli.py) ----------------------------------------
+
+
+def _add_callers(verbs: Any) -> None:
+    from workers.app.callers_cli import add_caller, add_client, add_operator
+
+    for build in (add_caller, add_operator, add_client):
+        build(verbs, _verb)
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 BUILDERS: list[Callable[[Any], None]] = [_add_run, _add_dev, _add_demo, _add_verify, _add_rotate, _add_rewrap,
-                                         _add_migrate, _add_status, _add_audit, _add_docs]
+                                         _add_migrate, _add_status, _add_audit, _add_dlq, _add_docs,
+                                         _add_callers]
 
 
 def version() -> str:
@@ -483,7 +607,8 @@ def main(argv: list[str] | None = None) -> None:
     debugging = _debugging(args)
     if not debugging and args.verb not in LONG_RUNNING:
         _quiet_clients()
-    name = " ".join(filter(None, ["keyledger", args.verb, getattr(args, "audit_verb", None)]))
+    name = " ".join(filter(None, ["keyledger", args.verb, getattr(args, "audit_verb", None),
+                                  getattr(args, "sub_verb", None)]))
     try:
         code = args.handler(args)
     except KeyboardInterrupt:

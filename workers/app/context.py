@@ -81,21 +81,22 @@ class ProcessContext:
         `test_broker`: outputs go through the FastStream broker itself, so a TestKafkaBroker captures them.
         `tracing`: a given tracer (tests); by default tracing follows the OTEL_* environment."""
         observability = Observability.build(tracing)
-        broker = build_broker(settings, bootstrap)
+        # the KMS first: a setting it lacks (an AWS region) stops the process before any client exists
+        metered_kms = observability.metered_kms(kms or open_kms(settings.kms))
+        adapter = ledger or open_ledger(settings.ledger)
+        broker = build_broker(settings.kafka, bootstrap)
         publisher: Publisher = BrokerPublisher(broker) if test_broker else KafkaPublisher(bootstrap, settings)
         publisher = observability.traced_publisher(publisher)
-        adapter = ledger or open_ledger(settings)
-        metered_kms = observability.metered_kms(kms or open_kms(settings))
         metered_ledger = observability.metered_ledger(adapter)
         directory = KeyDirectory()
         secrets: SingleFlightCache[SecretKey] = SingleFlightCache(
-            ttl=settings.cache_private_ttl, max_entries=settings.cache_max_entries
+            ttl=settings.cache.private_ttl, max_entries=settings.cache.max_entries
         )
-        keys = KeyService(directory, metered_kms, metered_ledger, secrets, TenantPatience(settings.key_table_wait))
-        follower = KeyFollower(bootstrap, directory, startup_timeout=settings.startup_timeout) if follow else None
+        keys = KeyService(directory, metered_kms, metered_ledger, secrets, TenantPatience(settings.limits.key_table_wait))
+        follower = KeyFollower(bootstrap, directory, startup_timeout=settings.limits.startup_timeout) if follow else None
         context = cls(settings, broker, publisher, metered_kms, metered_ledger, directory, keys,
                       AuditTrail(metered_ledger), follower, observability, bootstrap=bootstrap)
-        observability.watch(context.runners, secrets, directory, adapter, settings.encrypt_limit)
+        observability.watch(context.runners, secrets, directory, adapter, settings.limits.encrypt_limit)
         return context
 
     @property
@@ -137,17 +138,17 @@ class ProcessContext:
         """Open `/healthz`, `/readyz`, `/metrics` (before `start()`: liveness answers while the key table loads).
 
         Off with KEYLEDGER_HTTP_PORT=0. A port in use stops a production process; in dev it is only a warning."""
-        port = self.settings.http_port
+        port = self.settings.http.port
         if port == 0:
             return None
         try:
-            bound = await self.observability.serve(self.settings.http_host, port, self.readiness)
+            bound = await self.observability.serve(self.settings.http.host, port, self.readiness)
         except OSError as exc:
             if self.settings.profile is Profile.PRODUCTION:
                 raise SystemExit(f"keyledger: cannot listen on KEYLEDGER_HTTP_PORT={port}: {exc.strerror}") from None
             log.warning("no health/metrics endpoint: port %d: %s (set KEYLEDGER_HTTP_PORT)", port, exc.strerror)
             return None
-        host = "127.0.0.1" if self.settings.http_host in ("0.0.0.0", "::", "") else self.settings.http_host
+        host = "127.0.0.1" if self.settings.http.host in ("0.0.0.0", "::", "") else self.settings.http.host
         self.http_url = f"http://{host}:{bound}"
         return self.http_url
 

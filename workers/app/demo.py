@@ -37,9 +37,9 @@ def _say(text: str = "") -> None:
 
 
 async def demo(settings: Settings) -> int:
-    settings = settings.model_copy(update={"digest_interval": min(settings.digest_interval, DEMO_DIGEST_INTERVAL)})
+    settings = settings.updated(digest_interval=min(settings.limits.digest_interval, DEMO_DIGEST_INTERVAL))
     async with bootstrap_for(settings) as bootstrap, running_workers(settings, bootstrap, ALL_GROUPS) as context:
-        _say(f"embedded broker at {bootstrap}; KMS {settings.kms_provider.value}; ledger {settings.ledger.value}")
+        _say(f"embedded broker at {bootstrap}; KMS {settings.kms.provider.value}; ledger {settings.ledger.kind.value}")
         events = await onboard(bootstrap)
         await replay_is_idempotent(bootstrap, len(events))
         await sign_and_verify(bootstrap)
@@ -59,7 +59,7 @@ async def audit(bootstrap: str, context: ProcessContext) -> int:
     for problem in report.mismatches[:10]:
         _say(f"MISMATCH {problem}")
     _say(f"{report.events} audit events for {len(report.tenants)} tenants: "
-         f"{'agree exactly with' if report.agrees else 'DISAGREE with'} {describe_ledger(context.settings)}")
+         f"{'agree exactly with' if report.agrees else 'DISAGREE with'} {describe_ledger(context.settings.ledger)}")
     return 0 if report.agrees else 1
 
 
@@ -233,8 +233,8 @@ async def _show_tampering(bootstrap: str) -> None:
 async def tenant_report(bootstrap: str, context: ProcessContext, tenant: str) -> None:
     _say(f"\n== 10. {tenant}'s key lifecycle report for an auditor (keyledger audit report --tenant {tenant})")
     settings = context.settings
-    report = await build_report(bootstrap, context.ledger, tenant, rotation_age=settings.rotation_age,
-                                encrypt_limit=settings.encrypt_limit)
+    report = await build_report(bootstrap, context.ledger, tenant, rotation_age=settings.limits.rotation_age,
+                                encrypt_limit=settings.limits.encrypt_limit)
     path = Path(tempfile.mkdtemp(prefix="keyledger-demo-")) / f"report-{tenant}.html"
     await asyncio.to_thread(path.write_text, render_html(report), encoding="utf-8")
     _say(f"{len(report.keys)} key versions, {len(report.operations)} ledger operations, "

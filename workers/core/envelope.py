@@ -23,7 +23,6 @@ kinds only, never bytes of the input (a ciphertext or plaintext is PII).
 
 from __future__ import annotations
 
-import binascii
 import os
 import re
 from json.encoder import encode_basestring as _json_string
@@ -33,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.errors import ErrorCode
-from workers.core.b64 import b64url_encode
+from workers.core.b64 import b64url_decode, b64url_encode
 from workers.errors import KeyledgerError
 
 PREFIX = "kl1."
@@ -46,8 +45,7 @@ MAX_BODY_BYTES = NONCE_BYTES + MAX_FIELD_BYTES + TAG_BYTES
 # unpadded base64 of n bytes is ceil(4n/3) characters; checked before any decoding work
 MAX_ENVELOPE_CHARS = len(PREFIX) + 32 + 1 + (4 * MAX_BODY_BYTES + 2) // 3
 
-_KEY_ID = re.compile(r"[0-9a-f]{32}")
-_is_key_id = _KEY_ID.fullmatch
+_is_key_id = re.compile(r"[0-9a-f]{32}").fullmatch
 
 
 class EnvelopeError(KeyledgerError, ValueError):
@@ -58,7 +56,7 @@ class EnvelopeError(KeyledgerError, ValueError):
 
 
 class Envelope(NamedTuple):
-    """A parsed ciphertext (a tuple: built per field on the hot path, a frozen dataclass costs 3x)."""
+    """A parsed ciphertext (a tuple: one is built per field read)."""
 
     key_id: str
     nonce: bytes
@@ -69,9 +67,23 @@ def field_aad(tenant_id: str, record_id: str, field: str, key_id: str) -> bytes:
     """RFC 8785 of the four coordinates, spelled out: JCS sorts the ASCII member names (field <
     key_id < record_id < tenant_id) and writes each string as JSON with only `"`, `\\` and control
     characters escaped, which is exactly the C `encode_basestring` (json.dumps(ensure_ascii=False)).
-    Four concatenations cost a fifth of building and canonicalising a dict per field."""
-    text = (f'{{"field":{_json_string(field)},"key_id":{_json_string(key_id)},'
-            f'"record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}')
+    The one writer of the AAD: `RecordSealer` and `RecordOpener` join the same two halves, the head
+    (the field) and the tail (the key, record and tenant), the tail made once per record."""
+    return _aad_head(field) + _aad_tail(key_id, record_id, tenant_id)
+
+
+def _aad_head(field: str) -> bytes:
+    """`{"field":<JSON of the path>`: the AAD up to the key id."""
+    return _utf8_of(f'{{"field":{_json_string(field)}')
+
+
+def _aad_tail(key_id: str, record_id: str, tenant_id: str) -> bytes:
+    """`,"key_id":...,"record_id":...,"tenant_id":...}`: the AAD after the field."""
+    return _utf8_of(f',"key_id":{_json_string(key_id)},"record_id":{_json_string(record_id)},'
+                    f'"tenant_id":{_json_string(tenant_id)}}}')
+
+
+def _utf8_of(text: str) -> bytes:
     try:
         return text.encode()
     except UnicodeEncodeError:
@@ -82,24 +94,38 @@ def field_aad(tenant_id: str, record_id: str, field: str, key_id: str) -> bytes:
 def seal_field(aead: AESGCM, key_id: str, tenant_id: str, record_id: str, field: str, plaintext: str,
                nonce: bytes | None = None) -> str:
     """`nonce` is for known-answer tests only: a repeated nonce under one key breaks GCM."""
-    if not _KEY_ID.fullmatch(key_id):
+    _check_key_id(key_id)
+    raw = _field_value(plaintext)
+    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    return _written(key_id, nonce, _encrypt(aead, nonce, raw, field_aad(tenant_id, record_id, field, key_id)))
+
+
+def _check_key_id(key_id: str) -> None:
+    if not _is_key_id(key_id):
         raise ValueError("key_id must be 32 lowercase hex characters")  # our own key table's bug, not input
+
+
+def _field_value(plaintext: str) -> bytes:
+    """The value's UTF-8 bytes, refused when they could not be read back (so that everything sealed,
+    parse_envelope accepts)."""
     try:
         raw = plaintext.encode("utf-8")
     except UnicodeEncodeError:
         raise EnvelopeError("field value is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
     if len(raw) > MAX_FIELD_BYTES:
-        # refused here so that everything seal_field writes, parse_envelope accepts
         raise EnvelopeError(f"field value of {len(raw)} bytes exceeds {MAX_FIELD_BYTES}", ErrorCode.OVERSIZED)
-    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
-    sealed = _encrypt(aead, nonce, raw, field_aad(tenant_id, record_id, field, key_id))
+    return raw
+
+
+def _written(key_id: str, nonce: bytes, sealed: bytes) -> str:
+    """The wire format: `kl1.<key_id>.<base64url(nonce || ciphertext || tag)>`."""
     return f"{PREFIX}{key_id}.{b64url_encode(nonce + sealed)}"
 
 
 class NoncePool:
     """GCM nonces cut from one `os.urandom` block at a time: each nonce is 12 bytes fresh from the OS
     generator, and none is handed out twice (the cursor only moves forward and a spent block is never
-    read again). One `os.urandom` call costs about what 36 bytes of it do, so a pool serves many records.
+    read again). A pool serves many records, so the fixed cost of an `os.urandom` call is paid per block.
     Not shared between threads or across a fork: the PII service makes one per `serve` call."""
 
     __slots__ = ("_block", "_at", "_block_bytes")
@@ -128,33 +154,25 @@ class RecordSealer:
     from one `os.urandom` call (12 fresh random bytes each, as from one call per field; none is ever
     handed out twice). Same output format, same refusals as `seal_field`."""
 
-    __slots__ = ("_aead", "_prefix", "_tail", "_nonces", "_next")
+    __slots__ = ("_aead", "_key_id", "_tail", "_nonces", "_next")
 
     def __init__(self, aead: AESGCM, key_id: str, tenant_id: str, record_id: str, fields: int,
                  nonces: NoncePool | None = None) -> None:
-        if not _is_key_id(key_id):
-            raise ValueError("key_id must be 32 lowercase hex characters")
+        _check_key_id(key_id)
         if fields < 0:
             raise ValueError("a record has no negative number of fields")
         self._aead = aead
-        self._prefix = f"{PREFIX}{key_id}."
-        # 32 lowercase hex characters need no JSON escaping
-        tail = f',"key_id":"{key_id}","record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'
+        self._key_id = key_id
         try:
-            self._tail: bytes | None = tail.encode()
-        except UnicodeEncodeError:
+            self._tail: bytes | None = _aad_tail(key_id, record_id, tenant_id)
+        except EnvelopeError:
             self._tail = None  # a lone surrogate in the record id: every field is refused, as by field_aad
         self._nonces = os.urandom(NONCE_BYTES * fields) if nonces is None else nonces.take(fields)
         self._next = 0
 
     def seal(self, field: str, plaintext: str) -> str:
-        try:
-            raw = plaintext.encode("utf-8")
-        except UnicodeEncodeError:
-            raise EnvelopeError("field value is not valid Unicode", ErrorCode.INVALID_MESSAGE) from None
-        if len(raw) > MAX_FIELD_BYTES:
-            raise EnvelopeError(f"field value of {len(raw)} bytes exceeds {MAX_FIELD_BYTES}", ErrorCode.OVERSIZED)
-        head = _FIELD_HEADS.get(field) or _field_head(field)
+        raw = _field_value(plaintext)
+        head = _aad_head(field)
         if self._tail is None:
             raise _not_unicode()
         at = self._next
@@ -162,42 +180,24 @@ class RecordSealer:
             self._nonces, at = os.urandom(NONCE_BYTES), 0
         nonce = self._nonces[at:at + NONCE_BYTES]
         self._next = at + NONCE_BYTES
-        sealed = self._aead.encrypt(nonce, raw, head + self._tail)
-        return self._prefix + b64url_encode(nonce + sealed)
+        return _written(self._key_id, nonce, _encrypt(self._aead, nonce, raw, head + self._tail))
 
 
 def parse_envelope(text: str) -> Envelope:
     """Strict parse: one spelling per ciphertext, so nothing but the exact format reaches AES."""
-    # the layout checked by slicing and the body's alphabet by the strict decoder, in one function: a
-    # regex over ~400 characters cost more than the AES-GCM of the field, and each call here costs
-    # about what the cipher does
+    # the layout checked by slicing, the body by the one strict base64url decoder
     if type(text) is not str or len(text) > MAX_ENVELOPE_CHARS:
         raise _malformed("not a kl1 ciphertext of acceptable size")
     key_id = text[4:36]
     if not (text.startswith(PREFIX) and text[36:37] == "." and _is_key_id(key_id) and len(text) > 37):
         raise _malformed("not a kl1 ciphertext (kl1.<32 lowercase hex>.<base64url>)")
-    rest = (len(text) - 37) % 4
-    last = _SEXTET.get(text[-1])
-    if rest == 1 or last is None or last & _UNUSED_BITS[rest] or not text.isascii():
-        raise _malformed("ciphertext body is not canonical unpadded base64url")
     try:
-        raw = binascii.a2b_base64(text.encode("ascii")[37:].translate(_URL_TO_STD_STRICT) + _PADDING[rest],
-                                  strict_mode=True)
-    except binascii.Error:
+        raw = b64url_decode(text[37:])
+    except ValueError:
         raise _malformed("ciphertext body is not canonical unpadded base64url") from None
     if not MIN_BODY_BYTES <= len(raw) <= MAX_BODY_BYTES:
         raise _malformed(f"ciphertext body of {len(raw)} bytes is outside {MIN_BODY_BYTES}..{MAX_BODY_BYTES}")
     return Envelope(key_id, raw[:NONCE_BYTES], raw[NONCE_BYTES:])
-
-
-# url-safe characters to the standard alphabet; the standard alphabet's own '+', '/' and '=' (and
-# everything else) to '!', which the strict decoder refuses
-_URL_TO_STD_STRICT = bytes(
-    ord("+") if c == ord("-") else ord("/") if c == ord("_") else
-    c if chr(c).isascii() and chr(c).isalnum() else ord("!") for c in range(256))
-_UNUSED_BITS = (0, 0, 0x0F, 0x03)  # bits of the last character that carry no data, by length % 4
-_PADDING = (b"", b"", b"==", b"=")
-_SEXTET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
 
 
 def open_field(aead: AESGCM, envelope: Envelope, tenant_id: str, record_id: str, field: str) -> str:
@@ -209,43 +209,19 @@ class RecordOpener:
     """`open_field` for the fields of one record, with the AAD's tail after the field name (key id,
     `record_id`, `tenant_id`) made once per key the record's fields name. Same answers as `open_field`."""
 
-    __slots__ = ("_record", "_tails")
+    __slots__ = ("_tenant_id", "_record_id", "_tails")
 
     def __init__(self, tenant_id: str, record_id: str) -> None:
-        try:
-            self._record: bytes | None = f'","record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'.encode()
-        except UnicodeEncodeError:
-            self._record = None  # a lone surrogate: no field of this record was ever sealed
-        self._tails: dict[str, bytes] = {}
+        self._tenant_id = tenant_id
+        self._record_id = record_id
+        self._tails: dict[str, bytes] = {}  # by key id, for this record only
 
     def open(self, aead: AESGCM, envelope: Envelope, field: str) -> str:
-        head = _FIELD_HEADS.get(field) or _field_head(field)
+        head = _aad_head(field)
         tail = self._tails.get(envelope.key_id)
         if tail is None:
-            if self._record is None:
-                raise _not_unicode()
-            # a parsed key id is 32 lowercase hex characters: JSON needs no escaping for it
-            tail = self._tails[envelope.key_id] = f',"key_id":"{envelope.key_id}'.encode() + self._record
+            tail = self._tails[envelope.key_id] = _aad_tail(envelope.key_id, self._record_id, self._tenant_id)
         return _utf8(_decrypt(aead, envelope.nonce, envelope.sealed, head + tail))
-
-
-# The AAD's head, `{"field":<JSON of the path>`, by path: a record's fields are named as the last record's
-# were. Bounded: paths longer than a schema's names are not kept, and the table is emptied when full.
-_FIELD_HEADS: dict[str, bytes] = {}
-_FIELD_HEADS_MAX = 4096
-_CACHED_PATH_CHARS = 256
-
-
-def _field_head(field: str) -> bytes:
-    try:
-        head = f'{{"field":{_json_string(field)}'.encode()
-    except UnicodeEncodeError:
-        raise _not_unicode() from None
-    if len(field) <= _CACHED_PATH_CHARS:
-        if len(_FIELD_HEADS) >= _FIELD_HEADS_MAX:
-            _FIELD_HEADS.clear()
-        _FIELD_HEADS[field] = head
-    return head
 
 
 def _not_unicode() -> EnvelopeError:

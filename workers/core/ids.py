@@ -8,7 +8,6 @@ and two different purposes can never collide by concatenation tricks.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import struct
 
@@ -46,56 +45,23 @@ _PERSON = b"keyledger-v1"
 
 
 def _hash128(label: str, *parts: str | int) -> int:
-    """BLAKE2b-128 of the length-prefixed parts, `label` first."""
-    return _hash_after(_framed(label), parts)
-
-
-def _hash_after(prefix: bytes, parts: tuple[str | int, ...]) -> int:
-    # the hash state after `prefix` is kept and copied: the same digest as hashing prefix + parts, and the
-    # hot paths (one transfer per signed span or PII record) share their prefix with every other record
-    state = _seeded(prefix).copy()
-    framed: list[bytes] = []
-    for part in parts:
-        if type(part) is str and len(part) <= _SHORT:
-            framed.append(_framed_short(part))
-        else:  # a long text, or an int as its decimal digits (the bytes str() writes)
-            raw = b"%d" % part if type(part) is int else str(part).encode()
-            framed += (_LENGTH(len(raw)), raw)
-    state.update(b"".join(framed))
+    """BLAKE2b-128 of `label`, then each part, each as its length in 4 big-endian bytes then its UTF-8
+    text (an int as its decimal digits)."""
+    state = _EMPTY.copy()
+    for part in (label, *parts):
+        raw = str(part).encode()
+        state.update(_LENGTH(len(raw)))
+        state.update(raw)
     value = int.from_bytes(state.digest(), "big")
-    # 0 and 2^128-1 are reserved by TigerBeetle; hitting them is ~2^-127 likely
+    # 0 and 2^128-1 are reserved by TigerBeetle; a digest hitting either is all but impossible
     return value if 0 < value < U128_MAX else 1
 
 
-@functools.lru_cache(maxsize=65_536)  # one per (purpose, key) in use
-def _seeded(prefix: bytes) -> hashlib.blake2b:
-    return hashlib.blake2b(prefix, digest_size=16, person=_PERSON)
-
-
-def _frame(raw: bytes) -> bytes:
-    """One part as hashed: its length in 4 big-endian bytes, then the part."""
-    return _LENGTH(len(raw)) + raw
-
-
+# the hash with nothing hashed yet, never updated itself: every derivation starts from a copy
+_EMPTY = hashlib.blake2b(digest_size=16, person=_PERSON)
 _LENGTH = struct.Struct(">I").pack
-_SHORT = 64  # topic names, labels, outcomes: framed once each
 
 
-def _framed(part: str) -> bytes:
-    return _framed_short(part) if len(part) <= _SHORT else _frame(part.encode())
-
-
-@functools.lru_cache(maxsize=4096)
-def _framed_short(part: str) -> bytes:
-    return _frame(part.encode())
-
-
-def _frames(*parts: str) -> bytes:
-    """The bytes `_hash128` hashes for these leading parts."""
-    return b"".join(map(_framed, parts))
-
-
-@functools.lru_cache(maxsize=65_536)  # asked once per audited operation, of a few hot tenants
 def tenant_ref(tenant_id: str) -> int:
     """The tenant's 128-bit reference: its account id and its keys' user_data_128."""
     return _hash128("tenant", tenant_id)
@@ -113,12 +79,7 @@ def key_id_for(tenant_id: str, key_type: KeyType, version: int) -> str:
 
 def transfer_id(op: Op, key_id: str, *source: str | int) -> int:
     """Id of the transfer recording `op` on `key_id` caused by `source` (topic, partition, offset, ...)."""
-    return _hash_after(_transfer_prefix(op, key_id), source)
-
-
-@functools.lru_cache(maxsize=65_536)  # one per (op, key) in use: the hot paths make one transfer per record
-def _transfer_prefix(op: Op, key_id: str) -> bytes:
-    return _frames("transfer", Op(op).value, key_id)
+    return _hash128("transfer", Op(op).value, key_id, *source)
 
 
 def event_id(kind: str, key_id: str) -> str:
@@ -189,7 +150,6 @@ def child_tick_id(parent_tick_id: str, tenant_id: str) -> str:
     return f"{parent_tick_id[:CHILD_PREFIX]}/{CHILD_HASH_MARK}{to_hex(_hash128('child-tick', parent_tick_id, tenant_id))}"
 
 
-@functools.lru_cache(maxsize=65_536)  # asked once per sealing request, of a few active keys
 def budget_account_id(key_id: str) -> int:
     """The budget account of encryption key `key_id` (keys/budget.py)."""
     return _hash128("budget", key_id)
@@ -197,9 +157,4 @@ def budget_account_id(key_id: str) -> int:
 
 def budget_transfer_id(kind: str, key_id: str, *source: str | int) -> int:
     """A budget funding (`fund`) or debit (`seal`) transfer, derived from the key and what caused it."""
-    return _hash_after(_budget_prefix(kind, key_id), source)
-
-
-@functools.lru_cache(maxsize=65_536)  # one per (kind, key) in use: a PII record's seals make one debit
-def _budget_prefix(kind: str, key_id: str) -> bytes:
-    return _frames("budget-" + kind, key_id)
+    return _hash128("budget-" + kind, key_id, *source)

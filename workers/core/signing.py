@@ -63,7 +63,7 @@ def verify(public_key: bytes, message: bytes, signature: str) -> bool:
 
 def verify_raw(public_key: Ed25519PublicKey, message: bytes, signature: bytes) -> bool:
     """`verify` for a key object made once and a signature already decoded: a verifier of many spans
-    under few keys skips rebuilding the key (~1 us) and decoding the value twice. Anything but 64
+    under few keys skips rebuilding the key and decoding the value twice. Anything but 64
     bytes is no signature."""
     if len(signature) != SIGNATURE_BYTES:
         return False

@@ -23,7 +23,7 @@ class KeygenGroup:
         self.service = KeygenService(deps.keys, VersionMaker(deps.keys, deps.ledger, deps.publisher))
         self.shredder = Shredder(deps.keys)
         self._emit = deps.emitter(self.name)
-        self._max_bytes = deps.settings.max_message_bytes
+        self._max_bytes = deps.settings.kafka.max_message_bytes
 
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]:
         """Creations first, then deletions: a tenant created and deleted in one batch ends destroyed."""

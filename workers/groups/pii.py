@@ -18,9 +18,9 @@ class PiiGroup:
     pipelined: bool = True
 
     def __init__(self, deps: Deps) -> None:
-        self.service = PiiService(deps.keys, EncryptionBudget(deps.ledger, deps.settings.encrypt_limit))
+        self.service = PiiService(deps.keys, EncryptionBudget(deps.ledger, deps.settings.limits.encrypt_limit))
         self._emit = deps.emitter(self.name)
-        self._max_bytes = deps.settings.max_message_bytes
+        self._max_bytes = deps.settings.kafka.max_message_bytes
 
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]:
         parsed, refused = parse_all(records, lambda record: parse(record, PiiRequest, self._max_bytes))

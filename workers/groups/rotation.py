@@ -24,10 +24,10 @@ class RotationGroup:
 
     def __init__(self, deps: Deps) -> None:
         versions = VersionMaker(deps.keys, deps.ledger, deps.publisher)
-        self.service = RotationService(deps.keys, deps.ledger, versions, deps.settings.rotation_age)
+        self.service = RotationService(deps.keys, deps.ledger, versions, deps.settings.limits.rotation_age)
         self.rewrap = RewrapService(deps.keys, deps.ledger, deps.publisher)
         self._emit = deps.emitter(self.name)
-        self._max_bytes = deps.settings.max_message_bytes
+        self._max_bytes = deps.settings.kafka.max_message_bytes
 
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]:
         parsed, refused = parse_all(records, lambda record: parse(record, RotationTick, self._max_bytes))

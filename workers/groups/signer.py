@@ -18,7 +18,7 @@ class SignerGroup:
     def __init__(self, deps: Deps) -> None:
         self.service = SignerService(deps.keys)
         self._emit = deps.emitter(self.name)
-        self._max_bytes = deps.settings.max_message_bytes
+        self._max_bytes = deps.settings.kafka.max_message_bytes
 
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]:
         parsed, refused = parse_all(records, lambda record: parse_job(record, self._max_bytes))

@@ -1,4 +1,5 @@
-"""The one FastStream KafkaBroker of a process: durable producer, quiet logs."""
+"""The one FastStream KafkaBroker of a process: durable producer, quiet logs, the configured transport
+security (workers.kafka.security)."""
 
 from __future__ import annotations
 
@@ -8,27 +9,29 @@ import logging
 from faststream.kafka import KafkaBroker
 
 from workers.kafka import compat
-from workers.settings import Settings
+from workers.kafka.security import ClientSecurity
+from workers.settings import KafkaSettings
 
 log = logging.getLogger("keyledger.kafka")
 
 
-def build_broker(settings: Settings, bootstrap: str) -> KafkaBroker:
+def build_broker(kafka: KafkaSettings, bootstrap: str) -> KafkaBroker:
     compat.install()
     durability: dict[str, object] = (
-        {"acks": "all", "enable_idempotence": True} if settings.kafka_idempotence else {"acks": "all"}
+        {"acks": "all", "enable_idempotence": True} if kafka.idempotence else {"acks": "all"}
     )
     return KafkaBroker(
         bootstrap,
         client_id="keyledger",
-        linger_ms=settings.kafka_linger_ms,
+        linger_ms=kafka.linger_ms,
         # one partition's batch per request is in flight at a time: 16 KiB batches (the default) turn
         # a 500-record handler batch into several sequential round trips
-        max_batch_size=settings.kafka_producer_batch_bytes,
-        max_request_size=settings.producer_max_request_bytes,
+        max_batch_size=kafka.producer_batch_bytes,
+        max_request_size=kafka.producer_max_request_bytes,
         # FastStream logs every message at INFO; per-message logs are DEBUG here
         logger=log,
         log_level=logging.DEBUG,
+        **ClientSecurity.build(kafka.security).faststream(),
         **durability,  # type: ignore[arg-type]
     )
 

@@ -13,6 +13,12 @@ nothing is ever committed past a record that is neither processed nor
 dead-lettered). When too many records wait, their partitions are paused
 (bounded memory) until they drain.
 
+The decisions are pure and tested apart: which records wait, their attempts and
+when they are due, and which partitions to pause (`WaitingSet`, `Backpressure`
+in workers/kafka/waiting.py); what each partition may be committed to
+(`OffsetTracker`, workers/kafka/offsets.py). `BatchRunner` is the I/O loop around
+them and the one place that commits.
+
 Records reach the runner as the broker holds them: `subscribe` gives FastStream
 a parser that does not decode headers (a null or non-UTF-8 header value would
 make FastStream's own batch parser raise outside the runner and lose the batch).
@@ -29,7 +35,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -39,10 +44,12 @@ from faststream.kafka.message import FAKE_CONSUMER
 
 from schemas.errors import ErrorCode
 from schemas.topics import Topic
-from workers.errors import Unavailable, error_info
+from workers.errors import Unavailable, error_info, what_to_check
 from workers.kafka.letters import DeadLetters
+from workers.kafka.offsets import InFlight, OffsetTracker
 from workers.kafka.publisher import Publisher
 from workers.kafka.records import InboundRecord, records_of
+from workers.kafka.waiting import Backpressure, WaitingSet
 from workers.settings import Settings
 
 log = logging.getLogger("keyledger.consume")
@@ -133,16 +140,24 @@ class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
         self.partitions = frozenset(assigned)
 
 
-@dataclass(slots=True)
-class Waiting:
-    record: InboundRecord
-    attempts: int
-    error: str
-
-
 class BatchRunner:
-    """Runs `handle` over batches; with `depth` > 1 the next batch is handled while the previous one's
-    outputs are still being acknowledged (only for groups whose records are independent of each other)."""
+    """Runs a group's `handle` over the batches its consumer delivers, and is the one place that commits.
+
+    Invariants (each record of the group's topics):
+    - at-least-once: an offset is committed only past records that are finished, so a crash or a
+      rebalance redelivers whatever was not;
+    - a record is finished when `handle` returned without it (its outputs are acknowledged by the
+      broker: handlers publish before they return) or when its dead letter is acknowledged; it
+      leaves in no other way, so a record is never dropped, only answered or dead-lettered;
+    - commits never pass an unfinished record: one in a batch still in hand (with `depth` > 1 the
+      next batch is handled while the previous one's outputs are still being acknowledged: only for
+      groups whose records are independent of each other), one waiting for a retry (`WaitingSet`),
+      or, for a group that holds records (`HoldsRecords`), one its holder has not covered
+      (`OffsetTracker.committable`).
+
+    The pure decisions live in `WaitingSet` and `Backpressure` (workers/kafka/waiting.py) and in
+    `OffsetTracker` (workers/kafka/offsets.py); this class does the I/O: handling, dead letters,
+    the retry and flush timers, commits, pausing partitions."""
 
     def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1,
                  holder: HoldsRecords | None = None, observer: RunnerObserver | None = None) -> None:
@@ -154,23 +169,15 @@ class BatchRunner:
         self._handle = handle
         self._publisher = publisher
         self._letters = DeadLetters.of(group, settings)
-        self._attempts_allowed = settings.retry_attempts
-        self._backoff = settings.retry_backoff
-        self._backoff_max = settings.retry_backoff_max
-        self._max_waiting = settings.kafka_batch_max * 20
-        self._waiting: dict[tuple[str, int, int], Waiting] = {}
-        self._next_retry = 0.0
-        self._retry_streak = 0
-        self._seen: dict[TopicPartition, int] = {}  # next offset after the highest record handed to us
-        self._committed: dict[TopicPartition, int] = {}
-        self._paused: set[TopicPartition] = set()
+        self._waiting = WaitingSet(settings.retry.attempts, settings.retry.backoff, settings.retry.backoff_max)
+        self._backpressure = Backpressure(settings.kafka.batch_max * 20)
+        self._offsets = OffsetTracker()
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()  # serialises offset bookkeeping and commits
         self._slots = asyncio.Semaphore(depth)
         # one batch at a time also means retries never overlap a batch (order-dependent groups)
         self._serial = asyncio.Lock() if depth == 1 else None
         self._depth = depth
-        self._in_flight: list[dict[TopicPartition, int]] = []  # oldest offset of each batch being handled
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_task: asyncio.Task[None] | None = None
         self._holder = holder
@@ -185,24 +192,19 @@ class BatchRunner:
         if isinstance(consumer, AIOKafkaConsumer):
             self._consumer = consumer
         await self._slots.acquire()  # backpressure: at most `depth` batches in hand
-        oldest: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            self._seen[tp] = max(self._seen.get(tp, 0), record.offset + 1)
-            oldest[tp] = min(record.offset, oldest.get(tp, record.offset))
-        self._in_flight.append(oldest)
+        batch = self._offsets.begin(records)
         if self._holder is not None and self._flush_task is None:
             self._flush_task = asyncio.create_task(self._flush_loop(self._holder), name=f"{self.group}-flush")
-        task = asyncio.create_task(self._run(list(records), oldest))
+        task = asyncio.create_task(self._run(list(records), batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if self._depth == 1:
             await task
 
-    async def _run(self, records: list[InboundRecord], oldest: dict[TopicPartition, int]) -> None:
+    async def _run(self, records: list[InboundRecord], batch: InFlight) -> None:
         try:
             async with self._serial or contextlib.nullcontext():
-                taken = self._take_due() + records
+                taken = self._waiting.due(time.monotonic()) + records
                 try:
                     await self._process(taken)
                 except Exception as exc:
@@ -211,7 +213,7 @@ class BatchRunner:
                     log.exception("%s: batch failed outside its handler", self.group)
                     self._wait(taken, type(exc).__name__)
         finally:
-            self._in_flight.remove(oldest)
+            self._offsets.end(batch)
             self._slots.release()
             await self._commit()
         if self._waiting and self._retry_task is None:
@@ -248,7 +250,7 @@ class BatchRunner:
         try:
             blocked = list(await self._handle(records))
         except Unavailable as exc:
-            self._wait(records, str(exc))
+            self._wait(records, what_to_check(exc))
             return
         except Exception:
             await self._isolate(records)
@@ -256,14 +258,8 @@ class BatchRunner:
         if blocked:
             self._wait(blocked, "transient")
         else:
-            self._retry_streak = 0
-        if blocked or self._waiting:
-            done = {_key(r) for r in records} - {_key(r) for r in blocked}
-            for key in done:
-                self._waiting.pop(key, None)
-            finished = len(done)
-        else:  # the common case: nothing waits, so nothing to take out of the waiting set
-            finished = len(records)
+            self._waiting.recovered()
+        finished = self._waiting.settle(records, blocked)
         self.records += finished
         self._observer.finished(self.group, finished)
 
@@ -273,7 +269,7 @@ class BatchRunner:
             try:
                 blocked = await self._handle([record])
             except Unavailable as exc:
-                self._wait([record], str(exc))
+                self._wait([record], what_to_check(exc))
                 continue
             except Exception as exc:
                 await self._failed(record, type(exc).__name__)
@@ -281,20 +277,19 @@ class BatchRunner:
             if blocked:
                 self._wait([record], "transient")
             else:
-                self._waiting.pop(_key(record), None)
+                self._waiting.done([record])
                 self.records += 1
                 self._observer.finished(self.group, 1)
 
     async def _failed(self, record: InboundRecord, error: str) -> None:
         """Count a failed attempt; the last one dead-letters the record, which leaves the waiting set
         only once its letter is acknowledged."""
-        previous = self._waiting.get(_key(record))
-        attempts = (previous.attempts if previous else 0) + 1
+        attempts = self._waiting.failed(record, error)
+        allowed = self._waiting.attempts_allowed
         where = {"group": self.group, "topic": record.topic, "partition": record.partition, "offset": record.offset}
-        if attempts < self._attempts_allowed:
-            self._waiting[_key(record)] = Waiting(record, attempts, error)
+        if not self._waiting.exhausted(attempts):
             log.warning("%s: %s:%d@%d failed (%s), attempt %d of %d", self.group, record.topic,
-                        record.partition, record.offset, error, attempts, self._attempts_allowed, extra=where)
+                        record.partition, record.offset, error, attempts, allowed, extra=where)
             self._observer.retried(self.group, 1)
             return
         log.error("%s: %s:%d@%d to %s after %d attempts (%s)", self.group, record.topic, record.partition,
@@ -304,45 +299,33 @@ class BatchRunner:
             await self._publisher.publish([self._letters.letter(record, info, attempts)])
         except Exception as exc:
             # the next retry handles the record again, and a failure then tries the letter again
-            self._waiting[_key(record)] = Waiting(record, attempts - 1, error)
+            self._waiting.letter_refused(record, attempts, error)
             self._wait([], f"letter not published: {type(exc).__name__}")
             return
-        self._waiting.pop(_key(record), None)
+        self._waiting.done([record])
         self.dead += 1
         self._observer.dead_lettered(self.group, info.type)
 
     def _wait(self, records: Sequence[InboundRecord], error: str) -> None:
         """Park records for a later retry; a transient error never counts against their attempts.
         With no records, only backs off (the records are already waiting)."""
-        for record in records:
-            previous = self._waiting.get(_key(record))
-            self._waiting[_key(record)] = Waiting(record, previous.attempts if previous else 0, error)
-        if not self._waiting:
+        delay = self._waiting.park(records, error, time.monotonic())
+        if delay is None:
             return
         self._observer.retried(self.group, len(records))
-        self._retry_streak += 1
-        delay = min(self._backoff * 2 ** (self._retry_streak - 1), self._backoff_max)
-        self._next_retry = time.monotonic() + delay
         log.warning("%s: %d records wait (%s); retry in %.1fs, offsets not committed past them",
                     self.group, len(self._waiting), error, delay, extra={"group": self.group})
-
-    def _take_due(self) -> list[InboundRecord]:
-        if not self._waiting or time.monotonic() < self._next_retry:
-            return []
-        # one taker at a time: the next retry is only due after this one reports back
-        self._next_retry = time.monotonic() + self._backoff_max
-        return sorted((w.record for w in self._waiting.values()), key=lambda r: (r.topic, r.partition, r.offset))
 
     async def _retry_loop(self) -> None:
         """Retries waiting records until none is left; nothing but cancellation ends it early."""
         while True:
-            await asyncio.sleep(max(self._next_retry - time.monotonic(), 0.01))
+            await asyncio.sleep(max(self._waiting.next_retry - time.monotonic(), 0.01))
             if not self._waiting:
                 self._retry_task = None
                 return
             try:
                 async with self._serial or contextlib.nullcontext():
-                    await self._process(self._take_due())
+                    await self._process(self._waiting.due(time.monotonic()))
                 await self._commit()
             except Exception as exc:
                 log.exception("%s: retry failed", self.group)
@@ -352,16 +335,17 @@ class BatchRunner:
         """The holder's timer: what it flushes becomes committable, so commit right after.
         Failed flushes back off like retries (doubling, capped), so an outage is not logged every tick."""
         failures = 0
+        backoff_max = self._waiting.backoff_max
         while True:
-            await asyncio.sleep(min(holder.flush_every * 2 ** min(failures, 10), max(self._backoff_max,
-                                                                                     holder.flush_every)))
+            await asyncio.sleep(min(holder.flush_every * 2 ** min(failures, 10), max(backoff_max, holder.flush_every)))
             try:
                 async with self._serial or contextlib.nullcontext():
                     await holder.flush()
                 failures = 0
             except Unavailable as exc:
                 failures += 1
-                log.warning("%s: flush waits (%s); offsets not committed past what it holds", self.group, exc)
+                log.warning("%s: flush waits (%s); offsets not committed past what it holds", self.group,
+                            what_to_check(exc))
             except Exception:
                 failures += 1
                 log.exception("%s: flush failed; retried at the next tick", self.group)
@@ -370,51 +354,28 @@ class BatchRunner:
     # --- offsets -----------------------------------------------------------------
 
     async def _commit(self) -> None:
+        """Commit what `OffsetTracker.committable` allows, of the partitions still assigned; then pause or
+        resume partitions as the waiting set's size asks."""
         async with self._lock:
-            await self._commit_locked()
+            waiting = self._waiting.oldest()
+            held = self._holder.held() if self._holder is not None else None
+            offsets = self._offsets.committable(waiting, held)
+            if offsets and self._consumer is not None:
+                assigned = self._consumer.assignment()
+                offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+                if offsets:
+                    await self._consumer.commit(offsets)
+            self._offsets.mark_committed(offsets)
+            self._apply_backpressure(waiting)
 
-    async def _commit_locked(self) -> None:
-        oldest_waiting: dict[TopicPartition, int] = {}
-        for topic, partition, offset in self._waiting:
-            tp = TopicPartition(topic, partition)
-            oldest_waiting[tp] = min(offset, oldest_waiting.get(tp, offset))
-        unfinished = dict(oldest_waiting)
-        for batch in self._in_flight:
-            for tp, offset in batch.items():
-                unfinished[tp] = min(offset, unfinished.get(tp, offset))
-        held = self._holder.held() if self._holder is not None else None
-        offsets = {}
-        for tp, seen in self._seen.items():
-            safe = min(seen, unfinished.get(tp, seen))
-            if held is not None:
-                if (tp.topic, tp.partition) not in held:
-                    continue  # the holder has not covered anything of it yet
-                safe = min(safe, held[(tp.topic, tp.partition)])
-            if safe > self._committed.get(tp, -1):
-                offsets[tp] = safe
-        if offsets and self._consumer is not None:
-            assigned = self._consumer.assignment()
-            offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-            if offsets:
-                await self._consumer.commit(offsets)
-        self._committed.update(offsets)
-        self._apply_backpressure(set(oldest_waiting))
-
-    def _apply_backpressure(self, waiting_partitions: set[TopicPartition]) -> None:
+    def _apply_backpressure(self, waiting: Mapping[TopicPartition, int]) -> None:
         if self._consumer is None:
             return
-        if len(self._waiting) > self._max_waiting:
-            newly = waiting_partitions - self._paused
-            if newly:
-                self._consumer.pause(*newly)
-                self._paused |= newly
-        elif self._paused:
-            self._consumer.resume(*self._paused)
-            self._paused.clear()
-
-
-def _key(record: InboundRecord) -> tuple[str, int, int]:
-    return (record.topic, record.partition, record.offset)
+        pause, resume = self._backpressure.update(len(self._waiting), waiting)
+        if pause:
+            self._consumer.pause(*pause)
+        if resume:
+            self._consumer.resume(*resume)
 
 
 async def _no_decode(message: Any) -> None:
@@ -434,8 +395,8 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
         *topics,
         group_id=group,
         batch=True,
-        max_records=settings.kafka_batch_max,
-        batch_timeout_ms=settings.kafka_batch_timeout_ms,
+        max_records=settings.kafka.batch_max,
+        batch_timeout_ms=settings.kafka.batch_timeout_ms,
         # the runner commits itself, never past a record still waiting for a retry
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
@@ -453,7 +414,7 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
 def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup,
               observer: RunnerObserver | None = None) -> BatchRunner:
     """Subscribe `group` on `broker`; the caller owns the returned runner and closes it."""
-    depth = settings.kafka_pipeline_depth if group.pipelined else 1
+    depth = settings.kafka.pipeline_depth if group.pipelined else 1
     holder = group if isinstance(group, HoldsRecords) else None
     runner = BatchRunner(group.name, group.handle, publisher, settings, depth, holder, observer)
     subscribe(broker, group.topics, group.name, runner, settings)

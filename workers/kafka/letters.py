@@ -41,7 +41,7 @@ PII_PLAIN_MEMBERS = frozenset({"job_id", "tenant_id", "record_id", "operation"})
 
 def letter_max_bytes(settings: Settings) -> int:
     """The largest letter record: under the broker's limit and the producer's max request size."""
-    return min(settings.max_message_bytes, settings.producer_max_request_bytes) - FRAMING_BYTES
+    return min(settings.kafka.max_message_bytes, settings.kafka.producer_max_request_bytes) - FRAMING_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class DeadLetters:
 
     @classmethod
     def of(cls, group: str, settings: Settings) -> DeadLetters:
-        return cls(group, letter_max_bytes(settings), settings.dlq_keep_pii)
+        return cls(group, letter_max_bytes(settings), settings.kafka.dlq_keep_pii)
 
     def letter(self, record: InboundRecord, error: ErrorInfo, attempts: int = 1) -> Outgoing:
         """The `kms.dlq` record for `record`, keyed like the original, at most `max_bytes` long."""

@@ -1,11 +1,16 @@
 """Publishing a batch's outputs: every record sent at once, then all acks awaited.
 
-One awaited publish per record costs ~1 ms; sending without waiting and
-gathering the futures lets the producer pack records into few requests.
-Returning means every record is durable (acks=all), so the caller may commit.
+Awaiting each record's acknowledgement before sending the next would wait a
+round trip per record; sending them all and then gathering the futures lets the
+producer pack records into few requests. Returning means every record is
+durable (acks=all), so the caller may commit.
 
 `KafkaPublisher` owns its aiokafka producer (idempotent, acks=all, large batches)
-and uses only public aiokafka API. `BrokerPublisher` publishes through a
+and uses only public aiokafka API: it builds each partition's record batches
+itself (`create_batch`, `send_batch`), choosing partitions with aiokafka's own
+`DefaultPartitioner`, so a key lands where `send` would have put it.
+tests/kafka/test_publisher.py checks the partition choice, the batches and the
+record size bound without a broker. `BrokerPublisher` publishes through a
 FastStream broker: handler tests run it on FastStream's TestKafkaBroker.
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -27,6 +32,7 @@ from workers.kafka import compat
 from workers.settings import Settings
 
 PARTITIONS_TTL = 30.0  # seconds a topic's partition list is trusted before it is asked for again
+CHOSEN_MAX = 100_000  # (topic, key) partition choices remembered; past it the memo starts again
 
 
 Header = tuple[str, bytes]
@@ -34,7 +40,7 @@ Header = tuple[str, bytes]
 
 class Outgoing(NamedTuple):
     """One record to publish. A NamedTuple, not a frozen dataclass: two are made per signed span, and a
-    frozen dataclass's __init__ costs twice as much."""
+    tuple is the cheaper of the two to build."""
 
     topic: str
     key: bytes
@@ -52,6 +58,8 @@ class Outgoing(NamedTuple):
 class BrokerUnavailable(Unavailable):
     """The broker did not acknowledge in time or is unreachable: the records wait, no attempt counts."""
 
+    setting = "KEYLEDGER_KAFKA_BOOTSTRAP and that the broker is up"
+
 
 class Publisher(Protocol):
     published: int
@@ -66,23 +74,24 @@ class Publisher(Protocol):
 
 
 class KafkaPublisher:
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
+    def __init__(self, bootstrap: str, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         compat.install()
-        durability: dict[str, object] = {"acks": "all", "enable_idempotence": settings.kafka_idempotence}
+        durability: dict[str, object] = {"acks": "all", "enable_idempotence": settings.kafka.idempotence}
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id="keyledger",
-            linger_ms=settings.kafka_linger_ms,
+            linger_ms=settings.kafka.linger_ms,
             # one partition's batch per request is in flight at a time: 16 KiB batches (the default) turn
             # a 1,000-record handler batch into several sequential round trips
-            max_batch_size=settings.kafka_producer_batch_bytes,
-            max_request_size=settings.producer_max_request_bytes,
+            max_batch_size=settings.kafka.producer_batch_bytes,
+            max_request_size=settings.kafka.producer_max_request_bytes,
             **durability,
         )
         self._partitioner = DefaultPartitioner()
         self._topics: dict[str, tuple[float, list[int]]] = {}
         self._chosen: dict[tuple[str, bytes], int] = {}
-        self._max_request = settings.producer_max_request_bytes
+        self._max_request = settings.kafka.producer_max_request_bytes
+        self._clock = clock
         self.published = 0
 
     async def start(self) -> None:
@@ -93,7 +102,7 @@ class KafkaPublisher:
 
     async def _partitions(self, topic: str) -> list[int]:
         """The topic's partitions, asked for again every PARTITIONS_TTL seconds (a topic may grow)."""
-        now = time.monotonic()
+        now = self._clock()
         known = self._topics.get(topic)
         if known is None or now - known[0] > PARTITIONS_TTL:
             partitions = sorted(await self._producer.partitions_for(topic))
@@ -103,15 +112,17 @@ class KafkaPublisher:
         return known[1]
 
     async def _partition(self, topic: str, key: bytes) -> int:
-        """The default partitioner's answer, remembered per (topic, key): murmur2 in Python costs ~4 us."""
+        """The default partitioner's answer, remembered per (topic, key) while the topic's partition list is
+        trusted (murmur2 is computed in Python, on every output record's path); a changed partition list
+        drops the topic's answers, so a key follows the partitioner as the topic grows."""
         chosen = self._chosen.get((topic, key))
         known = self._topics.get(topic)
-        if chosen is not None and known is not None and time.monotonic() - known[0] <= PARTITIONS_TTL:
+        if chosen is not None and known is not None and self._clock() - known[0] <= PARTITIONS_TTL:
             return chosen
         partitions = await self._partitions(topic)
         chosen = self._chosen.get((topic, key))
         if chosen is None:
-            if len(self._chosen) > 100_000:
+            if len(self._chosen) > CHOSEN_MAX:
                 self._chosen.clear()
             chosen = self._chosen[(topic, key)] = self._partitioner(key, partitions, partitions)
         return chosen
@@ -128,9 +139,9 @@ class KafkaPublisher:
 
     async def _publish(self, records: Iterable[Outgoing]) -> None:
         """Records are packed per partition into record batches built here (aiokafka's batch builder, in C)
-        and handed over whole: `send` per record costs ~18 us of Python (metadata wait, partitioner,
-        accumulator). Order within a partition is the order of `records`. A record too large for any
-        request goes through `send`, which refuses it as it always did."""
+        and handed over whole, where `send` would run its metadata wait, partitioner and accumulator in
+        Python for each record. Order within a partition is the order of `records`. A record that may be
+        too large for any request (`_size`) goes through `send`, which refuses it as it always did."""
         by_partition: dict[tuple[str, int], list[Outgoing]] = {}
         pending: list[asyncio.Future[object]] = []
         for record in records:
@@ -160,10 +171,13 @@ class KafkaPublisher:
 
 
 def _size(record: Outgoing) -> int:
-    """Bytes the record takes in a batch, bounded above (varints and attributes: under 64 bytes)."""
-    size = 64 + len(record.key) + len(record.value or b"")
+    """An upper bound of aiokafka's own estimate of the record's size (`estimate_size_in_bytes`: a batch
+    header and the record), which `send` compares with max_request_size: whatever `send` would refuse is
+    sent through it. The constant covers the batch header, the record's overhead and the key's, value's and
+    header count's varints; each header its two varints and at most four UTF-8 bytes a character of its name."""
+    size = 100 + len(record.key) + len(record.value or b"")
     if record.headers:
-        size += sum(len(name) * 4 + len(value or b"") for name, value in record.headers)
+        size += sum(len(name) * 4 + 10 + len(value or b"") for name, value in record.headers)
     return size
 
 

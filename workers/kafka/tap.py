@@ -9,6 +9,8 @@ from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from workers.kafka.security import client_options
+
 C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)
 
 
@@ -55,7 +57,7 @@ class Tap:
         if until is not None and until(records):
             return list(records)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", **client_options())
         await started(consumer)
         try:
             partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic, timeout))]
@@ -106,7 +108,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float) ->
 
 async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
     """A plain producer, as any outside client would write (key, value) records."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **client_options())
     await started(producer)
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in records]

@@ -10,9 +10,8 @@ one record per rewrap (same key, new wrapping). The entry keeps the recent
 ones as candidates; which of them may be unwrapped is the ledger's decision
 (core/material.py: the pin and the rewrap chain), applied with `settle`.
 
-The table is sized for millions of keys: an entry holds its records in their
-stored form (compact.py: the record's bytes, packed when it is one keyledger
-wrote) and parses one into a `KeyMaterial` only when asked (`material`,
+The table is sized for millions of keys: an entry holds its records as the
+bytes read and parses one into a `KeyMaterial` only when asked (`material`,
 `newest`: an unwrap on a cache miss, a rotation, a rewrap, status). Its one
 candidate is its newest record, so an entry has a fingerprint dict only once
 two records with different fingerprints arrived. A tenant's keys hang off
@@ -28,7 +27,6 @@ from pydantic import ValidationError
 
 from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
 from workers.core.material import latest_accepted_by, material_fingerprint
-from workers.keystore import compact
 
 
 class KeyState(StrEnum):
@@ -89,11 +87,8 @@ class KeyEntry:
 
     @property
     def kms_key_id(self) -> str | None:
-        """The KMS key of the record in use, without parsing a packed record."""
-        stored = self._material
-        if stored is None:
-            return None
-        return compact.kms_key_id(stored) if compact.is_packed(stored) else self._model(stored).kms_key_id
+        """The KMS key of the record in use."""
+        return None if self._material is None else self._model(self._material).kms_key_id
 
     @property
     def fingerprint(self) -> int | None:
@@ -106,12 +101,10 @@ class KeyEntry:
 
     # --- internals (the directory's) -----------------------------------------
 
-    def _ids(self) -> compact.Ids:
-        return (self.key_id, self.tenant_id, self.key_type, self.version)  # a StrEnum member is its value
-
-    def _model(self, stored: bytes) -> KeyMaterial:
-        """The model of a stored record: the model of the bytes read (compact.py's invariant)."""
-        return KeyMaterial.model_validate_json(compact.unpack(stored, self._ids()))
+    @staticmethod
+    def _model(stored: bytes) -> KeyMaterial:
+        """The model of a record, from the bytes read."""
+        return KeyMaterial.model_validate_json(stored)
 
     def _fingerprint_of(self, stored: bytes) -> int:
         return material_fingerprint(self._model(stored))
@@ -245,10 +238,9 @@ class KeyDirectory:
             entry = self._add(key_id, tenant_id, key_type, version, KeyState.PENDING)
         elif entry.state is KeyState.DESTROYED:
             return  # a destroyed key never comes back, whatever arrives late
-        stored = compact.pack(raw, entry._ids())
-        entry._remember(stored)
+        entry._remember(raw)
         if not entry.pinned:
-            entry._material = stored
+            entry._material = raw
             entry.public_key = public_key or entry.public_key
 
     def pin(self, key_id: str, fingerprint: int) -> KeyMaterial | None:

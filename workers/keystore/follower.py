@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.topics import Topic
+from workers.kafka.security import client_options
 from workers.keystore.directory import KeyDirectory
 
 log = logging.getLogger("keyledger.keystore")
@@ -34,6 +35,7 @@ class KeyFollower:
             client_id="keyledger-keystore",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **client_options(),
         )
         self._task: asyncio.Task[None] | None = None
         self.applied = 0
@@ -129,8 +131,8 @@ def _bulk_load() -> Iterator[None]:
     """The cyclic collector paused while the table loads.
 
     Loading a million keys allocates millions of tracked objects (entries, records, tenants) that all
-    live on: each collection they trigger walks them again for nothing (measured at 1M keys: the load
-    takes ~4 s less). The table holds no cycles, so nothing it drops waits for the collector. Moving the
+    live on: each collection they trigger walks them again for nothing (bench/keytable.py shows the
+    difference). The table holds no cycles, so nothing it drops waits for the collector. Moving the
     loaded heap out of the collector's sight is the runtime's, once the worker has started
     (app/runtime.py `settle_the_heap`; not in a process that tests share)."""
     enabled = gc.isenabled()

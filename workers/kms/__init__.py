@@ -5,28 +5,43 @@ returns fresh plaintext plus its wrapped form, `decrypt` unwraps it, and the
 encryption context (always exactly {"tenant_id", "key_id", "key_type"}) is the
 associated data, so a blob moved to another tenant or key never unwraps.
 
-Every adapter implements `Kms`. The batch methods (`generate_data_keys`,
-`decrypt_many`), `rewrap`, `rewrap_many`, `wrap_many` and the KEK-version
-methods are optional parts of the port (`BatchKms`, `RewrappingKms`,
-`BatchRewrappingKms`, `WrappingKms`, `KekVersionedKms`); callers go through
-the module functions `generate_data_keys`, `decrypt_many`, `rewrap`,
-`rewrap_many` and `wrap_many`, which use an adapter's own method when it has
-one and single calls otherwise. The three adapters here (aws, vault, local)
-implement all of them. `wrap_many` wraps a given key (provider migration: the
-one place a key is unwrapped under one provider to be wrapped under another). Batch results
-come back in request order, one per request: the value, or the KmsError of
-that request (a batch never fails as a whole for one bad item).
+`Kms` is the whole port, one declared interface. Every adapter (aws, vault,
+local) and every wrapper (the router, the metered KMS of app/observability)
+subclasses it. An adapter writes the calls its KMS answers (`wrap`, `decrypt`,
+`describe_key`, `schedule_key_deletion`, and `generate_data_key` where the KMS
+makes data keys itself) and declares in `capabilities` what else it does
+natively; `Kms` gives the rest:
 
-An adapter names its provider in `provider` (`aws`, `vault`, `local`: the
-`kms_provider` of keys.material); `provider_of` reads it (absent = `aws`).
+  - batches (`generate_data_keys`, `decrypt_many`, `wrap_many`, `rewrap_many`):
+    single calls gathered, at most `concurrency` in flight, unless the adapter
+    declares `batching` and sends many keys per request (vault's `batch_input`);
+  - `rewrap`: unwrap and wrap again in this process, unless the adapter declares
+    `native_rewrap` (AWS ReEncrypt, vault transit/rewrap: the plaintext stays in
+    the KMS);
+  - KEK versions (`rotate_kek`, `kek_versions`, `retire_kek_versions`): refused
+    with `KekVersionsUnsupported`, unless the adapter declares `kek_versions`;
+  - routing (`route`, `providers`, `is_shared_key`): one adapter serves every
+    record (it refuses what it cannot unwrap), unless it declares `routing` (the
+    router picks one adapter per provider).
+
+Callers read `capabilities`; they never probe an adapter for a method. Batch
+results come back in request order, one per request: the value, or the
+KmsError of that request (a batch never fails as a whole for one bad item).
+`wrap_many` wraps a given key (provider migration: the one place a key is
+unwrapped under one provider to be wrapped under another).
+
+The module functions (`generate_data_keys`, `decrypt_many`, `rewrap`,
+`rewrap_many`, `wrap_many`, `kms_for`, `provider_of`, `is_shared_key`) are the
+same calls spelt as functions, for callers written against them.
 """
-
 from __future__ import annotations
 
+import abc
 import asyncio
-from collections.abc import Awaitable, Sequence
+import os
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import NamedTuple, TypeVar
 
 from schemas.messages import KeyType
 from workers.errors import Unavailable
@@ -50,13 +65,22 @@ class KmsError(Exception):
 class KmsUnavailable(KmsError, Unavailable):
     """Transient: unreachable, throttled, timed out. Retry with backoff."""
 
+    setting = ("KEYLEDGER_KMS_ENDPOINT_URL and KEYLEDGER_AWS_REGION (aws) or KEYLEDGER_VAULT_ADDR (vault), "
+               "and the KMS credentials")
+
 
 class KmsThrottled(KmsUnavailable):
     """The KMS asked us to slow down (HTTP 429, ThrottlingException): transient, back off harder."""
 
+    setting = "KEYLEDGER_KMS_CONCURRENCY against the KMS's request quota"
+
 
 class KmsRefused(KmsError):
     """Permanent for this request: access denied, wrong context, key disabled or pending deletion."""
+
+
+class KekVersionsUnsupported(KmsRefused):
+    """The provider's KMS keys have no versions keyledger manages (`capabilities.kek_versions` is False)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,99 +141,150 @@ class KekVersions(NamedTuple):
     min_decryption: int
 
 
-class Kms(Protocol):
-    default_key_id: str
+@dataclass(frozen=True, slots=True)
+class KmsCapabilities:
+    """What a `Kms` does natively, declared by the class (callers read it; they never probe for methods).
 
-    async def generate_data_key(self, kms_key_id: str | None, context: dict[str, str]) -> DataKey: ...
+    `provider` is the `kms_provider` recorded on keys.material for keys this KMS wraps (`aws`, `vault`,
+    `local`). Each flag off means the port's default in `Kms` does the job (see the module docstring)."""
 
-    async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes: ...
-
-    async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None: ...
-
-    async def describe_key(self, kms_key_id: str) -> str:
-        """The key's canonical identity, the same however it is named (AWS: the key ARN, resolving a key id,
-        an ARN or an alias); KmsRefused when there is no such key. BYOK ownership compares these."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-@runtime_checkable
-class BatchKms(Protocol):
-    """Optional: many keys per KMS request where the KMS has a batch API (vault's `batch_input`)."""
-
-    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]: ...
-
-    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]: ...
-
-
-@runtime_checkable
-class RewrappingKms(Protocol):
-    """Optional: re-wrap under the KMS key's latest version without the plaintext leaving the KMS
-    (AWS ReEncrypt, vault transit/rewrap); the context is the same on both sides."""
-
-    async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped: ...
-
-
-@runtime_checkable
-class BatchRewrappingKms(Protocol):
-    """Optional: many rewraps per KMS request (vault's transit/rewrap `batch_input`)."""
-
-    async def rewrap_many(self, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]: ...
-
-
-@runtime_checkable
-class WrappingKms(Protocol):
-    """Optional: wrap given data keys (AWS Encrypt, vault transit/encrypt), in order, one result each."""
-
-    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]: ...
-
-
-@runtime_checkable
-class KekVersionedKms(Protocol):
-    """Optional: a KMS key whose versions keyledger manages (vault transit)."""
-
-    async def rotate_kek(self, kms_key_id: str | None = None) -> int: ...
-
-    async def kek_versions(self, kms_key_id: str | None = None) -> KekVersions: ...
-
-    async def retire_kek_versions(self, min_version: int, kms_key_id: str | None = None) -> None: ...
-
-
-def provider_of(kms: object) -> str:
-    """The `kms_provider` to record on keys.material for keys wrapped by `kms` (absent = `aws`)."""
-    return getattr(kms, "provider", "aws")
-
-
-@runtime_checkable
-class RoutingKms(Protocol):
-    """A KMS made of one adapter per provider (kms/router.py): `route` names the one for a provider."""
-
-    def route(self, provider: str) -> Kms: ...
-
-
-def kms_for(kms: Kms, provider: str | None) -> Kms:
-    """The adapter that unwraps records wrapped by `provider` (None = the default provider, aws).
-    A single adapter serves every record (it refuses what it cannot unwrap); a router picks by name."""
-    if isinstance(kms, RoutingKms):
-        return kms.route(provider or "aws")
-    return kms
-
-
-def is_shared_key(kms: Kms, provider: str | None, kms_key_id: str) -> bool:
-    """True when `kms_key_id` is the default key of `provider` here: the key that wraps every tenant
-    without its own (BYOK) key. False for a provider this process is not configured with."""
-    try:
-        return kms_key_id == kms_for(kms, provider).default_key_id
-    except KmsError:
-        return False
+    provider: str
+    batching: bool = False  # many keys per KMS request
+    native_rewrap: bool = False  # rewrap inside the KMS: the plaintext never reaches this process
+    kek_versions: bool = False  # rotate_kek / kek_versions / retire_kek_versions work
+    routing: bool = False  # one adapter per provider behind `route`
 
 
 _T = TypeVar("_T")
 
 
-async def gather_each(calls: Sequence[Awaitable[_T]]) -> list[_T | KmsError]:
-    """Runs single calls concurrently; a KmsError stays in its slot, anything else is raised."""
+class Kms(abc.ABC):
+    """The KMS port. Subclasses write the abstract calls and declare `capabilities`; every other
+    method has a default here. Messages of the errors raised never carry key material."""
+
+    default_key_id: str
+    concurrency: int = 32  # single calls in flight when a default batch method gathers them
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> KmsCapabilities: ...
+
+    @property
+    @abc.abstractmethod
+    def calls(self) -> int:
+        """Requests made to the KMS so far (attempts included where the adapter retries itself)."""
+
+    @property
+    def provider(self) -> str:
+        return self.capabilities.provider
+
+    # --- what every adapter writes ---------------------------------------------------
+
+    @abc.abstractmethod
+    async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
+        """A given 32-byte data key wrapped under `kms_key_id` (None = the default key), bound to `context`."""
+
+    @abc.abstractmethod
+    async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
+        """The data key `wrapped` holds; KmsRefused under any other key or context."""
+
+    @abc.abstractmethod
+    async def describe_key(self, kms_key_id: str) -> str:
+        """The key's canonical identity, the same however it is named (AWS: the key ARN, resolving a key id,
+        an ARN or an alias); KmsRefused when there is no such key. BYOK ownership compares these."""
+
+    @abc.abstractmethod
+    async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None: ...
+
+    async def aclose(self) -> None:
+        """Releases connections and tokens; the default has none."""
+        return None
+
+    async def generate_data_key(self, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
+        """A fresh data key and its wrapping under `kms_key_id` (None = the default key), bound to `context`.
+        This default wraps 32 bytes from the OS (`os.urandom`), for a KMS without a data-key call."""
+        return await self.wrap(os.urandom(DATA_KEY_BYTES), kms_key_id, context)
+
+    # --- batches: single calls gathered unless `capabilities.batching` ------------------
+
+    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
+        """One data key (or KmsError) per request, in order."""
+        return await gather_each([self.generate_data_key(r.kms_key_id, r.context) for r in requests],
+                                 self.concurrency)
+
+    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
+        """One plaintext (or KmsError) per request, in order."""
+        return await gather_each([self.decrypt(r.wrapped, r.kms_key_id, r.context) for r in requests],
+                                 self.concurrency)
+
+    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
+        """Each given key wrapped (a DataKey holding it, or the KmsError of that request), in order."""
+        return await gather_each([self.wrap(r.plaintext, r.kms_key_id, r.context) for r in requests],
+                                 self.concurrency)
+
+    async def rewrap_many(self, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]:
+        """One rewrap (or KmsError) per request, in order."""
+        return await gather_each([self.rewrap(r.wrapped, r.kms_key_id, r.context) for r in requests],
+                                 self.concurrency)
+
+    # --- rewrap: in this process unless `capabilities.native_rewrap` --------------------
+
+    async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
+        """Re-wraps under the KMS key's latest version, same key, same context. This default unwraps
+        and wraps again here, so the plaintext passes through this process's memory (as it does for any
+        unwrap); an adapter whose KMS rewraps natively overrides it and declares `native_rewrap`."""
+        plaintext = await self.decrypt(wrapped, kms_key_id, context)
+        data_key = await self.wrap(plaintext, kms_key_id, context)
+        return Rewrapped(data_key.wrapped, data_key.kek_version)
+
+    # --- KEK versions: refused unless `capabilities.kek_versions` ------------------------
+
+    async def rotate_kek(self, kms_key_id: str | None = None) -> int:
+        """A new version of the KMS key; new wraps use it, older blobs still unwrap. Returns it."""
+        raise self._no_kek_versions()
+
+    async def kek_versions(self, kms_key_id: str | None = None) -> KekVersions:
+        raise self._no_kek_versions()
+
+    async def retire_kek_versions(self, min_version: int, kms_key_id: str | None = None) -> None:
+        """Blobs wrapped by versions below `min_version` stop unwrapping (rewrap them first)."""
+        raise self._no_kek_versions()
+
+    def _no_kek_versions(self) -> KekVersionsUnsupported:
+        return KekVersionsUnsupported(f"the {self.provider} KMS provider has no KEK versions keyledger manages")
+
+    # --- routing: one adapter for every record unless `capabilities.routing` -------------
+
+    def route(self, provider: str) -> Kms:
+        """The adapter that unwraps records wrapped by `provider`: this one (it refuses what it cannot
+        unwrap); a router picks by name and refuses a provider it was not configured with."""
+        return self
+
+    @property
+    def providers(self) -> Mapping[str, Kms]:
+        """Each configured provider's adapter, by name."""
+        return {self.provider: self}
+
+    def is_shared_key(self, provider: str | None, kms_key_id: str) -> bool:
+        """True when `kms_key_id` is the default key of `provider` (None = aws) here: the key that wraps
+        every tenant without its own (BYOK) key. False for a provider this process is not configured with."""
+        try:
+            return kms_key_id == self.route(provider or "aws").default_key_id
+        except KmsError:
+            return False
+
+
+async def gather_each(calls: Sequence[Awaitable[_T]], limit: int | None = None) -> list[_T | KmsError]:
+    """Runs single calls concurrently, at most `limit` at a time (None: all); a KmsError stays in its
+    slot, anything else is raised."""
+    if limit is not None and len(calls) > limit:
+        semaphore = asyncio.Semaphore(limit)
+
+        async def bounded(call: Awaitable[_T]) -> _T:
+            async with semaphore:
+                return await call
+
+        calls = [bounded(call) for call in calls]
     results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, KmsError):
@@ -217,37 +292,38 @@ async def gather_each(calls: Sequence[Awaitable[_T]]) -> list[_T | KmsError]:
     return list(results)  # type: ignore[arg-type]
 
 
+# --- the same calls as functions ---------------------------------------------------------
+
+
+def provider_of(kms: Kms) -> str:
+    """The `kms_provider` to record on keys.material for keys wrapped by `kms`."""
+    return kms.capabilities.provider
+
+
+def kms_for(kms: Kms, provider: str | None) -> Kms:
+    """The adapter that unwraps records wrapped by `provider` (None = the default provider, aws)."""
+    return kms.route(provider or "aws")
+
+
+def is_shared_key(kms: Kms, provider: str | None, kms_key_id: str) -> bool:
+    return kms.is_shared_key(provider, kms_key_id)
+
+
 async def generate_data_keys(kms: Kms, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
-    """One data key per request, in order: the adapter's batch method, or single calls."""
-    if isinstance(kms, BatchKms):
-        return await kms.generate_data_keys(requests)
-    return await gather_each([kms.generate_data_key(r.kms_key_id, r.context) for r in requests])
+    return await kms.generate_data_keys(requests)
 
 
 async def decrypt_many(kms: Kms, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
-    """One plaintext (or KmsError) per request, in order: the adapter's batch method, or single calls."""
-    if isinstance(kms, BatchKms):
-        return await kms.decrypt_many(requests)
-    return await gather_each([kms.decrypt(r.wrapped, r.kms_key_id, r.context) for r in requests])
+    return await kms.decrypt_many(requests)
 
 
 async def rewrap_many(kms: Kms, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]:
-    """One rewrap (or KmsError) per request, in order: the adapter's batch method, or single rewraps."""
-    if isinstance(kms, BatchRewrappingKms):
-        return await kms.rewrap_many(requests)
-    return await gather_each([rewrap(kms, r.wrapped, r.kms_key_id, r.context) for r in requests])
+    return await kms.rewrap_many(requests)
 
 
 async def wrap_many(kms: Kms, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
-    """Each given key wrapped (a DataKey holding it, or the KmsError of that request), in order."""
-    if isinstance(kms, WrappingKms):
-        return await kms.wrap_many(requests)
-    raise KmsRefused(f"{type(kms).__name__} cannot wrap a given key")
+    return await kms.wrap_many(requests)
 
 
 async def rewrap(kms: Kms, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
-    """Re-wraps under the latest KEK version. An adapter without `rewrap` is refused rather than
-    emulated by decrypt + encrypt here: that would bring the plaintext into this process for nothing."""
-    if isinstance(kms, RewrappingKms):
-        return await kms.rewrap(wrapped, kms_key_id, context)
-    raise KmsRefused(f"{type(kms).__name__} cannot rewrap")
+    return await kms.rewrap(wrapped, kms_key_id, context)

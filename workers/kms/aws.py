@@ -3,12 +3,14 @@
 botocore's `standard` retry mode (not its `legacy` default) with bounded
 attempts and explicit timeouts; a semaphore bounds calls in flight. Errors are
 mapped to KmsUnavailable (retry later) or KmsRefused (this request never works).
+
+AWS KMS has no batch API and no key versions it exposes: batches are the
+port's concurrent single calls; `rewrap` is ReEncrypt (native).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -17,16 +19,15 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from workers.kms import (
+    MAX_WRAPPED_BYTES,
     DataKey,
-    DataKeyRequest,
+    Kms,
+    KmsCapabilities,
     KmsError,
     KmsRefused,
     KmsThrottled,
     KmsUnavailable,
     Rewrapped,
-    UnwrapRequest,
-    WrapRequest,
-    gather_each,
 )
 
 _DETAIL_CHARS = 500  # AWS error messages are a sentence; never let one grow a log line without bound
@@ -42,8 +43,8 @@ _TRANSIENT_CODES = {
 }
 
 
-class AwsKms:
-    provider = "aws"
+class AwsKms(Kms):
+    capabilities = KmsCapabilities("aws", native_rewrap=True)
 
     def __init__(
         self,
@@ -69,11 +70,16 @@ class AwsKms:
             read_timeout=timeout,
             max_pool_connections=max(concurrency, 10),
         )
+        self.concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency)
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._client_lock = asyncio.Lock()
-        self.calls = 0
+        self._calls = 0
+
+    @property
+    def calls(self) -> int:
+        return self._calls
 
     async def _kms(self) -> Any:
         if self._client is None:
@@ -102,26 +108,15 @@ class AwsKms:
             raise KmsError("KMS returned a data key of the wrong length")
         return bytes(plaintext)
 
-    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
-        """AWS KMS has no batch GenerateDataKey: concurrent single calls (bounded by the semaphore)."""
-        return await gather_each([self.generate_data_key(r.kms_key_id, r.context) for r in requests])
-
-    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
-        return await gather_each([self.decrypt(r.wrapped, r.kms_key_id, r.context) for r in requests])
-
-    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
-        """KMS Encrypt of each given key (concurrent single calls: AWS KMS has no batch Encrypt)."""
-        return await gather_each([self._wrap(r) for r in requests])
-
-    async def _wrap(self, request: WrapRequest) -> DataKey:
-        key_id = request.kms_key_id or self.default_key_id
+    async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
+        """KMS Encrypt of a given key."""
+        key_id = kms_key_id or self.default_key_id
         if not key_id:
             raise KmsRefused("no KMS key id: set KEYLEDGER_KMS_KEY_ID")
-        if len(request.plaintext) != 32:
+        if len(plaintext) != 32:
             raise KmsRefused("a data key to wrap is 32 bytes")
-        reply = await self._call("Encrypt", KeyId=key_id, Plaintext=request.plaintext,
-                                 EncryptionContext=request.context)
-        return DataKey(plaintext=request.plaintext, wrapped=reply["CiphertextBlob"], kms_key_id=key_id)
+        reply = await self._call("Encrypt", KeyId=key_id, Plaintext=plaintext, EncryptionContext=context)
+        return DataKey(plaintext=plaintext, wrapped=reply["CiphertextBlob"], kms_key_id=key_id)
 
     async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
         """ReEncrypt under the same key and the same context on both sides: the plaintext stays in KMS
@@ -135,7 +130,7 @@ class AwsKms:
             DestinationEncryptionContext=context,
         )
         blob = reply["CiphertextBlob"]
-        if not 0 < len(blob) <= 6144:
+        if not 0 < len(blob) <= MAX_WRAPPED_BYTES:
             raise KmsError("KMS returned a wrapped key of an impossible length")
         return Rewrapped(blob, None)
 
@@ -154,7 +149,7 @@ class AwsKms:
         kms = await self._kms()
         method = getattr(kms, _snake(operation))
         async with self._limit:
-            self.calls += 1
+            self._calls += 1
             try:
                 reply: dict[str, Any] = await method(**params)
                 return reply

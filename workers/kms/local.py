@@ -12,23 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from workers.core.canonical import canonical_json
-from workers.kms import (
-    DATA_KEY_BYTES,
-    DataKey,
-    DataKeyRequest,
-    KmsError,
-    KmsRefused,
-    Rewrapped,
-    UnwrapRequest,
-    WrapRequest,
-    gather_each,
-)
+from workers.kms import DATA_KEY_BYTES, DataKey, Kms, KmsCapabilities, KmsRefused
 
 MAGIC = b"KLK1"
 NONCE_BYTES = 12
@@ -41,8 +30,11 @@ def dev_kek() -> bytes:
     return hashlib.sha256(b"keyledger development KEK - not a secret").digest()
 
 
-class LocalKms:
-    provider = "local"
+class LocalKms(Kms):
+    """One KEK, no versions, no batch API: the port's defaults do batches, and rewrap is unwrap + wrap
+    under the same KEK with a fresh nonce."""
+
+    capabilities = KmsCapabilities("local")
 
     def __init__(self, kek: bytes | None = None, default_key_id: str = DEFAULT_KEY_ID) -> None:
         kek = kek if kek is not None else dev_kek()
@@ -51,27 +43,25 @@ class LocalKms:
         self._aead = AESGCM(kek)
         self.default_key_id = default_key_id
         self._pending_deletion: set[str] = set()
-        self.calls = 0
+        self._calls = 0
 
-    async def generate_data_key(self, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
-        return await self.wrap(os.urandom(DATA_KEY_BYTES), kms_key_id, context)
+    @property
+    def calls(self) -> int:
+        return self._calls
 
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         key_id = kms_key_id or self.default_key_id
         self._refuse_deleted(key_id)
-        self.calls += 1
+        self._calls += 1
         if len(plaintext) != DATA_KEY_BYTES:
             raise KmsRefused("ValidationException: a data key is 32 bytes")
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, plaintext, _aad(key_id, context))
         return DataKey(plaintext=plaintext, wrapped=MAGIC + nonce + sealed, kms_key_id=key_id)
 
-    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
-        return await gather_each([self.wrap(r.plaintext, r.kms_key_id, r.context) for r in requests])
-
     async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
         self._refuse_deleted(kms_key_id)
-        self.calls += 1
+        self._calls += 1
         if len(wrapped) != WRAPPED_BYTES or not wrapped.startswith(MAGIC):
             raise KmsRefused("InvalidCiphertextException: not a local-KMS wrapped key")
         nonce = wrapped[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
@@ -80,18 +70,6 @@ class LocalKms:
         except InvalidTag:
             raise KmsRefused("InvalidCiphertextException: wrong key or encryption context") from None
 
-    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
-        return await gather_each([self.generate_data_key(r.kms_key_id, r.context) for r in requests])
-
-    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
-        return await gather_each([self.decrypt(r.wrapped, r.kms_key_id, r.context) for r in requests])
-
-    async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
-        """Unwrap and wrap again under the same KEK with a fresh nonce (one KEK: no versions)."""
-        plaintext = await self.decrypt(wrapped, kms_key_id, context)
-        nonce = os.urandom(NONCE_BYTES)
-        return Rewrapped(MAGIC + nonce + self._aead.encrypt(nonce, plaintext, _aad(kms_key_id, context)), None)
-
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         # stricter than moto: a key pending deletion unwraps nothing
         self._pending_deletion.add(kms_key_id)
@@ -99,9 +77,6 @@ class LocalKms:
     async def describe_key(self, kms_key_id: str) -> str:
         """Local keys have one name each (no aliases): the name is the identity."""
         return f"local:{kms_key_id}"
-
-    async def aclose(self) -> None:
-        return None
 
     def _refuse_deleted(self, kms_key_id: str) -> None:
         if kms_key_id in self._pending_deletion:

@@ -55,6 +55,8 @@ class LedgerError(Exception):
 class LedgerUnavailable(LedgerError, Unavailable):
     """The ledger could not be reached in time; the caller retries with backoff."""
 
+    setting = "KEYLEDGER_TB_ADDRESSES, KEYLEDGER_TB_CLUSTER_ID and that TigerBeetle is up"
+
 
 def account_ok(status: CreateAccountStatus) -> bool:
     return status in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS)

@@ -16,12 +16,21 @@ ids are deterministic and a retry answers EXISTS.
 Client failures become LedgerUnavailable (back off, retry, do not commit);
 requests the server can never accept (too much data, out-of-range integers)
 become LedgerError.
+
+Transfers are packed into one C array here and handed to the client's private
+`_submit` (`packed_transfers`: the client would otherwise convert and copy each
+event in Python), but only on a client release that packing was verified with
+(`PACKING_VERIFIED`); any other release gets the public `create_transfers`, and
+says so once in the log. Either way the server reads the same bytes
+(tests/ledger/test_tigerbeetle_packing.py checks them without a server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
+import importlib.metadata
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,6 +69,15 @@ PRODUCTION_BATCH_MAX = 8189  # 1 MiB messages less the header, 128-byte events
 DEVELOPMENT_BATCH_MAX = 253  # a --development server: 32 KiB less the header and the request's trailer
 log = logging.getLogger("keyledger.ledger")
 
+PACKING_VERIFIED = frozenset({"0.17.9"})
+"""Releases of the `tigerbeetle` client whose private `ClientAsync._submit(operation, events, event_type,
+result_type)` and `CTransfer` layout `packed_transfers` was checked against. Another release is sent
+transfers through the public `create_transfers` until its packing is checked (run
+tests/ledger/test_tigerbeetle_packing.py against it) and it is added here."""
+CLIENT_VERSION = importlib.metadata.version("tigerbeetle")
+
+SendTransfers = Callable[[list[Transfer]], Awaitable[list[CreateTransferResult]]]
+
 
 class TigerBeetleLedger:
     def __init__(self, addresses: str, cluster_id: int = 0, batch_max: int = PRODUCTION_BATCH_MAX, timeout: float = 10.0) -> None:
@@ -69,6 +87,7 @@ class TigerBeetleLedger:
             raise ValueError("batch_max and timeout must be positive")
         # host names resolved once here (the client takes IPs only), so every way of building one accepts them
         self._client = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=resolved_tb_addresses(addresses))
+        self._send_transfers = transfers_sender(self._client, CLIENT_VERSION)
         self._batch_max = batch_max
         self._timeout = timeout
         self._closed = False
@@ -83,16 +102,7 @@ class TigerBeetleLedger:
         return await self._in_requests(self._client.create_accounts, accounts, chains=True)
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
-        return await self._in_requests(self._create_transfers, transfers, chains=True)
-
-    async def _create_transfers(self, transfers: list[Transfer]) -> list[CreateTransferResult]:
-        """The client's create_transfers, its events packed into one array here (`packed_transfers`) and
-        handed over as the request's one element: the client copies that array whole, where it would
-        convert and copy each event in Python. The server reads the same bytes either way (the ledger
-        contract suite runs this adapter against a real TigerBeetle)."""
-        events = packed_transfers(transfers)
-        return await self._client._submit(  # type: ignore[no-any-return]
-            tb_bindings.Operation.CREATE_TRANSFERS, [events], type(events), tb_bindings.CCreateTransferResult)
+        return await self._in_requests(self._send_transfers, transfers, chains=True)
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
         return await self._in_requests(self._client.lookup_accounts, ids, chains=False)
@@ -171,15 +181,43 @@ class TigerBeetleLedger:
             request.exception()  # nobody awaits it any more; mark its failure as seen
 
 
+def transfers_sender(client: tb.ClientAsync, version: str) -> SendTransfers:
+    """How `client` is sent transfers: packed here and handed to its private `_submit` when `version` is
+    one that packing was verified with, else its public `create_transfers`."""
+    if packing_verified(version) and callable(getattr(client, "_submit", None)):
+        return functools.partial(_submit_packed, client)
+    return client.create_transfers
+
+
+@functools.cache
+def packing_verified(version: str) -> bool:
+    """Whether `version` of the client is one `packed_transfers` was verified with; the first answer for a
+    version that is not says so in the log (cached: once a process)."""
+    if version in PACKING_VERIFIED and _TRANSFER.size == ctypes.sizeof(tb_bindings.CTransfer):
+        return True
+    log.warning("tigerbeetle client %s is not one transfer packing was verified with (%s): transfers go "
+                "through its public create_transfers", version, ", ".join(sorted(PACKING_VERIFIED)))
+    return False
+
+
+async def _submit_packed(client: tb.ClientAsync, transfers: list[Transfer]) -> list[CreateTransferResult]:
+    """The client's create_transfers, its events packed into one array here (`packed_transfers`) and
+    handed over as the request's one element: the client copies that array whole, where it would
+    convert and copy each event in Python. The request's bytes are the ones the public call sends."""
+    events = packed_transfers(transfers)
+    return await client._submit(  # type: ignore[no-any-return]
+        tb_bindings.Operation.CREATE_TRANSFERS, [events], type(events), tb_bindings.CCreateTransferResult)
+
+
 _U64 = 2**64 - 1
 # CTransfer's layout: six u128 (low, high), user_data_64, user_data_32, timeout, ledger, code, flags, timestamp
 _TRANSFER = struct.Struct("<12QQIIIHHQ")
 
 
 def packed_transfers(transfers: Sequence[Transfer]) -> ctypes.Array[tb_bindings.CTransfer]:
-    """`transfers` as one C array of CTransfer, from one buffer of one `struct.pack` each: the client's
-    own from_param validates and converts each field in Python (~20 us a transfer, one transfer per
-    signed span), and building the array from one struct per event costs another ~0.7 us a transfer."""
+    """`transfers` as one C array of CTransfer, from one buffer of one `struct.pack` each, where the
+    client's own from_param validates and converts each field in Python and builds one struct per event
+    (one transfer is made per signed span, so this is on the signer's path for every record)."""
     return (tb_bindings.CTransfer * len(transfers)).from_buffer_copy(b"".join([_packed(t) for t in transfers]))
 
 

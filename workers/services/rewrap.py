@@ -41,7 +41,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol, cast
 
 from schemas.errors import ErrorCode
 from schemas.messages import AuditSource, KeyMaterial, Op, RotationReason, RotationTick, TickAction
@@ -57,7 +56,6 @@ from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
 from workers.kms import (
     DataKey,
-    KekVersionedKms,
     Kms,
     KmsError,
     KmsRefused,
@@ -81,10 +79,6 @@ log = logging.getLogger("keyledger.rewrap")
 Tick = tuple[InboundRecord, RotationTick]
 LIVE = (KeyState.ACTIVE, KeyState.ROTATED, KeyState.REVOKED)
 REWRAPPING = (TickAction.REWRAP, TickAction.MIGRATE)
-
-
-class VersionedKms(Kms, KekVersionedKms, Protocol):
-    """An adapter whose KEK has versions keyledger may retire (vault)."""
 
 
 @dataclass(slots=True)
@@ -227,12 +221,9 @@ class RewrapService:
                                   + f", latest v{versions.latest})")
         return report
 
-    def _versioned_adapters(self) -> list[tuple[str, VersionedKms]]:
+    def _versioned_adapters(self) -> list[tuple[str, Kms]]:
         """(provider, adapter) of each configured provider whose KEKs have versions."""
-        providers = getattr(self.kms, "providers", None)
-        names = list(providers) if isinstance(providers, dict) else [provider_of(self.kms)]
-        adapters = [(name, kms_for(self.kms, name)) for name in names]
-        return [(name, cast(VersionedKms, a)) for name, a in adapters if isinstance(a, KekVersionedKms)]
+        return [(name, a) for name, a in self.kms.providers.items() if a.capabilities.kek_versions]
 
     async def _floors(self, provider: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
         """Per KEK of `provider`: the lowest version a live key needs (and one key that needs it), and
@@ -392,7 +383,7 @@ class RewrapService:
         """The latest version of the KEK that wrapped `material`; None when the provider has none."""
         try:
             adapter = kms_for(self.kms, material.kms_provider)
-            if not isinstance(adapter, KekVersionedKms):
+            if not adapter.capabilities.kek_versions:
                 return None
             return (await adapter.kek_versions(material.kms_key_id)).latest
         except KmsRefused as exc:

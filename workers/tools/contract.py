@@ -45,9 +45,10 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 REPO = Path(__file__).resolve().parents[2]
 
 DESCRIPTION = (
-    "keyledger's Kafka contract (shared/design.md). Values are UTF-8 JSON (I-JSON, RFC 7493), one message per "
-    "record. Every topic is keyed by `tenant_id` except `keys.material` (key = `key_id`, compacted) and "
-    "`kms.dlq` (the failed record's own key). Inbound messages may carry more members than listed."
+    "keyledger's Kafka contract (docs/contract.md). Values are UTF-8 JSON (I-JSON, RFC 7493), one message per "
+    "record. Every topic is keyed by `tenant_id` except `keys.material` (key = `key_id`, compacted), "
+    "`kms.dlq` (the failed record's own key) and `kms.dlq.replays` (the letter). Inbound messages may carry more "
+    "members than listed."
 )
 
 # What each topic carries, its record key, and who writes it (the models say what the values hold)
@@ -74,10 +75,17 @@ TOPICS: dict[Topic, str] = {
                              "Written by keyledger-audit-digest.",
     Topic.DLQ: "A record that could not be processed, as it arrived (base64), with a typed error. "
                "Key: the record's own key. Written by every group.",
+    Topic.KEYS_CALLERS: "A caller's policy (tenants, operations, HPKE public key, KMS-wrapped HMAC secret), signed "
+                        "by the operator key; the latest version of each caller wins. Compacted. Key: caller_id. "
+                        "Written by `keyledger caller`; read whole by every process.",
+    Topic.DLQ_REPLAYS: "One dead letter sent back to its original topic by `keyledger dlq replay`: which letter, "
+                       "where the record came from and where its replay landed. Kept forever. Key: the letter "
+                       "(`<kms.dlq partition>/<offset>`). Written by `keyledger dlq replay`.",
 }
 # the topics keyledger writes: each gets a publisher in the document
 OUTPUTS = (Topic.SPANS_SIGNED, Topic.PII_RESULTS, Topic.ROTATION_TICKS, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS,
-           Topic.KMS_AUDIT, Topic.KMS_AUDIT_DIGESTS, Topic.DLQ)
+           Topic.KMS_AUDIT, Topic.KMS_AUDIT_DIGESTS, Topic.DLQ, Topic.KEYS_CALLERS,
+           Topic.DLQ_REPLAYS)
 KEY_TABLE = "key-table"  # no consumer group: every process reads keys.material and keys.events to their end
 
 
@@ -134,7 +142,7 @@ def build_docs_app() -> FastStream:
     Nothing connects. Settings are the defaults, not the environment's, so the document is the same
     everywhere. Also `faststream docs gen --factory workers.tools.contract:build_docs_app`."""
     settings = Settings.model_construct()
-    broker = build_broker(settings, DOCS_SERVER)
+    broker = build_broker(settings.kafka, DOCS_SERVER)
     deps = _offline_deps(settings, broker)
     for build in GROUPS.values():  # as ProcessContext.register does
         run_group(broker, deps.publisher, settings, build(deps))

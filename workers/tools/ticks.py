@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from schemas.messages import DeadLetter, KeyEvent, KeyMaterial, RotationTick
 from schemas.topics import Topic
 from workers.core.material import provider_name, wrapped_kek_version
+from workers.kafka.security import client_options
 from workers.kafka.tap import read_topic
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
 from workers.tools.progress import Progress
@@ -82,7 +83,7 @@ class Sent:
 
 async def send_ticks(bootstrap: str, ticks: Sequence[RotationTick]) -> list[Sent]:
     """Publish each tick keyed by its tenant (or `ops`); returns where each landed."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **client_options())
     await producer.start()
     try:
         futures = [await producer.send(Topic.ROTATION_TICKS, t.to_json(), key=(t.tenant_id or "ops").encode())
@@ -96,7 +97,8 @@ async def send_ticks(bootstrap: str, ticks: Sequence[RotationTick]) -> list[Sent
 async def committed(bootstrap: str, partitions: Iterable[int], group: str = ROTATION_GROUP) -> dict[int, int]:
     """The group's committed offset per partition of keys.rotation-ticks (-1: none yet)."""
     # an unsubscribed consumer only fetches the group's offsets; it never joins the group
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                **client_options())
     await consumer.start()
     try:
         found = {}

@@ -70,7 +70,7 @@ class KnownKey:
     verifier: Ed25519PublicKey | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # built once per event, not once per span (~1 us each); frozen, so set through object
+        # built once per event, not once per span; frozen, so set through object
         if self.public_key is not None:
             object.__setattr__(self, "verifier", Ed25519PublicKey.from_public_bytes(self.public_key))
 
@@ -111,7 +111,7 @@ class PublicKeyBook:
         return True
 
     def lookup(self, tenant_id: str, key_id: str) -> KnownKey | None:
-        # the item, not .get(): TTLCache.get checks expiry twice (`in`, then the item), ~1 us a span more
+        # the item, not .get(): TTLCache.get checks expiry twice (`in`, then the item)
         try:
             return self._keys[tenant_id, key_id]
         except KeyError:  # absent, expired or evicted
@@ -141,11 +141,7 @@ def _next_status(current: KeyStatus, event: KeyEventType) -> KeyStatus:
 
 
 def verify_signed_span(book: PublicKeyBook, signed: dict[str, Any] | SignedSpan) -> Verdict:
-    return _verify(book, signed, known_plain=False, parsed=False, escaped=True)
-
-
-def _verify(book: PublicKeyBook, signed: Any, *, known_plain: bool, parsed: bool, escaped: bool) -> Verdict:
-    step = _prepare(book, signed, known_plain=known_plain, parsed=parsed, escaped=escaped)
+    step = _prepare(book, signed, known_plain=False, parsed=False, escaped=True, times={})
     return _finish(step) if isinstance(step, tuple) else step
 
 
@@ -153,9 +149,10 @@ Check = tuple[Ed25519PublicKey, bytes, bytes, Verdict]
 """A signature still to check: (key object, signed bytes, signature, the verdict when it verifies)."""
 
 
-def _prepare(book: PublicKeyBook, signed: Any, *, known_plain: bool, parsed: bool, escaped: bool) -> Verdict | Check:
+def _prepare(book: PublicKeyBook, signed: Any, *, known_plain: bool, parsed: bool, escaped: bool,
+             times: Times) -> Verdict | Check:
     """Everything but the Ed25519 check: the verdict when it is known without one, else the Check."""
-    claim = _claim(signed, parsed=parsed, escaped=escaped)
+    claim = _claim(signed, parsed=parsed, escaped=escaped, times=times)
     if claim is None:
         return Verdict.INVALID
     tenant_id, key_id, span, signature = claim
@@ -181,7 +178,13 @@ Claim = tuple[str, str, dict[str, Any], bytes]
 """What a well-formed record says: (tenant_id, key_id, span, the signature's 64 raw bytes)."""
 
 
-def _claim(signed: Any, *, parsed: bool, escaped: bool) -> Claim | None:
+Times = dict[str, bool]
+"""signed_at texts already judged by Signature.signed_at's validator, for one run of verification (the
+signer writes one per batch): a memo the caller makes and passes, never shared between runs."""
+MAX_TIMES = 4096
+
+
+def _claim(signed: Any, *, parsed: bool, escaped: bool, times: Times | None = None) -> Claim | None:
     """The record's claim when it has every field of the contract, else None.
 
     Invariant: the verdict is SignedSpan.model_validate's plus the checks of `_model_claim`, for any
@@ -189,7 +192,7 @@ def _claim(signed: Any, *, parsed: bool, escaped: bool) -> Claim | None:
     values; every other record, malformed ones included, goes to the model itself (tests/tools hold
     the two together)."""
     if type(signed) is dict:
-        claim = _fast_claim(signed, parsed=parsed, escaped=escaped)
+        claim = _fast_claim(signed, parsed=parsed, escaped=escaped, times={} if times is None else times)
         if claim is not None:
             return claim
     return _model_claim(signed)
@@ -223,11 +226,9 @@ _TENANT_ID = re.compile(TENANT_ID_PATTERN).fullmatch
 _KEY_ID = re.compile(str(_string_constraints(KeyId).pattern)).fullmatch
 _MIN_ID, _MAX_ID = _string_constraints(EventId).min_length or 0, _string_constraints(EventId).max_length or 0
 _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)  # the validator of Signature.signed_at
-_TIMES: dict[str, bool] = {}  # signed_at texts already judged: the signer writes one per batch
-_TIMES_MAX = 4096
 
 
-def _fast_claim(signed: dict[str, Any], *, parsed: bool, escaped: bool) -> Claim | None:
+def _fast_claim(signed: dict[str, Any], *, parsed: bool, escaped: bool, times: Times) -> Claim | None:
     """The claim of a record the model certainly accepts, else None (unsure: the model decides).
 
     `parsed`: the value comes from the JSON reader, so every member name is a str. `escaped`: its text
@@ -243,7 +244,7 @@ def _fast_claim(signed: dict[str, Any], *, parsed: bool, escaped: bool) -> Claim
         return None
     if not _MIN_ID <= len(job_id) <= _MAX_ID or not _TENANT_ID(tenant_id) or not _KEY_ID(key_id):
         return None
-    if not _known_time(signature.get("signed_at")):
+    if not _known_time(signature.get("signed_at"), times):
         return None
     if escaped and not (_unicode(job_id) and _unicode_names(signed) and _unicode_names(signature)):
         return None
@@ -253,20 +254,20 @@ def _fast_claim(signed: dict[str, Any], *, parsed: bool, escaped: bool) -> Claim
     return None if raw is None else (tenant_id, key_id, span, raw)
 
 
-def _known_time(value: Any) -> bool:
+def _known_time(value: Any, times: Times) -> bool:
     """Whether Signature.signed_at's validator takes `value`, for text (numbers go to the model)."""
     if type(value) is not str:
         return False
-    good = _TIMES.get(value)
+    good = times.get(value)
     if good is None:
         try:
             _DATETIME.validate_python(value)
             good = True
         except ValidationError:
             good = False
-        if len(_TIMES) >= _TIMES_MAX:
-            _TIMES.clear()
-        _TIMES[value] = good
+        if len(times) >= MAX_TIMES:
+            times.clear()
+        times[value] = good
     return good
 
 
@@ -303,8 +304,9 @@ def verify_lines(lines: Iterable[str], book: PublicKeyBook, *, threads: int = 0
     if threads > 0:
         yield from _verify_lines_on_threads(lines, book, threads)
         return
+    times: Times = {}
     for number, line in _numbered(lines):
-        job_id, step = _step(line, book)
+        job_id, step = _step(line, book, times)
         yield number, job_id, _finish(step) if isinstance(step, tuple) else step
 
 
@@ -314,15 +316,15 @@ def _numbered(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _step(line: str, book: PublicKeyBook) -> tuple[str, Verdict | Check]:
+def _step(line: str, book: PublicKeyBook, times: Times) -> tuple[str, Verdict | Check]:
     signed, plain = _parse(line)
     if signed is None:
         return _job_id(_lenient(line)), Verdict.INVALID
     # lone surrogates only come from escapes: text read as UTF-8 has none, else _parse refused it
-    return _job_id(signed), _prepare(book, signed, known_plain=plain, parsed=True, escaped="\\u" in line)
+    return _job_id(signed), _prepare(book, signed, known_plain=plain, parsed=True, escaped="\\u" in line, times=times)
 
 
-THREAD_BATCH = 256  # lines per hand-over to a checking thread: ~17 ms of checks, so the hand-over is noise
+THREAD_BATCH = 256  # lines per hand-over to a checking thread: enough checks that the hand-over is noise
 
 
 def _verify_lines_on_threads(lines: Iterable[str], book: PublicKeyBook, threads: int
@@ -331,9 +333,10 @@ def _verify_lines_on_threads(lines: Iterable[str], book: PublicKeyBook, threads:
     this thread) and checked on the pool, at most `threads` + 1 batches ahead of the output, which
     follows the input order whatever order the batches finish in."""
     ahead: deque[tuple[list[tuple[int, str, Verdict | Check]], Future[list[Verdict]]]] = deque()
+    times: Times = {}  # read and written on this thread only
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keyledger-verify") as pool:
         for batch in _batches(_numbered(lines), THREAD_BATCH):
-            steps = [(number, *_step(line, book)) for number, line in batch]
+            steps = [(number, *_step(line, book, times)) for number, line in batch]
             checks = [step for _, _, step in steps if isinstance(step, tuple)]
             ahead.append((steps, pool.submit(_finish_all, checks)))
             if len(ahead) > threads:
@@ -358,7 +361,7 @@ def _settled(steps: list[tuple[int, str, Verdict | Check]], checked: Future[list
         yield number, job_id, next(verdicts) if isinstance(step, tuple) else step
 
 
-MAX_THREADS = 8  # past this, this thread's ~10 us of preparing a span feeds no more checkers
+MAX_THREADS = 8  # past this, this one thread preparing the spans feeds no more checkers
 
 
 def default_threads() -> int:
@@ -381,7 +384,7 @@ def reads_a_file(stream: TextIO) -> bool:
 def write_verdicts(lines: Iterable[str], book: PublicKeyBook, out: TextIO, *, chunk: int = 1024,
                    threads: int = 0) -> int:
     """`verify_lines` written to `out` as `line<TAB>job_id<TAB>verdict` lines, in input order, one write
-    per `chunk` lines (a print per span cost ~0.2 us more); returns how many verdicts were not valid."""
+    per `chunk` lines (not a print per span); returns how many verdicts were not valid."""
     failures = 0
     pending: list[str] = []
     for number, job_id, verdict in verify_lines(lines, book, threads=threads):

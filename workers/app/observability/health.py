@@ -7,6 +7,8 @@
   assignment; an empty one counts: a replica beyond the partition count is idle, not broken).
   KMS and ledger reachability, as the latest calls saw it, is in the body; it makes the
   process unready only where nothing could be served without it (see `Dependency.fatal`).
+  `failing` names every dependency whose latest calls fail, ready or not, with the settings
+  to check.
 - `/metrics` is the Prometheus exposition of the process's registry, encoded by
   prometheus_client (text or OpenMetrics, as the scraper asks).
 """
@@ -38,6 +40,29 @@ class Dependency:
     @property
     def blocks(self) -> bool:
         return self.fatal and self.report.get("state") == "unavailable"
+
+
+# the settings to check for each dependency whose latest calls fail
+DEPENDENCY_SETTINGS = {
+    "broker": "KEYLEDGER_KAFKA_BOOTSTRAP",
+    "kms": "KEYLEDGER_KMS_ENDPOINT_URL and KEYLEDGER_AWS_REGION (aws) or KEYLEDGER_VAULT_ADDR (vault), and the "
+           "KMS credentials",
+    "ledger": "KEYLEDGER_TB_ADDRESSES and KEYLEDGER_TB_CLUSTER_ID",
+}
+
+
+def failing(checks: dict[str, Any]) -> dict[str, str]:
+    """Every dependency whose latest calls fail, with what they said and the settings to check: also the
+    ones this process stays ready without (a signer serving from cached keys while the KMS is out)."""
+    found = {}
+    for name, setting in DEPENDENCY_SETTINGS.items():
+        check = checks.get(name)
+        if not isinstance(check, dict):
+            continue
+        if check.get("state") == "unavailable" or check.get("ok") is False:
+            said = check.get("last_error") or "no answer"
+            found[name] = f"{said}; check {setting}"
+    return found
 
 
 class HealthServer:
@@ -81,7 +106,8 @@ class HealthServer:
         except Exception as exc:  # a readiness check that fails is an answer, not a crash
             log.warning("readiness check failed: %s", exc)
             ready, checks = False, {"error": type(exc).__name__}
-        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+        return web.json_response({"ready": ready, "checks": checks, "failing": failing(checks)},
+                                 status=200 if ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         try:

@@ -105,7 +105,7 @@ def setup_logging(settings: Settings | None = None) -> None:
         except Exception:
             settings = None
     fmt = settings.effective_log_format if settings else LogFormat.TEXT
-    level = settings.log_level if settings else LogLevel.INFO
+    level = settings.log.level if settings else LogLevel.INFO
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt is LogFormat.JSON else TextFormatter())
     logging.basicConfig(level=level.value, handlers=[handler], force=True)

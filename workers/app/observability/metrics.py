@@ -259,7 +259,8 @@ class StateCollector(Collector):
             keys.add_metric([key_type.value, state.value], count)
         yield keys
         if self._samplers.usage_ratio is not None:
-            yield GaugeMetricFamily("keyledger_key_usage_ratio", "Highest usage over limit among active encryption "
-                                    "keys (ledger balance / KEYLEDGER_ENCRYPT_LIMIT; sampled at most every "
-                                    f"{USAGE_EVERY:g}s). At 1 the key stops encrypting.",
+            yield GaugeMetricFamily("keyledger_key_usage_ratio", "Highest share of its encryption budget spent among "
+                                    "active encryption keys (seals charged to the key's budget account / "
+                                    f"KEYLEDGER_ENCRYPT_LIMIT; sampled at most every {USAGE_EVERY:g}s). At 1 the "
+                                    "key stops encrypting.",
                                     value=self._samplers.usage_ratio)

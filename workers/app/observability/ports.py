@@ -1,4 +1,4 @@
-"""The KMS and ledger ports, metered: the same Protocols, wrapping the configured adapters.
+"""The KMS and ledger ports, metered: the same ports, wrapping the configured adapters.
 
 Each call is counted by operation and outcome, timed, traced as a client span when
 tracing is on, and remembered by a `Reachability` that /readyz reports without
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -20,17 +20,14 @@ from workers.errors import Unavailable
 from workers.kms import (
     DataKey,
     DataKeyRequest,
+    KekVersions,
     Kms,
+    KmsCapabilities,
     KmsError,
     KmsRefused,
     Rewrapped,
-    RoutingKms,
     UnwrapRequest,
     WrapRequest,
-    decrypt_many,
-    generate_data_keys,
-    rewrap_many,
-    wrap_many,
 )
 from workers.ledger import (
     Account,
@@ -75,11 +72,12 @@ class Reachability:
                 "last_error": self.last_error}
 
 
-class MeteredKms:
-    """A `Kms` that reports every call; `calls` and `default_key_id` read through to the adapter.
-
-    Batch calls count once per port call; a router's providers are metered too (`route`), sharing
-    this one's reachability."""
+class MeteredKms(Kms):
+    """A `Kms` that reports every call: each port method is written here and forwards to the same
+    method of the adapter, so the adapter's capabilities (declared by it, read through here) decide
+    how the work is done. Every KMS call (each async method) is counted once per port call by
+    operation and outcome, timed and traced; a router's providers are metered too (`route`,
+    `providers`), sharing this one's reachability."""
 
     def __init__(self, inner: Kms, metrics: Metrics, span: SpanFactory | None = None,
                  reachability: Reachability | None = None) -> None:
@@ -88,43 +86,68 @@ class MeteredKms:
         self.reachability = reachability or Reachability()
         self._metrics = metrics
         self._span = span or _no_span
-        self._calls = 0
         self._routes: dict[str, MeteredKms] = {}
 
-    def route(self, provider: str) -> Kms:
-        """The metered adapter of `provider` when the inner KMS is a router; else this one (one adapter
-        serves every record, as `kms_for` says)."""
-        if not isinstance(self.inner, RoutingKms):
-            return self
-        if provider not in self._routes:
-            self._routes[provider] = MeteredKms(self.inner.route(provider), self._metrics, self._span,
-                                                self.reachability)
-        return self._routes[provider]
-
-    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
-        return await self._call("generate_data_keys", lambda: generate_data_keys(self.inner, requests))
-
-    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
-        return await self._call("decrypt_many", lambda: decrypt_many(self.inner, requests))
-
-    async def rewrap_many(self, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]:
-        return await self._call("rewrap_many", lambda: rewrap_many(self.inner, requests))
-
-    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
-        return await self._call("wrap_many", lambda: wrap_many(self.inner, requests))
+    @property
+    def capabilities(self) -> KmsCapabilities:
+        return self.inner.capabilities
 
     @property
     def calls(self) -> int:
-        return int(getattr(self.inner, "calls", self._calls))
+        return self.inner.calls
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    # --- routing: no KMS call; the adapters it hands out are metered ----------------------
+
+    def route(self, provider: str) -> Kms:
+        """The metered adapter of `provider`: this one when the inner KMS serves every record itself."""
+        routed = self.inner.route(provider)
+        if not self.inner.capabilities.routing:
+            return self
+        if provider not in self._routes:
+            self._routes[provider] = MeteredKms(routed, self._metrics, self._span, self.reachability)
+        return self._routes[provider]
+
+    @property
+    def providers(self) -> Mapping[str, Kms]:
+        return {name: self.route(name) for name in self.inner.providers}
+
+    def is_shared_key(self, provider: str | None, kms_key_id: str) -> bool:
+        return self.inner.is_shared_key(provider, kms_key_id)
+
+    # --- KMS calls ----------------------------------------------------------------------------
 
     async def generate_data_key(self, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         return await self._call("generate_data_key", lambda: self.inner.generate_data_key(kms_key_id, context))
 
+    async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
+        return await self._call("wrap", lambda: self.inner.wrap(plaintext, kms_key_id, context))
+
     async def decrypt(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
         return await self._call("decrypt", lambda: self.inner.decrypt(wrapped, kms_key_id, context))
+
+    async def rewrap(self, wrapped: bytes, kms_key_id: str, context: dict[str, str]) -> Rewrapped:
+        return await self._call("rewrap", lambda: self.inner.rewrap(wrapped, kms_key_id, context))
+
+    async def generate_data_keys(self, requests: Sequence[DataKeyRequest]) -> list[DataKey | KmsError]:
+        return await self._call("generate_data_keys", lambda: self.inner.generate_data_keys(requests))
+
+    async def decrypt_many(self, requests: Sequence[UnwrapRequest]) -> list[bytes | KmsError]:
+        return await self._call("decrypt_many", lambda: self.inner.decrypt_many(requests))
+
+    async def rewrap_many(self, requests: Sequence[UnwrapRequest]) -> list[Rewrapped | KmsError]:
+        return await self._call("rewrap_many", lambda: self.inner.rewrap_many(requests))
+
+    async def wrap_many(self, requests: Sequence[WrapRequest]) -> list[DataKey | KmsError]:
+        return await self._call("wrap_many", lambda: self.inner.wrap_many(requests))
+
+    async def rotate_kek(self, kms_key_id: str | None = None) -> int:
+        return await self._call("rotate_kek", lambda: self.inner.rotate_kek(kms_key_id))
+
+    async def kek_versions(self, kms_key_id: str | None = None) -> KekVersions:
+        return await self._call("kek_versions", lambda: self.inner.kek_versions(kms_key_id))
+
+    async def retire_kek_versions(self, min_version: int, kms_key_id: str | None = None) -> None:
+        await self._call("retire_kek_versions", lambda: self.inner.retire_kek_versions(min_version, kms_key_id))
 
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         await self._call("schedule_key_deletion", lambda: self.inner.schedule_key_deletion(kms_key_id, pending_days))
@@ -133,10 +156,9 @@ class MeteredKms:
         return await self._call("describe_key", lambda: self.inner.describe_key(kms_key_id))
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        await self._call("aclose", self.inner.aclose)
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        self._calls += 1
         outcome = "error"
         started = time.perf_counter()
         try:

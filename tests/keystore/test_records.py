@@ -1,10 +1,7 @@
-"""The stored form of a `keys.material` record gives back the record, byte for byte, whatever it is.
+"""The key table reads `keys.material` and `keys.events` records through the models, whatever the bytes.
 
-- `compact.unpack(compact.pack(raw, ids), ids) == raw` for any bytes and any ids: so the model parsed from
-  the stored form is the model parsed from the record, and its fingerprint the one the ledger pinned;
-- what keyledger writes (`KeyMaterial.to_json()` of a key with base64 material) is packed, smaller;
-- the key table takes a record exactly when `KeyMaterial` does (it still validates with the model), and a
-  record it refuses changes nothing; the same for `keys.events` and `KeyEvent`.
+The table takes a record exactly when `KeyMaterial` (or `KeyEvent`) does, reads back that very model
+(its fingerprint the one the ledger pinned), and a record it refuses changes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from tests.support.strategies import json_objects, json_values, models
 from workers.core.b64 import b64encode
 from workers.core.ids import key_id_for
 from workers.core.material import material_fingerprint
-from workers.keystore import compact
 from workers.keystore.directory import KeyDirectory
 from workers.keystore.follower import KeyFollower
 
@@ -71,33 +67,6 @@ records = st.one_of(
     json_values().map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=80),
 )
-
-
-def ids_of(raw: bytes) -> compact.Ids:
-    """The record's own ids when it has them (the case that packs), else some other ids."""
-    try:
-        m = json.loads(raw)
-        return (m["key_id"], m["tenant_id"], m["key_type"], m["version"])
-    except Exception:
-        return (key_id_for("acme", "signing", 1), "acme", "signing", 1)
-
-
-@CHECK
-@given(records, st.none() | st.tuples(st.text(max_size=4), st.text(max_size=4), st.text(max_size=4), st.integers()))
-def test_the_stored_form_gives_back_the_record_byte_for_byte(raw, other_ids):
-    ids = other_ids or ids_of(raw)
-    assert compact.unpack(compact.pack(raw, ids), ids) == raw
-
-
-@CHECK
-@given(keyledger_records)
-def test_what_keyledger_writes_is_packed_and_smaller(m):
-    raw = m.to_json()
-    ids = (m.key_id, m.tenant_id, m.key_type, m.version)
-    stored = compact.pack(raw, ids)
-    assert compact.is_packed(stored) and len(stored) < len(raw)
-    assert compact.kms_key_id(stored) == m.kms_key_id
-    assert KeyMaterial.model_validate_json(compact.unpack(stored, ids)) == m
 
 
 def model_of(raw: bytes) -> KeyMaterial | None:

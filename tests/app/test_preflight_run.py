@@ -1,0 +1,99 @@
+"""`keyledger run`'s preflight: each group's KMS rights (moto, OpenBao), TigerBeetle's cluster id, one line per failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from workers.app.embedded import TigerBeetleServer, free_port, tigerbeetle_binary
+from workers.app.preflight import check_cluster, check_kms
+from workers.errors import ConfigError
+from workers.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def aws(moto_endpoint: str, key: str | None, **more) -> Settings:
+    return Settings(kms_provider="aws", kms_key_id=key, kms_endpoint_url=moto_endpoint, aws_region="us-east-1",
+                    kms_max_attempts=1, **more)
+
+
+async def test_keygen_makes_a_data_key_and_the_signer_only_reaches_the_kms(moto_endpoint, moto_kms_key):
+    settings = aws(moto_endpoint, moto_kms_key)
+    assert await check_kms(settings, ["keyledger-keygen", "keyledger-signer"]) == []
+    assert await check_kms(settings, ["keyledger-signer", "keyledger-pii"]) == []
+
+
+async def test_a_missing_default_key_is_named_with_what_was_tried(moto_endpoint):
+    settings = aws(moto_endpoint, "alias/nowhere")
+    [line] = await check_kms(settings, ["keyledger-keygen"])
+    assert line.startswith("KEYLEDGER_KMS_KEY_ID=alias/nowhere: GenerateDataKey for keyledger-keygen (region us-east-1")
+    assert "is not found" in line and "KEYLEDGER_AWS_REGION" in line
+
+
+async def test_an_unreachable_kms_names_the_endpoint_setting(moto_kms_key):
+    settings = aws(f"http://127.0.0.1:{free_port()}", moto_kms_key, kms_timeout=1)
+    [line] = await check_kms(settings, ["keyledger-pii"])
+    assert line.startswith("cannot reach the KMS: DescribeKey for keyledger-pii")
+    assert "EndpointConnectionError" in line and "KEYLEDGER_KMS_ENDPOINT_URL" in line
+
+
+async def test_the_local_kms_needs_no_check():
+    assert await check_kms(Settings(), ["keyledger-keygen"]) == []
+
+
+def policy(openbao, name: str, ops: tuple[str, ...], key: str) -> str:
+    """A token whose policy allows `update` on transit/<op>/<key> for each op."""
+    hcl = "\n".join(f'path "transit/{op}/{key}" {{ capabilities = ["update"] }}' for op in ops)
+    openbao.admin("POST", f"sys/policies/acl/{name}", {"policy": hcl})
+    return openbao.admin("POST", "auth/token/create", {"policies": [name]})["auth"]["client_token"]
+
+
+async def test_a_vault_token_is_checked_for_what_each_group_does(openbao):
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    token = policy(openbao, f"p-{key}", ("decrypt",), key)
+    settings = Settings(kms_provider="vault", vault_addr=openbao.addr, vault_token=token, vault_key=key)
+    assert await check_kms(settings, ["keyledger-signer"]) == []
+    [line] = await check_kms(settings, ["keyledger-signer", "keyledger-keygen"])
+    assert line.startswith(f"KEYLEDGER_VAULT_KEY={key}: the Vault token may not update transit/encrypt/{key}")
+    assert "keyledger-keygen needs" in line
+    refused = Settings(kms_provider="vault", vault_addr=openbao.addr, vault_token="not-a-token", vault_key=key)
+    [line] = await check_kms(refused, ["keyledger-signer"])
+    assert line.startswith("the Vault token (KEYLEDGER_VAULT_AUTH=token) was refused")
+
+
+@pytest.fixture(scope="module")
+def tigerbeetle(tmp_path_factory):
+    binary = tigerbeetle_binary()
+    if not binary:
+        pytest.skip("no tigerbeetle server binary (TIGERBEETLE_BIN)")
+    server = TigerBeetleServer(binary, tmp_path_factory.mktemp("tb")).start()
+    yield server.address
+    server.stop()
+
+
+async def test_a_wrong_tigerbeetle_cluster_id_is_named_as_such(tigerbeetle):
+    await check_cluster(tigerbeetle, 0)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"did not answer as cluster 7 within 5s \(it answers as cluster 0\): "
+                                          r"set KEYLEDGER_TB_CLUSTER_ID"):
+        await check_cluster(tigerbeetle, 7)
+    assert time.monotonic() - started < 8
+
+
+def test_run_stops_at_start_on_a_missing_key_before_consuming(moto_endpoint, kafka_bootstrap):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
+    env.update({"KEYLEDGER_PROFILE": "dev", "KEYLEDGER_LEDGER": "memory", "KEYLEDGER_AWS_REGION": "us-east-1",
+                "KEYLEDGER_KAFKA_BOOTSTRAP": kafka_bootstrap, "KEYLEDGER_KMS_PROVIDER": "aws",
+                "KEYLEDGER_KMS_KEY_ID": "alias/keyledger-missing", "KEYLEDGER_KMS_ENDPOINT_URL": moto_endpoint,
+                "KEYLEDGER_HTTP_PORT": "0", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    done = subprocess.run([sys.executable, "-m", "workers.app.cli", "run", "--group", "keyledger-keygen"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()  # nothing else: no topic was created, nothing consumed
+    assert line.startswith("keyledger run: KEYLEDGER_KMS_KEY_ID=alias/keyledger-missing: GenerateDataKey")

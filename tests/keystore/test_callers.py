@@ -1,0 +1,87 @@
+"""CallerPolicies: what a keys.callers record does to the table (no broker: the follower's loop only feeds it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from workers.core.b64 import b64encode, b64url_encode
+from workers.core.callers import CallerTable, Change, caller_id_for, secret_context, sign_policy
+from workers.core.canonical import canonical_json
+from workers.keystore.callers import CallerPolicies
+from workers.kms.local import LocalKms
+
+OPERATOR = Ed25519PrivateKey.generate()
+CALLER_ID = caller_id_for("billing")
+
+
+async def record(kms: LocalKms, version: int = 1, *, key: Ed25519PrivateKey = OPERATOR, caller_id: str = CALLER_ID,
+                 **changes: Any) -> tuple[bytes, bytes]:
+    data_key = await kms.generate_data_key(None, secret_context(caller_id))
+    fields = {"caller_id": caller_id, "name": "billing", "tenants": "*", "operations": ["decrypt"], "kem": "x25519",
+              "public_key": b64url_encode(bytes(32)), "wrapped_secret": b64encode(data_key.wrapped),
+              "kms_key_id": data_key.kms_key_id, "kms_provider": "local", "created_at": "2026-01-01T00:00:00Z",
+              "revoked": False, "version": version, **changes}
+    return caller_id.encode(), canonical_json(sign_policy(fields, key))
+
+
+@pytest.fixture
+def kms() -> LocalKms:
+    return LocalKms()
+
+
+@pytest.fixture
+def policies(kms: LocalKms) -> CallerPolicies:
+    return CallerPolicies(CallerTable(), kms, OPERATOR.public_key())
+
+
+async def test_a_signed_record_installs_the_caller_with_its_secret_unwrapped(kms, policies):
+    assert await policies.apply(*await record(kms)) is Change.NEWER
+    held = policies.table.get(CALLER_ID)
+    assert held is not None and held.secret is not None and len(held.secret) == 32
+
+
+async def test_a_forged_record_grants_nothing_and_is_logged_with_the_caller_id(kms, policies, caplog):
+    with caplog.at_level(logging.WARNING, logger="keyledger.callers"):
+        assert await policies.apply(*await record(kms, key=Ed25519PrivateKey.generate())) is None
+    assert policies.table.get(CALLER_ID) is None and policies.refused == 1
+    assert f"refused a keys.callers record for caller {CALLER_ID}" in caplog.text
+
+
+async def test_a_secret_wrapped_for_another_caller_does_not_unwrap(kms, policies, caplog):
+    key, value = await record(kms)
+    other = await record(kms, caller_id=caller_id_for("auditor"))
+    # the auditor's record re-signed with billing's wrapped secret: the KMS context refuses it
+    moved = json.loads(other[1])
+    moved["wrapped_secret"] = json.loads(value)["wrapped_secret"]
+    moved = sign_policy(moved, OPERATOR)
+    assert await policies.apply(other[0], canonical_json(moved)) is Change.NEWER
+    held = policies.table.get(caller_id_for("auditor"))
+    assert held is not None and held.secret is None
+    assert "does not unwrap" in caplog.text
+
+
+async def test_tombstones_and_records_keyed_under_another_id_change_nothing(kms, policies):
+    await policies.apply(*await record(kms))
+    assert await policies.apply(CALLER_ID.encode(), None) is None
+    assert policies.table.get(CALLER_ID) is not None
+    _, value = await record(kms, 2, revoked=True)
+    assert await policies.apply(b"another-key", value) is None
+    assert not policies.table.get(CALLER_ID).policy.revoked  # type: ignore[union-attr]
+
+
+async def test_versions_decide_revocations_stick_and_ties_grant_nothing(kms, policies):
+    first = await record(kms, 1)
+    await policies.apply(*first)
+    assert await policies.apply(*first) is Change.SAME
+    assert await policies.apply(*await record(kms, 2, revoked=True)) is Change.NEWER
+    assert await policies.apply(*first) is Change.STALE
+    held = policies.table.get(CALLER_ID)
+    assert held is not None and held.policy.revoked and held.secret is None
+    await policies.apply(*await record(kms, 3))
+    assert await policies.apply(*await record(kms, 3, tenants=["acme"])) is Change.TIE
+    assert policies.table.get(CALLER_ID).secret is None  # type: ignore[union-attr]

@@ -1,0 +1,150 @@
+"""Follows `keys.callers` in every process (no consumer group): the caller policy table.
+
+At start it reads the topic from the beginning to its end offsets, so a process never judges a
+request before it knows every caller; afterwards a background task applies new records (a new
+caller, a changed policy, a revocation) as they arrive.
+
+Each record is verified against the operator's public key before anything else: a record the
+operator key did not sign is refused and logged with the caller id it claims, and changes
+nothing. Of the verified records the highest version per caller wins (`CallerTable`). The
+caller's HMAC secret is unwrapped through the KMS port when its record is installed (encryption
+context {"caller_id": id}); a secret that does not unwrap leaves the caller granting nothing.
+A tombstone changes nothing either: only a signed record (e.g. a revocation) changes a caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from schemas.messages import CallerPolicy
+from schemas.topics import Topic
+from workers.core.b64 import b64decode
+from workers.core.callers import (
+    SECRET_BYTES,
+    CallerTable,
+    Change,
+    PolicyRecordRefused,
+    secret_context,
+    verify_policy_record,
+)
+from workers.kms import Kms, KmsError, kms_for
+
+log = logging.getLogger("keyledger.callers")
+
+
+class CallerPolicies:
+    """Applies `keys.callers` records to a `CallerTable`: verify, order by version, unwrap the secret."""
+
+    def __init__(self, table: CallerTable, kms: Kms, operator_key: Ed25519PublicKey) -> None:
+        self.table = table
+        self._kms = kms
+        self._operator_key = operator_key
+        self.refused = 0
+
+    async def apply(self, key: bytes | None, value: bytes | None) -> Change | None:
+        """One record; None when it was refused (not signed by the operator key, a tombstone, or keyed
+        under another caller's id)."""
+        if value is None:
+            log.warning("ignored a tombstone on keys.callers: only a signed record changes a caller")
+            return None
+        try:
+            policy = verify_policy_record(value, self._operator_key)
+        except PolicyRecordRefused as refusal:
+            self.refused += 1
+            log.warning("refused a keys.callers record for caller %s: %s", refusal.caller_id or "(none named)",
+                        refusal)
+            return None
+        if key is not None and key != policy.caller_id.encode():
+            self.refused += 1
+            log.warning("refused a keys.callers record for caller %s: keyed under another id", policy.caller_id)
+            return None
+        change = self.table.change(policy)
+        if change is Change.NEWER:
+            self.table.install(policy, None if policy.revoked else await self._unwrap(policy))
+            log.info("caller %s (%s) at version %d%s", policy.name, policy.caller_id, policy.version,
+                     ": revoked" if policy.revoked else "")
+        elif change is Change.TIE:
+            self.table.tie(policy)
+            log.warning("caller %s (%s): two different records of version %d; it grants nothing until a higher "
+                        "version", policy.name, policy.caller_id, policy.version)
+        elif change is Change.STALE:
+            log.warning("ignored a stale keys.callers record for caller %s (version %d)", policy.caller_id,
+                        policy.version)
+        return change
+
+    async def _unwrap(self, policy: CallerPolicy) -> bytes | None:
+        try:
+            wrapped = b64decode(policy.wrapped_secret)
+            secret = await kms_for(self._kms, policy.kms_provider).decrypt(wrapped, policy.kms_key_id,
+                                                                         secret_context(policy.caller_id))
+        except (KmsError, ValueError) as exc:
+            log.warning("caller %s: its secret does not unwrap (%s); it grants nothing", policy.caller_id,
+                        type(exc).__name__)
+            return None
+        if len(secret) != SECRET_BYTES:
+            log.warning("caller %s: its secret is not 32 bytes; it grants nothing", policy.caller_id)
+            return None
+        return secret
+
+
+class CallerFollower:
+    """Reads `keys.callers` whole at start, then follows it in a background task."""
+
+    def __init__(self, bootstrap: str, policies: CallerPolicies, *, startup_timeout: float = 60.0) -> None:
+        self._policies = policies
+        self._startup_timeout = startup_timeout
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="keyledger-callers",
+                                          enable_auto_commit=False, auto_offset_reset="earliest")
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = await self._partitions()
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_beginning(*partitions)
+        ends = await self._consumer.end_offsets(partitions)
+        deadline = time.monotonic() + self._startup_timeout
+        while [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("keys.callers not read to its end in time")
+            await self._poll(timeout_ms=200)
+        log.info("caller table loaded: %d callers", len(self._policies.table))
+        self._task = asyncio.create_task(self._follow(), name="keyledger-callers")
+
+    async def _partitions(self) -> list[TopicPartition]:
+        deadline = time.monotonic() + self._startup_timeout
+        while not (found := self._consumer.partitions_for_topic(Topic.KEYS_CALLERS.value)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic missing: {Topic.KEYS_CALLERS.value}")
+            await self._consumer._client.force_metadata_update()
+            await asyncio.sleep(0.2)
+        return [TopicPartition(Topic.KEYS_CALLERS.value, p) for p in sorted(found)]
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._poll(timeout_ms=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following through broker hiccups
+                log.warning("caller follower: %s", type(exc).__name__)
+                await asyncio.sleep(1)
+
+    async def _poll(self, timeout_ms: int) -> None:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
+        for records in batches.values():
+            for record in records:
+                await self._policies.apply(record.key, record.value)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
