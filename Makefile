@@ -1,6 +1,6 @@
 # Quick start: `make demo` and `make test`; both build the venv first.
 # `make demo` installs the runtime only; `make test` (and lint, unit, bench) add the `dev` extra:
-# test vectors, moto, hypothesis, ruff, mypy. Each install is a stamp that pyproject.toml invalidates.
+# test vectors, moto, hypothesis, ruff, mypy, and the pkcs11, gcp and azure providers' extras. Each install is a stamp that pyproject.toml invalidates.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin

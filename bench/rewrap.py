@@ -28,8 +28,8 @@ from workers.app.openbao import OpenBaoDevServer
 from workers.core import ids
 from workers.core.b64 import b64encode
 from workers.core.material import material_fingerprint
+from workers.kafka.material import KafkaMaterialStore
 from workers.kafka.publisher import Outgoing
-from workers.kafka.records import InboundRecord
 from workers.keys.audit import AuditTrail
 from workers.keys.cache import SingleFlightCache
 from workers.keys.service import KeyService
@@ -39,7 +39,9 @@ from workers.kms.aws import AwsKms
 from workers.kms.vault import TokenAuth, VaultKms
 from workers.ledger.memory import MemoryLedger
 from workers.ledger.records import key_account, tenant_account
+from workers.services.kek_retirement import KekRetirement
 from workers.services.rewrap import RewrapService
+from workers.source import Source
 
 BATCH = 1000  # ticks per handler call, as KEYLEDGER_KAFKA_BATCH_MAX
 
@@ -85,10 +87,10 @@ async def _populate(kms: Kms, tenants: int) -> KeyService:
 
 async def _rewrap_all(keys: KeyService, tenants: int, run: str) -> tuple[float, int, int]:
     """Seconds, keys re-wrapped and KMS requests for one manual run over every tenant."""
-    service = RewrapService(keys, keys.ledger, CountingPublisher())
+    service = RewrapService(keys, keys.ledger, KafkaMaterialStore(CountingPublisher()))
     audit = AuditTrail(keys.ledger)
     now = datetime.now(UTC)
-    ticks = [(InboundRecord("keys.rotation-ticks", 0, i, None, None),
+    ticks = [(Source("keys.rotation-ticks", 0, i),
               RotationTick(tick_id=f"{run}/tenant-{i:05d}", issued_at=now, tenant_id=f"tenant-{i:05d}",
                            action=TickAction.REWRAP, reason=RotationReason.MANUAL, parent_tick_id=run))
              for i in range(tenants)]
@@ -113,7 +115,7 @@ async def _vault(tenants: int) -> dict:
             _say(f"vault: {moved:,} keys re-wrapped to KEK v2 in {seconds:.1f}s: {moved / seconds:,.0f} keys/s "
                  f"({calls:,} Vault requests, transit/rewrap batches of {kms._batch_max})")
             started = time.perf_counter()
-            report = await RewrapService(keys, keys.ledger, CountingPublisher()).retire_unneeded()
+            report = await KekRetirement(keys, keys.ledger).retire_unneeded()
             retire_s = time.perf_counter() - started
             _say(f"vault: retirement proof over {moved:,} keys in {retire_s:.2f}s: {report[0]}")
         finally:

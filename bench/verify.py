@@ -47,11 +47,12 @@ from schemas.messages import KeyEvent, KeyEventType, KeyType
 from workers.core import ids
 from workers.core.b64 import b64encode
 from workers.core.signing import private_key_from_seed, public_key_bytes, signing_input
+from workers.groups.signer import parse_job, signed_value
 from workers.kafka.records import InboundRecord
 from workers.kafka.tap import produce
 from workers.kafka.topics import ensure_topics
 from workers.keystore.directory import KeyEntry, KeyState
-from workers.services.signing import _sign_each, _signed_outputs, parse_job
+from workers.services.signing import sign_each
 from workers.settings import Settings
 from workers.tools.verify import default_threads
 
@@ -107,8 +108,9 @@ def signed_spans(tenants: list[Tenant], spans: int) -> tuple[list[bytes], list[t
             messages.append(signing_input(job.tenant_id, tenant.key_id, job.span, known_plain=job.plain))
             keys.append(tenant.private)
             kept.append((tenant.entry, job))
-        signatures = _sign_each(keys, messages)
-        lines.extend(out.value for out in _signed_outputs(kept, signatures, signed_at))
+        signatures = sign_each(keys, messages)
+        lines.extend(signed_value(job, entry.key_id, signature, signed_at)
+                     for (entry, job), signature in zip(kept, signatures, strict=True))
         raw.extend((publics[entry.key_id], signature, message)
                    for (entry, _), signature, message in zip(kept, signatures, messages, strict=True))
     return lines, raw

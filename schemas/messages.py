@@ -76,7 +76,7 @@ class TickAction(StrEnum):
     """Raise each Vault transit key's min_decryption_version as far as no live key needs older versions."""
 
 
-KmsProviderName = Literal["aws", "vault", "local"]
+KmsProviderName = Literal["aws", "vault", "local", "pkcs11", "gcp", "azure"]
 
 
 class PiiOperation(StrEnum):
@@ -205,7 +205,7 @@ class KeyMaterial(_Message):
     kms_provider: KmsProviderName | None = None
     """The provider that wrapped `wrapped_key`; absent = `aws`."""
     kek_version: Annotated[int, Field(ge=1, lt=2**31)] | None = None
-    """The KMS key version that wrapped it, when the provider has versions (vault)."""
+    """The KMS key version that wrapped it, when the provider has versions (vault, pkcs11, gcp, azure)."""
 
 
 class KeyEvent(_Message):

@@ -43,7 +43,7 @@ settings.load_profile(os.environ.get("KLTEST_HYPOTHESIS_PROFILE", "dev"))
 # fixtures that start (or need) a broker, moto, TigerBeetle, OpenBao or a `keyledger run` process
 PROCESS_FIXTURES = frozenset({
     "kafka_bootstrap", "topics_ready", "moto_endpoint", "moto_kms_key", "aws_env", "tigerbeetle_address",
-    "openbao", "worker_process", "shared_worker", "shared_broker", "own_broker", "own_tigerbeetle", "durable_broker",
+    "openbao", "softhsm", "worker_process", "shared_worker", "shared_broker", "own_broker", "own_tigerbeetle", "durable_broker",
 })
 # fixture parameters that stand for such a process (the KMS contract's providers, the ledger's adapters)
 PROCESS_PARAMS = frozenset({("provider", "aws"), ("provider", "vault"), ("ledger", "tigerbeetle")})
@@ -63,6 +63,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             (name, value) in PROCESS_PARAMS for name, value in params.items() if isinstance(value, str))
         if uses_process and item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.integration)
+        if "softhsm" in getattr(item, "fixturenames", ()) and item.get_closest_marker("hsm") is None:
+            item.add_marker(pytest.mark.hsm)
 
 
 def _docker_engine() -> bool:
@@ -234,3 +236,24 @@ def shared_worker(shared_broker: str, aws_env: dict[str, str],
     workers = WorkerProcesses(shared_broker, tmp_path_factory.mktemp("shared-worker"), aws_env)
     yield workers.start(*SHARED_GROUPS)
     workers.stop_all()
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory) -> Iterator:
+    """A fresh SoftHSM2 token for this test session (tests/support/softhsm.py); skips, saying why, where
+    Debian's softhsm2 is not installed. SOFTHSM2_CONF is set for this process: the module reads it once."""
+    from tests.support.softhsm import init_token, softhsm_missing
+
+    missing = softhsm_missing()
+    if missing:
+        pytest.skip(missing)
+    token = init_token(tmp_path_factory.mktemp("softhsm"))
+    previous = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(token.conf)
+    try:
+        yield token
+    finally:
+        if previous is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = previous

@@ -13,18 +13,20 @@ LAYERS = {
     "workers": 0,  # the package itself: a docstring
     "workers.errors": 0,
     "workers.settings": 0,
+    "workers.source": 0,  # where a request came from, without the transport
     "workers.core": 1,
     "workers.kms": 2,
     "workers.ledger": 2,
     "workers.keystore": 2,
-    "workers.kafka": 2,
     "workers.keys": 3,
     "workers.client": 3,  # the caller side: proofs and sealed results (core), for services adopting callers
     "workers.services": 4,
-    "workers.groups": 5,
-    "workers.tools": 5,
-    "workers.app": 6,
+    "workers.kafka": 5,  # the transport: above the services, which take parsed requests and return results
+    "workers.groups": 6,
+    "workers.tools": 6,
+    "workers.app": 7,
 }
+TRANSPORT_FREE = ("workers.services", "workers.keys")  # decide without knowing where requests come from
 PURE = ("schemas", "workers.core")  # no I/O: nothing but the standard library, pydantic and crypto primitives
 IO_MODULES = ("aiokafka", "faststream", "aioboto3", "botocore", "tigerbeetle", "httpx", "socket", "subprocess")
 
@@ -67,6 +69,14 @@ def test_no_import_points_up_a_layer():
     assert upward == []
 
 
+def test_services_and_keys_import_nothing_of_the_transport():
+    # the groups parse records into requests and encode results; services and keys never see a record
+    transport_free = [name for name in MODULES if any(name == p or name.startswith(p + ".") for p in TRANSPORT_FREE)]
+    offenders = [f"{name}: {imp}" for name in transport_free for imp in _imports(MODULES[name])
+                 if imp == "workers.kafka" or imp.startswith("workers.kafka.") or imp.split(".")[0] in IO_MODULES[:2]]
+    assert offenders == []
+
+
 def test_no_import_cycle():
     cycles: list[list[str]] = []
     state: dict[str, int] = {}
@@ -98,6 +108,8 @@ def test_the_check_would_catch_an_upward_import():
     # the graph is read from the files themselves: a core module importing a service is seen
     assert _layer("workers.core.policy")[1] < _layer("workers.services.pii")[1]  # type: ignore[index]
     assert "workers.services.outcome" in GRAPH["workers.services.pii"]
+    # and a service importing the transport would point up a layer
+    assert _layer("workers.services.pii")[1] < _layer("workers.kafka.records")[1]  # type: ignore[index]
 
 
 def test_only_the_app_layer_imports_metrics_or_tracing_libraries():

@@ -40,6 +40,9 @@ class KmsProvider(StrEnum):
     AWS = "aws"
     VAULT = "vault"
     LOCAL = "local"
+    PKCS11 = "pkcs11"
+    GCP = "gcp"
+    AZURE = "azure"
 
 
 class VaultAuthMethod(StrEnum):
@@ -299,7 +302,7 @@ class KmsSettings(Section):
     ENV_NAMES: ClassVar[dict[str, str]] = {"local_kek": "LOCAL_KEK"}
     SECRETS = frozenset({"local_kek"})
 
-    provider: KmsProvider = Field(KmsProvider.LOCAL, description="`aws` (AWS KMS API), `vault` (Vault/OpenBao Transit) or `local` (a development KEK; only `keyledger dev`/`demo` or the dev profile).")
+    provider: KmsProvider = Field(KmsProvider.LOCAL, description="`aws` (AWS KMS API), `vault` (Vault/OpenBao Transit), `pkcs11` (an HSM over PKCS#11), `gcp` (Google Cloud KMS), `azure` (Azure Key Vault / Managed HSM) or `local` (a development KEK; only `keyledger dev`/`demo` or the dev profile).")
     providers: str = Field("", description="Every KMS provider this process unwraps with, comma separated (e.g. `aws,vault` while migrating); KEYLEDGER_KMS_PROVIDER, where new keys go, is always one of them.")
     key_id: str | None = Field(None, description="Default KMS key (ARN or alias) that wraps tenant keys.")
     timeout: float = Field(5.0, gt=0, le=120, description="Seconds before one KMS call times out.")
@@ -569,12 +572,18 @@ def _unknown(name: str) -> str:
     return f"{env} is not a keyledger setting ({hint}): rename or unset it"
 
 
+# Read by each KMS provider's own settings class (Pkcs11Settings, GcpSettings, AzureSettings in
+# workers/kms/<provider>.py, built by workers/kms/factory.py) until those join the tree as sections.
+PROVIDER_ENV_PREFIXES = ("KEYLEDGER_PKCS11_", "KEYLEDGER_GCP_", "KEYLEDGER_AZURE_")
+
+
 class _Environment(PydanticBaseSettingsSource):
-    """Every KEYLEDGER_* variable under its flat name; names that are no setting are refused by Settings."""
+    """Every KEYLEDGER_* variable under its flat name (but the providers' own, PROVIDER_ENV_PREFIXES);
+    names that are no setting are refused by Settings."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ reads the whole environment at once
 
     def __call__(self) -> dict[str, Any]:
         return {name[len(ENV_PREFIX):].lower(): value for name, value in os.environ.items()
-                if name.upper().startswith(ENV_PREFIX)}
+                if name.upper().startswith(ENV_PREFIX) and not name.upper().startswith(PROVIDER_ENV_PREFIXES)}

@@ -179,7 +179,7 @@ def test_the_production_refusal_has_no_pydantic_prefix():
 
 @pytest.mark.parametrize(("name", "value", "says"), [
     ("KEYLEDGER_LEDGER", "postgres", "input should be 'tigerbeetle' or 'memory'"),
-    ("KEYLEDGER_KMS_PROVIDER", "gcp", "input should be"),
+    ("KEYLEDGER_KMS_PROVIDER", "ibm", "input should be"),  # gcp is a provider since issue 28
     ("KEYLEDGER_PROFILE", "staging", "input should be 'dev' or 'production'"),
     ("KEYLEDGER_ROTATION_AGE", "ninety days", "input should be a valid integer"),
 ])

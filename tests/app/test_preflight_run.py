@@ -47,6 +47,32 @@ async def test_the_local_kms_needs_no_check():
     assert await check_kms(Settings(), ["keyledger-keygen"]) == []
 
 
+async def test_a_pkcs11_token_is_checked_by_wrapping_or_describing_under_the_default_key(softhsm, monkeypatch):
+    for name, value in softhsm.env().items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(kms_provider="pkcs11")
+    assert await check_kms(settings, ["keyledger-keygen", "keyledger-signer"]) == []
+    assert await check_kms(settings, ["keyledger-signer"]) == []
+
+
+async def test_a_key_store_that_refuses_or_is_out_of_reach_is_one_line_naming_its_settings():
+    from tests.support.faults import SwitchableKms
+    from workers.app.preflight import _key_store_problems
+    from workers.kms.local import LocalKms
+    from workers.settings import KmsProvider
+
+    refusing = LocalKms()
+    await refusing.schedule_key_deletion(refusing.default_key_id, 7)  # the local KMS then refuses that key
+    [line] = await _key_store_problems(KmsProvider.GCP, refusing, ["keyledger-keygen"])
+    assert line.startswith(f"KEYLEDGER_KMS_PROVIDER=gcp: a data key wrapped under {refusing.default_key_id} "
+                           "for keyledger-keygen was refused")
+    assert line.endswith("check the KEYLEDGER_GCP_* settings (docs/runbooks/gcp.md)")
+    down = SwitchableKms()
+    down.down = True
+    [line] = await _key_store_problems(KmsProvider.AZURE, down, ["keyledger-keygen", "keyledger-pii"])
+    assert "for keyledger-keygen could not reach it" in line and "KEYLEDGER_AZURE_*" in line
+
+
 def policy(openbao, name: str, ops: tuple[str, ...], key: str) -> str:
     """A token whose policy allows `update` on transit/<op>/<key> for each op."""
     hcl = "\n".join(f'path "transit/{op}/{key}" {{ capabilities = ["update"] }}' for op in ops)

@@ -49,6 +49,11 @@ def test_the_kek_version_is_read_from_the_wrapped_bytes():
     assert wrapped_kek_version(vault) == 12  # the blob, which the KMS judges, not the field
     assert wrapped_kek_version(RECORD) is None
     assert wrapped_kek_version(RECORD.model_copy(update={"wrapped_key": "not base64!"})) is None
+    hsm = RECORD.model_copy(update={"kms_provider": "pkcs11", "kek_version": 3,
+                                    "wrapped_key": b64encode(b"KLH1\0\0\0\x07" + b"A" * 80)})
+    assert wrapped_kek_version(hsm) == 7  # the header selects the token object that unwraps: the KMS judges it
+    assert wrapped_kek_version(hsm.model_copy(update={"kms_provider": None})) is None  # an aws blob never has one
+    assert wrapped_kek_version(hsm.model_copy(update={"wrapped_key": b64encode(b"KLH1\0\0\0\0")})) is None
 
 
 def test_the_record_accepted_last_wins_whatever_the_order_of_candidates():

@@ -157,15 +157,15 @@ async def test_a_crash_between_the_new_record_and_its_transfer_leaves_a_record_n
 async def test_a_tenant_deleted_while_its_keys_are_rewrapped_stays_shredded(harness):
     context, broker, captured = harness
     service = context.groups["keyledger-rotation"].rewrap
-    publish = service._publish
+    write = service._write_material
 
     async def publish_then_shred(done):
-        await publish(done)
+        await write(done)
         # the tenant is deleted between the new records and their transfers (another group, another process)
         deleted = json.dumps({"event_id": "bye", "tenant_id": "acme", "occurred_at": datetime.now(UTC).isoformat()})
         await broker.publish(deleted.encode(), "tenants.deleted", key=b"acme")
 
-    service._publish = publish_then_shred
+    service._write_material = publish_then_shred
     await broker.publish(rewrap_tick("rw-1", "acme"), "keys.rotation-ticks", key=b"acme")
     for entry in context.directory.tenant_keys("acme"):
         last = [v for k, v in captured.by_topic["keys.material"] if k == entry.key_id.encode()][-1]

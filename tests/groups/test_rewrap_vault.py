@@ -141,7 +141,7 @@ async def test_a_manual_rewrap_of_one_tenant_leaves_the_others_and_blocks_retire
         for record in latest_records(captured).values():
             versions[record.tenant_id].add(record.kek_version)
         assert versions == {"acme": {2}, "globex": {1}, "initech": {1}}
-        lines = await context.groups["keyledger-rotation"].rewrap.retire_unneeded()
+        lines = await context.groups["keyledger-rotation"].retirement.retire_unneeded()
         assert await kms.kek_versions() == (2, 1)
         [line] = lines
         assert line.startswith(f"vault KEK {key}: min_decryption_version stays v1 (oldest version in use: v1, by key ")

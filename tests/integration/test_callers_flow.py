@@ -24,8 +24,9 @@ from workers.client import CallerCredential
 from workers.core.b64 import b64encode, b64url_encode
 from workers.core.callers import CallerTable, caller_id_for, operator_public_key, sign_policy
 from workers.core.canonical import canonical_json
+from workers.kafka.follow import TopicFollower
 from workers.kafka.tap import produce
-from workers.keystore.callers import CallerFollower, CallerPolicies
+from workers.keystore.callers import CallerPolicies
 from workers.kms.local import LocalKms
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,8 @@ async def test_caller_add_is_accepted_a_forgery_refused_and_revoke_followed(topi
         (caller_id.encode(), canonical_json(sign_policy(raised, intruder)))])
 
     policies = CallerPolicies(CallerTable(), kms, operator_public_key(operator_pub))
-    follower = CallerFollower(topics_ready, policies, startup_timeout=60)
+    follower = TopicFollower(topics_ready, [Topic.KEYS_CALLERS.value], lambda _topic, key, value: policies.apply(key, value),
+                             client_id="keyledger-callers", startup_timeout=60)
     with caplog.at_level(logging.WARNING, logger="keyledger.callers"):
         await follower.start()
     try:

@@ -6,9 +6,9 @@ import pytest
 from schemas.errors import ErrorCode, ErrorInfo
 from schemas.messages import DeadLetter, PiiRequest, RotationTick, SpanToSign, TenantCreated, TenantDeleted
 from workers.errors import BadInput
+from workers.groups.signer import parse_job
 from workers.kafka.letters import DeadLetters
 from workers.kafka.records import InboundRecord, parse
-from workers.services.signing import parse_job
 
 
 def record(value: bytes | None, key: bytes | None = b"acme") -> InboundRecord:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from workers.kafka.records import InboundRecord
 from workers.keys.patience import TenantPatience
+from workers.source import Source
 
 
-def record(offset: int) -> InboundRecord:
-    return InboundRecord("spans.to-sign", 0, offset, b"t", b"{}")
+def record(offset: int) -> Source:
+    return Source("spans.to-sign", 0, offset)
 
 
 class Clock:

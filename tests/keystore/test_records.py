@@ -20,7 +20,7 @@ from workers.core.b64 import b64encode
 from workers.core.ids import key_id_for
 from workers.core.material import material_fingerprint
 from workers.keystore.directory import KeyDirectory
-from workers.keystore.follower import KeyFollower
+from workers.keystore.follower import KeyRecords
 
 CHECK = settings(max_examples=400, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -121,7 +121,7 @@ def test_an_event_is_taken_exactly_when_the_model_takes_it(raw):
 
 async def test_the_follower_ignores_malformed_records_with_a_warning(caplog):
     d = KeyDirectory()
-    follower = KeyFollower("127.0.0.1:1", d)  # never started: records are handed to it
+    follower = KeyRecords(d)
     good = KeyMaterial(key_id=key_id_for("acme", "signing", 1), tenant_id="acme", key_type="signing", version=1,
                        kms_key_id="alias/k", wrapped_key=b64encode(b"w" * 184), created_at="2026-01-01T00:00:00Z")
     bad_tenant = json.loads(good.to_json()) | {"tenant_id": "no spaces allowed"}
@@ -137,4 +137,3 @@ async def test_the_follower_ignores_malformed_records_with_a_warning(caplog):
     assert d.get(good.key_id).newest == good and len(caplog.records) == 7
     follower.apply("keys.material", good.key_id.encode(), None)
     assert d.get(good.key_id).material is None
-    await follower.aclose()

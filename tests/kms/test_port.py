@@ -13,7 +13,10 @@ from tests.support.kms import CALLS, PROPERTIES, Recording, call_port_method, po
 from workers.app.observability.ports import MeteredKms
 from workers.kms import KmsCapabilities, is_shared_key
 from workers.kms.aws import AwsKms
+from workers.kms.azure import AzureKms
+from workers.kms.gcp import GcpKms
 from workers.kms.local import LocalKms
+from workers.kms.pkcs11 import Pkcs11Kms
 from workers.kms.router import KmsRouter
 from workers.kms.vault import VaultKms
 
@@ -56,7 +59,10 @@ def test_each_adapter_declares_its_capabilities_in_its_class():
     for adapter, expected in ((LocalKms, KmsCapabilities("local")),
                               (AwsKms, KmsCapabilities("aws", native_rewrap=True)),
                               (VaultKms, KmsCapabilities("vault", batching=True, native_rewrap=True,
-                                                         kek_versions=True))):
+                                                         kek_versions=True)),
+                              (Pkcs11Kms, KmsCapabilities("pkcs11", kek_versions=True)),
+                              (GcpKms, KmsCapabilities("gcp", kek_versions=True)),
+                              (AzureKms, KmsCapabilities("azure", kek_versions=True))):
         assert vars(adapter)["capabilities"] == expected
         assert not inspect.isabstract(adapter)
 

@@ -1,10 +1,11 @@
-"""The two hot paths that bypass the models agree with them, value for value.
+"""The hot paths that do not go through a model's own JSON agree with it, value for value.
 
-- `services.signing.parse_job` (json.loads plus hand-written checks) accepts a `spans.to-sign` value
-  exactly when `SpanToSign.model_validate_json` does, with the same job_id/tenant_id/span, and refuses
-  with the code the model's error implies (`not_json` when it cannot parse, else `invalid_message`).
-- `services.pii._result`/`_json` (a dict dumped by json) writes exactly the bytes of
-  `PiiResult(...).to_json()` for the same values.
+- `groups.signer.parse_job` (the I-JSON reader that also tells plainness, then `SpanToSign.model_validate`)
+  accepts a `spans.to-sign` value exactly when `SpanToSign.model_validate_json` does, with the same
+  job_id/tenant_id/span, and refuses with the code the model's error implies (`not_json` when it cannot
+  parse, else `invalid_message`).
+- `groups.signer.signed_value` (the request as it arrived plus a spliced signature member) reads back as
+  the `SignedSpan` the model would write, extras and all.
 
 Inputs are I-JSON text (UTF-8, no duplicate member names): those two rules are issue 9's and the model
 cannot see a duplicate name at all, so inputs breaking them are set aside here (`assume`), not judged.
@@ -13,7 +14,7 @@ cannot see a duplicate name at all, so inputs breaking them are set aside here (
 from __future__ import annotations
 
 import json
-from random import Random
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -22,15 +23,16 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas.errors import ErrorCode, ErrorInfo
-from schemas.messages import PiiOperation, PiiRequest, PiiResult, SpanToSign
-from tests.support.strategies import finite_scalars, json_objects, json_values, models, tenant_ids
+from schemas.errors import ErrorCode
+from schemas.messages import Signature, SignedSpan, SpanToSign
+from tests.support.strategies import finite_scalars, json_objects, json_values, tenant_ids
+from workers.core.b64 import b64url_encode
 from workers.core.canonical import CanonicalizationError, NotIJson, loads_ijson
 from workers.core.signing import signing_input
 from workers.errors import KeyledgerError
+from workers.groups.signer import MAX_DEPTH, parse_job, signed_value
 from workers.kafka.records import InboundRecord
-from workers.services.pii import _error, _json, _result
-from workers.services.signing import MAX_DEPTH, Job, parse_job
+from workers.services.signing import Job
 
 CHECK = settings(max_examples=300, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -260,54 +262,24 @@ def test_the_plainness_known_at_parse_time_never_changes_the_signed_bytes(value:
     assert signing_input(job.tenant_id, KEY_ID, job.span, known_plain=job.plain) == reference
 
 
-# --- pii.results --------------------------------------------------------------------------------------
+# --- spans.signed: the splice and the model ---------------------------------------------------------
 
-errors_info = st.builds(ErrorInfo, type=st.sampled_from(ErrorCode), message=st.text(max_size=40) | st.text(max_size=2000))
-key_ids = st.from_regex(r"^[0-9a-f]{32}$", fullmatch=True)
-
-
-@st.composite
-def outcomes(draw: st.DrawFn) -> dict[str, Any]:
-    """What PiiService._serve hands `_result`: a whole-request error, or per-field outputs and errors."""
-    if draw(st.booleans()):
-        return {"error": draw(errors_info)}
-    paths = st.text(min_size=1, max_size=20)
-    return {
-        "fields": draw(st.none() | st.dictionaries(paths, st.text(max_size=60), max_size=4)),
-        "errors": draw(st.none() | st.dictionaries(paths, errors_info, min_size=1, max_size=3)),
-        "key_id": draw(st.none() | key_ids),
-    }
+signed_ats = st.datetimes(timezones=st.just(UTC)).map(lambda t: t.isoformat().replace("+00:00", "Z"))
 
 
 @CHECK
-@given(models(PiiRequest), outcomes(), st.randoms())
-@example(PiiRequest(job_id="j\u2028\x00é😀", tenant_id="t", record_id="r\"\\", operation=PiiOperation.ENCRYPT,
-                    fields={}), {"fields": {"a\x1f": "\x7f"}, "errors": None, "key_id": KEY_ID}, Random(0))
-def test_the_fast_pii_result_is_byte_for_byte_the_model(request: PiiRequest, outcome: dict[str, Any], rnd: Random):
-    error = outcome.get("error")
-    errors = outcome.get("errors")
-    values = {
-        "fields": outcome.get("fields"),
-        "key_id": outcome.get("key_id"),
-        "errors": {path: _error(info) for path, info in errors.items()} if errors is not None else None,
-        "error": _error(error) if error is not None else None,
-    }
-    order = rnd.sample(list(values), len(values))  # whatever order the service passes them in
-    fast = _json(_result(request, **{name: values[name] for name in order}))
-    model = PiiResult(
-        job_id=request.job_id, tenant_id=request.tenant_id, record_id=request.record_id, operation=request.operation,
-        fields=outcome.get("fields") or {}, key_id=outcome.get("key_id"), errors=errors, error=error,
-    )
-    assert PiiResult.model_validate_json(fast) == model
-    assert fast == model.to_json()
-
-
-def test_the_byte_comparison_would_see_a_member_out_of_order():
-    request = PiiRequest(job_id="j", tenant_id="t", record_id="r", operation=PiiOperation.DECRYPT, fields={})
-    error = ErrorInfo(type=ErrorCode.KEY_NOT_FOUND, message="no")
-    fast = _result(request, fields={}, key_id=KEY_ID, errors={"a": _error(error)})
-    swapped = {k: fast[k] for k in ["job_id", "tenant_id", "record_id", "operation", "fields", "errors", "key_id"]}
-    model = PiiResult(job_id="j", tenant_id="t", record_id="r", operation=PiiOperation.DECRYPT, key_id=KEY_ID,
-                      errors={"a": error})
-    assert _json(fast) == model.to_json()
-    assert PiiResult.model_validate_json(_json(swapped)) == model and _json(swapped) != model.to_json()
+@given(valid_values(), st.binary(min_size=64, max_size=64), signed_ats, st.booleans())
+def test_the_spliced_signed_span_is_the_models_signed_span(value: dict[str, Any], signature: bytes, signed_at: str,
+                                                          indented: bool):
+    raw = json.dumps(value, indent=2 if indented else None).encode() + (b"\n " if indented else b"")
+    job = fast_verdict(raw)
+    assume(isinstance(job, Job))
+    assert isinstance(job, Job)
+    spliced = signed_value(job, KEY_ID, signature, signed_at)
+    extras = {k: v for k, v in value.items() if k not in ("job_id", "tenant_id", "span")}
+    model = SignedSpan(job_id=job.job_id, tenant_id=job.tenant_id, span=job.span, **extras,
+                       signature=Signature(key_id=KEY_ID, value=b64url_encode(signature), signed_at=signed_at))
+    assert SignedSpan.model_validate_json(spliced) == model
+    # the same members and values (json.dumps tells 1 from 1.0), null extras too (the request as it arrived);
+    # the splice keeps the request's member order
+    assert json.dumps(json.loads(spliced), sort_keys=True) == json.dumps(json.loads(model.model_dump_json()), sort_keys=True)

@@ -14,8 +14,10 @@ import pytest
 from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyMaterial, KeyType
 from schemas.topics import Topic
 from workers.errors import Unavailable
+from workers.groups.audit_digest import digest_record
 from workers.groups.base import Emitter
 from workers.kafka.letters import DeadLetters
+from workers.kafka.material import KafkaMaterialStore
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord
 from workers.keys.audit import AuditTrail
@@ -25,7 +27,13 @@ from workers.keys.versions import VersionMaker
 from workers.keystore.directory import KeyDirectory
 from workers.kms.local import LocalKms
 from workers.ledger.memory import MemoryLedger
-from workers.services.digest import DigestKeyUnavailable, DigestLogUnavailable, DigestService
+from workers.services.digest import (
+    AuditRecord,
+    DigestKeyUnavailable,
+    DigestLogUnavailable,
+    DigestService,
+    SignedDigest,
+)
 from workers.settings import Settings
 from workers.tools.audit_check import Logged, check_chain
 from workers.tools.verify import PublicKeyBook
@@ -77,28 +85,33 @@ class Stack:
         self.ledger = ledger or MemoryLedger()
         self.directory = directory or KeyDirectory()
         self.keys = KeyService(self.directory, LocalKms(), self.ledger, SingleFlightCache(ttl=60, max_entries=10))
-        self.emit = Emitter("keyledger-audit-digest", AuditTrail(self.ledger), topics, self.keys,
-                            DeadLetters.of("keyledger-audit-digest", Settings()))
+        self.emit: Emitter[SignedDigest] = Emitter(
+            "keyledger-audit-digest", AuditTrail(self.ledger), topics, self.keys,
+            DeadLetters.of("keyledger-audit-digest", Settings()), encode=digest_record)
 
         async def read_digests() -> list[bytes | None]:
             self.reads += 1
             return topics.values(Topic.KMS_AUDIT_DIGESTS)
 
         self.reads = 0
-        self.service = DigestService(self.keys, VersionMaker(self.keys, self.ledger, topics), read_digests,
+        self.service = DigestService(self.keys, VersionMaker(self.keys, self.ledger, KafkaMaterialStore(topics)), read_digests,
                                      interval=300, max_records=max_records, clock=self.clock)
 
     async def seal(self) -> list[int]:
         due = self.service.due()
         if due:
-            await self.emit(await self.service.ensure_key(due))
-            await self.emit(await self.service.seal(due))
+            await self.emit((), await self.service.ensure_key(due))
+            await self.emit((), await self.service.seal(due))
         return due
 
 
 def audit(partition: int, offsets: Iterable[int]) -> list[InboundRecord]:
     return [InboundRecord(Topic.KMS_AUDIT.value, partition, o, b"t", json.dumps({"n": o, "p": partition}).encode())
             for o in offsets]
+
+
+def taken(records: list[InboundRecord]) -> list[AuditRecord]:
+    return [(r.source, r.value) for r in records]
 
 
 def book_of(topics: Topics) -> PublicKeyBook:
@@ -118,7 +131,7 @@ async def test_runs_wait_for_the_interval_then_make_one_signed_linked_digest_per
     topics = Topics()
     stack = Stack(topics)
     records = audit(0, range(3)) + audit(1, range(2))
-    await stack.service.take(records)
+    await stack.service.take(taken(records))
     assert stack.service.due() == [] and stack.service.held() == {}  # nothing digested: nothing committable
     stack.clock.now += 300
     assert await stack.seal() == [0, 1]
@@ -141,7 +154,7 @@ async def test_a_digest_never_covers_more_than_its_record_limit():
     topics = Topics()
     stack = Stack(topics, max_records=3)
     records = audit(0, range(7))
-    await stack.service.take(records)
+    await stack.service.take(taken(records))
     assert await stack.seal() == [0]  # two full runs are due at once, without waiting for the interval
     assert [(d["first_offset"], d["last_offset"]) for d in topics.digests()] == [(0, 2), (3, 5)]
     assert stack.service.held() == {0: 6}
@@ -154,13 +167,13 @@ async def test_a_digest_never_covers_more_than_its_record_limit():
 async def test_a_restart_continues_the_chain_from_the_topic_and_skips_what_is_covered():
     topics = Topics()
     first = Stack(topics)
-    await first.service.take(audit(0, range(5)))
+    await first.service.take(taken(audit(0, range(5))))
     first.clock.now += 300
     await first.seal()
 
     # a new process, same topics: the redelivered records 0..4 (never committed, say) are skipped
     second = Stack(topics, ledger=first.ledger, directory=_replayed_directory(topics))
-    await second.service.take(audit(0, range(8)))
+    await second.service.take(taken(audit(0, range(8))))
     assert second.reads == 1 and second.service.skipped == 5 and second.service.taken == 3
     assert second.service.held() == {0: 5}
     second.clock.now += 300
@@ -173,14 +186,14 @@ async def test_a_restart_continues_the_chain_from_the_topic_and_skips_what_is_co
 async def test_a_failed_publish_is_retried_with_the_same_bytes_and_commits_wait_for_it():
     topics = Topics()
     stack = Stack(topics)
-    await stack.service.take(audit(0, range(4)))
+    await stack.service.take(taken(audit(0, range(4))))
     stack.clock.now += 300
     topics.fail_digests = 1
     with pytest.raises(Unavailable):
         await stack.seal()
     assert topics.digests() == [] and stack.service.held() == {}
     failed = stack.service.signed
-    await stack.service.take(audit(0, range(4, 6)))  # more records arrive meanwhile
+    await stack.service.take(taken(audit(0, range(4, 6))))  # more records arrive meanwhile
     stack.clock.now += 300
     await stack.seal()
     digests = topics.digests()
@@ -192,7 +205,7 @@ async def test_a_failed_publish_is_retried_with_the_same_bytes_and_commits_wait_
 async def test_a_byte_identical_republish_counts_once():
     topics = Topics()
     stack = Stack(topics)
-    await stack.service.take(audit(0, range(2)))
+    await stack.service.take(taken(audit(0, range(2))))
     stack.clock.now += 300
     await stack.seal()
     topics.records[Topic.KMS_AUDIT_DIGESTS] *= 2
@@ -203,25 +216,25 @@ async def test_a_byte_identical_republish_counts_once():
 async def test_a_forgotten_partition_is_read_again_from_the_topic():
     topics = Topics()
     stack = Stack(topics)
-    await stack.service.take(audit(0, range(3)))
+    await stack.service.take(taken(audit(0, range(3))))
     stack.clock.now += 300
     await stack.seal()
-    await stack.service.take(audit(0, range(3, 5)))
+    await stack.service.take(taken(audit(0, range(3, 5))))
     stack.service.forget([0])
     assert stack.service.held() == {} and stack.service.due() == []
-    await stack.service.take(audit(0, range(5)))  # the next owner's view: redelivered from the commit
+    await stack.service.take(taken(audit(0, range(5))))  # the next owner's view: redelivered from the commit
     assert stack.reads == 2 and stack.service.held() == {0: 3}
 
 
 async def test_an_unusable_digest_key_makes_records_wait_not_dead_letters():
     topics = Topics()
     first = Stack(topics)
-    await first.service.take(audit(0, range(2)))
+    await first.service.take(taken(audit(0, range(2))))
     first.clock.now += 300
     await first.seal()
     # another process whose ledger never saw the key: unwrapping is refused, so it cannot sign
     stranger = Stack(topics, directory=_replayed_directory(topics))
-    await stranger.service.take(audit(0, range(2, 4)))
+    await stranger.service.take(taken(audit(0, range(2, 4))))
     stranger.clock.now += 300
     with pytest.raises(DigestKeyUnavailable):
         await stranger.seal()
@@ -236,7 +249,7 @@ async def test_an_unreadable_digest_topic_makes_records_wait():
 
     stack.service._read_digests = broken
     with pytest.raises(DigestLogUnavailable):
-        await stack.service.take(audit(0, range(1)))
+        await stack.service.take(taken(audit(0, range(1))))
 
 
 def _replayed_directory(topics: Topics) -> KeyDirectory:

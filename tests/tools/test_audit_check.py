@@ -19,7 +19,7 @@ async def recorded(ledger: MemoryLedger, tenant: str = "acme") -> list[bytes]:
     await ledger.create_accounts([tenant_account(tenant), key_account(tenant, key_id, KeyType.SIGNING, 1, 99)])
     ops = [OpRecord(ids.transfer_id(op, key_id, n), tenant, key_id, op, SOURCE, count=n)
            for n, op in ((1, Op.GENERATE), (40, Op.SIGN), (2, Op.SIGN))]
-    return [o.value for o in await AuditTrail(ledger).record(ops)]
+    return [value for _, value in await AuditTrail(ledger).record(ops)]
 
 
 async def test_a_faithful_replay_agrees_even_with_duplicates():

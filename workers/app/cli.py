@@ -257,7 +257,7 @@ def _add_migrate(verbs: Any) -> None:
                                 "own KMS key are not moved. Prints how many keys remain elsewhere: remove the old\n"
                                 "provider only when none does. Exits 1 while any remains.",
                     example="keyledger migrate --to vault")
-    migrate.add_argument("--to", required=True, choices=["aws", "vault"], help="the provider every key moves to")
+    migrate.add_argument("--to", required=True, choices=["aws", "vault", "pkcs11", "gcp", "azure"], help="the provider every key moves to")
 
 
 def _migrate(args: argparse.Namespace) -> int:

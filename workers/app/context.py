@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,13 +24,14 @@ from workers.groups.pii import PiiGroup
 from workers.groups.signer import SignerGroup
 from workers.kafka.broker import build_broker, start_concurrently
 from workers.kafka.consume import BatchRunner, ConsumerGroup, run_group
+from workers.kafka.follow import TopicFollower
 from workers.kafka.publisher import BrokerPublisher, KafkaPublisher, Publisher
 from workers.keys.audit import AuditTrail
 from workers.keys.cache import SingleFlightCache
 from workers.keys.patience import TenantPatience
 from workers.keys.service import KeyService, SecretKey
 from workers.keystore.directory import KeyDirectory
-from workers.keystore.follower import KeyFollower
+from workers.keystore.follower import FOLLOWED, KeyRecords
 from workers.kms import Kms
 from workers.kms.factory import open_kms
 from workers.ledger import Ledger
@@ -56,7 +58,7 @@ class ProcessContext:
     directory: KeyDirectory
     keys: KeyService
     audit: AuditTrail
-    follower: KeyFollower | None = None
+    follower: TopicFollower | None = None
     observability: Observability = field(default_factory=Observability)
     groups: dict[str, ConsumerGroup] = field(default_factory=dict)
     runners: list[BatchRunner] = field(default_factory=list)
@@ -93,7 +95,8 @@ class ProcessContext:
             ttl=settings.cache.private_ttl, max_entries=settings.cache.max_entries
         )
         keys = KeyService(directory, metered_kms, metered_ledger, secrets, TenantPatience(settings.limits.key_table_wait))
-        follower = KeyFollower(bootstrap, directory, startup_timeout=settings.limits.startup_timeout) if follow else None
+        follower = TopicFollower(bootstrap, FOLLOWED, KeyRecords(directory).apply, client_id="keyledger-keystore",
+                                 startup_timeout=settings.limits.startup_timeout, bulk_load=True) if follow else None
         context = cls(settings, broker, publisher, metered_kms, metered_ledger, directory, keys,
                       AuditTrail(metered_ledger), follower, observability, bootstrap=bootstrap)
         observability.watch(context.runners, secrets, directory, adapter, settings.limits.encrypt_limit)
@@ -116,7 +119,7 @@ class ProcessContext:
     def stats(self) -> dict[str, Any]:
         """Counters safe to log: no key material, no payloads."""
         figures: dict[str, Any] = {
-            "kms_calls": getattr(self.kms, "calls", None),
+            "kms_calls": self.kms.calls,
             "published": self.publisher.published,
             "cache_hits": self.keys.secrets.hits,
             "cache_misses": self.keys.secrets.misses,
@@ -129,7 +132,10 @@ class ProcessContext:
     async def start(self) -> None:
         """Load the key table first, then connect the producer and start consuming."""
         if self.follower is not None:
+            started = time.monotonic()
             await self.follower.start()
+            log.info("key table loaded: %d keys from %d records in %.1fs", len(self.directory), self.follower.read,
+                     time.monotonic() - started)
         self.key_table_loaded = True
         await self.publisher.start()
         await start_concurrently(self.broker)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from schemas.messages import KeyType
 from workers.errors import ConfigError
-from workers.kms import Kms, KmsRefused, KmsUnavailable, encryption_context
+from workers.kms import Kms, KmsError, KmsRefused, KmsUnavailable, encryption_context
 from workers.ledger.addresses import resolved_tb_addresses
 from workers.settings import (
     KAFKA_DEFAULT_PORT,
@@ -249,8 +249,10 @@ async def check_kms(settings: Settings, groups: Sequence[str]) -> list[str]:
             async with asyncio.timeout(KMS_PROBE_TIMEOUT):
                 if provider is KmsProvider.AWS:
                     problems += await _aws_problems(settings, kms, groups)
-                else:
+                elif provider is KmsProvider.VAULT:
                     problems += await _vault_problems(settings, kms, groups)
+                else:
+                    problems += await _key_store_problems(provider, kms, groups)
         except TimeoutError:
             problems.append(f"KEYLEDGER_KMS_PROVIDER={provider.value}: no answer within {KMS_PROBE_TIMEOUT:g}s "
                             f"({_kms_where(settings, provider)}): check that address and the network")
@@ -324,9 +326,30 @@ async def _vault_problems(settings: Settings, kms: Kms, groups: Sequence[str]) -
     return problems
 
 
+async def _key_store_problems(provider: KmsProvider, kms: Kms, groups: Sequence[str]) -> list[str]:
+    """pkcs11, gcp, azure: keygen and rotation wrap a data key under the default key; any other group
+    reads the default key (its identity), which proves reach, credentials and that the key exists."""
+    generating = sorted(GENERATING & set(groups))
+    operation = "a data key wrapped" if generating else "the key described"
+    tried = f"{operation} under {kms.default_key_id} for {', '.join(generating or groups)}"
+    try:
+        if generating:
+            context = encryption_context(PREFLIGHT_TENANT, PREFLIGHT_KEY_ID, KeyType.ENCRYPTION)
+            await kms.generate_data_key(None, context)  # the data key is dropped unused
+        else:
+            await kms.describe_key(kms.default_key_id)
+        return []
+    except KmsError as exc:
+        kind = "was refused" if isinstance(exc, KmsRefused) else "could not reach it"
+        return [f"KEYLEDGER_KMS_PROVIDER={provider.value}: {tried} {kind} ({exc}): check the "
+                f"KEYLEDGER_{provider.value.upper()}_* settings (docs/runbooks/{provider.value}.md)"]
+
+
 def _kms_where(settings: Settings, provider: KmsProvider) -> str:
     if provider is KmsProvider.VAULT:
         return f"KEYLEDGER_VAULT_ADDR={settings.kms.vault.addr}"
+    if provider not in (KmsProvider.AWS, KmsProvider.LOCAL):
+        return f"the KEYLEDGER_{provider.value.upper()}_* settings"
     endpoint = f"KEYLEDGER_KMS_ENDPOINT_URL={settings.kms.aws.endpoint_url}" if settings.kms.aws.endpoint_url else "AWS"
     return f"region {settings.kms.aws.region}, {endpoint}"
 

@@ -28,6 +28,7 @@ from workers.core.canonical import canonical_json
 _PINNED_FIELDS = ("key_id", "tenant_id", "key_type", "version", "kms_key_id", "wrapped_key", "public_key")
 DEFAULT_PROVIDER = "aws"  # a record without kms_provider was wrapped by AWS KMS (design contract)
 _VAULT_BLOB = re.compile(rb"vault:v([1-9][0-9]{0,9}):")
+_PKCS11_BLOB = b"KLH1"  # then the KEK version (4 bytes, big-endian) whose token object unwraps the rest
 T = TypeVar("T")
 
 
@@ -48,12 +49,16 @@ def provider_name(material: KeyMaterial) -> str:
 
 
 def wrapped_kek_version(material: KeyMaterial) -> int | None:
-    """The KEK version read from the wrapped bytes themselves (Vault's `vault:vN:` prefix), else None.
+    """The KEK version read from the wrapped bytes themselves (Vault's `vault:vN:` prefix, the pkcs11
+    provider's `KLH1` + version header), else None (gcp, azure: versions the blob does not show).
     The blob, not the `kek_version` field, is what the KMS will judge, so retirement proofs read this."""
     try:
         raw = b64decode(material.wrapped_key)
     except (binascii.Error, ValueError):
         return None
+    if provider_name(material) == "pkcs11":
+        version = int.from_bytes(raw[4:8], "big") if raw[:4] == _PKCS11_BLOB and len(raw) > 8 else 0
+        return version or None
     match = _VAULT_BLOB.match(raw)
     return int(match.group(1)) if match else None
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from schemas.topics import Topic
+from workers.core.digest import encode
 from workers.groups.base import Deps
+from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord
 from workers.kafka.tap import read_topic
 from workers.keys.versions import VersionMaker
-from workers.services.digest import DigestService
+from workers.services.digest import DigestService, SignedDigest
 
 TIMER = 1.0  # seconds between checks for runs that have waited the digest interval
 
@@ -31,13 +33,13 @@ class AuditDigestGroup:
         async def read_digests() -> list[bytes | None]:
             return [r.value for r in await read_topic(bootstrap, Topic.KMS_AUDIT_DIGESTS.value, timeout=60)]
 
-        versions = VersionMaker(deps.keys, deps.ledger, deps.publisher)
+        versions = VersionMaker(deps.keys, deps.ledger, deps.materials)
         self.service = DigestService(deps.keys, versions, read_digests, deps.settings.limits.digest_interval)
         self.flush_every = min(TIMER, deps.settings.limits.digest_interval)
-        self._emit = deps.emitter(self.name)
+        self._emit = deps.emitter(self.name, digest_record)
 
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]:
-        await self.service.take(records)
+        await self.service.take([(r.source, r.value) for r in records])
         await self._seal(self.service.due())
         return []  # nothing waits in the runner: what is not yet digested is held (see `held`)
 
@@ -52,5 +54,9 @@ class AuditDigestGroup:
 
     async def _seal(self, partitions: list[int]) -> None:
         if partitions:
-            await self._emit(await self.service.ensure_key(partitions))
-            await self._emit(await self.service.seal(partitions))
+            await self._emit((), await self.service.ensure_key(partitions))
+            await self._emit((), await self.service.seal(partitions))
+
+
+def digest_record(signed: SignedDigest) -> Outgoing:
+    return Outgoing(Topic.KMS_AUDIT_DIGESTS.value, str(signed.partition).encode(), encode(signed.digest))

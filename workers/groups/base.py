@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-from schemas.messages import KeyEvent
+from schemas.messages import KeyEvent, RotationTick
 from schemas.topics import Topic
 from workers.kafka.letters import DeadLetters
+from workers.kafka.material import KafkaMaterialStore
 from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord, Refusal
+from workers.kafka.records import InboundRecord
 from workers.keys.audit import AuditTrail
 from workers.keys.service import KeyService
 from workers.ledger import Ledger
 from workers.ledger.records import Coordinates
-from workers.services.outcome import Outcome
+from workers.services.outcome import Outcome, Refusal
 from workers.settings import Settings
+from workers.source import Source
 
 log = logging.getLogger("keyledger.emit")
 
@@ -25,7 +27,7 @@ log = logging.getLogger("keyledger.emit")
 class EmitObserver(Protocol):
     """Told of every Outcome once it is durable (metrics: dead letters by code, rotations by reason)."""
 
-    def emitted(self, group: str, outcome: Outcome) -> None: ...
+    def emitted(self, group: str, outcome: Outcome[Any]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,54 +43,81 @@ class Deps:
     """The Kafka bootstrap, for groups that read a topic themselves (the digest group reads its chain)."""
     observer: EmitObserver | None = None
 
-    def emitter(self, group: str) -> Emitter:
+    @property
+    def materials(self) -> KafkaMaterialStore:
+        """Where key material and its tombstones are written: `keys.material`, through the publisher."""
+        return KafkaMaterialStore(self.publisher)
+
+    def emitter(self, group: str, encode: Callable[[R], Outgoing] | None = None) -> Emitter[R]:
         return Emitter(group, self.audit, self.publisher, self.keys, DeadLetters.of(group, self.settings),
-                       self.observer)
+                       self.observer, encode)
 
 
-class Emitter:
+R = TypeVar("R")
+
+
+class Emitter(Generic[R]):
     """Turns a service's Outcome into durable effects, in this order (a crash between steps loses nothing):
 
     1. the operations' ledger transfers (deterministic ids: a replay answers `exists`);
-    2. one publish, awaited (acks=all), of outputs, key events, audit events and dead letters (bounded,
-       redacted: kafka/letters.py; one per record); if it fails, it raises and the runner keeps every
-       record of the batch, so a record leaves only once its letter or output has landed;
+    2. one publish, awaited (acks=all), of the results (encoded by the group's `encode`), rotation ticks,
+       tombstones, key events, audit events and dead letters (bounded, redacted: kafka/letters.py; one per
+       record); if it fails, it raises and the runner keeps every record of the batch, so a record leaves
+       only once its letter or output has landed;
     3. the key events applied to this process's key table (only now: a failed publish retries the same work);
     4. follow-ups that may only run once all of that is durable.
-    Returns the records that must wait; the runner commits nothing past them.
-    Once durable, every dead letter and every key event is logged (one line each: where, what, the code;
-    never a value) and the observer, if any, is told.
+    Returns the records (of `records`, the batch the Outcome answers) that must wait; the runner commits
+    nothing past them. Once durable, every dead letter and every key event is logged (one line each:
+    where, what, the code; never a value) and the observer, if any, is told.
     """
 
     def __init__(self, group: str, audit: AuditTrail, publisher: Publisher, keys: KeyService,
-                 letters: DeadLetters, observer: EmitObserver | None = None) -> None:
+                 letters: DeadLetters, observer: EmitObserver | None = None,
+                 encode: Callable[[R], Outgoing] | None = None) -> None:
         self._group = group
         self._audit = audit
         self._publisher = publisher
         self._keys = keys
         self._letters = letters
         self._observer = observer
+        self._encode = encode
 
-    async def __call__(self, outcome: Outcome) -> Sequence[InboundRecord]:
-        audits = await self._audit.record(outcome.ops)
-        events = [Outgoing.of(Topic.KEYS_EVENTS, e.tenant_id, e) for e in outcome.events]
-        letters = [self._letters.letter(record, error.info()) for record, error in _one_per_record(outcome.dead)]
-        await self._publisher.publish([*outcome.outputs, *events, *audits, *letters])
+    async def __call__(self, records: Sequence[InboundRecord], outcome: Outcome[R]) -> list[InboundRecord]:
+        audits = [Outgoing(Topic.KMS_AUDIT.value, op.tenant_id.encode(), value,
+                           cause=(op.source.topic, op.source.partition, op.source.offset))
+                  for op, value in await self._audit.record(outcome.ops)]
+        dead = _one_per_record(outcome.dead)
+        at = {r.source: r for r in records} if dead or outcome.blocked else {}
+        letters = [self._letters.letter(at[source], error.info()) for source, error in dead]
+        await self._publisher.publish([*self._outputs(outcome), *self._events(outcome), *audits, *letters])
         for event in outcome.events:
             self._keys.directory.apply_event(event)
-        self._log(outcome)
+        self._log(dead, outcome)
         if self._observer is not None:
             self._observer.emitted(self._group, outcome)
         for follow_up in outcome.then:
             await follow_up()
-        return outcome.blocked
+        return [at[source] for source in outcome.blocked]
 
-    def _log(self, outcome: Outcome) -> None:
-        for record, error in _one_per_record(outcome.dead):
-            log.warning("%s: %s:%d@%d to %s: %s (%s)", self._group, record.topic, record.partition, record.offset,
+    def _outputs(self, outcome: Outcome[R]) -> list[Outgoing]:
+        outputs = []
+        if outcome.results:
+            assert self._encode is not None, f"{self._group} has results but no encoder"
+            outputs = [self._encode(result) for result in outcome.results]
+        outputs += [_tick(tick) for tick in outcome.ticks]
+        outputs += [Outgoing.of(Topic.KEYS_MATERIAL, key_id, None) for key_id in outcome.tombstones]
+        return outputs
+
+    @staticmethod
+    def _events(outcome: Outcome[R]) -> list[Outgoing]:
+        return [Outgoing.of(Topic.KEYS_EVENTS, e.tenant_id, e) for e in outcome.events]
+
+    def _log(self, dead: list[Refusal], outcome: Outcome[R]) -> None:
+        for source, error in dead:
+            log.warning("%s: %s:%d@%d to %s: %s (%s)", self._group, source.topic, source.partition, source.offset,
                         Topic.DLQ.value, error.code.value, error, extra={
-                            "group": self._group, "topic": record.topic, "partition": record.partition,
-                            "offset": record.offset, "code": error.code.value})
+                            "group": self._group, "topic": source.topic, "partition": source.partition,
+                            "offset": source.offset, "code": error.code.value})
         if outcome.events:
             sources = {op.key_id: op.source for op in outcome.ops}
             for event in outcome.events:
@@ -102,9 +131,14 @@ class Emitter:
                      "key_type": event.key_type.value, "tenant_id": event.tenant_id})
 
 
+def _tick(tick: RotationTick) -> Outgoing:
+    assert tick.tenant_id is not None, "a tick a service asks for names its tenant (the record's key)"
+    return Outgoing.of(Topic.ROTATION_TICKS, tick.tenant_id, tick)
+
+
 def _one_per_record(dead: Sequence[Refusal]) -> list[Refusal]:
-    """The first refusal of each record (a record with two refused keys still gets one letter)."""
-    first: dict[tuple[str, int, int], Refusal] = {}
-    for record, error in dead:
-        first.setdefault((record.topic, record.partition, record.offset), (record, error))
+    """The first refusal of each request (a request with two refused keys still gets one letter)."""
+    first: dict[Source, Refusal] = {}
+    for source, error in dead:
+        first.setdefault(source, (source, error))
     return list(first.values())

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from schemas.messages import TenantCreated, TenantDeleted
 from schemas.topics import Topic
-from workers.groups.base import Deps
+from workers.groups.base import Deps, Emitter
 from workers.kafka.records import InboundRecord, parse, parse_all
 from workers.keys.versions import VersionMaker
 from workers.services.keygen import KeygenService
@@ -20,9 +20,9 @@ class KeygenGroup:
     pipelined: bool = False
 
     def __init__(self, deps: Deps) -> None:
-        self.service = KeygenService(deps.keys, VersionMaker(deps.keys, deps.ledger, deps.publisher))
+        self.service = KeygenService(deps.keys, VersionMaker(deps.keys, deps.ledger, deps.materials))
         self.shredder = Shredder(deps.keys)
-        self._emit = deps.emitter(self.name)
+        self._emit: Emitter[None] = deps.emitter(self.name)
         self._max_bytes = deps.settings.kafka.max_message_bytes
 
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]:
@@ -32,8 +32,10 @@ class KeygenGroup:
         waiting: list[InboundRecord] = []
         if created:
             creations, refused = parse_all(created, lambda r: parse(r, TenantCreated, self._max_bytes))
-            waiting += await self._emit((await self.service.create(creations)).refuse_all(refused))
+            outcome = await self.service.create([(r.source, event) for r, event in creations])
+            waiting += await self._emit(created, outcome.refuse_all((r.source, e) for r, e in refused))
         if deleted:
             deletions, refused = parse_all(deleted, lambda r: parse(r, TenantDeleted, self._max_bytes))
-            waiting += await self._emit((await self.shredder.shred(deletions)).refuse_all(refused))
+            shredded = await self.shredder.shred([(r.source, event) for r, event in deletions])
+            waiting += await self._emit(deleted, shredded.refuse_all((r.source, e) for r, e in refused))
         return waiting

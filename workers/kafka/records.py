@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from schemas.errors import ErrorCode
-from schemas.messages import AuditSource
 from workers.core.canonical import NotIJson, loads_ijson
 from workers.errors import BadInput, KeyledgerError
+from workers.source import Source
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -47,9 +47,9 @@ class InboundRecord:
         )
 
     @property
-    def source(self) -> AuditSource:
-        # the broker's own coordinates: of the model's types by construction, so not validated again
-        return AuditSource.model_construct(topic=self.topic, partition=self.partition, offset=self.offset)
+    def source(self) -> Source:
+        """Where this record sits, as services name a request (no transport types)."""
+        return Source(self.topic, self.partition, self.offset)
 
     @property
     def coordinates(self) -> tuple[str, int, int]:

@@ -9,14 +9,11 @@ agree exactly.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from schemas.messages import AuditEvent, AuditSource, Outcome
-from schemas.topics import Topic
 from workers.core import ids
-from workers.kafka.publisher import Outgoing
 from workers.ledger import (
     CreateTransferStatus,
     Ledger,
@@ -38,20 +35,19 @@ class AuditTrail:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    async def record(self, ops: Sequence[OpRecord]) -> list[Outgoing]:
-        """Create the transfers of `ops`; returns their `kms.audit` records to publish."""
+    async def record(self, ops: Sequence[OpRecord]) -> list[tuple[OpRecord, bytes]]:
+        """Create the transfers of `ops`; returns each operation the ledger now holds with its `kms.audit`
+        event (JSON) to publish."""
         if not ops:
             return []
         results = await self._ledger.create_transfers([op.to_transfer() for op in ops])
-        events, topic = [], Topic.KMS_AUDIT.value
+        events = []
         for op, result in zip(ops, results, strict=True):
             if not transfer_ok(result.status) and result.status not in _REFUSED_AS_DESTROYED:
                 raise LedgerError(f"ledger refused {op.op.value} transfer: {result.status.name}")
             if result.status in _REFUSED_AS_DESTROYED:
                 continue  # not recorded, so not announced: the audit only claims what TigerBeetle holds
-            cause = (op.source.topic, op.source.partition, op.source.offset)
-            events.append(Outgoing(topic, op.tenant_id.encode(), audit_json(op, result.timestamp),
-                                   cause=cause))
+            events.append((op, audit_json(op, result.timestamp)))
         return events
 
 
@@ -61,40 +57,19 @@ def _occurred(timestamp_ns: int) -> datetime:
 
 def audit_json(op: OpRecord, timestamp_ns: int) -> bytes:
     """`audit_event(op, timestamp_ns).model_dump_json(exclude_none=True)`, byte for byte, without building
-    the model: one audit event per signed span made that ~20 us of the signer's hot path. Every value
+    the model (one audit event is written per signed span and per PII record). Every value
     is either ours and of a fixed alphabet (hex ids, tenant ids by their pattern, enum values, ints) or
     checked here to need no JSON escaping; anything else takes the model's path
     (tests/keys/test_audit.py holds the two together)."""
     reason, topic = op.reason, op.source.topic
     if not (_plain_text(reason) and _plain_text(topic)):
         return audit_event(op, timestamp_ns).model_dump_json(exclude_none=True).encode()
-    stamp = _stamp(timestamp_ns)
+    stamp = _occurred(timestamp_ns).isoformat()[:-6] + "Z"  # as pydantic writes it: UTC as Z, microseconds if any
     outcome = "failure" if op.failed else "success"
     return (f'{{"event_id":"{op.transfer_id:032x}","tenant_id":"{op.tenant_id}","key_id":"{op.key_id}",'
             f'"op":"{op.op}","count":{op.count},"outcome":"{outcome}","reason":"{reason}",'
             f'"occurred_at":"{stamp}","source":{{"topic":"{topic}","partition":{op.source.partition},'
             f'"offset":{op.source.offset}}}}}').encode()
-
-
-def _stamp(timestamp_ns: int) -> str:
-    """`_occurred(timestamp_ns)` as pydantic writes it (UTC as Z, microseconds only if any), without a
-    datetime per event: each whole second is formatted once (a batch's events share a few), and the
-    microseconds are rounded from the same float, the same way (half to even), as datetime.fromtimestamp
-    rounds them (tests/keys/test_audit.py holds the two together over every nanosecond)."""
-    if not timestamp_ns:
-        return _occurred(0).isoformat()[:-6] + "Z"
-    fraction, whole = math.modf(timestamp_ns / 1e9)
-    micros = round(fraction * 1e6)
-    if micros >= 1_000_000:
-        micros -= 1_000_000
-        whole += 1
-    second = _second(int(whole))
-    return f"{second}.{micros:06d}Z" if micros else second + "Z"
-
-
-@functools.lru_cache(maxsize=1024)
-def _second(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat()[:19]
 
 
 _PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from workers.kafka.records import InboundRecord
+from workers.source import Source
 
 _PRUNE_AT = 100_000  # records remembered before the ones whose wait is long over are forgotten
 
@@ -26,20 +26,19 @@ class TenantPatience:
             raise ValueError("a wait is zero or more seconds")
         self._seconds = seconds
         self._clock = clock
-        self._first_seen: dict[tuple[str, int, int], float] = {}
+        self._first_seen: dict[Source, float] = {}
 
-    def waits(self, record: InboundRecord) -> bool:
-        """True while `record` may still wait for its tenant's keys; False once its wait is over."""
+    def waits(self, source: Source) -> bool:
+        """True while the request from `source` may still wait for its tenant's keys; False once its wait is over."""
         if self._seconds == 0:
             return False
         now = self._clock()
-        key = (record.topic, record.partition, record.offset)
-        first = self._first_seen.setdefault(key, now)
+        first = self._first_seen.setdefault(source, now)
         if now - first < self._seconds:
             if len(self._first_seen) > _PRUNE_AT:
                 self._prune(now)
             return True
-        del self._first_seen[key]
+        del self._first_seen[source]
         return False
 
     def _prune(self, now: float) -> None:

@@ -21,13 +21,13 @@ from workers.core import ids, signing
 from workers.core.b64 import b64decode, b64encode
 from workers.core.material import material_fingerprint
 from workers.errors import KeyledgerError, KeyRefused, Unavailable
-from workers.kafka.records import InboundRecord
 from workers.keys.cache import SingleFlightCache
 from workers.keys.patience import TenantPatience
 from workers.keys.pins import accepted_material
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
 from workers.kms import Kms, KmsRefused, encryption_context, kms_for, provider_of
 from workers.ledger import Ledger
+from workers.source import Source
 
 SecretKey = Ed25519PrivateKey | AESGCM
 
@@ -97,10 +97,10 @@ class KeyService:
         # material read but no key announced yet (keygen is between the two): not known yet either
         return not any(e.state is not KeyState.PENDING for e in self.directory.tenant_keys(tenant_id))
 
-    def waits_for_tenant(self, error: KeyledgerError, record: InboundRecord) -> bool:
+    def waits_for_tenant(self, error: KeyledgerError, source: Source) -> bool:
         """Whether a request refused with `error` should rather wait: its tenant is not in the key table
         yet and its wait (keys/patience.py) is not over."""
-        return error.code is ErrorCode.UNKNOWN_TENANT and self.patience.waits(record)
+        return error.code is ErrorCode.UNKNOWN_TENANT and self.patience.waits(source)
 
     # --- lookups -----------------------------------------------------------
 

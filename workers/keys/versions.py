@@ -4,7 +4,7 @@ Order (a crash between any two steps loses nothing, a replay duplicates nothing)
   1. KMS GenerateDataKey for versions that have neither material nor account
      (material written by a crashed attempt is reused, never minted twice); a version KMS
      refuses to generate (KeyRefused, `kms_refused`) is refused alone, the others go on;
-  2. publish their `keys.material` (acks=all): the wrapped key is safe;
+  2. write their `keys.material` (MaterialStore: durable once it returns): the wrapped key is safe;
   3. create the tenant and key accounts, each pinning its material's fingerprint.
 Key ids are derived from (tenant, type, version), so a replay lands on the same
 account (`exists`) and never makes a second key.
@@ -19,11 +19,9 @@ from typing import Any
 
 from schemas.errors import ErrorCode
 from schemas.messages import KeyEvent, KeyEventType, KeyType
-from schemas.topics import Topic
 from workers.core import ids
 from workers.errors import KeyRefused, Unavailable
-from workers.kafka.publisher import Outgoing, Publisher
-from workers.kafka.records import InboundRecord
+from workers.keys.material import MaterialStore
 from workers.keys.service import KeyService, MintedKey
 from workers.ledger import (
     Account,
@@ -32,6 +30,7 @@ from workers.ledger import (
     account_ok,
 )
 from workers.ledger.records import key_account, tenant_account
+from workers.source import Source
 
 log = logging.getLogger("keyledger.versions")
 
@@ -41,7 +40,8 @@ class VersionPlan:
     """A key version to make durable. Never changed once made: `key_id` is derived once (a rotation
     looks it up a dozen times, and each derivation is a hash)."""
 
-    record: InboundRecord
+    source: Source
+    """The request that asks for the version (a refused plan refuses it)."""
     tenant_id: str
     key_type: KeyType
     version: int
@@ -54,10 +54,10 @@ class VersionPlan:
 
 
 class VersionMaker:
-    def __init__(self, keys: KeyService, ledger: Ledger, publisher: Publisher) -> None:
+    def __init__(self, keys: KeyService, ledger: Ledger, materials: MaterialStore) -> None:
         self._keys = keys
         self._ledger = ledger
-        self._publisher = publisher
+        self._materials = materials
 
     async def make_durable(self, plans: list[VersionPlan]) -> tuple[list[VersionPlan], list[tuple[VersionPlan, KeyRefused]]]:
         """Steps 1-3 for every plan; returns the plans now durable and those refused."""
@@ -86,7 +86,7 @@ class VersionMaker:
     async def _ensure_material(self, plans: list[VersionPlan]
                                ) -> tuple[list[VersionPlan], list[tuple[VersionPlan, KeyRefused]]]:
         """Mint what has no material yet; returns the plans that have material and those KMS refused.
-        What was minted is published even when another mint failed transiently (then this raises),
+        What was minted is written even when another mint failed transiently (then this raises),
         so a retry does not mint it again."""
         directory = self._keys.directory
         fresh = [p for p in plans if (e := directory.get(p.key_id)) is None or e.material is None]
@@ -103,7 +103,7 @@ class VersionMaker:
                 failure = failure if isinstance(failure, Unavailable) else result  # an outage first: the batch waits
             else:
                 minted.append(result)
-        await self._publisher.publish(Outgoing.of(Topic.KEYS_MATERIAL, m.material.key_id, m.material) for m in minted)
+        await self._materials.write(m.material for m in minted)
         for key in minted:
             directory.apply_material(key.material)
         if failure is not None:
@@ -132,14 +132,14 @@ class VersionMaker:
             await self._adopt_winners(lost)
 
     async def _adopt_winners(self, account_ids: list[int]) -> None:
-        """Settle on the winning material and publish it again, so compaction keeps it, not ours."""
+        """Settle on the winning material and write it again, so compaction keeps it, not ours."""
         winners = []
         for account in await self._lookup(account_ids):
             material = self._keys.directory.pin(ids.to_hex(account.id), account.user_data_64)
             if material is None:
                 raise Unavailable(f"material pinned by key {account.id:032x} not received yet")
-            winners.append(Outgoing.of(Topic.KEYS_MATERIAL, material.key_id, material))
-        await self._publisher.publish(winners)
+            winners.append(material)
+        await self._materials.write(winners)
 
     async def _lookup(self, account_ids: list[int]) -> list[Account]:
         return await self._ledger.lookup_accounts(account_ids)

@@ -1,8 +1,8 @@
-"""Follows `keys.callers` in every process (no consumer group): the caller policy table.
+"""The caller policy table every process holds, fed from `keys.callers`.
 
-At start it reads the topic from the beginning to its end offsets, so a process never judges a
-request before it knows every caller; afterwards a background task applies new records (a new
-caller, a changed policy, a revocation) as they arrive.
+The records reach it through `workers.kafka.follow.TopicFollower` (no consumer group): the topic is
+read whole at start, so a process never judges a request before it knows every caller, and then
+followed (a new caller, a changed policy, a revocation).
 
 Each record is verified against the operator's public key before anything else: a record the
 operator key did not sign is refused and logged with the caller id it claims, and changes
@@ -14,16 +14,11 @@ A tombstone changes nothing either: only a signed record (e.g. a revocation) cha
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from schemas.messages import CallerPolicy
-from schemas.topics import Topic
 from workers.core.b64 import b64decode
 from workers.core.callers import (
     SECRET_BYTES,
@@ -91,60 +86,3 @@ class CallerPolicies:
             log.warning("caller %s: its secret is not 32 bytes; it grants nothing", policy.caller_id)
             return None
         return secret
-
-
-class CallerFollower:
-    """Reads `keys.callers` whole at start, then follows it in a background task."""
-
-    def __init__(self, bootstrap: str, policies: CallerPolicies, *, startup_timeout: float = 60.0) -> None:
-        self._policies = policies
-        self._startup_timeout = startup_timeout
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="keyledger-callers",
-                                          enable_auto_commit=False, auto_offset_reset="earliest")
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self._consumer.start()
-        partitions = await self._partitions()
-        self._consumer.assign(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
-        ends = await self._consumer.end_offsets(partitions)
-        deadline = time.monotonic() + self._startup_timeout
-        while [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]:
-            if time.monotonic() > deadline:
-                raise TimeoutError("keys.callers not read to its end in time")
-            await self._poll(timeout_ms=200)
-        log.info("caller table loaded: %d callers", len(self._policies.table))
-        self._task = asyncio.create_task(self._follow(), name="keyledger-callers")
-
-    async def _partitions(self) -> list[TopicPartition]:
-        deadline = time.monotonic() + self._startup_timeout
-        while not (found := self._consumer.partitions_for_topic(Topic.KEYS_CALLERS.value)):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic missing: {Topic.KEYS_CALLERS.value}")
-            await self._consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
-        return [TopicPartition(Topic.KEYS_CALLERS.value, p) for p in sorted(found)]
-
-    async def _follow(self) -> None:
-        while True:
-            try:
-                await self._poll(timeout_ms=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep following through broker hiccups
-                log.warning("caller follower: %s", type(exc).__name__)
-                await asyncio.sleep(1)
-
-    async def _poll(self, timeout_ms: int) -> None:
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
-        for records in batches.values():
-            for record in records:
-                await self._policies.apply(record.key, record.value)
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()

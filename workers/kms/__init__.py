@@ -6,7 +6,7 @@ encryption context (always exactly {"tenant_id", "key_id", "key_type"}) is the
 associated data, so a blob moved to another tenant or key never unwraps.
 
 `Kms` is the whole port, one declared interface. Every adapter (aws, vault,
-local) and every wrapper (the router, the metered KMS of app/observability)
+pkcs11, gcp, azure, local) and every wrapper (the router, the metered KMS of app/observability)
 subclasses it. An adapter writes the calls its KMS answers (`wrap`, `decrypt`,
 `describe_key`, `schedule_key_deletion`, and `generate_data_key` where the KMS
 makes data keys itself) and declares in `capabilities` what else it does
@@ -88,7 +88,7 @@ class DataKey:
     plaintext: bytes = field(repr=False)
     wrapped: bytes
     kms_key_id: str
-    kek_version: int | None = None  # the KMS key's version that wrapped it, when the provider has versions (vault)
+    kek_version: int | None = None  # the KMS key's version that wrapped it, when the provider has versions (vault, pkcs11, gcp, azure)
 
     def __post_init__(self) -> None:
         if len(self.plaintext) != DATA_KEY_BYTES:
@@ -146,7 +146,7 @@ class KmsCapabilities:
     """What a `Kms` does natively, declared by the class (callers read it; they never probe for methods).
 
     `provider` is the `kms_provider` recorded on keys.material for keys this KMS wraps (`aws`, `vault`,
-    `local`). Each flag off means the port's default in `Kms` does the job (see the module docstring)."""
+    `pkcs11`, `gcp`, `azure`, `local`). Each flag off means the port's default in `Kms` does the job (see the module docstring)."""
 
     provider: str
     batching: bool = False  # many keys per KMS request

@@ -36,6 +36,18 @@ def open_provider(kms: KmsSettings, provider: KmsProvider) -> Kms:
         )
     if provider is KmsProvider.VAULT:
         return open_vault(kms)
+    if provider is KmsProvider.PKCS11:
+        from workers.kms.pkcs11 import Pkcs11Kms, Pkcs11Settings
+
+        return Pkcs11Kms.from_settings(Pkcs11Settings())
+    if provider is KmsProvider.GCP:
+        from workers.kms.gcp import GcpKms, GcpSettings
+
+        return GcpKms.from_settings(GcpSettings())
+    if provider is KmsProvider.AZURE:
+        from workers.kms.azure import AzureKms, AzureSettings
+
+        return AzureKms.from_settings(AzureSettings())
     from workers.kms.local import DEFAULT_KEY_ID, LocalKms
 
     kek = b64decode(kms.local_kek) if kms.local_kek else None

@@ -48,25 +48,35 @@ from workers.core.digest import (
     RecordsHasher,
     digest_body,
     digest_sha256,
-    encode,
     parse_digest,
     sign_digest,
     verify_digest,
 )
 from workers.errors import KeyRefused, Unavailable
-from workers.kafka.publisher import Outgoing
-from workers.kafka.records import InboundRecord
 from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker, VersionPlan
 from workers.keystore.directory import KeyState
 from workers.ledger.records import OpRecord
 from workers.services.outcome import Outcome
+from workers.source import Source
 
 log = logging.getLogger("keyledger.digest")
 
 DIGEST_KEY_VERSION = 1
 DigestReader = Callable[[], Awaitable[Sequence[bytes | None]]]
 """Every record value of kms.audit.digests, in topic order (per partition, by offset)."""
+
+
+AuditRecord = tuple[Source, bytes | None]
+"""A kms.audit record as the digest takes it: where it is, and its value (hashed as it stands)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDigest:
+    """A kms.audit.digests value (core/digest.py writes it) and the kms.audit partition it covers."""
+
+    partition: int
+    digest: dict[str, Any]
 
 
 class DigestKeyUnavailable(Unavailable):
@@ -126,24 +136,24 @@ class DigestService:
 
     # --- records in --------------------------------------------------------------
 
-    async def take(self, records: Sequence[InboundRecord]) -> None:
+    async def take(self, records: Sequence[AuditRecord]) -> None:
         """Add `kms.audit` records to their partitions' runs; offsets already covered or taken are skipped."""
-        audit = [r for r in records if r.topic == Topic.KMS_AUDIT]
-        unknown = {r.partition for r in audit} - self._chains.keys()
+        audit = [(source, value) for source, value in records if source.topic == Topic.KMS_AUDIT]
+        unknown = {source.partition for source, _ in audit} - self._chains.keys()
         if unknown:
             await self._load(unknown)
-        for record in audit:
-            self._take(self._chains[record.partition], record)
+        for source, value in audit:
+            self._take(self._chains[source.partition], source.offset, value)
 
-    def _take(self, chain: PartitionChain, record: InboundRecord) -> None:
-        if record.offset <= chain.taken:
+    def _take(self, chain: PartitionChain, offset: int, value: bytes | None) -> None:
+        if offset <= chain.taken:
             self.skipped += 1
             return
         run = chain.open
         if run is None:
-            run = chain.open = Run(record.offset, record.offset, self._clock())
-        run.hasher.add(record.offset, record.value)
-        run.last_offset = chain.taken = record.offset
+            run = chain.open = Run(offset, offset, self._clock())
+        run.hasher.add(offset, value)
+        run.last_offset = chain.taken = offset
         self.taken += 1
         if run.count >= self._max_records:
             chain.closed.append(run)
@@ -205,21 +215,21 @@ class DigestService:
 
     # --- the digest key ------------------------------------------------------------
 
-    async def ensure_key(self, partitions: Sequence[int]) -> Outcome:
+    async def ensure_key(self, partitions: Sequence[int]) -> Outcome[SignedDigest]:
         """The digest key's first version, made on first need like a tenant's first key."""
-        outcome = Outcome()
+        outcome = Outcome[SignedDigest]()
         versions = self._keys.directory.versions(SYSTEM_TENANT, KeyType.SIGNING)
         if any(e.state is not KeyState.PENDING for e in versions) or not partitions:
             return outcome
         chain = self._chains.get(partitions[0])
         offset = chain.taken if chain is not None and chain.taken >= 0 else 0
-        cause = InboundRecord(Topic.KMS_AUDIT.value, partitions[0], offset, None, None)
+        cause = Source(Topic.KMS_AUDIT.value, partitions[0], offset)
         plan = VersionPlan(cause, SYSTEM_TENANT, KeyType.SIGNING, DIGEST_KEY_VERSION, None)
         todo, refused = await self._versions.make_durable([plan])
         if refused:
             raise DigestKeyUnavailable(f"digest key not made: {refused[0][1]}")
         outcome.ops += [OpRecord(ids.transfer_id(Op.GENERATE, p.key_id), SYSTEM_TENANT, p.key_id, Op.GENERATE,
-                                 cause.source, reason="audit digest key created") for p in todo]
+                                 cause, reason="audit digest key created") for p in todo]
         outcome.events += [self._versions.announcement(p, KeyEventType.GENERATED) for p in todo]
         log.info("audit digest key %s created", plan.key_id)
         return outcome
@@ -238,9 +248,9 @@ class DigestService:
 
     # --- digests out -----------------------------------------------------------------
 
-    async def seal(self, partitions: Sequence[int]) -> Outcome:
+    async def seal(self, partitions: Sequence[int]) -> Outcome[SignedDigest]:
         """Sign the due runs of `partitions` and return every unpublished digest of them to publish."""
-        outcome = Outcome()
+        outcome = Outcome[SignedDigest]()
         signer: tuple[str, Ed25519PrivateKey] | None = None
         sent: list[tuple[PartitionChain, list[dict[str, Any]]]] = []
         for partition in partitions:
@@ -259,8 +269,7 @@ class DigestService:
             if chain.unpublished:
                 batch = list(chain.unpublished)
                 sent.append((chain, batch))
-                outcome.outputs += [Outgoing(Topic.KMS_AUDIT_DIGESTS.value, str(partition).encode(), encode(d))
-                                    for d in batch]
+                outcome.results += [SignedDigest(partition, d) for d in batch]
         if sent:
             outcome.then.append(partial(self._published, sent))
         return outcome

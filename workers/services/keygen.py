@@ -20,12 +20,12 @@ from schemas.errors import ErrorCode
 from schemas.messages import SYSTEM_TENANT, KeyEventType, Op, TenantCreated
 from workers.core import ids
 from workers.errors import KeyRefused
-from workers.kafka.records import InboundRecord
 from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker, VersionPlan
 from workers.keystore.directory import KeyState
 from workers.ledger.records import OpRecord
 from workers.services.outcome import Outcome
+from workers.source import Source
 
 FIRST_VERSION = 1
 
@@ -36,21 +36,21 @@ class KeygenService:
         self._versions = versions
         self.keys_created = 0
 
-    async def create(self, requests: Sequence[tuple[InboundRecord, TenantCreated]]) -> Outcome:
+    async def create(self, requests: Sequence[tuple[Source, TenantCreated]]) -> Outcome[None]:
         """All or nothing: a KMS or ledger outage raises Unavailable and the batch waits."""
-        outcome = Outcome()
+        outcome = Outcome[None]()
         plans: dict[str, VersionPlan] = {}
         claimed: dict[str, str] = {}  # BYOK keys claimed in this batch -> by which tenant
-        for record, event in requests:
+        for source, event in requests:
             try:
                 if event.kms_key_id is not None:
                     await self._own_kms_key(event.tenant_id, event.kms_key_id, claimed)
-                for plan in self._plan(record, event):
+                for plan in self._plan(source, event):
                     plans.setdefault(plan.key_id, plan)  # one tenant twice in a batch: one key
             except KeyRefused as exc:
-                outcome.refuse(record, exc)
+                outcome.refuse(source, exc)
         todo, refused = await self._versions.make_durable(list(plans.values()))
-        outcome.dead += [(plan.record, exc) for plan, exc in refused]
+        outcome.dead += [(plan.source, exc) for plan, exc in refused]
         outcome.ops += [_generate_op(p) for p in todo]
         outcome.events += [self._versions.announcement(p, KeyEventType.GENERATED) for p in todo]
         self.keys_created += len(todo)
@@ -69,7 +69,7 @@ class KeygenService:
             raise KeyRefused("kms_key_id names a KMS key already bound to another tenant", ErrorCode.KMS_REFUSED)
         claimed[canonical] = tenant_id
 
-    def _plan(self, record: InboundRecord, event: TenantCreated) -> list[VersionPlan]:
+    def _plan(self, source: Source, event: TenantCreated) -> list[VersionPlan]:
         directory = self._keys.directory
         if event.tenant_id == SYSTEM_TENANT:
             raise KeyRefused(f"tenant id {SYSTEM_TENANT} is reserved for keyledger's own keys", ErrorCode.INVALID_MESSAGE)
@@ -80,7 +80,7 @@ class KeygenService:
             announced = [e for e in directory.versions(event.tenant_id, key_type) if e.state is not KeyState.PENDING]
             if announced:
                 continue  # the tenant already has this key type: nothing new
-            plans.append(VersionPlan(record, event.tenant_id, key_type, FIRST_VERSION, event.kms_key_id))
+            plans.append(VersionPlan(source, event.tenant_id, key_type, FIRST_VERSION, event.kms_key_id))
         return plans
 
 
@@ -90,6 +90,6 @@ def _generate_op(plan: VersionPlan) -> OpRecord:
         tenant_id=plan.tenant_id,
         key_id=plan.key_id,
         op=Op.GENERATE,
-        source=plan.record.source,
+        source=plan.source,
         reason="tenant created",
     )

@@ -31,11 +31,8 @@ from collections.abc import Sequence
 
 from schemas.errors import ErrorCode
 from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyEventType, KeyType, Op, RotationReason, RotationTick
-from schemas.topics import Topic
 from workers.core import ids, policy
 from workers.errors import KeyRefused
-from workers.kafka.publisher import Outgoing
-from workers.kafka.records import InboundRecord
 from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker, VersionPlan
 from workers.keystore.directory import KeyEntry
@@ -44,26 +41,27 @@ from workers.ledger import Ledger
 from workers.ledger.clock import LedgerClock
 from workers.ledger.records import OpRecord
 from workers.services.outcome import Outcome
+from workers.source import Source
 
 log = logging.getLogger("keyledger.rotation")
 
-Tick = tuple[InboundRecord, RotationTick]
+Tick = tuple[Source, RotationTick]
 
 
 class Rotation:
     """One key to rotate: the active version now, the version that replaces it."""
 
-    __slots__ = ("record", "tick", "old", "new")
+    __slots__ = ("source", "tick", "old", "new")
 
-    def __init__(self, record: InboundRecord, tick: RotationTick, old: KeyEntry, kms: Kms) -> None:
-        self.record = record
+    def __init__(self, source: Source, tick: RotationTick, old: KeyEntry, kms: Kms) -> None:
+        self.source = source
         self.tick = tick
         self.old = old
         # a tenant's own KMS key (BYOK) wraps its next version too, with the same provider; a key under
         # a provider's shared default key moves to where new keys go (a provider migration may be under way)
         material = old.material
         byok = material is not None and not is_shared_key(kms, material.kms_provider, material.kms_key_id)
-        self.new = VersionPlan(record, old.tenant_id, old.key_type, old.version + 1,
+        self.new = VersionPlan(source, old.tenant_id, old.key_type, old.version + 1,
                                material.kms_key_id if material and byok else None,
                                material.kms_provider if material and byok else None)
 
@@ -79,14 +77,14 @@ class RotationService:
 
     # --- fan-out ---------------------------------------------------------------
 
-    async def fan_out(self, ticks: Sequence[Tick]) -> Outcome:
+    async def fan_out(self, ticks: Sequence[Tick]) -> Outcome[None]:
         """One tick per tenant with a key due, for each tick that names no tenant."""
-        outcome = Outcome()
+        outcome = Outcome[None]()
         for _, tick in ticks:
-            outcome.outputs += await self._fan_out(tick)
+            outcome.ticks += await self._fan_out(tick)
         return outcome
 
-    async def _fan_out(self, tick: RotationTick) -> list[Outgoing]:
+    async def _fan_out(self, tick: RotationTick) -> list[RotationTick]:
         now = await self._clock.now(f"tick/{tick.tick_id}")
         cutoff = policy.rotation_cutoff(now, tick.reason, self.rotation_age)
         entries = self._active_entries(tick.key_type, with_system=tick.reason is RotationReason.SCHEDULED)
@@ -94,9 +92,9 @@ class RotationService:
         tenants = sorted({e.tenant_id for e in due})
         log.info("tick %s (%s): %d of %d active keys due, %d tenants", tick.tick_id, tick.reason.value,
                  len(due), len(entries), len(tenants))
-        return [Outgoing.of(Topic.ROTATION_TICKS, tenant, RotationTick(
+        return [RotationTick(
             tick_id=ids.child_tick_id(tick.tick_id, tenant), issued_at=tick.issued_at, tenant_id=tenant, key_type=tick.key_type,
-            reason=tick.reason, due_before=cutoff, parent_tick_id=tick.tick_id)) for tenant in tenants]
+            reason=tick.reason, due_before=cutoff, parent_tick_id=tick.tick_id) for tenant in tenants]
 
     def _active_entries(self, key_type: KeyType | None, with_system: bool = False) -> list[KeyEntry]:
         directory = self._keys.directory
@@ -117,22 +115,22 @@ class RotationService:
 
     # --- rotation --------------------------------------------------------------
 
-    async def rotate(self, ticks: Sequence[Tick]) -> Outcome:
+    async def rotate(self, ticks: Sequence[Tick]) -> Outcome[None]:
         """At most one tick per tenant (a round): each tenant's due keys get their next version."""
-        outcome = Outcome()
+        outcome = Outcome[None]()
         wanted: list[Rotation] = []
-        for record, tick in ticks:
+        for source, tick in ticks:
             try:
-                wanted += self._targets(record, tick)
+                wanted += self._targets(source, tick)
             except KeyRefused as exc:
-                if self._keys.waits_for_tenant(exc, record):
-                    outcome.blocked.append(record)
+                if self._keys.waits_for_tenant(exc, source):
+                    outcome.blocked.append(source)
                 else:
-                    outcome.refuse(record, exc)
+                    outcome.refuse(source, exc)
         wanted = await self._due(wanted)
         wanted = await self._not_already_done(wanted)
         todo, refused = await self._versions.make_durable([r.new for r in wanted])
-        outcome.dead += [(plan.record, exc) for plan, exc in refused]
+        outcome.dead += [(plan.source, exc) for plan, exc in refused]
         durable = {p.key_id for p in todo}
         rotations = [r for r in wanted if r.new.key_id in durable]
         outcome.ops += [op for r in rotations for op in _ops(r)]
@@ -142,7 +140,7 @@ class RotationService:
             log.info("rotated %d keys (%d so far)", len(rotations), self.rotated)
         return outcome
 
-    def _targets(self, record: InboundRecord, tick: RotationTick) -> list[Rotation]:
+    def _targets(self, source: Source, tick: RotationTick) -> list[Rotation]:
         assert tick.tenant_id is not None
         types = [tick.key_type] if tick.key_type else list(KeyType)
         targets = []
@@ -155,7 +153,7 @@ class RotationService:
                 raise
             if tick.key_id is not None and tick.key_id != old.key_id:
                 continue  # the key this tick was about is no longer active: rotated already
-            targets.append(Rotation(record, tick, old, self._keys.kms))
+            targets.append(Rotation(source, tick, old, self._keys.kms))
         return targets
 
     async def _due(self, wanted: list[Rotation]) -> list[Rotation]:
@@ -194,7 +192,7 @@ def _tick_tag(tick: RotationTick) -> int:
 
 
 def _ops(rotation: Rotation) -> list[OpRecord]:
-    old, new, source = rotation.old, rotation.new, rotation.record.source
+    old, new, source = rotation.old, rotation.new, rotation.source
     # the cause when keyledger asked for it itself (e.g. "wear_out rotation"), else the tick's reason
     reason = f"{rotation.tick.cause or rotation.tick.reason.value} rotation"
     ops = [

@@ -18,16 +18,14 @@ from functools import partial
 
 from schemas.errors import ErrorCode
 from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyEventType, Op, TenantDeleted
-from schemas.topics import Topic
 from workers.core import ids
 from workers.errors import KeyRefused
-from workers.kafka.publisher import Outgoing
-from workers.kafka.records import InboundRecord
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
 from workers.kms import KmsRefused
 from workers.ledger.records import OpRecord
 from workers.services.outcome import Outcome
+from workers.source import Source
 
 BYOK_PENDING_DAYS = 7  # AWS KMS minimum: the window in which a mistaken deletion can still be cancelled
 
@@ -39,26 +37,26 @@ class Shredder:
         self._keys = keys
         self.keys_destroyed = 0
 
-    async def shred(self, requests: Sequence[tuple[InboundRecord, TenantDeleted]]) -> Outcome:
-        outcome = Outcome()
-        doomed: list[tuple[InboundRecord, KeyEntry]] = []
-        for record, event in requests:
+    async def shred(self, requests: Sequence[tuple[Source, TenantDeleted]]) -> Outcome[None]:
+        outcome = Outcome[None]()
+        doomed: list[tuple[Source, KeyEntry]] = []
+        for source, event in requests:
             try:
-                doomed += [(record, e) for e in self._keys_of(event.tenant_id)]
+                doomed += [(source, e) for e in self._keys_of(event.tenant_id)]
             except KeyRefused as exc:
-                if self._keys.waits_for_tenant(exc, record):
-                    outcome.blocked.append(record)  # created just before: its keys may be on their way
+                if self._keys.waits_for_tenant(exc, source):
+                    outcome.blocked.append(source)  # created just before: its keys may be on their way
                 else:
-                    outcome.refuse(record, exc)
-        outcome.ops += [_destroy_op(record, entry) for record, entry in doomed]
-        outcome.outputs += [Outgoing.of(Topic.KEYS_MATERIAL, e.key_id, None) for _, e in doomed]
+                    outcome.refuse(source, exc)
+        outcome.ops += [_destroy_op(source, entry) for source, entry in doomed]
+        outcome.tombstones += [e.key_id for _, e in doomed]
         outcome.events += [_destroyed_event(e) for _, e in doomed]
         byok = await self._owned_alone(doomed)
         outcome.then += [partial(self._schedule_deletion, kms_key_id) for kms_key_id in sorted(byok)]
         self.keys_destroyed += len(doomed)
         return outcome
 
-    async def _owned_alone(self, doomed: list[tuple[InboundRecord, KeyEntry]]) -> set[str]:
+    async def _owned_alone(self, doomed: list[tuple[Source, KeyEntry]]) -> set[str]:
         """The KMS keys to schedule for deletion: a BYOK key bound to the deleted tenant alone, never the
         shared default key nor one another live tenant's material is wrapped under (compared as the KMS
         identifies keys, so an alias or ARN of the default key is the default key)."""
@@ -93,9 +91,9 @@ class Shredder:
             log.warning("BYOK key deletion not scheduled (%s): already pending or not ours", exc)
 
 
-def _destroy_op(record: InboundRecord, entry: KeyEntry) -> OpRecord:
+def _destroy_op(source: Source, entry: KeyEntry) -> OpRecord:
     return OpRecord(ids.transfer_id(Op.DESTROY, entry.key_id), entry.tenant_id, entry.key_id, Op.DESTROY,
-                    record.source, reason="tenant deleted", closing=True)
+                    source, reason="tenant deleted", closing=True)
 
 
 def _destroyed_event(entry: KeyEntry) -> KeyEvent:

@@ -1,4 +1,4 @@
-"""`keyledger migrate --to aws|vault`: move every live key to another KMS provider, resumable.
+"""`keyledger migrate --to aws|vault|pkcs11|gcp|azure`: move every live key to another KMS provider, resumable.
 
 Workers must run with both providers configured (KEYLEDGER_KMS_PROVIDERS=aws,vault
 and each provider's settings; KEYLEDGER_KMS_PROVIDER says where new keys go).

@@ -141,7 +141,7 @@ class ProcessObserver:
         self._metrics.records.labels(group, "dead_lettered").inc()
         self._metrics.dead_letters.labels(group, ErrorCode(code).value).inc()
 
-    def emitted(self, group: str, outcome: Outcome) -> None:
+    def emitted(self, group: str, outcome: Outcome[Any]) -> None:
         if outcome.dead:
             for _, error in outcome.dead:
                 self._metrics.dead_letters.labels(group, error.code.value).inc()

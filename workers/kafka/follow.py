@@ -1,0 +1,111 @@
+"""Reads topics whole at start, then follows them: how every process holds its small global tables.
+
+No consumer group: each process reads every partition itself (assigned, from the beginning). `start`
+returns only once every partition is read to the end offset it had when start began, so a process
+never serves before it knows every record written before it started; afterwards a background task
+hands each new record to the same `apply`. `apply` sees records in partition order; what it does with
+a bad record (ignore and log) is its own business: the follower never stops following.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from workers.kafka.security import client_options
+
+log = logging.getLogger("keyledger.follow")
+
+Apply = Callable[[str, bytes | None, bytes | None], Awaitable[None] | None]
+"""(topic, key, value) of one record; may be a coroutine function."""
+
+
+class TopicFollower:
+    def __init__(self, bootstrap: str, topics: Sequence[str], apply: Apply, *, client_id: str,
+                 startup_timeout: float = 60.0, bulk_load: bool = False, max_records: int = 5000) -> None:
+        """`bulk_load`: pause the cyclic collector while the catch-up read runs (a large table of objects
+        that all live on gains nothing from collections triggered by its own allocations)."""
+        self._topics = tuple(topics)
+        self._apply = apply
+        self._startup_timeout = startup_timeout
+        self._bulk_load = bulk_load
+        self._max_records = max_records
+        self._name = client_id
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id,
+                                          enable_auto_commit=False, auto_offset_reset="earliest",
+                                          **client_options())
+        self._task: asyncio.Task[None] | None = None
+        self.read = 0
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = await self._partitions()
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_beginning(*partitions)
+        ends = await self._consumer.end_offsets(partitions)
+        deadline = time.monotonic() + self._startup_timeout
+        with _collector_paused(self._bulk_load):
+            while [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{', '.join(self._topics)} not read to the end in time")
+                await self._poll(timeout_ms=200)
+        self._task = asyncio.create_task(self._follow(), name=self._name)
+
+    async def _partitions(self) -> list[TopicPartition]:
+        deadline = time.monotonic() + self._startup_timeout
+        while True:
+            found = [TopicPartition(topic, p) for topic in self._topics
+                     for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
+            missing = set(self._topics) - {tp.topic for tp in found}
+            if not missing:
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics missing: {sorted(missing)}")
+            await self._consumer._client.force_metadata_update()
+            await asyncio.sleep(0.2)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._poll(timeout_ms=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following through broker hiccups
+                log.warning("%s: %s", self._name, type(exc).__name__)
+                await asyncio.sleep(1)
+
+    async def _poll(self, timeout_ms: int) -> None:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
+        for records in batches.values():
+            for record in records:
+                self.read += 1
+                applied = self._apply(record.topic, record.key, record.value)
+                if applied is not None:
+                    await applied
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+
+@contextlib.contextmanager
+def _collector_paused(paused: bool) -> Iterator[None]:
+    """The cyclic collector paused while a table loads (nothing it loads forms cycles). Moving the loaded
+    heap out of the collector's sight is the runtime's, once the worker has started (app/runtime.py)."""
+    enabled = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused and enabled:
+            gc.enable()
