@@ -20,6 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+pytestmark = pytest.mark.process  # the manifests are rendered by `kubectl kustomize`
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 # The API version the manifests are validated against: the oldest minor still supported on

@@ -26,7 +26,7 @@ import pytest
 from nacl.signing import VerifyKey
 
 from tests.faults.invariants import assert_audit_agrees, assert_key_invariants
-from tests.integration.conftest import tenant_created, unique_tenant
+from tests.support.kafka import tenant_created, unique_tenant
 from workers.app.embedded import EmbeddedBroker, free_port
 from workers.kafka.tap import produce, read_topic
 from workers.kafka.topics import ensure_topics

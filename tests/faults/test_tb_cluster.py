@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.invariants import assert_audit_agrees, assert_key_invariants
-from tests.integration.conftest import tenant_created, unique_tenant
+from tests.support.kafka import tenant_created, unique_tenant
 from workers.app.embedded import free_port, tigerbeetle_binary, wait_for_port
 from workers.kafka.tap import produce, read_topic
 

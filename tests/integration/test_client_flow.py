@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import in_process_workers, records_for, tenant_created, unique_tenant
+from tests.support.kafka import records_for, tenant_created, unique_tenant
+from tests.support.processes import in_process_workers
 from workers.client import CallerCredential, write_private_file
 from workers.core.callers import caller_id_for
 from workers.kafka.tap import produce
