@@ -95,7 +95,8 @@ class Stack:
 
         self.reads = 0
         self.service = DigestService(self.keys, VersionMaker(self.keys, self.ledger, KafkaMaterialStore(topics)), read_digests,
-                                     interval=300, max_records=max_records, clock=self.clock)
+                                     interval=300, ledger=self.ledger, max_records=max_records,
+                                     clock=self.clock)
 
     async def seal(self) -> list[int]:
         due = self.service.due()
