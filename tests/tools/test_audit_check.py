@@ -7,8 +7,8 @@ import json
 from schemas.messages import SYSTEM_TENANT, AuditSource, KeyType, Op
 from workers.core import ids
 from workers.keys.audit import AuditTrail
-from workers.ledger.memory import MemoryLedger
 from workers.ledger import transfer_ok
+from workers.ledger.memory import MemoryLedger
 from workers.ledger.records import OpRecord, RecordedDigest, digest_transfer, key_account, tenant_account
 from workers.tools.audit_check import compare, ledger_digests
 
