@@ -194,4 +194,6 @@ async def test_audit_verify_while_the_signer_works_raises_no_false_alarm_and_sti
     finally:
         await ledger.aclose()
     assert failed.returncode == 1, failed.stdout + failed.stderr
-    assert f"MISMATCH {ids.to_hex(lost.transfer_id)}" in failed.stdout and "never arrived" in failed.stdout
+    [line] = [line for line in failed.stdout.splitlines() if line.startswith("MISMATCH")]
+    assert line.startswith(f"MISMATCH {ids.to_hex(lost.transfer_id)}: sign transfer of {tenants[0]}")
+    assert "never arrived within 2 s" in line and line.endswith("missing from kms.audit")

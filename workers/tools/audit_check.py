@@ -69,6 +69,8 @@ class AuditReport:
     """Transfers younger than the cut not yet on kms.audit (not mismatches while they settle)."""
     settled: int = 0
     """In-flight transfers whose audit event arrived within the bound."""
+    names: dict[int, str] = field(default_factory=dict)
+    """Tenant ref -> how mismatches name it (the tenant id when the topic shows it)."""
 
     @property
     def agrees(self) -> bool:
@@ -96,9 +98,9 @@ async def verify_audit(bootstrap: str, ledger: Ledger, tenant: str | None = None
                     report.mismatches.append(f"{event.event_id}: {problem}")
     for transfer in report.in_flight.values():
         op, _ = ids.unpack_op(transfer.user_data_32)
-        report.mismatches.append(f"{ids.to_hex(transfer.id)}: {op.value} transfer of tenant account "
-                                 f"{ids.to_hex(transfer.debit_account_id)} still missing from kms.audit "
-                                 f"{settle:g} s after the cut (not in flight: it never arrived)")
+        report.mismatches.append(f"{ids.to_hex(transfer.id)}: {op.value} transfer of "
+                                 f"{report.names.get(transfer.debit_account_id, 'tenant account')} (in flight at the "
+                                 f"read, never arrived within {settle:g} s) missing from kms.audit")
     report.in_flight.clear()
     return report
 
@@ -139,11 +141,11 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
         problem = _disagreement(event, transfers.get(ids.from_hex(event.event_id)))
         if problem:
             report.mismatches.append(f"{event.event_id}: {problem}")
-    names = {ids.tenant_ref(name): name for name in report.tenants}
+    names = report.names = {ids.tenant_ref(name): name for name in report.tenants}
     refs = set(names) if tenant is not None else set(names) | set(await _ledger_tenants(ledger))
     report.ledger_tenants = len(refs)
     for ref in sorted(refs):
-        name = names.get(ref) or f"tenant account {ids.to_hex(ref)} (in the ledger, on no kms.audit record)"
+        name = names.setdefault(ref, f"tenant account {ids.to_hex(ref)} (in the ledger, on no kms.audit record)")
         for transfer in await _tenant_transfers(ledger, ref):
             if transfer.code == DIGEST_TRANSFER_CODE or ids.to_hex(transfer.id) in events:
                 continue  # a digest's ledger record has no audit event: check_chain compares those
