@@ -31,9 +31,9 @@ from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker
 from workers.keystore.directory import KeyDirectory
 from workers.kms.local import LocalKms
-from workers.ledger import LedgerUnavailable
+from workers.ledger import LedgerUnavailable, transfer_ok
 from workers.ledger.memory import MemoryLedger
-from workers.ledger.records import DIGEST_TRANSFER_CODE, RecordedDigest
+from workers.ledger.records import DIGEST_TRANSFER_CODE, RecordedDigest, digest_transfer
 from workers.services.digest import (
     AuditRecord,
     DigestKeyUnavailable,
@@ -380,3 +380,18 @@ async def test_a_digest_key_announced_only_on_keys_events_is_refused_unless_conf
 
 def chain_report_of(records: list[InboundRecord], digests: list[Logged], book: PublicKeyBook):
     return check_chain([Logged(r.partition, r.offset, r.key, r.value) for r in records], digests, book)
+
+
+async def test_a_recorded_digest_lost_in_a_crash_before_publishing_is_no_break_once_its_records_are_digested_again():
+    topics = Topics()
+    stack = Stack(topics)
+    records = audit(0, range(3))
+    await stack.service.take(taken(records))
+    stack.clock.now += 300
+    await stack.seal()
+    [digest] = topics.digests()
+    # the first worker signed and recorded another digest of 0..2 (another created_at), then died unpublished
+    orphan = digest_transfer(digest["key_id"], 0, 2, "ef" * 32)
+    assert all(transfer_ok(r.status) for r in await stack.ledger.create_transfers([orphan]))
+    report = await anchored_report(topics, records, stack.ledger)
+    assert report.intact and report.superseded == 1 and report.recorded == 2

@@ -20,7 +20,9 @@ Durability order for a digest (a crash between any two steps loses nothing):
   2b. the digest is recorded in the ledger (ledger/records.py digest_transfer: its hash, partition and
      last offset), awaited; a refusal keeps it unpublished and the next flush records it again (same id,
      `exists`). A digest on the topic is thus always in the ledger, and one dropped from the topic is
-     still named there, so what it covered stays protected;
+     still named there, so what it covered stays protected. A crash here leaves a recorded digest
+     that is never published; its records are digested again, and the verifier accepts a recorded
+     digest whose records a verified digest covers;
   3. publish, awaited (acks=all). A failed publish keeps it unpublished and the next
      flush publishes the very same bytes (created_at was fixed at signing and Ed25519 is
      deterministic), so a publish that did land after all leaves an exact duplicate at
