@@ -29,7 +29,8 @@ async def make_digest_key(context) -> str:
     async def no_digests() -> list[bytes | None]:
         return []
 
-    service = DigestService(context.keys, VersionMaker(context.keys, context.ledger, context.deps.materials), no_digests, 1)
+    service = DigestService(context.keys, VersionMaker(context.keys, context.ledger, context.deps.materials), no_digests, 1,
+                            ledger=context.ledger)
     await context.deps.emitter("keyledger-audit-digest")((), await service.ensure_key([0]))
     return context.keys.active(SYSTEM_TENANT, "signing").key_id
 

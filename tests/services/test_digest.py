@@ -6,13 +6,18 @@ exercise the rule that the digest topic is the state.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyMaterial, KeyType
+from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyEventType, KeyMaterial, KeyType
 from schemas.topics import Topic
+from workers.core.digest import digest_sha256, encode, sign_digest
 from workers.errors import Unavailable
 from workers.groups.audit_digest import digest_record
 from workers.groups.base import Emitter
@@ -26,7 +31,9 @@ from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker
 from workers.keystore.directory import KeyDirectory
 from workers.kms.local import LocalKms
+from workers.ledger import LedgerUnavailable, transfer_ok
 from workers.ledger.memory import MemoryLedger
+from workers.ledger.records import DIGEST_TRANSFER_CODE, RecordedDigest, digest_transfer
 from workers.services.digest import (
     AuditRecord,
     DigestKeyUnavailable,
@@ -35,7 +42,7 @@ from workers.services.digest import (
     SignedDigest,
 )
 from workers.settings import Settings
-from workers.tools.audit_check import Logged, check_chain
+from workers.tools.audit_check import Anchors, Logged, check_chain, compare, ledger_anchors, ledger_digests
 from workers.tools.verify import PublicKeyBook
 
 
@@ -95,7 +102,8 @@ class Stack:
 
         self.reads = 0
         self.service = DigestService(self.keys, VersionMaker(self.keys, self.ledger, KafkaMaterialStore(topics)), read_digests,
-                                     interval=300, max_records=max_records, clock=self.clock)
+                                     interval=300, ledger=self.ledger, max_records=max_records,
+                                     clock=self.clock)
 
     async def seal(self) -> list[int]:
         due = self.service.due()
@@ -270,3 +278,120 @@ def test_the_digest_interval_is_a_setting_of_300_seconds_by_default(monkeypatch)
     monkeypatch.setenv("KEYLEDGER_DIGEST_INTERVAL", "2")
     assert Settings().limits.digest_interval == 2
     assert "10,000" in Settings.setting_field("digest_interval").description
+
+
+async def anchored_report(topics: Topics, records: list[InboundRecord], ledger: MemoryLedger, *,
+                          digests: list[Logged] | None = None, book: PublicKeyBook | None = None,
+                          configured: frozenset[bytes] = frozenset(), cut_ns: int | None = None):
+    logged = [Logged(r.partition, r.offset, r.key, r.value) for r in records]
+    if digests is None:
+        digests = [Logged(0, n, r.key, r.value) for n, r in enumerate(topics.records.get(Topic.KMS_AUDIT_DIGESTS, []))]
+    anchors = Anchors(await ledger_anchors(ledger, topics.values(Topic.KEYS_MATERIAL)), configured)
+    return check_chain(logged, digests, book or book_of(topics), anchors=anchors, recorded=await ledger_digests(ledger),
+                       cut_ns=cut_ns)
+
+
+async def test_every_digest_is_in_the_ledger_before_it_is_published_and_its_key_is_pinned_there():
+    topics = Topics()
+    stack = Stack(topics)
+    records = audit(0, range(3)) + audit(1, range(2))
+    await stack.service.take(taken(records))
+    stack.clock.now += 300
+    await stack.seal()
+    digests = topics.digests()
+    assert sorted((d.partition, d.last_offset, d.link) for d in await ledger_digests(stack.ledger)) == sorted(
+        (d["partition"], d["last_offset"], RecordedDigest.link_of(digest_sha256(d))) for d in digests)
+    pinned = await ledger_anchors(stack.ledger, topics.values(Topic.KEYS_MATERIAL))
+    assert set(pinned) == {digests[0]["key_id"]}
+    report = await anchored_report(topics, records, stack.ledger)
+    assert report.intact and report.anchored and report.recorded == report.digests == 2
+    # the compare of kms.audit with the ledger does not expect an audit event for a digest's record
+    assert (await compare(stack.ledger, [v for v in topics.values(Topic.KMS_AUDIT) if v])).agrees
+
+
+async def test_a_digest_the_ledger_does_not_record_stays_unpublished_and_is_recorded_again():
+    topics = Topics()
+    stack = Stack(topics)
+    await stack.service.take(taken(audit(0, range(3))))
+    stack.clock.now += 300
+    ledger_create = stack.ledger.create_transfers
+    refusals = iter([True])
+
+    async def refuse_digests_once(transfers):
+        if any(t.code == DIGEST_TRANSFER_CODE for t in transfers) and next(refusals, False):
+            raise LedgerUnavailable("TigerBeetle briefly unreachable")
+        return await ledger_create(transfers)
+
+    stack.ledger.create_transfers = refuse_digests_once  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await stack.seal()
+    assert topics.digests() == [] and stack.service.held() == {}  # nothing published, nothing committable
+    await stack.seal()
+    [digest] = topics.digests()
+    assert [d.link for d in await ledger_digests(stack.ledger)] == [RecordedDigest.link_of(digest_sha256(digest))]
+    assert stack.service.held() == {0: 3}
+
+
+async def test_a_dropped_digest_is_a_break_and_what_it_covered_stays_protected():
+    topics = Topics()
+    stack = Stack(topics)
+    records = audit(0, range(3))
+    await stack.service.take(taken(records))
+    stack.clock.now += 300
+    await stack.seal()
+    records += audit(0, range(3, 5))
+    await stack.service.take(taken(records[3:]))
+    stack.clock.now += 300
+    await stack.seal()
+    kept = [Logged(0, 0, r.key, r.value) for r in topics.records[Topic.KMS_AUDIT_DIGESTS][:1]]
+    edited = records[:4] + [InboundRecord(Topic.KMS_AUDIT.value, 0, 4, b"t", b'{"edited": true}')]
+    assert chain_report_of(edited, kept, book_of(topics)).intact  # from the topics alone: the old blind spot
+    report = await anchored_report(topics, edited, stack.ledger, digests=kept)
+    assert not report.intact and any("partition 0 offsets 3..4: the ledger recorded a digest" in p
+                                     for p in report.problems)
+    assert report.not_yet_digested == {} and report.digested_to[0] == 4
+    young = await anchored_report(topics, edited, stack.ledger, digests=kept, cut_ns=0)
+    assert young.intact and [d.last_offset for d in young.in_flight] == [4]  # recorded after the cut: in flight
+
+
+async def test_a_digest_key_announced_only_on_keys_events_is_refused_unless_configured():
+    topics = Topics()
+    stack = Stack(topics)
+    records = audit(0, range(3))
+    await stack.service.take(taken(records))
+    stack.clock.now += 300
+    await stack.seal()
+    [genuine] = topics.digests()
+    insider, insider_key = Ed25519PrivateKey.generate(), "cd" * 16
+    raw_public = insider.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    forged = sign_digest(insider, {**{k: v for k, v in genuine.items() if k != "signature"}, "key_id": insider_key})
+    book = book_of(topics)
+    book.learn(KeyEvent(event_id="forged-announcement", type=KeyEventType.GENERATED, tenant_id=SYSTEM_TENANT,
+                        key_id=insider_key, key_type=KeyType.SIGNING, version=2, occurred_at=datetime.now(UTC),
+                        public_key=base64.b64encode(raw_public).decode()))
+    digests = [Logged(0, 0, b"0", encode(forged))]
+    assert chain_report_of(records, digests, book).intact  # keys.events alone trusts it
+    refused = await anchored_report(topics, records, stack.ledger, digests=digests, book=book)
+    assert any(f"untrusted digest key {insider_key}" in p and "keys.events only" in p for p in refused.problems)
+    vouched = await anchored_report(topics, records, stack.ledger, digests=digests, book=book,
+                                    configured=frozenset({raw_public}))
+    assert not any("untrusted" in p for p in vouched.problems)
+
+
+def chain_report_of(records: list[InboundRecord], digests: list[Logged], book: PublicKeyBook):
+    return check_chain([Logged(r.partition, r.offset, r.key, r.value) for r in records], digests, book)
+
+
+async def test_a_recorded_digest_lost_in_a_crash_before_publishing_is_no_break_once_its_records_are_digested_again():
+    topics = Topics()
+    stack = Stack(topics)
+    records = audit(0, range(3))
+    await stack.service.take(taken(records))
+    stack.clock.now += 300
+    await stack.seal()
+    [digest] = topics.digests()
+    # the first worker signed and recorded another digest of 0..2 (another created_at), then died unpublished
+    orphan = digest_transfer(digest["key_id"], 0, 2, "ef" * 32)
+    assert all(transfer_ok(r.status) for r in await stack.ledger.create_transfers([orphan]))
+    report = await anchored_report(topics, records, stack.ledger)
+    assert report.intact and report.superseded == 1 and report.recorded == 2

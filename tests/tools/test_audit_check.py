@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
-from schemas.messages import AuditSource, KeyType, Op
+from schemas.messages import SYSTEM_TENANT, AuditSource, KeyType, Op
 from workers.core import ids
 from workers.keys.audit import AuditTrail
+from workers.ledger import transfer_ok
 from workers.ledger.memory import MemoryLedger
-from workers.ledger.records import OpRecord, key_account, tenant_account
-from workers.tools.audit_check import compare
+from workers.ledger.records import OpRecord, RecordedDigest, digest_transfer, key_account, tenant_account
+from workers.tools.audit_check import compare, ledger_digests
 
 SOURCE = AuditSource(topic="spans.to-sign", partition=0, offset=7)
 
@@ -52,3 +53,34 @@ async def test_an_invented_audit_record_is_a_mismatch():
     invented["event_id"] = ids.to_hex(12345)
     report = await compare(ledger, [*values, json.dumps(invented).encode()])
     assert any("no such transfer" in m for m in report.mismatches)
+
+
+async def test_a_tenant_absent_from_kms_audit_is_found_through_the_ledger():
+    ledger = MemoryLedger()
+    kept = await recorded(ledger, "acme")
+    await recorded(ledger, "cut-off")  # every record of this tenant cut from the topic
+    report = await compare(ledger, kept)
+    ref = ids.to_hex(ids.tenant_ref("cut-off"))
+    assert sum(ref in m and "missing from kms.audit" in m for m in report.mismatches) == 3
+    assert report.ledger_tenants == 2
+
+
+async def test_transfers_younger_than_the_cut_are_in_flight_not_mismatches():
+    ledger = MemoryLedger()
+    values = await recorded(ledger)
+    before_all = 0
+    report = await compare(ledger, values[:2], cut_ns=before_all)
+    assert report.agrees and len(report.in_flight) == 1
+    later = await compare(ledger, values[:2], cut_ns=2**63 - 1)  # the same difference, past the cut: a mismatch
+    assert not later.agrees and not later.in_flight
+
+
+async def test_a_digest_transfer_needs_no_audit_event():
+    ledger = MemoryLedger()
+    values = await recorded(ledger)
+    key_id = ids.key_id_for(SYSTEM_TENANT, KeyType.SIGNING, 1)
+    await ledger.create_accounts([tenant_account(SYSTEM_TENANT), key_account(SYSTEM_TENANT, key_id, KeyType.SIGNING, 1, 7)])
+    assert all(transfer_ok(r.status) for r in await ledger.create_transfers([digest_transfer(key_id, 0, 5, "ab" * 32)]))
+    assert (await compare(ledger, values)).agrees  # the system tenant's digest record is not an audited operation
+    assert [(d.partition, d.last_offset, d.link) for d in await ledger_digests(ledger)] == \
+        [(0, 5, RecordedDigest.link_of("ab" * 32))]

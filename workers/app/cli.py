@@ -324,12 +324,20 @@ def _add_audit_verify(audit_verbs: Any) -> None:
                    summary="replay kms.audit, compare it with the ledger, check the digest chain",
                    description="Replay kms.audit and compare it with the ledger both ways: every event names a\n"
                                "transfer that exists and matches, and every transfer of the tenants seen is on\n"
-                               "the topic. Then check the signed digest chain on kms.audit.digests: every audit\n"
-                               "record covered by exactly one digest, hashes and signatures good, no gap.\n"
-                               "Needs a ledger another process can read (TigerBeetle); exits 1 on any mismatch\n"
-                               "or break.",
+                               "the topic (tenants from the ledger as well as from the topic). Then check the\n"
+                               "signed digest chain on kms.audit.digests: every audit record covered by exactly\n"
+                               "one digest, hashes and signatures good, no gap, every digest the ledger recorded\n"
+                               "present, each digest key pinned by the ledger or given with --digest-public-key.\n"
+                               "Safe while the workers run: ledger entries newer than the read are in flight and\n"
+                               "must settle within --settle seconds. Needs a ledger another process can read\n"
+                               "(TigerBeetle); exits 1 on any mismatch or break.",
                    example="keyledger audit verify --tenant acme")
     verify.add_argument("--tenant", help="only this tenant in the ledger comparison (the chain is checked whole)")
+    verify.add_argument("--digest-public-key", action="append", default=[], metavar="BASE64URL",
+                        help="a digest public key (raw Ed25519, base64url) trusted out of band, besides the keys "
+                             "the ledger pins; repeatable")
+    verify.add_argument("--settle", type=float, default=30.0, metavar="SECONDS",
+                        help="how long work in flight at the read may take to land before it counts (default 30)")
 
 
 def _outside_ledger(settings: Settings) -> None:
@@ -344,10 +352,27 @@ def _audit_verify(args: argparse.Namespace) -> int:
     settings = load_settings()
     _outside_ledger(settings)
     bootstrap = require_bootstrap(settings)
-    return asyncio.run(_audit_verify_report(settings, bootstrap, args.tenant))
+    if args.settle < 0:
+        raise ConfigError("--settle is a number of seconds, 0 or more")
+    configured = [_digest_public_key(text) for text in args.digest_public_key]
+    return asyncio.run(_audit_verify_report(settings, bootstrap, args.tenant, configured, args.settle))
 
 
-async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str | None) -> int:
+def _digest_public_key(text: str) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from workers.core.b64 import b64url_decode
+
+    try:
+        raw = b64url_decode(text)
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise ConfigError(f"--digest-public-key {text!r} is not a raw Ed25519 public key in base64url") from None
+    return raw
+
+
+async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str | None,
+                               configured: list[bytes], settle: float) -> int:
     from workers.ledger.factory import describe_ledger, open_ledger
     from workers.tools.audit_check import verify_audit, verify_chain
 
@@ -355,20 +380,22 @@ async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str |
     await _reach(bootstrap, Topic.KMS_AUDIT)
     ledger = open_ledger(settings.ledger)
     try:
-        report = await verify_audit(bootstrap, ledger, tenant)
+        report = await verify_audit(bootstrap, ledger, tenant, settle=settle)
+        for problem in report.mismatches[:100]:
+            print(f"MISMATCH {problem}")
+        verdict = "agrees with" if report.agrees else "DISAGREES with"
+        print(f"kms.audit {verdict} {describe_ledger(settings.ledger)}: {report.events} events ({report.duplicates} "
+              f"duplicate records), {report.ledger_tenants} tenants, {len(report.mismatches)} mismatches; "
+              f"{report.settled} in flight at the read, settled")
+        chain = await verify_chain(bootstrap, ledger=ledger, configured=configured, settle=settle)
     finally:
         await ledger.aclose()
-    for problem in report.mismatches[:100]:
-        print(f"MISMATCH {problem}")
-    verdict = "agrees with" if report.agrees else "DISAGREES with"
-    print(f"kms.audit {verdict} {describe_ledger(settings.ledger)}: {report.events} events ({report.duplicates} "
-          f"duplicate records), {len(report.tenants)} tenants, {len(report.mismatches)} mismatches")
-    chain = await verify_chain(bootstrap)
     for problem in chain.problems[:100]:
         print(f"CHAIN {problem}")
     waiting = ", ".join(f"partition {p}: {n}" for p, n in sorted(chain.not_yet_digested.items())) or "none"
     print(f"digest chain {'intact' if chain.intact else 'BROKEN'}: {chain.digests} digests over {chain.records} "
-          f"records ({chain.duplicates} republished), {len(chain.problems)} breaks; not yet digested: {waiting}")
+          f"records ({chain.duplicates} republished, {chain.recorded} recorded in the ledger), "
+          f"{len(chain.problems)} breaks; not yet digested: {waiting}")
     return 0 if report.agrees and chain.intact else 1
 
 

@@ -34,7 +34,8 @@ class AuditDigestGroup:
             return [r.value for r in await read_topic(bootstrap, Topic.KMS_AUDIT_DIGESTS.value, timeout=60)]
 
         versions = VersionMaker(deps.keys, deps.ledger, deps.materials)
-        self.service = DigestService(deps.keys, versions, read_digests, deps.settings.limits.digest_interval)
+        self.service = DigestService(deps.keys, versions, read_digests, deps.settings.limits.digest_interval,
+                                      ledger=deps.ledger)
         self.flush_every = min(TIMER, deps.settings.limits.digest_interval)
         self._emit = deps.emitter(self.name, digest_record)
 

@@ -11,6 +11,10 @@
                   arriving as another record republishes the very same audit event)
 - destroy:        a pending transfer with CLOSING_CREDIT: the key account is closed,
                   so TigerBeetle itself refuses any later operation on it
+- audit digest:   system tenant account -> the digest key's account, code 10, amount 0,
+                  user_data_128 = the first 128 bits of the digest's SHA-256 (its chain link),
+                  user_data_64 = the last kms.audit offset it covers, user_data_32 = the partition;
+                  no kms.audit event (it would itself need a digest): `audit verify` reads these
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas.messages import AuditSource, KeyType, Op
+from schemas.messages import SYSTEM_TENANT, AuditSource, KeyType, Op
 from workers.core import ids
 from workers.ledger import Account, Transfer, TransferFlags
 
@@ -86,6 +90,45 @@ class OpRecord:
             code=ids.TRANSFER_CODE,
             flags=flags,
         )
+
+
+DIGEST_TRANSFER_CODE = 10  # an audit digest recorded in the ledger; never an audited key operation
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedDigest:
+    """An audit digest as the ledger holds it: enough to find it on kms.audit.digests and to know
+    which records it covered, so a digest dropped from the topic is noticed."""
+
+    partition: int
+    last_offset: int
+    link: int
+    """The first 128 bits of the digest's SHA-256 (core/digest.py digest_sha256)."""
+    timestamp: int = 0
+
+    @staticmethod
+    def link_of(digest_sha256: str) -> int:
+        return int(digest_sha256[:32], 16)
+
+    @classmethod
+    def of(cls, transfer: Transfer) -> RecordedDigest:
+        return cls(transfer.user_data_32, transfer.user_data_64, transfer.user_data_128, transfer.timestamp)
+
+
+def digest_transfer(key_id: str, partition: int, last_offset: int, digest_sha256: str) -> Transfer:
+    """The ledger record of one signed digest; a republish of the same digest derives the same id."""
+    return Transfer(
+        id=ids.system_transfer_id("audit-digest", digest_sha256),
+        debit_account_id=ids.tenant_ref(SYSTEM_TENANT),
+        credit_account_id=ids.from_hex(key_id),
+        amount=0,
+        user_data_128=RecordedDigest.link_of(digest_sha256),
+        user_data_64=last_offset,
+        user_data_32=partition,
+        ledger=ids.LEDGER,
+        code=DIGEST_TRANSFER_CODE,
+        flags=TransferFlags.NONE,
+    )
 
 
 def pack_origin(source: Coordinates) -> int:

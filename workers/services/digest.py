@@ -17,6 +17,12 @@ Durability order for a digest (a crash between any two steps loses nothing):
   1. the digest key exists (first need only: material, ledger account, `generate`
      transfer, kms.audit and keys.events, through the group's emitter);
   2. the run is signed and kept as *unpublished*; the partition's chain head moves to it;
+  2b. the digest is recorded in the ledger (ledger/records.py digest_transfer: its hash, partition and
+     last offset), awaited; a refusal keeps it unpublished and the next flush records it again (same id,
+     `exists`). A digest on the topic is thus always in the ledger, and one dropped from the topic is
+     still named there, so what it covered stays protected. A crash here leaves a recorded digest
+     that is never published; its records are digested again, and the verifier accepts a recorded
+     digest whose records a verified digest covers;
   3. publish, awaited (acks=all). A failed publish keeps it unpublished and the next
      flush publishes the very same bytes (created_at was fixed at signing and Ed25519 is
      deterministic), so a publish that did land after all leaves an exact duplicate at
@@ -56,7 +62,8 @@ from workers.errors import KeyRefused, Unavailable
 from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker, VersionPlan
 from workers.keystore.directory import KeyState
-from workers.ledger.records import OpRecord
+from workers.ledger import Ledger, transfer_ok
+from workers.ledger.records import OpRecord, digest_transfer
 from workers.services.outcome import Outcome
 from workers.source import Source
 
@@ -81,6 +88,10 @@ class SignedDigest:
 
 class DigestKeyUnavailable(Unavailable):
     """The digest key cannot sign right now (refused by KMS or the ledger): records wait, uncommitted."""
+
+
+class DigestNotRecorded(Unavailable):
+    """The ledger did not record a signed digest: it stays unpublished and is recorded again next flush."""
 
 
 class DigestLogUnavailable(Unavailable):
@@ -117,13 +128,14 @@ class PartitionChain:
 
 class DigestService:
     def __init__(self, keys: KeyService, versions: VersionMaker, read_digests: DigestReader, interval: float,
-                 *, max_records: int = MAX_RECORDS, clock: Callable[[], float] = time.monotonic,
+                 *, ledger: Ledger, max_records: int = MAX_RECORDS, clock: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         if interval <= 0 or not 1 <= max_records <= MAX_RECORDS:
             raise ValueError("digest interval must be positive and a digest covers 1..10,000 records")
         self._keys = keys
         self._versions = versions
         self._read_digests = read_digests
+        self._ledger = ledger
         self.interval = interval
         self._max_records = max_records
         self._clock = clock
@@ -271,8 +283,20 @@ class DigestService:
                 sent.append((chain, batch))
                 outcome.results += [SignedDigest(partition, d) for d in batch]
         if sent:
+            await self._record([d for _, batch in sent for d in batch])
             outcome.then.append(partial(self._published, sent))
         return outcome
+
+    async def _record(self, digests: Sequence[dict[str, Any]]) -> None:
+        """Step 2b: every digest about to be published is in the ledger first."""
+        transfers = [digest_transfer(d["key_id"], d["partition"], d["last_offset"], digest_sha256(d)) for d in digests]
+        try:
+            results = await self._ledger.create_transfers(transfers)
+        except Exception as exc:  # any ledger failure: the digests stay unpublished, the records uncommitted
+            raise DigestNotRecorded(f"digests not recorded in the ledger: {type(exc).__name__}") from exc
+        refused = [r.status for r in results if not transfer_ok(r.status)]
+        if refused:
+            raise DigestNotRecorded(f"the ledger refused a digest record: {refused[0].name}")
 
     def _sign(self, chain: PartitionChain, run: Run, key_id: str, private_key: Ed25519PrivateKey) -> dict[str, Any]:
         body = digest_body(partition=chain.partition, first_offset=run.first_offset, last_offset=run.last_offset,

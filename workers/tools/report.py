@@ -46,7 +46,16 @@ from workers.ledger import (
     Transfer,
     TransferFlags,
 )
-from workers.tools.audit_check import ChainReport, Logged, check_chain, compare
+from workers.tools.audit_check import (
+    GRACE,
+    Anchors,
+    ChainReport,
+    Logged,
+    check_chain,
+    compare,
+    ledger_anchors,
+    ledger_digests,
+)
 from workers.tools.verify import PublicKeyBook
 
 PAGE = 250  # fits a `--development` TigerBeetle's 32 KiB replies; pages continue until one comes back empty
@@ -180,15 +189,21 @@ class TenantReport:
 
 async def build_report(bootstrap: str, ledger: Ledger, tenant: str, *, rotation_age: int, encrypt_limit: int,
                        audit_topic: str = Topic.KMS_AUDIT.value, digest_topic: str = Topic.KMS_AUDIT_DIGESTS.value,
-                       events_topic: str = Topic.KEYS_EVENTS.value, timeout: float = 120) -> TenantReport:
-    audit = [_logged(r) for r in await read_topic(bootstrap, audit_topic, timeout=timeout)]
+                       events_topic: str = Topic.KEYS_EVENTS.value, material_topic: str = Topic.KEYS_MATERIAL.value,
+                       timeout: float = 120) -> TenantReport:
+    # the digest verdict as `audit verify` reaches it: keys anchored by the ledger, the ledger's digest records
+    # (those younger than the read are in flight), digests read before the records they cover
+    cut_ns = time.time_ns() - int(GRACE * 1e9)
+    materials = await read_topic(bootstrap, material_topic, timeout=timeout)
+    anchors = Anchors(await ledger_anchors(ledger, [r.value for r in materials]))
     digests = [_logged(r) for r in await read_topic(bootstrap, digest_topic, timeout=timeout)]
+    audit = [_logged(r) for r in await read_topic(bootstrap, audit_topic, timeout=timeout)]
     events = await read_topic(bootstrap, events_topic, timeout=timeout)
     book = PublicKeyBook()
     for record in events:
         book.learn_raw(record.value)
     return await assemble(ledger, tenant, audit, digests, [r.value for r in events], book,
-                          rotation_age=rotation_age, encrypt_limit=encrypt_limit)
+                          rotation_age=rotation_age, encrypt_limit=encrypt_limit, anchors=anchors, cut_ns=cut_ns)
 
 
 def _logged(record: Any) -> Logged:
@@ -197,7 +212,9 @@ def _logged(record: Any) -> Logged:
 
 async def assemble(ledger: Ledger, tenant: str, audit: Sequence[Logged], digests: Sequence[Logged],
                    key_events: Sequence[bytes | None], book: PublicKeyBook, *, rotation_age: int, encrypt_limit: int,
-                   now_ns: int | None = None) -> TenantReport:
+                   now_ns: int | None = None, anchors: Anchors | None = None, cut_ns: int | None = None) -> TenantReport:
+    """With `anchors`, digest keys must be anchored and the ledger's digest records must be on the topic
+    (audit_check.check_chain); without, the chain is judged from the topics alone."""
     now_ns = now_ns if now_ns is not None else time.time_ns()
     report = TenantReport(tenant, now_ns, rotation_age, encrypt_limit)
     mine = _tenant_audit(audit, tenant)
@@ -211,7 +228,9 @@ async def assemble(ledger: Ledger, tenant: str, audit: Sequence[Logged], digests
     _apply_events(report, key_events)
     _apply_policy(report, now_ns)
     await _verify_ledger(report, ledger, [r.value for r, _ in mine if r.value is not None])
-    _verify_chain(report, check_chain(audit, digests, book), [r for r, _ in mine])
+    recorded = await ledger_digests(ledger) if anchors is not None else None
+    chain = check_chain(audit, digests, book, anchors=anchors, recorded=recorded, cut_ns=cut_ns)
+    _verify_chain(report, chain, [r for r, _ in mine])
     return report
 
 
