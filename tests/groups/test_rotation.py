@@ -7,11 +7,9 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-
-from schemas.messages import KeyEvent
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from schemas.messages import RotationTick
+from schemas.messages import KeyEvent, RotationTick
 from tests.support.harness import handler_harness, inbound, span_job, tenant_created
 from workers.core import ids
 from workers.core.b64 import b64url_encode
