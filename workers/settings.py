@@ -374,6 +374,7 @@ class LimitSettings(Section):
     """How keys age and wear out, how often evidence is sealed, how long a process waits at start."""
 
     rotation_age: int = Field(7_776_000, ge=1, description="Key age in seconds (TigerBeetle time) that triggers rotation.")
+    shred_window: int = Field(86_400, ge=60, le=31_536_000, description="Seconds after a tenant's deletion by which its wrapped keys are gone from keys.material: the topic is created with max.compaction.lag.ms and segment.ms derived from it, so compaction must have removed them by then (see `keyledger status`).")
     encrypt_limit: int = Field(2**32 - 2**24, ge=1, le=2**32, description="Encryptions under one AES-GCM key before it stops encrypting.")
     digest_interval: float = Field(300, gt=0, le=86_400, description="Seconds a kms.audit record waits at most before a signed digest covers it (a digest also closes at 10,000 records).")
     key_table_wait: float = Field(30.0, ge=0, le=3600, description="Seconds a record naming a tenant this process's key table has not seen yet waits (uncommitted, retried with backoff) for its keys, before it is refused as unknown_tenant; covers a tenant created just before its first spans.")

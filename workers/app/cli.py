@@ -308,7 +308,8 @@ async def _status_report(settings: Settings, bootstrap: str, *, as_json: bool) -
             "TigerBeetle ledger (KEYLEDGER_LEDGER=tigerbeetle)")
     try:
         status = await read_status(bootstrap, ledger, rotation_age=settings.limits.rotation_age,
-                                   encrypt_limit=settings.limits.encrypt_limit, ledger_note=note)
+                                   encrypt_limit=settings.limits.encrypt_limit, ledger_note=note,
+                                   shred_window=settings.limits.shred_window)
     finally:
         if ledger is not None:
             await ledger.aclose()
