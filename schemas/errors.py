@@ -20,6 +20,9 @@ class ErrorCode(StrEnum):
     FOREIGN_KEY = "foreign_key"
     KEY_WORN_OUT = "key_worn_out"
     MATERIAL_MISMATCH = "material_mismatch"
+    # rotation ticks that are not unambiguous or not authorized
+    AMBIGUOUS_TICK = "ambiguous_tick"
+    UNAUTHORIZED_TICK = "unauthorized_tick"
     # ciphertext problems
     MALFORMED_CIPHERTEXT = "malformed_ciphertext"
     DECRYPT_FAILED = "decrypt_failed"

@@ -161,6 +161,9 @@ class RotationTick(_Message):
     `scheduled` (a cron tick: only keys under an older KEK version) or `manual` (the CLI: every live key)."""
     to_provider: KmsProviderName | None = None
     """`migrate` only: the provider every live key moves to."""
+    operator_signature: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    """Ed25519 of the operator key (workers/core/operator_ticks.py): required on a `manual` or `compromise`
+    tick that names neither tenant nor key and so would rotate keys of more than one tenant."""
 
 
 # --- outbound ----------------------------------------------------------------

@@ -30,7 +30,7 @@ DIGEST_INTERVAL RETRY_ATTEMPTS RETRY_BACKOFF RETRY_BACKOFF_MAX KEY_TABLE_WAIT ST
 LOG_FORMAT LOG_LEVEL DEV_PORT""".split()  # noqa: SIM905  (a block of names reads better than 56 quoted ones)
 TRANSPORT = """KAFKA_SECURITY_PROTOCOL KAFKA_SSL_CA_FILE KAFKA_SSL_CERT_FILE KAFKA_SSL_KEY_FILE KAFKA_SASL_MECHANISM
 KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD_FILE KAFKA_SASL_OAUTH_TOKEN_FILE KAFKA_ALLOW_PLAINTEXT
-CALLER_MAX_SKEW OPERATOR_PUBLIC_KEY""".split()  # noqa: SIM905
+CALLER_MAX_SKEW OPERATOR_PUBLIC_KEY SHRED_WINDOW TENANT_KMS_KEYS""".split()  # noqa: SIM905
 SAFE_PRODUCTION = {
     "KEYLEDGER_PROFILE": "production",
     "KEYLEDGER_KMS_PROVIDER": "aws",
@@ -284,3 +284,10 @@ def test_a_copy_still_tells_a_default_from_a_chosen_value():
     assert copy.kafka.linger_ms == 7 and copy.profile == "dev"
     assert "kind" not in copy.ledger.model_fields_set  # dev starts TigerBeetle only when the ledger was not chosen
     assert "kind" in Settings(ledger="memory").updated(profile="dev").ledger.model_fields_set
+
+
+def test_per_tenant_kms_keys_are_refused_in_one_line_for_a_provider_without_them():
+    assert Settings(kafka_bootstrap="k:9092", kms_provider="aws", tenant_kms_keys="per-tenant").kms.tenant_kms_keys \
+        .value == "per-tenant"
+    with pytest.raises(ValueError, match="KEYLEDGER_TENANT_KMS_KEYS=per-tenant needs KEYLEDGER_KMS_PROVIDER=aws"):
+        Settings(kafka_bootstrap="k:9092", kms_provider="vault", tenant_kms_keys="per-tenant")

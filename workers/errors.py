@@ -50,6 +50,13 @@ class KeyRefused(KeyledgerError):
     code = ErrorCode.KEY_NOT_FOUND
 
 
+class TickRefused(KeyledgerError):
+    """A rotation tick that is ambiguous (its key unknown, or another tenant's) or not authorized
+    (it would rotate keys of several tenants now without the operator's signature)."""
+
+    code = ErrorCode.AMBIGUOUS_TICK
+
+
 class Unavailable(Exception):
     """Transient: the records wait uncommitted and are retried with backoff; never counts as an attempt."""
 

@@ -45,6 +45,11 @@ class KmsProvider(StrEnum):
     AZURE = "azure"
 
 
+class TenantKmsKeys(StrEnum):
+    SHARED = "shared"  # every tenant's keys wrapped under the provider's default key
+    PER_TENANT = "per-tenant"  # a KMS key of its own per tenant, scheduled for deletion when it is shredded
+
+
 class VaultAuthMethod(StrEnum):
     TOKEN = "token"
     APPROLE = "approle"
@@ -299,7 +304,7 @@ class VaultSettings(Section):
 
 class KmsSettings(Section):
     ENV_PREFIX = "KMS_"
-    ENV_NAMES: ClassVar[dict[str, str]] = {"local_kek": "LOCAL_KEK"}
+    ENV_NAMES: ClassVar[dict[str, str]] = {"local_kek": "LOCAL_KEK", "tenant_kms_keys": "TENANT_KMS_KEYS"}
     SECRETS = frozenset({"local_kek"})
 
     provider: KmsProvider = Field(KmsProvider.LOCAL, description="`aws` (AWS KMS API), `vault` (Vault/OpenBao Transit), `pkcs11` (an HSM over PKCS#11), `gcp` (Google Cloud KMS), `azure` (Azure Key Vault / Managed HSM) or `local` (a development KEK; only `keyledger dev`/`demo` or the dev profile).")
@@ -308,9 +313,17 @@ class KmsSettings(Section):
     timeout: float = Field(5.0, gt=0, le=120, description="Seconds before one KMS call times out.")
     max_attempts: int = Field(4, ge=1, le=20, description="botocore `standard` retry attempts per KMS call.")
     concurrency: int = Field(32, ge=1, le=1024, description="Most KMS calls in flight from one process (bench/lifecycle.py sweeps it; a remote KMS, bound by latency, wants the upper end).")
+    tenant_kms_keys: TenantKmsKeys = Field(TenantKmsKeys.SHARED, description="`shared`: tenants' keys are wrapped under the default KMS key, and a shred is complete when compaction removed them (KEYLEDGER_SHRED_WINDOW); `per-tenant` (aws only): onboarding creates a KMS key for the tenant (tagged with its id, alias from it), wraps its keys under it, and its shredding schedules that KMS key for deletion.")
     local_kek: str | None = Field(None, description="Base64 32-byte KEK of the `local` KMS provider; unset derives a fixed dev KEK.")
     aws: AwsSettings = Field(default_factory=AwsSettings, description="The `aws` provider.")
     vault: VaultSettings = Field(default_factory=VaultSettings, description="The `vault` provider.")
+
+    @model_validator(mode="after")
+    def _per_tenant_keys_need_aws(self) -> KmsSettings:
+        if self.tenant_kms_keys is TenantKmsKeys.PER_TENANT and self.provider is not KmsProvider.AWS:
+            raise ValueError(f"{self.env_name('tenant_kms_keys')}=per-tenant needs {self.env_name('provider')}=aws "
+                             f"(creating and deleting a KMS key per tenant); {self.provider.value} has no such mode")
+        return self
 
     @field_validator("local_kek")
     @classmethod
@@ -374,6 +387,7 @@ class LimitSettings(Section):
     """How keys age and wear out, how often evidence is sealed, how long a process waits at start."""
 
     rotation_age: int = Field(7_776_000, ge=1, description="Key age in seconds (TigerBeetle time) that triggers rotation.")
+    shred_window: int = Field(86_400, ge=60, le=31_536_000, description="Seconds after a tenant's deletion by which its wrapped keys are gone from keys.material: the topic is created with max.compaction.lag.ms and segment.ms derived from it, so compaction must have removed them by then (see `keyledger status`).")
     encrypt_limit: int = Field(2**32 - 2**24, ge=1, le=2**32, description="Encryptions under one AES-GCM key before it stops encrypting.")
     digest_interval: float = Field(300, gt=0, le=86_400, description="Seconds a kms.audit record waits at most before a signed digest covers it (a digest also closes at 10,000 records).")
     key_table_wait: float = Field(30.0, ge=0, le=3600, description="Seconds a record naming a tenant this process's key table has not seen yet waits (uncommitted, retried with backoff) for its keys, before it is refused as unknown_tenant; covers a tenant created just before its first spans.")

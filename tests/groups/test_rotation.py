@@ -7,24 +7,33 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from schemas.messages import KeyEvent
+from schemas.messages import KeyEvent, RotationTick
 from tests.support.harness import handler_harness, inbound, span_job, tenant_created
 from workers.core import ids
+from workers.core.b64 import b64url_encode
+from workers.core.operator_ticks import sign_tick
 from workers.core.signing import Verdict
 from workers.keystore.directory import KeyState
 from workers.tools.verify import PublicKeyBook, verify_signed_span
 
 GROUPS = ["keyledger-keygen", "keyledger-signer", "keyledger-rotation"]
+OPERATOR = Ed25519PrivateKey.generate()
 
 
 def tick(tick_id: str, **fields) -> bytes:
     return json.dumps({"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), **fields}).encode()
 
 
+def signed(tick_id: str, key: Ed25519PrivateKey = OPERATOR, **fields) -> bytes:
+    return sign_tick(RotationTick.model_validate_json(tick(tick_id, **fields)), key).to_json()
+
+
 @pytest.fixture
 async def harness():
-    async with handler_harness(GROUPS, rotation_age=3600) as parts:
+    operator = b64url_encode(OPERATOR.public_key().public_bytes_raw())
+    async with handler_harness(GROUPS, rotation_age=3600, operator_public_key=operator) as parts:
         context, broker, captured = parts
         for tenant in ("acme", "globex"):
             await broker.publish(tenant_created(tenant), "tenants.created", key=tenant.encode())
@@ -129,7 +138,7 @@ async def test_a_manual_fan_out_of_a_200_character_tick_reaches_a_128_character_
     tenant, parent = "t" + "x" * 127, "p" * 200
     await broker.publish(tenant_created(tenant), "tenants.created", key=tenant.encode())
     service = context.groups["keyledger-rotation"]
-    await service.handle([inbound("keys.rotation-ticks", "scheduler", tick(parent, reason="manual", key_type="signing"),
+    await service.handle([inbound("keys.rotation-ticks", "scheduler", signed(parent, reason="manual", key_type="signing"),
                                   offset=0)])
     assert {active(context, t).version for t in ("acme", "globex", tenant)} == {2}
     children = [t for t in captured.values("keys.rotation-ticks") if t.get("parent_tick_id") == parent]
@@ -149,3 +158,63 @@ async def test_kms_refusing_a_new_version_refuses_that_tick_alone(harness):
     assert active(context, "acme").version == 2 and active(context, byok).version == 1
     [letter] = captured.values("kms.dlq")
     assert (letter["error"]["type"], letter["offset"], letter["attempts"]) == ("kms_refused", 0, 1)
+
+
+# --- ticks limited to a key, and fan-outs that need the operator (finding 6 of issue 25) ----------------------------
+
+
+async def fan_out(context, value: bytes, key: str = "ops") -> None:
+    """Straight to the group, as a fan-out tick must be here: the test broker delivers the per-tenant
+    ticks it publishes inline."""
+    await context.groups["keyledger-rotation"].handle([inbound("keys.rotation-ticks", key, value, offset=0)])
+
+
+def revoked(captured) -> set[str]:
+    return {e["key_id"] for e in captured.values("keys.events") if e["type"] == "revoked"}
+
+
+async def test_a_compromise_tick_naming_one_key_and_no_tenant_revokes_that_key_alone(harness):
+    context, broker, captured = harness
+    target = active(context, "acme")
+    untouched = {t: {k: active(context, t, k).key_id for k in ("signing", "encryption")} for t in ("acme", "globex")}
+    await fan_out(context, tick("c1", key_id=target.key_id, reason="compromise"))
+    assert revoked(captured) == {target.key_id}
+    assert context.directory.get(target.key_id).state is KeyState.REVOKED
+    assert active(context, "acme").version == 2
+    assert active(context, "acme", "encryption").key_id == untouched["acme"]["encryption"]
+    assert {k: active(context, "globex", k).key_id for k in ("signing", "encryption")} == untouched["globex"]
+    assert captured.values("kms.dlq") == []
+
+
+@pytest.mark.parametrize("fields, why", [
+    ({"key_id": "f" * 32}, "not a known key"),
+    ({"key_id": "<globex signing>", "tenant_id": "acme"}, "not a key of tenant_id"),
+    ({"key_id": "<acme signing>", "key_type": "encryption"}, "a signing key, and key_type encryption"),
+])
+async def test_an_ambiguous_tick_is_refused_typed_and_rotates_nothing(harness, fields, why):
+    context, broker, captured = harness
+    names = {f"<{t} signing>": active(context, t).key_id for t in ("acme", "globex")}
+    fields = {k: names.get(v, v) for k, v in fields.items()}
+    await fan_out(context, tick("a1", reason="compromise", **fields), fields.get("tenant_id", "ops"))
+    [letter] = captured.values("kms.dlq")
+    assert letter["error"]["type"] == "ambiguous_tick" and why in letter["error"]["message"]
+    assert revoked(captured) == set() and {active(context, t).version for t in ("acme", "globex")} == {1}
+
+
+@pytest.mark.parametrize("how", ["unsigned", "another key", "altered after signing"])
+async def test_a_compromise_fan_out_without_the_operator_signature_is_refused(harness, how):
+    context, broker, captured = harness
+    value = {"unsigned": lambda: tick("f1", reason="compromise"),
+             "another key": lambda: signed("f1", Ed25519PrivateKey.generate(), reason="compromise"),
+             "altered after signing": lambda: json.dumps({**json.loads(signed("f1", reason="manual")),
+                                                          "reason": "compromise"}).encode()}[how]()
+    await fan_out(context, value)
+    assert [d["error"]["type"] for d in captured.values("kms.dlq")] == ["unauthorized_tick"]
+    assert revoked(captured) == set() and {active(context, t).version for t in ("acme", "globex")} == {1}
+
+
+async def test_a_signed_compromise_fan_out_revokes_every_tenant(harness):
+    context, broker, captured = harness
+    before = {active(context, t).key_id for t in ("acme", "globex")}
+    await fan_out(context, signed("f2", reason="compromise", key_type="signing"))
+    assert revoked(captured) == before and captured.values("kms.dlq") == []

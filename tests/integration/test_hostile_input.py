@@ -17,13 +17,16 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from schemas.messages import DeadLetter
+from schemas.messages import DeadLetter, RotationTick
 from tests.support.harness import span_job, tick
 from tests.support.kafka import read, records_for, tenant_created, unique_tenant, wait_committed
 from tests.support.processes import in_process_workers
 from tests.support.secrets import found_in, record_bytes
 from workers.core import ids
+from workers.core.b64 import b64url_encode
+from workers.core.operator_ticks import sign_tick
 from workers.kafka.letters import FRAMING_BYTES
 from workers.kms.local import LocalKms
 
@@ -295,11 +298,13 @@ async def test_a_200_character_tick_fans_out_to_a_128_character_tenant(topics_re
     parent = f"tick-{uuid.uuid4().hex}".ljust(200, "p")
     child = ids.child_tick_id(parent, tenant)
     assert len(f"{parent}/{tenant}") > 200 and len(child) <= 200
-    async with in_process_workers(bootstrap, ["keyledger-keygen", "keyledger-rotation"]):
+    operator = Ed25519PrivateKey.generate()  # a manual fan-out over several tenants needs the operator's signature
+    overrides = {"operator_public_key": b64url_encode(operator.public_key().public_bytes_raw())}
+    signed = sign_tick(RotationTick.model_validate_json(tick(parent, reason="manual", key_type="signing")), operator)
+    async with in_process_workers(bootstrap, ["keyledger-keygen", "keyledger-rotation"], overrides=overrides):
         await send(bootstrap, "tenants.created", [(tenant, tenant_created(tenant), [])])
         await records_for(bootstrap, "keys.events", tenant, want=2, timeout=90)
-        [sent] = await send(bootstrap, "keys.rotation-ticks",
-                            [("scheduler", tick(parent, reason="manual", key_type="signing"), [])])
+        [sent] = await send(bootstrap, "keys.rotation-ticks", [("scheduler", signed.to_json(), [])])
         events = await records_for(bootstrap, "keys.events", tenant, want=3, timeout=180)
         [rotated] = [e for e in events if e["type"] == "rotated"]
         assert rotated["tick_id"] == child and rotated["key_type"] == "signing" and rotated["version"] == 2

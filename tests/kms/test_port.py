@@ -57,7 +57,7 @@ async def test_the_router_forwards_every_port_method(name):
 
 def test_each_adapter_declares_its_capabilities_in_its_class():
     for adapter, expected in ((LocalKms, KmsCapabilities("local")),
-                              (AwsKms, KmsCapabilities("aws", native_rewrap=True)),
+                              (AwsKms, KmsCapabilities("aws", native_rewrap=True, tenant_keys=True)),
                               (VaultKms, KmsCapabilities("vault", batching=True, native_rewrap=True,
                                                          kek_versions=True)),
                               (Pkcs11Kms, KmsCapabilities("pkcs11", kek_versions=True)),

@@ -30,6 +30,7 @@ CALLS: dict[str, tuple[Any, ...]] = {
     "decrypt": (BLOB, "k", ACME),
     "describe_key": ("k",),
     "schedule_key_deletion": ("tenant-own", 7),
+    "tenant_key": ("acme",),
     "aclose": (),
     "generate_data_keys": ([DataKeyRequest(None, ACME)],),
     "decrypt_many": ([UnwrapRequest(BLOB, "k", ACME)],),
@@ -87,6 +88,10 @@ class Recording(Kms):
 
     async def schedule_key_deletion(self, kms_key_id, pending_days):
         self.called.append("schedule_key_deletion")
+
+    async def tenant_key(self, tenant_id):
+        self.called.append("tenant_key")
+        return f"tenant-{tenant_id}"
 
     async def aclose(self):
         self.called.append("aclose")

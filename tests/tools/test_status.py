@@ -10,7 +10,7 @@ from workers.core import ids
 from workers.keys.budget import Claim, EncryptionBudget
 from workers.keystore.directory import KeyDirectory
 from workers.ledger.memory import MemoryLedger
-from workers.tools.status import RESERVED_TENANT, near_wear_out, render, summarise, to_json
+from workers.tools.status import RESERVED_TENANT, near_wear_out, render, shreds, summarise, to_json
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 DAY = 86400
@@ -87,3 +87,19 @@ async def test_near_wear_out_reads_the_encryption_budget_the_workers_charge():
                                for n, (k, count) in enumerate([(keys[0], 91), (keys[1], 89)])]) == [True, True]
     worn = await near_wear_out(ledger, keys, encrypt_limit=100)
     assert [(r.tenant_id, r.used) for r in worn] == [("acme", 91)]  # 91 >= 90% of 100; 89 is not
+
+
+def test_a_deleted_tenant_shred_is_complete_one_shred_window_after_its_keys_were_destroyed():
+    directory = table()
+    events = [KeyEvent(event_id=f"d-{t}", type=KeyEventType.DESTROYED, tenant_id="initech", key_id=ids.key_id_for(
+        "initech", t, 1), key_type=t, version=1, occurred_at=NOW) for t in KeyType]
+    [pending] = shreds(directory, events, NOW + timedelta(hours=1), shred_window=DAY)
+    assert (pending.tenant_id, pending.complete) == ("initech", False)
+    assert pending.complete_at == (NOW + timedelta(days=1)).isoformat()
+    [done] = shreds(directory, events, NOW + timedelta(days=1), shred_window=DAY)
+    assert done.complete
+    status = summarise(directory, NOW, rotation_age=90 * DAY, encrypt_limit=100)
+    status.shred_window, status.shreds = DAY, [pending]
+    text = render(status, "test")
+    assert f"initech: destroyed {NOW.isoformat()}, complete at {pending.complete_at} (pending)" in text
+    assert json.loads(to_json(status))["shreds"][0]["complete"] is False

@@ -195,6 +195,9 @@ def _add_rotate(verbs: Any) -> None:
     rotate.add_argument("--key-type", choices=["signing", "encryption"], help="only this key type")
     rotate.add_argument("--reason", choices=["scheduled", "manual", "compromise"], default="manual",
                         help="scheduled rotates only keys older than KEYLEDGER_ROTATION_AGE; compromise also revokes")
+    rotate.add_argument("--operator-key", metavar="FILE", type=Path,
+                        help="the operator key file (`keyledger operator keygen`): signs a manual or compromise tick "
+                             "for --all, which the workers refuse unsigned when it touches more than one tenant")
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -204,10 +207,14 @@ def _rotate(args: argparse.Namespace) -> int:
     settings = load_settings()
     bootstrap = require_bootstrap(settings)
     key_type = KeyType(args.key_type) if args.key_type else None
+    operator = None
+    if args.operator_key is not None:
+        from workers.tools.callers import load_operator_key
+        operator = load_operator_key(args.operator_key)
 
     async def checked_rotate() -> int:
         await _reach(bootstrap, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
-        return await rotate(bootstrap, args.tenant, key_type, RotationReason(args.reason))
+        return await rotate(bootstrap, args.tenant, key_type, RotationReason(args.reason), operator=operator)
 
     return asyncio.run(checked_rotate())
 
@@ -301,7 +308,8 @@ async def _status_report(settings: Settings, bootstrap: str, *, as_json: bool) -
             "TigerBeetle ledger (KEYLEDGER_LEDGER=tigerbeetle)")
     try:
         status = await read_status(bootstrap, ledger, rotation_age=settings.limits.rotation_age,
-                                   encrypt_limit=settings.limits.encrypt_limit, ledger_note=note)
+                                   encrypt_limit=settings.limits.encrypt_limit, ledger_note=note,
+                                   shred_window=settings.limits.shred_window)
     finally:
         if ledger is not None:
             await ledger.aclose()

@@ -12,6 +12,7 @@ from workers.kafka.records import InboundRecord, parse, parse_all
 from workers.keys.versions import VersionMaker
 from workers.services.keygen import KeygenService
 from workers.services.shredding import Shredder
+from workers.settings import TenantKmsKeys
 
 
 class KeygenGroup:
@@ -20,7 +21,8 @@ class KeygenGroup:
     pipelined: bool = False
 
     def __init__(self, deps: Deps) -> None:
-        self.service = KeygenService(deps.keys, VersionMaker(deps.keys, deps.ledger, deps.materials))
+        per_tenant = deps.settings.kms.tenant_kms_keys is TenantKmsKeys.PER_TENANT
+        self.service = KeygenService(deps.keys, VersionMaker(deps.keys, deps.ledger, deps.materials), per_tenant)
         self.shredder = Shredder(deps.keys)
         self._emit: Emitter[None] = deps.emitter(self.name)
         self._max_bytes = deps.settings.kafka.max_message_bytes

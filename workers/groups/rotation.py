@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from schemas.messages import RotationTick, TickAction
 from schemas.topics import Topic
 from workers.core import policy
+from workers.core.callers import operator_public_key
 from workers.groups.base import Deps, Emitter
 from workers.kafka.records import InboundRecord, parse, parse_all
 from workers.keys.versions import VersionMaker
@@ -27,7 +28,9 @@ class RotationGroup:
 
     def __init__(self, deps: Deps) -> None:
         versions = VersionMaker(deps.keys, deps.ledger, deps.materials)
-        self.service = RotationService(deps.keys, deps.ledger, versions, deps.settings.limits.rotation_age)
+        operator = deps.settings.callers.operator_public_key
+        self.service = RotationService(deps.keys, deps.ledger, versions, deps.settings.limits.rotation_age,
+                                       operator_public_key(operator) if operator else None)
         self.rewrap = RewrapService(deps.keys, deps.ledger, deps.materials)
         self.retirement = KekRetirement(deps.keys, deps.ledger)
         self.rewrap_fan_out = RewrapFanOut(deps.keys, self.retirement)
@@ -42,6 +45,7 @@ class RotationGroup:
         for source, tick in parsed:
             if tick.tenant_id is not None and tick.action is not TickAction.RETIRE:
                 per_tenant[tick.tenant_id].append((source, tick))
+        # a tick naming a key but no tenant goes through the fan-out too: it becomes one tick for the key's tenant
         fan_outs = [(r, t) for r, t in parsed if t.tenant_id is None and t.action in (None, TickAction.ROTATE)]
         rewrap_fan_outs = [(r, t) for r, t in parsed if t.tenant_id is None and t.action in REWRAPPING]
         fanned = await self.service.fan_out(fan_outs)

@@ -153,6 +153,7 @@ class KmsCapabilities:
     native_rewrap: bool = False  # rewrap inside the KMS: the plaintext never reaches this process
     kek_versions: bool = False  # rotate_kek / kek_versions / retire_kek_versions work
     routing: bool = False  # one adapter per provider behind `route`
+    tenant_keys: bool = False  # tenant_key creates (or finds) a KMS key of a tenant's own
 
 
 _T = TypeVar("_T")
@@ -195,6 +196,12 @@ class Kms(abc.ABC):
 
     @abc.abstractmethod
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None: ...
+
+    async def tenant_key(self, tenant_id: str) -> str:
+        """The id of the KMS key of `tenant_id`'s own, created (tagged with the tenant id) when it does not
+        exist yet; found again by an alias derived from the tenant id, so a tenant never gets two.
+        Refused unless `capabilities.tenant_keys`."""
+        raise KmsRefused(f"the {self.capabilities.provider} KMS provider creates no KMS key per tenant")
 
     async def aclose(self) -> None:
         """Releases connections and tokens; the default has none."""

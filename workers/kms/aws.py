@@ -11,6 +11,7 @@ port's concurrent single calls; `rewrap` is ReEncrypt (native).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -43,8 +44,17 @@ _TRANSIENT_CODES = {
 }
 
 
+TENANT_TAG = "keyledger:tenant"
+
+
+def tenant_key_alias(tenant_id: str) -> str:
+    """The alias of a tenant's own KMS key (per-tenant mode): derived from the tenant id, so it is found
+    again after a restart or a replay; a hash because a tenant id may hold characters an alias may not."""
+    return "alias/keyledger/tenant-" + hashlib.blake2b(tenant_id.encode(), digest_size=16).hexdigest()
+
+
 class AwsKms(Kms):
-    capabilities = KmsCapabilities("aws", native_rewrap=True)
+    capabilities = KmsCapabilities("aws", native_rewrap=True, tenant_keys=True)
 
     def __init__(
         self,
@@ -136,6 +146,38 @@ class AwsKms(Kms):
 
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         await self._call("ScheduleKeyDeletion", KeyId=kms_key_id, PendingWindowInDays=pending_days)
+
+    async def tenant_key(self, tenant_id: str) -> str:
+        """Looked up by its alias first; created (CreateKey tagged `keyledger:tenant`, then CreateAlias) when
+        missing. Two processes racing both create a key; the alias goes to one, and the loser schedules its
+        own key for deletion and uses the winner's, so the tenant has one KMS key."""
+        alias = tenant_key_alias(tenant_id)
+        found = await self._key_of_alias(alias)
+        if found is not None:
+            return found
+        created = await self._call("CreateKey", Description=f"keyledger keys of tenant {tenant_id}",
+                                   KeyUsage="ENCRYPT_DECRYPT", Tags=[{"TagKey": TENANT_TAG, "TagValue": tenant_id}])
+        key_id = str(created["KeyMetadata"]["KeyId"])
+        try:
+            await self._call("CreateAlias", AliasName=alias, TargetKeyId=key_id)
+        except KmsRefused as exc:
+            if "AlreadyExistsException" not in str(exc):
+                raise
+            await self.schedule_key_deletion(key_id, 7)  # lost the race: the alias names the winner's key
+            winner = await self._key_of_alias(alias)
+            if winner is None:
+                raise
+            return winner
+        return key_id
+
+    async def _key_of_alias(self, alias: str) -> str | None:
+        try:
+            reply = await self._call("DescribeKey", KeyId=alias)
+        except KmsRefused as exc:
+            if "NotFoundException" in str(exc):
+                return None
+            raise
+        return str(reply["KeyMetadata"]["KeyId"])
 
     async def describe_key(self, kms_key_id: str) -> str:
         reply = await self._call("DescribeKey", KeyId=kms_key_id)

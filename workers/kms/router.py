@@ -145,6 +145,9 @@ class KmsRouter(Kms):
 
     # --- lifecycle ----------------------------------------------------------------------------
 
+    async def tenant_key(self, tenant_id: str) -> str:
+        return await self.primary.tenant_key(tenant_id)  # new keys go to the primary provider
+
     async def schedule_key_deletion(self, kms_key_id: str, pending_days: int) -> None:
         if self.is_default_key(kms_key_id):
             raise KmsRefused(f"{kms_key_id} is a provider's shared default key: keyledger never deletes it")

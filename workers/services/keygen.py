@@ -10,6 +10,11 @@ and a replay duplicates nothing):
 Steps 1-3 are keys/versions.py, 4-5 the group's emitter. A key whose account and
 material already exist is not touched again, so the same event replayed, or the
 same tenant created twice, makes no second key.
+
+Per-tenant KMS keys (KEYLEDGER_TENANT_KMS_KEYS=per-tenant): a tenant created without `kms_key_id`
+gets a KMS key of its own first (Kms.tenant_key: found by an alias derived from the tenant id, so a
+replay finds the same key), and from then on it is handled exactly as a BYOK tenant: its keys are
+wrapped under that KMS key, rotation keeps it, and shredding schedules it for deletion.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from workers.errors import KeyRefused
 from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker, VersionPlan
 from workers.keystore.directory import KeyState
+from workers.kms import KmsRefused
 from workers.ledger.records import OpRecord
 from workers.services.outcome import Outcome
 from workers.source import Source
@@ -31,8 +37,9 @@ FIRST_VERSION = 1
 
 
 class KeygenService:
-    def __init__(self, keys: KeyService, versions: VersionMaker) -> None:
+    def __init__(self, keys: KeyService, versions: VersionMaker, per_tenant_kms_keys: bool = False) -> None:
         self._keys = keys
+        self._per_tenant_kms_keys = per_tenant_kms_keys
         self._versions = versions
         self.keys_created = 0
 
@@ -43,6 +50,7 @@ class KeygenService:
         claimed: dict[str, str] = {}  # BYOK keys claimed in this batch -> by which tenant
         for source, event in requests:
             try:
+                event = await self._with_tenant_kms_key(event)
                 if event.kms_key_id is not None:
                     await self._own_kms_key(event.tenant_id, event.kms_key_id, claimed)
                 for plan in self._plan(source, event):
@@ -55,6 +63,16 @@ class KeygenService:
         outcome.events += [self._versions.announcement(p, KeyEventType.GENERATED) for p in todo]
         self.keys_created += len(todo)
         return outcome
+
+    async def _with_tenant_kms_key(self, event: TenantCreated) -> TenantCreated:
+        if not self._per_tenant_kms_keys or event.kms_key_id is not None or event.tenant_id == SYSTEM_TENANT \
+                or self._keys.directory.is_destroyed_tenant(event.tenant_id):
+            return event
+        try:
+            kms_key_id = await self._keys.kms.tenant_key(event.tenant_id)
+        except KmsRefused as exc:
+            raise KeyRefused(f"no KMS key of the tenant's own: {exc}", ErrorCode.KMS_REFUSED) from None
+        return event.model_copy(update={"kms_key_id": kms_key_id})
 
     async def _own_kms_key(self, tenant_id: str, kms_key_id: str, claimed: dict[str, str]) -> None:
         """BYOK: a tenant's own KMS key belongs to that tenant alone. The shared default key, or a key bound

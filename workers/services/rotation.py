@@ -6,6 +6,13 @@
   `manual`/`compromise`) and publishes one tick per tenant with `due_before`,
   keyed by the tenant. Each tenant's rotation therefore runs on its own
   partition, one at a time.
+- A tick with `key_id` is about that key alone: without `tenant_id` it becomes one tick for the
+  key's tenant (never a fan-out); a `key_id` that is unknown, of another tenant than `tenant_id` or
+  of another type than `key_type` is refused as `ambiguous_tick`.
+- A `manual` or `compromise` tick without tenant and key that would rotate keys of more than one
+  tenant needs the operator's signature (core/operator_ticks.py), else it is refused as
+  `unauthorized_tick` and nothing rotates. A scheduled fan-out rotates only keys already due and
+  needs none.
 - A tick with `tenant_id` rotates that tenant now (only keys created before
   `due_before` when it has one). Version v+1 is made durable like a first key
   (material, then account); then one `rotate` transfer on the old key links the
@@ -29,10 +36,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from schemas.errors import ErrorCode
 from schemas.messages import SYSTEM_TENANT, KeyEvent, KeyEventType, KeyType, Op, RotationReason, RotationTick
 from workers.core import ids, policy
-from workers.errors import KeyRefused
+from workers.core.operator_ticks import operator_signed
+from workers.errors import KeyRefused, TickRefused
 from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker, VersionPlan
 from workers.keystore.directory import KeyEntry
@@ -67,8 +77,10 @@ class Rotation:
 
 
 class RotationService:
-    def __init__(self, keys: KeyService, ledger: Ledger, versions: VersionMaker, rotation_age: int) -> None:
+    def __init__(self, keys: KeyService, ledger: Ledger, versions: VersionMaker, rotation_age: int,
+                 operator_key: Ed25519PublicKey | None = None) -> None:
         self._keys = keys
+        self._operator_key = operator_key
         self._ledger = ledger
         self._versions = versions
         self._clock = LedgerClock(ledger)
@@ -80,21 +92,51 @@ class RotationService:
     async def fan_out(self, ticks: Sequence[Tick]) -> Outcome[None]:
         """One tick per tenant with a key due, for each tick that names no tenant."""
         outcome = Outcome[None]()
-        for _, tick in ticks:
-            outcome.ticks += await self._fan_out(tick)
+        for source, tick in ticks:
+            try:
+                outcome.ticks += await self._fan_out(tick)
+            except TickRefused as exc:
+                log.warning("tick %s refused: %s", tick.tick_id, exc)
+                outcome.refuse(source, exc)
         return outcome
 
     async def _fan_out(self, tick: RotationTick) -> list[RotationTick]:
         now = await self._clock.now(f"tick/{tick.tick_id}")
         cutoff = policy.rotation_cutoff(now, tick.reason, self.rotation_age)
+        if tick.key_id is not None:
+            entry = self._named_key(tick)
+            return [RotationTick(
+                tick_id=ids.child_tick_id(tick.tick_id, entry.tenant_id), issued_at=tick.issued_at,
+                tenant_id=entry.tenant_id, key_type=entry.key_type, reason=tick.reason, due_before=cutoff,
+                parent_tick_id=tick.tick_id, key_id=entry.key_id)]
         entries = self._active_entries(tick.key_type, with_system=tick.reason is RotationReason.SCHEDULED)
         due = await self._created_before(entries, cutoff)
         tenants = sorted({e.tenant_id for e in due})
         log.info("tick %s (%s): %d of %d active keys due, %d tenants", tick.tick_id, tick.reason.value,
                  len(due), len(entries), len(tenants))
+        if (tick.reason is not RotationReason.SCHEDULED and len(tenants) > 1
+                and not operator_signed(tick, self._operator_key)):
+            raise TickRefused(
+                f"a {tick.reason.value} tick without tenant_id and key_id would rotate keys of {len(tenants)} "
+                "tenants: it needs operator_signature by the operator key (keyledger rotate --all --operator-key); "
+                "nothing rotated", ErrorCode.UNAUTHORIZED_TICK)
         return [RotationTick(
             tick_id=ids.child_tick_id(tick.tick_id, tenant), issued_at=tick.issued_at, tenant_id=tenant, key_type=tick.key_type,
             reason=tick.reason, due_before=cutoff, parent_tick_id=tick.tick_id) for tenant in tenants]
+
+    def _named_key(self, tick: RotationTick) -> KeyEntry:
+        """The key a tick's `key_id` names, when it agrees with the tick's tenant and key type."""
+        assert tick.key_id is not None
+        entry = self._keys.directory.get(tick.key_id)
+        if entry is None:
+            raise TickRefused(f"tick names key_id {tick.key_id}, which is not a known key: nothing rotated")
+        if tick.tenant_id is not None and entry.tenant_id != tick.tenant_id:
+            raise TickRefused(f"tick names key_id {tick.key_id}, which is not a key of tenant_id "
+                              f"{tick.tenant_id!r}: nothing rotated")
+        if tick.key_type is not None and entry.key_type is not tick.key_type:
+            raise TickRefused(f"tick names key_id {tick.key_id}, a {entry.key_type.value} key, and key_type "
+                              f"{tick.key_type.value}: nothing rotated")
+        return entry
 
     def _active_entries(self, key_type: KeyType | None, with_system: bool = False) -> list[KeyEntry]:
         directory = self._keys.directory
@@ -122,6 +164,9 @@ class RotationService:
         for source, tick in ticks:
             try:
                 wanted += self._targets(source, tick)
+            except TickRefused as exc:
+                log.warning("tick %s refused: %s", tick.tick_id, exc)
+                outcome.refuse(source, exc)
             except KeyRefused as exc:
                 if self._keys.waits_for_tenant(exc, source):
                     outcome.blocked.append(source)
@@ -143,6 +188,8 @@ class RotationService:
     def _targets(self, source: Source, tick: RotationTick) -> list[Rotation]:
         assert tick.tenant_id is not None
         types = [tick.key_type] if tick.key_type else list(KeyType)
+        if tick.key_id is not None:
+            types = [self._named_key(tick).key_type]
         targets = []
         for key_type in types:
             try:

@@ -1,7 +1,9 @@
 """`keyledger rotate`: issue a rotation tick and follow it to the end with a progress bar.
 
 The key table is read first: a tenant with no keys (unknown, or deleted) is refused before
-any tick is published, so a typo never reads as "0 keys rotated".
+any tick is published, so a typo never reads as "0 keys rotated". A manual or compromise
+rotation of every tenant is signed with the operator key (`--operator-key`); without it, when
+more than one tenant would rotate, nothing is published (the workers would refuse it).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from schemas.messages import (
@@ -23,14 +26,16 @@ from schemas.messages import (
 )
 from schemas.topics import Topic
 from workers.core import ids
+from workers.core.operator_ticks import sign_tick
 from workers.errors import CheckFailed
 from workers.kafka.tap import produce, read_topic
 from workers.keystore.directory import KeyDirectory
 from workers.tools.progress import Progress
 
 
-async def active_keys(bootstrap: str, tenant: str | None, key_type: KeyType | None) -> int:
-    """How many active keys the rotation covers; CheckFailed when a named tenant has none to rotate."""
+async def active_keys(bootstrap: str, tenant: str | None, key_type: KeyType | None) -> tuple[int, int]:
+    """How many active keys the rotation covers and of how many tenants; CheckFailed when a named
+    tenant has none to rotate."""
     directory = KeyDirectory()
     for record in await read_topic(bootstrap, Topic.KEYS_EVENTS, timeout=120):
         event = _key_event(record.value)
@@ -39,10 +44,10 @@ async def active_keys(bootstrap: str, tenant: str | None, key_type: KeyType | No
     # a fan-out (no tenant) skips keyledger's own digest key, except on schedule (see services/rotation.py)
     tenants = [tenant] if tenant else sorted(directory.tenants() - {SYSTEM_TENANT})
     types = [key_type] if key_type else list(KeyType)
-    total = sum(1 for t in tenants for k in types if directory.active(t, k) is not None)
-    if tenant is not None and total == 0:
+    covered = [t for t in tenants for k in types if directory.active(t, k) is not None]
+    if tenant is not None and not covered:
         raise CheckFailed(_nothing_to_rotate(directory, tenant, key_type))
-    return total
+    return len(covered), len(set(covered))
 
 
 def _nothing_to_rotate(directory: KeyDirectory, tenant: str, key_type: KeyType | None) -> str:
@@ -55,12 +60,17 @@ def _nothing_to_rotate(directory: KeyDirectory, tenant: str, key_type: KeyType |
 
 
 async def rotate(bootstrap: str, tenant: str | None, key_type: KeyType | None, reason: RotationReason,
-                 idle_timeout: float = 15.0) -> int:
+                 idle_timeout: float = 15.0, operator: Ed25519PrivateKey | None = None) -> int:
     tick = RotationTick(tick_id=f"cli-{uuid.uuid4()}", issued_at=datetime.now(UTC), tenant_id=tenant,
                         key_type=key_type, reason=reason)
     total: int | None = None
     if tenant is not None or reason is not RotationReason.SCHEDULED:
-        total = await active_keys(bootstrap, tenant, key_type)
+        total, tenants = await active_keys(bootstrap, tenant, key_type)
+        if tenant is None and operator is not None:
+            tick = sign_tick(tick, operator)
+        elif tenant is None and tenants > 1:
+            raise CheckFailed(f"a {reason.value} rotation of every tenant ({tenants} tenants) needs the operator's "
+                              "signature: pass --operator-key FILE (`keyledger operator keygen`); nothing published")
     if reason is RotationReason.SCHEDULED:
         total = None  # a scheduled tick rotates only what is due, which only the ledger knows
     await produce(bootstrap, Topic.ROTATION_TICKS, [((tenant or "scheduler").encode(), tick.to_json())])

@@ -12,6 +12,10 @@ What it shows, and from where:
   ledger, the count the PII group enforces) reaches NEAR_WEAR_OUT of KEYLEDGER_ENCRYPT_LIMIT.
   Only a ledger another process can read answers this; for the memory ledger it is skipped
   with a note, never guessed.
+- shreds: for each deleted tenant, when its keys were destroyed (the newest `destroyed` event) and
+  when the shred is complete: that time + KEYLEDGER_SHRED_WINDOW, by which compaction has removed
+  the wrapped keys from `keys.material` (kafka/topics.py: shred_bound). Until then a copy of the
+  wrapped key may still be on the topic, and the KMS key that wraps it still unwraps it.
 
 The reserved tenant id `keyledger-system` (keyledger's own records) is not a tenant and is skipped.
 Reading never writes: no record is produced, no ledger event is created.
@@ -22,12 +26,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.messages import KeyEvent, KeyMaterial, KeyType
+from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
 from schemas.topics import Topic
 from workers.kafka.tap import read_topic
 from workers.keys.budget import EncryptionBudget
@@ -50,6 +54,14 @@ class KeyRow:
     used: int | None = None
 
 
+@dataclass(frozen=True)
+class ShredRow:
+    tenant_id: str
+    destroyed_at: str
+    complete_at: str
+    complete: bool
+
+
 @dataclass
 class Status:
     rotation_age: int
@@ -62,16 +74,23 @@ class Status:
     wear_out_note: str | None = None
     unreadable_records: int = 0
     tenant_keys: dict[str, list[str]] = field(default_factory=dict)
+    shred_window: int | None = None
+    shreds: list[ShredRow] = field(default_factory=list)
 
 
 async def read_status(bootstrap: str, ledger: Ledger | None, *, rotation_age: int, encrypt_limit: int,
-                      ledger_note: str = "", now: datetime | None = None) -> Status:
+                      ledger_note: str = "", now: datetime | None = None, shred_window: int | None = None) -> Status:
     """The status from the two topics, read to their current end; wear-out from `ledger` when given."""
     directory = KeyDirectory()
+    now = now or datetime.now(UTC)
     unreadable = _apply_material(directory, [(r.key, r.value) for r in await read_topic(bootstrap, Topic.KEYS_MATERIAL)])
-    unreadable += _apply_events(directory, [r.value for r in await read_topic(bootstrap, Topic.KEYS_EVENTS)])
-    status = summarise(directory, now or datetime.now(UTC), rotation_age=rotation_age, encrypt_limit=encrypt_limit)
+    events = [r.value for r in await read_topic(bootstrap, Topic.KEYS_EVENTS)]
+    unreadable += _apply_events(directory, events)
+    status = summarise(directory, now, rotation_age=rotation_age, encrypt_limit=encrypt_limit)
     status.unreadable_records = unreadable
+    if shred_window is not None:
+        status.shred_window = shred_window
+        status.shreds = shreds(directory, _parsed_events(events), now, shred_window)
     if ledger is None:
         status.wear_out_note = ledger_note or "skipped: no ledger to read usage from"
     else:
@@ -103,6 +122,33 @@ def _apply_events(directory: KeyDirectory, values: list[bytes | None]) -> int:
         except ValidationError:
             unreadable += 1
     return unreadable
+
+
+def _parsed_events(values: list[bytes | None]) -> list[KeyEvent]:
+    parsed = []
+    for value in values:
+        try:
+            if value is not None:
+                parsed.append(KeyEvent.model_validate_json(value))
+        except ValidationError:
+            continue
+    return parsed
+
+
+def shreds(directory: KeyDirectory, events: list[KeyEvent], now: datetime, shred_window: int) -> list[ShredRow]:
+    """Each deleted tenant's shred: destroyed at its newest `destroyed` event, complete a window later (pure)."""
+    destroyed_at: dict[str, datetime] = {}
+    for event in events:
+        if event.type is KeyEventType.DESTROYED and event.tenant_id != RESERVED_TENANT:
+            at = event.occurred_at
+            destroyed_at[event.tenant_id] = max(at, destroyed_at.get(event.tenant_id, at))
+    rows = []
+    for tenant in _tenants(directory):
+        if directory.is_destroyed_tenant(tenant) and tenant in destroyed_at:
+            at = destroyed_at[tenant]
+            complete_at = at + timedelta(seconds=shred_window)
+            rows.append(ShredRow(tenant, at.isoformat(), complete_at.isoformat(), now >= complete_at))
+    return rows
 
 
 def _tenants(directory: KeyDirectory) -> list[str]:
@@ -175,6 +221,9 @@ def render(status: Status, source: str) -> str:
         lines.append(wear + (status.wear_out_note or "skipped"))
     else:
         lines.append(wear + _listed(status.near_wear_out, lambda r: f"{r.used} used"))
+    if status.shred_window is not None:
+        lines.append(f"shreds (complete KEYLEDGER_SHRED_WINDOW={status.shred_window}s after deletion): "
+                     + _listed_shreds(status.shreds))
     for tenant in (status.live_tenants + status.deleted_tenants)[:SHOWN]:
         gone = " (deleted)" if tenant in status.deleted_tenants else ""
         lines.append(f"  {tenant}{gone}: " + ", ".join(status.tenant_keys[tenant]))
@@ -184,6 +233,16 @@ def render(status: Status, source: str) -> str:
     if status.unreadable_records:
         lines.append(f"{status.unreadable_records} records on keys.material/keys.events are not valid key records")
     return "\n".join(lines)
+
+
+def _listed_shreds(rows: list[ShredRow]) -> str:
+    if not rows:
+        return "none"
+    shown = [f"\n  {r.tenant_id}: destroyed {r.destroyed_at}, "
+             + (f"complete since {r.complete_at}" if r.complete else f"complete at {r.complete_at} (pending)")
+             for r in rows[:SHOWN]]
+    more = f"\n  ... and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""
+    return f"{len(rows)}" + "".join(shown) + more
 
 
 def _listed(rows: list[KeyRow], detail: Any) -> str:

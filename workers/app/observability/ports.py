@@ -155,6 +155,9 @@ class MeteredKms(Kms):
     async def describe_key(self, kms_key_id: str) -> str:
         return await self._call("describe_key", lambda: self.inner.describe_key(kms_key_id))
 
+    async def tenant_key(self, tenant_id: str) -> str:
+        return await self._call("tenant_key", lambda: self.inner.tenant_key(tenant_id))
+
     async def aclose(self) -> None:
         await self._call("aclose", self.inner.aclose)
 
