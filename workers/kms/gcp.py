@@ -54,6 +54,7 @@ from workers.kms import (
     KmsThrottled,
     KmsUnavailable,
 )
+from workers.kms.envelope import require_data_key
 
 log = logging.getLogger("workers.kms.gcp")
 
@@ -107,8 +108,7 @@ class GcpKms(Kms):
         import google_crc32c
 
         name = _check_key(kms_key_id or self.default_key_id)
-        if len(plaintext) != DATA_KEY_BYTES:
-            raise KmsRefused("gcp Encrypt: a data key is 32 bytes")
+        require_data_key(plaintext, "gcp Encrypt")
         aad = canonical_json(context)
         reply = await self._call("Encrypt", "encrypt", {
             "name": name, "plaintext": plaintext, "additional_authenticated_data": aad,
