@@ -125,10 +125,6 @@ class AzureKms(Kms):
                    algorithm=settings.algorithm, ca_cert=settings.ca_cert, timeout=settings.timeout,
                    max_attempts=settings.max_attempts, concurrency=settings.concurrency)
 
-    @property
-    def calls(self) -> int:
-        return self._calls
-
     # --- the port ------------------------------------------------------------------------
 
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:

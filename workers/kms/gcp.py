@@ -100,10 +100,6 @@ class GcpKms(Kms):
         return cls(settings.key_name, endpoint=settings.endpoint, insecure=settings.insecure,
                    timeout=settings.timeout, concurrency=settings.concurrency)
 
-    @property
-    def calls(self) -> int:
-        return self._calls
-
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         import google_crc32c
 

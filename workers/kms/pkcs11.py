@@ -153,10 +153,6 @@ class Pkcs11Kms(Kms):
         return cls(settings.module, settings.token_label, pin, default_key_id=settings.key_label,
                    sessions=settings.sessions, create_key=settings.create_key)
 
-    @property
-    def calls(self) -> int:
-        return self._calls
-
     # --- the port ------------------------------------------------------------------------
 
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
