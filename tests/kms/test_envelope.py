@@ -16,12 +16,12 @@ CONTEXT = encryption_context("tenant-a", "key-1", "encryption")
 
 def test_the_payload_is_key_salt_and_the_digest_of_key_id_and_context() -> None:
     data_key = bytes(range(32))
-    payload = seal(data_key, "kek", CONTEXT)
+    payload = seal(data_key, "kek", CONTEXT, "test wrap")
     canonical = json.dumps({"context": CONTEXT, "kms_key_id": "kek"}, sort_keys=True, separators=(",", ":"))
     assert len(payload) == PAYLOAD_BYTES == 32 + SALT_BYTES + 32
     assert payload[:32] == data_key
     assert payload[32 + SALT_BYTES:] == context_digest("kek", CONTEXT) == hashlib.sha256(canonical.encode()).digest()
-    assert seal(data_key, "kek", CONTEXT) != payload  # a fresh salt every wrap
+    assert seal(data_key, "kek", CONTEXT, "test wrap") != payload  # a fresh salt every wrap
 
 
 def test_a_payload_sealed_the_old_way_opens() -> None:
@@ -37,16 +37,18 @@ def test_a_payload_sealed_the_old_way_opens() -> None:
     ("kek", encryption_context("tenant-a", "key-1", "signing")),
 ])
 def test_another_key_or_context_is_refused(kms_key_id: str, context: dict[str, str]) -> None:
-    payload = seal(bytes(32), "kek", CONTEXT)
+    payload = seal(bytes(32), "kek", CONTEXT, "test wrap")
     with pytest.raises(KmsRefused, match="test unwrap: wrong key or encryption context"):
         open_sealed(payload, kms_key_id, context, "test unwrap")
 
 
 def test_a_truncated_payload_is_refused() -> None:
     with pytest.raises(KmsRefused):
-        open_sealed(seal(bytes(32), "kek", CONTEXT)[:-1], "kek", CONTEXT, "test unwrap")
+        open_sealed(seal(bytes(32), "kek", CONTEXT, "test wrap")[:-1], "kek", CONTEXT, "test unwrap")
 
 
 def test_only_a_data_key_is_sealed() -> None:
     with pytest.raises(KmsRefused, match="test wrap: a data key is 32 bytes"):
         require_data_key(bytes(31), "test wrap")
+    with pytest.raises(KmsRefused, match="test wrap: a data key is 32 bytes"):
+        seal(bytes(33), "kek", CONTEXT, "test wrap")

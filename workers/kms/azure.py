@@ -58,7 +58,7 @@ from workers.kms import (
     KmsThrottled,
     KmsUnavailable,
 )
-from workers.kms.envelope import open_sealed, require_data_key, seal
+from workers.kms.envelope import open_sealed, seal
 
 log = logging.getLogger("workers.kms.azure")
 
@@ -129,9 +129,8 @@ class AzureKms(Kms):
 
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         name = _check_name(kms_key_id or self.default_key_id)
-        require_data_key(plaintext, "azure wrapKey")
         version = await self._latest_version(name)
-        payload = seal(plaintext, name, context)
+        payload = seal(plaintext, name, context, "azure wrapKey")
         result = await self._call("wrapKey", self._crypto_client(name, version).wrap_key(self._sdk_algorithm(), payload))
         tag = version.encode()
         return DataKey(plaintext=plaintext, wrapped=MAGIC + bytes([len(tag)]) + tag + bytes(result.encrypted_key),

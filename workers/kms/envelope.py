@@ -39,8 +39,10 @@ def context_digest(kms_key_id: str, context: dict[str, str]) -> bytes:
     return hashlib.sha256(canonical_json({"context": context, "kms_key_id": kms_key_id})).digest()
 
 
-def seal(plaintext: bytes, kms_key_id: str, context: dict[str, str]) -> bytes:
-    """The payload to wrap: the data key, a fresh salt, the digest of the key id and context."""
+def seal(plaintext: bytes, kms_key_id: str, context: dict[str, str], operation: str) -> bytes:
+    """The payload to wrap: the data key, a fresh salt, the digest of the key id and context; KmsRefused
+    unless `plaintext` is a data key."""
+    require_data_key(plaintext, operation)
     return plaintext + os.urandom(SALT_BYTES) + context_digest(kms_key_id, context)
 
 

@@ -61,7 +61,7 @@ from workers.kms import (
     KmsThrottled,
     KmsUnavailable,
 )
-from workers.kms.envelope import PAYLOAD_BYTES, open_sealed, require_data_key, seal
+from workers.kms.envelope import PAYLOAD_BYTES, open_sealed, seal
 
 T = TypeVar("T")
 log = logging.getLogger("workers.kms.pkcs11")
@@ -157,9 +157,8 @@ class Pkcs11Kms(Kms):
 
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         key_id = _check_name(kms_key_id or self.default_key_id)
-        require_data_key(plaintext, "pkcs11 wrap")
         version = await self._latest_version(key_id)
-        payload = seal(plaintext, key_id, context)
+        payload = seal(plaintext, key_id, context, "pkcs11 wrap")
         sealed = await self._run("wrap", lambda slot: self._wrap_now(slot, key_id, version, payload))
         return DataKey(plaintext=plaintext, wrapped=MAGIC + version.to_bytes(4, "big") + sealed,
                        kms_key_id=key_id, kek_version=version)
