@@ -15,9 +15,9 @@ import asyncio
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from schemas.errors import ErrorCode
 from schemas.topics import Topic
@@ -34,7 +34,9 @@ from workers.groups import ALL_GROUPS
 from workers.settings import LedgerKind, Settings
 
 if TYPE_CHECKING:
-    from workers.tools.dlq import DeadLetters, Letter, Selection
+    from workers.tools.dlq import Letter, Selection
+
+_T = TypeVar("_T")
 
 DESCRIPTION = """\
 keyledger: per-tenant signing (Ed25519) and encryption (AES-256-GCM) keys, wrapped by a KMS,
@@ -67,6 +69,23 @@ async def _reach(bootstrap: str, *topics: str) -> None:
     await check_topics(bootstrap, list(topics))
 
 
+def _run_reached(bootstrap: str, topics: Sequence[str], work: Callable[[], Awaitable[_T]]) -> _T:
+    """`work`'s result, started only once the broker answers and holds `topics` (one event loop for both)."""
+
+    async def checked() -> _T:
+        await _reach(bootstrap, *topics)
+        return await work()
+
+    return asyncio.run(checked())
+
+
+async def _check_stores(settings: Settings) -> None:
+    """Before a verb that runs the workers: the broker answers (when one is set) and the ledger does."""
+    if settings.kafka.bootstrap:
+        await check_kafka(settings.kafka.bootstrap)
+    await check_ledger(settings)
+
+
 # --- run -----------------------------------------------------------------------------------------
 
 
@@ -84,9 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def checked_run() -> None:
-        if settings.kafka.bootstrap:
-            await check_kafka(settings.kafka.bootstrap)
-        await check_ledger(settings)
+        await _check_stores(settings)
         groups = args.group or ALL_GROUPS
         await preflight(settings, settings.kafka.bootstrap, groups)
         await run(settings, groups)
@@ -132,9 +149,7 @@ def _demo(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def checked_demo() -> int:
-        if settings.kafka.bootstrap:
-            await check_kafka(settings.kafka.bootstrap)
-        await check_ledger(settings)
+        await _check_stores(settings)
         return await demo(settings)
 
     return asyncio.run(checked_demo())
@@ -205,11 +220,8 @@ def _rotate(args: argparse.Namespace) -> int:
     bootstrap = require_bootstrap(settings)
     key_type = KeyType(args.key_type) if args.key_type else None
 
-    async def checked_rotate() -> int:
-        await _reach(bootstrap, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
-        return await rotate(bootstrap, args.tenant, key_type, RotationReason(args.reason))
-
-    return asyncio.run(checked_rotate())
+    return _run_reached(bootstrap, (Topic.KEYS_EVENTS, Topic.ROTATION_TICKS),
+                        lambda: rotate(bootstrap, args.tenant, key_type, RotationReason(args.reason)))
 
 
 # --- rewrap / migrate ----------------------------------------------------------------------------
@@ -239,13 +251,8 @@ def _rewrap(args: argparse.Namespace) -> int:
     if args.scheduled and args.tenant:
         raise ConfigError("--scheduled goes with --all: a scheduled pass covers every tenant")
 
-    async def checked_rewrap() -> int:
-        await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
-        if args.scheduled:
-            return await rewrap_scheduled(bootstrap)
-        return await rewrap(bootstrap, args.tenant)
-
-    return asyncio.run(checked_rewrap())
+    return _run_reached(bootstrap, (Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS),
+                        lambda: rewrap_scheduled(bootstrap) if args.scheduled else rewrap(bootstrap, args.tenant))
 
 
 def _add_migrate(verbs: Any) -> None:
@@ -265,11 +272,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
     bootstrap = require_bootstrap(load_settings())
 
-    async def checked_migrate() -> int:
-        await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
-        return await migrate(bootstrap, args.to)
-
-    return asyncio.run(checked_migrate())
+    return _run_reached(bootstrap, (Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS),
+                        lambda: migrate(bootstrap, args.to))
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -472,11 +476,7 @@ def _dlq_read(args: argparse.Namespace) -> tuple[Settings, str, list[Letter]]:
     settings = load_settings()
     bootstrap = require_bootstrap(settings)
 
-    async def checked_read() -> DeadLetters:
-        await _reach(bootstrap, Topic.DLQ)
-        return await read_letters(bootstrap)
-
-    found = asyncio.run(checked_read())
+    found = _run_reached(bootstrap, (Topic.DLQ,), lambda: read_letters(bootstrap))
     chosen = [letter for letter in found.letters if selection.matches(letter)]
     missing = sorted(selection.ids - {letter.id for letter in found.letters})
     if missing:
