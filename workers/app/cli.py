@@ -63,6 +63,13 @@ def _verb(verbs: Any, name: str, handler: Handler, *, summary: str, description:
     return parser
 
 
+def _tenant_scope(parser: argparse.ArgumentParser, *, all_help: str) -> None:
+    """The required choice of a verb that acts on tenants: --all or --tenant NAME."""
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all", action="store_true", help=all_help)
+    scope.add_argument("--tenant", help="one tenant")
+
+
 async def _reach(bootstrap: str, *topics: str) -> None:
     """Before a tool verb reads: the broker answers and holds the topics it reads."""
     await check_kafka(bootstrap)
@@ -204,9 +211,7 @@ def _add_rotate(verbs: Any) -> None:
                                "keys.events to the end. Old signatures keep verifying; old ciphertexts decrypt\n"
                                "and re-encrypt to the new version. Exits 1 on a tenant with no keys.",
                    example="keyledger rotate --tenant acme --key-type encryption")
-    scope = rotate.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--all", action="store_true", help="every tenant")
-    scope.add_argument("--tenant", help="one tenant")
+    _tenant_scope(rotate, all_help="every tenant")
     rotate.add_argument("--key-type", choices=["signing", "encryption"], help="only this key type")
     rotate.add_argument("--reason", choices=["scheduled", "manual", "compromise"], default="manual",
                         help="scheduled rotates only keys older than KEYLEDGER_ROTATION_AGE; compromise also revokes")
@@ -236,9 +241,7 @@ def _add_rewrap(verbs: Any) -> None:
                                "raises each Vault transit key's min_decryption_version as far as no live key needs.\n"
                                "Resumable: run it again after an interruption. Exits 1 when a tenant failed.",
                    example="keyledger rewrap --all")
-    scope = rewrap.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--all", action="store_true", help="every tenant, then retire unneeded KEK versions")
-    scope.add_argument("--tenant", help="one tenant")
+    _tenant_scope(rewrap, all_help="every tenant, then retire unneeded KEK versions")
     rewrap.add_argument("--scheduled", action="store_true",
                         help="with --all, for a CronJob: one scheduled tick (retire what the last pass left unneeded, "
                              "then re-wrap keys under an older Vault KEK version); returns once the worker took it")
