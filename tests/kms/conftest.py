@@ -3,33 +3,41 @@ token is tests/conftest.py's `softhsm`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
 GCP_KEY = "projects/keyledger-test/locations/global/keyRings/keyledger/cryptoKeys/keyledger-kek"
 
 
-@pytest.fixture(scope="session")
-def cloud_kms_server() -> Iterator:
-    """A Cloud KMS protocol double (tests/kms/gcp_double.py) serving on its own thread's event loop, so
-    sync and async tests alike reach it; not Google's service."""
-    import asyncio
-    import threading
-
-    from tests.kms.gcp_double import CloudKmsDouble
-
+@contextlib.contextmanager
+def served_on_a_thread(name: str, start: Callable[[], Awaitable[Any]]) -> Iterator[Any]:
+    """A protocol double started by `start` on its own thread's event loop, so sync and async tests alike
+    reach it; stopped, and its thread joined, on exit."""
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="cloud-kms-double", daemon=True)
+    thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
     thread.start()
-    double = asyncio.run_coroutine_threadsafe(CloudKmsDouble().start(), loop).result(timeout=30)
+    double = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
     try:
         yield double
     finally:
         asyncio.run_coroutine_threadsafe(double.stop(), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def cloud_kms_server() -> Iterator:
+    """A Cloud KMS protocol double (tests/kms/gcp_double.py); not Google's service."""
+    from tests.kms.gcp_double import CloudKmsDouble
+
+    with served_on_a_thread("cloud-kms-double", lambda: CloudKmsDouble().start()) as double:
+        yield double
 
 
 @pytest.fixture
@@ -64,24 +72,12 @@ class StaticToken:
 
 @pytest.fixture(scope="session")
 def key_vault_server(tmp_path_factory) -> Iterator:
-    """A Key Vault protocol double (tests/kms/azure_double.py) over HTTPS with a certificate made here,
-    serving on its own thread's event loop; not Azure."""
-    import asyncio
-    import threading
-
+    """A Key Vault protocol double (tests/kms/azure_double.py) over HTTPS with a certificate made here; not Azure."""
     from tests.kms.azure_double import KeyVaultDouble
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="key-vault-double", daemon=True)
-    thread.start()
-    double = asyncio.run_coroutine_threadsafe(KeyVaultDouble(tmp_path_factory.mktemp("vault-tls")).start(),
-                                              loop).result(timeout=30)
-    try:
+    tls = tmp_path_factory.mktemp("vault-tls")
+    with served_on_a_thread("key-vault-double", lambda: KeyVaultDouble(tls).start()) as double:
         yield double
-    finally:
-        asyncio.run_coroutine_threadsafe(double.stop(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import asyncio
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from schemas.errors import ErrorCode
 from schemas.topics import Topic
@@ -34,7 +34,9 @@ from workers.groups import ALL_GROUPS
 from workers.settings import LedgerKind, Settings
 
 if TYPE_CHECKING:
-    from workers.tools.dlq import DeadLetters, Letter, Selection
+    from workers.tools.dlq import Letter, Selection
+
+_T = TypeVar("_T")
 
 DESCRIPTION = """\
 keyledger: per-tenant signing (Ed25519) and encryption (AES-256-GCM) keys, wrapped by a KMS,
@@ -61,10 +63,34 @@ def _verb(verbs: Any, name: str, handler: Handler, *, summary: str, description:
     return parser
 
 
+def _tenant_scope(parser: argparse.ArgumentParser, *, all_help: str) -> None:
+    """The required choice of a verb that acts on tenants: --all or --tenant NAME."""
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all", action="store_true", help=all_help)
+    scope.add_argument("--tenant", help="one tenant")
+
+
 async def _reach(bootstrap: str, *topics: str) -> None:
     """Before a tool verb reads: the broker answers and holds the topics it reads."""
     await check_kafka(bootstrap)
     await check_topics(bootstrap, list(topics))
+
+
+def _run_reached(bootstrap: str, topics: Sequence[str], work: Callable[[], Awaitable[_T]]) -> _T:
+    """`work`'s result, started only once the broker answers and holds `topics` (one event loop for both)."""
+
+    async def checked() -> _T:
+        await _reach(bootstrap, *topics)
+        return await work()
+
+    return asyncio.run(checked())
+
+
+async def _check_stores(settings: Settings) -> None:
+    """Before a verb that runs the workers: the broker answers (when one is set) and the ledger does."""
+    if settings.kafka.bootstrap:
+        await check_kafka(settings.kafka.bootstrap)
+    await check_ledger(settings)
 
 
 # --- run -----------------------------------------------------------------------------------------
@@ -84,9 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def checked_run() -> None:
-        if settings.kafka.bootstrap:
-            await check_kafka(settings.kafka.bootstrap)
-        await check_ledger(settings)
+        await _check_stores(settings)
         groups = args.group or ALL_GROUPS
         await preflight(settings, settings.kafka.bootstrap, groups)
         await run(settings, groups)
@@ -132,9 +156,7 @@ def _demo(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def checked_demo() -> int:
-        if settings.kafka.bootstrap:
-            await check_kafka(settings.kafka.bootstrap)
-        await check_ledger(settings)
+        await _check_stores(settings)
         return await demo(settings)
 
     return asyncio.run(checked_demo())
@@ -189,9 +211,7 @@ def _add_rotate(verbs: Any) -> None:
                                "keys.events to the end. Old signatures keep verifying; old ciphertexts decrypt\n"
                                "and re-encrypt to the new version. Exits 1 on a tenant with no keys.",
                    example="keyledger rotate --tenant acme --key-type encryption")
-    scope = rotate.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--all", action="store_true", help="every tenant")
-    scope.add_argument("--tenant", help="one tenant")
+    _tenant_scope(rotate, all_help="every tenant")
     rotate.add_argument("--key-type", choices=["signing", "encryption"], help="only this key type")
     rotate.add_argument("--reason", choices=["scheduled", "manual", "compromise"], default="manual",
                         help="scheduled rotates only keys older than KEYLEDGER_ROTATION_AGE; compromise also revokes")
@@ -212,11 +232,9 @@ def _rotate(args: argparse.Namespace) -> int:
         from workers.tools.callers import load_operator_key
         operator = load_operator_key(args.operator_key)
 
-    async def checked_rotate() -> int:
-        await _reach(bootstrap, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
-        return await rotate(bootstrap, args.tenant, key_type, RotationReason(args.reason), operator=operator)
-
-    return asyncio.run(checked_rotate())
+    return _run_reached(bootstrap, (Topic.KEYS_EVENTS, Topic.ROTATION_TICKS),
+                        lambda: rotate(bootstrap, args.tenant, key_type, RotationReason(args.reason),
+                                       operator=operator))
 
 
 # --- rewrap / migrate ----------------------------------------------------------------------------
@@ -231,9 +249,7 @@ def _add_rewrap(verbs: Any) -> None:
                                "raises each Vault transit key's min_decryption_version as far as no live key needs.\n"
                                "Resumable: run it again after an interruption. Exits 1 when a tenant failed.",
                    example="keyledger rewrap --all")
-    scope = rewrap.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--all", action="store_true", help="every tenant, then retire unneeded KEK versions")
-    scope.add_argument("--tenant", help="one tenant")
+    _tenant_scope(rewrap, all_help="every tenant, then retire unneeded KEK versions")
     rewrap.add_argument("--scheduled", action="store_true",
                         help="with --all, for a CronJob: one scheduled tick (retire what the last pass left unneeded, "
                              "then re-wrap keys under an older Vault KEK version); returns once the worker took it")
@@ -246,13 +262,8 @@ def _rewrap(args: argparse.Namespace) -> int:
     if args.scheduled and args.tenant:
         raise ConfigError("--scheduled goes with --all: a scheduled pass covers every tenant")
 
-    async def checked_rewrap() -> int:
-        await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
-        if args.scheduled:
-            return await rewrap_scheduled(bootstrap)
-        return await rewrap(bootstrap, args.tenant)
-
-    return asyncio.run(checked_rewrap())
+    return _run_reached(bootstrap, (Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS),
+                        lambda: rewrap_scheduled(bootstrap) if args.scheduled else rewrap(bootstrap, args.tenant))
 
 
 def _add_migrate(verbs: Any) -> None:
@@ -272,11 +283,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
     bootstrap = require_bootstrap(load_settings())
 
-    async def checked_migrate() -> int:
-        await _reach(bootstrap, Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS)
-        return await migrate(bootstrap, args.to)
-
-    return asyncio.run(checked_migrate())
+    return _run_reached(bootstrap, (Topic.KEYS_MATERIAL, Topic.KEYS_EVENTS, Topic.ROTATION_TICKS),
+                        lambda: migrate(bootstrap, args.to))
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -507,11 +515,7 @@ def _dlq_read(args: argparse.Namespace) -> tuple[Settings, str, list[Letter]]:
     settings = load_settings()
     bootstrap = require_bootstrap(settings)
 
-    async def checked_read() -> DeadLetters:
-        await _reach(bootstrap, Topic.DLQ)
-        return await read_letters(bootstrap)
-
-    found = asyncio.run(checked_read())
+    found = _run_reached(bootstrap, (Topic.DLQ,), lambda: read_letters(bootstrap))
     chosen = [letter for letter in found.letters if selection.matches(letter)]
     missing = sorted(selection.ids - {letter.id for letter in found.letters})
     if missing:

@@ -192,11 +192,12 @@ async def _kafka_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     """Send ApiVersions v0 (every Kafka broker answers it, before any other request) and read the reply."""
     client_id = b"keyledger-preflight"
     body = struct.pack(">hhih", _API_VERSIONS, 0, _PROBE_ID, len(client_id)) + client_id
-    writer.write(struct.pack(">i", len(body)) + body)
-    await writer.drain()
     try:
+        writer.write(struct.pack(">i", len(body)) + body)
+        await writer.drain()
         _size, correlation = struct.unpack(">ii", await reader.readexactly(8))
-    except asyncio.IncompleteReadError:
+    except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+        # the peer accepted the connection and then closed it, before or after our request reached it
         return "the connection was closed without a Kafka answer: is it a Kafka broker?"
     return None if correlation == _PROBE_ID else "the answer is not Kafka's: is it a Kafka broker?"
 

@@ -165,15 +165,18 @@ class Kms(abc.ABC):
 
     default_key_id: str
     concurrency: int = 32  # single calls in flight when a default batch method gathers them
+    _calls: int = 0  # the adapter's count of requests made, read by the default `calls`
 
     @property
     @abc.abstractmethod
     def capabilities(self) -> KmsCapabilities: ...
 
     @property
-    @abc.abstractmethod
     def calls(self) -> int:
-        """Requests made to the KMS so far (attempts included where the adapter retries itself)."""
+        """Requests made to the KMS so far (attempts included where the adapter retries itself). This
+        default reads `_calls`, which an adapter adds one to per request; a wrapper, or an adapter whose
+        client keeps the count, overrides it."""
+        return self._calls
 
     @property
     def provider(self) -> str:

@@ -87,10 +87,6 @@ class AwsKms(Kms):
         self._client_lock = asyncio.Lock()
         self._calls = 0
 
-    @property
-    def calls(self) -> int:
-        return self._calls
-
     async def _kms(self) -> Any:
         if self._client is None:
             async with self._client_lock:

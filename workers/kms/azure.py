@@ -6,9 +6,9 @@ The KEK is a Key Vault key: RSA (2048+ bits) wrapped with RSA-OAEP-256 in a Key 
 bytes from `os.urandom` (the port's default `generate_data_key`; Key Vault makes no data keys).
 
 Binding the encryption context: Key Vault's wrapKey has no associated data, so (as for the pkcs11
-provider) the wrapped payload is `data key (32) || salt (8) || SHA-256(canonical JSON of {"context",
-"kms_key_id"})` and unwrap compares the digest with the caller's context. This is the authenticated
-envelope, the wrap being the authenticator: A256KW (RFC 3394) checks the integrity of the whole
+provider) what is wrapped is the envelope of workers/kms/envelope (`data key (32) || salt (8) ||
+SHA-256(canonical JSON of {"context", "kms_key_id"})`) and unwrap compares the digest with the
+caller's context. The wrap is the authenticator: A256KW (RFC 3394) checks the integrity of the whole
 payload and RSA-OAEP is non-malleable, so the digest cannot be changed without the unwrap failing;
 a key derived under the context would unwrap to another key instead of being refused. RSA caveat:
 whoever holds the public key can wrap a payload for any context; such a blob still unwraps only under
@@ -36,10 +36,7 @@ unwrapkey REST surface (tests/kms/azure_double.py), never against Azure.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-import os
 import re
 import time
 from datetime import UTC, datetime
@@ -50,10 +47,8 @@ from urllib.parse import urlsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.core.canonical import canonical_json
 from workers.errors import ConfigError
 from workers.kms import (
-    DATA_KEY_BYTES,
     DataKey,
     KekVersions,
     Kms,
@@ -63,12 +58,11 @@ from workers.kms import (
     KmsThrottled,
     KmsUnavailable,
 )
+from workers.kms.envelope import open_sealed, seal
 
 log = logging.getLogger("workers.kms.azure")
 
 MAGIC = b"KLA1"
-SALT_BYTES = 8
-PAYLOAD_BYTES = DATA_KEY_BYTES + SALT_BYTES + 32
 _NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 _VERSION = re.compile(rb"[0-9A-Za-z]{1,64}")
 LATEST_TTL = 30.0  # seconds a process trusts its view of the latest version (another process may rotate)
@@ -131,18 +125,12 @@ class AzureKms(Kms):
                    algorithm=settings.algorithm, ca_cert=settings.ca_cert, timeout=settings.timeout,
                    max_attempts=settings.max_attempts, concurrency=settings.concurrency)
 
-    @property
-    def calls(self) -> int:
-        return self._calls
-
     # --- the port ------------------------------------------------------------------------
 
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         name = _check_name(kms_key_id or self.default_key_id)
-        if len(plaintext) != DATA_KEY_BYTES:
-            raise KmsRefused("azure wrapKey: a data key is 32 bytes")
         version = await self._latest_version(name)
-        payload = plaintext + os.urandom(SALT_BYTES) + _context_digest(name, context)
+        payload = seal(plaintext, name, context, "azure wrapKey")
         result = await self._call("wrapKey", self._crypto_client(name, version).wrap_key(self._sdk_algorithm(), payload))
         tag = version.encode()
         return DataKey(plaintext=plaintext, wrapped=MAGIC + bytes([len(tag)]) + tag + bytes(result.encrypted_key),
@@ -159,11 +147,7 @@ class AzureKms(Kms):
             raise KmsRefused("azure unwrapKey: not an azure-wrapped key")
         result = await self._call("unwrapKey", self._crypto_client(name, tag.decode()).unwrap_key(
             self._sdk_algorithm(), sealed))
-        payload = bytes(result.key)
-        if len(payload) != PAYLOAD_BYTES or not hmac.compare_digest(payload[DATA_KEY_BYTES + SALT_BYTES:],
-                                                                    _context_digest(name, context)):
-            raise KmsRefused("azure unwrapKey: wrong key or encryption context")
-        return payload[:DATA_KEY_BYTES]
+        return open_sealed(bytes(result.key), name, context, "azure unwrapKey")
 
     async def describe_key(self, kms_key_id: str) -> str:
         name = _check_name(kms_key_id)
@@ -294,10 +278,6 @@ class AzureKms(Kms):
             raise KmsRefused(f"azure {operation}: {status} {code}", detail) from None
         except KmsError:
             raise
-
-
-def _context_digest(kms_key_id: str, context: dict[str, str]) -> bytes:
-    return hashlib.sha256(canonical_json({"context": context, "kms_key_id": kms_key_id})).digest()
 
 
 def _check_name(name: str) -> str:

@@ -54,6 +54,7 @@ from workers.kms import (
     KmsThrottled,
     KmsUnavailable,
 )
+from workers.kms.envelope import require_data_key
 
 log = logging.getLogger("workers.kms.gcp")
 
@@ -99,16 +100,11 @@ class GcpKms(Kms):
         return cls(settings.key_name, endpoint=settings.endpoint, insecure=settings.insecure,
                    timeout=settings.timeout, concurrency=settings.concurrency)
 
-    @property
-    def calls(self) -> int:
-        return self._calls
-
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         import google_crc32c
 
         name = _check_key(kms_key_id or self.default_key_id)
-        if len(plaintext) != DATA_KEY_BYTES:
-            raise KmsRefused("gcp Encrypt: a data key is 32 bytes")
+        require_data_key(plaintext, "gcp Encrypt")
         aad = canonical_json(context)
         reply = await self._call("Encrypt", "encrypt", {
             "name": name, "plaintext": plaintext, "additional_authenticated_data": aad,

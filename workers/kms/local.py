@@ -45,10 +45,6 @@ class LocalKms(Kms):
         self._pending_deletion: set[str] = set()
         self._calls = 0
 
-    @property
-    def calls(self) -> int:
-        return self._calls
-
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         key_id = kms_key_id or self.default_key_id
         self._refuse_deleted(key_id)

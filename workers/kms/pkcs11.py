@@ -9,16 +9,11 @@ CKA_WRAP/CKA_UNWRAP on older versions, so the token itself refuses them.
 Data keys are 32 bytes from `os.urandom` (the port's default `generate_data_key`), wrapped by
 the token with CKM_AES_KEY_WRAP_PAD (RFC 5649; SoftHSM2 refuses AES-GCM as a wrap mechanism).
 
-Binding the encryption context: key wrap has no associated data, so the wrapped payload is
-`data key (32) || salt (8) || SHA-256(canonical JSON of {"context", "kms_key_id"})`, imported as
-a short-lived session object and wrapped in one C_WrapKey (the random salt because AES-KWP is
-deterministic: without it a rewrap under the same version would return the same blob). On unwrap the digest is compared with
-the caller's context. Of the two ways to bind (wrap a key derived under the context, or
-authenticate an envelope around the wrap) this is the envelope, with the wrap itself as the
-authenticator: AES-KWP is an authenticated (deterministic) encryption of the whole payload, so
-the digest inside is sealed by the KEK and needs no second key or MAC call; a key derived under
-the context would unwrap to a *different* key under another context instead of being refused,
-which the port forbids (KmsRefused under any other context).
+Binding the encryption context: key wrap has no associated data, so what is wrapped is the envelope
+of workers/kms/envelope (`data key (32) || salt (8) || SHA-256(canonical JSON of {"context",
+"kms_key_id"})`, the wrap as its authenticator; the random salt because AES-KWP is deterministic),
+imported as a short-lived session object and wrapped in one C_WrapKey; unwrap refuses it under any
+other key or context.
 
 Wrapped blob, fixed length: b"KLH1" || KEK version (4, big-endian) || AES-KWP(KEK, payload) (80).
 
@@ -43,10 +38,7 @@ Messages never carry the PIN or key material.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-import os
 import re
 import threading
 import time
@@ -58,10 +50,8 @@ from typing import Any, TypeVar
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.core.canonical import canonical_json
 from workers.errors import ConfigError
 from workers.kms import (
-    DATA_KEY_BYTES,
     DataKey,
     KekVersions,
     Kms,
@@ -71,14 +61,13 @@ from workers.kms import (
     KmsThrottled,
     KmsUnavailable,
 )
+from workers.kms.envelope import PAYLOAD_BYTES, open_sealed, seal
 
 T = TypeVar("T")
 log = logging.getLogger("workers.kms.pkcs11")
 
 MAGIC = b"KLH1"
 CKM_AES_KEY_WRAP_PAD = 0x210A
-SALT_BYTES = 8
-PAYLOAD_BYTES = DATA_KEY_BYTES + SALT_BYTES + 32
 WRAPPED_BYTES = len(MAGIC) + 4 + PAYLOAD_BYTES + 8
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,95}")
 _VERSION = re.compile(r"\.v([1-9][0-9]{0,8})")
@@ -164,18 +153,12 @@ class Pkcs11Kms(Kms):
         return cls(settings.module, settings.token_label, pin, default_key_id=settings.key_label,
                    sessions=settings.sessions, create_key=settings.create_key)
 
-    @property
-    def calls(self) -> int:
-        return self._calls
-
     # --- the port ------------------------------------------------------------------------
 
     async def wrap(self, plaintext: bytes, kms_key_id: str | None, context: dict[str, str]) -> DataKey:
         key_id = _check_name(kms_key_id or self.default_key_id)
-        if len(plaintext) != DATA_KEY_BYTES:
-            raise KmsRefused("pkcs11 wrap: a data key is 32 bytes")
         version = await self._latest_version(key_id)
-        payload = plaintext + os.urandom(SALT_BYTES) + _context_digest(key_id, context)
+        payload = seal(plaintext, key_id, context, "pkcs11 wrap")
         sealed = await self._run("wrap", lambda slot: self._wrap_now(slot, key_id, version, payload))
         return DataKey(plaintext=plaintext, wrapped=MAGIC + version.to_bytes(4, "big") + sealed,
                        kms_key_id=key_id, kek_version=version)
@@ -189,10 +172,7 @@ class Pkcs11Kms(Kms):
             raise KmsRefused("pkcs11 unwrap: not a pkcs11-wrapped key")
         sealed = wrapped[len(MAGIC) + 4:]
         payload = await self._run("unwrap", lambda slot: self._unwrap_now(slot, key_id, version, sealed))
-        if len(payload) != PAYLOAD_BYTES or not hmac.compare_digest(payload[DATA_KEY_BYTES + SALT_BYTES:],
-                                                                    _context_digest(key_id, context)):
-            raise KmsRefused("pkcs11 unwrap: wrong key or encryption context")
-        return payload[:DATA_KEY_BYTES]
+        return open_sealed(payload, key_id, context, "pkcs11 unwrap")
 
     async def describe_key(self, kms_key_id: str) -> str:
         key_id = _check_name(kms_key_id)
@@ -410,10 +390,6 @@ def map_error(operation: str, error: Exception) -> KmsError:
     if name in _UNAVAILABLE:
         return KmsUnavailable(f"pkcs11 {operation}: {name}")
     return KmsRefused(f"pkcs11 {operation}: {name}", detail=str(error) or None)
-
-
-def _context_digest(kms_key_id: str, context: dict[str, str]) -> bytes:
-    return hashlib.sha256(canonical_json({"context": context, "kms_key_id": kms_key_id})).digest()
 
 
 def _check_name(name: str) -> str:
