@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     FOREIGN_KEY = "foreign_key"
     KEY_WORN_OUT = "key_worn_out"
     MATERIAL_MISMATCH = "material_mismatch"
+    CALLER_DENIED = "caller_denied"  # no caller, or one not known, proved, in time or allowed
     # ciphertext problems
     MALFORMED_CIPHERTEXT = "malformed_ciphertext"
     DECRYPT_FAILED = "decrypt_failed"
