@@ -1,19 +1,25 @@
-"""Callers for tests: a caller identity enrolled straight into a process's CallerTable (no keys.callers
-record, no KMS), whose requests are proved and whose results are opened with the caller module
-(workers/client.py), exactly as a service adopting callers does."""
+"""Callers for tests, whose requests are proved and whose results are opened with the caller module
+(workers/client.py), exactly as a service adopting callers does: `TestCaller` is enrolled straight into
+a process's CallerTable (handler tests: no keys.callers record, no KMS); `Operator.register` makes a
+`RegisteredCaller` over a real broker as `keyledger caller keygen` and `caller add` do."""
 
 from __future__ import annotations
 
 import json
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from schemas.messages import CallerKem, CallerOperation, CallerPolicy
-from workers.client import CallerClient, CallerCredential, CallerKeyPair
+from workers.client import CallerClient, CallerCredential, CallerKeyPair, load_public_key
 from workers.core.b64 import b64url_encode
 from workers.core.callers import CallerTable, caller_id_for
 from workers.core.results import generate_keypair
+from workers.kms.local import LocalKms
+from workers.tools.callers import caller_add, caller_keygen
 
 EVERY_OPERATION = tuple(operation.value for operation in CallerOperation)
 
@@ -63,3 +69,39 @@ class TestCaller:
 
 TEST_CALLER = TestCaller("test-service")
 """The caller every handler harness knows (allowed every operation for every tenant)."""
+
+
+class RegisteredCaller:
+    """A caller as `keyledger caller keygen` and `caller add` leave it: files on disk, a signed keys.callers
+    record on the broker, and a client for its requests."""
+
+    __test__ = False
+
+    def __init__(self, name: str, credential: Path, private_key: Path) -> None:
+        self.name = name
+        self.caller_id = caller_id_for(name)
+        self.credential = credential
+        self.private_key = private_key
+        self.client = CallerClient(CallerCredential.load(credential), CallerKeyPair.load(private_key))
+
+    def pii(self, tenant: str, operation: str, fields: dict, *, job_id: str, record_id: str = "r1") -> bytes:
+        return json.dumps(self.client.pii_request(tenant, operation, fields, record_id=record_id,
+                                                  job_id=job_id)).encode()
+
+
+class Operator:
+    """An operator key (what `keyledger operator keygen` makes), registering callers over a real broker."""
+
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.public = b64url_encode(self.key.public_key().public_bytes_raw())
+
+    async def register(self, bootstrap: str, folder: Path, name: str, *, tenants: list[str] | str = "*",
+                       operations: tuple[str, ...] = EVERY_OPERATION,
+                       kem: CallerKem = CallerKem.X25519) -> RegisteredCaller:
+        """`keyledger caller keygen` then `caller add` (the secret wrapped by the development KMS)."""
+        private, public = caller_keygen(folder / name, kem)
+        _, raw = load_public_key(public)
+        await caller_add(bootstrap, LocalKms(), self.key, name, tenants=tenants, operations=list(operations), kem=kem,
+                         caller_public_key=raw, secret_out=folder / f"{name}.secret")
+        return RegisteredCaller(name, folder / f"{name}.secret", private)
