@@ -82,7 +82,8 @@ class RegisteredCaller:
         self.caller_id = caller_id_for(name)
         self.credential = credential
         self.private_key = private_key
-        self.client = CallerClient(CallerCredential.load(credential), CallerKeyPair.load(private_key))
+        self.keys = CallerKeyPair.load(private_key)
+        self.client = CallerClient(CallerCredential.load(credential), self.keys)
 
     def pii(self, tenant: str, operation: str, fields: dict, *, job_id: str, record_id: str = "r1") -> bytes:
         return json.dumps(self.client.pii_request(tenant, operation, fields, record_id=record_id,
