@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from workers.errors import Unavailable
 from workers.kafka import compat
+from workers.kafka.security import client_options
 from workers.settings import Settings
 
 PARTITIONS_TTL = 30.0  # seconds a topic's partition list is trusted before it is asked for again
@@ -86,6 +87,7 @@ class KafkaPublisher:
             max_batch_size=settings.kafka.producer_batch_bytes,
             max_request_size=settings.kafka.producer_max_request_bytes,
             **durability,
+            **client_options(settings.kafka.security),
         )
         self._partitioner = DefaultPartitioner()
         self._topics: dict[str, tuple[float, list[int]]] = {}
