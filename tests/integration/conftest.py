@@ -13,15 +13,18 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from tests.support.callers import Operator, RegisteredCaller
 from workers.app.context import ProcessContext
 from workers.app.embedded import free_port
 from workers.kafka.tap import read_topic
 from workers.kafka.topics import ensure_topics
+from workers.kms.factory import open_kms
 from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -136,3 +139,19 @@ async def in_process_workers(bootstrap: str, groups: list[str], *, overrides: di
         yield context
     finally:
         await context.aclose()
+
+
+async def register_caller(bootstrap: str, folder: Path, name: str, kms_env: dict[str, str] | None = None,
+                          **policy: Any) -> tuple[Operator, RegisteredCaller]:
+    """A new operator and one caller it registers (tests/support/callers.py); the caller's secret is wrapped
+    by the KMS the workers are configured with in `kms_env` (KEYLEDGER_* variables), the local one by default.
+    Start the workers with KEYLEDGER_OPERATOR_PUBLIC_KEY=operator.public."""
+    operator = Operator()
+    kms_settings = {key.removeprefix("KEYLEDGER_").lower(): value for key, value in (kms_env or {}).items()
+                    if key.startswith(("KEYLEDGER_KMS_", "KEYLEDGER_AWS_"))}
+    kms = open_kms(Settings(**kms_settings).kms)
+    try:
+        caller = await operator.register(bootstrap, folder, name, kms=kms, **policy)
+    finally:
+        await kms.aclose()
+    return operator, caller

@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant
+from tests.integration.conftest import records_for, register_caller, tenant_created, unique_tenant
 from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
@@ -62,10 +63,12 @@ async def test_scheduled_ticks_rotate_every_due_key_exactly_once(topics_ready, w
         assert sorted(a["op"] for a in audits) == ["generate"] * 4 + ["rotate"] * 2
 
 
-async def test_cli_rotation_compromise_and_shredding_end_to_end(topics_ready, worker_process):
+async def test_cli_rotation_compromise_and_shredding_end_to_end(topics_ready, worker_process, aws_env, tmp_path):
     bootstrap = topics_ready
     tenant = unique_tenant("life")
-    worker_process(*GROUPS)
+    operator, caller = await register_caller(bootstrap, tmp_path, f"life-{uuid.uuid4().hex[:8]}", aws_env,
+                                             tenants=[tenant])
+    worker_process(*GROUPS, env={"KEYLEDGER_OPERATOR_PUBLIC_KEY": operator.public})
     await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant))])
     await records_for(bootstrap, "keys.events", tenant, want=2, timeout=90)
     await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "encrypt", {"ssn": "078-05-1120"}, "e1"))])
@@ -78,8 +81,9 @@ async def test_cli_rotation_compromise_and_shredding_end_to_end(topics_ready, wo
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "1/1 keys rotated" in cli.stderr and "1 keys rotated" in cli.stdout
 
-    await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "decrypt", sealed["fields"], "d1")),
-                                              (tenant.encode(), pii(tenant, "reencrypt", sealed["fields"], "r1"))])
+    await produce(bootstrap, "pii.requests", [
+        (tenant.encode(), caller.pii(tenant, "decrypt", sealed["fields"], job_id="d1")),
+        (tenant.encode(), caller.pii(tenant, "reencrypt", sealed["fields"], job_id="r1"))])
     assert (await result(bootstrap, tenant, "d1"))["errors"]["ssn"]["type"] == "key_revoked"
     migrated = await result(bootstrap, tenant, "r1")
     assert migrated["key_id"] != sealed["key_id"]
@@ -89,6 +93,7 @@ async def test_cli_rotation_compromise_and_shredding_end_to_end(topics_ready, wo
     destroyed = [e for e in await records_for(bootstrap, "keys.events", tenant, want=6, timeout=90)
                  if e["type"] == "destroyed"]
     assert len(destroyed) == 3  # signing v1, encryption v1 (revoked) and v2
-    await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "decrypt", migrated["fields"], "d2"))])
+    await produce(bootstrap, "pii.requests", [(tenant.encode(), caller.pii(tenant, "decrypt", migrated["fields"],
+                                                                           job_id="d2"))])
     gone = await result(bootstrap, tenant, "d2")
     assert gone["fields"] == {} and gone["errors"]["ssn"]["type"] == "key_destroyed"

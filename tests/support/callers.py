@@ -18,6 +18,7 @@ from workers.client import CallerClient, CallerCredential, CallerKeyPair, load_p
 from workers.core.b64 import b64url_encode
 from workers.core.callers import CallerTable, caller_id_for
 from workers.core.results import generate_keypair
+from workers.kms import Kms
 from workers.kms.local import LocalKms
 from workers.tools.callers import caller_add, caller_keygen
 
@@ -99,10 +100,11 @@ class Operator:
 
     async def register(self, bootstrap: str, folder: Path, name: str, *, tenants: list[str] | str = "*",
                        operations: tuple[str, ...] = EVERY_OPERATION,
-                       kem: CallerKem = CallerKem.X25519) -> RegisteredCaller:
-        """`keyledger caller keygen` then `caller add` (the secret wrapped by the development KMS)."""
+                       kem: CallerKem = CallerKem.X25519, kms: Kms | None = None) -> RegisteredCaller:
+        """`keyledger caller keygen` then `caller add`; the secret is wrapped by `kms` (by default the
+        development KMS): the workers' own KMS must unwrap it."""
         private, public = caller_keygen(folder / name, kem)
         _, raw = load_public_key(public)
-        await caller_add(bootstrap, LocalKms(), self.key, name, tenants=tenants, operations=list(operations), kem=kem,
+        await caller_add(bootstrap, kms or LocalKms(), self.key, name, tenants=tenants, operations=list(operations), kem=kem,
                          caller_public_key=raw, secret_out=folder / f"{name}.secret")
         return RegisteredCaller(name, folder / f"{name}.secret", private)
