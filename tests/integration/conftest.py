@@ -148,7 +148,7 @@ async def register_caller(bootstrap: str, folder: Path, name: str, kms_env: dict
     Start the workers with KEYLEDGER_OPERATOR_PUBLIC_KEY=operator.public."""
     operator = Operator()
     kms_settings = {key.removeprefix("KEYLEDGER_").lower(): value for key, value in (kms_env or {}).items()
-                    if key.startswith(("KEYLEDGER_KMS_", "KEYLEDGER_AWS_"))}
+                    if key.startswith(("KEYLEDGER_KMS_", "KEYLEDGER_AWS_", "KEYLEDGER_VAULT_"))}
     kms = open_kms(Settings(**kms_settings).kms)
     try:
         caller = await operator.register(bootstrap, folder, name, kms=kms, **policy)
