@@ -33,8 +33,9 @@ lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# no process started: no broker, moto, OpenBao, TigerBeetle, worker or CLI subprocess
 unit: $(DEV)
-	$(BIN)/pytest -q -m "not integration"
+	$(BIN)/pytest -q -m "not integration and not process"
 
 bench: $(DEV)
 	$(BIN)/python bench/run.py

@@ -288,3 +288,10 @@ def test_every_setting_is_described():
 
     assert [f"{s.__name__}.{n}" for s, n, info in fields(Settings) if not info.description] == []
     assert "10,000" in (Settings.setting_field("digest_interval").description or "")
+
+
+def test_a_copy_still_tells_a_default_from_a_chosen_value():
+    copy = Settings(kafka_linger_ms=7).updated(profile="dev")
+    assert copy.kafka.linger_ms == 7 and copy.profile == "dev"
+    assert "kind" not in copy.ledger.model_fields_set  # dev starts TigerBeetle only when the ledger was not chosen
+    assert "kind" in Settings(ledger="memory").updated(profile="dev").ledger.model_fields_set

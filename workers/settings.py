@@ -499,7 +499,7 @@ class Settings(BaseSettings, Section):
 
     def updated(self, **values: Any) -> Settings:
         """A validated copy with some settings changed, named as in the environment (`tb_addresses=...`)."""
-        flat = {name: value for name, value in flat_values(self)}
+        flat = dict(flat_values(self, only_set=True))
         return type(self).model_validate({**flat, **values})
 
     @model_validator(mode="after")
@@ -574,13 +574,17 @@ def env_name(loc: tuple[str | int, ...]) -> str | None:
     return ENV_NAMES.get(tuple(str(part) for part in loc))
 
 
-def flat_values(settings: Settings) -> Iterator[tuple[str, Any]]:
-    """(flat name, value) of every setting: what `updated` rebuilds a copy from."""
+def flat_values(settings: Settings, *, only_set: bool = False) -> Iterator[tuple[str, Any]]:
+    """(flat name, value) of every setting, or of those given explicitly (`only_set`: what `updated`
+    rebuilds a copy from, so that a copy still tells a default from a value someone chose)."""
     for path, env, _ in LEAVES:
         value: Any = settings
+        given = True
         for part in path:
+            given = given and part in value.model_fields_set
             value = getattr(value, part)
-        yield env[len(ENV_PREFIX):].lower(), value
+        if given or not only_set:
+            yield env[len(ENV_PREFIX):].lower(), value
 
 
 def _unknown(name: str) -> str:

@@ -22,6 +22,8 @@ import pytest
 
 from workers.app.embedded import free_port
 
+pytestmark = pytest.mark.process  # each test runs the `keyledger` CLI as a process
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_KEK_TEXT = "not base64, and secret!"
 

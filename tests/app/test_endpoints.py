@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant
+from tests.support.kafka import records_for, tenant_created, unique_tenant
+from tests.support.processes import sample, samples
 from workers.app.context import ProcessContext
 from workers.app.embedded import free_port
 from workers.kafka.tap import produce
@@ -39,15 +39,6 @@ async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float =
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} within {timeout}s")
         await asyncio.sleep(0.2)
-
-
-def samples(exposition: str) -> dict[tuple[str, frozenset], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(exposition) for s in family.samples}
-
-
-def sample(parsed: dict, name: str, **labels: str) -> float:
-    return parsed.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_a_running_worker_reports_health_readiness_and_what_it_did(worker_process, topics_ready):

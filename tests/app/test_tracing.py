@@ -13,12 +13,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.integration.conftest import in_process_workers, records_for, tenant_created, unique_tenant
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant
+from tests.support.processes import in_process_workers
 from workers.app.observability import tracing_configured
 from workers.app.observability.tracing import Tracing
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord
-from workers.kafka.tap import read_topic
 
 TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PARENT = 0x00F067AA0BA902B7
@@ -93,6 +93,7 @@ def test_tracing_is_on_only_with_an_endpoint():
     assert not tracing_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"})
 
 
+@pytest.mark.process  # a fresh interpreter: this one has imported opentelemetry already
 def test_a_worker_without_tracing_never_imports_opentelemetry():
     # (FastStream probes for `opentelemetry.semconv` at import; the API and SDK are what tracing would load)
     code = ("import asyncio, sys\n"
@@ -149,7 +150,7 @@ async def test_a_request_is_followed_through_the_broker_end_to_end(topics_ready,
     spans = exporter.get_finished_spans()
     by_id = {s.context.span_id: s for s in spans}
     batches = {s.context.trace_id for s in spans if s.name.endswith(" process") and s.parent is None}
-    outputs = {t: [r for r in await read_topic(bootstrap, t) if r.key == tenant.encode()]
+    outputs = {t: [r for r in await read(bootstrap, t) if r.key == tenant.encode()]
                for t in ("spans.signed", "pii.results", "kms.audit")}
 
     def by_job(topic):

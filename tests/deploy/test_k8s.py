@@ -2,7 +2,7 @@
 
 Every built-in object is validated against the Kubernetes OpenAPI schema in strict mode
 (unknown fields are errors) by kubernetes-validate; KEDA's ScaledObject and the Prometheus
-Operator's ServiceMonitor have no schema there, so their fields are checked here. Each
+Operator's ServiceMonitor and PrometheusRule have no schema there, so their fields are checked here. Each
 property is asserted on every object it applies to.
 """
 
@@ -20,13 +20,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
+pytestmark = pytest.mark.process  # the manifests are rendered by `kubectl kustomize`
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 # The API version the manifests are validated against: the oldest minor still supported on
 # EKS standard support that has every field used here (CronJob timeZone, PDB policy/v1).
 K8S_VERSION = "1.31.0"
 # Custom resources without a schema in kubernetes-validate: their fields are tested below.
-CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
+CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
 
 GROUPS = {
     # group -> the topics it consumes (shared/design.md)
@@ -135,7 +137,7 @@ def test_every_object_is_valid_for_the_kubernetes_api(objects):
         except kubernetes_validate.ValidationError as e:
             errors.append(f"{o['kind']}/{o['metadata']['name']}: {'.'.join(map(str, e.path))}: {e.message}")
     assert not errors, "\n".join(errors)
-    assert skipped == CRD_KINDS  # both custom kinds are rendered (and checked below)
+    assert skipped == CRD_KINDS  # every custom kind is rendered (and checked below or in test_alerts.py)
 
 
 def test_strict_validation_rejects_unknown_fields(objects):
@@ -184,13 +186,14 @@ def test_every_pod_runs_hardened(objects):
 
 def test_pod_templates_name_an_existing_service_account(objects):
     accounts = {sa["metadata"]["name"]: sa for sa in of_kind(objects, "ServiceAccount")}
-    assert "keyledger" in accounts
     for owner, template in pod_templates(objects):
         name = template["spec"].get("serviceAccountName")
         assert name in accounts, f"{owner}: serviceAccountName {name!r} is not rendered"
         assert template["spec"].get("automountServiceAccountToken") is False, owner
+    # one account per consumer group, named after it: each gets its own IAM role (docs/iam.md)
     for d in of_kind(objects, "Deployment"):
-        assert d["spec"]["template"]["spec"]["serviceAccountName"] == "keyledger", d["metadata"]["name"]
+        assert d["spec"]["template"]["spec"]["serviceAccountName"] == group_of(d), d["metadata"]["name"]
+    assert "keyledger" not in accounts  # no account shared by every group
 
 
 # --- the worker Deployments ----------------------------------------------------------------
@@ -229,6 +232,29 @@ def test_workers_probe_health_and_readiness_on_the_http_port(objects):
             assert get["path"] == path, f"{d['metadata']['name']} {probe}"
             port = ports[get["port"]] if isinstance(get["port"], str) else get["port"]
             assert port == HTTP_PORT, f"{d['metadata']['name']} {probe}"
+
+
+def test_worker_memory_follows_the_readme_formula(objects):
+    """README "Capacity guide": request = idle + key versions x bytes a key, limit = 1.5 x request, both
+    rounded up to 32 MiB, for the key count the manifests are sized for."""
+    readme = (ROOT / "README.md").read_text()
+    sizing = readme[readme.index("<!-- sizing:"):readme.index("<!-- /sizing -->")]
+    found = re.search(r"request = (\d+) MiB \+ key versions × (\d+) B`, `limit = ([\d.]+) × request`, both\s+"
+                      r"rounded up to (\d+) MiB;\s+the manifests are sized for \*\*([\d,]+)\*\* key versions: "
+                      r"request (\d+)Mi, limit (\d+)Mi", sizing)
+    assert found, sizing
+    idle, per_key, factor, step, keys, request_mi, limit_mi = found.groups()
+
+    def rounded(mib: float) -> int:
+        return int(-(-mib // int(step)) * int(step))
+
+    request = rounded(int(idle) + int(keys.replace(",", "")) * int(per_key) / 2**20)
+    limit = rounded(request * float(factor))
+    assert (request, limit) == (int(request_mi), int(limit_mi))
+    for d in of_kind(objects, "Deployment"):
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        assert quantity(c["resources"]["requests"]["memory"]) == request * 2**20, d["metadata"]["name"]
+        assert quantity(c["resources"]["limits"]["memory"]) == limit * 2**20, d["metadata"]["name"]
 
 
 def test_every_deployment_has_one_disruption_budget(objects):
@@ -391,10 +417,14 @@ def test_production_images_are_pinned_by_digest(production):
         assert re.fullmatch(r"[a-z0-9.\-/:]+@sha256:[0-9a-f]{64}", image), image
 
 
-def test_production_service_account_assumes_an_iam_role(production):
-    sa = one(production, "ServiceAccount", "keyledger")
-    arn = sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn", "")
-    assert re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", arn), arn
+def test_production_service_accounts_assume_one_iam_role_per_group(production):
+    roles = {}
+    for group in GROUPS:
+        sa = one(production, "ServiceAccount", group)
+        arn = sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn", "")
+        assert re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", arn), arn
+        roles[group] = arn
+    assert len(set(roles.values())) == len(GROUPS), roles  # no role shared by two groups
     # the CronJob's account has no cloud role
     tick = one(production, "ServiceAccount", "keyledger-rotation-tick")
     assert "eks.amazonaws.com/role-arn" not in tick["metadata"].get("annotations", {})

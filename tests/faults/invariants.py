@@ -8,19 +8,19 @@ import sys
 from collections import defaultdict
 
 from schemas.messages import KeyEvent, KeyEventType, KeyMaterial
-from workers.kafka.tap import read_topic
+from tests.support.kafka import read
 from workers.keystore.directory import KeyDirectory, KeyState
 
 
 async def key_table(bootstrap: str) -> KeyDirectory:
     """The key table as any process would build it from keys.material and keys.events."""
     directory = KeyDirectory()
-    for record in await read_topic(bootstrap, "keys.material", timeout=120):
+    for record in await read(bootstrap, "keys.material", timeout=120):
         if record.value is None:
             directory.apply_tombstone(record.key.decode())
         else:
             directory.apply_material(KeyMaterial.model_validate_json(record.value))
-    for record in await read_topic(bootstrap, "keys.events", timeout=120):
+    for record in await read(bootstrap, "keys.events", timeout=120):
         if record.value is not None:
             directory.apply_event(KeyEvent.model_validate_json(record.value))
     return directory
@@ -32,7 +32,7 @@ async def assert_key_invariants(bootstrap: str, tenants: list[str], *, destroyed
     directory = await key_table(bootstrap)
     wanted = set(tenants)
     ids_of_version: dict[tuple[str, str, int], set[str]] = defaultdict(set)
-    for record in await read_topic(bootstrap, "keys.events", timeout=120):
+    for record in await read(bootstrap, "keys.events", timeout=120):
         if record.value is None:
             continue
         event = KeyEvent.model_validate_json(record.value)

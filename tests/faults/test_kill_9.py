@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.faults.invariants import assert_audit_agrees, assert_key_invariants
-from tests.integration.conftest import tenant_created, unique_tenant
-from workers.kafka.tap import produce, read_topic
+from tests.support.kafka import read, tenant_created, unique_tenant
+from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +36,10 @@ def counting(topic_filter: Callable[[dict], bool]) -> Callable[[list], int]:
 async def kill_when(bootstrap: str, process, topic: str, seen: Callable[[list], int], at_least: int,
                     total: int) -> None:
     """SIGKILL once `at_least` outputs are out; proves the kill landed mid-way (not after everything)."""
-    await read_topic(bootstrap, topic, until=lambda rs: seen(rs) >= at_least, timeout=120)
+    await read(bootstrap, topic, until=lambda rs: seen(rs) >= at_least, timeout=120)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = seen(await read_topic(bootstrap, topic, timeout=60))
+    done = seen(await read(bootstrap, topic, timeout=60))
     assert at_least <= done < total, f"the kill came after {done} of {total}: it proves nothing"
 
 
@@ -52,7 +52,7 @@ async def onboard(bootstrap: str, worker_process, env: dict[str, str], tenants: 
     worker = worker_process("keyledger-keygen", env=env)
     await produce(bootstrap, "tenants.created", [(t.encode(), tenant_created(t)) for t in tenants])
     generated = counting(lambda v: v.get("tenant_id") in set(tenants) and v.get("type") == "generated")
-    await read_topic(bootstrap, "keys.events", until=lambda rs: generated(rs) >= 2 * len(tenants), timeout=120)
+    await read(bootstrap, "keys.events", until=lambda rs: generated(rs) >= 2 * len(tenants), timeout=120)
     worker.terminate()
     worker.wait()
 
@@ -65,7 +65,7 @@ async def test_keygen_killed_mid_batch_makes_every_key_once(topics_ready, worker
     await produce(bootstrap, "tenants.created", [(t.encode(), tenant_created(t)) for t in tenants])
     await kill_when(bootstrap, first, "keys.events", generated, at_least=10, total=2 * TENANTS)
     worker_process("keyledger-keygen", env=tb_env)
-    await read_topic(bootstrap, "keys.events", until=lambda rs: generated(rs) >= 2 * TENANTS, timeout=120)
+    await read(bootstrap, "keys.events", until=lambda rs: generated(rs) >= 2 * TENANTS, timeout=120)
     await assert_key_invariants(bootstrap, tenants)
     assert_audit_agrees(bootstrap, tb_env, tenants[::15])
 
@@ -81,7 +81,7 @@ async def test_rotation_killed_mid_fan_out_rotates_each_key_once(topics_ready, w
     await produce(bootstrap, "keys.rotation-ticks", ticks)
     await kill_when(bootstrap, first, "keys.events", rotated, at_least=10, total=2 * TENANTS)
     worker_process("keyledger-rotation", env=tb_env)
-    await read_topic(bootstrap, "keys.events", until=lambda rs: rotated(rs) >= 2 * TENANTS, timeout=120)
+    await read(bootstrap, "keys.events", until=lambda rs: rotated(rs) >= 2 * TENANTS, timeout=120)
     directory = await assert_key_invariants(bootstrap, tenants)
     assert {e.version for t in tenants for e in directory.tenant_keys(t) if e.state.value == "active"} == {2}
     assert_audit_agrees(bootstrap, tb_env, tenants[::15])
@@ -98,7 +98,7 @@ async def test_shredding_killed_mid_batch_destroys_every_key(topics_ready, worke
     await produce(bootstrap, "tenants.deleted", [(t.encode(), deletion(t)) for t in tenants])
     await kill_when(bootstrap, first, "keys.events", destroyed, at_least=2, total=2 * count)
     worker_process("keyledger-keygen", env=env)
-    await read_topic(bootstrap, "keys.events", until=lambda rs: destroyed(rs) >= 2 * count, timeout=120)
+    await read(bootstrap, "keys.events", until=lambda rs: destroyed(rs) >= 2 * count, timeout=120)
     await assert_key_invariants(bootstrap, tenants, destroyed=True)
     assert_audit_agrees(bootstrap, tb_env, tenants[::60])
 
@@ -119,7 +119,7 @@ async def test_pii_killed_mid_stream_answers_every_request_and_counts_each_once(
     await produce(bootstrap, "pii.requests", requests)
     await kill_when(bootstrap, first, "pii.results", answered, at_least=100, total=len(requests))
     worker_process("keyledger-pii", env=tb_env)
-    results = await read_topic(bootstrap, "pii.results", until=lambda rs: answered(rs) >= len(requests), timeout=180)
+    results = await read(bootstrap, "pii.results", until=lambda rs: answered(rs) >= len(requests), timeout=180)
     assert answered(results) == len(requests)
     assert not [v for v in (json.loads(r.value) for r in results if r.value)
                 if v.get("tenant_id") in wanted and ("error" in v or "errors" in v)]

@@ -1,9 +1,10 @@
-"""A broker (and TigerBeetle) of the test's own, for tests that run the audit digest group.
+"""Helpers for tests on a broker (and TigerBeetle) of their own: those that run the audit digest group.
 
 The digest key is a singleton: one `keyledger-system` key per (broker, ledger) pair, made
 by whichever digest worker needs it first, wrapped by that worker's KMS and pinned by
 that worker's ledger. Digest tests therefore never share the session broker or ledger
-with other tests, whose workers may use another KMS or ledger.
+with other tests, whose workers may use another KMS or ledger: they take the `own_broker`
+and `own_tigerbeetle` fixtures (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -13,43 +14,17 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from aiokafka import AIOKafkaProducer
 
-from workers.app.embedded import EmbeddedBroker, TigerBeetleServer, tigerbeetle_binary
-from workers.kafka.tap import read_topic
+from tests.support.kafka import read
 from workers.kafka.topics import ensure_topics
 from workers.settings import Settings
 from workers.tools.audit_check import ChainReport, Logged, verify_chain
 
 PARTITIONS = 3
 SPANS = re.compile(r"partition (\d+) offsets (\d+)\.\.(\d+)")
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[str]:
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        asyncio.run(ensure_topics(broker.bootstrap, Settings(kafka_bootstrap=broker.bootstrap,
-                                                             kafka_partitions=PARTITIONS)))
-        yield broker.bootstrap
-
-
-@pytest.fixture
-def own_tigerbeetle(tmp_path: Path) -> Iterator[str]:
-    binary = tigerbeetle_binary()
-    if not binary:
-        pytest.skip("no tigerbeetle server binary: set TIGERBEETLE_BIN or put tigerbeetle on PATH "
-                    "(no package registry ships the server)")
-    folder = tmp_path / "tigerbeetle"
-    folder.mkdir()
-    server = TigerBeetleServer(binary, folder).start()
-    try:
-        yield server.address
-    finally:
-        server.stop()
 
 
 def start_worker(bootstrap: str, groups: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -77,7 +52,7 @@ async def wait_for_chain(bootstrap: str, *, min_records: int, timeout: float = 9
 async def read_logged(bootstrap: str, topic: str) -> dict[int, list[Logged]]:
     """The topic per partition, in offset order."""
     by_partition: dict[int, list[Logged]] = {p: [] for p in range(PARTITIONS)}
-    for r in await read_topic(bootstrap, topic):
+    for r in await read(bootstrap, topic):
         by_partition[r.partition].append(Logged(r.partition, r.offset, r.key, r.value))
     for records in by_partition.values():
         records.sort(key=lambda r: r.offset)

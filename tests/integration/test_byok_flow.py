@@ -10,8 +10,8 @@ import json
 import boto3
 import pytest
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant, wait_committed
-from workers.kafka.tap import produce, read_topic
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant, wait_committed
+from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +28,17 @@ async def letters_for(bootstrap: str, tenants: set[str], want: int) -> list[dict
     def mine(records) -> list[dict]:
         values = [json.loads(r.value) for r in records if r.value]
         return [v for v in values if v.get("key") and base64.b64decode(v["key"]).decode(errors="replace") in tenants]
-    return mine(await read_topic(bootstrap, "kms.dlq", until=lambda rs: len(mine(rs)) >= want, timeout=60))
+    return mine(await read(bootstrap, "kms.dlq", until=lambda rs: len(mine(rs)) >= want, timeout=60))
 
 
 async def test_byok_keys_belong_to_one_tenant_and_shredding_spares_the_rest(
-        topics_ready, worker_process, moto_endpoint, moto_kms_key):
-    bootstrap = topics_ready
+        shared_broker, shared_worker, moto_endpoint, moto_kms_key):
+    bootstrap = shared_broker
     kms = kms_client(moto_endpoint)
     own = kms.create_key(Description="acme's own key")["KeyMetadata"]
     alias = f"alias/{unique_tenant('byok')}"
     kms.create_alias(AliasName=alias, TargetKeyId=own["KeyId"])
     acme, evil, copycat_alias, copycat_arn = (unique_tenant(p) for p in ("acme", "evil", "copy-alias", "copy-arn"))
-    worker_process("keyledger-keygen")
 
     await produce(bootstrap, "tenants.created", [(acme.encode(), tenant_created(acme, kms_key_id=own["KeyId"]))])
     await records_for(bootstrap, "keys.events", acme, want=2, timeout=90)

@@ -25,8 +25,8 @@ import pytest
 
 from schemas.messages import SealedResultKey
 from schemas.topics import Topic
-from tests.integration.conftest import records_for, tenant_created, unique_tenant
 from tests.support.callers import Operator, TestCaller
+from tests.support.kafka import records_for, tenant_created, unique_tenant
 from tests.support.tls import TlsBroker, stunnel_binary, tls_broker
 from workers.app.embedded import free_port
 from workers.client import CallerClient, ResultSealError, verify_signed_span

@@ -19,12 +19,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.topics import Topic
+from tests.support.kafka import read
 from workers.client import CallerCredential
 from workers.core.b64 import b64encode, b64url_encode
 from workers.core.callers import CallerTable, caller_id_for, operator_public_key, sign_policy
 from workers.core.canonical import canonical_json
 from workers.kafka.follow import TopicFollower
-from workers.kafka.tap import produce, read_topic
+from workers.kafka.tap import produce
 from workers.keystore.callers import CallerPolicies
 from workers.kms.local import LocalKms
 
@@ -111,5 +112,5 @@ async def test_caller_add_is_accepted_a_forgery_refused_and_revoke_followed(topi
     secret_texts = [credential.secret.hex(), b64url_encode(credential.secret), b64encode(credential.secret)]
     printed = "".join(outputs) + listed + revoked
     assert not any(text in printed for text in secret_texts)
-    on_topic = b"".join(r.value or b"" for r in await read_topic(topics_ready, Topic.KEYS_CALLERS))
+    on_topic = b"".join(r.value or b"" for r in await read(topics_ready, Topic.KEYS_CALLERS))
     assert credential.secret not in on_topic and not any(text.encode() in on_topic for text in secret_texts)

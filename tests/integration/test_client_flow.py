@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import in_process_workers, records_for, tenant_created, unique_tenant
 from tests.support.callers import Operator
+from tests.support.kafka import records_for, tenant_created, unique_tenant
+from tests.support.processes import in_process_workers
 from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration

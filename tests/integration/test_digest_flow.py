@@ -17,8 +17,6 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.integration import isolated
-from tests.integration.conftest import committed_offset, in_process_workers, tenant_created, unique_tenant
 from tests.integration.isolated import (
     PARTITIONS,
     read_logged,
@@ -28,13 +26,14 @@ from tests.integration.isolated import (
     write_copy,
 )
 from tests.support.harness import span_job
+from tests.support.kafka import committed_offset, read, tenant_created, unique_tenant
+from tests.support.processes import in_process_workers
 from workers.core.digest import encode, sign_digest
-from workers.kafka.tap import produce, read_topic
+from workers.kafka.tap import produce
 from workers.ledger.tigerbeetle import TigerBeetleLedger
 from workers.tools.audit_check import Logged, verify_chain
 
 pytestmark = pytest.mark.integration
-own_broker, own_tigerbeetle = isolated.own_broker, isolated.own_tigerbeetle  # fixtures
 
 DIGEST_GROUP = "keyledger-audit-digest"
 
@@ -45,7 +44,7 @@ async def traffic(bootstrap: str, tenants: list[str], spans: int) -> None:
 
 async def onboard(bootstrap: str, tenants: list[str]) -> None:
     await produce(bootstrap, "tenants.created", [(t.encode(), tenant_created(t)) for t in tenants])
-    await read_topic(bootstrap, "keys.events", timeout=60, until=lambda rs: len(
+    await read(bootstrap, "keys.events", timeout=60, until=lambda rs: len(
         {json.loads(r.value)["tenant_id"] for r in rs} & set(tenants)) == len(tenants))
 
 
@@ -141,7 +140,7 @@ async def test_a_clean_chain_after_kill_9_of_the_digest_worker(own_broker, own_t
             before = await wait_for_chain(bootstrap, min_records=3 * len(tenants))
 
             await traffic(bootstrap, tenants, 10)  # these records reach the worker; it dies before digesting them
-            await read_topic(bootstrap, "kms.audit", timeout=60, until=lambda rs: len(rs) > before.records)
+            await read(bootstrap, "kms.audit", timeout=60, until=lambda rs: len(rs) > before.records)
             first.send_signal(signal.SIGKILL)
             first.wait()
             crashed = await verify_chain(bootstrap)

@@ -11,8 +11,8 @@ import sys
 import boto3
 import pytest
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant
-from workers.kafka.tap import produce, read_topic
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant
+from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +57,13 @@ async def test_an_onboarding_dead_lettered_for_a_missing_key_is_replayed_once_th
     assert "skipped: already replayed" in again.stdout and "0 replayed, 1 already replayed" in again.stderr
     assert "  replayed " in keyledger(bootstrap, "dlq", "list", "--tenant", tenant).stdout
 
-    replays = [json.loads(r.value) for r in await read_topic(bootstrap, "kms.dlq.replays") if r.value]
+    replays = [json.loads(r.value) for r in await read(bootstrap, "kms.dlq.replays") if r.value]
     [replay] = [r for r in replays if r["letter"] == letter_id]
     assert replay["tenant_id"] == tenant and replay["topic"] == "tenants.created"
     assert (replay["partition"], replay["offset"]) == (letter["partition"], letter["offset"])
     # answered once: one key pair, and the replayed record names its letter
     material = await records_for(bootstrap, "keys.material", tenant)
     assert len(material) == 2
-    [sent] = [r for r in await read_topic(bootstrap, "tenants.created")
+    [sent] = [r for r in await read(bootstrap, "tenants.created")
               if (r.partition, r.offset) == (replay["replayed_partition"], replay["replayed_offset"])]
     assert ("keyledger-dlq-letter", letter_id.encode()) in list(sent.headers)

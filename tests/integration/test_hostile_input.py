@@ -19,17 +19,16 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from schemas.messages import DeadLetter
-from tests.integration.conftest import in_process_workers, records_for, tenant_created, unique_tenant, wait_committed
-from tests.support.harness import span_job
+from tests.support.harness import span_job, tick
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant, wait_committed
+from tests.support.processes import in_process_workers
 from tests.support.secrets import found_in, record_bytes
 from workers.core import ids
 from workers.kafka.letters import FRAMING_BYTES
-from workers.kafka.tap import read_topic
 from workers.kms.local import LocalKms
 
 pytestmark = pytest.mark.integration
 
-ALL_GROUPS = ["keyledger-keygen", "keyledger-signer", "keyledger-pii", "keyledger-rotation"]
 NULL_HEADER = [("h", None)]
 BINARY_HEADER = [("g", b"\xff\xfe")]
 ODD_HEADERS = NULL_HEADER + BINARY_HEADER
@@ -73,9 +72,6 @@ async def letter_of(bootstrap: str, sent: RecordMetadata, key: str, timeout: flo
         await asyncio.sleep(0.3)
 
 
-def tick(tick_id: str, **fields) -> bytes:
-    return json.dumps({"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), **fields}).encode()
-
 
 def pii(tenant: str, operation: str, fields: dict, job_id: str, **extra) -> bytes:
     return json.dumps({"job_id": job_id, "tenant_id": tenant, "record_id": "r1", "operation": operation,
@@ -90,55 +86,54 @@ def deleted(tenant: str) -> bytes:
 # --- item 1: header values are opaque bytes -----------------------------------------------------------
 
 
-async def test_null_and_binary_header_values_lose_no_record_on_any_input_topic(topics_ready):
-    bootstrap = topics_ready
+async def test_null_and_binary_header_values_lose_no_record_on_any_input_topic(shared_broker, shared_worker):
+    bootstrap = shared_broker
     tenant = unique_tenant("hdr")
     doomed = [unique_tenant("hdr-del") for _ in range(3)]
     bad = unique_tenant("hdr-bad")
-    async with in_process_workers(bootstrap, ALL_GROUPS):
-        # tenants.created: valid, null header, binary header, valid; and bad JSON with both headers
-        created = await send(bootstrap, "tenants.created", [
-            (tenant, tenant_created(tenant), []), (doomed[0], tenant_created(doomed[0]), NULL_HEADER),
-            (doomed[1], tenant_created(doomed[1]), BINARY_HEADER), (doomed[2], tenant_created(doomed[2]), []),
-            (bad, b"{not json", ODD_HEADERS)])
-        for t in (tenant, *doomed):
-            await records_for(bootstrap, "keys.events", t, want=2, timeout=90)
-        letters = [await letter_of(bootstrap, created[-1], bad)]
+    # tenants.created: valid, null header, binary header, valid; and bad JSON with both headers
+    created = await send(bootstrap, "tenants.created", [
+        (tenant, tenant_created(tenant), []), (doomed[0], tenant_created(doomed[0]), NULL_HEADER),
+        (doomed[1], tenant_created(doomed[1]), BINARY_HEADER), (doomed[2], tenant_created(doomed[2]), []),
+        (bad, b"{not json", ODD_HEADERS)])
+    for t in (tenant, *doomed):
+        await records_for(bootstrap, "keys.events", t, want=2, timeout=90)
+    letters = [await letter_of(bootstrap, created[-1], bad)]
 
-        sent = {
-            "tenants.deleted": await send(bootstrap, "tenants.deleted", [
-                (doomed[0], deleted(doomed[0]), []), (doomed[1], deleted(doomed[1]), NULL_HEADER),
-                (doomed[2], deleted(doomed[2]), BINARY_HEADER), (bad, b"{not json", ODD_HEADERS)]),
-            "spans.to-sign": await send(bootstrap, "spans.to-sign", [
-                (tenant, span_job(tenant, job_id=f"s{i}"), h) for i, h in enumerate([[], NULL_HEADER, BINARY_HEADER, []])
-            ] + [(tenant, b"{not json", ODD_HEADERS)]),
-            "pii.requests": await send(bootstrap, "pii.requests", [
-                (tenant, pii(tenant, "encrypt", {"a": "x"}, f"p{i}"), h)
-                for i, h in enumerate([[], NULL_HEADER, BINARY_HEADER, []])] + [(tenant, b"{not json", ODD_HEADERS)]),
-            "keys.rotation-ticks": await send(bootstrap, "keys.rotation-ticks", [
-                (tenant, tick(f"{tenant}-r{i}", tenant_id=tenant, key_type="signing", reason="manual"), h)
-                for i, h in enumerate([[], NULL_HEADER, BINARY_HEADER])] + [(tenant, b"{not json", ODD_HEADERS)]),
-        }
-        for t in doomed:
-            events = await records_for(bootstrap, "keys.events", t, want=4, timeout=90)
-            assert sorted(e["type"] for e in events) == ["destroyed"] * 2 + ["generated"] * 2
-        signed = await records_for(bootstrap, "spans.signed", tenant, want=4, timeout=90)
-        assert sorted(s["job_id"] for s in signed) == ["s0", "s1", "s2", "s3"]
-        results = await records_for(bootstrap, "pii.results", tenant, want=4, timeout=90)
-        assert sorted(r["job_id"] for r in results) == ["p0", "p1", "p2", "p3"]
-        events = await records_for(bootstrap, "keys.events", tenant, want=5, timeout=90)
-        rotations = sorted((e["tick_id"], e["version"]) for e in events if e["type"] == "rotated")
-        assert rotations == [(f"{tenant}-r{i}", i + 2) for i in range(3)]
+    sent = {
+        "tenants.deleted": await send(bootstrap, "tenants.deleted", [
+            (doomed[0], deleted(doomed[0]), []), (doomed[1], deleted(doomed[1]), NULL_HEADER),
+            (doomed[2], deleted(doomed[2]), BINARY_HEADER), (bad, b"{not json", ODD_HEADERS)]),
+        "spans.to-sign": await send(bootstrap, "spans.to-sign", [
+            (tenant, span_job(tenant, job_id=f"s{i}"), h) for i, h in enumerate([[], NULL_HEADER, BINARY_HEADER, []])
+        ] + [(tenant, b"{not json", ODD_HEADERS)]),
+        "pii.requests": await send(bootstrap, "pii.requests", [
+            (tenant, pii(tenant, "encrypt", {"a": "x"}, f"p{i}"), h)
+            for i, h in enumerate([[], NULL_HEADER, BINARY_HEADER, []])] + [(tenant, b"{not json", ODD_HEADERS)]),
+        "keys.rotation-ticks": await send(bootstrap, "keys.rotation-ticks", [
+            (tenant, tick(f"{tenant}-r{i}", tenant_id=tenant, key_type="signing", reason="manual"), h)
+            for i, h in enumerate([[], NULL_HEADER, BINARY_HEADER])] + [(tenant, b"{not json", ODD_HEADERS)]),
+    }
+    for t in doomed:
+        events = await records_for(bootstrap, "keys.events", t, want=4, timeout=90)
+        assert sorted(e["type"] for e in events) == ["destroyed"] * 2 + ["generated"] * 2
+    signed = await records_for(bootstrap, "spans.signed", tenant, want=4, timeout=90)
+    assert sorted(s["job_id"] for s in signed) == ["s0", "s1", "s2", "s3"]
+    results = await records_for(bootstrap, "pii.results", tenant, want=4, timeout=90)
+    assert sorted(r["job_id"] for r in results) == ["p0", "p1", "p2", "p3"]
+    events = await records_for(bootstrap, "keys.events", tenant, want=5, timeout=90)
+    rotations = sorted((e["tick_id"], e["version"]) for e in events if e["type"] == "rotated")
+    assert rotations == [(f"{tenant}-r{i}", i + 2) for i in range(3)]
 
-        letters.append(await letter_of(bootstrap, sent["tenants.deleted"][-1], bad))
-        for topic in ("spans.to-sign", "pii.requests", "keys.rotation-ticks"):
-            letters.append(await letter_of(bootstrap, sent[topic][-1], tenant))
-        for letter in letters:
-            assert letter["headers"] == ODD_HEADERS_IN_A_LETTER and letter["error"]["type"] == "not_json"
-        await committed_past(bootstrap, "keyledger-keygen", created + sent["tenants.deleted"])
-        await committed_past(bootstrap, "keyledger-signer", sent["spans.to-sign"])
-        await committed_past(bootstrap, "keyledger-pii", sent["pii.requests"])
-        await committed_past(bootstrap, "keyledger-rotation", sent["keys.rotation-ticks"])
+    letters.append(await letter_of(bootstrap, sent["tenants.deleted"][-1], bad))
+    for topic in ("spans.to-sign", "pii.requests", "keys.rotation-ticks"):
+        letters.append(await letter_of(bootstrap, sent[topic][-1], tenant))
+    for letter in letters:
+        assert letter["headers"] == ODD_HEADERS_IN_A_LETTER and letter["error"]["type"] == "not_json"
+    await committed_past(bootstrap, "keyledger-keygen", created + sent["tenants.deleted"])
+    await committed_past(bootstrap, "keyledger-signer", sent["spans.to-sign"])
+    await committed_past(bootstrap, "keyledger-pii", sent["pii.requests"])
+    await committed_past(bootstrap, "keyledger-rotation", sent["keys.rotation-ticks"])
 
 
 # --- items 6, 7, 8: not I-JSON is refused at once, typed, on every topic ------------------------------------
@@ -159,61 +154,60 @@ HOSTILE = {
 }
 
 
-async def test_input_that_is_not_i_json_is_dead_lettered_at_once_on_every_input_topic(topics_ready):
-    bootstrap = topics_ready
+async def test_input_that_is_not_i_json_is_dead_lettered_at_once_on_every_input_topic(shared_broker, shared_worker):
+    bootstrap = shared_broker
     tenant = unique_tenant("ijson")
     victim, newcomer = f"{tenant}-victim", f"{tenant}-new"
-    async with in_process_workers(bootstrap, ALL_GROUPS):
-        await send(bootstrap, "tenants.created", [(t, tenant_created(t), []) for t in (tenant, victim)])
-        for t in (tenant, victim):
-            await records_for(bootstrap, "keys.events", t, want=2, timeout=90)
-        # per topic: a valid record for `case`, and the valid record that follows the hostile ones
-        valid = {
-            "tenants.created": (lambda case: (f"{tenant}-{case}", tenant_created(f"{tenant}-{case}")),
-                                (newcomer, tenant_created(newcomer))),
-            "tenants.deleted": (lambda case: (f"{tenant}-{case}", deleted(f"{tenant}-{case}")),
-                                (victim, deleted(victim))),
-            "spans.to-sign": (lambda case: (tenant, span_job(tenant, {"amount": 1}, job_id=case)),
-                              (tenant, span_job(tenant, {"amount": 1}, job_id="after"))),
-            "pii.requests": (lambda case: (tenant, pii(tenant, "encrypt", {"a": "x"}, case)),
-                             (tenant, pii(tenant, "encrypt", {"a": "x"}, "after"))),
-            "keys.rotation-ticks": (lambda case: (tenant, tick(f"{tenant}-{case}", tenant_id=tenant, key_type="signing")),
-                                    (tenant, tick(f"{tenant}-after", tenant_id=tenant, key_type="signing"))),
-        }
-        expected: list[tuple[RecordMetadata, str, str]] = []
-        sent_all: dict[str, list[RecordMetadata]] = {}
-        for topic, (make, after) in valid.items():
-            records = [(*make(case), []) for case in HOSTILE]
-            records = [(key, spoil(body), []) for (key, body, _), (spoil, _) in zip(records, HOSTILE.values(), strict=True)]
-            codes = [code for _, code in HOSTILE.values()]
-            if topic == "pii.requests":  # a 3,000-character field path: the error must not quote it
-                records.append((tenant, pii(tenant, "encrypt", {"p" * 3000: "x"}, "long-path"), []))
-                codes.append("invalid_message")
-            if topic == "spans.to-sign":  # an integer Python reads but RFC 8785 cannot represent
-                records.append((tenant, span_job(tenant, {"n": int("7" * 4000)}, job_id="long-number"), []))
-                codes.append("invalid_message")
-            sent = sent_all[topic] = await send(bootstrap, topic, [*records, (*after, [])])
-            expected += [(meta, key, code) for meta, (key, _, _), code in zip(sent, records, codes, strict=False)]
+    await send(bootstrap, "tenants.created", [(t, tenant_created(t), []) for t in (tenant, victim)])
+    for t in (tenant, victim):
+        await records_for(bootstrap, "keys.events", t, want=2, timeout=90)
+    # per topic: a valid record for `case`, and the valid record that follows the hostile ones
+    valid = {
+        "tenants.created": (lambda case: (f"{tenant}-{case}", tenant_created(f"{tenant}-{case}")),
+                            (newcomer, tenant_created(newcomer))),
+        "tenants.deleted": (lambda case: (f"{tenant}-{case}", deleted(f"{tenant}-{case}")),
+                            (victim, deleted(victim))),
+        "spans.to-sign": (lambda case: (tenant, span_job(tenant, {"amount": 1}, job_id=case)),
+                          (tenant, span_job(tenant, {"amount": 1}, job_id="after"))),
+        "pii.requests": (lambda case: (tenant, pii(tenant, "encrypt", {"a": "x"}, case)),
+                         (tenant, pii(tenant, "encrypt", {"a": "x"}, "after"))),
+        "keys.rotation-ticks": (lambda case: (tenant, tick(f"{tenant}-{case}", tenant_id=tenant, key_type="signing")),
+                                (tenant, tick(f"{tenant}-after", tenant_id=tenant, key_type="signing"))),
+    }
+    expected: list[tuple[RecordMetadata, str, str]] = []
+    sent_all: dict[str, list[RecordMetadata]] = {}
+    for topic, (make, after) in valid.items():
+        records = [(*make(case), []) for case in HOSTILE]
+        records = [(key, spoil(body), []) for (key, body, _), (spoil, _) in zip(records, HOSTILE.values(), strict=True)]
+        codes = [code for _, code in HOSTILE.values()]
+        if topic == "pii.requests":  # a 3,000-character field path: the error must not quote it
+            records.append((tenant, pii(tenant, "encrypt", {"p" * 3000: "x"}, "long-path"), []))
+            codes.append("invalid_message")
+        if topic == "spans.to-sign":  # an integer Python reads but RFC 8785 cannot represent
+            records.append((tenant, span_job(tenant, {"n": int("7" * 4000)}, job_id="long-number"), []))
+            codes.append("invalid_message")
+        sent = sent_all[topic] = await send(bootstrap, topic, [*records, (*after, [])])
+        expected += [(meta, key, code) for meta, (key, _, _), code in zip(sent, records, codes, strict=False)]
 
-        for meta, key, code in expected:
-            letter = await letter_of(bootstrap, meta, key)
-            assert (letter["error"]["type"], letter["attempts"]) == (code, 1), (meta.topic, letter)
-            message = letter["error"]["message"]
-            assert len(message) <= 500 and "777" not in message and "ppp" not in message and "someone" not in message
-        # the valid records behind the hostile ones went through
-        await records_for(bootstrap, "keys.events", newcomer, want=2, timeout=90)
-        destroyed = await records_for(bootstrap, "keys.events", victim, want=4, timeout=90)
-        assert sorted(e["type"] for e in destroyed) == ["destroyed"] * 2 + ["generated"] * 2
-        signed = await records_for(bootstrap, "spans.signed", tenant, want=1, timeout=90)
-        assert [s["job_id"] for s in signed] == ["after"]
-        results = await records_for(bootstrap, "pii.results", tenant, want=1, timeout=90)
-        assert [r["job_id"] for r in results] == ["after"]
-        events = await records_for(bootstrap, "keys.events", tenant, want=3, timeout=90)
-        assert [e["tick_id"] for e in events if e["type"] == "rotated"] == [f"{tenant}-after"]
-        for group, topics in (("keyledger-keygen", ["tenants.created", "tenants.deleted"]),
-                              ("keyledger-signer", ["spans.to-sign"]), ("keyledger-pii", ["pii.requests"]),
-                              ("keyledger-rotation", ["keys.rotation-ticks"])):
-            await committed_past(bootstrap, group, [m for t in topics for m in sent_all[t]])
+    for meta, key, code in expected:
+        letter = await letter_of(bootstrap, meta, key)
+        assert (letter["error"]["type"], letter["attempts"]) == (code, 1), (meta.topic, letter)
+        message = letter["error"]["message"]
+        assert len(message) <= 500 and "777" not in message and "ppp" not in message and "someone" not in message
+    # the valid records behind the hostile ones went through
+    await records_for(bootstrap, "keys.events", newcomer, want=2, timeout=90)
+    destroyed = await records_for(bootstrap, "keys.events", victim, want=4, timeout=90)
+    assert sorted(e["type"] for e in destroyed) == ["destroyed"] * 2 + ["generated"] * 2
+    signed = await records_for(bootstrap, "spans.signed", tenant, want=1, timeout=90)
+    assert [s["job_id"] for s in signed] == ["after"]
+    results = await records_for(bootstrap, "pii.results", tenant, want=1, timeout=90)
+    assert [r["job_id"] for r in results] == ["after"]
+    events = await records_for(bootstrap, "keys.events", tenant, want=3, timeout=90)
+    assert [e["tick_id"] for e in events if e["type"] == "rotated"] == [f"{tenant}-after"]
+    for group, topics in (("keyledger-keygen", ["tenants.created", "tenants.deleted"]),
+                          ("keyledger-signer", ["spans.to-sign"]), ("keyledger-pii", ["pii.requests"]),
+                          ("keyledger-rotation", ["keys.rotation-ticks"])):
+        await committed_past(bootstrap, group, [m for t in topics for m in sent_all[t]])
 
 
 # --- item 4: a letter the broker takes, never a lost one -------------------------------------------------
@@ -227,7 +221,7 @@ async def test_a_record_just_under_the_inbound_limit_reaches_the_dlq_in_a_bounde
     async with in_process_workers(bootstrap, ["keyledger-signer"], overrides={"max_message_bytes": limit}):
         [sent] = await send(bootstrap, "spans.to-sign", [(tenant, value, [("trace", b"t-1")])],
                             max_request_size=4 * limit)
-        records = await read_topic(bootstrap, "kms.dlq", until=lambda rs: any(r.key == tenant.encode() for r in rs),
+        records = await read(bootstrap, "kms.dlq", until=lambda rs: any(r.key == tenant.encode() for r in rs),
                                    timeout=90)
         [raw] = [r for r in records if r.key == tenant.encode()]
         assert len(raw.key) + len(raw.value) + FRAMING_BYTES <= limit
@@ -254,7 +248,7 @@ async def test_a_letter_the_producer_would_refuse_is_cut_to_fit_and_lands(topics
         assert letter["headers_dropped"] and letter["headers"] == [] and letter["payload_truncated"]
         assert letter["payload_sha256"] == hashlib.sha256(value).hexdigest()
         assert value.startswith(base64.b64decode(letter["payload"]))
-        [raw] = [r for r in await read_topic(bootstrap, "kms.dlq") if r.key == tenant.encode()]
+        [raw] = [r for r in await read(bootstrap, "kms.dlq") if r.key == tenant.encode()]
         assert len(raw.key) + len(raw.value) + FRAMING_BYTES <= 65_536
         await committed_past(bootstrap, "keyledger-signer", [sent])
 
@@ -338,7 +332,7 @@ async def test_a_malformed_encrypt_request_leaves_no_plaintext_on_the_dlq(topics
     assert parsed["payload_redacted"] and unparsed["payload_redacted"] and unparsed.get("payload") is None
     digest = hashlib.sha256(secret.encode()).hexdigest()
     assert json.loads(base64.b64decode(parsed["payload"]))["fields"]["ssn"] == {"length": len(secret), "sha256": digest}
-    dlq = record_bytes(await read_topic(bootstrap, "kms.dlq"))
+    dlq = record_bytes(await read(bootstrap, "kms.dlq"))
     assert found_in(secret.encode(), dlq) == []
     assert found_in(secret.encode(), [base64.b64encode(b"x" + secret.encode())])  # the scan itself works
 
@@ -352,4 +346,4 @@ async def test_with_dlq_keep_pii_the_letter_keeps_the_request(topics_ready):
         letters = [await letter_of(bootstrap, m, tenant) for m in sent]
     for letter, (_, value, _) in zip(letters, malformed_encrypts(tenant, secret), strict=True):
         assert not letter["payload_redacted"] and base64.b64decode(letter["payload"]) == value
-    assert found_in(secret.encode(), record_bytes(await read_topic(bootstrap, "kms.dlq")))
+    assert found_in(secret.encode(), record_bytes(await read(bootstrap, "kms.dlq")))

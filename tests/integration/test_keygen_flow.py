@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import pytest
 
 from schemas.messages import KeyType
-from tests.integration.conftest import (
-    in_process_workers,
-    records_for,
-    tenant_created,
-    unique_tenant,
-    wait_committed,
-)
+from tests.support.kafka import records_for, tenant_created, unique_tenant, wait_processed
+from tests.support.processes import in_process_workers
 from workers.core import ids
 from workers.kafka.tap import produce
 from workers.kms import encryption_context
@@ -24,17 +18,10 @@ from workers.ledger.memory import MemoryLedger
 pytestmark = pytest.mark.integration
 
 
-async def _last_offset(bootstrap: str, topic: str, tenant: str) -> tuple[int, int]:
-    from workers.kafka.tap import read_topic
-
-    records = [r for r in await read_topic(bootstrap, topic) if r.key == tenant.encode()]
-    return records[-1].partition, records[-1].offset
-
-
-async def test_a_plain_client_event_to_keyledger_run_yields_exactly_one_key_pair(topics_ready, worker_process, moto_endpoint, moto_kms_key):
-    bootstrap = topics_ready
+async def test_a_plain_client_event_to_keyledger_run_yields_exactly_one_key_pair(shared_broker, shared_worker,
+                                                                                  moto_endpoint, moto_kms_key):
+    bootstrap, worker = shared_broker, shared_worker
     tenant = unique_tenant("plain")
-    worker = worker_process("keyledger-keygen")
     raw = tenant_created(tenant, event_id="evt-1")
     await produce(bootstrap, "tenants.created", [(tenant.encode(), raw)])
 
@@ -56,18 +43,16 @@ async def test_a_plain_client_event_to_keyledger_run_yields_exactly_one_key_pair
 
     # the same record again, then the same tenant under a new event: nothing new
     await produce(bootstrap, "tenants.created", [(tenant.encode(), raw), (tenant.encode(), tenant_created(tenant))])
-    partition, offset = await _last_offset(bootstrap, "tenants.created", tenant)
-    await wait_committed(bootstrap, "keyledger-keygen", "tenants.created", partition, offset)
+    await wait_processed(bootstrap, "keyledger-keygen", "tenants.created", tenant)
     assert len(await records_for(bootstrap, "keys.events", tenant)) == 2
     assert len(await records_for(bootstrap, "keys.material", tenant)) == 2
     assert len(await records_for(bootstrap, "kms.audit", tenant)) == 2
 
 
-async def test_bad_input_goes_to_the_dlq_and_the_partition_keeps_flowing(topics_ready, worker_process):
-    bootstrap = topics_ready
+async def test_bad_input_goes_to_the_dlq_and_the_partition_keeps_flowing(shared_broker, shared_worker):
+    bootstrap = shared_broker
     bad_key = unique_tenant("bad")
     good = unique_tenant("good")
-    worker_process("keyledger-keygen")
     await produce(bootstrap, "tenants.created", [
         (bad_key.encode(), b"\x00not json"),
         (bad_key.encode(), b'{"event_id": "e", "occurred_at": "2026-01-01T00:00:00Z"}'),
@@ -93,8 +78,7 @@ async def test_a_restarted_worker_knows_every_key_and_creates_none_again(topics_
             ids.key_id_for(tenant, t, 1) for t in KeyType
         }
         await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant, event_id="e1"))])
-        partition, offset = await _last_offset(bootstrap, "tenants.created", tenant)
-        await wait_committed(bootstrap, "keyledger-keygen", "tenants.created", partition, offset)
+        await wait_processed(bootstrap, "keyledger-keygen", "tenants.created", tenant)
         assert second.kms.calls == 0 and kms_calls == 2
     assert len(await records_for(bootstrap, "keys.events", tenant)) == 2
 
@@ -123,7 +107,7 @@ async def test_a_failure_mid_batch_is_retried_without_a_second_key(topics_ready)
     async with in_process_workers(bootstrap, ["keyledger-keygen"], ledger=ledger) as context:
         await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant))])
         events = await records_for(bootstrap, "keys.events", tenant, want=2, timeout=60)
-        await asyncio.sleep(0.5)
+        await wait_processed(bootstrap, "keyledger-keygen", "tenants.created", tenant)  # the retry is over
         assert ledger.failed and len(events) == 2
         assert context.kms.calls == 2  # the retry reused the material written before the crash
     assert len(await records_for(bootstrap, "keys.material", tenant)) == 2

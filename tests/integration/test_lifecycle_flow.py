@@ -12,16 +12,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.integration.conftest import records_for, register_caller, tenant_created, unique_tenant
+from tests.support.callers import register_caller
+from tests.support.harness import tick
+from tests.support.kafka import records_for, tenant_created, unique_tenant, wait_drained
 from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
 
 GROUPS = ("keyledger-keygen", "keyledger-pii", "keyledger-rotation")
 
-
-def tick(tick_id: str, **fields) -> bytes:
-    return json.dumps({"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), **fields}).encode()
 
 
 def pii(tenant: str, operation: str, fields: dict, job_id: str) -> bytes:
@@ -53,8 +52,10 @@ async def test_scheduled_ticks_rotate_every_due_key_exactly_once(topics_ready, w
     await produce(bootstrap, "keys.rotation-ticks", [(b"cron", tick("sched-1")), (b"cron-b", tick("sched-2")),
                                                      (b"cron", tick("sched-1"))])
     for t in tenants:
-        events = await records_for(bootstrap, "keys.events", t, want=4, timeout=90)
-        await asyncio.sleep(2)
+        await records_for(bootstrap, "keys.events", t, want=4, timeout=90)
+    # every tick and every tick it fanned out is handled: any second rotation is on keys.events by now
+    await wait_drained(bootstrap, "keyledger-rotation", "keys.rotation-ticks")
+    for t in tenants:
         events = await records_for(bootstrap, "keys.events", t)
         rotated = [e for e in events if e["type"] == "rotated"]
         assert sorted((e["key_type"], e["version"]) for e in rotated) == [("encryption", 2), ("signing", 2)], \
@@ -63,12 +64,12 @@ async def test_scheduled_ticks_rotate_every_due_key_exactly_once(topics_ready, w
         assert sorted(a["op"] for a in audits) == ["generate"] * 4 + ["rotate"] * 2
 
 
-async def test_cli_rotation_compromise_and_shredding_end_to_end(topics_ready, worker_process, aws_env, tmp_path):
-    bootstrap = topics_ready
+async def test_cli_rotation_compromise_and_shredding_end_to_end(shared_broker, shared_worker, shared_operator, aws_env,
+                                                                 tmp_path):
+    bootstrap = shared_broker
     tenant = unique_tenant("life")
-    operator, caller = await register_caller(bootstrap, tmp_path, f"life-{uuid.uuid4().hex[:8]}", aws_env,
-                                             tenants=[tenant])
-    worker_process(*GROUPS, env={"KEYLEDGER_OPERATOR_PUBLIC_KEY": operator.public})
+    _, caller = await register_caller(bootstrap, tmp_path, f"life-{uuid.uuid4().hex[:8]}", aws_env,
+                                      operator=shared_operator, tenants=[tenant])
     await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant))])
     await records_for(bootstrap, "keys.events", tenant, want=2, timeout=90)
     await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "encrypt", {"ssn": "078-05-1120"}, "e1"))])

@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.messages import KeyMaterial, KeyType
 from schemas.topics import Topic
-from tests.integration.conftest import records_for, register_caller, tenant_created, unique_tenant
-from tests.support.callers import RegisteredCaller
+from tests.support.callers import RegisteredCaller, register_caller
 from tests.support.harness import span_job
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant
 from tests.support.secrets import found_in, record_bytes
 from workers.core.envelope import open_field, parse_envelope
 from workers.core.signing import private_key_from_seed, public_key_bytes
-from workers.kafka.tap import produce, read_topic
+from workers.kafka.tap import produce
 from workers.kms import encryption_context
 
 pytestmark = pytest.mark.integration
@@ -95,7 +95,7 @@ async def test_no_data_key_and_no_pii_plaintext_reach_a_topic_or_the_log(topics_
     await asyncio.to_thread(worker.wait, 30)  # its last log lines (stats) are written
 
     materials = {m.key_id: m for m in (KeyMaterial.model_validate_json(r.value)
-                                       for r in await read_topic(bootstrap, Topic.KEYS_MATERIAL.value) if r.value)
+                                       for r in await read(bootstrap, Topic.KEYS_MATERIAL.value) if r.value)
                  if m.tenant_id == tenant}
     assert sorted((m.key_type.value, m.version) for m in materials.values()) == [
         ("encryption", 1), ("encryption", 2), ("signing", 1), ("signing", 2)]
@@ -107,7 +107,7 @@ async def test_no_data_key_and_no_pii_plaintext_reach_a_topic_or_the_log(topics_
     envelope = parse_envelope(sealed)
     assert open_field(AESGCM(keys[envelope.key_id]), envelope, tenant, "r1", "card") == plaintext
 
-    topics = {topic.value: record_bytes(await read_topic(bootstrap, topic.value, timeout=120)) for topic in Topic}
+    topics = {topic.value: record_bytes(await read(bootstrap, topic.value, timeout=120)) for topic in Topic}
     log = worker.log_path.read_bytes()
     assert sum(len(b) for blobs in topics.values() for b in blobs) > 0 and b"consumer groups running" in log
     for key_id, key in keys.items():

@@ -19,18 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import isolated
-from tests.integration.conftest import in_process_workers, register_caller, tenant_created, unique_tenant
 from tests.integration.isolated import wait_for_chain
-from tests.support.callers import RegisteredCaller
+from tests.support.callers import RegisteredCaller, register_caller
 from tests.support.harness import span_job
-from workers.kafka.tap import produce, read_topic
+from tests.support.kafka import read, tenant_created, unique_tenant
+from tests.support.processes import in_process_workers
+from workers.kafka.tap import produce
 from workers.ledger.tigerbeetle import TigerBeetleLedger
 from workers.tools.report import build_report
 from workers.tools.report_html import render_html
 
 pytestmark = pytest.mark.integration
-own_broker, own_tigerbeetle = isolated.own_broker, isolated.own_tigerbeetle  # fixtures
 
 GROUPS = ["keyledger-keygen", "keyledger-signer", "keyledger-pii", "keyledger-rotation", "keyledger-audit-digest"]
 
@@ -40,7 +39,7 @@ async def events_of(bootstrap: str, tenant: str, kind: str, want: int) -> list[d
         return [e for e in (json.loads(r.value) for r in records if r.value) if e["tenant_id"] == tenant
                 and e["type"] == kind]
 
-    return mine(await read_topic(bootstrap, "keys.events", timeout=60, until=lambda rs: len(mine(rs)) >= want))
+    return mine(await read(bootstrap, "keys.events", timeout=60, until=lambda rs: len(mine(rs)) >= want))
 
 
 async def pii(bootstrap: str, tenant: str, operation: str, fields: dict, job_id: str,
@@ -53,12 +52,12 @@ async def pii(bootstrap: str, tenant: str, operation: str, fields: dict, job_id:
     def found(records):
         return [v for v in (json.loads(r.value) for r in records) if v.get("job_id") == job_id]
 
-    return found(await read_topic(bootstrap, "pii.results", timeout=60, until=lambda rs: bool(found(rs))))[0]
+    return found(await read(bootstrap, "pii.results", timeout=60, until=lambda rs: bool(found(rs))))[0]
 
 
 async def sign(bootstrap: str, tenant: str, count: int, total: int) -> None:
     await produce(bootstrap, "spans.to-sign", [(tenant.encode(), span_job(tenant)) for _ in range(count)])
-    await read_topic(bootstrap, "spans.signed", timeout=60, until=lambda rs: sum(
+    await read(bootstrap, "spans.signed", timeout=60, until=lambda rs: sum(
         json.loads(r.value)["tenant_id"] == tenant for r in rs) >= total)
 
 

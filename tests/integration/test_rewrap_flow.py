@@ -13,32 +13,21 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from schemas.messages import AuditEvent, KeyEvent, KeyMaterial
-from tests.integration.conftest import records_for, register_caller, tenant_created, unique_tenant
-from tests.support.callers import RegisteredCaller
-from tests.support.harness import span_job
-from workers.app.embedded import EmbeddedBroker
+from tests.support.callers import RegisteredCaller, register_caller
+from tests.support.harness import span_job, tick
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant
 from workers.core.b64 import b64decode
 from workers.core.signing import Verdict
-from workers.kafka.tap import produce, read_topic
-from workers.kafka.topics import ensure_topics
-from workers.settings import Settings
+from workers.kafka.tap import produce
 from workers.tools.verify import PublicKeyBook, verify_signed_span
 
 pytestmark = pytest.mark.integration
 
 GROUPS = ("keyledger-keygen", "keyledger-signer", "keyledger-pii", "keyledger-rotation")
-
-
-@pytest.fixture
-def own_broker() -> Iterator[str]:
-    with EmbeddedBroker() as broker:
-        asyncio.run(ensure_topics(broker.bootstrap, Settings(kafka_bootstrap=broker.bootstrap, kafka_partitions=3)))
-        yield broker.bootstrap
 
 
 @pytest.fixture
@@ -82,7 +71,7 @@ async def same_keys_work(bootstrap: str, tenants: list[str], sealed: dict[str, d
     await produce(bootstrap, "pii.requests", [(t.encode(), caller.pii(t, "decrypt", sealed[t], job_id=f"{round_id}-{t}"))
                                               for t in tenants])
     book = PublicKeyBook()
-    for record in await read_topic(bootstrap, "keys.events"):
+    for record in await read(bootstrap, "keys.events"):
         book.learn(KeyEvent.model_validate_json(record.value))
     for t in tenants:
         signed = await records_for(bootstrap, "spans.signed", t, timeout=120)
@@ -99,7 +88,7 @@ async def same_keys_work(bootstrap: str, tenants: list[str], sealed: dict[str, d
 
 async def latest_materials(bootstrap: str) -> dict[str, KeyMaterial]:
     latest = {}
-    for record in await read_topic(bootstrap, "keys.material"):
+    for record in await read(bootstrap, "keys.material"):
         if record.value is not None:
             material = KeyMaterial.model_validate_json(record.value)
             latest[material.key_id] = material
@@ -107,7 +96,7 @@ async def latest_materials(bootstrap: str) -> dict[str, KeyMaterial]:
 
 
 async def rewrap_audits(bootstrap: str) -> list[AuditEvent]:
-    return [a for r in await read_topic(bootstrap, "kms.audit")
+    return [a for r in await read(bootstrap, "kms.audit")
             if (a := AuditEvent.model_validate_json(r.value)).op.value == "rewrap"]
 
 
@@ -116,8 +105,8 @@ def stop(worker: subprocess.Popen, hard: bool = False) -> None:
     worker.wait(timeout=30)
 
 
-def tick(tick_id: str, **fields) -> bytes:
-    return json.dumps({"tick_id": tick_id, "issued_at": "2026-11-22T10:00:00Z", "action": "rewrap", **fields}).encode()
+def rewrap_tick(tick_id: str, **fields) -> bytes:
+    return tick(tick_id, issued_at="2026-11-22T10:00:00Z", action="rewrap", **fields)
 
 
 async def test_kek_rotation_rewrap_and_retire_over_a_real_broker_across_kill_9(own_broker, env, openbao,
@@ -131,14 +120,14 @@ async def test_kek_rotation_rewrap_and_retire_over_a_real_broker_across_kill_9(o
     openbao.admin("POST", f"transit/keys/{key}/rotate", {})
 
     # a scheduled pass, killed -9 as soon as its first re-wrapped record is out
-    await produce(bootstrap, "keys.rotation-ticks", [(b"ops", tick("first-pass"))])
-    await read_topic(bootstrap, "keys.material", timeout=120,
+    await produce(bootstrap, "keys.rotation-ticks", [(b"ops", rewrap_tick("first-pass"))])
+    await read(bootstrap, "keys.material", timeout=120,
                      until=lambda rs: any(r.value and b'"kek_version":2' in r.value for r in rs))
     stop(worker, hard=True)
     worker = worker_process(*GROUPS, env=vault)
     # one of the pass's per-tenant ticks delivered again, as Kafka redelivers what was not committed
     replayed = tenants[0]
-    await produce(bootstrap, "keys.rotation-ticks", [(replayed.encode(), tick(
+    await produce(bootstrap, "keys.rotation-ticks", [(replayed.encode(), rewrap_tick(
         f"first-pass/{replayed}", tenant_id=replayed, parent_tick_id="first-pass"))])
 
     done = await asyncio.to_thread(cli, vault, "rewrap", "--all")
@@ -167,7 +156,7 @@ async def test_kek_rotation_rewrap_and_retire_over_a_real_broker_across_kill_9(o
     openbao.admin("POST", f"transit/keys/{key}/rotate", {})
     first = await asyncio.to_thread(cli, vault, "rewrap", "--all", "--scheduled")
     assert first.returncode == 0, first.stdout + first.stderr
-    await read_topic(bootstrap, "keys.material", timeout=120, until=lambda rs: len(
+    await read(bootstrap, "keys.material", timeout=120, until=lambda rs: len(
         {r.key for r in rs if r.value and b'"kek_version":3' in r.value}) == 40)
     assert openbao.admin("GET", f"transit/keys/{key}")["data"]["min_decryption_version"] == 2  # not yet
     second = await asyncio.to_thread(cli, vault, "rewrap", "--all", "--scheduled")

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 
 import pytest
 from nacl.signing import VerifyKey
 
-from tests.integration.conftest import (
+from tests.support.faults import SwitchableKms
+from tests.support.harness import span_job
+from tests.support.kafka import (
     committed_offset,
-    in_process_workers,
+    last_record,
     records_for,
     tenant_created,
     unique_tenant,
+    until,
     wait_committed,
 )
-from tests.support.faults import SwitchableKms
-from tests.support.harness import span_job
-from workers.kafka.tap import produce, read_topic
+from tests.support.processes import in_process_workers
+from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +29,9 @@ def _jcs(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def test_signed_spans_from_keyledger_run_verify_with_a_third_party_library(topics_ready, worker_process):
-    bootstrap = topics_ready
+async def test_signed_spans_from_keyledger_run_verify_with_a_third_party_library(shared_broker, shared_worker):
+    bootstrap = shared_broker
     tenant = unique_tenant("sign")
-    worker_process("keyledger-keygen", "keyledger-signer")
     await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant))])
     events = await records_for(bootstrap, "keys.events", tenant, want=2, timeout=60)
     signing = next(e for e in events if e["key_type"] == "signing")
@@ -58,11 +58,13 @@ async def test_during_a_kms_outage_uncached_tenants_wait_uncommitted_and_then_co
         await records_for(bootstrap, "keys.events", uncached, want=2, timeout=60)
         context.keys.evict(context.keys.active(uncached, "signing").key_id)
         kms.down = True
+        calls_before = kms.calls
         await produce(bootstrap, "spans.to-sign", [(uncached.encode(), span_job(uncached, job_id="waiting"))])
         await produce(bootstrap, "spans.to-sign", [(cached.encode(), span_job(cached, job_id=f"c{i}")) for i in range(20)])
         assert len(await records_for(bootstrap, "spans.signed", cached, want=20, timeout=60)) == 20
-        waiting = next(r for r in await read_topic(bootstrap, "spans.to-sign") if r.key == uncached.encode())
-        await asyncio.sleep(1.0)
+        waiting = await last_record(bootstrap, "spans.to-sign", uncached)
+        # the cached tenant's spans need no KMS call: a call made now is the waiting span's, refused
+        await until(lambda: kms.calls > calls_before, "attempt at the uncached tenant's key", timeout=60)
         assert await records_for(bootstrap, "spans.signed", uncached) == []
         assert await committed_offset(bootstrap, "keyledger-signer", "spans.to-sign", waiting.partition) <= waiting.offset
         kms.down = False

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
-from tests.integration.conftest import in_process_workers, records_for, tenant_created, unique_tenant
 from tests.integration.test_lifecycle_flow import pii, result
+from tests.support.kafka import records_for, tenant_created, unique_tenant
+from tests.support.processes import in_process_workers
 from workers.core import ids
 from workers.kafka.tap import produce
 from workers.ledger.tigerbeetle import TigerBeetleLedger

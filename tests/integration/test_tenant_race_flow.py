@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant, wait_committed
 from tests.support.harness import span_job
-from workers.kafka.tap import produce, read_topic
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant, wait_committed
+from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ async def test_spans_and_pii_requests_sent_right_after_tenants_created_are_all_s
     answered = await records_for(bootstrap, "pii.results", tenant, want=20, timeout=90)
     assert len({s["job_id"] for s in signed}) == 20
     assert len({r["job_id"] for r in answered}) == 20 and all("error" not in r for r in answered)
-    letters = [json.loads(r.value) for r in await read_topic(bootstrap, "kms.dlq") if r.value]
+    letters = [json.loads(r.value) for r in await read(bootstrap, "kms.dlq") if r.value]
     assert [d for d in letters if d.get("key") and base64.b64decode(d["key"]) == tenant.encode()] == []
 
 
@@ -52,6 +52,6 @@ async def test_a_tenant_that_never_comes_is_refused_once_its_wait_is_over(topics
         return [v for v in values if v.get("error", {}).get("type") == "unknown_tenant" and v.get("key")
                 and stranger.encode() == base64.b64decode(v["key"])]
 
-    letters = refused(await read_topic(bootstrap, "kms.dlq", until=lambda rs: bool(refused(rs)), timeout=60))
+    letters = refused(await read(bootstrap, "kms.dlq", until=lambda rs: bool(refused(rs)), timeout=60))
     assert len(letters) == 1 and letters[0]["attempts"] == 1
     await wait_committed(bootstrap, "keyledger-signer", "spans.to-sign", letters[0]["partition"], letters[0]["offset"])

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant
 from tests.support.harness import span_job
+from tests.support.kafka import read, records_for, tenant_created, unique_tenant
 from workers.core import ids
-from workers.kafka.tap import produce, read_topic
+from workers.kafka.tap import produce
 from workers.ledger import QueryFilter, QueryFilterFlags
 from workers.ledger.tigerbeetle import TigerBeetleLedger
 
@@ -83,13 +83,13 @@ async def test_kill_9_mid_stream_then_restart_signs_every_span_once_in_the_ledge
 
     # small batches, so the kill lands among many of them rather than after the one that held everything
     first = worker_process("keyledger-signer", env={**tb_env, "KEYLEDGER_KAFKA_BATCH_MAX": "200"})
-    partly = await read_topic(bootstrap, "spans.signed", until=lambda rs: len(signed_jobs(rs)) >= 300, timeout=90)
+    partly = await read(bootstrap, "spans.signed", until=lambda rs: len(signed_jobs(rs)) >= 300, timeout=90)
     first.send_signal(signal.SIGKILL)  # mid-stream: some batches signed and audited, their offsets not committed
     first.wait()
     assert 300 <= len(signed_jobs(partly)) < len(jobs), "the kill came too late to prove anything"
 
     worker_process("keyledger-signer", env=tb_env)
-    every = await read_topic(bootstrap, "spans.signed", until=lambda rs: len(signed_jobs(rs)) >= len(jobs), timeout=180)
+    every = await read(bootstrap, "spans.signed", until=lambda rs: len(signed_jobs(rs)) >= len(jobs), timeout=180)
     assert len(signed_jobs(every)) == len(jobs)
 
     ledger = TigerBeetleLedger(tigerbeetle_address)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from nacl.signing import VerifyKey
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant
 from tests.support.harness import span_job
+from tests.support.kafka import forget, records_for, tenant_created, unique_tenant
 from tests.support.tls import TlsBroker, stunnel_binary, tls_broker
 from workers.app.embedded import free_port
 from workers.kafka.tap import produce
@@ -38,6 +38,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
         for name, value in broker.env().items():
             env.setenv(name, value)
         yield broker
+    forget(broker.bootstrap)  # the taps of the session keep no broker that is gone
 
 
 def keyledger_env(extra: dict[str, str]) -> dict[str, str]:

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.conftest import records_for, tenant_created, unique_tenant
+from tests.support.kafka import records_for, tenant_created, unique_tenant
 from workers.core import ids
 from workers.core.envelope import parse_envelope
 from workers.kafka.tap import produce

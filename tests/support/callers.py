@@ -19,7 +19,9 @@ from workers.core.b64 import b64url_encode
 from workers.core.callers import CallerTable, caller_id_for
 from workers.core.results import generate_keypair
 from workers.kms import Kms
+from workers.kms.factory import open_kms
 from workers.kms.local import LocalKms
+from workers.settings import Settings
 from workers.tools.callers import caller_add, caller_keygen
 
 EVERY_OPERATION = tuple(operation.value for operation in CallerOperation)
@@ -108,3 +110,19 @@ class Operator:
         await caller_add(bootstrap, kms or LocalKms(), self.key, name, tenants=tenants, operations=list(operations), kem=kem,
                          caller_public_key=raw, secret_out=folder / f"{name}.secret")
         return RegisteredCaller(name, folder / f"{name}.secret", private)
+
+
+async def register_caller(bootstrap: str, folder: Path, name: str, kms_env: dict[str, str] | None = None, *,
+                          operator: Operator | None = None, **policy: Any) -> tuple[Operator, RegisteredCaller]:
+    """A new operator and one caller it registers; the caller's secret is wrapped by the KMS the workers are
+    configured with in `kms_env` (KEYLEDGER_* variables), the local one by default. Start the workers with
+    KEYLEDGER_OPERATOR_PUBLIC_KEY=operator.public."""
+    operator = operator or Operator()
+    kms_settings = {key.removeprefix("KEYLEDGER_").lower(): value for key, value in (kms_env or {}).items()
+                    if key.startswith(("KEYLEDGER_KMS_", "KEYLEDGER_AWS_", "KEYLEDGER_VAULT_"))}
+    kms = open_kms(Settings(**kms_settings).kms)
+    try:
+        caller = await operator.register(bootstrap, folder, name, kms=kms, **policy)
+    finally:
+        await kms.aclose()
+    return operator, caller

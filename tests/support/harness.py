@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,8 +50,11 @@ def _capture_into(captured: Captured, context: ProcessContext, topic: str) -> No
 
 
 @asynccontextmanager
-async def handler_harness(groups: list[str], *, kms: Any = None, ledger: Any = None,
+async def handler_harness(groups: list[str], *, kms: Any = None, ledger: Any = None, tenants: Sequence[str] = (),
                           **settings: Any) -> AsyncIterator[tuple[ProcessContext, Any, Captured]]:
+    """`(context, broker, captured)`: the groups' handlers on the in-memory broker, each output captured.
+    Each of `tenants` is created first (tenants.created, handled before the block starts), so a test file's
+    `harness` fixture is `async with handler_harness(GROUPS, tenants=("acme", "globex")) as parts: yield parts`."""
     # the in-memory test broker delivers inline: handle each batch before publish() returns
     # key_table_wait 0: one process, inline delivery, so a tenant unknown now is unknown for good
     config = Settings(kafka_bootstrap="unused:9092", **{"kafka_pipeline_depth": 1, "key_table_wait": 0, **settings})
@@ -63,6 +66,8 @@ async def handler_harness(groups: list[str], *, kms: Any = None, ledger: Any = N
     for topic in OUTPUTS:
         _capture_into(captured, context, topic)
     async with TestKafkaBroker(context.broker) as broker:
+        for tenant in tenants:
+            await broker.publish(tenant_created(tenant), "tenants.created", key=tenant.encode())
         yield context, broker, captured
     await context.aclose()
 
@@ -70,6 +75,11 @@ async def handler_harness(groups: list[str], *, kms: Any = None, ledger: Any = N
 def tenant_created(tenant: str, **extra: Any) -> bytes:
     body = {"event_id": f"evt-{tenant}", "tenant_id": tenant, "occurred_at": datetime.now(UTC).isoformat(), **extra}
     return json.dumps(body).encode()
+
+
+def tick(tick_id: str, **fields: Any) -> bytes:
+    """A keys.rotation-ticks value issued now; `fields` add to it or replace what it says (issued_at too)."""
+    return json.dumps({"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), **fields}).encode()
 
 
 def span_job(tenant: str, span: dict | None = None, job_id: str | None = None) -> bytes:

@@ -99,6 +99,7 @@ def test_letter_ids_are_partition_slash_offset():
         parse_letter_id("tenants.created:0:17")
 
 
+@pytest.mark.process  # the CLI as a process
 def test_replay_without_a_selection_is_refused_before_connecting():
     done = subprocess.run([sys.executable, "-m", "workers.app.cli", "dlq", "replay"], capture_output=True, text=True,
                           timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")})

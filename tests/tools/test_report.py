@@ -6,11 +6,9 @@ tests/integration/test_report_flow.py.
 
 from __future__ import annotations
 
-import json
 import re
-from datetime import UTC, datetime
 
-from tests.support.harness import handler_harness, inbound, span_job, tenant_created
+from tests.support.harness import handler_harness, inbound, span_job, tenant_created, tick
 from workers.tools.audit_check import Logged
 from workers.tools.report import KeyVersion, Operation, TenantReport, assemble
 from workers.tools.report_html import LABEL, WIDTH, render_html
@@ -18,9 +16,6 @@ from workers.tools.verify import PublicKeyBook
 
 NS = 1_000_000_000
 
-
-def tick(tick_id: str, **fields) -> bytes:
-    return json.dumps({"tick_id": tick_id, "issued_at": datetime.now(UTC).isoformat(), **fields}).encode()
 
 
 async def test_facts_come_from_the_ledger_and_keys_events():

@@ -38,6 +38,14 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    IllegalStateError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.message import FAKE_CONSUMER
@@ -55,6 +63,15 @@ from workers.settings import Settings
 log = logging.getLogger("keyledger.consume")
 
 Handle = Callable[[Sequence[InboundRecord]], Awaitable[Sequence[InboundRecord]]]
+
+REVOKE_WAIT = 5.0
+"""Seconds a revocation waits for the batches in hand before abandoning them: well under the group's
+rebalance timeout (aiokafka's default session timeout), so waiting never gets this member evicted."""
+
+_REFUSED_AFTER_REBALANCE = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError,
+                            UnknownMemberIdError, IllegalStateError)
+"""A commit the group refuses because membership moved on: the partitions are someone else's now (or
+again ours at a new generation), and their new owner is redelivered everything past the last commit."""
 
 
 class ConsumerGroup(Protocol):
@@ -121,19 +138,35 @@ class NoObserver:
         pass
 
 
+Revoked = Callable[[frozenset[TopicPartition]], Awaitable[None]]
+
+
 class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
     """The group's partitions as the last rebalance left them; `joined` once the first assignment arrived
-    (an empty one too: a replica beyond the partition count has joined, it just has nothing to do)."""
+    (an empty one too: a replica beyond the partition count has joined, it just has nothing to do).
 
-    def __init__(self, holder: HoldsRecords | None = None) -> None:
+    On a revocation the partitions are gone from `partitions` before anything else happens (no new work
+    is taken from them), then `on_revoked` runs (the runner settles its batches in hand and commits while
+    the consumer still holds the old generation), then a holding group forgets what it kept of them."""
+
+    def __init__(self, holder: HoldsRecords | None = None, on_revoked: Revoked | None = None) -> None:
         self.joined = False
         self.partitions: frozenset[TopicPartition] = frozenset()
         self._holder = holder
+        self._on_revoked = on_revoked
 
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.partitions = self.partitions - set(revoked)
+    def owns(self, topic: str, partition: int) -> bool:
+        """Whether the record of `topic`/`partition` is this process's to work on: always before the
+        first assignment (no consumer group yet, e.g. a runner driven directly), else only while assigned."""
+        return not self.joined or TopicPartition(topic, partition) in self.partitions
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        gone = frozenset(revoked)
+        self.partitions = self.partitions - gone
+        if self._on_revoked is not None and gone:
+            await self._on_revoked(gone)
         if self._holder is not None:  # a holding group drops what it kept of partitions now someone else's
-            self._holder.forget((tp.topic, tp.partition) for tp in revoked)
+            self._holder.forget((tp.topic, tp.partition) for tp in gone)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.joined = True
@@ -153,14 +186,23 @@ class BatchRunner:
       next batch is handled while the previous one's outputs are still being acknowledged: only for
       groups whose records are independent of each other), one waiting for a retry (`WaitingSet`),
       or, for a group that holds records (`HoldsRecords`), one its holder has not covered
-      (`OffsetTracker.committable`).
+      (`OffsetTracker.committable`);
+    - rebalances: records of a partition no longer assigned are not taken (a batch delivered across
+      the revocation drops them) nor retried; on revocation the batches in hand get `revoke_wait`
+      seconds to finish, what is finished is committed under the old generation (never past a
+      record they left unfinished), then the revoked partitions' waiting records and bookkeeping are
+      dropped (their new owner is redelivered everything past that commit); a batch still running
+      after `revoke_wait` is abandoned: its outputs may appear twice (replays are idempotent), its
+      offsets are never committed, and what it leaves unfinished is dropped before the next
+      handling; a commit the group refuses after a rebalance is logged and skipped, never fatal.
 
     The pure decisions live in `WaitingSet` and `Backpressure` (workers/kafka/waiting.py) and in
     `OffsetTracker` (workers/kafka/offsets.py); this class does the I/O: handling, dead letters,
     the retry and flush timers, commits, pausing partitions."""
 
     def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1,
-                 holder: HoldsRecords | None = None, observer: RunnerObserver | None = None) -> None:
+                 holder: HoldsRecords | None = None, observer: RunnerObserver | None = None,
+                 revoke_wait: float = REVOKE_WAIT) -> None:
         if depth < 1:
             raise ValueError("pipeline depth must be at least 1")
         if holder is not None and depth != 1:
@@ -183,7 +225,9 @@ class BatchRunner:
         self._holder = holder
         self._flush_task: asyncio.Task[None] | None = None
         self._observer: RunnerObserver = observer or NoObserver()
-        self.assignments = Assignments(holder)
+        self._revoke_wait = revoke_wait
+        self._revoking = False  # between a revocation's start and its commit: waiting records still count
+        self.assignments = Assignments(holder, self._revoked)
         self.subscriber: Any = None  # FastStream's subscriber, set by `subscribe`: its consumer exists once started
         self.records = 0
         self.dead = 0
@@ -191,6 +235,9 @@ class BatchRunner:
     async def __call__(self, records: Sequence[InboundRecord], consumer: Any = None) -> None:
         if isinstance(consumer, AIOKafkaConsumer):
             self._consumer = consumer
+        owns = self.assignments.owns
+        if self.assignments.joined and not all(owns(r.topic, r.partition) for r in records):
+            records = [r for r in records if owns(r.topic, r.partition)]  # fetched before a revocation
         await self._slots.acquire()  # backpressure: at most `depth` batches in hand
         batch = self._offsets.begin(records)
         if self._holder is not None and self._flush_task is None:
@@ -204,6 +251,7 @@ class BatchRunner:
     async def _run(self, records: list[InboundRecord], batch: InFlight) -> None:
         try:
             async with self._serial or contextlib.nullcontext():
+                self._drop_disowned()
                 taken = self._waiting.due(time.monotonic()) + records
                 try:
                     await self._process(taken)
@@ -227,6 +275,40 @@ class BatchRunner:
         """The group's consumer once it started (for lag: its assignment, end offsets, committed offsets)."""
         consumer = self._consumer or getattr(self.subscriber, "consumer", None)
         return consumer if isinstance(consumer, AIOKafkaConsumer) else None
+
+    async def _revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        """`partitions` are being taken away (the consumer still holds the old generation): let the
+        batches in hand finish for up to `revoke_wait` seconds, commit what is finished, then drop the
+        partitions' waiting records and offset bookkeeping: they are redelivered to whoever gets them."""
+        self._revoking = True
+        try:
+            in_hand = [task for task in self._tasks if not task.done()]
+            if in_hand:
+                _, running = await asyncio.wait(in_hand, timeout=self._revoke_wait)
+                if running:
+                    log.warning("%s: %d batches still running at revocation are abandoned; their records are "
+                                "redelivered to the partitions' next owner", self.group, len(running),
+                                extra={"group": self.group})
+            await self._commit()
+            async with self._lock:  # no commit between dropping the partitions' records and forgetting them
+                dropped = self._waiting.drop({(tp.topic, tp.partition) for tp in partitions})
+                self._offsets.forget(partitions)
+                self._backpressure.forget(partitions)
+        finally:
+            self._revoking = False
+        log.info("%s: %d partitions revoked, %d waiting records left to their next owner", self.group,
+                 len(partitions), dropped, extra={"group": self.group})
+
+    def _drop_disowned(self) -> None:
+        """Forget waiting records of partitions no longer assigned (parked by a batch abandoned at a
+        revocation): their new owner is redelivered them. Never during a revocation, whose commit must
+        still count them; after it, nothing of those partitions is committed (`OffsetTracker.forget`)."""
+        if not self.assignments.joined or self._revoking or not self._waiting:
+            return
+        owns = self.assignments.owns
+        disowned = {(tp.topic, tp.partition) for tp in self._waiting.oldest() if not owns(tp.topic, tp.partition)}
+        if disowned:
+            self._waiting.drop(disowned)
 
     async def aclose(self) -> None:
         """Finish the batches in hand (their offsets commit), stop retrying the waiting ones."""
@@ -308,7 +390,8 @@ class BatchRunner:
 
     def _wait(self, records: Sequence[InboundRecord], error: str) -> None:
         """Park records for a later retry; a transient error never counts against their attempts.
-        With no records, only backs off (the records are already waiting)."""
+        With no records, only backs off (the records are already waiting). Records of a partition being
+        revoked are parked too: the revocation's commit must not pass them (it drops them after)."""
         delay = self._waiting.park(records, error, time.monotonic())
         if delay is None:
             return
@@ -325,6 +408,7 @@ class BatchRunner:
                 return
             try:
                 async with self._serial or contextlib.nullcontext():
+                    self._drop_disowned()
                     await self._process(self._waiting.due(time.monotonic()))
                 await self._commit()
             except Exception as exc:
@@ -363,15 +447,33 @@ class BatchRunner:
             if offsets and self._consumer is not None:
                 assigned = self._consumer.assignment()
                 offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-                if offsets:
-                    await self._consumer.commit(offsets)
+                if offsets and not await self._commit_offsets(self._consumer, offsets):
+                    offsets = {}
             self._offsets.mark_committed(offsets)
             self._apply_backpressure(waiting)
+
+    async def _commit_offsets(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit `offsets`; False when the group or the broker refused (nothing is marked committed, so
+        the next commit offers them again, or the rebalance hands the partitions to someone else)."""
+        try:
+            await consumer.commit(offsets)
+        except _REFUSED_AFTER_REBALANCE as exc:
+            log.warning("%s: commit refused after a rebalance (%s); the partitions' next owner is redelivered "
+                        "what this commit would have covered", self.group, type(exc).__name__,
+                        extra={"group": self.group})
+            return False
+        except KafkaError as exc:
+            log.warning("%s: commit failed (%s); tried again at the next commit", self.group,
+                        type(exc).__name__, extra={"group": self.group})
+            return False
+        return True
 
     def _apply_backpressure(self, waiting: Mapping[TopicPartition, int]) -> None:
         if self._consumer is None:
             return
         pause, resume = self._backpressure.update(len(self._waiting), waiting)
+        assigned = self._consumer.assignment()  # a rebalance resets pauses; only assigned partitions take one
+        pause, resume = pause & assigned, resume & assigned
         if pause:
             self._consumer.pause(*pause)
         if resume:

@@ -8,7 +8,9 @@ that holds records, what the holder has covered, then reports what it committed.
 Invariant: the offset `committable` gives a partition is never past a record of it that
 is unfinished: one in a batch still being handled (pipelined batches included: the
 oldest record of every batch in hand counts), one waiting for a retry, or one a holder
-has not covered. Committed offsets only grow. So a crash or a rebalance redelivers
+has not covered. Committed offsets only grow while a partition stays assigned; `forget`
+(a revocation) starts it afresh, so a partition that comes back is never committed to an
+offset seen before it left (that would move the group's offset back). So a crash or a rebalance redelivers
 every unfinished record (at-least-once), and never skips one.
 """
 
@@ -82,6 +84,14 @@ class OffsetTracker:
             if safe > self._committed.get(tp, -1):
                 offsets[tp] = safe
         return offsets
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """`partitions` were revoked: what was seen and committed of them is another owner's to move now.
+        A batch still in flight keeps its oldest offsets, so if a partition comes back its commits stay
+        below that batch until it ends."""
+        for tp in partitions:
+            self._seen.pop(tp, None)
+            self._committed.pop(tp, None)
 
     def mark_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
         """`offsets` were committed: `committable` offers a partition again only once it can go further."""

@@ -14,7 +14,9 @@ Invariants of a `WaitingSet`:
 - a dead letter that could not be published (`letter_refused`) leaves the record
   waiting one attempt short of the bound, so the next failure publishes the letter again;
 - `oldest()` names, per partition, the lowest offset waiting: the runner never commits
-  past it.
+  past it;
+- `drop` (a revocation) is the one other way out: the caller has committed no further than
+  `oldest()`, so the partition's next owner is redelivered every dropped record.
 """
 
 from __future__ import annotations
@@ -106,6 +108,15 @@ class WaitingSet:
         for record in records:
             self._records.pop(record.coordinates, None)
 
+    def drop(self, partitions: Iterable[tuple[str, int]]) -> int:
+        """Forget the waiting records of `partitions` (revoked: their next owner is redelivered them, since
+        nothing was committed past them). Returns how many were dropped."""
+        gone = set(partitions)
+        keys = [key for key in self._records if (key[0], key[1]) in gone]
+        for key in keys:
+            del self._records[key]
+        return len(keys)
+
     def settle(self, records: Sequence[InboundRecord], blocked: Sequence[InboundRecord]) -> int:
         """A handling of `records` returned `blocked` unfinished (already `park`ed): the others are done.
         Returns how many distinct records finished."""
@@ -153,3 +164,7 @@ class Backpressure:
             return newly, set()
         resumed, self.paused = self.paused, set()
         return set(), resumed
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """`partitions` were revoked: a rebalance resets their pause, and they are not resumed later."""
+        self.paused -= set(partitions)

@@ -13,6 +13,14 @@ cancelled: cancelling it would leave the client's bookkeeping behind and break
 `aclose`. It may still be applied later, which is harmless because keyledger's
 ids are deterministic and a retry answers EXISTS.
 
+Host names in `addresses` are resolved when the client is built (it takes IP addresses only)
+and again after every request that found the cluster unreachable (a timeout or a client
+error): a replica rescheduled under the same name (a StatefulSet pod's DNS record) gets a new
+IP, and the client would otherwise keep calling the old one forever. When the answer differs,
+a new client replaces the old one, which is closed (its unanswered requests fail, and are
+retried like any unavailable request). A name that does not resolve right now keeps the
+client as it was.
+
 Client failures become LedgerUnavailable (back off, retry, do not commit);
 requests the server can never accept (too much data, out-of-range integers)
 become LedgerError.
@@ -40,6 +48,7 @@ import tigerbeetle as tb
 from tigerbeetle import bindings as tb_bindings
 from tigerbeetle.lib import IntegerOverflowError, NativeError
 
+from workers.errors import ConfigError
 from workers.ledger import (
     Account,
     AccountFilter,
@@ -85,9 +94,13 @@ class TigerBeetleLedger:
             raise ValueError("TigerBeetle needs replica addresses (KEYLEDGER_TB_ADDRESSES)")
         if batch_max < 1 or timeout <= 0:
             raise ValueError("batch_max and timeout must be positive")
-        # host names resolved once here (the client takes IPs only), so every way of building one accepts them
-        self._client = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=resolved_tb_addresses(addresses))
+        # host names resolved here (the client takes IPs only), so every way of building one accepts them
+        self._addresses = addresses
+        self._cluster_id = cluster_id
+        self._resolved = resolved_tb_addresses(addresses)
+        self._client = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=self._resolved)
         self._send_transfers = transfers_sender(self._client, CLIENT_VERSION)
+        self._replacing: asyncio.Lock | None = None  # made on first use, inside the running loop
         self._batch_max = batch_max
         self._timeout = timeout
         self._closed = False
@@ -98,26 +111,58 @@ class TigerBeetleLedger:
         """Events per request now: the configured most, or what the server's refusals left of it."""
         return self._batch_max
 
+    @property
+    def replica_addresses(self) -> str:
+        """The IP addresses the client calls now (KEYLEDGER_TB_ADDRESSES as last resolved)."""
+        return self._resolved
+
+    # each call names the client's method at send time: a re-resolution may have replaced the client
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
-        return await self._in_requests(self._client.create_accounts, accounts, chains=True)
+        return await self._in_requests(lambda body: self._client.create_accounts(body), accounts, chains=True)
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
-        return await self._in_requests(self._send_transfers, transfers, chains=True)
+        return await self._in_requests(lambda body: self._send_transfers(body), transfers, chains=True)
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
-        return await self._in_requests(self._client.lookup_accounts, ids, chains=False)
+        return await self._in_requests(lambda body: self._client.lookup_accounts(body), ids, chains=False)
 
     async def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
-        return await self._in_requests(self._client.lookup_transfers, ids, chains=False)
+        return await self._in_requests(lambda body: self._client.lookup_transfers(body), ids, chains=False)
 
     async def get_account_transfers(self, account_filter: AccountFilter) -> list[Transfer]:
-        return await self._request(self._client.get_account_transfers, account_filter)
+        return await self._request(lambda body: self._client.get_account_transfers(body), account_filter)
 
     async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
-        return await self._request(self._client.query_accounts, query_filter)
+        return await self._request(lambda body: self._client.query_accounts(body), query_filter)
 
     async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
-        return await self._request(self._client.query_transfers, query_filter)
+        return await self._request(lambda body: self._client.query_transfers(body), query_filter)
+
+    async def reresolve(self) -> bool:
+        """Resolve KEYLEDGER_TB_ADDRESSES again; when the IPs changed, replace the client (closing the old
+        one). Returns whether it was replaced. A name that does not resolve now changes nothing."""
+        if self._closed:
+            return False
+        if self._replacing is None:
+            self._replacing = asyncio.Lock()
+        async with self._replacing:
+            try:
+                resolved = await asyncio.to_thread(resolved_tb_addresses, self._addresses)
+            except ConfigError as exc:
+                log.warning("TigerBeetle replica names not re-resolved: %s", exc)
+                return False
+            if resolved == self._resolved or self._closed:
+                return False
+            log.info("TigerBeetle replicas moved (%s -> %s): reconnecting", self._resolved, resolved)
+            old = self._client
+            self._client = tb.ClientAsync(cluster_id=self._cluster_id, replica_addresses=resolved)
+            self._send_transfers = transfers_sender(self._client, CLIENT_VERSION)
+            self._resolved = resolved
+        try:
+            await old.close()  # fails what is still unanswered there; those requests are retried
+        except Exception as exc:
+            log.warning("closing the client of the old TigerBeetle addresses failed: %s", type(exc).__name__)
+        return True
 
     async def aclose(self) -> None:
         if self._closed:
@@ -158,8 +203,10 @@ class TigerBeetleLedger:
         try:
             return await asyncio.wait_for(asyncio.shield(request), self._timeout)
         except TimeoutError:
+            await self.reresolve()
             raise LedgerUnavailable(f"TigerBeetle did not answer within {self._timeout:g}s") from None
         except _UNAVAILABLE as exc:
+            await self.reresolve()
             raise LedgerUnavailable(f"TigerBeetle: {type(exc).__name__}: {exc}") from exc
         except tb.TooMuchDataError as exc:
             if cut_again:
