@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     # rotation ticks that are not unambiguous or not authorized
     AMBIGUOUS_TICK = "ambiguous_tick"
     UNAUTHORIZED_TICK = "unauthorized_tick"
+    CALLER_DENIED = "caller_denied"  # no caller, or one not known, proved, in time or allowed
     # ciphertext problems
     MALFORMED_CIPHERTEXT = "malformed_ciphertext"
     DECRYPT_FAILED = "decrypt_failed"

@@ -122,6 +122,8 @@ class SpanToSign(_Message):
     job_id: EventId
     tenant_id: TenantId
     span: dict[str, Any]
+    caller: CallerProof | None = None
+    """Who asks (docs/contract.md "Callers"); required when KEYLEDGER_REQUIRE_CALLER=all."""
 
     @model_validator(mode="after")
     def _not_signed_yet(self) -> SpanToSign:
@@ -136,6 +138,9 @@ class PiiRequest(_Message):
     record_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     operation: PiiOperation
     fields: Annotated[dict[FieldPath, str], Field(max_length=256)]
+    caller: CallerProof | None = None
+    """Who asks (docs/contract.md "Callers"): required for decrypt and reencrypt unless
+    KEYLEDGER_REQUIRE_CALLER=none, and for encrypt too when it is `all`."""
 
 
 WEAR_OUT = "wear_out"  # RotationTick.cause when a key's encryption budget is spent
@@ -192,6 +197,8 @@ class PiiResult(_Message):
     key_id: KeyId | None = None
     errors: dict[str, ErrorInfo] | None = None
     error: ErrorInfo | None = None
+    result_key: SealedResultKey | None = None
+    """A decrypt for a caller: the result key its `fields` (each `klr1.`) are sealed under, sealed to the caller."""
 
 
 class KeyMaterial(_Message):
@@ -243,6 +250,8 @@ class AuditEvent(_Message):
     reason: str = ""
     occurred_at: datetime
     source: AuditSource
+    caller_id: CallerId | None = None
+    """The caller of the operation (or the one a refused request named); absent for operations without one."""
 
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -409,3 +418,8 @@ class SealedResultKey(_Message):
     """The HPKE encapsulated key."""
     sealed_key: B64Url
     """The 32-byte result key, HPKE-sealed (ciphertext || tag)."""
+
+
+for _model in (SpanToSign, PiiRequest, PiiResult, AuditEvent):  # they name caller models defined below them
+    _model.model_rebuild()
+del _model

@@ -27,6 +27,7 @@ import boto3
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.support.callers import Operator
 from tests.support.kafka import forget, warm_groups
 from tests.support.processes import WorkerProcesses
 from workers.app.embedded import EmbeddedBroker, TigerBeetleServer, free_port, tigerbeetle_binary
@@ -227,14 +228,20 @@ SHARED_GROUPS = ("keyledger-keygen", "keyledger-signer", "keyledger-pii", "keyle
 
 
 @pytest.fixture(scope="session")
-def shared_worker(shared_broker: str, aws_env: dict[str, str],
+def shared_operator() -> Operator:
+    """The operator `shared_worker` trusts: a test registers its callers with it (tests/support/callers.py)."""
+    return Operator()
+
+
+@pytest.fixture(scope="session")
+def shared_worker(shared_broker: str, aws_env: dict[str, str], shared_operator: Operator,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
     """One `keyledger run` of SHARED_GROUPS with the default settings (moto's KMS, the memory ledger) on
     `shared_broker`, started by the first test that asks and stopped when the session ends: for the tests
     that send it work and read the answers, each with tenants of its own, and never stop or reconfigure it
     (nor send a scheduled tick: it would reach every other test's tenants)."""
     workers = WorkerProcesses(shared_broker, tmp_path_factory.mktemp("shared-worker"), aws_env)
-    yield workers.start(*SHARED_GROUPS)
+    yield workers.start(*SHARED_GROUPS, env={"KEYLEDGER_OPERATOR_PUBLIC_KEY": shared_operator.public})
     workers.stop_all()
 
 

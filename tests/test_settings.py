@@ -30,7 +30,7 @@ DIGEST_INTERVAL RETRY_ATTEMPTS RETRY_BACKOFF RETRY_BACKOFF_MAX KEY_TABLE_WAIT ST
 LOG_FORMAT LOG_LEVEL DEV_PORT""".split()  # noqa: SIM905  (a block of names reads better than 56 quoted ones)
 TRANSPORT = """KAFKA_SECURITY_PROTOCOL KAFKA_SSL_CA_FILE KAFKA_SSL_CERT_FILE KAFKA_SSL_KEY_FILE KAFKA_SASL_MECHANISM
 KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD_FILE KAFKA_SASL_OAUTH_TOKEN_FILE KAFKA_ALLOW_PLAINTEXT
-CALLER_MAX_SKEW OPERATOR_PUBLIC_KEY SHRED_WINDOW TENANT_KMS_KEYS""".split()  # noqa: SIM905
+CALLER_MAX_SKEW OPERATOR_PUBLIC_KEY SHRED_WINDOW TENANT_KMS_KEYS REQUIRE_CALLER""".split()  # noqa: SIM905
 SAFE_PRODUCTION = {
     "KEYLEDGER_PROFILE": "production",
     "KEYLEDGER_KMS_PROVIDER": "aws",
@@ -148,6 +148,7 @@ def test_a_wrong_value_in_a_section_names_its_variable_and_hides_secrets():
         ({"KEYLEDGER_LEDGER": "memory"}, "KEYLEDGER_LEDGER"),
         ({"KEYLEDGER_KAFKA_BOOTSTRAP": ""}, "KEYLEDGER_KAFKA_BOOTSTRAP"),
         ({"KEYLEDGER_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}, "KEYLEDGER_KAFKA_SECURITY_PROTOCOL"),
+        ({"KEYLEDGER_REQUIRE_CALLER": "none"}, "KEYLEDGER_REQUIRE_CALLER"),
     ],
 )
 def test_production_refuses_each_unsafe_setting_by_name(monkeypatch, env, named):
@@ -165,6 +166,16 @@ def test_production_with_real_parts_starts(monkeypatch):
     for k, v in SAFE_PRODUCTION.items():
         monkeypatch.setenv(k, v)
     assert Settings().profile.value == "production"
+
+
+def test_require_caller_defaults_to_all_in_production_and_decrypt_elsewhere(monkeypatch):
+    assert Settings().require_caller.value == "decrypt"
+    assert Settings(profile="dev", require_caller="none").require_caller.value == "none"
+    for k, v in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(k, v)
+    assert Settings().require_caller.value == "all"
+    monkeypatch.setenv("KEYLEDGER_REQUIRE_CALLER", "decrypt")
+    assert Settings().require_caller.value == "decrypt"
 
 
 def test_production_takes_plaintext_kafka_only_when_told(monkeypatch):

@@ -57,6 +57,13 @@ class TickRefused(KeyledgerError):
     code = ErrorCode.AMBIGUOUS_TICK
 
 
+class CallerDenied(KeyledgerError):
+    """The request's caller is missing, unknown, revoked, unproved, out of time or not allowed; the message
+    names the caller id (when the request names one) and the reason, never a field value."""
+
+    code = ErrorCode.CALLER_DENIED
+
+
 class Unavailable(Exception):
     """Transient: the records wait uncommitted and are retried with backoff; never counts as an attempt."""
 

@@ -81,6 +81,14 @@ class SecurityProtocol(StrEnum):
     SASL_SSL = "SASL_SSL"
 
 
+class RequireCaller(StrEnum):
+    """Which requests must carry a caller's proof (docs/contract.md "Callers")."""
+
+    ALL = "all"  # every PII operation and every span to sign
+    DECRYPT = "decrypt"  # decrypt and reencrypt: the operations that open ciphertext
+    NONE = "none"  # none: for producers that have not adopted callers yet (refused in production)
+
+
 class SaslMechanism(StrEnum):
     PLAIN = "PLAIN"
     SCRAM_SHA_256 = "SCRAM-SHA-256"
@@ -424,10 +432,12 @@ class LogSettings(Section):
 class CallerSettings(Section):
     """Who may ask: the operator key that signs `keys.callers` policies and how old a caller's proof may be."""
 
-    ENV_NAMES: ClassVar[dict[str, str]] = {"max_skew": "CALLER_MAX_SKEW", "operator_public_key": "OPERATOR_PUBLIC_KEY"}
+    ENV_NAMES: ClassVar[dict[str, str]] = {"max_skew": "CALLER_MAX_SKEW", "operator_public_key": "OPERATOR_PUBLIC_KEY",
+                                           "require": "REQUIRE_CALLER"}
 
     max_skew: float = Field(300, gt=0, le=86_400, description="Seconds a caller's proof `at` may differ from this process's clock (either side) before the request is refused as expired.")
     operator_public_key: str | None = Field(None, description="The operator's Ed25519 public key (base64url, no padding, raw 32 bytes; `keyledger operator keygen` writes it): only keys.callers records it signed grant anything.")
+    require: RequireCaller | None = Field(None, description="Which requests must carry a caller's proof: `all` (every PII operation and span), `decrypt` (decrypt and reencrypt) or `none` (refused in production); unset: `all` in the production profile, `decrypt` otherwise.")
 
 
 class Settings(BaseSettings, Section):
@@ -485,6 +495,13 @@ class Settings(BaseSettings, Section):
             return self.log.format
         return LogFormat.JSON if self.profile is Profile.PRODUCTION else LogFormat.TEXT
 
+    @property
+    def require_caller(self) -> RequireCaller:
+        """KEYLEDGER_REQUIRE_CALLER as it applies: unset is `all` in the production profile, `decrypt` otherwise."""
+        if self.callers.require is not None:
+            return self.callers.require
+        return RequireCaller.ALL if self.profile is Profile.PRODUCTION else RequireCaller.DECRYPT
+
     @classmethod
     def setting_field(cls, name: str) -> FieldInfo:
         """The field of the setting with flat name `name` (`digest_interval`): its description, default, bounds."""
@@ -530,6 +547,8 @@ class Settings(BaseSettings, Section):
             problems.append("KEYLEDGER_KMS_KEY_ID is unset")
         if KmsProvider.VAULT in providers:
             problems.extend(self.kms.vault.problems())
+        if self.callers.require is RequireCaller.NONE:
+            problems.append("KEYLEDGER_REQUIRE_CALLER=none (anyone who can write to pii.requests could decrypt)")
         security = self.kafka.security
         if not security.uses_tls and not security.allow_plaintext:
             problems.append(f"KEYLEDGER_KAFKA_SECURITY_PROTOCOL={security.protocol.value} (set SSL or SASL_SSL, "

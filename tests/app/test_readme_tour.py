@@ -11,6 +11,7 @@ in one line, since the memory ledger lives inside dev.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from workers.app.embedded import free_port, tigerbeetle_binary
+from workers.core.callers import caller_id_for
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -52,7 +54,8 @@ def test_the_tour_walks_from_dev_to_deleting_the_tenant():
     blocks = shell_blocks()
     assert blocks[0] == "keyledger dev\n"
     steps = "\n".join(blocks)
-    for step in ("send tenants.created", "send spans.to-sign", "send pii.requests", "keyledger verify",
+    for step in ("send tenants.created", "send spans.to-sign", "keyledger caller add", "keyledger client encrypt",
+                 "keyledger client decrypt", "keyledger verify",
                  "keyledger rotate", "keyledger audit verify", "send tenants.deleted", "keyledger status"):
         assert step in steps, step
     assert "kcat" not in steps  # kcat 1.7 cannot connect to the dev broker (README, Prerequisites)
@@ -111,8 +114,12 @@ def test_the_readme_tour_runs_verbatim_against_keyledger_dev(dev: str, tmp_path:
     assert len(keys_of_acme) == 2  # a signing and an encryption key
     verdicts = re.findall(r"^1\ttour-span-1\t(.+)$", tour, re.M)
     assert verdicts == ["valid", "valid", "revoked key"]  # after signing, after rotation, after deletion
-    [sealed] = [line for line in tour.splitlines() if '"tour-pii-1"' in line]
-    assert re.search(r'"email":\s*"kl1\.[0-9a-f]{32}\.', sealed) and "ada@example.com" not in sealed
+    [sealed, opened] = [json.loads(line) for line in tour.splitlines() if line.startswith('{"job_id"')
+                        and '"record_id": "customer-42"' in line]
+    assert sealed["operation"] == "encrypt" and re.match(r"kl1\.[0-9a-f]{32}\.", sealed["fields"]["email"])
+    assert "ada@example.com" not in json.dumps(sealed)
+    assert opened["operation"] == "decrypt" and opened["fields"] == {"email": "ada@example.com"}
+    assert opened["result_key"]["caller"] == caller_id_for("tour-service")
     assert "verify exit code: 1" in tour
     assert "2 keys rotated" in tour
     if with_tigerbeetle:

@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.messages import AuditEvent, KeyEvent, KeyMaterial, KeyType
+from tests.support.callers import TEST_CALLER
 from tests.support.harness import handler_harness, inbound, span_job, tenant_created
 from workers.core import ids
 from workers.core.material import material_fingerprint
@@ -96,9 +97,9 @@ async def test_a_rewrap_publishes_new_wrappings_of_the_same_keys_and_the_ledger_
     context.keys.secrets.clear()
     calls = context.kms.calls
     await broker.publish(span_job("acme", {"n": 2}), "spans.to-sign", key=b"acme")
-    await broker.publish(pii("acme", "decrypt", sealed["fields"], "d1"), "pii.requests", key=b"acme")
+    await broker.publish(TEST_CALLER.pii("acme", "decrypt", sealed["fields"], job_id="d1"), "pii.requests", key=b"acme")
     assert context.kms.calls == calls + 2
-    assert captured.values("pii.results")[-1]["fields"] == {"ssn": "078-05-1120"}
+    assert TEST_CALLER.open(captured.values("pii.results")[-1])["fields"] == {"ssn": "078-05-1120"}
     book = book_of(captured)
     assert [verify_signed_span(book, s) for s in captured.values("spans.signed")] == [Verdict.VALID] * 2
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas.messages import AuditSource, KeyEvent
+from tests.support.callers import TEST_CALLER
 from tests.support.harness import handler_harness, span_job, tenant_created
 from workers.core import ids
 from workers.errors import KeyRefused
@@ -60,9 +61,9 @@ async def test_a_deleted_tenant_is_shredded_everywhere(harness):
     assert refused.status is CreateTransferStatus.CREDIT_ACCOUNT_ALREADY_CLOSED
 
     await broker.publish(span_job("acme"), "spans.to-sign", key=b"acme")
-    await broker.publish(pii("acme", "decrypt", {"email": sealed["fields"]["email"]}), "pii.requests", key=b"acme")
+    await broker.publish(TEST_CALLER.pii("acme", "decrypt", {"email": sealed["fields"]["email"]}, job_id="p1"), "pii.requests", key=b"acme")
     assert [d["error"]["type"] for d in captured.values("kms.dlq")] == ["tenant_destroyed"]
-    result = captured.values("pii.results")[-1]
+    result = TEST_CALLER.open(captured.values("pii.results")[-1])
     assert result["fields"] == {} and result["errors"]["email"]["type"] == "key_destroyed"
     with pytest.raises(KeyRefused):
         await context.keys.secret(context.directory.get(key_ids[0]))

@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from schemas.messages import SYSTEM_TENANT, Op
-from tests.integration import isolated
-from tests.integration.conftest import in_process_workers, unique_tenant
 from tests.integration.isolated import read_logged, spans_of, wait_for_chain, write_copy
 from tests.integration.test_digest_flow import DIGEST_GROUP, onboard, traffic
 from tests.support.harness import span_job
+from tests.support.kafka import unique_tenant
+from tests.support.processes import in_process_workers
 from workers.core import ids
 from workers.core.digest import ZERO_SHA256, digest_body, encode, records_sha256, sign_digest
 from workers.kafka.tap import produce, read_topic
@@ -37,7 +37,6 @@ from workers.source import Source
 from workers.tools.audit_check import Logged, compare, verify_chain
 
 pytestmark = pytest.mark.integration
-own_broker, own_tigerbeetle = isolated.own_broker, isolated.own_tigerbeetle  # fixtures
 
 
 def edited(record: Logged, **fields: object) -> Logged:

@@ -1,6 +1,6 @@
 """`keyledger client encrypt|decrypt|sign` against running workers over a real broker: each proved
-request gets its answer (the workers do not check callers yet; the requests are valid either way), and
-the signed span verifies with `keyledger verify`."""
+request of a registered caller gets its answer (the decrypt's opened with the caller's private key),
+and the signed span verifies with `keyledger verify`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.callers import Operator
 from tests.support.kafka import records_for, tenant_created, unique_tenant
 from tests.support.processes import in_process_workers
-from workers.client import CallerCredential, write_private_file
-from workers.core.callers import caller_id_for
 from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
@@ -35,11 +34,13 @@ async def cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subp
 async def test_the_client_verbs_encrypt_decrypt_and_sign(topics_ready: str, tmp_path: Path):
     bootstrap, tenant = topics_ready, unique_tenant("client")
     env = {"KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap}
-    credential = tmp_path / "billing.secret"
-    write_private_file(credential, CallerCredential(caller_id_for("billing"), "billing", os.urandom(32)).to_json())
+    operator = Operator()
+    billing = await operator.register(bootstrap, tmp_path, f"billing-{tenant}", tenants=[tenant],
+                                      operations=("encrypt", "decrypt", "sign"))
     (tmp_path / "span.json").write_text(json.dumps({"name": "GET /balance", "trace_id": "4bf92f3577b34da6"}))
-    common = ("--credential", str(credential), "--tenant", tenant)
-    async with in_process_workers(bootstrap, GROUPS):
+    common = ("--credential", str(billing.credential), "--tenant", tenant)
+    async with in_process_workers(bootstrap, GROUPS, overrides={"operator_public_key": operator.public,
+                                                                "require_caller": "all"}):
         await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant))])
         await records_for(bootstrap, "keys.events", tenant, want=2, timeout=90)
         encrypted = await cli("client", "encrypt", *common, "--record-id", "user-7", "--field", "email=a@example.com",
@@ -50,16 +51,14 @@ async def test_the_client_verbs_encrypt_decrypt_and_sign(topics_ready: str, tmp_
         decrypted = await cli("client", "decrypt", *common, "--record-id", "user-7", "--field", f"email={ciphertext}",
                               "--private-key", str(tmp_path / "none.key"), env=env)
         assert decrypted.returncode == 2 and "none.key" in decrypted.stderr  # a missing file, before any request
-        (tmp_path / "caller").mkdir()
-        keygen = await cli("caller", "keygen", "--out", str(tmp_path / "caller"), env=env)
-        assert keygen.returncode == 0, keygen.stderr
         decrypted = await cli("client", "decrypt", *common, "--record-id", "user-7", "--field", f"email={ciphertext}",
-                              "--private-key", str(tmp_path / "caller" / "caller.key"), env=env)
+                              "--private-key", str(billing.private_key), env=env)
         assert decrypted.returncode == 0, decrypted.stdout + decrypted.stderr
-        assert json.loads(decrypted.stdout)["fields"] == {"email": "a@example.com"}
+        answer = json.loads(decrypted.stdout)
+        assert answer["fields"] == {"email": "a@example.com"} and answer["result_key"]["caller"] == billing.caller_id
         signed = await cli("client", "sign", *common, "--span", str(tmp_path / "span.json"), env=env)
         assert signed.returncode == 0, signed.stdout + signed.stderr
         record = json.loads(signed.stdout)
-        assert record["caller"]["id"] == caller_id_for("billing") and record["signature"]["alg"] == "Ed25519"
+        assert record["caller"]["id"] == billing.caller_id and record["signature"]["alg"] == "Ed25519"
         verified = await cli("verify", "-", env=env, stdin=signed.stdout)
         assert verified.returncode == 0 and "valid" in verified.stdout, verified.stdout + verified.stderr

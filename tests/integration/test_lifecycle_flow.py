@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 
+from tests.support.callers import register_caller
 from tests.support.harness import tick
 from tests.support.kafka import records_for, tenant_created, unique_tenant, wait_drained
 from workers.kafka.tap import produce
@@ -62,9 +64,12 @@ async def test_scheduled_ticks_rotate_every_due_key_exactly_once(topics_ready, w
         assert sorted(a["op"] for a in audits) == ["generate"] * 4 + ["rotate"] * 2
 
 
-async def test_cli_rotation_compromise_and_shredding_end_to_end(shared_broker, shared_worker):
+async def test_cli_rotation_compromise_and_shredding_end_to_end(shared_broker, shared_worker, shared_operator, aws_env,
+                                                                 tmp_path):
     bootstrap = shared_broker
     tenant = unique_tenant("life")
+    _, caller = await register_caller(bootstrap, tmp_path, f"life-{uuid.uuid4().hex[:8]}", aws_env,
+                                      operator=shared_operator, tenants=[tenant])
     await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant))])
     await records_for(bootstrap, "keys.events", tenant, want=2, timeout=90)
     await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "encrypt", {"ssn": "078-05-1120"}, "e1"))])
@@ -77,8 +82,9 @@ async def test_cli_rotation_compromise_and_shredding_end_to_end(shared_broker, s
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "1/1 keys rotated" in cli.stderr and "1 keys rotated" in cli.stdout
 
-    await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "decrypt", sealed["fields"], "d1")),
-                                              (tenant.encode(), pii(tenant, "reencrypt", sealed["fields"], "r1"))])
+    await produce(bootstrap, "pii.requests", [
+        (tenant.encode(), caller.pii(tenant, "decrypt", sealed["fields"], job_id="d1")),
+        (tenant.encode(), caller.pii(tenant, "reencrypt", sealed["fields"], job_id="r1"))])
     assert (await result(bootstrap, tenant, "d1"))["errors"]["ssn"]["type"] == "key_revoked"
     migrated = await result(bootstrap, tenant, "r1")
     assert migrated["key_id"] != sealed["key_id"]
@@ -88,6 +94,7 @@ async def test_cli_rotation_compromise_and_shredding_end_to_end(shared_broker, s
     destroyed = [e for e in await records_for(bootstrap, "keys.events", tenant, want=6, timeout=90)
                  if e["type"] == "destroyed"]
     assert len(destroyed) == 3  # signing v1, encryption v1 (revoked) and v2
-    await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "decrypt", migrated["fields"], "d2"))])
+    await produce(bootstrap, "pii.requests", [(tenant.encode(), caller.pii(tenant, "decrypt", migrated["fields"],
+                                                                           job_id="d2"))])
     gone = await result(bootstrap, tenant, "d2")
     assert gone["fields"] == {} and gone["errors"]["ssn"]["type"] == "key_destroyed"

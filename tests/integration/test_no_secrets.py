@@ -1,7 +1,8 @@
 """No secret on any topic or in the log (issue 9): every data key `keyledger run` made is unwrapped
 through the test's KMS (moto over HTTP) and searched for, raw and hex and base64 and base64url at
 every alignment, in every record of every topic and in the worker's log; so is a PII plaintext,
-which may only be on `pii.requests` (the producer's own) and `pii.results` (a decrypt's answer)."""
+which may only be on `pii.requests` (the producer's own encrypt request): a caller's decrypt result on
+`pii.results` holds it only sealed to the caller."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.messages import KeyMaterial, KeyType
 from schemas.topics import Topic
+from tests.support.callers import RegisteredCaller, register_caller
 from tests.support.harness import span_job
 from tests.support.kafka import read, records_for, tenant_created, unique_tenant
 from tests.support.secrets import found_in, record_bytes
@@ -44,7 +46,7 @@ async def result(bootstrap: str, tenant: str, job_id: str) -> dict:
     raise TimeoutError(job_id)
 
 
-async def drive_every_flow(bootstrap: str, tenant: str, plaintext: str) -> tuple[str, str]:
+async def drive_every_flow(bootstrap: str, tenant: str, plaintext: str, caller: RegisteredCaller) -> tuple[str, str]:
     """Keygen, signing, PII encrypt/decrypt, rotation, then signing and reencrypt under the new keys,
     and a malformed PII request (a dead letter). Returns the v1 ciphertext and the decrypted value."""
     await produce(bootstrap, "tenants.created", [(tenant.encode(), tenant_created(tenant))])
@@ -52,15 +54,17 @@ async def drive_every_flow(bootstrap: str, tenant: str, plaintext: str) -> tuple
     await produce(bootstrap, "spans.to-sign", [(tenant.encode(), span_job(tenant, job_id=f"s{i}")) for i in range(20)])
     await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "encrypt", {"card": plaintext}, "e1"))])
     sealed = (await result(bootstrap, tenant, "e1"))["fields"]["card"]
-    await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "decrypt", {"card": sealed}, "d1"))])
-    opened = (await result(bootstrap, tenant, "d1"))["fields"]["card"]
+    await produce(bootstrap, "pii.requests", [(tenant.encode(), caller.pii(tenant, "decrypt", {"card": sealed},
+                                                                           job_id="d1"))])
+    opened = caller.client.open_result(await result(bootstrap, tenant, "d1"))["card"]
 
     tick = {"tick_id": f"{tenant}-manual", "issued_at": datetime.now(UTC).isoformat(), "tenant_id": tenant,
             "reason": "manual"}
     await produce(bootstrap, "keys.rotation-ticks", [(tenant.encode(), json.dumps(tick).encode())])
     await records_for(bootstrap, "keys.events", tenant, want=4, timeout=90)
     await produce(bootstrap, "spans.to-sign", [(tenant.encode(), span_job(tenant, job_id=f"v2-{i}")) for i in range(5)])
-    await produce(bootstrap, "pii.requests", [(tenant.encode(), pii(tenant, "reencrypt", {"card": sealed}, "r1")),
+    await produce(bootstrap, "pii.requests", [(tenant.encode(), caller.pii(tenant, "reencrypt", {"card": sealed},
+                                                                           job_id="r1")),
                                               (tenant.encode(), b'{"tenant_id": "' + tenant.encode() +
                                                b'", "fields": {"card": "' + plaintext.encode() + b'"}}')])
     await records_for(bootstrap, "spans.signed", tenant, want=25, timeout=90)
@@ -77,12 +81,15 @@ def unwrap(moto_endpoint: str, material: KeyMaterial) -> bytes:
     return bytes(answer["Plaintext"])
 
 
-async def test_no_data_key_and_no_pii_plaintext_reach_a_topic_or_the_log(topics_ready, worker_process, moto_endpoint):
+async def test_no_data_key_and_no_pii_plaintext_reach_a_topic_or_the_log(topics_ready, worker_process, moto_endpoint,
+                                                                         aws_env, tmp_path):
     bootstrap = topics_ready
     tenant = unique_tenant("nosecret")
     plaintext = f"4111 1111 1111 1111 {uuid.uuid4().hex}"
-    worker = worker_process(*GROUPS)
-    sealed, opened = await drive_every_flow(bootstrap, tenant, plaintext)
+    operator, caller = await register_caller(bootstrap, tmp_path, f"nosecret-{uuid.uuid4().hex[:8]}", aws_env,
+                                             tenants=[tenant])
+    worker = worker_process(*GROUPS, env={"KEYLEDGER_OPERATOR_PUBLIC_KEY": operator.public})
+    sealed, opened = await drive_every_flow(bootstrap, tenant, plaintext, caller)
     assert opened == plaintext
     worker.terminate()
     await asyncio.to_thread(worker.wait, 30)  # its last log lines (stats) are written
@@ -106,9 +113,10 @@ async def test_no_data_key_and_no_pii_plaintext_reach_a_topic_or_the_log(topics_
     for key_id, key in keys.items():
         assert found_in(key, [blob for blobs in topics.values() for blob in blobs]) == [], key_id
         assert found_in(key, [log]) == [], key_id
-    allowed = {Topic.PII_REQUESTS.value, Topic.PII_RESULTS.value}
+    # the producer's own encrypt request holds the plaintext; a caller's decrypt result only sealed to it
+    allowed = {Topic.PII_REQUESTS.value}
     for topic, blobs in topics.items():
         if topic not in allowed:
             assert found_in(plaintext.encode(), blobs) == [], topic
-    assert found_in(plaintext.encode(), topics[Topic.PII_RESULTS.value])  # the scan finds what is there
+    assert found_in(plaintext.encode(), topics[Topic.PII_REQUESTS.value])  # the scan finds what is there
     assert found_in(plaintext.encode(), [log]) == []

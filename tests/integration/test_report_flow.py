@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.isolated import wait_for_chain
+from tests.support.callers import RegisteredCaller, register_caller
 from tests.support.harness import span_job
 from tests.support.kafka import read, tenant_created, unique_tenant
 from tests.support.processes import in_process_workers
@@ -41,9 +42,12 @@ async def events_of(bootstrap: str, tenant: str, kind: str, want: int) -> list[d
     return mine(await read(bootstrap, "keys.events", timeout=60, until=lambda rs: len(mine(rs)) >= want))
 
 
-async def pii(bootstrap: str, tenant: str, operation: str, fields: dict, job_id: str) -> dict:
+async def pii(bootstrap: str, tenant: str, operation: str, fields: dict, job_id: str,
+              caller: RegisteredCaller | None = None) -> dict:
+    """An encrypt as producers send it without a caller; a decrypt proved by `caller`."""
     body = {"job_id": job_id, "tenant_id": tenant, "record_id": "r1", "operation": operation, "fields": fields}
-    await produce(bootstrap, "pii.requests", [(tenant.encode(), json.dumps(body).encode())])
+    value = caller.pii(tenant, operation, fields, job_id=job_id) if caller else json.dumps(body).encode()
+    await produce(bootstrap, "pii.requests", [(tenant.encode(), value)])
 
     def found(records):
         return [v for v in (json.loads(r.value) for r in records) if v.get("job_id") == job_id]
@@ -62,14 +66,14 @@ async def tick(bootstrap: str, tenant: str, tick_id: str, **fields) -> None:
     await produce(bootstrap, "keys.rotation-ticks", [(tenant.encode(), json.dumps(body).encode())])
 
 
-async def scripted_history(bootstrap: str, tenant: str, other: str) -> None:
+async def scripted_history(bootstrap: str, tenant: str, other: str, caller: RegisteredCaller) -> None:
     await produce(bootstrap, "tenants.created", [(t.encode(), tenant_created(t)) for t in (tenant, other)])
     await events_of(bootstrap, tenant, "generated", 2)
     await events_of(bootstrap, other, "generated", 2)
     await sign(bootstrap, tenant, 5, 5)
     await pii(bootstrap, tenant, "encrypt", {"email": "a@example.com", "phone": "+1 555 0100"}, "enc-1")
     theirs = await pii(bootstrap, other, "encrypt", {"ssn": "078-05-1120"}, "enc-other")
-    refused = await pii(bootstrap, tenant, "decrypt", theirs["fields"], "steal")
+    refused = await pii(bootstrap, tenant, "decrypt", theirs["fields"], "steal", caller)
     assert refused["errors"]["ssn"]["type"] == "key_not_found"
     await tick(bootstrap, tenant, "rotate-1", reason="manual")
     await events_of(bootstrap, tenant, "rotated", 2)
@@ -85,8 +89,10 @@ async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle
     bootstrap = own_broker
     monkeypatch.setenv("KEYLEDGER_DIGEST_INTERVAL", "0.5")
     tenant, other = unique_tenant("rep"), unique_tenant("oth")
-    async with in_process_workers(bootstrap, GROUPS, ledger=TigerBeetleLedger(own_tigerbeetle)) as context:
-        await scripted_history(bootstrap, tenant, other)
+    operator, caller = await register_caller(bootstrap, tmp_path, f"rep-{tenant.lower()}"[:60], tenants=[tenant])
+    async with in_process_workers(bootstrap, GROUPS, ledger=TigerBeetleLedger(own_tigerbeetle),
+                                  overrides={"operator_public_key": operator.public}) as context:
+        await scripted_history(bootstrap, tenant, other, caller)
         await wait_for_chain(bootstrap, min_records=1)
         report = await build_report(bootstrap, context.ledger, tenant, rotation_age=0, encrypt_limit=100)
         relaxed = await build_report(bootstrap, context.ledger, tenant, rotation_age=10**9, encrypt_limit=100)

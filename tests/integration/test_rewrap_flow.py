@@ -17,6 +17,7 @@ import uuid
 import pytest
 
 from schemas.messages import AuditEvent, KeyEvent, KeyMaterial
+from tests.support.callers import RegisteredCaller, register_caller
 from tests.support.harness import span_job, tick
 from tests.support.kafka import read, records_for, tenant_created, unique_tenant
 from workers.core.b64 import b64decode
@@ -63,10 +64,11 @@ async def populate(bootstrap: str, tenants: list[str]) -> dict[str, dict]:
     return sealed
 
 
-async def same_keys_work(bootstrap: str, tenants: list[str], sealed: dict[str, dict], round_id: str) -> None:
-    """A fresh worker (cold cache) signs with the same keys and decrypts the old ciphertexts."""
+async def same_keys_work(bootstrap: str, tenants: list[str], sealed: dict[str, dict], round_id: str,
+                         caller: RegisteredCaller) -> None:
+    """A fresh worker (cold cache) signs with the same keys and decrypts the old ciphertexts (as `caller`)."""
     await produce(bootstrap, "spans.to-sign", [(t.encode(), span_job(t, job_id=f"{round_id}-{t}")) for t in tenants])
-    await produce(bootstrap, "pii.requests", [(t.encode(), pii(t, "decrypt", sealed[t], f"{round_id}-{t}"))
+    await produce(bootstrap, "pii.requests", [(t.encode(), caller.pii(t, "decrypt", sealed[t], job_id=f"{round_id}-{t}"))
                                               for t in tenants])
     book = PublicKeyBook()
     for record in await read(bootstrap, "keys.events"):
@@ -81,7 +83,7 @@ async def same_keys_work(bootstrap: str, tenants: list[str], sealed: dict[str, d
         while not results:
             await asyncio.sleep(0.5)
             results = [r for r in await records_for(bootstrap, "pii.results", t) if r["job_id"] == f"{round_id}-{t}"]
-        assert results[0]["fields"] == {"ssn": f"078-{t}"}, results[0]
+        assert caller.client.open_result(results[0]) == {"ssn": f"078-{t}"}, results[0]
 
 
 async def latest_materials(bootstrap: str) -> dict[str, KeyMaterial]:
@@ -108,7 +110,7 @@ def rewrap_tick(tick_id: str, **fields) -> bytes:
 
 
 async def test_kek_rotation_rewrap_and_retire_over_a_real_broker_across_kill_9(own_broker, env, openbao,
-                                                                               worker_process):
+                                                                               worker_process, tmp_path, aws_env):
     bootstrap, key = own_broker, env["KEYLEDGER_VAULT_KEY"]
     vault = {**env, "KEYLEDGER_KMS_PROVIDER": "vault"}
     tenants = [unique_tenant("kek") for _ in range(20)]
@@ -145,8 +147,10 @@ async def test_kek_rotation_rewrap_and_retire_over_a_real_broker_across_kill_9(o
     assert len([a for a in audits if a.tenant_id == replayed]) > 2  # the replayed tick ran: same ids again
 
     stop(worker)
-    worker_process(*GROUPS, env=vault)  # a cold cache unwraps the v2 wrappings
-    await same_keys_work(bootstrap, tenants, sealed, "after-rewrap")
+    # a caller registered now: its secret is wrapped under the KEK version the retire above left usable
+    operator, caller = await register_caller(bootstrap, tmp_path, "kek-reader", {**aws_env, **vault})
+    worker_process(*GROUPS, env={**vault, "KEYLEDGER_OPERATOR_PUBLIC_KEY": operator.public})  # a cold cache unwraps the v2 wrappings
+    await same_keys_work(bootstrap, tenants, sealed, "after-rewrap", caller)
 
     # the scheduled variant (a CronJob's `rewrap --all --scheduled`): one pass re-wraps, the next retires
     openbao.admin("POST", f"transit/keys/{key}/rotate", {})
@@ -163,7 +167,7 @@ async def test_kek_rotation_rewrap_and_retire_over_a_real_broker_across_kill_9(o
 
 
 async def test_migration_from_moto_to_openbao_and_back_keeps_every_signature_and_ciphertext(own_broker, env,
-                                                                                           worker_process):
+                                                                                           worker_process, tmp_path, aws_env):
     bootstrap = own_broker
     tenants = [unique_tenant("mig") for _ in range(3)]
     hybrid_aws = {**env, "KEYLEDGER_KMS_PROVIDER": "aws", "KEYLEDGER_KMS_PROVIDERS": "aws,vault"}
@@ -183,9 +187,11 @@ async def test_migration_from_moto_to_openbao_and_back_keeps_every_signature_and
     assert again.returncode == 0 and "0 live keys of 0 tenants are not under vault" in again.stdout
     stop(worker)
 
-    # AWS removed: OpenBao alone serves every key
-    worker = worker_process(*GROUPS, env={**env, "KEYLEDGER_KMS_PROVIDER": "vault"})
-    await same_keys_work(bootstrap, tenants, sealed, "on-vault")
+    # AWS removed: OpenBao alone serves every key (and the caller's secret: it is wrapped there)
+    on_vault = {**env, "KEYLEDGER_KMS_PROVIDER": "vault"}
+    operator, caller = await register_caller(bootstrap, tmp_path, "mig-vault-reader", {**aws_env, **on_vault})
+    worker = worker_process(*GROUPS, env={**on_vault, "KEYLEDGER_OPERATOR_PUBLIC_KEY": operator.public})
+    await same_keys_work(bootstrap, tenants, sealed, "on-vault", caller)
     stop(worker)
 
     # and back
@@ -194,8 +200,10 @@ async def test_migration_from_moto_to_openbao_and_back_keeps_every_signature_and
     assert back.returncode == 0, back.stdout + back.stderr
     assert {m.kms_provider for m in (await latest_materials(bootstrap)).values()} == {"aws"}
     stop(worker)
-    worker_process(*GROUPS, env={**env, "KEYLEDGER_KMS_PROVIDER": "aws"})
-    await same_keys_work(bootstrap, tenants, sealed, "on-aws-again")
+    on_aws = {**env, "KEYLEDGER_KMS_PROVIDER": "aws"}
+    operator, caller = await register_caller(bootstrap, tmp_path, "mig-aws-reader", {**aws_env, **on_aws})
+    worker_process(*GROUPS, env={**on_aws, "KEYLEDGER_OPERATOR_PUBLIC_KEY": operator.public})
+    await same_keys_work(bootstrap, tenants, sealed, "on-aws-again", caller)
 
     audits = await rewrap_audits(bootstrap)
     assert sorted(a.reason for a in audits) == ["migration to aws"] * 6 + ["migration to vault"] * 6

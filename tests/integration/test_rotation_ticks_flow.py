@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.messages import DeadLetter, RotationTick
-from tests.integration.conftest import in_process_workers, records_for, tenant_created, unique_tenant
+from tests.support.kafka import records_for, tenant_created, unique_tenant
+from tests.support.processes import in_process_workers
 from workers.app.embedded import EmbeddedBroker
 from workers.core import ids
 from workers.core.b64 import b64url_encode

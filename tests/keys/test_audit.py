@@ -33,7 +33,8 @@ def op_records(draw: st.DrawFn) -> OpRecord:
                          partition=draw(st.integers(0, 2**31 - 1)), offset=draw(st.integers(-1, 2**53 - 1)))
     return OpRecord(transfer_id=draw(st.integers(1, 2**128 - 2)), tenant_id=tenant, key_id=key_id,
                     op=draw(st.sampled_from(list(Op))), source=source, count=draw(st.integers(1, 2**40)),
-                    failed=draw(st.booleans()), reason=draw(texts))
+                    failed=draw(st.booleans()), reason=draw(texts),
+                    caller_id=draw(st.one_of(st.none(), st.integers(0, 2**128 - 1).map(ids.to_hex))))
 
 
 @settings(max_examples=400, deadline=None)

@@ -12,6 +12,7 @@ from typing import Any
 
 from faststream.kafka import KafkaMessage, TestKafkaBroker
 
+from tests.support.callers import TEST_CALLER
 from workers.app.context import ProcessContext
 from workers.kafka.records import InboundRecord
 from workers.kms.local import LocalKms
@@ -59,6 +60,7 @@ async def handler_harness(groups: list[str], *, kms: Any = None, ledger: Any = N
     config = Settings(kafka_bootstrap="unused:9092", **{"kafka_pipeline_depth": 1, "key_table_wait": 0, **settings})
     context = ProcessContext.build(config, "unused:9092", kms=kms or LocalKms(), ledger=ledger or MemoryLedger(),
                                    follow=False, test_broker=True)
+    TEST_CALLER.enrol(context.callers)
     context.register(groups)
     captured = Captured()
     for topic in OUTPUTS:

@@ -84,3 +84,53 @@ async def test_a_digest_transfer_needs_no_audit_event():
     assert (await compare(ledger, values)).agrees  # the system tenant's digest record is not an audited operation
     assert [(d.partition, d.last_offset, d.link) for d in await ledger_digests(ledger)] == \
         [(0, 5, RecordedDigest.link_of("ab" * 32))]
+
+
+CALLER = "0123456789abcdef0123456789abcdef"
+OTHER_CALLER = "fedcba9876543210fedcba9876543210"
+
+
+async def callers_recorded(ledger: MemoryLedger) -> list[bytes]:
+    tenant, key_id = "acme", ids.key_id_for("acme", KeyType.SIGNING, 1)
+    await ledger.create_accounts([tenant_account(tenant), key_account(tenant, key_id, KeyType.SIGNING, 1, 99)])
+    ops = [OpRecord(ids.transfer_id(Op.SIGN, key_id, "caller-request", "r1"), tenant, key_id, Op.SIGN, SOURCE,
+                    caller_id=CALLER, tag=5),
+           OpRecord(ids.transfer_id(Op.DENIED, key_id, "caller", 3), tenant, key_id, Op.DENIED, SOURCE, failed=True,
+                    reason="bad_proof", caller_id=CALLER)]
+    return [value for _, value in await AuditTrail(ledger).record(ops)]
+
+
+async def test_the_caller_of_an_event_must_be_the_caller_of_its_transfer():
+    ledger = MemoryLedger()
+    values = await callers_recorded(ledger)
+    assert json.loads(values[0])["caller_id"] == CALLER and (await compare(ledger, values)).agrees
+    for index in (0, 1):
+        claimed = json.loads(values[index])
+        claimed["caller_id"] = OTHER_CALLER
+        report = await compare(ledger, [json.dumps(claimed).encode(), values[1 - index]])
+        assert any("differs in caller" in m for m in report.mismatches)
+        dropped = json.loads(values[index])
+        del dropped["caller_id"]
+        report = await compare(ledger, [json.dumps(dropped).encode(), values[1 - index]])
+        assert not report.agrees
+
+
+async def test_a_callerless_sign_event_for_a_transfer_naming_a_caller_is_a_mismatch():
+    ledger = MemoryLedger()
+    values = await callers_recorded(ledger)
+    event = json.loads(values[0])
+    del event["caller_id"]
+    report = await compare(ledger, [json.dumps(event).encode(), values[1]])
+    assert any("differs in caller" in m for m in report.mismatches)
+
+
+async def test_a_copy_of_a_callers_request_read_elsewhere_republishes_its_event_from_there():
+    ledger = MemoryLedger()
+    values = await callers_recorded(ledger)
+    elsewhere = json.loads(values[0])
+    elsewhere["source"]["offset"] = 99
+    report = await compare(ledger, [*values, json.dumps(elsewhere).encode()])
+    assert report.agrees and report.duplicates == 1
+    elsewhere["count"] = 2  # anything else that differs is still two different records under one id
+    report = await compare(ledger, [*values, json.dumps(elsewhere).encode()])
+    assert any("two different audit records" in m for m in report.mismatches)

@@ -3,6 +3,10 @@
 The KMS and ledger are the configured adapters behind metering wrappers (metrics, and spans
 when tracing is on); runners and emitters report to the process's observer; `serve_http()`
 opens `/healthz`, `/readyz` and `/metrics` (workers/app/observability).
+
+The caller policy table (`keys.callers`, verified against KEYLEDGER_OPERATOR_PUBLIC_KEY) is read
+whole before any group starts, like the key table: no request is judged before every caller is
+known. Without an operator key no caller is trusted (every request that needs one is denied).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from faststream.kafka import KafkaBroker
 
+from schemas.topics import Topic
 from workers.app.observability import Observability
 from workers.app.observability.health import Dependency
+from workers.core.callers import CallerTable, operator_public_key
 from workers.groups import GROUPS
 from workers.groups.base import Deps
 from workers.groups.pii import PiiGroup
@@ -30,13 +36,14 @@ from workers.keys.audit import AuditTrail
 from workers.keys.cache import SingleFlightCache
 from workers.keys.patience import TenantPatience
 from workers.keys.service import KeyService, SecretKey
+from workers.keystore.callers import CallerPolicies
 from workers.keystore.directory import KeyDirectory
 from workers.keystore.follower import FOLLOWED, KeyRecords
 from workers.kms import Kms
 from workers.kms.factory import open_kms
 from workers.ledger import Ledger
 from workers.ledger.factory import open_ledger
-from workers.settings import Profile, Settings
+from workers.settings import Profile, RequireCaller, Settings
 
 if TYPE_CHECKING:
     from workers.app.observability.tracing import Tracing
@@ -65,6 +72,9 @@ class ProcessContext:
     bootstrap: str = ""
     key_table_loaded: bool = False
     http_url: str | None = None
+    callers: CallerTable = field(default_factory=CallerTable)
+    caller_follower: TopicFollower | None = None
+    callers_loaded: bool = False
 
     @classmethod
     def build(
@@ -97,15 +107,26 @@ class ProcessContext:
         keys = KeyService(directory, metered_kms, metered_ledger, secrets, TenantPatience(settings.limits.key_table_wait))
         follower = TopicFollower(bootstrap, FOLLOWED, KeyRecords(directory).apply, client_id="keyledger-keystore",
                                  startup_timeout=settings.limits.startup_timeout, bulk_load=True) if follow else None
+        callers = CallerTable()
+        caller_follower = None
+        if follow and settings.callers.operator_public_key:
+            policies = CallerPolicies(callers, metered_kms, operator_public_key(settings.callers.operator_public_key))
+
+            async def apply_policy(_topic: str, key: bytes | None, value: bytes | None) -> None:
+                await policies.apply(key, value)
+
+            caller_follower = TopicFollower(bootstrap, [Topic.KEYS_CALLERS.value], apply_policy,
+                                            client_id="keyledger-callers", startup_timeout=settings.limits.startup_timeout)
         context = cls(settings, broker, publisher, metered_kms, metered_ledger, directory, keys,
-                      AuditTrail(metered_ledger), follower, observability, bootstrap=bootstrap)
+                      AuditTrail(metered_ledger), follower, observability, bootstrap=bootstrap, callers=callers,
+                      caller_follower=caller_follower)
         observability.watch(context.runners, secrets, directory, adapter, settings.limits.encrypt_limit)
         return context
 
     @property
     def deps(self) -> Deps:
         return Deps(self.settings, self.keys, self.ledger, self.audit, self.publisher, self.bootstrap,
-                    self.observability.observer)
+                    self.observability.observer, self.callers)
 
     def register(self, names: Sequence[str]) -> None:
         """Build the named consumer groups and subscribe them; `aclose()` stops their runners."""
@@ -130,7 +151,16 @@ class ProcessContext:
         return figures
 
     async def start(self) -> None:
-        """Load the key table first, then connect the producer and start consuming."""
+        """Load the caller policies and the key table first, then connect the producer and start consuming."""
+        if self.settings.require_caller is RequireCaller.NONE:
+            log.warning("KEYLEDGER_REQUIRE_CALLER=none: anyone who can write to pii.requests can have any tenant's "
+                        "fields decrypted; adopt callers (README \"Callers\") and unset it")
+        if self.caller_follower is not None:
+            await self.caller_follower.start()
+            log.info("caller policies loaded: %d callers from %d records", len(self.callers), self.caller_follower.read)
+        elif not self.settings.callers.operator_public_key:
+            log.info("KEYLEDGER_OPERATOR_PUBLIC_KEY is unset: no caller is trusted")
+        self.callers_loaded = True
         if self.follower is not None:
             started = time.monotonic()
             await self.follower.start()
@@ -167,11 +197,12 @@ class ProcessContext:
         kms = Dependency(self.observability.kms_reachability.report(),
                          fatal=bool(self.runners) and not SERVE_FROM_CACHE & set(self.groups))
         ledger = Dependency(self.observability.ledger_reachability.report(), fatal=bool(self.runners))
-        ready = (broker and self.key_table_loaded and all(g["joined"] for g in groups.values())
+        ready = (broker and self.key_table_loaded and self.callers_loaded and all(g["joined"] for g in groups.values())
                  and not kms.blocks and not ledger.blocks)
         return ready, {
             "broker": {"ok": broker},
             "key_table": {"loaded": self.key_table_loaded, "keys": len(self.directory)},
+            "callers": {"loaded": self.callers_loaded, "callers": len(self.callers)},
             "groups": groups,
             "kms": {**kms.report, "fatal": kms.fatal},
             "ledger": {**ledger.report, "fatal": ledger.fatal},
@@ -181,6 +212,8 @@ class ProcessContext:
         closers: list[Callable[[], Any]] = [r.aclose for r in self.runners] + [self.broker.stop, self.publisher.aclose]
         if self.follower is not None:
             closers.append(self.follower.aclose)
+        if self.caller_follower is not None:
+            closers.append(self.caller_follower.aclose)
         closers += [self.kms.aclose, self.ledger.aclose, self.observability.aclose]
         for close in closers:
             with contextlib.suppress(Exception):

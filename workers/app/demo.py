@@ -13,23 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from schemas.messages import SYSTEM_TENANT, KeyEvent
+from schemas.messages import SYSTEM_TENANT, CallerKem, CallerOperation, KeyEvent
 from schemas.topics import Topic
 from workers.app.context import ProcessContext
 from workers.app.runtime import bootstrap_for, running_workers
+from workers.client import CallerClient, CallerCredential, CallerKeyPair
+from workers.core.b64 import b64url_encode
+from workers.core.callers import caller_id_for
+from workers.core.results import generate_keypair
 from workers.groups import ALL_GROUPS
 from workers.kafka.tap import produce, read_topic
 from workers.ledger.factory import describe_ledger
 from workers.settings import Settings
 from workers.tools.audit_check import ChainReport, Logged, check_chain, verify_audit, verify_chain
+from workers.tools.callers import caller_add
 from workers.tools.report import build_report
 from workers.tools.report_html import render_html
 from workers.tools.verify import PublicKeyBook, load_book, verify_signed_span
 
 TENANTS = ("acme", "globex", "initech")
 DEMO_DIGEST_INTERVAL = 2.0  # seconds: the demo's own process digests often, so the chain covers it before the end
+DEMO_CALLER = "demo-service"
 
 
 def _say(text: str = "") -> None:
@@ -37,15 +43,18 @@ def _say(text: str = "") -> None:
 
 
 async def demo(settings: Settings) -> int:
-    settings = settings.updated(digest_interval=min(settings.limits.digest_interval, DEMO_DIGEST_INTERVAL))
+    operator = Ed25519PrivateKey.generate()  # the demo is its own operator: it signs its one caller's policy
+    settings = settings.updated(digest_interval=min(settings.limits.digest_interval, DEMO_DIGEST_INTERVAL),
+                                operator_public_key=b64url_encode(operator.public_key().public_bytes_raw()))
     async with bootstrap_for(settings) as bootstrap, running_workers(settings, bootstrap, ALL_GROUPS) as context:
         _say(f"embedded broker at {bootstrap}; KMS {settings.kms.provider.value}; ledger {settings.ledger.kind.value}")
         events = await onboard(bootstrap)
         await replay_is_idempotent(bootstrap, len(events))
         await sign_and_verify(bootstrap)
-        sealed = await protect_pii(bootstrap)
-        await rotate_and_migrate(bootstrap, sealed)
-        await shred(bootstrap, sealed)
+        caller = await enrol_caller(bootstrap, context, operator)
+        sealed = await protect_pii(bootstrap, caller)
+        await rotate_and_migrate(bootstrap, caller, sealed)
+        await shred(bootstrap, caller)
         failed = await audit(bootstrap, context)
         failed |= await digest_chain(bootstrap)
         await tenant_report(bootstrap, context, "acme")
@@ -135,32 +144,52 @@ def _independent_check(public_keys: dict[str, bytes], record: dict[str, Any]) ->
     return True
 
 
-async def _pii(bootstrap: str, tenant: str, operation: str, fields: dict[str, Any], job_id: str) -> dict[str, Any]:
-    body = {"job_id": job_id, "tenant_id": tenant, "record_id": "customer-42", "operation": operation, "fields": fields}
+async def enrol_caller(bootstrap: str, context: ProcessContext, operator: Ed25519PrivateKey) -> CallerClient:
+    """`keyledger caller add` for the demo's own service: a signed keys.callers record the workers follow."""
+    private, public = generate_keypair(CallerKem.X25519)
+    with tempfile.TemporaryDirectory() as folder:
+        secret = Path(folder) / "demo.secret"
+        await caller_add(bootstrap, context.kms, operator, DEMO_CALLER, tenants="*",
+                         operations=[o.value for o in CallerOperation], kem=CallerKem.X25519,
+                         caller_public_key=public, secret_out=secret)
+        credential = CallerCredential.load(secret)
+    for _ in range(1200):  # the workers follow keys.callers: wait (at most a minute) until they know the caller
+        if context.callers.get(caller_id_for(DEMO_CALLER)) is not None:
+            break
+        await asyncio.sleep(0.05)
+    return CallerClient(credential, CallerKeyPair(CallerKem.X25519, private, public))
+
+
+async def _pii(bootstrap: str, caller: CallerClient, tenant: str, operation: str, fields: dict[str, Any],
+               job_id: str) -> dict[str, Any]:
+    """One request proved by the demo's caller; its result as the caller reads it (sealed fields opened)."""
+    body = caller.pii_request(tenant, operation, fields, record_id="customer-42", job_id=job_id)
     await produce(bootstrap, Topic.PII_REQUESTS, [(tenant.encode(), json.dumps(body).encode())])
     records = await read_topic(bootstrap, Topic.PII_RESULTS, timeout=60,
                                until=lambda rs: any(json.loads(r.value).get("job_id") == job_id for r in rs))
-    return next(json.loads(r.value) for r in records if json.loads(r.value).get("job_id") == job_id)
+    result = next(json.loads(r.value) for r in records if json.loads(r.value).get("job_id") == job_id)
+    return {**result, "fields": caller.open_result(result)}
 
 
 def _short(value: str) -> str:
     return value if len(value) < 60 else value[:56] + "..."
 
 
-async def protect_pii(bootstrap: str) -> dict[str, Any]:
-    _say("\n== 5. PII: encrypt a record's fields, decrypt them back (values shown are demo data)")
+async def protect_pii(bootstrap: str, caller: CallerClient) -> dict[str, Any]:
+    _say(f"\n== 5. PII: caller {DEMO_CALLER} encrypts a record's fields and decrypts them back (values shown are "
+         "demo data; the decrypt's result is sealed to the caller)")
     record = {"email": "jane@example.com", "phone": "+1 555 0100", "address.street": "1 Infinite Loop"}
-    sealed = await _pii(bootstrap, "acme", "encrypt", record, "demo-enc")
+    sealed = await _pii(bootstrap, caller, "acme", "encrypt", record, "demo-enc")
     for path, value in sealed["fields"].items():
         _say(f"  {path:<15} {_short(value)}")
-    opened = await _pii(bootstrap, "acme", "decrypt", sealed["fields"], "demo-dec")
+    opened = await _pii(bootstrap, caller, "acme", "decrypt", sealed["fields"], "demo-dec")
     _say(f"decrypted back to the original: {opened['fields'] == record}; key {sealed['key_id']}")
-    stolen = await _pii(bootstrap, "globex", "decrypt", sealed["fields"], "demo-steal")
+    stolen = await _pii(bootstrap, caller, "globex", "decrypt", sealed["fields"], "demo-steal")
     _say(f"globex presenting acme's ciphertexts: {sorted({e['type'] for e in stolen['errors'].values()})}")
     return sealed
 
 
-async def rotate_and_migrate(bootstrap: str, sealed: dict[str, Any]) -> None:
+async def rotate_and_migrate(bootstrap: str, caller: CallerClient, sealed: dict[str, Any]) -> None:
     _say("\n== 6. rotation: acme's keys rotate; old signatures still verify, old ciphertexts re-encrypt")
     tick = {"tick_id": "demo-rotation", "issued_at": datetime.now(UTC).isoformat(), "tenant_id": "acme",
             "reason": "manual"}
@@ -175,19 +204,19 @@ async def rotate_and_migrate(bootstrap: str, sealed: dict[str, Any]) -> None:
     acme_old = [s for s in old_signed if s["tenant_id"] == "acme"]
     _say(f"acme's spans signed before the rotation: "
          f"{sorted({verify_signed_span(book, s).value for s in acme_old})}")
-    moved = await _pii(bootstrap, "acme", "reencrypt", sealed["fields"], "demo-reenc")
+    moved = await _pii(bootstrap, caller, "acme", "reencrypt", sealed["fields"], "demo-reenc")
     _say(f"re-encrypted from {sealed['key_id']} to {moved['key_id']}: {len(moved['fields'])} fields")
 
 
-async def shred(bootstrap: str, sealed: dict[str, Any]) -> None:
+async def shred(bootstrap: str, caller: CallerClient) -> None:
     _say("\n== 7. crypto-shredding: tenants.deleted for initech")
-    enc = await _pii(bootstrap, "initech", "encrypt", {"ssn": "078-05-1120"}, "demo-initech")
+    enc = await _pii(bootstrap, caller, "initech", "encrypt", {"ssn": "078-05-1120"}, "demo-initech")
     deleted = {"event_id": "demo-delete", "tenant_id": "initech", "occurred_at": datetime.now(UTC).isoformat()}
     await produce(bootstrap, Topic.TENANTS_DELETED, [(b"initech", json.dumps(deleted).encode())])
     await read_topic(bootstrap, Topic.KEYS_EVENTS, timeout=60, until=lambda rs: sum(
         json.loads(r.value)["type"] == "destroyed" for r in rs if r.value) >= 2)
     tombstones = [r for r in await read_topic(bootstrap, Topic.KEYS_MATERIAL) if r.value is None]
-    after = await _pii(bootstrap, "initech", "decrypt", enc["fields"], "demo-after")
+    after = await _pii(bootstrap, caller, "initech", "decrypt", enc["fields"], "demo-after")
     _say(f"{len(tombstones)} tombstones on keys.material; decrypting initech's data now: "
          f"{sorted({e['type'] for e in after['errors'].values()})}")
 

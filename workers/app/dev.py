@@ -8,6 +8,9 @@
   `keyledger audit verify` and `keyledger status` in another shell read the same ledger; else
   the memory ledger, which lives inside this process only.
 - KMS: the configured provider (`local` by default: a fixed, public development KEK).
+- Callers: KEYLEDGER_OPERATOR_PUBLIC_KEY when set; else dev is the operator: it makes an operator
+  key pair in a temporary directory removed at exit, and the banner exports its public half and
+  the private key's path (`DEV_OPERATOR_KEY`, for `keyledger caller add --operator-key`).
 
 The banner comes once every group is running; it prints the `export` lines the CLI verbs need
 and warns that everything is in memory or in temporary files, gone at exit.
@@ -32,6 +35,7 @@ from workers.errors import ConfigError
 from workers.groups import ALL_GROUPS
 from workers.ledger.factory import describe_ledger
 from workers.settings import KmsProvider, LedgerKind, Profile, Settings
+from workers.tools.callers import operator_keygen
 
 log = logging.getLogger("keyledger.dev")
 
@@ -47,6 +51,8 @@ class DevStack:
     embedded_broker: bool
     notes: list[str]
     tb_folder: str | None = None
+    operator_key: str | None = None
+    """The development operator key file dev made (KEYLEDGER_OPERATOR_PUBLIC_KEY was unset)."""
 
 
 def choose_port(settings: Settings) -> tuple[int, str | None]:
@@ -78,6 +84,11 @@ async def dev(settings: Settings) -> None:
     await check_ledger(settings)
     with contextlib.ExitStack() as cleanup:
         stack = await start_stack(settings, cleanup)
+        if not settings.callers.operator_public_key:
+            operator_key, public = operator_keygen(Path(cleanup.enter_context(
+                tempfile.TemporaryDirectory(prefix="keyledger-dev-operator-"))))
+            stack.settings = stack.settings.updated(operator_public_key=public.read_text().strip())
+            stack.operator_key = str(operator_key)
         async with running_workers(stack.settings, stack.bootstrap, ALL_GROUPS) as context:
             print("\n".join(banner(stack, time.monotonic() - started, context.http_url, list(context.groups))),
                   flush=True)
@@ -151,14 +162,20 @@ def banner(stack: DevStack, seconds: float, http_url: str | None = None,
         lines.append(f"  ledger  {describe_ledger(settings.ledger)}, inside this process: `keyledger audit verify` "
                      "cannot read it (a TigerBeetle binary on PATH or in TIGERBEETLE_BIN gives dev one it can)")
     lines.append(f"  groups  {', '.join(groups)}")
+    if stack.operator_key:
+        lines.append(f"  callers operator key {stack.operator_key} (development, removed at exit; "
+                     "`keyledger caller add --operator-key`)")
     lines.append(f"  metrics {http_url}/metrics   health {http_url}/healthz, {http_url}/readyz" if http_url
                  else "  metrics off (KEYLEDGER_HTTP_PORT=0, or the port was taken)")
     lines += [f"note: {note}" for note in stack.notes]
-    lines += ["", "In another shell, for the CLI verbs (verify, rotate, status, audit verify):",
+    lines += ["", "In another shell, for the CLI verbs (verify, rotate, status, audit verify, caller, client):",
               f"  export KEYLEDGER_KAFKA_BOOTSTRAP={stack.bootstrap}"]
     if tigerbeetle:
         cluster = f" KEYLEDGER_TB_CLUSTER_ID={settings.ledger.tb_cluster_id}" if settings.ledger.tb_cluster_id else ""
         lines.append(f"  export KEYLEDGER_LEDGER=tigerbeetle KEYLEDGER_TB_ADDRESSES={settings.ledger.tb_addresses}{cluster}")
+    if stack.operator_key:
+        lines.append(f"  export KEYLEDGER_OPERATOR_PUBLIC_KEY={settings.callers.operator_public_key} "
+                     f"DEV_OPERATOR_KEY={stack.operator_key}")
     gone = (["topics", "keys"] if stack.embedded_broker else []) + (["ledger"] if stack.tb_folder or not tigerbeetle else [])
     if gone:
         temporary = " (TigerBeetle: a temporary data file)" if stack.tb_folder else ""

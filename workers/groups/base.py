@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from schemas.messages import KeyEvent, RotationTick
 from schemas.topics import Topic
+from workers.core.callers import CallerTable
 from workers.kafka.letters import DeadLetters
 from workers.kafka.material import KafkaMaterialStore
 from workers.kafka.publisher import Outgoing, Publisher
@@ -17,6 +18,7 @@ from workers.keys.audit import AuditTrail
 from workers.keys.service import KeyService
 from workers.ledger import Ledger
 from workers.ledger.records import Coordinates
+from workers.services.callers import CallerGate
 from workers.services.outcome import Outcome, Refusal
 from workers.settings import Settings
 from workers.source import Source
@@ -42,6 +44,13 @@ class Deps:
     bootstrap: str = ""
     """The Kafka bootstrap, for groups that read a topic themselves (the digest group reads its chain)."""
     observer: EmitObserver | None = None
+    callers: CallerTable = field(default_factory=CallerTable)
+    """The caller policy table (fed from keys.callers by the process context before any group starts)."""
+
+    def caller_gate(self) -> CallerGate:
+        """What admits a request's caller (services/callers.py), per KEYLEDGER_REQUIRE_CALLER."""
+        return CallerGate(self.callers, self.keys, self.settings.require_caller,
+                          max_skew=self.settings.callers.max_skew)
 
     @property
     def materials(self) -> KafkaMaterialStore:

@@ -3,7 +3,9 @@
 A record is parsed as I-JSON (core/canonical.py, which also tells whether the span needs RFC 8785
 care) and validated by `SpanToSign`; a signed span is written as the record arrived with its
 `signature` member appended (`signed_value`, tied to `SignedSpan` by
-tests/groups/test_signer_wire.py).
+tests/groups/test_signer_wire.py). Each parsed span passes the caller gate (services/callers.py)
+before the service signs it: a refused caller's span is answered only by its `denied` audit event
+and a dead letter.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode
-from schemas.messages import SpanToSign
+from schemas.messages import CallerOperation, KeyType, SpanToSign
 from schemas.topics import Topic
 from workers.core.b64 import b64url_encode
 from workers.core.canonical import NotIJson, plain_json_loads
@@ -25,7 +27,11 @@ from workers.errors import BadInput
 from workers.groups.base import Deps
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord, parse_all, problems_of
+from workers.services.callers import CALLER_LESS
+from workers.services.outcome import Outcome
 from workers.services.signing import Job, SignedJob, SignerService
+
+SIGN = CallerOperation.SIGN.value
 
 
 class SignerGroup:
@@ -35,13 +41,23 @@ class SignerGroup:
 
     def __init__(self, deps: Deps) -> None:
         self.service = SignerService(deps.keys)
+        self.gate = deps.caller_gate()
         self._emit = deps.emitter(self.name, signed_record)
         self._max_bytes = deps.settings.kafka.max_message_bytes
 
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]:
         parsed, refused = parse_all(records, lambda record: parse_job(record, self._max_bytes))
-        outcome = await self.service.sign([job for _, job in parsed])
-        return await self._emit(records, outcome.refuse_all((r.source, e) for r, e in refused))
+        outcome = Outcome[SignedJob]().refuse_all((r.source, e) for r, e in refused)
+        admitted = []
+        for _, job in parsed:
+            if job.body is None or (job.body.get("caller") is None and not self.gate.needs(SIGN)):
+                job.caller = CALLER_LESS
+            else:
+                job.caller = self.gate.admit(job.source, job.body, job.tenant_id, SIGN, KeyType.SIGNING, outcome,
+                                             known_plain=job.plain)
+            if job.caller is not None:
+                admitted.append(job)
+        return await self._emit(records, await self.service.sign(admitted, outcome))
 
 
 def parse_job(record: InboundRecord, max_bytes: int) -> Job:
@@ -65,7 +81,7 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
         request = SpanToSign.model_validate(data)
     except ValidationError as exc:
         raise BadInput(f"invalid SpanToSign: {problems_of(exc, SpanToSign)}") from None
-    return Job(record.source, request.job_id, request.tenant_id, request.span, value, plain)
+    return Job(record.source, request.job_id, request.tenant_id, request.span, value, plain, data)
 
 
 def signed_value(job: Job, key_id: str, signature: bytes, signed_at: str) -> bytes:

@@ -69,7 +69,7 @@ def audit_json(op: OpRecord, timestamp_ns: int) -> bytes:
     return (f'{{"event_id":"{op.transfer_id:032x}","tenant_id":"{op.tenant_id}","key_id":"{op.key_id}",'
             f'"op":"{op.op}","count":{op.count},"outcome":"{outcome}","reason":"{reason}",'
             f'"occurred_at":"{stamp}","source":{{"topic":"{topic}","partition":{op.source.partition},'
-            f'"offset":{op.source.offset}}}}}').encode()
+            f'"offset":{op.source.offset}}}' + (f',"caller_id":"{op.caller_id}"}}' if op.caller_id else '}')).encode()
 
 
 _PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
@@ -93,4 +93,5 @@ def audit_event(op: OpRecord, timestamp_ns: int) -> AuditEvent:
         reason=op.reason,
         occurred_at=occurred,
         source=AuditSource(topic=op.source.topic, partition=op.source.partition, offset=op.source.offset),
+        caller_id=op.caller_id,
     )

@@ -6,6 +6,10 @@
 - op transfer:    tenant account -> key account, code 8, amount = operations covered,
                   user_data_32 = op code (| failure bit), user_data_64 = source offset,
                   user_data_128 = linked key (the new key of a rotation) or 0
+- caller's op:    user_data_128 = the caller id (its 32 hex as 128 bits), also on a `denied`
+                  transfer that refused a request naming it; once the proof is authentic
+                  (admitted), user_data_64 = the request id's first 64 bits instead of the offset,
+                  so a copy of the request produced again lands on the very same transfer
 - rewrap:         user_data_64 = fingerprint of the record it accepted (keys/pins.py),
                   user_data_128 = partition << 64 | offset of the tick that asked (so a replay
                   arriving as another record republishes the very same audit event)
@@ -75,6 +79,7 @@ class OpRecord:
     closing: bool = False
     tag: int | None = None  # user_data_64 instead of the source offset (e.g. the tick that rotated)
     origin: int | None = None  # user_data_128 when no key is linked (a rewrap: where its tick was)
+    caller_id: str | None = None  # user_data_128 of a caller's operation (never with a linked key or origin)
 
     def to_transfer(self) -> Transfer:
         flags = TransferFlags.PENDING | TransferFlags.CLOSING_CREDIT if self.closing else TransferFlags.NONE
@@ -83,7 +88,8 @@ class OpRecord:
             debit_account_id=ids.tenant_ref(self.tenant_id),
             credit_account_id=ids.from_hex(self.key_id),
             amount=self.count,
-            user_data_128=ids.from_hex(self.linked_key_id) if self.linked_key_id else (self.origin or 0),
+            user_data_128=(ids.from_hex(self.caller_id) if self.caller_id else
+                           ids.from_hex(self.linked_key_id) if self.linked_key_id else (self.origin or 0)),
             user_data_64=self.tag if self.tag is not None else max(self.source.offset, 0),
             user_data_32=ids.pack_op(self.op, self.failed),
             ledger=ids.LEDGER,
@@ -138,3 +144,8 @@ def pack_origin(source: Coordinates) -> int:
 
 def unpack_origin(topic: str, origin: int) -> AuditSource:
     return AuditSource(topic=topic, partition=origin >> 64, offset=origin & (2**64 - 1))
+
+
+def request_tag(request_id: str) -> int:
+    """user_data_64 of an admitted caller's operation: the request id's first 64 bits (stable across copies)."""
+    return int(request_id[:16], 16)

@@ -24,7 +24,7 @@ key asks for; they are then sealed with it. No request is refused for wear-out.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -41,12 +41,14 @@ from schemas.messages import (
     RotationTick,
 )
 from workers.core import ids
+from workers.core.callers import Admission
 from workers.core.envelope import Envelope, EnvelopeError, NoncePool, RecordOpener, RecordSealer, parse_envelope
 from workers.errors import KeyledgerError, KeyRefused
 from workers.keys.budget import Claim, EncryptionBudget
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
-from workers.ledger.records import OpRecord
+from workers.ledger.records import OpRecord, request_tag
+from workers.services.callers import origin_of
 from workers.services.outcome import Outcome
 from workers.source import Source
 
@@ -62,6 +64,8 @@ class PiiAnswer:
     key_id: str | None = None
     errors: dict[str, ErrorInfo] | None = None
     error: ErrorInfo | None = None
+    caller_id: str | None = None
+    """The admitted caller that asked: a decrypt's fields are sealed to it (groups/pii.py)."""
 
 
 @dataclass(slots=True)
@@ -75,6 +79,8 @@ class Plan:
     no_active: KeyRefused | None
     charged: KeyEntry | None = None
     """The key this request's seals were charged to (a sealing request granted a budget)."""
+    caller: Admission | None = None
+    """The request's admitted caller, if it has one (services/callers.py)."""
 
     @property
     def seals(self) -> bool:
@@ -93,6 +99,7 @@ class Usage:
 
     counts: dict[tuple[int, str, str, Op, bool], int] = field(default_factory=lambda: defaultdict(int))
     sources: dict[int, Source] = field(default_factory=dict)
+    callers: dict[int, Admission] = field(default_factory=dict)
 
     def add(self, entry: KeyEntry, op: Op, source: Source, failed: bool = False) -> None:
         self.sources[id(source)] = source
@@ -152,10 +159,17 @@ class PiiService:
         self._worn: set[str] = set()  # active keys whose budget ran out: their requests wait for the next version
         self.results = 0
 
-    async def serve(self, requests: Sequence[tuple[Source, PiiRequest]]) -> Outcome[PiiAnswer]:
+    async def serve(self, requests: Sequence[tuple[Source, PiiRequest]],
+                    callers: Mapping[Source, Admission] | None = None,
+                    outcome: Outcome[PiiAnswer] | None = None) -> Outcome[PiiAnswer]:
+        """`callers`: the admission of each request that has a caller (services/callers.py); their operations
+        take ids from the request id. `outcome`: one the caller gate has already put refusals in."""
         memo = BatchMemo(self._keys)
-        outcome = Outcome[PiiAnswer]()
+        outcome = outcome if outcome is not None else Outcome[PiiAnswer]()
         plans = [self._plan(source, request) for source, request in self._patient(requests, outcome)]
+        if callers:
+            for plan in plans:
+                plan.caller = callers.get(plan.source)
         blocked, warmed = await self._warm_keys(plans, memo)
         outcome.blocked += blocked
         waiting = {id(s) for s in outcome.blocked}
@@ -163,8 +177,11 @@ class PiiService:
         plans, out_of_budget, worn = await self._claim_budget(plans, warmed, memo)
         outcome.blocked += out_of_budget
         usage = Usage()
+        for plan in plans:
+            if plan.caller is not None and plan.caller.caller_id is not None:
+                usage.callers[id(plan.source)] = plan.caller
         outcome.results = [self._serve(plan, usage, memo) for plan in plans]
-        outcome.ops = _ops(usage)
+        outcome.ops += _ops(usage)
         outcome.ticks = [_rotation_tick(entry) for entry in worn]
         self.results += len(outcome.results)
         return outcome
@@ -240,9 +257,8 @@ class PiiService:
                 continue
             if memo.secret(entry.key_id) is None:
                 continue  # refused by the KMS: answered per field in _serve, nothing to charge
-            source = plan.source
-            claims.append(Claim(entry.key_id, source.topic, source.partition, source.offset,
-                                len(plan.request.fields)))
+            topic, partition, offset = _claim_place(plan)
+            claims.append(Claim(entry.key_id, topic, partition, offset, len(plan.request.fields)))
             claimants.append(plan)
         spent: dict[str, KeyEntry] = {}
         for plan, granted in zip(claimants, await self._budget.claim(claims), strict=True):
@@ -285,7 +301,8 @@ class PiiService:
                 errors[path] = exc.info()
             else:
                 used = used or key_id
-        return PiiAnswer(plan.source, request, fields, used, errors or None)
+        caller_id = plan.caller.caller_id if plan.caller is not None else None
+        return PiiAnswer(plan.source, request, fields, used, errors or None, caller_id=caller_id)
 
     def _sealer(self, request: PiiRequest, active: KeyEntry, memo: BatchMemo) -> RecordSealer | RefusedSealer:
         """What seals this request's fields; when the key is not available, each field is answered so."""
@@ -344,15 +361,24 @@ class PiiService:
         return secret
 
 
+def _claim_place(plan: Plan) -> tuple[str, int, int]:
+    """Where a budget claim's id derives from: the request id of a caller's request (a copy produced again
+    is charged once), else the record's place."""
+    if plan.caller is not None and plan.caller.request_id is not None:
+        return f"caller-request:{plan.caller.request_id}", 0, 0
+    return plan.source.topic, plan.source.partition, plan.source.offset
+
+
 def _ops(usage: Usage) -> list[OpRecord]:
     """One transfer per (request, key, op, outcome); a redelivered request, however batched, lands on the
-    same transfers (`exists`), so the ledger counts each field once."""
+    same transfers (`exists`), so the ledger counts each field once; so does a copy of a caller's request
+    produced again (its ids and user data derive from the request id, never from the record's place)."""
     ops = []
     for (source_key, tenant_id, key_id, op, failed), count in usage.counts.items():
         source = usage.sources[source_key]
+        caller = usage.callers.get(source_key)
         ops.append(OpRecord(
-            transfer_id=ids.transfer_id(op, key_id, "fail" if failed else "ok", source.topic, source.partition,
-                                        source.offset),
+            transfer_id=ids.transfer_id(op, key_id, "fail" if failed else "ok", *origin_of(source, caller)),
             tenant_id=tenant_id,
             key_id=key_id,
             op=op,
@@ -360,6 +386,8 @@ def _ops(usage: Usage) -> list[OpRecord]:
             count=count,
             failed=failed,
             reason="pii fields" if not failed else "refused",
+            caller_id=caller.caller_id if caller is not None else None,
+            tag=request_tag(caller.request_id) if caller is not None and caller.request_id else None,
         ))
     return ops
 

@@ -20,12 +20,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.messages import SYSTEM_TENANT, KeyType, Op
 from workers.core import ids
+from workers.core.callers import Admission
 from workers.core.canonical import CanonicalizationError
 from workers.core.signing import signing_input
 from workers.errors import BadInput, KeyledgerError
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry
-from workers.ledger.records import OpRecord
+from workers.ledger.records import OpRecord, request_tag
+from workers.services.callers import origin_of
 from workers.services.outcome import Outcome
 from workers.source import Source
 
@@ -42,6 +44,10 @@ class Job:
     """The request as it arrived: `spans.signed` is this object with the signature member added."""
     plain: bool = False
     """Known at parse time to need no RFC 8785 number or key-order care (core/canonical.py)."""
+    body: dict[str, Any] | None = field(default=None, repr=False)
+    """The whole request as parsed (what a caller's proof covers)."""
+    caller: Admission | None = None
+    """The request's admitted caller, if it has one (services/callers.py)."""
 
 
 @dataclass(slots=True)
@@ -65,8 +71,9 @@ class SignerService:
         self._keys = keys
         self.signed = 0
 
-    async def sign(self, jobs: Sequence[Job]) -> Outcome[SignedJob]:
-        outcome = Outcome[SignedJob]()
+    async def sign(self, jobs: Sequence[Job], outcome: Outcome[SignedJob] | None = None) -> Outcome[SignedJob]:
+        """`outcome`: one the caller gate has already put refusals in."""
+        outcome = outcome if outcome is not None else Outcome[SignedJob]()
         by_key: dict[str, KeyBatch] = {}
         for job in jobs:
             if job.tenant_id == SYSTEM_TENANT:  # the audit digest key signs digests, never a caller's span
@@ -89,10 +96,11 @@ class SignerService:
         signed_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         keys, messages, kept = self._signing_inputs(by_key, outcome)
         signatures = await self._signatures(keys, messages)
-        outcome.results += [SignedJob(job, entry.key_id, signature, signed_at)
-                            for (entry, job), signature in zip(kept, signatures, strict=True)]
-        outcome.ops += [_sign_op(entry, job.source) for entry, job in kept]
-        self.signed += len(outcome.results)
+        signed = [SignedJob(job, entry.key_id, signature, signed_at)
+                  for (entry, job), signature in zip(kept, signatures, strict=True)]
+        outcome.results += signed
+        outcome.ops += [_sign_op(entry, job.source, job.caller) for entry, job in kept]
+        self.signed += len(signed)
         return outcome
 
     async def _unwrap_missing(self, by_key: dict[str, KeyBatch], outcome: Outcome[SignedJob]) -> None:
@@ -139,14 +147,20 @@ def sign_each(keys: list[Ed25519PrivateKey], messages: list[bytes]) -> list[byte
     return [key.sign(message) for key, message in zip(keys, messages, strict=True)]
 
 
-def _sign_op(entry: KeyEntry, source: Source) -> OpRecord:
+def _sign_op(entry: KeyEntry, source: Source, caller: Admission | None = None) -> OpRecord:
     """One transfer per signed span, its id derived from the span's source alone (topic, partition,
-    offset): a redelivery, however the records are batched, lands on the same transfer (`exists`)."""
+    offset): a redelivery, however the records are batched, lands on the same transfer (`exists`). A
+    caller's span: from its request id instead, so a copy produced again lands there too."""
+    if caller is None or caller.caller_id is None:
+        return OpRecord(
+            transfer_id=ids.transfer_id(Op.SIGN, entry.key_id, source.topic, source.partition, source.offset),
+            tenant_id=entry.tenant_id,
+            key_id=entry.key_id,
+            op=Op.SIGN,
+            source=source,
+            reason="span signed",
+        )
     return OpRecord(
-        transfer_id=ids.transfer_id(Op.SIGN, entry.key_id, source.topic, source.partition, source.offset),
-        tenant_id=entry.tenant_id,
-        key_id=entry.key_id,
-        op=Op.SIGN,
-        source=source,
-        reason="span signed",
-    )
+        transfer_id=ids.transfer_id(Op.SIGN, entry.key_id, *origin_of(source, caller)),
+        tenant_id=entry.tenant_id, key_id=entry.key_id, op=Op.SIGN, source=source, reason="span signed",
+        caller_id=caller.caller_id, tag=request_tag(caller.request_id) if caller.request_id else None)

@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.messages import SYSTEM_TENANT, AuditEvent, KeyMaterial, KeyType, Outcome
+from schemas.messages import SYSTEM_TENANT, AuditEvent, KeyMaterial, KeyType, Op, Outcome
 from schemas.topics import Topic
 from workers.core import ids
 from workers.core.b64 import b64decode
@@ -130,7 +130,7 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
             continue
         if event.event_id in events:
             report.duplicates += 1
-            if events[event.event_id] != event:
+            if events[event.event_id] != event and not _same_caller_request(events[event.event_id], event):
                 report.mismatches.append(f"{event.event_id}: two different audit records share this id")
             continue
         events[event.event_id] = event
@@ -171,6 +171,25 @@ async def _ledger_tenants(ledger: Ledger) -> list[int]:
         timestamp_min = page[-1].timestamp + 1
 
 
+def _same_caller_request(first: AuditEvent, again: AuditEvent) -> bool:
+    """A copy of a caller's request produced again lands on the same transfer and republishes its event
+    from where the copy was read: the same event but for `source`."""
+    return first.caller_id is not None and first.model_copy(update={"source": again.source}) == again
+
+
+# operations that carry no linked key or origin in user_data_128: there it is the caller id, or 0
+_CALLER_OPS = frozenset({Op.SIGN, Op.ENCRYPT, Op.DECRYPT, Op.REENCRYPT, Op.DENIED})
+
+
+def _caller_of(event: AuditEvent, transfer: Transfer) -> tuple[int | None, int | None]:
+    """(expected, actual) caller of a transfer in user_data_128, or (None, None) where it names none."""
+    if event.caller_id is not None:
+        return ids.from_hex(event.caller_id), transfer.user_data_128
+    if event.op in _CALLER_OPS:
+        return 0, transfer.user_data_128
+    return None, None
+
+
 def _disagreement(event: AuditEvent, transfer: Transfer | None) -> str | None:
     if transfer is None:
         return "no such transfer in the ledger"
@@ -184,6 +203,7 @@ def _disagreement(event: AuditEvent, transfer: Transfer | None) -> str | None:
     }
     actual = {"tenant": transfer.debit_account_id, "key": transfer.credit_account_id, "op": op,
               "failed": failed, "count": transfer.amount}
+    expected["caller"], actual["caller"] = _caller_of(event, transfer)
     differing = [name for name in expected if expected[name] != actual[name]]
     return f"differs in {', '.join(differing)}" if differing else None
 
