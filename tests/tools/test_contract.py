@@ -86,6 +86,7 @@ def test_a_changed_model_shows_as_drift(monkeypatch: pytest.MonkeyPatch, tmp_pat
         assert load(tmp_path / relative) != load(ROOT / relative)
 
 
+@pytest.mark.process  # runs the keyledger CLI
 def test_keyledger_docs_writes_the_contract(generated: Path, tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-m", "workers.app.cli", "docs", "--out", str(tmp_path)],

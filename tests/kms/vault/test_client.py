@@ -76,6 +76,7 @@ async def test_retries_stop_at_max_attempts_with_the_last_failure(scripted):
         await client.aclose()
 
 
+@pytest.mark.integration  # starts its own OpenBao server
 async def test_a_sealed_vault_is_unavailable_within_the_timeout():
     with OpenBaoDevServer() as bao:
         kms = VaultKms(bao.addr, TokenAuth(bao.token), timeout=1.0)
@@ -110,6 +111,7 @@ async def test_rate_limited_calls_are_throttled(openbao):
         await kms.aclose()
 
 
+@pytest.mark.integration  # starts its own OpenBao server over TLS
 async def test_tls_needs_the_ca_cert():
     with OpenBaoDevServer(tls=True) as bao:
         trusted = VaultKms(bao.addr, TokenAuth(bao.token), ca_cert=bao.ca_cert)
