@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import json
 import signal
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 
+from schemas.messages import KeyType, Op
+from schemas.topics import Topic
 from tests.faults.invariants import assert_audit_agrees, assert_key_invariants
+from tests.support.callers import register_caller
 from tests.support.kafka import read, tenant_created, unique_tenant
+from workers.client import ResultSealError
+from workers.core import ids
+from workers.core.callers import request_id
 from workers.kafka.tap import produce
 
 pytestmark = pytest.mark.integration
 
 TENANTS = 60
+CALLER_REQUESTS = 200  # per tenant: the warm-up's encrypts, then as many decrypts and new encrypts
 
 
 @pytest.fixture
@@ -125,3 +133,81 @@ async def test_pii_killed_mid_stream_answers_every_request_and_counts_each_once(
                 if v.get("tenant_id") in wanted and ("error" in v or "errors" in v)]
     await assert_key_invariants(bootstrap, tenants)
     assert_audit_agrees(bootstrap, tb_env, tenants)
+
+
+async def test_pii_killed_mid_stream_answers_each_callers_request_once(topics_ready, worker_process, tb_env,
+                                                                       aws_env, tmp_path):
+    """A registered caller's proved encrypts and decrypts, the PII worker killed -9 mid-stream: each request
+    is answered, each lands on one transfer per operation named by its request id (a redelivery lands on
+    it again), each decrypt opens for its caller alone, and no plaintext reaches any other topic."""
+    bootstrap, tenants = topics_ready, [unique_tenant("k9-call") for _ in range(2)]
+    suffix = uuid.uuid4().hex[:8]
+    operator, billing = await register_caller(bootstrap, tmp_path, f"k9-billing-{suffix}", aws_env)
+    _, other = await register_caller(bootstrap, tmp_path, f"k9-other-{suffix}", aws_env, operator=operator)
+    env = {**tb_env, "KEYLEDGER_OPERATOR_PUBLIC_KEY": operator.public, "KEYLEDGER_REQUIRE_CALLER": "all"}
+    await onboard(bootstrap, worker_process, env, tenants)
+    secrets = {(t, n): f"k9-secret-{suffix}-{t}-{n}" for t in tenants for n in range(2 * CALLER_REQUESTS)}
+
+    def answers(records: list, prefix: str) -> dict[str, dict]:
+        values = (json.loads(r.value) for r in records if r.value)
+        return {v["job_id"]: v for v in values if v.get("tenant_id") in set(tenants) and v["job_id"].startswith(prefix)}
+
+    # warm-up: the ciphertexts the stream decrypts
+    first = worker_process("keyledger-pii", env=env)
+    warm = [(t, n, billing.pii(t, "encrypt", {"ssn": secrets[t, n]}, job_id=f"warm-{t}-{n}"))
+            for t in tenants for n in range(CALLER_REQUESTS)]
+    await produce(bootstrap, "pii.requests", [(t.encode(), value) for t, _, value in warm])
+    results = await read(bootstrap, "pii.results", timeout=120,
+                         until=lambda rs: len(answers(rs, "warm-")) >= len(warm))
+    ciphertexts = {job_id: v["fields"]["ssn"] for job_id, v in answers(results, "warm-").items()}
+    # the stream: a decrypt of each and as many new encrypts, interleaved
+    stream = []
+    for t in tenants:
+        for n in range(CALLER_REQUESTS):
+            stream.append((t, "decrypt", billing.pii(t, "decrypt", {"ssn": ciphertexts[f"warm-{t}-{n}"]},
+                                                     job_id=f"dec-{t}-{n}"), secrets[t, n]))
+            m = CALLER_REQUESTS + n
+            stream.append((t, "encrypt", billing.pii(t, "encrypt", {"ssn": secrets[t, m]}, job_id=f"enc-{t}-{m}"),
+                           secrets[t, m]))
+    await produce(bootstrap, "pii.requests", [(t.encode(), value) for t, _, value, _ in stream])
+
+    def answered(records: list) -> int:
+        return len(answers(records, "dec-")) + len(answers(records, "enc-"))
+
+    await kill_when(bootstrap, first, "pii.results", answered, at_least=50, total=len(stream))
+    worker_process("keyledger-pii", env=env)
+    results = await read(bootstrap, "pii.results", until=lambda rs: answered(rs) >= len(stream), timeout=180)
+
+    # every request answered; each decrypt opens for its caller and for no other
+    decrypts, encrypts = answers(results, "dec-"), answers(results, "enc-")
+    assert len(decrypts) + len(encrypts) == len(stream)
+    assert not [v for v in (*decrypts.values(), *encrypts.values()) if "error" in v or "errors" in v]
+    for (t, n), secret in secrets.items():
+        if n < CALLER_REQUESTS:
+            result = decrypts[f"dec-{t}-{n}"]
+            assert result["fields"]["ssn"].startswith("klr1.")
+            assert billing.client.open_result(result) == {"ssn": secret}
+            with pytest.raises(ResultSealError):
+                other.client.open_result(result)
+        else:
+            assert encrypts[f"enc-{t}-{n}"]["fields"]["ssn"].startswith("kl1.")
+
+    # one transfer per request and operation, named by the request id: what the ledger holds (audit verify)
+    directory = await assert_key_invariants(bootstrap, tenants)
+    active = {t: next(e.key_id for e in directory.tenant_keys(t)
+                      if e.key_type is KeyType.ENCRYPTION and e.state.value == "active") for t in tenants}
+    expected = {ids.to_hex(ids.transfer_id(Op(op), active[t], "ok", "caller-request",
+                                           request_id(billing.caller_id, json.loads(value)["caller"]["proof"])))
+                for t, op, value, _ in [*stream, *((t, "encrypt", value, None) for t, _, value in warm)]}
+    audits = [json.loads(r.value) for r in await read(bootstrap, "kms.audit", timeout=120) if r.value]
+    mine = [e for e in audits if e["tenant_id"] in set(tenants) and e["op"] in ("encrypt", "decrypt")]
+    assert {e["event_id"] for e in mine} == expected and len(expected) == len(stream) + len(warm)
+    assert {(e["count"], e["caller_id"], e["outcome"]) for e in mine} == {(1, billing.caller_id, "success")}
+    assert_audit_agrees(bootstrap, env, tenants)
+
+    # no plaintext on any topic but the encrypt requests that carried it
+    for topic in Topic:
+        for record in await read(bootstrap, topic.value, timeout=60):
+            value = record.value or b""
+            if [s for s in secrets.values() if s.encode() in value]:
+                assert topic is Topic.PII_REQUESTS and json.loads(value)["operation"] == "encrypt", topic

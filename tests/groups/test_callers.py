@@ -151,6 +151,23 @@ async def test_a_callers_decrypt_is_sealed_to_it_alone_and_audited_with_it(harne
     assert not captured.values("kms.dlq")
 
 
+async def test_a_revoked_callers_result_key_is_dropped_and_a_reinstated_caller_gets_a_new_one(harness):
+    context, broker, captured = harness
+    fields = await sealed_fields(broker, captured)
+
+    async def decrypt_key_id(job_id: str) -> str:
+        await broker.publish(TEST_CALLER.pii("acme", "decrypt", fields, job_id=job_id), "pii.requests", key=b"acme")
+        result = captured.values("pii.results")[-1]
+        assert TEST_CALLER.open(result)["fields"] == {"ssn": SECRET}
+        return result["result_key"]["id"]
+
+    first = await decrypt_key_id("d1")
+    assert await decrypt_key_id("d2") == first  # one key for the period
+    TEST_CALLER.enrol(context.callers, revoked=True, version=2)
+    TEST_CALLER.enrol(context.callers, version=3)
+    assert await decrypt_key_id("d3") != first
+
+
 async def test_a_copy_of_a_proved_request_at_another_offset_is_answered_like_a_redelivery(harness):
     context, broker, captured = harness
     fields = await sealed_fields(broker, captured)

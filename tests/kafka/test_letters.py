@@ -115,6 +115,17 @@ def test_with_keep_pii_the_raw_record_is_kept():
     assert base64.b64decode(letter.payload) == value and not letter.payload_redacted
 
 
+def test_a_caller_denied_letter_is_redacted_even_with_keep_pii():
+    value = json.dumps({"job_id": "j1", "tenant_id": "acme", "record_id": "r1", "operation": "encrypt",
+                        "fields": {"ssn": SECRET}, "caller": {"id": "billing"}}).encode()
+    denied = ErrorInfo(type=ErrorCode.CALLER_DENIED, message="caller billing: unknown")
+    letter = read(DeadLetters("keyledger-pii", 100_000, keep_pii=True).letter(pii_record(value), denied))
+    assert letter.payload_redacted and letter.error.type is ErrorCode.CALLER_DENIED
+    payload = base64.b64decode(letter.payload)
+    assert SECRET.encode() not in payload and payload == redact_pii_request(value)
+    assert letter.payload_size == len(value) and letter.payload_sha256 == hashlib.sha256(value).hexdigest()
+
+
 def test_other_topics_are_never_redacted():
     value = malformed_encrypt()
     letter = read(DeadLetters("keyledger-signer", 100_000).letter(pii_record(value, topic="spans.to-sign"), ERROR))

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from schemas.messages import CallerKem
 from workers.core.b64 import b64encode, b64url_encode
 from workers.core.callers import CallerTable, Change, caller_id_for, secret_context, sign_policy
 from workers.core.canonical import canonical_json
+from workers.core.results import ResultKeyring
 from workers.keystore.callers import CallerPolicies
 from workers.kms.local import LocalKms
 
@@ -85,3 +89,25 @@ async def test_versions_decide_revocations_stick_and_ties_grant_nothing(kms, pol
     await policies.apply(*await record(kms, 3))
     assert await policies.apply(*await record(kms, 3, tenants=["acme"])) is Change.TIE
     assert policies.table.get(CALLER_ID).secret is None  # type: ignore[union-attr]
+
+
+async def test_a_revocation_or_tie_drops_the_callers_result_key_and_nothing_else_does(kms, policies):
+    keyring = ResultKeyring()
+    policies.table.watch(keyring.forget)
+    now = datetime.now(UTC)
+    public = X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+    def held_key() -> str:
+        return keyring.key_for(CALLER_ID, CallerKem.X25519, public, now).id
+
+    assert await policies.apply(*await record(kms)) is Change.NEWER
+    first = held_key()
+    assert held_key() == first  # the same key for the period
+    assert await policies.apply(*await record(kms, 1, revoked=True)) is Change.TIE
+    tied = held_key()
+    assert tied != first
+    assert await policies.apply(*await record(kms, 2, revoked=True)) is Change.NEWER
+    revoked = held_key()
+    assert revoked != tied
+    assert await policies.apply(*await record(kms, 1)) is Change.STALE
+    assert held_key() == revoked  # a stale record changes nothing

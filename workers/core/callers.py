@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -227,6 +227,12 @@ class CallerTable:
 
     def __init__(self) -> None:
         self._callers: dict[str, Caller] = {}
+        self._watchers: list[Callable[[str], None]] = []
+
+    def watch(self, changed: Callable[[str], None]) -> None:
+        """Call `changed(caller_id)` after each record that changes what a caller is (`install`, `tie`):
+        whatever was derived from its previous record (a result key) is stale from then on."""
+        self._watchers.append(changed)
 
     def __len__(self) -> int:
         return len(self._callers)
@@ -250,12 +256,18 @@ class CallerTable:
         if secret is not None and len(secret) != SECRET_BYTES:
             raise ValueError("a caller secret is 32 bytes")
         self._callers[policy.caller_id] = Caller(policy, None if policy.revoked else secret)
+        self._changed(policy.caller_id)
 
     def tie(self, policy: CallerPolicy) -> None:
         """Two records of one version: the caller grants nothing until a higher version arrives."""
         held = self._callers[policy.caller_id]
         held.secret = None
         held.tied = True
+        self._changed(policy.caller_id)
+
+    def _changed(self, caller_id: str) -> None:
+        for changed in self._watchers:
+            changed(caller_id)
 
 
 class Admission(NamedTuple):

@@ -73,6 +73,7 @@ class ResultSealer:
     def __init__(self, callers: CallerTable) -> None:
         self._callers = callers
         self.keyring = ResultKeyring()
+        callers.watch(self.keyring.forget)  # a revoked or re-keyed caller's result key goes with its old record
 
     def result_record(self, answer: PiiAnswer) -> Outgoing:
         source = answer.source

@@ -4,7 +4,8 @@ A letter carries the record as it arrived (topic, partition, offset, key, header
 null kept null, payload as base64) and a typed error, with two exceptions (schemas.DeadLetter):
 
 - `pii.requests` records are redacted unless `keep_pii`: a DLQ is read by operators, and a request
-  that could not be parsed still holds its plaintext fields;
+  that could not be parsed still holds its plaintext fields. A `caller_denied` letter is redacted
+  even with `keep_pii`: a refused caller's plaintext is kept nowhere, not for operators either;
 - a letter never exceeds `max_bytes` (the largest record the broker and our producer take): base64
   makes a letter a third larger than its record, so a record near the broker's limit would give a
   letter the broker refuses, and a letter that cannot be published would hold its record forever.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.errors import ErrorInfo
+from schemas.errors import ErrorCode, ErrorInfo
 from schemas.messages import DeadLetter
 from schemas.topics import Topic
 from workers.core.b64 import b64encode
@@ -60,7 +61,7 @@ class DeadLetters:
         """The `kms.dlq` record for `record`, keyed like the original, at most `max_bytes` long."""
         key = _letter_key(record.key)
         room = self.max_bytes - len(key)
-        payload, redacted = self._payload(record)
+        payload, redacted = self._payload(record, error)
         letter = DeadLetter(
             topic=record.topic,
             partition=record.partition,
@@ -81,10 +82,12 @@ class DeadLetters:
                 return Outgoing(Topic.DLQ.value, key, value)
         raise AssertionError(f"a letter of nothing but its coordinates exceeds {self.max_bytes} bytes")
 
-    def _payload(self, record: InboundRecord) -> tuple[bytes | None, bool]:
+    def _payload(self, record: InboundRecord, error: ErrorInfo) -> tuple[bytes | None, bool]:
         """The bytes the letter carries (the value, or its redacted form) and whether they are redacted."""
         value = record.value
-        if value is None or self.keep_pii or record.topic != Topic.PII_REQUESTS:
+        if value is None or record.topic != Topic.PII_REQUESTS:
+            return value, False
+        if self.keep_pii and error.type is not ErrorCode.CALLER_DENIED:
             return value, False
         return redact_pii_request(value), True
 

@@ -9,8 +9,9 @@ and passes only admitted requests on to its service, with their `Admission`.
 - A refused request gets a `denied` operation (ledger transfer and `kms.audit` event, `reason` =
   the refusal, naming the caller id when the request names one) against its tenant's active key
   of the flow's type, and a `caller_denied` dead letter (the DLQ's redaction keeps field values
-  out of it). Its ids derive from the record's place: a refused request has no request id. A
-  tenant without an active key has no account to record against: the dead letter says why.
+  out of it, even with KEYLEDGER_DLQ_KEEP_PII). Its ids derive from the record's place: a refused
+  request has no request id. A tenant without an active key has no account to record against:
+  the dead letter says why.
 - An admitted request's `request_id` (from caller id and proof) names its operations instead of
   the record's place, so a copy produced again lands on the same transfers as a redelivery.
 """

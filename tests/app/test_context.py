@@ -1,0 +1,71 @@
+"""ProcessContext start-up: the KEYLEDGER_REQUIRE_CALLER=none warning, and readiness waiting for the
+caller policy table (no broker: the follower, producer and consumers are stood in for)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from workers.app import context as context_module
+from workers.app.context import ProcessContext
+from workers.kms.local import LocalKms
+from workers.ledger.memory import MemoryLedger
+from workers.settings import Settings
+
+
+class HeldFollower:
+    """A caller follower whose initial read finishes when the test says so."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.read = 0
+
+    async def start(self) -> None:
+        await self.release.wait()
+
+    async def aclose(self) -> None:
+        return None
+
+
+def offline_context(monkeypatch: pytest.MonkeyPatch, **settings: object) -> ProcessContext:
+    context = ProcessContext.build(Settings(kafka_bootstrap="unused:9092", **settings), "unused:9092",
+                                   kms=LocalKms(), ledger=MemoryLedger(), follow=False, test_broker=True)
+
+    async def nothing(*_args: object) -> None:
+        return None
+
+    async def answers(*_args: object) -> bool:
+        return True
+
+    monkeypatch.setattr(context.publisher, "start", nothing)
+    monkeypatch.setattr(context_module, "start_concurrently", nothing)
+    monkeypatch.setattr(context.broker, "ping", answers)
+    return context
+
+
+@pytest.mark.parametrize(("require", "warned"), [("none", True), ("decrypt", False), ("all", False)])
+async def test_start_warns_only_when_no_caller_is_required(monkeypatch, caplog, require, warned):
+    context = offline_context(monkeypatch, require_caller=require)
+    with caplog.at_level(logging.WARNING):
+        await context.start()
+    warnings = [r for r in caplog.records if "KEYLEDGER_REQUIRE_CALLER=none" in r.getMessage()]
+    assert len(warnings) == int(warned)
+    if warned:
+        assert warnings[0].levelno == logging.WARNING and "adopt callers" in warnings[0].getMessage()
+
+
+async def test_readiness_waits_for_the_caller_table_before_the_key_table(monkeypatch):
+    context = offline_context(monkeypatch)
+    follower = HeldFollower()
+    context.caller_follower = follower  # type: ignore[assignment]
+    starting = asyncio.create_task(context.start())
+    await asyncio.sleep(0.05)
+    ready, checks = await context.readiness()
+    assert not ready and checks["callers"] == {"loaded": False, "callers": 0}
+    assert not checks["key_table"]["loaded"]  # the key table is read only after the callers
+    follower.release.set()
+    await asyncio.wait_for(starting, 5)
+    ready, checks = await context.readiness()
+    assert ready and checks["callers"]["loaded"] and checks["key_table"]["loaded"]
