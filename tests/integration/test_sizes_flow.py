@@ -36,6 +36,13 @@ def span_of(tenant: str, job_id: str, size: int) -> bytes:
     return span_job(tenant, {"name": "x" * (size - len(base))}, job_id)
 
 
+def audit_verify(bootstrap: str, tigerbeetle: str, tenant: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workers.app.cli", "audit", "verify", "--tenant", tenant],
+                          env={**os.environ, "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap, "KEYLEDGER_LEDGER": "tigerbeetle",
+                               "KEYLEDGER_TB_ADDRESSES": tigerbeetle, "KEYLEDGER_MAX_MESSAGE_BYTES": str(LIMIT)},
+                          capture_output=True, text=True, timeout=120)
+
+
 async def test_requests_too_large_once_processed_are_refused_before_the_ledger(own_broker, own_tigerbeetle):
     bootstrap = own_broker
     tenant = unique_tenant("size")
@@ -59,9 +66,6 @@ async def test_requests_too_large_once_processed_are_refused_before_the_ledger(o
     # nothing in the ledger (nor on kms.audit) for the refused requests: one sign, one encrypt, two generates
     assert sorted(e["op"] for e in audit) == ["encrypt", "generate", "generate", "sign"]
     assert all(e["outcome"] == "success" for e in audit)
-    report = subprocess.run([sys.executable, "-m", "workers.app.cli", "audit", "verify", "--tenant", tenant],
-                            env={**os.environ, "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap, "KEYLEDGER_LEDGER": "tigerbeetle",
-                                 "KEYLEDGER_TB_ADDRESSES": own_tigerbeetle, "KEYLEDGER_MAX_MESSAGE_BYTES": str(LIMIT)},
-                            capture_output=True, text=True, timeout=120)
+    report = audit_verify(bootstrap, own_tigerbeetle, tenant)
     assert report.returncode == 0, report.stdout + report.stderr
     assert "agrees with TigerBeetle" in report.stdout
