@@ -7,6 +7,7 @@ import json
 import random
 
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 
 from schemas.messages import Op, PiiRequest
 from tests.support.callers import TEST_CALLER
@@ -179,3 +180,33 @@ async def test_a_result_larger_than_a_record_is_dead_lettered_with_its_operation
     await broker.publish(TEST_CALLER.pii(TENANT, "encrypt", {"f": "x"}, "r2", "small"), "pii.requests",
                          key=TENANT.encode())
     assert captured.values("pii.results")[-1]["job_id"] == "small"
+
+
+class RefusingBroker:
+    """A broker whose limit for `pii.results` is `limit` bytes, below the settings': it refuses a larger
+    result as Kafka does (MessageSizeTooLargeError) and takes every other record."""
+
+    def __init__(self, publisher, limit: int) -> None:
+        self._publisher, self._limit = publisher, limit
+
+    async def publish(self, records) -> None:
+        records = list(records)
+        if any(r.topic == "pii.results" and len(r.value) > self._limit for r in records):
+            raise MessageSizeTooLargeError()
+        await self._publisher.publish(records)
+
+
+async def test_a_result_the_broker_refuses_as_too_large_is_dead_lettered_with_its_audit_events(roomy):
+    """The broker's limit below the settings': the operation is in the ledger by then, so its audit event is
+    published (as the ledger holds it) with the request's `too_large` letter; the logs agree at once and the
+    record does not go round its retries."""
+    context, broker, captured, _ = roomy
+    emitter = context.groups["keyledger-pii"]._emit
+    emitter._publisher = RefusingBroker(emitter._publisher, 900)
+    await broker.publish(TEST_CALLER.pii(TENANT, "encrypt", {"f": "x" * 1000}, "r1", "big"), "pii.requests",
+                         key=TENANT.encode())
+    assert last_letter_code(captured) == "too_large" and len(captured.values("kms.dlq")) == 1
+    assert "pii.results" not in captured.by_topic
+    [event] = audited(captured, "pii.requests")
+    [transfer] = await context.ledger.lookup_transfers([int(event["event_id"], 16)])
+    assert ids.unpack_op(transfer.user_data_32) == (Op.ENCRYPT, event["outcome"] == "failure")

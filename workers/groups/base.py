@@ -16,7 +16,7 @@ from workers.core.callers import CallerTable
 from workers.errors import KeyledgerError
 from workers.kafka.letters import DeadLetters
 from workers.kafka.material import KafkaMaterialStore
-from workers.kafka.publisher import Outgoing, Publisher
+from workers.kafka.publisher import Outgoing, Publisher, refused_as_too_large
 from workers.kafka.records import InboundRecord
 from workers.keys.audit import AuditTrail
 from workers.keys.service import KeyService
@@ -76,7 +76,10 @@ class Emitter(Generic[R]):
        kafka/letters.py) gets no result but a `too_large` dead letter, and its operations are recorded as
        failed (a transfer of their own, outcome `failure`), so the ledger and `kms.audit` agree that no
        result was delivered (the groups refuse such requests before the service when they can:
-       `signed_bound`, `result_bound`);
+       `signed_bound`, `result_bound`); should the broker refuse a result as too large all the same (its
+       own limit below the settings'), a batch of one record (the runner isolates a failing batch) has
+       its letter (`too_large`) published with its audit events, which then describe what the ledger
+       holds, so the two logs agree and the record does not go round its retries;
     1. the operations' ledger transfers (deterministic ids: a replay answers `exists`);
     2. one publish, awaited (acks=all), of the results (encoded by the group's `encode`), rotation ticks,
        tombstones, key events, audit events and dead letters (bounded, redacted: kafka/letters.py; one per
@@ -110,7 +113,13 @@ class Emitter(Generic[R]):
         dead = _one_per_record(outcome.dead)
         at = {r.source: r for r in records} if dead or outcome.blocked else {}
         letters = [self._letters.letter(at[source], error.info()) for source, error in dead]
-        await self._publisher.publish([*outputs, *self._events(outcome), *audits, *letters])
+        try:
+            await self._publisher.publish([*outputs, *self._events(outcome), *audits, *letters])
+        except Exception as exc:
+            if not (refused_as_too_large(exc) and len(records) == 1 and outcome.results):
+                raise
+            await self._refused_by_broker(records[0], outputs, outcome, audits)
+            dead = _one_per_record(outcome.dead)
         for event in outcome.events:
             self._keys.directory.apply_event(event)
         self._log(dead, outcome)
@@ -145,6 +154,17 @@ class Emitter(Generic[R]):
         outcome.ops = [_failed_too_large(op) if (op.source.topic, op.source.partition, op.source.offset) in over
                        else op for op in outcome.ops]
         return [o for o in outputs if o.cause not in over]
+
+    async def _refused_by_broker(self, record: InboundRecord, outputs: list[Outgoing], outcome: Outcome[R],
+                                 audits: list[Outgoing]) -> None:
+        """The broker refused `record`'s result as too large after its operations reached the ledger: its
+        letter goes out with everything else the outcome holds but that result."""
+        source = record.source
+        cause = (source.topic, source.partition, source.offset)
+        error = KeyledgerError("its output was refused by the broker as too large", ErrorCode.TOO_LARGE)
+        await self._publisher.publish([*(o for o in outputs if o.cause != cause), *self._events(outcome), *audits,
+                                       self._letters.letter(record, error.info())])
+        outcome.refuse(source, error)
 
     @staticmethod
     def _events(outcome: Outcome[R]) -> list[Outgoing]:
