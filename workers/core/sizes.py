@@ -1,7 +1,7 @@
 """Upper bounds on the encoded size of what keyledger writes, from what it was asked.
 
-Each bound is exact in the sense of never being exceeded (tests/core/test_sizes.py and the groups'
-property tests check encoded outputs against it); it is not tight. JSON text is bounded as pydantic's
+Each bound is exact in the sense of never being exceeded (tests/groups/test_sizes.py checks
+encoded outputs against it); it is not tight. JSON text is bounded as pydantic's
 serializer writes it (`ensure_ascii` off): a UTF-8 byte takes at most 6 bytes (a control character
 escaped `\\u00XX`), a multi-byte character no more bytes than it has.
 """
