@@ -10,6 +10,7 @@ class ErrorCode(StrEnum):
     NOT_JSON = "not_json"
     INVALID_MESSAGE = "invalid_message"
     OVERSIZED = "oversized"
+    TOO_LARGE = "too_large"  # within the inbound limit, but its output could not be written (refused before any ledger operation)
     MISSING_KEY = "missing_key"
     # refused by key state or isolation
     UNKNOWN_TENANT = "unknown_tenant"

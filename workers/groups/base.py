@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from schemas.errors import ErrorCode
 from schemas.messages import KeyEvent, RotationTick
 from schemas.topics import Topic
+from workers.core import ids
 from workers.core.callers import CallerTable
+from workers.errors import KeyledgerError
 from workers.kafka.letters import DeadLetters
 from workers.kafka.material import KafkaMaterialStore
-from workers.kafka.publisher import Outgoing, Publisher
+from workers.kafka.publisher import Outgoing, Publisher, refused_as_too_large
 from workers.kafka.records import InboundRecord
 from workers.keys.audit import AuditTrail
 from workers.keys.service import KeyService
 from workers.ledger import Ledger
-from workers.ledger.records import Coordinates
+from workers.ledger.records import Coordinates, OpRecord
 from workers.services.callers import CallerGate
 from workers.services.outcome import Outcome, Refusal
 from workers.settings import Settings
@@ -68,6 +72,14 @@ R = TypeVar("R")
 class Emitter(Generic[R]):
     """Turns a service's Outcome into durable effects, in this order (a crash between steps loses nothing):
 
+    0. the results encoded; a request whose result is larger than a record may be (the letters' limit,
+       kafka/letters.py) gets no result but a `too_large` dead letter, and its operations are recorded as
+       failed (a transfer of their own, outcome `failure`), so the ledger and `kms.audit` agree that no
+       result was delivered (the groups refuse such requests before the service when they can:
+       `signed_bound`, `result_bound`); should the broker refuse a result as too large all the same (its
+       own limit below the settings'), a batch of one record (the runner isolates a failing batch) has
+       its letter (`too_large`) published with its audit events, which then describe what the ledger
+       holds, so the two logs agree and the record does not go round its retries;
     1. the operations' ledger transfers (deterministic ids: a replay answers `exists`);
     2. one publish, awaited (acks=all), of the results (encoded by the group's `encode`), rotation ticks,
        tombstones, key events, audit events and dead letters (bounded, redacted: kafka/letters.py; one per
@@ -92,13 +104,22 @@ class Emitter(Generic[R]):
         self._encode = encode
 
     async def __call__(self, records: Sequence[InboundRecord], outcome: Outcome[R]) -> list[InboundRecord]:
+        outputs = self._outputs(outcome)
+        if outcome.results:
+            outputs = self._refuse_too_large(records, outcome, outputs)
         audits = [Outgoing(Topic.KMS_AUDIT.value, op.tenant_id.encode(), value,
                            cause=(op.source.topic, op.source.partition, op.source.offset))
                   for op, value in await self._audit.record(outcome.ops)]
         dead = _one_per_record(outcome.dead)
         at = {r.source: r for r in records} if dead or outcome.blocked else {}
         letters = [self._letters.letter(at[source], error.info()) for source, error in dead]
-        await self._publisher.publish([*self._outputs(outcome), *self._events(outcome), *audits, *letters])
+        try:
+            await self._publisher.publish([*outputs, *self._events(outcome), *audits, *letters])
+        except Exception as exc:
+            if not (refused_as_too_large(exc) and len(records) == 1 and outcome.results):
+                raise
+            await self._refused_by_broker(records[0], outputs, outcome, audits)
+            dead = _one_per_record(outcome.dead)
         for event in outcome.events:
             self._keys.directory.apply_event(event)
         self._log(dead, outcome)
@@ -116,6 +137,34 @@ class Emitter(Generic[R]):
         outputs += [_tick(tick) for tick in outcome.ticks]
         outputs += [Outgoing.of(Topic.KEYS_MATERIAL, key_id, None) for key_id in outcome.tombstones]
         return outputs
+
+    def _refuse_too_large(self, records: Sequence[InboundRecord], outcome: Outcome[R],
+                          outputs: list[Outgoing]) -> list[Outgoing]:
+        """`outputs` less the results over the letters' limit; each one's request refused `too_large` and its
+        operations turned into failed ones (before any of them reaches the ledger)."""
+        limit = self._letters.max_bytes
+        over = {o.cause for o in outputs if o.cause is not None and _record_bytes(o) > limit}
+        if not over:
+            return outputs
+        sources = {(r.source.topic, r.source.partition, r.source.offset): r.source for r in records}
+        for cause in over:
+            if cause in sources:
+                outcome.refuse(sources[cause], KeyledgerError(
+                    f"its output is larger than the {limit} bytes a written record may have", ErrorCode.TOO_LARGE))
+        outcome.ops = [_failed_too_large(op) if (op.source.topic, op.source.partition, op.source.offset) in over
+                       else op for op in outcome.ops]
+        return [o for o in outputs if o.cause not in over]
+
+    async def _refused_by_broker(self, record: InboundRecord, outputs: list[Outgoing], outcome: Outcome[R],
+                                 audits: list[Outgoing]) -> None:
+        """The broker refused `record`'s result as too large after its operations reached the ledger: its
+        letter goes out with everything else the outcome holds but that result."""
+        source = record.source
+        cause = (source.topic, source.partition, source.offset)
+        error = KeyledgerError("its output was refused by the broker as too large", ErrorCode.TOO_LARGE)
+        await self._publisher.publish([*(o for o in outputs if o.cause != cause), *self._events(outcome), *audits,
+                                       self._letters.letter(record, error.info())])
+        outcome.refuse(source, error)
 
     @staticmethod
     def _events(outcome: Outcome[R]) -> list[Outgoing]:
@@ -138,6 +187,17 @@ class Emitter(Generic[R]):
                  event.key_type.value, event.version, extra={
                      "group": self._group, **where, "event": event.type.value, "key_id": event.key_id,
                      "key_type": event.key_type.value, "tenant_id": event.tenant_id})
+
+
+def _record_bytes(record: Outgoing) -> int:
+    return len(record.value or b"") + len(record.key or b"") + sum(len(n) + len(v or b"") for n, v in record.headers)
+
+
+def _failed_too_large(op: OpRecord) -> OpRecord:
+    """`op` as a failed operation of its own id (derived from the successful one's: a replay under the same
+    limit lands on the same transfer)."""
+    return dataclasses.replace(op, transfer_id=ids.transfer_id(op.op, op.key_id, "too_large", op.transfer_id),
+                               failed=True, reason="output too large")
 
 
 def _tick(tick: RotationTick) -> Outgoing:

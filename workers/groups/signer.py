@@ -3,7 +3,8 @@
 A record is parsed as I-JSON (core/canonical.py, which also tells whether the span needs RFC 8785
 care) and validated by `SpanToSign`; a signed span is written as the record arrived with its
 `signature` member appended (`signed_value`, tied to `SignedSpan` by
-tests/groups/test_signer_wire.py). Each parsed span passes the caller gate (services/callers.py)
+tests/groups/test_signer_wire.py). A span whose signed record could be larger than a record may be
+(`signed_bound`) is refused `too_large` before it is signed. Each parsed span passes the caller gate (services/callers.py)
 before the service signs it: a refused caller's span is answered only by its `denied` audit event
 and a dead letter.
 """
@@ -23,8 +24,10 @@ from schemas.topics import Topic
 from workers.core.b64 import b64url_encode
 from workers.core.canonical import NotIJson, plain_json_loads
 from workers.core.signing import ALG
+from workers.core.sizes import b64url_chars
 from workers.errors import BadInput
 from workers.groups.base import Deps
+from workers.kafka.letters import letter_max_bytes
 from workers.kafka.publisher import Outgoing
 from workers.kafka.records import InboundRecord, parse_all, problems_of
 from workers.services.callers import CALLER_LESS
@@ -44,9 +47,10 @@ class SignerGroup:
         self.gate = deps.caller_gate()
         self._emit = deps.emitter(self.name, signed_record)
         self._max_bytes = deps.settings.kafka.max_message_bytes
+        self._max_output = letter_max_bytes(deps.settings)
 
     async def handle(self, records: Sequence[InboundRecord]) -> Sequence[InboundRecord]:
-        parsed, refused = parse_all(records, lambda record: parse_job(record, self._max_bytes))
+        parsed, refused = parse_all(records, lambda record: parse_job(record, self._max_bytes, self._max_output))
         outcome = Outcome[SignedJob]().refuse_all((r.source, e) for r, e in refused)
         admitted = []
         for _, job in parsed:
@@ -60,9 +64,10 @@ class SignerGroup:
         return await self._emit(records, await self.service.sign(admitted, outcome))
 
 
-def parse_job(record: InboundRecord, max_bytes: int) -> Job:
+def parse_job(record: InboundRecord, max_bytes: int, max_output: int | None = None) -> Job:
     """A `spans.to-sign` record as a Job, or BadInput with its typed code: accepts exactly what
-    `SpanToSign.model_validate_json` accepts of I-JSON text (tests/services/test_contract_fast_paths.py)."""
+    `SpanToSign.model_validate_json` accepts of I-JSON text (tests/services/test_contract_fast_paths.py).
+    With `max_output`, a span whose `spans.signed` record (value and key) could exceed it is `too_large`."""
     value = record.value
     if value is None:
         raise BadInput("tombstone (null value) where a span was expected")
@@ -81,6 +86,9 @@ def parse_job(record: InboundRecord, max_bytes: int) -> Job:
         request = SpanToSign.model_validate(data)
     except ValidationError as exc:
         raise BadInput(f"invalid SpanToSign: {problems_of(exc, SpanToSign)}") from None
+    if max_output is not None and (size := signed_bound(value) + len(request.tenant_id)) > max_output:
+        raise BadInput(f"signed, the record could take {size} bytes, over the {max_output} a written record may have",
+                       ErrorCode.TOO_LARGE)
     return Job(record.source, request.job_id, request.tenant_id, request.span, value, plain, data)
 
 
@@ -91,6 +99,19 @@ def signed_value(job: Job, key_id: str, signature: bytes, signed_at: str) -> byt
     member = (f',"signature":{{"alg":"{ALG}","key_id":"{key_id}","value":"{b64url_encode(signature)}",'
               f'"signed_at":"{signed_at}"}}}}')
     return job.raw.rstrip()[:-1] + member.encode()
+
+
+SIGNATURE_BYTES = 64  # Ed25519
+SIGNED_AT_CHARS = len("2026-01-01T00:00:00.000000Z")  # datetime.isoformat of a UTC time, microseconds at most
+SIGNATURE_MEMBER_MAX = len(f',"signature":{{"alg":"{ALG}","key_id":"{"0" * 32}","value":"'
+                           f'{"A" * b64url_chars(SIGNATURE_BYTES)}","signed_at":"{"0" * SIGNED_AT_CHARS}"}}}}')
+
+
+def signed_bound(raw: bytes) -> int:
+    """The most bytes `signed_value` of a span that arrived as `raw` takes: the request less its closing
+    brace plus the signature member at its longest (a fixed alg, a 32-hex key id, base64url of a 64-byte
+    signature, a UTC time with microseconds): len(raw) - 1 + SIGNATURE_MEMBER_MAX."""
+    return len(raw) - 1 + SIGNATURE_MEMBER_MAX
 
 
 def signed_record(signed: SignedJob) -> Outgoing:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
@@ -38,6 +38,12 @@ CHOSEN_MAX = 100_000  # (topic, key) partition choices remembered; past it the m
 
 Header = tuple[str, bytes]
 
+
+
+def refused_as_too_large(exc: BaseException) -> bool:
+    """Whether a publish failed because a record is larger than the broker (or the producer) takes: a
+    permanent refusal, which retrying the same records cannot cure."""
+    return isinstance(exc, MessageSizeTooLargeError)
 
 class Outgoing(NamedTuple):
     """One record to publish. A NamedTuple, not a frozen dataclass: two are made per signed span, and a
