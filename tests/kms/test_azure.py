@@ -65,3 +65,30 @@ def test_the_settings_read_their_own_prefix(monkeypatch):
     assert settings.algorithm is WrapAlgorithm.A256KW and settings.key_name == "keyledger-kek"
     with pytest.raises(ConfigError, match="https://"):
         AzureKms("http://keyledger.vault.azure.net", StaticToken())
+
+
+async def test_a_token_file_authenticates_and_is_read_at_every_call(key_vault, tmp_path):
+    from workers.kms.azure import TokenFileCredential
+
+    token = tmp_path / "token"
+    token.write_text("keyledger-test-token\n")  # the token the double accepts
+    kms = AzureKms(key_vault.url, TokenFileCredential(str(token)), ca_cert=str(key_vault.cert),
+                   verify_challenge_resource=False)
+    try:
+        data_key = await kms.generate_data_key(None, ACME)
+        assert await kms.decrypt(data_key.wrapped, data_key.kms_key_id, ACME) == data_key.plaintext
+    finally:
+        await kms.aclose()
+    token.write_text("")
+    with pytest.raises(ConfigError, match="KEYLEDGER_AZURE_TOKEN_FILE=.* is empty"):
+        await TokenFileCredential(str(token)).get_token("https://vault.azure.net/.default")
+
+
+def test_without_a_token_file_or_azure_identity_the_setting_is_named(monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("azure.identity") is not None:
+        pytest.skip("azure-identity is installed here: DefaultAzureCredential is used")
+    monkeypatch.setenv("KEYLEDGER_AZURE_VAULT_URL", "https://keyledger.vault.azure.net/")
+    with pytest.raises(ConfigError, match="KEYLEDGER_AZURE_TOKEN_FILE"):
+        AzureKms.from_settings(AzureSettings())

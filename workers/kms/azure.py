@@ -85,6 +85,50 @@ class AzureSettings(BaseSettings):
     timeout: float = Field(5.0, gt=0, le=120, description="Seconds before one Key Vault call times out.")
     max_attempts: int = Field(3, ge=1, le=10, description="Attempts of one call while Key Vault answers transiently.")
     concurrency: int = Field(32, ge=1, le=1024, description="Key Vault calls in flight for a batch.")
+    token_file: str | None = Field(None, description="File holding a Key Vault bearer token, read at every call (a sidecar or workload-identity agent renews it); unset: azure-identity's DefaultAzureCredential, when installed.")
+
+
+class TokenFileCredential:
+    """An async azure-core credential that reads a bearer token from a file at every call, so a renewed token
+    is used at once. The token is never logged; its expiry is not in the file, so it is given a short one and
+    azure-core asks again soon."""
+
+    REREAD_SECONDS = 60
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        with open(self._path, encoding="utf-8") as file:
+            token = file.read().strip()
+        if not token:
+            raise ConfigError(f"KEYLEDGER_AZURE_TOKEN_FILE={self._path} is empty")
+        return AccessToken(token, int(time.time()) + self.REREAD_SECONDS)
+
+    async def close(self) -> None:
+        pass
+
+    async def __aenter__(self) -> TokenFileCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+def _credential(settings: AzureSettings) -> Any:
+    """The token file when one is named, else azure-identity's chain. azure-identity is not a dependency of
+    the `azure` extra: its msal release pins cryptography below the version keyledger's result sealing needs,
+    so it is used only where an operator installed it beside keyledger."""
+    if settings.token_file:
+        return TokenFileCredential(settings.token_file)
+    try:
+        from azure.identity.aio import DefaultAzureCredential
+    except ImportError:
+        raise ConfigError("KEYLEDGER_KMS_PROVIDER=azure needs KEYLEDGER_AZURE_TOKEN_FILE (a file holding a Key Vault "
+                          "bearer token) or the azure-identity package for DefaultAzureCredential") from None
+    return DefaultAzureCredential()
 
 
 class AzureKms(Kms):
@@ -119,9 +163,7 @@ class AzureKms(Kms):
     def from_settings(cls, settings: AzureSettings) -> AzureKms:
         if not settings.vault_url:
             raise ConfigError("KEYLEDGER_KMS_PROVIDER=azure needs KEYLEDGER_AZURE_VAULT_URL")
-        from azure.identity.aio import DefaultAzureCredential
-
-        return cls(settings.vault_url, DefaultAzureCredential(), default_key_id=settings.key_name,
+        return cls(settings.vault_url, _credential(settings), default_key_id=settings.key_name,
                    algorithm=settings.algorithm, ca_cert=settings.ca_cert, timeout=settings.timeout,
                    max_attempts=settings.max_attempts, concurrency=settings.concurrency)
 
