@@ -41,6 +41,7 @@ import re
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -101,8 +102,7 @@ class TokenFileCredential:
     async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
         from azure.core.credentials import AccessToken
 
-        with open(self._path, encoding="utf-8") as file:
-            token = file.read().strip()
+        token = (await asyncio.to_thread(Path(self._path).read_text, encoding="utf-8")).strip()
         if not token:
             raise ConfigError(f"KEYLEDGER_AZURE_TOKEN_FILE={self._path} is empty")
         return AccessToken(token, int(time.time()) + self.REREAD_SECONDS)
