@@ -24,7 +24,8 @@ from tests.support.kafka import tenant_created, unique_tenant
 from workers.app.embedded import free_port, tigerbeetle_binary, wait_for_port
 from workers.kafka.tap import produce, read_topic
 
-pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+# three replicas killed in turn under a stream: minutes, more on a busy CI machine
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.timeout(600)]
 
 REPLICAS = 3
 

@@ -31,10 +31,12 @@ GROUPS = ("keyledger-keygen", "keyledger-signer", "keyledger-pii", "keyledger-ro
 
 
 @pytest.fixture
-def env(own_broker, openbao, tigerbeetle_address) -> dict[str, str]:
-    """Both providers' settings (moto and a Transit key of this test's own), TigerBeetle, this test's broker."""
+def env(own_broker, openbao, own_tigerbeetle) -> dict[str, str]:
+    """Both providers' settings (moto and a Transit key of this test's own), a TigerBeetle and a broker of this
+    test's own: `audit verify` without --tenant compares every tenant the ledger holds with this broker's
+    kms.audit, so a ledger shared with other tests' brokers would disagree, as it should."""
     return {"KEYLEDGER_KAFKA_BOOTSTRAP": own_broker, "KEYLEDGER_LEDGER": "tigerbeetle",
-            "KEYLEDGER_TB_ADDRESSES": tigerbeetle_address, "KEYLEDGER_VAULT_ADDR": openbao.addr,
+            "KEYLEDGER_TB_ADDRESSES": own_tigerbeetle, "KEYLEDGER_VAULT_ADDR": openbao.addr,
             "KEYLEDGER_VAULT_TOKEN": openbao.token, "KEYLEDGER_VAULT_KEY": f"kl-{uuid.uuid4().hex[:8]}"}
 
 
