@@ -52,7 +52,10 @@ class Fleet:
     def __init__(self, bootstrap: str, env: dict[str, str], logs: Path) -> None:
         self.bootstrap = bootstrap
         self.env = {**os.environ, **env, "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap,
-                    "KEYLEDGER_KAFKA_PARTITIONS": str(PARTITIONS), "KEYLEDGER_KEY_TABLE_WAIT": "30"}
+                    "KEYLEDGER_KAFKA_PARTITIONS": str(PARTITIONS), "KEYLEDGER_KEY_TABLE_WAIT": "30",
+                    # rebalances are under test here, not callers (tests/groups/test_callers.py,
+                    # tests/faults/test_kill_9.py): decrypts are answered in plaintext as before callers
+                    "KEYLEDGER_REQUIRE_CALLER": "none"}
         self.logs = logs
         self.started: list[subprocess.Popen] = []
 
