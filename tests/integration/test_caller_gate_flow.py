@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from schemas.messages import SealedResultKey
 from schemas.topics import Topic
 from tests.support.callers import Operator, TestCaller
 from tests.support.kafka import records_for, tenant_created, unique_tenant
-from tests.support.tls import TlsBroker, stunnel_binary, tls_broker
+from tests.support.tls import TlsBroker, keyledger_run, stunnel_binary, tls_broker
 from workers.app.embedded import free_port
 from workers.client import CallerClient, ResultSealError, verify_signed_span
 from workers.core.b64 import b64encode, b64url_encode
@@ -89,17 +88,8 @@ def operator() -> Operator:
 @pytest.fixture
 def worker(tls: TlsBroker, operator: Operator, tmp_path: Path) -> Iterator[subprocess.Popen]:
     """`keyledger run` over mutual TLS, trusting `operator`, requiring a caller for everything."""
-    log = tmp_path / "worker.log"
-    args = [sys.executable, "-m", "workers.app.cli", "run", *(a for g in GROUPS for a in ("--group", g))]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(args, env=worker_env(tls, operator), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    process.log_path = log  # type: ignore[attr-defined]
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with keyledger_run(GROUPS, worker_env(tls, operator), tmp_path / "worker.log") as process:
+        yield process
 
 
 async def test_callers_over_mutual_tls(tls: TlsBroker, operator: Operator, worker: subprocess.Popen,

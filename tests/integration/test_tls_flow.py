@@ -20,7 +20,7 @@ from nacl.signing import VerifyKey
 
 from tests.support.harness import span_job
 from tests.support.kafka import forget, records_for, tenant_created, unique_tenant
-from tests.support.tls import TlsBroker, stunnel_binary, tls_broker
+from tests.support.tls import TlsBroker, keyledger_run, stunnel_binary, tls_broker
 from workers.app.embedded import free_port
 from workers.kafka.tap import produce
 
@@ -55,17 +55,8 @@ def keyledger(*args: str, env: dict[str, str], stdin: str | None = None) -> subp
 
 @pytest.fixture(scope="module")
 def worker(tls: TlsBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    args = [sys.executable, "-m", "workers.app.cli", "run", *(a for g in GROUPS for a in ("--group", g))]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(args, env=keyledger_env(tls.env()), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    process.log_path = log  # type: ignore[attr-defined]
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with keyledger_run(GROUPS, keyledger_env(tls.env()), tmp_path_factory.mktemp("worker") / "worker.log") as process:
+        yield process
 
 
 def _jcs(obj: object) -> bytes:

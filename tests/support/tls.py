@@ -135,3 +135,23 @@ def tls_broker(folder: Path) -> Iterator[TlsBroker]:
             except subprocess.TimeoutExpired:
                 stunnel.kill()
                 stunnel.wait()
+
+
+@contextmanager
+def keyledger_run(groups: tuple[str, ...], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """`keyledger run --group ...` as a subprocess writing `log` (its path on `.log_path`); stopped at exit."""
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    args = [sys.executable, "-m", "workers.app.cli", "run", *(a for g in groups for a in ("--group", g))]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    process.log_path = log  # type: ignore[attr-defined]
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
