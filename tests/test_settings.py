@@ -31,6 +31,10 @@ LOG_FORMAT LOG_LEVEL DEV_PORT""".split()  # noqa: SIM905  (a block of names read
 TRANSPORT = """KAFKA_SECURITY_PROTOCOL KAFKA_SSL_CA_FILE KAFKA_SSL_CERT_FILE KAFKA_SSL_KEY_FILE KAFKA_SASL_MECHANISM
 KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD_FILE KAFKA_SASL_OAUTH_TOKEN_FILE KAFKA_ALLOW_PLAINTEXT
 CALLER_MAX_SKEW OPERATOR_PUBLIC_KEY SHRED_WINDOW TENANT_KMS_KEYS REQUIRE_CALLER""".split()  # noqa: SIM905
+# the HSM and cloud providers' variables, read by classes of their own before they joined the tree
+PROVIDERS = """PKCS11_MODULE PKCS11_TOKEN_LABEL PKCS11_PIN_FILE PKCS11_KEY_LABEL PKCS11_SESSIONS PKCS11_CREATE_KEY
+GCP_KEY_NAME GCP_ENDPOINT GCP_INSECURE GCP_TIMEOUT GCP_CONCURRENCY AZURE_VAULT_URL AZURE_KEY_NAME AZURE_ALGORITHM
+AZURE_CA_CERT AZURE_TIMEOUT AZURE_MAX_ATTEMPTS AZURE_CONCURRENCY AZURE_TOKEN_FILE""".split()  # noqa: SIM905
 SAFE_PRODUCTION = {
     "KEYLEDGER_PROFILE": "production",
     "KEYLEDGER_KMS_PROVIDER": "aws",
@@ -67,7 +71,7 @@ def test_dev_defaults_match_the_design():
 
 def test_every_variable_keeps_its_name():
     names = {name.removeprefix("KEYLEDGER_") for name in ENV_NAMES.values()}
-    assert set(BEFORE_THE_SPLIT) | set(TRANSPORT) == names
+    assert set(BEFORE_THE_SPLIT) | set(TRANSPORT) | set(PROVIDERS) == names
 
 
 @pytest.mark.parametrize(("variable", "value", "path", "read"), [
@@ -127,6 +131,22 @@ def test_an_unknown_variable_stops_with_the_closest_name(monkeypatch):
     monkeypatch.setenv("KEYLEDGER_KAFKA", "k:9092")  # a section's name is no setting either
     [line] = problems()
     assert line.startswith("KEYLEDGER_KAFKA is not a keyledger setting")
+
+
+def test_a_misspelt_provider_variable_stops_too(monkeypatch):
+    """The HSM and cloud providers' settings are sections of the same tree: a typo in one of them is
+    refused like any other, never read as the default (an HSM PIN file that is silently not used)."""
+    monkeypatch.setenv("KEYLEDGER_PKCS11_PINFILE", "/run/secrets/pin")
+    [line] = problems()
+    assert line.startswith("KEYLEDGER_PKCS11_PINFILE is not a keyledger setting "
+                           "(did you mean KEYLEDGER_PKCS11_PIN_FILE?)")
+    monkeypatch.delenv("KEYLEDGER_PKCS11_PINFILE")
+    monkeypatch.setenv("KEYLEDGER_PKCS11_PIN_FILE", "/run/secrets/pin")
+    monkeypatch.setenv("KEYLEDGER_GCP_TIMEOUT", "2.5")
+    monkeypatch.setenv("KEYLEDGER_AZURE_ALGORITHM", "A256KW")
+    settings = Settings()
+    assert str(settings.kms.pkcs11.pin_file) == "/run/secrets/pin"
+    assert (settings.kms.gcp.timeout, settings.kms.azure.algorithm.value) == (2.5, "A256KW")
 
 
 def test_an_unknown_argument_is_refused_too():

@@ -2,7 +2,7 @@
 
 Every setting has exactly one environment variable, `KEYLEDGER_` + its flat name (the names of
 docs/contract.md). Inside the process the settings are grouped: `settings.kafka`,
-`settings.kafka.security`, `settings.kms` (with `.aws` and `.vault`), `settings.ledger`,
+`settings.kafka.security`, `settings.kms` (with `.aws`, `.vault`, `.pkcs11`, `.gcp` and `.azure`), `settings.ledger`,
 `settings.cache`, `settings.limits`, `settings.retry`, `settings.http`, `settings.log`; a component
 takes the section it needs. A section field's variable is its section's prefix + the field name,
 unless the section's `ENV_NAMES` says otherwise. `Settings(...)` takes the same flat names as the
@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Iterator
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
@@ -310,6 +311,53 @@ class VaultSettings(Section):
         return problems
 
 
+class Pkcs11Settings(Section):
+    """The `pkcs11` provider (workers/kms/pkcs11.py): where the module is, which token, the PIN's file,
+    the default KEK and the session pool."""
+
+    ENV_PREFIX = "PKCS11_"
+
+    module: str = Field("/usr/lib/softhsm/libsofthsm2.so", description="Path of the PKCS#11 module (.so) to load.")
+    token_label: str = Field("keyledger", description="Label of the token holding the KEKs.")
+    pin_file: Path | None = Field(None, description="File holding the token's user PIN (one line); required.")
+    key_label: str = Field("keyledger-kek", description="The default KEK: its versions are labelled `<this>.vN`.")
+    sessions: int = Field(4, ge=1, le=64, description="PKCS#11 sessions (and threads) in the pool.")
+    create_key: bool = Field(True, description="Generate the default KEK's first version at start when absent.")
+
+
+class GcpSettings(Section):
+    """The `gcp` provider (workers/kms/gcp.py): the default CryptoKey, and where the API is (unset:
+    Google's, with Application Default Credentials)."""
+
+    ENV_PREFIX = "GCP_"
+
+    key_name: str | None = Field(None, description="Resource name of the default CryptoKey (projects/P/locations/L/keyRings/R/cryptoKeys/K); required.")
+    endpoint: str | None = Field(None, description="API endpoint override (host:port); unset: Google's.")
+    insecure: bool = Field(False, description="Plaintext gRPC, no credentials: a local test server only.")
+    timeout: float = Field(5.0, gt=0, le=120, description="Seconds before one Cloud KMS call times out.")
+    concurrency: int = Field(32, ge=1, le=1024, description="Cloud KMS calls in flight for a batch.")
+
+
+class AzureWrapAlgorithm(StrEnum):
+    RSA_OAEP_256 = "RSA-OAEP-256"  # Key Vault: RSA keys
+    A256KW = "A256KW"  # Managed HSM: oct-HSM keys
+
+
+class AzureSettings(Section):
+    """The `azure` provider (workers/kms/azure.py): the vault, the default key, the wrap algorithm."""
+
+    ENV_PREFIX = "AZURE_"
+
+    vault_url: str | None = Field(None, description="https://<name>.vault.azure.net or https://<name>.managedhsm.azure.net; required.")
+    key_name: str = Field("keyledger-kek", description="The default key's name in the vault.")
+    algorithm: AzureWrapAlgorithm = Field(AzureWrapAlgorithm.RSA_OAEP_256, description="`RSA-OAEP-256` (Key Vault, RSA key) or `A256KW` (Managed HSM, oct-HSM key).")
+    ca_cert: str | None = Field(None, description="CA bundle to verify the vault's TLS certificate (a private endpoint); unset: the system's.")
+    timeout: float = Field(5.0, gt=0, le=120, description="Seconds before one Key Vault call times out.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Attempts of one call while Key Vault answers transiently.")
+    concurrency: int = Field(32, ge=1, le=1024, description="Key Vault calls in flight for a batch.")
+    token_file: str | None = Field(None, description="File holding a Key Vault bearer token, read at every call (a sidecar or workload-identity agent renews it); unset: azure-identity's DefaultAzureCredential, when installed.")
+
+
 class KmsSettings(Section):
     ENV_PREFIX = "KMS_"
     ENV_NAMES: ClassVar[dict[str, str]] = {"local_kek": "LOCAL_KEK", "tenant_kms_keys": "TENANT_KMS_KEYS"}
@@ -325,6 +373,9 @@ class KmsSettings(Section):
     local_kek: str | None = Field(None, description="Base64 32-byte KEK of the `local` KMS provider; unset derives a fixed dev KEK.")
     aws: AwsSettings = Field(default_factory=AwsSettings, description="The `aws` provider.")
     vault: VaultSettings = Field(default_factory=VaultSettings, description="The `vault` provider.")
+    pkcs11: Pkcs11Settings = Field(default_factory=Pkcs11Settings, description="The `pkcs11` provider.")
+    gcp: GcpSettings = Field(default_factory=GcpSettings, description="The `gcp` provider.")
+    azure: AzureSettings = Field(default_factory=AzureSettings, description="The `azure` provider.")
 
     @model_validator(mode="after")
     def _per_tenant_keys_need_aws(self) -> KmsSettings:
@@ -609,18 +660,12 @@ def _unknown(name: str) -> str:
     return f"{env} is not a keyledger setting ({hint}): rename or unset it"
 
 
-# Read by each KMS provider's own settings class (Pkcs11Settings, GcpSettings, AzureSettings in
-# workers/kms/<provider>.py, built by workers/kms/factory.py) until those join the tree as sections.
-PROVIDER_ENV_PREFIXES = ("KEYLEDGER_PKCS11_", "KEYLEDGER_GCP_", "KEYLEDGER_AZURE_")
-
-
 class _Environment(PydanticBaseSettingsSource):
-    """Every KEYLEDGER_* variable under its flat name (but the providers' own, PROVIDER_ENV_PREFIXES);
-    names that are no setting are refused by Settings."""
+    """Every KEYLEDGER_* variable under its flat name; names that are no setting are refused by Settings."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ reads the whole environment at once
 
     def __call__(self) -> dict[str, Any]:
         return {name[len(ENV_PREFIX):].lower(): value for name, value in os.environ.items()
-                if name.upper().startswith(ENV_PREFIX) and not name.upper().startswith(PROVIDER_ENV_PREFIXES)}
+                if name.upper().startswith(ENV_PREFIX)}

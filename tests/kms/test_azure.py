@@ -8,14 +8,15 @@ import pytest
 from tests.kms.conftest import StaticToken, azure_kms
 from workers.errors import ConfigError
 from workers.kms import KmsRefused, KmsUnavailable, encryption_context
-from workers.kms.azure import AzureKms, AzureSettings, WrapAlgorithm
+from workers.kms.azure import AzureKms
+from workers.settings import AzureWrapAlgorithm, Settings
 
 ACME = encryption_context("acme", "ab" * 16, "encryption")
 
 
 async def test_a_managed_hsm_key_wraps_with_a256kw(key_vault):
     key_vault.create_key("hsm-kek", "oct-HSM")
-    kms = azure_kms(key_vault.url, key_vault.cert, default_key_id="hsm-kek", algorithm=WrapAlgorithm.A256KW)
+    kms = azure_kms(key_vault.url, key_vault.cert, default_key_id="hsm-kek", algorithm=AzureWrapAlgorithm.A256KW)
     try:
         data_key = await kms.generate_data_key(None, ACME)
         assert data_key.kek_version == 1
@@ -58,11 +59,11 @@ async def test_key_names_and_the_shared_key(key_vault):
 
 def test_the_settings_read_their_own_prefix(monkeypatch):
     with pytest.raises(ConfigError, match="needs KEYLEDGER_AZURE_VAULT_URL"):
-        AzureKms.from_settings(AzureSettings())
+        AzureKms.from_settings(Settings().kms.azure)
     monkeypatch.setenv("KEYLEDGER_AZURE_VAULT_URL", "https://keyledger.managedhsm.azure.net/")
     monkeypatch.setenv("KEYLEDGER_AZURE_ALGORITHM", "A256KW")
-    settings = AzureSettings()
-    assert settings.algorithm is WrapAlgorithm.A256KW and settings.key_name == "keyledger-kek"
+    settings = Settings().kms.azure
+    assert settings.algorithm is AzureWrapAlgorithm.A256KW and settings.key_name == "keyledger-kek"
     with pytest.raises(ConfigError, match="https://"):
         AzureKms("http://keyledger.vault.azure.net", StaticToken())
 
@@ -91,4 +92,4 @@ def test_without_a_token_file_or_azure_identity_the_setting_is_named(monkeypatch
         pytest.skip("azure-identity is installed here: DefaultAzureCredential is used")
     monkeypatch.setenv("KEYLEDGER_AZURE_VAULT_URL", "https://keyledger.vault.azure.net/")
     with pytest.raises(ConfigError, match="KEYLEDGER_AZURE_TOKEN_FILE"):
-        AzureKms.from_settings(AzureSettings())
+        AzureKms.from_settings(Settings().kms.azure)

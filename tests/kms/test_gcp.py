@@ -8,7 +8,8 @@ import pytest
 from tests.kms.conftest import GCP_KEY
 from workers.errors import ConfigError
 from workers.kms import KmsRefused, KmsUnavailable, encryption_context
-from workers.kms.gcp import GcpKms, GcpSettings
+from workers.kms.gcp import GcpKms
+from workers.settings import Settings
 
 ACME = encryption_context("acme", "ab" * 16, "encryption")
 
@@ -52,11 +53,11 @@ async def test_key_names_and_the_shared_key(kms):
 
 def test_the_settings_read_their_own_prefix(monkeypatch):
     with pytest.raises(ConfigError, match="needs KEYLEDGER_GCP_KEY_NAME"):
-        GcpKms.from_settings(GcpSettings())
+        GcpKms.from_settings(Settings().kms.gcp)
     monkeypatch.setenv("KEYLEDGER_GCP_KEY_NAME", GCP_KEY)
     monkeypatch.setenv("KEYLEDGER_GCP_INSECURE", "true")
     with pytest.raises(ConfigError, match="needs KEYLEDGER_GCP_ENDPOINT"):
-        GcpKms.from_settings(GcpSettings())
+        GcpKms.from_settings(Settings().kms.gcp)
     monkeypatch.setenv("KEYLEDGER_GCP_ENDPOINT", "127.0.0.1:1")
-    kms = GcpKms.from_settings(GcpSettings())
+    kms = GcpKms.from_settings(Settings().kms.gcp)
     assert kms.default_key_id == GCP_KEY and kms.capabilities.provider == "gcp"

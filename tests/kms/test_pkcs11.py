@@ -12,7 +12,8 @@ import pytest
 
 from workers.errors import ConfigError
 from workers.kms import KmsRefused, KmsThrottled, KmsUnavailable, encryption_context
-from workers.kms.pkcs11 import Pkcs11Kms, Pkcs11Settings, map_error
+from workers.kms.pkcs11 import Pkcs11Kms, map_error
+from workers.settings import Pkcs11Settings, Settings
 
 ACME = encryption_context("acme", "ab" * 16, "encryption")
 START = ("import asyncio, sys\nfrom workers.app.failures import explain\nfrom workers.kms.factory import open_provider\n"
@@ -68,7 +69,7 @@ def test_the_settings_read_their_own_prefix(monkeypatch, tmp_path):
     monkeypatch.setenv("KEYLEDGER_PKCS11_MODULE", "/opt/hsm/lib.so")
     monkeypatch.setenv("KEYLEDGER_PKCS11_SESSIONS", "9")
     monkeypatch.setenv("KEYLEDGER_PKCS11_PIN_FILE", str(tmp_path / "pin"))
-    settings = Pkcs11Settings()
+    settings = Settings().kms.pkcs11
     assert (settings.module, settings.sessions, settings.pin_file) == ("/opt/hsm/lib.so", 9, tmp_path / "pin")
     assert (settings.token_label, settings.key_label, settings.create_key) == ("keyledger", "keyledger-kek", True)
 

@@ -40,13 +40,9 @@ import logging
 import re
 import time
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.errors import ConfigError
 from workers.kms import (
@@ -60,6 +56,7 @@ from workers.kms import (
     KmsUnavailable,
 )
 from workers.kms.envelope import open_sealed, seal
+from workers.settings import AzureSettings, AzureWrapAlgorithm
 
 log = logging.getLogger("workers.kms.azure")
 
@@ -67,26 +64,6 @@ MAGIC = b"KLA1"
 _NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 _VERSION = re.compile(rb"[0-9A-Za-z]{1,64}")
 LATEST_TTL = 30.0  # seconds a process trusts its view of the latest version (another process may rotate)
-
-
-class WrapAlgorithm(StrEnum):
-    RSA_OAEP_256 = "RSA-OAEP-256"  # Key Vault: RSA keys
-    A256KW = "A256KW"  # Managed HSM: oct-HSM keys
-
-
-class AzureSettings(BaseSettings):
-    """KEYLEDGER_AZURE_*: the vault, the default key, the wrap algorithm."""
-
-    model_config = SettingsConfigDict(env_prefix="KEYLEDGER_AZURE_", extra="ignore", hide_input_in_errors=True)
-
-    vault_url: str | None = Field(None, description="https://<name>.vault.azure.net or https://<name>.managedhsm.azure.net; required.")
-    key_name: str = Field("keyledger-kek", description="The default key's name in the vault.")
-    algorithm: WrapAlgorithm = Field(WrapAlgorithm.RSA_OAEP_256, description="`RSA-OAEP-256` (Key Vault, RSA key) or `A256KW` (Managed HSM, oct-HSM key).")
-    ca_cert: str | None = Field(None, description="CA bundle to verify the vault's TLS certificate (a private endpoint); unset: the system's.")
-    timeout: float = Field(5.0, gt=0, le=120, description="Seconds before one Key Vault call times out.")
-    max_attempts: int = Field(3, ge=1, le=10, description="Attempts of one call while Key Vault answers transiently.")
-    concurrency: int = Field(32, ge=1, le=1024, description="Key Vault calls in flight for a batch.")
-    token_file: str | None = Field(None, description="File holding a Key Vault bearer token, read at every call (a sidecar or workload-identity agent renews it); unset: azure-identity's DefaultAzureCredential, when installed.")
 
 
 class TokenFileCredential:
@@ -137,7 +114,7 @@ class AzureKms(Kms):
     capabilities = KmsCapabilities("azure", kek_versions=True)
 
     def __init__(self, vault_url: str, credential: Any, *, default_key_id: str = "keyledger-kek",
-                 algorithm: WrapAlgorithm = WrapAlgorithm.RSA_OAEP_256, ca_cert: str | None = None,
+                 algorithm: AzureWrapAlgorithm = AzureWrapAlgorithm.RSA_OAEP_256, ca_cert: str | None = None,
                  timeout: float = 5.0, max_attempts: int = 3, concurrency: int = 32,
                  verify_challenge_resource: bool = True) -> None:
         address = urlsplit(vault_url)
@@ -145,7 +122,7 @@ class AzureKms(Kms):
             raise ConfigError("KEYLEDGER_AZURE_VAULT_URL must be an https:// URL")
         self.vault_url = f"https://{address.netloc}"
         self.default_key_id = _check_name(default_key_id)
-        self.algorithm = WrapAlgorithm(algorithm)
+        self.algorithm = AzureWrapAlgorithm(algorithm)
         self.concurrency = concurrency
         self._credential = credential
         self._options: dict[str, Any] = {
@@ -209,7 +186,7 @@ class AzureKms(Kms):
     async def rotate_kek(self, kms_key_id: str | None = None) -> int:
         name = _check_name(kms_key_id or self.default_key_id)
         keys = self._key_client()
-        if self.algorithm is WrapAlgorithm.A256KW:
+        if self.algorithm is AzureWrapAlgorithm.A256KW:
             created = await self._call("createKey", keys.create_oct_key(name, size=256, hardware_protected=True))
         else:
             created = await self._call("createKey", keys.create_rsa_key(name, size=3072))

@@ -37,17 +37,17 @@ def open_provider(kms: KmsSettings, provider: KmsProvider) -> Kms:
     if provider is KmsProvider.VAULT:
         return open_vault(kms)
     if provider is KmsProvider.PKCS11:
-        from workers.kms.pkcs11 import Pkcs11Kms, Pkcs11Settings
+        from workers.kms.pkcs11 import Pkcs11Kms
 
-        return Pkcs11Kms.from_settings(Pkcs11Settings())
+        return Pkcs11Kms.from_settings(kms.pkcs11)
     if provider is KmsProvider.GCP:
-        from workers.kms.gcp import GcpKms, GcpSettings
+        from workers.kms.gcp import GcpKms
 
-        return GcpKms.from_settings(GcpSettings())
+        return GcpKms.from_settings(kms.gcp)
     if provider is KmsProvider.AZURE:
-        from workers.kms.azure import AzureKms, AzureSettings
+        from workers.kms.azure import AzureKms
 
-        return AzureKms.from_settings(AzureSettings())
+        return AzureKms.from_settings(kms.azure)
     from workers.kms.local import DEFAULT_KEY_ID, LocalKms
 
     kek = b64decode(kms.local_kek) if kms.local_kek else None

@@ -38,9 +38,6 @@ import logging
 import re
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from workers.core.canonical import canonical_json
 from workers.errors import ConfigError
 from workers.kms import (
@@ -55,25 +52,13 @@ from workers.kms import (
     KmsUnavailable,
 )
 from workers.kms.envelope import require_data_key
+from workers.settings import GcpSettings
 
 log = logging.getLogger("workers.kms.gcp")
 
 _KEY = re.compile(r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+")
 _VERSION = re.compile(r"(projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+)/cryptoKeyVersions/([0-9]+)")
 _UNAVAILABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "ABORTED", "CANCELLED"})
-
-
-class GcpSettings(BaseSettings):
-    """KEYLEDGER_GCP_*: the default CryptoKey, and where the API is (unset: Google's, with ADC)."""
-
-    model_config = SettingsConfigDict(env_prefix="KEYLEDGER_GCP_", extra="ignore", hide_input_in_errors=True)
-
-    key_name: str | None = Field(None, description="Resource name of the default CryptoKey "
-                                                   "(projects/P/locations/L/keyRings/R/cryptoKeys/K); required.")
-    endpoint: str | None = Field(None, description="API endpoint override (host:port); unset: Google's.")
-    insecure: bool = Field(False, description="Plaintext gRPC, no credentials: a local test server only.")
-    timeout: float = Field(5.0, gt=0, le=120, description="Seconds before one Cloud KMS call times out.")
-    concurrency: int = Field(32, ge=1, le=1024, description="Cloud KMS calls in flight for a batch.")
 
 
 class GcpKms(Kms):

@@ -44,11 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
-
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.errors import ConfigError
 from workers.kms import (
@@ -62,6 +58,7 @@ from workers.kms import (
     KmsUnavailable,
 )
 from workers.kms.envelope import PAYLOAD_BYTES, open_sealed, seal
+from workers.settings import Pkcs11Settings
 
 T = TypeVar("T")
 log = logging.getLogger("workers.kms.pkcs11")
@@ -72,19 +69,6 @@ WRAPPED_BYTES = len(MAGIC) + 4 + PAYLOAD_BYTES + 8
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,95}")
 _VERSION = re.compile(r"\.v([1-9][0-9]{0,8})")
 LATEST_TTL = 30.0  # seconds a process trusts its view of the latest version (another process may rotate)
-
-
-class Pkcs11Settings(BaseSettings):
-    """KEYLEDGER_PKCS11_*: where the module is, which token, the PIN's file, the default KEK and the pool."""
-
-    model_config = SettingsConfigDict(env_prefix="KEYLEDGER_PKCS11_", extra="ignore", hide_input_in_errors=True)
-
-    module: str = Field("/usr/lib/softhsm/libsofthsm2.so", description="Path of the PKCS#11 module (.so) to load.")
-    token_label: str = Field("keyledger", description="Label of the token holding the KEKs.")
-    pin_file: Path | None = Field(None, description="File holding the token's user PIN (one line); required.")
-    key_label: str = Field("keyledger-kek", description="The default KEK: its versions are labelled `<this>.vN`.")
-    sessions: int = Field(4, ge=1, le=64, description="PKCS#11 sessions (and threads) in the pool.")
-    create_key: bool = Field(True, description="Generate the default KEK's first version at start when absent.")
 
 
 class Pkcs11Kms(Kms):
