@@ -69,6 +69,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if "softhsm" in getattr(item, "fixturenames", ()) and item.get_closest_marker("hsm") is None:
             item.add_marker(pytest.mark.hsm)
+    # whole files move, so a module-scoped fixture is still made once in a run without xdist
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        rank[module] = min(rank.get(module, 3), _waits_longest_first(item))
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])
+
+
+# the marks of the suites whose tests run longest: several processes killed and restarted, a ledger cluster
+LONGEST = ("scaleout", "cluster")
+
+
+def _waits_longest_first(item: pytest.Item) -> int:
+    """Files of tests that mostly wait on processes first, those that only compute last (a stable sort keeps
+    the collection's order within each kind): pytest-xdist hands tests out in this order, so the last tests
+    are short ones that fill every worker, not a fault test that leaves the others idle at the end."""
+    if any(item.get_closest_marker(mark) is not None for mark in LONGEST):
+        return 0
+    if item.nodeid.startswith("tests/faults/"):
+        return 1
+    if item.get_closest_marker("integration") is not None:
+        return 2
+    return 3 if item.get_closest_marker("process") is None else 2
 
 
 def _group_module_fixtures(item: pytest.Item) -> None:
