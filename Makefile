@@ -12,7 +12,7 @@ TEST_WORKERS ?= 4
 # `--dist loadgroup`: a module with a module-scoped fixture runs in one process (tests/conftest.py), the rest test by test
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 # uv (from PyPI, into the venv) downloads and installs in parallel; plain pip where uv did not install or fails
-install = if $(BIN)/uv --version >/dev/null 2>&1; then $(BIN)/uv pip install --quiet --python $(BIN)/python $(1) || $(BIN)/pip install --quiet $(1); else $(BIN)/pip install --quiet $(1); fi
+install = if $(BIN)/uv --version >/dev/null 2>&1; then $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(1) || $(BIN)/pip install --quiet $(1); else $(BIN)/pip install --quiet $(1); fi
 
 .PHONY: demo test unit lint bench dev clean
 
