@@ -57,8 +57,11 @@ def _not_in_unit(request: pytest.FixtureRequest) -> None:
         pytest.skip("starts a process (a broker, moto, OpenBao or TigerBeetle): runs with the integration tests")
 
 
+# before xdist's own hook reads the `xdist_group` marks (`make test` runs `--dist loadgroup`)
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        _group_module_fixtures(item)
         params = getattr(getattr(item, "callspec", None), "params", {})
         uses_process = not PROCESS_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())) or any(
             (name, value) in PROCESS_PARAMS for name, value in params.items() if isinstance(value, str))
@@ -66,6 +69,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if "softhsm" in getattr(item, "fixturenames", ()) and item.get_closest_marker("hsm") is None:
             item.add_marker(pytest.mark.hsm)
+    # whole files move, so a module-scoped fixture is still made once in a run without xdist
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        rank[module] = min(rank.get(module, 3), _waits_longest_first(item))
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])
+
+
+# the marks of the suites whose tests run longest: several processes killed and restarted, a ledger cluster
+LONGEST = ("scaleout", "cluster")
+
+
+def _waits_longest_first(item: pytest.Item) -> int:
+    """Files of tests that mostly wait on processes first, those that only compute last (a stable sort keeps
+    the collection's order within each kind): pytest-xdist hands tests out in this order, so the last tests
+    are short ones that fill every worker, not a fault test that leaves the others idle at the end."""
+    if any(item.get_closest_marker(mark) is not None for mark in LONGEST):
+        return 0
+    if item.nodeid.startswith("tests/faults/"):
+        return 1
+    if item.get_closest_marker("integration") is not None:
+        return 2
+    return 3 if item.get_closest_marker("process") is None else 2
+
+
+def _group_module_fixtures(item: pytest.Item) -> None:
+    """Under pytest-xdist, the tests of a module that has a module-scoped fixture (a broker behind TLS, a
+    scale-out fleet, generated files) run in one worker, so that fixture is made once: `--dist loadgroup`
+    sends the tests of one `xdist_group` to one worker and spreads every other test by itself. Session
+    fixtures are one per worker (each its own broker, moto, TigerBeetle, OpenBao on free ports, and its
+    own temporary directory), so no test waits on another worker's."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None or item.get_closest_marker("xdist_group") is not None:
+        return
+    if any(d.scope in ("module", "class", "package") for defs in info.name2fixturedefs.values() for d in defs):
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 def _docker_engine() -> bool:

@@ -15,7 +15,8 @@ import pytest
 
 from workers.app.embedded import free_port
 
-pytestmark = pytest.mark.integration
+# the dev broker takes port 9092 when free: never beside test_preflight's check of that choice (pytest-xdist)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("dev-port-9092")]
 
 
 def test_the_dev_banner_shows_a_working_metrics_url_and_no_secret(tmp_path):

@@ -85,6 +85,7 @@ def test_the_ledger_is_named_tigerbeetle_only_when_it_is_one():
     assert describe_ledger(Settings(ledger=LedgerKind.TIGERBEETLE, tb_addresses="3000").ledger) == "TigerBeetle at 3000"
 
 
+@pytest.mark.xdist_group("dev-port-9092")  # not beside test_dev's `keyledger dev`, which takes that port (pytest-xdist)
 def test_dev_takes_the_default_port_when_free_and_says_why_when_not():
     with socket.socket() as holder:
         try:
