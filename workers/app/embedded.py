@@ -78,7 +78,11 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self._env} if self._env else None,
         )
-        wait_for_port(self.port, timeout, self._process)
+        try:
+            wait_for_port(self.port, timeout, self._process)
+        except BaseException:
+            self.kill()  # a broker that did not listen in time is not left running behind the error
+            raise
         return self
 
     def kill(self) -> None:
@@ -150,7 +154,11 @@ class TigerBeetleServer:
         self._process = subprocess.Popen(
             [self._binary, "start", f"--addresses={self.address}", *self._mode, str(self._data)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, timeout, self._process)
+        try:
+            wait_for_port(self.port, timeout, self._process)
+        except BaseException:
+            self.kill()  # a replica that did not listen in time is not left running (and holding its memory)
+            raise
         return self
 
     def stop(self) -> None:

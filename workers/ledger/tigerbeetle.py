@@ -21,6 +21,13 @@ a new client replaces the old one, which is closed (its unanswered requests fail
 retried like any unavailable request). A name that does not resolve right now keeps the
 client as it was.
 
+A cluster keeps a bounded number of client sessions (64): registering one more evicts the least
+recently used, and the evicted client fails that request and every later one (ClientEvictedError,
+then ClientClosedError), for good. A process that sat idle while other clients came and went (CLI
+runs, CronJobs, restarted pods) would retry forever against a dead session; so a client that
+the cluster evicted is replaced by a new one on the same addresses, which registers a new session,
+and the failed request is retried like any unavailable one.
+
 Client failures become LedgerUnavailable (back off, retry, do not commit);
 requests the server can never accept (too much data, out-of-range integers)
 become LedgerError.
@@ -154,15 +161,42 @@ class TigerBeetleLedger:
             if resolved == self._resolved or self._closed:
                 return False
             log.info("TigerBeetle replicas moved (%s -> %s): reconnecting", self._resolved, resolved)
-            old = self._client
-            self._client = tb.ClientAsync(cluster_id=self._cluster_id, replica_addresses=resolved)
-            self._send_transfers = transfers_sender(self._client, CLIENT_VERSION)
-            self._resolved = resolved
+            old = self._replace_client(resolved)
+        await self._close_replaced(old)
+        return True
+
+    async def renew_session(self, evicted: tb.ClientAsync) -> bool:
+        """`evicted` lost its session (the cluster evicted it, and it closed itself): when it is still the
+        client in use, a new one on the same addresses takes its place and registers a new session.
+        Returns whether it was replaced (not when another request already did, or after `aclose`)."""
+        if self._closed:
+            return False
+        if self._replacing is None:
+            self._replacing = asyncio.Lock()
+        async with self._replacing:
+            if self._client is not evicted or self._closed:
+                return False
+            log.warning("TigerBeetle at %s evicted this process's client session (the cluster keeps a bounded "
+                        "number of client sessions, the least recently used goes first): registering a new one",
+                        self._resolved)
+            old = self._replace_client(self._resolved)
+        await self._close_replaced(old)
+        return True
+
+    def _replace_client(self, resolved: str) -> tb.ClientAsync:
+        """A new client on `resolved` becomes the one in use; returns the old one, for the caller to close."""
+        old = self._client
+        self._client = tb.ClientAsync(cluster_id=self._cluster_id, replica_addresses=resolved)
+        self._send_transfers = transfers_sender(self._client, CLIENT_VERSION)
+        self._resolved = resolved
+        return old
+
+    @staticmethod
+    async def _close_replaced(old: tb.ClientAsync) -> None:
         try:
             await old.close()  # fails what is still unanswered there; those requests are retried
         except Exception as exc:
-            log.warning("closing the client of the old TigerBeetle addresses failed: %s", type(exc).__name__)
-        return True
+            log.warning("closing a replaced TigerBeetle client failed: %s", type(exc).__name__)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -199,12 +233,19 @@ class TigerBeetleLedger:
     async def _request(self, send: Callable[[Any], Awaitable[R]], body: Any, cut_again: bool = False) -> R:
         if self._closed:
             raise LedgerUnavailable("TigerBeetle client is closed")
+        client = self._client  # the one `send` calls: a failure below is this client's
         request = asyncio.ensure_future(send(body))
         try:
             return await asyncio.wait_for(asyncio.shield(request), self._timeout)
         except TimeoutError:
             await self.reresolve()
             raise LedgerUnavailable(f"TigerBeetle did not answer within {self._timeout:g}s") from None
+        except (tb.ClientEvictedError, tb.ClientClosedError) as exc:
+            # evicted (or closed by its eviction while this request waited): a new session for the retry;
+            # a client this adapter closed itself has been replaced already, and renew_session says so
+            if not await self.renew_session(client):
+                await self.reresolve()
+            raise LedgerUnavailable(f"TigerBeetle: {type(exc).__name__}: {exc}") from exc
         except _UNAVAILABLE as exc:
             await self.reresolve()
             raise LedgerUnavailable(f"TigerBeetle: {type(exc).__name__}: {exc}") from exc
