@@ -64,9 +64,11 @@ class KeyShards:
         self._loading: dict[int, asyncio.Future[None]] = {}
         self._memo: dict[str, int] = {}
         self._prefetch: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Learn the partition count and load the system tenant's partition (the global keys)."""
+        self._loop = asyncio.get_running_loop()
         self.partitions = await self._reader.start()
         await self.hold(SYSTEM, [self.partition(SYSTEM_TENANT)])
 
@@ -146,8 +148,11 @@ class KeyShards:
     # --- what a consumer group tells it --------------------------------------------
 
     def assigned(self, group: str, numbers: frozenset[int]) -> None:
-        """A rebalance gave `group` these partitions: their keys start loading now (`serve` awaits them)."""
-        self._start_loading(group, numbers)
+        """A rebalance gave `group` these partitions: their keys start loading now (`serve` awaits them).
+        Callable from any thread: FastStream runs a rebalance listener's plain callbacks in a worker thread."""
+        if self._loop is None:
+            raise RuntimeError("KeyShards.start() first")
+        self._loop.call_soon_threadsafe(self._start_loading, group, numbers)
 
     def want(self, tenant_id: str) -> None:
         """A service met `tenant_id` without holding its keys (a record keyed by another tenant than the one
