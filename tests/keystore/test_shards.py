@@ -116,8 +116,10 @@ async def test_assigned_partitions_are_loaded_before_their_records_are_served(ta
     serving = asyncio.create_task(shards.serve("keyledger-signer", [(tenant, min(wanted))]))
     await asyncio.sleep(0.02)
     assert not serving.done() and directory.active(tenant, KeyType.SIGNING) is None  # not served on a partial table
+    assert shards.pending == wanted  # readiness waits for them too
     reader.gate.set()
     await serving
+    assert shards.pending == frozenset()
     assert directory.active(tenant, KeyType.SIGNING).version == 2
     assert reader.reads.count(wanted) == 1  # the record's wait joined the assignment's load, no second read
     for number in wanted:

@@ -228,11 +228,13 @@ class ProcessContext:
         kms = Dependency(self.observability.kms_reachability.report(),
                          fatal=bool(self.runners) and not SERVE_FROM_CACHE & set(self.groups))
         ledger = Dependency(self.observability.ledger_reachability.report(), fatal=bool(self.runners))
-        ready = (broker and self.key_table_loaded and self.callers_loaded and all(g["joined"] for g in groups.values())
+        # sharded: the keys of the assigned partitions are read too (records wait for them meanwhile)
+        key_table = self.key_table_loaded and (self.shards is None or not self.shards.pending)
+        ready = (broker and key_table and self.callers_loaded and all(g["joined"] for g in groups.values())
                  and not kms.blocks and not ledger.blocks)
         return ready, {
             "broker": {"ok": broker},
-            "key_table": {"loaded": self.key_table_loaded, "keys": len(self.directory),
+            "key_table": {"loaded": key_table, "keys": len(self.directory),
                           **({"partitions": sorted(self.shards.loaded)} if self.shards is not None else {})},
             "callers": {"loaded": self.callers_loaded, "callers": len(self.callers)},
             "groups": groups,

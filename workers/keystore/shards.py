@@ -90,6 +90,11 @@ class KeyShards:
     def loaded(self) -> frozenset[int]:
         return frozenset(self._loaded)
 
+    @property
+    def pending(self) -> frozenset[int]:
+        """Partitions someone holds whose keys are not read to their end yet."""
+        return frozenset(n for n, holding in self._holders.items() if holding and n not in self._loaded)
+
     def holders(self, number: int) -> frozenset[str]:
         return frozenset(self._holders.get(number, ()))
 
