@@ -112,6 +112,7 @@ async def test_assigned_partitions_are_loaded_before_their_records_are_served(ta
     reader.gate = asyncio.Event()
     wanted = frozenset({0, 1}) - shards.loaded or frozenset({2})
     shards.assigned("keyledger-signer", wanted)
+    await asyncio.sleep(0.01)  # the listener's call reaches the loop (it may come from FastStream's thread)
     tenant = tenants_of(min(wanted))[0]
     serving = asyncio.create_task(shards.serve("keyledger-signer", [(tenant, min(wanted))]))
     await asyncio.sleep(0.02)
