@@ -19,7 +19,7 @@ from workers.keys.cache import SingleFlightCache
 from workers.keys.service import KeyService, TenantKeysLoading
 from workers.keystore.directory import KeyDirectory
 from workers.keystore.follower import KeyRecords
-from workers.keystore.shards import GUEST, SYSTEM, KeyShards
+from workers.keystore.shards import GUEST, KeyShards
 from workers.kms.local import LocalKms
 from workers.ledger.memory import MemoryLedger
 
@@ -49,6 +49,7 @@ class Partitions:
         self.gate: asyncio.Event | None = None
         self.failing: Exception | None = None
         self.following: set[int] = set()
+        self.only: dict[int, frozenset[str]] = {}
 
     def add_tenant(self, tenant: str, versions: int = 1) -> None:
         partition = tenant_partition(tenant, PARTITIONS)
@@ -77,6 +78,12 @@ class Partitions:
                 self.apply(topic, key, value)
         self.following |= numbers
 
+    async def read_tenants(self, number: int, tenants: frozenset[str]) -> None:
+        for topic, key, value in self.records[number]:
+            if key in {t.encode() for t in tenants} or any(t.encode() in (value or b"") for t in tenants):
+                self.apply(topic, key, value)
+        self.only[number] = tenants
+
     async def stop_following(self, numbers: frozenset[int]) -> None:
         self.stopped.append(numbers)
         self.following -= numbers
@@ -97,13 +104,25 @@ def held_tenants(directory: KeyDirectory) -> set[str]:
     return directory.tenants()
 
 
-async def test_at_start_only_the_system_tenants_partition_is_held(table):
+async def test_at_start_only_the_system_tenants_keys_are_held(table):
     directory, reader, shards = table
     await shards.start()
     system = tenant_partition(SYSTEM_TENANT, PARTITIONS)
-    assert shards.loaded == {system} and shards.holders(system) == {SYSTEM}
-    assert directory.active(SYSTEM_TENANT, KeyType.SIGNING) is not None
+    assert shards.loaded == frozenset() and reader.only == {system: {SYSTEM_TENANT}}
+    assert directory.active(SYSTEM_TENANT, KeyType.SIGNING) is not None and shards.holds(SYSTEM_TENANT)
+    assert held_tenants(directory) == {SYSTEM_TENANT}  # not the other tenants of its partition
+    assert not shards.holds(tenants_of(system)[0])
+
+
+async def test_the_system_tenants_partition_assigned_then_revoked_keeps_the_system_keys(table):
+    directory, reader, shards = table
+    await shards.start()
+    system = tenant_partition(SYSTEM_TENANT, PARTITIONS)
+    await shards.hold("keyledger-signer", [system])
     assert held_tenants(directory) == {SYSTEM_TENANT, *tenants_of(system)}
+    await shards.revoked("keyledger-signer", frozenset({system}))
+    assert held_tenants(directory) == {SYSTEM_TENANT}
+    assert directory.active(SYSTEM_TENANT, KeyType.SIGNING) is not None
 
 
 async def test_assigned_partitions_are_loaded_before_their_records_are_served(table):
@@ -132,14 +151,13 @@ async def test_revoked_partitions_are_dropped_and_their_secrets_evicted(table):
     await shards.start()
     evicted: list[str] = []
     directory.on_evict(evicted.append)
-    system = tenant_partition(SYSTEM_TENANT, PARTITIONS)
-    mine = frozenset(p for p in range(PARTITIONS) if p != system)
+    mine = frozenset(range(PARTITIONS))
     await shards.hold("keyledger-signer", mine)
     dropped_keys = {e.key_id for p in mine for t in tenants_of(p) for e in directory.tenant_keys(t)}
     assert dropped_keys
     await shards.revoked("keyledger-signer", mine)
-    assert shards.loaded == {system} and reader.following == {system}
-    assert held_tenants(directory) == {SYSTEM_TENANT, *tenants_of(system)}
+    assert shards.loaded == frozenset() and reader.following == set()
+    assert held_tenants(directory) == {SYSTEM_TENANT}
     assert dropped_keys <= set(evicted)
     assert all(directory.get(key_id) is None for key_id in dropped_keys)
 

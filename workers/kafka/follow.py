@@ -107,8 +107,10 @@ class PartitionFollower:
                                           enable_auto_commit=False, auto_offset_reset="earliest",
                                           **client_options())
         self._numbers: frozenset[int] = frozenset()
+        self._only: dict[int, frozenset[bytes]] = {}  # partitions followed for these tenants' records alone
         self._turn = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._reading: frozenset[int] = frozenset()  # partitions being read whole from the start
         self.read_records = 0
 
     async def start(self) -> int:
@@ -123,26 +125,47 @@ class PartitionFollower:
         return next(iter(counts.values()))
 
     async def read(self, numbers: frozenset[int]) -> None:
+        """Every record of these partitions (one followed for some tenants alone is read again, whole)."""
         async with self._turn:
-            new = [TopicPartition(topic, n) for topic in self._topics for n in sorted(numbers - self._numbers)]
-            if not new:
-                return
-            await self._reassign([*self._consumer.assignment(), *new])
-            await self._consumer.seek_to_beginning(*new)
-            ends = await self._consumer.end_offsets(new)
+            await self._read_from_start(numbers - self._numbers)
             self._numbers |= numbers
-            deadline = time.monotonic() + self._timeout
+
+    async def read_tenants(self, number: int, tenants: frozenset[str]) -> None:
+        """The records of `tenants` alone in partition `number`, read to its end and followed: a `keys.events`
+        record by its key, a `keys.material` record when the tenant id's bytes are in its value (a record of
+        another tenant whose value holds them too is applied as well; a tombstone always is: it changes only a
+        key already held)."""
+        async with self._turn:
+            self._only[number] = frozenset(t.encode() for t in tenants)
+            if number not in self._numbers:
+                await self._read_from_start(frozenset([number]))
+
+    async def _read_from_start(self, numbers: frozenset[int]) -> None:
+        read = [TopicPartition(topic, n) for topic in self._topics for n in sorted(numbers)]
+        if not read:
+            return
+        assigned = self._consumer.assignment()
+        await self._reassign([*assigned, *(tp for tp in read if tp not in assigned)])
+        await self._consumer.seek_to_beginning(*read)
+        ends = await self._consumer.end_offsets(read)
+        reading, self._reading = self._reading, numbers
+        deadline = time.monotonic() + self._timeout
+        try:
             with _collector_paused(True):
                 while [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"partitions {sorted(numbers)} of {', '.join(self._topics)} not read "
                                            "to the end in time")
                     await self._poll(timeout_ms=200)
+        finally:
+            self._reading = reading
 
     async def stop_following(self, numbers: frozenset[int]) -> None:
+        """A partition also followed for some tenants alone (`read_tenants`) goes back to those."""
         async with self._turn:
             self._numbers -= numbers
-            await self._reassign([tp for tp in self._consumer.assignment() if tp.partition not in numbers])
+            await self._reassign([tp for tp in self._consumer.assignment()
+                                  if tp.partition not in numbers or tp.partition in self._only])
 
     async def _reassign(self, partitions: list[TopicPartition]) -> None:
         """Assign `partitions`, those already followed staying where they were (`assign` forgets positions)."""
@@ -155,7 +178,7 @@ class PartitionFollower:
     async def _follow(self) -> None:
         while True:
             try:
-                if not self._numbers:
+                if not self._numbers and not self._only:
                     await asyncio.sleep(0.2)
                     continue
                 async with self._turn:
@@ -171,10 +194,14 @@ class PartitionFollower:
             return
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
         for tp, records in batches.items():
-            if tp.partition not in self._numbers:
+            whole = tp.partition in self._numbers or tp.partition in self._reading
+            only = None if whole else self._only.get(tp.partition)
+            if not whole and only is None:
                 continue  # fetched before it stopped being followed
             for record in records:
                 self.read_records += 1
+                if only is not None and not _names(record.key, record.value, only):
+                    continue
                 applied = self._apply(record.topic, record.key, record.value)
                 if applied is not None:
                     await applied
@@ -185,6 +212,12 @@ class PartitionFollower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._consumer.stop()
+
+
+def _names(key: bytes | None, value: bytes | None, tenants: frozenset[bytes]) -> bool:
+    """Whether a key record may be one of `tenants`': keyed by one (keys.events), a tombstone, or a value
+    holding one's id (keys.material, keyed by key id)."""
+    return key in tenants or value is None or any(tenant in value for tenant in tenants)
 
 
 async def _partitions_of(consumer: AIOKafkaConsumer, topics: Sequence[str], timeout: float) -> list[TopicPartition]:

@@ -4,7 +4,8 @@ A tenant's keys live on one partition number of `keys.material` and `keys.events
 id (workers/kafka/partitioning.py), the number its input records carry when their producer partitions by
 murmur2 too. A process holds a key partition while someone needs it:
 
-- `system`: the partition of `keyledger-system` (the digest key), held for the life of the process;
+- the system tenant (`keyledger-system`, the digest key): its records alone, from its partition, followed
+  for the life of the process (the other tenants of that partition only while the partition is held);
 - a consumer group: the numbers of the input partitions it is assigned (`assigned`, before any of their
   records is served; given up by `revoked`, after the group's runner settled the revoked partitions);
 - `guest`: the partition of a tenant whose record arrived on a partition that is not its own (a producer
@@ -33,7 +34,6 @@ from workers.keystore.directory import KeyDirectory
 
 log = logging.getLogger("keyledger.keystore")
 
-SYSTEM = "system"
 GUEST = "guest"
 _MEMO_MAX = 100_000  # tenants whose partition is remembered; past it the memo starts again
 
@@ -47,8 +47,12 @@ class PartitionReader(Protocol):
         """Read these partitions of the key topics from the beginning to their end offsets, then follow them."""
         ...
 
+    async def read_tenants(self, number: int, tenants: frozenset[str]) -> None:
+        """Read the records of `tenants` in partition `number` to its end, then follow them."""
+        ...
+
     async def stop_following(self, numbers: frozenset[int]) -> None:
-        """No record of these partitions is applied after this returns."""
+        """No record of these partitions is applied after this returns (but those of tenants followed alone)."""
         ...
 
 
@@ -67,10 +71,10 @@ class KeyShards:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        """Learn the partition count and load the system tenant's partition (the global keys)."""
+        """Learn the partition count and load the system tenant's keys (the global ones)."""
         self._loop = asyncio.get_running_loop()
         self.partitions = await self._reader.start()
-        await self.hold(SYSTEM, [self.partition(SYSTEM_TENANT)])
+        await self._reader.read_tenants(self.partition(SYSTEM_TENANT), frozenset([SYSTEM_TENANT]))
 
     # --- reads ---------------------------------------------------------------------
 
@@ -84,7 +88,7 @@ class KeyShards:
 
     def holds(self, tenant_id: str) -> bool:
         """Whether every key of `tenant_id` is in the table (its partition read to the end and followed)."""
-        return self.partition(tenant_id) in self._loaded
+        return tenant_id == SYSTEM_TENANT or self.partition(tenant_id) in self._loaded
 
     @property
     def loaded(self) -> frozenset[int]:
@@ -146,7 +150,8 @@ class KeyShards:
         self._loaded -= numbers
         for number in numbers:
             self._holders.pop(number, None)
-        forgotten = self._directory.drop_tenants(lambda tenant_id: self.partition(tenant_id) in numbers)
+        forgotten = self._directory.drop_tenants(
+            lambda tenant_id: tenant_id != SYSTEM_TENANT and self.partition(tenant_id) in numbers)
         log.info("key partitions %s dropped: %d keys forgotten, %d held", sorted(numbers), forgotten,
                  len(self._directory))
 
