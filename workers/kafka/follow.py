@@ -138,9 +138,11 @@ class PartitionFollower:
         async with self._turn:
             self._only[number] = frozenset(t.encode() for t in tenants)
             if number not in self._numbers:
-                await self._read_from_start(frozenset([number]))
+                await self._read_from_start(frozenset([number]), whole=False)
 
-    async def _read_from_start(self, numbers: frozenset[int]) -> None:
+    async def _read_from_start(self, numbers: frozenset[int], *, whole: bool = True) -> None:
+        """Read `numbers` from their beginning to their end offsets now: every record when `whole`, else
+        those their tenant filter lets through."""
         read = [TopicPartition(topic, n) for topic in self._topics for n in sorted(numbers)]
         if not read:
             return
@@ -148,7 +150,7 @@ class PartitionFollower:
         await self._reassign([*assigned, *(tp for tp in read if tp not in assigned)])
         await self._consumer.seek_to_beginning(*read)
         ends = await self._consumer.end_offsets(read)
-        reading, self._reading = self._reading, numbers
+        reading, self._reading = self._reading, (numbers if whole else frozenset())
         deadline = time.monotonic() + self._timeout
         try:
             with _collector_paused(True):
