@@ -1,12 +1,18 @@
 """Key table at scale: time to ready and resident size of a worker whose `keys.material` holds N keys
-(default 1,000,000; BENCH_KEYTABLE_KEYS).
+(default 3,000,000 for `make bench`; BENCH_KEYTABLE_KEYS), whole and sharded (KEYLEDGER_KEY_TABLE_SHARDED).
 
 N keys (half signing with a public key, half encryption, two per tenant, wrapped keys the size AWS KMS
-returns) are written as keygen writes them: one `keys.material` record per key, keyed by key id, and its
-`generated` event on `keys.events`, keyed by tenant. Then a `keyledger run --group keyledger-signer`
-process starts on that backlog; the figures are from its process start to `/readyz` answering 200 (the
-key table is read to its end and the group joined), and its VmRSS once ready. An idle worker (the same
-group, an empty table) started in the same run gives the floor that bytes per key is measured above.
+returns) are written as keygen writes them: one `keys.material` record per key, keyed by key id and placed
+on its tenant's partition, and its `generated` event on `keys.events`, keyed by tenant; 12 partitions.
+
+- whole: a `keyledger run --group keyledger-signer` process starts on that backlog; the figures are from its
+  process start to `/readyz` answering 200 (the key table read to its end, the group joined) and its VmRSS
+  once ready. An idle worker (the same group, an empty table) gives the floor bytes per key is measured above.
+- sharded: the same worker with KEYLEDGER_KEY_TABLE_SHARDED=true joins a group whose other members (idle
+  consumers of this bench, one per 2 partitions) leave it 2 of the 12 partitions: from process start to
+  `/readyz` 200 (the system tenant's partition and its 2 assigned ones read), and its VmRSS then.
+- rebalance: one of those members leaves; its 2 partitions move; the figure is the time from its leave to the
+  worker's log saying the key partitions it was given are loaded (its records are served from then on).
 """
 
 from __future__ import annotations
@@ -21,18 +27,20 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import Worker, broker, moto_kms, say
 from schemas.messages import KeyEvent, KeyEventType, KeyMaterial, KeyType
 from workers.app.embedded import free_port
 from workers.core import ids
 from workers.core.b64 import b64encode
+from workers.kafka.partitioning import partition_for
 from workers.kafka.topics import ensure_topics
 from workers.settings import Settings
 
-PARTITIONS = 6
+PARTITIONS = 12
+SHARE = 2  # partitions the sharded worker is left by the bench's idle members
+DEFAULT_KEYS = 3_000_000
 AWS_BLOB = 184  # bytes of an AWS KMS CiphertextBlob for a 32-byte data key
 BATCH_BYTES = 1 << 20
 READY_TIMEOUT = 1800.0  # the baseline took minutes at 1M keys: let it finish and be measured
@@ -56,17 +64,21 @@ def key_records(keys: int, kms_key_id: str) -> Iterator[tuple[bytes, bytes, byte
         yield key_id.encode(), material.to_json(), tenant.encode(), event.to_json()
 
 
+def placed(tenant_key: bytes) -> int:
+    """Where keyledger writes a tenant's key records (workers/kafka/material.py)."""
+    return partition_for(tenant_key, PARTITIONS)
+
+
 class BatchWriter:
     """Records straight into per-partition batches of ~1 MiB, sent as each fills (one produce per batch)."""
 
     def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
         self._producer, self._topic = producer, topic
-        self._partition = DefaultPartitioner()
         self._batches = {p: producer.create_batch() for p in range(PARTITIONS)}
         self._sent: list[asyncio.Future] = []
 
-    async def add(self, key: bytes, value: bytes) -> None:
-        partition = self._partition(key, list(range(PARTITIONS)), list(range(PARTITIONS)))
+    async def add(self, key: bytes, value: bytes, tenant: bytes) -> None:
+        partition = placed(tenant)
         if self._batches[partition].append(key=key, value=value, timestamp=None) is None:
             await self._flush(partition)
             self._batches[partition].append(key=key, value=value, timestamp=None)
@@ -83,7 +95,9 @@ class BatchWriter:
         await asyncio.gather(*self._sent)
 
 
-async def fill(bootstrap: str, keys: int, kms_key_id: str) -> None:
+async def fill(bootstrap: str, keys: int, kms_key_id: str) -> dict[int, int]:
+    """Write the keys; returns how many keys each partition holds."""
+    per_partition = dict.fromkeys(range(PARTITIONS), 0)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_batch_size=BATCH_BYTES,
                                 max_request_size=4 * BATCH_BYTES, linger_ms=0)
     await producer.start()
@@ -91,12 +105,14 @@ async def fill(bootstrap: str, keys: int, kms_key_id: str) -> None:
         materials = BatchWriter(producer, "keys.material")
         events = BatchWriter(producer, "keys.events")
         for material_key, material, event_key, event in key_records(keys, kms_key_id):
-            await materials.add(material_key, material)
-            await events.add(event_key, event)
+            await materials.add(material_key, material, event_key)
+            await events.add(event_key, event, event_key)
+            per_partition[placed(event_key)] += 1
         await materials.close()
         await events.close()
     finally:
         await producer.stop()
+    return per_partition
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -120,7 +136,7 @@ async def measure(bootstrap: str, kms: tuple[str, str], keys: int) -> dict[str, 
     port = free_port()
     started = time.perf_counter()
     worker = Worker(bootstrap, kms, "keyledger-signer", KEYLEDGER_HTTP_PORT=str(port),
-                    KEYLEDGER_STARTUP_TIMEOUT=str(READY_TIMEOUT))
+                    KEYLEDGER_KAFKA_PARTITIONS=str(PARTITIONS), KEYLEDGER_STARTUP_TIMEOUT=str(READY_TIMEOUT))
     loaded_at: float | None = None
     try:
         while True:
@@ -145,6 +161,88 @@ async def measure(bootstrap: str, kms: tuple[str, str], keys: int) -> dict[str, 
             "rss_mb": memory["VmRSS"] / 1024, "peak_mb": memory["VmHWM"] / 1024}
 
 
+class IdleMembers:
+    """Consumers of the signer's group that take partitions and do nothing: with `count` of them, a worker
+    joining the group is left its share (PARTITIONS / (count + 1) partitions)."""
+
+    def __init__(self, bootstrap: str, count: int) -> None:
+        self._bootstrap = bootstrap
+        self._members = [AIOKafkaConsumer("spans.to-sign", bootstrap_servers=bootstrap, group_id="keyledger-signer",
+                                          enable_auto_commit=False, client_id=f"bench-idle-{i}") for i in range(count)]
+        self._polls: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for member in self._members:
+            await member.start()
+            self._polls.append(asyncio.create_task(self._poll(member)))
+
+    @staticmethod
+    async def _poll(member: AIOKafkaConsumer) -> None:
+        while True:  # getmany is what takes part in rebalances
+            await member.getmany(timeout_ms=200)
+
+    async def leave(self) -> None:
+        """One member leaves the group (its partitions move to the others)."""
+        self._polls.pop().cancel()
+        await self._members.pop().stop()
+
+    async def stop(self) -> None:
+        for poll in self._polls:
+            poll.cancel()
+        for member in self._members:
+            await member.stop()
+
+
+async def _served(port: int, share: int | None = None) -> dict:
+    """/readyz 200 (the assigned partitions' keys read) with the group holding `share` partitions, if given."""
+    deadline = time.perf_counter() + READY_TIMEOUT
+    while True:
+        code, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
+        checks = body.get("checks", {})
+        held = checks.get("groups", {}).get("keyledger-signer", {}).get("partitions")
+        if code == 200 and (share is None or held == share):
+            return checks
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"sharded worker not served in {READY_TIMEOUT}s: {body}")
+        await asyncio.sleep(0.05)
+
+
+async def measure_sharded(bootstrap: str, kms: tuple[str, str], per_partition: dict[int, int]) -> dict[str, float]:
+    """A sharded signer left SHARE partitions by idle members: seconds to `/readyz` 200 with its share's keys
+    read, RSS then; then one idle member leaves: seconds until the partitions that moved to it are served."""
+    members = IdleMembers(bootstrap, PARTITIONS // SHARE - 1)
+    await members.start()
+    port = free_port()
+    started = time.perf_counter()
+    worker = Worker(bootstrap, kms, "keyledger-signer", KEYLEDGER_HTTP_PORT=str(port),
+                    KEYLEDGER_KAFKA_PARTITIONS=str(PARTITIONS), KEYLEDGER_STARTUP_TIMEOUT=str(READY_TIMEOUT),
+                    KEYLEDGER_KEY_TABLE_SHARDED="true")
+    try:
+        checks = await _served(port, SHARE)
+        ready_at = time.perf_counter()
+        memory = _status(worker.process.pid)
+        table = checks["key_table"]
+        expected = sum(per_partition[p] for p in table["partitions"])
+        if table["keys"] != expected or len(table["partitions"]) != SHARE:
+            raise SystemExit(f"sharded worker holds {table}, expected {expected} keys of {SHARE} partitions; "
+                             f"log {worker.log}")
+        loads = worker.log.read_text(errors="replace").count("loaded for keyledger-signer")
+        left = time.perf_counter()
+        await members.leave()
+        while worker.log.read_text(errors="replace").count("loaded for keyledger-signer") == loads:
+            if time.perf_counter() - left > READY_TIMEOUT:
+                raise SystemExit(f"no partition moved to the sharded worker; log {worker.log}")
+            await asyncio.sleep(0.05)
+        moved = await _served(port)
+        moved_at = time.perf_counter()
+    finally:
+        worker.stop()
+        await members.stop()
+    return {"ready_s": ready_at - started, "rss_mb": memory["VmRSS"] / 1024, "peak_mb": memory["VmHWM"] / 1024,
+            "keys": table["keys"], "moved_s": moved_at - left,
+            "moved_partitions": len(set(moved["key_table"]["partitions"]) - set(table["partitions"]))}
+
+
 async def run(keys: int) -> dict:
     with moto_kms() as kms:
         # each worker on a broker of its own: the group's first join, not a wait for the previous member to expire
@@ -155,14 +253,41 @@ async def run(keys: int) -> dict:
         with broker() as bootstrap:
             await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=PARTITIONS))
             started = time.perf_counter()
-            await fill(bootstrap, keys, kms[1])
+            per_partition = await fill(bootstrap, keys, kms[1])
             say(f"  {keys:,} keys written to keys.material + keys.events in {time.perf_counter() - started:.0f}s")
             full = await measure(bootstrap, kms, keys)
+        with broker() as bootstrap:  # the same topic, on a broker of its own again (a first join)
+            await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=PARTITIONS))
+            await fill(bootstrap, keys, kms[1])
+            sharded = await measure_sharded(bootstrap, kms, per_partition)
     per_key = (full["rss_mb"] - idle["rss_mb"]) * 1024 * 1024 / keys if keys else 0.0
     say(f"  {keys:,} keys: key table loaded after {full['loaded_s']:.1f}s, /readyz 200 after {full['ready_s']:.1f}s, "
         f"{full['rss_mb']:.0f} MB RSS (peak {full['peak_mb']:.0f} MB), {per_key:,.0f} bytes a key above idle")
+    memory_ratio = sharded["rss_mb"] / full["rss_mb"]
+    time_ratio = sharded["ready_s"] / full["ready_s"]
+    # the key table's own part: above what an idle worker (an empty table) costs anyway
+    table_memory_ratio = (sharded["rss_mb"] - idle["rss_mb"]) / max(full["rss_mb"] - idle["rss_mb"], 1e-9)
+    table_time_ratio = (sharded["ready_s"] - idle["ready_s"]) / max(full["ready_s"] - idle["ready_s"], 1e-9)
+    say(f"  sharded, {SHARE} of {PARTITIONS} partitions ({sharded['keys']:,} keys): /readyz 200 after "
+        f"{sharded['ready_s']:.1f}s ({time_ratio:.2f} of whole), {sharded['rss_mb']:.0f} MB RSS ({memory_ratio:.2f} of "
+        f"whole; peak {sharded['peak_mb']:.0f} MB); a rebalance moving {sharded['moved_partitions']} partitions to it: "
+        f"served after {sharded['moved_s']:.1f}s ({sharded['moved_s'] / full['ready_s']:.2f} of a whole start)")
+    say(f"  above an idle worker: sharded memory {table_memory_ratio:.2f} and time to ready {table_time_ratio:.2f} "
+        "of the whole table's")
     return {
         "keytable_keys": keys,
+        "keytable_partitions": PARTITIONS,
+        "keytable_sharded_share": SHARE,
+        "keytable_sharded_keys": sharded["keys"],
+        "keytable_sharded_ready_s": round(sharded["ready_s"], 1),
+        "keytable_sharded_rss_mb": round(sharded["rss_mb"]),
+        "keytable_sharded_peak_rss_mb": round(sharded["peak_mb"]),
+        "keytable_sharded_memory_ratio": round(memory_ratio, 2),
+        "keytable_sharded_time_ratio": round(time_ratio, 2),
+        "keytable_sharded_memory_ratio_above_idle": round(table_memory_ratio, 2),
+        "keytable_sharded_time_ratio_above_idle": round(table_time_ratio, 2),
+        "keytable_rebalance_moved_partitions": sharded["moved_partitions"],
+        "keytable_rebalance_served_s": round(sharded["moved_s"], 1),
         "keytable_ready_s": round(full["ready_s"], 1),
         "keytable_loaded_s": round(full["loaded_s"], 1),
         "keytable_rss_mb": round(full["rss_mb"]),
@@ -174,4 +299,4 @@ async def run(keys: int) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(run(int(os.environ.get("BENCH_KEYTABLE_KEYS", "1000000"))))))
+    print(json.dumps(asyncio.run(run(int(os.environ.get("BENCH_KEYTABLE_KEYS", str(DEFAULT_KEYS)))))))

@@ -451,6 +451,7 @@ class LimitSettings(Section):
     digest_interval: float = Field(300, gt=0, le=86_400, description="Seconds a kms.audit record waits at most before a signed digest covers it (a digest also closes at 10,000 records).")
     key_table_wait: float = Field(30.0, ge=0, le=3600, description="Seconds a record naming a tenant this process's key table has not seen yet waits (uncommitted, retried with backoff) for its keys, before it is refused as unknown_tenant; covers a tenant created just before its first spans.")
     startup_timeout: float = Field(60.0, gt=0, description="Seconds to read keys.material/keys.events to their end at start.")
+    key_table_sharded: bool = Field(False, description="Hold only the keys of the tenants whose partitions this process is assigned (keys.material/keys.events partitions of the same numbers), loaded before their records are served and dropped on revocation; a record of another tenant has that tenant's key partition loaded first. Off: every process reads the whole key table. Producers of the input topics must partition by murmur2 of the tenant id (README capacity guide).")
 
 
 class RetrySettings(Section):

@@ -200,3 +200,16 @@ def test_the_size_bound_is_never_under_aiokafkas_own_estimate(key: bytes, value:
                                                              headers: list[tuple[str, bytes | None]]) -> None:
     record = Outgoing(TOPIC, key, value, tuple(headers))  # type: ignore[arg-type]
     assert _size(record) >= DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+
+
+def test_a_record_placed_by_its_tenant_lands_on_the_tenants_partition_whatever_its_key():
+    async def test(publisher: KafkaPublisher, wire: Wire, clock: Clock) -> None:
+        wire.partitions["keys.material"] = 12
+        tenants = [f"tenant-{i}" for i in range(40)]
+        await publisher.publish(Outgoing("keys.material", f"key-of-{t}".encode(), b"{}", placed_by=t.encode())
+                                for t in tenants)
+        every = list(range(12))
+        assert wire.partition_of() == {f"key-of-{t}".encode(): {DefaultPartitioner()(t.encode(), every, every)}
+                                       for t in tenants}
+
+    scenario(test)

@@ -229,3 +229,58 @@ def test_backpressure_forgets_revoked_partitions():
     backpressure.update(1, [P0, P1])
     backpressure.forget([P0])
     assert backpressure.update(0, []) == (set(), {P1})
+
+
+class PartitionKeys:
+    """A sharded key table as the runner sees it: what it was told, what it was asked; `gate` holds `serve`."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.gate: asyncio.Event | None = None
+        self.failing: Exception | None = None
+
+    def assigned(self, group: str, numbers: frozenset[int]) -> None:
+        self.events.append(("assigned", numbers))
+
+    async def revoked(self, group: str, numbers: frozenset[int]) -> None:
+        self.events.append(("revoked", numbers))
+
+    async def serve(self, group: str, arrived) -> None:
+        self.events.append(("serve", frozenset(arrived)))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failing is not None:
+            raise self.failing
+
+
+async def test_a_sharded_runner_handles_records_only_once_their_tenants_keys_are_loaded():
+    handler, consumer, keys = Handler(), Consumer(P0, P1), PartitionKeys()
+    runner = BatchRunner("keyledger-signer", handler, Broker(), SETTINGS, keys=keys)
+    joined(runner, consumer)
+    assert keys.events == [("assigned", frozenset({0, 1}))]
+    keys.gate = asyncio.Event()
+    batch = asyncio.create_task(runner([record(0, 0), record(1, 0)]))
+    await until(lambda: len(keys.events) == 2)
+    assert keys.events[1] == ("serve", frozenset({("acme", 0), ("acme", 1)}))
+    await asyncio.sleep(0.02)
+    assert handler.handled == [] and not batch.done()  # not handled before the keys are in
+    keys.gate.set()
+    await batch
+    assert handler.handled == [(0, 0), (1, 0)] and latest(consumer) == {P0: 1, P1: 1}
+    await runner.assignments.on_partitions_revoked({P0})
+    assert keys.events[-1] == ("revoked", frozenset({0}))  # after the revocation's commit
+    await runner.aclose()
+
+
+async def test_records_whose_keys_cannot_be_loaded_wait_uncommitted():
+    handler, consumer, keys = Handler(), Consumer(P0), PartitionKeys()
+    runner = BatchRunner("keyledger-pii", handler, Broker(), SETTINGS, keys=keys)
+    joined(runner, consumer)
+    keys.failing = TimeoutError("key partitions not read in time")
+    await runner([record(0, 0), record(0, 1)])
+    assert handler.handled == [] and runner.waiting == 2 and latest(consumer).get(P0, 0) == 0
+    keys.failing = None
+    await runner._process(runner._waiting.due(float("inf")))  # the retry loop's next turn, now
+    await runner._commit()
+    assert handler.handled == [(0, 0), (0, 1)] and latest(consumer) == {P0: 2}
+    await runner.aclose()

@@ -30,7 +30,8 @@ from workers.groups.pii import PiiGroup
 from workers.groups.signer import SignerGroup
 from workers.kafka.broker import build_broker, start_concurrently
 from workers.kafka.consume import BatchRunner, ConsumerGroup, run_group
-from workers.kafka.follow import TopicFollower
+from workers.kafka.follow import PartitionFollower, TopicFollower
+from workers.kafka.partitioning import tenant_partition
 from workers.kafka.publisher import BrokerPublisher, KafkaPublisher, Publisher
 from workers.keys.audit import AuditTrail
 from workers.keys.cache import SingleFlightCache
@@ -39,6 +40,7 @@ from workers.keys.service import KeyService, SecretKey
 from workers.keystore.callers import CallerPolicies
 from workers.keystore.directory import KeyDirectory
 from workers.keystore.follower import FOLLOWED, KeyRecords
+from workers.keystore.shards import KeyShards
 from workers.kms import Kms
 from workers.kms.factory import open_kms
 from workers.ledger import Ledger
@@ -52,6 +54,12 @@ log = logging.getLogger("keyledger")
 
 # groups that keep serving from cached unwrapped keys while the KMS is out of reach
 SERVE_FROM_CACHE = frozenset({SignerGroup.name, PiiGroup.name})
+# groups served by a key table held per partition (KEYLEDGER_KEY_TABLE_SHARDED): they use a tenant's keys only
+# for that tenant's records. The audit digest group uses the system keys alone, held in every process; keygen
+# (BYOK ownership) and rotation (its fan-out's tenant list) need every tenant, so a process running either
+# holds every partition.
+SHARDED_GROUPS = frozenset({SignerGroup.name, PiiGroup.name})
+WHOLE_TABLE_GROUPS = frozenset({"keyledger-keygen", "keyledger-rotation"})
 BROKER_PING_TIMEOUT = 2.0
 
 
@@ -75,6 +83,9 @@ class ProcessContext:
     callers: CallerTable = field(default_factory=CallerTable)
     caller_follower: TopicFollower | None = None
     callers_loaded: bool = False
+    shards: KeyShards | None = None
+    shard_reader: PartitionFollower | None = None
+    whole_table: bool = True
 
     @classmethod
     def build(
@@ -104,9 +115,16 @@ class ProcessContext:
         secrets: SingleFlightCache[SecretKey] = SingleFlightCache(
             ttl=settings.cache.private_ttl, max_entries=settings.cache.max_entries
         )
-        keys = KeyService(directory, metered_kms, metered_ledger, secrets, TenantPatience(settings.limits.key_table_wait))
-        follower = TopicFollower(bootstrap, FOLLOWED, KeyRecords(directory).apply, client_id="keyledger-keystore",
-                                 startup_timeout=settings.limits.startup_timeout, bulk_load=True) if follow else None
+        shard_reader = shards = follower = None
+        if follow and settings.limits.key_table_sharded:
+            shard_reader = PartitionFollower(bootstrap, FOLLOWED, KeyRecords(directory).apply,
+                                             client_id="keyledger-keystore", startup_timeout=settings.limits.startup_timeout)
+            shards = KeyShards(directory, shard_reader, tenant_partition)
+        elif follow:
+            follower = TopicFollower(bootstrap, FOLLOWED, KeyRecords(directory).apply, client_id="keyledger-keystore",
+                                     startup_timeout=settings.limits.startup_timeout, bulk_load=True)
+        keys = KeyService(directory, metered_kms, metered_ledger, secrets, TenantPatience(settings.limits.key_table_wait),
+                          shards)
         callers = CallerTable()
         caller_follower = None
         if follow and settings.callers.operator_public_key:
@@ -119,7 +137,8 @@ class ProcessContext:
                                             client_id="keyledger-callers", startup_timeout=settings.limits.startup_timeout)
         context = cls(settings, broker, publisher, metered_kms, metered_ledger, directory, keys,
                       AuditTrail(metered_ledger), follower, observability, bootstrap=bootstrap, callers=callers,
-                      caller_follower=caller_follower)
+                      caller_follower=caller_follower, shards=shards, shard_reader=shard_reader,
+                      whole_table=shards is None)
         observability.watch(context.runners, secrets, directory, adapter, settings.limits.encrypt_limit)
         return context
 
@@ -131,11 +150,16 @@ class ProcessContext:
     def register(self, names: Sequence[str]) -> None:
         """Build the named consumer groups and subscribe them; `aclose()` stops their runners."""
         deps = self.deps
+        if self.shards is not None and WHOLE_TABLE_GROUPS & set(names):
+            log.info("KEYLEDGER_KEY_TABLE_SHARDED: %s need every tenant's keys; this process holds them all",
+                     ", ".join(sorted(WHOLE_TABLE_GROUPS & set(names))))
+            self.whole_table = True
         for name in names:
             group = self.groups[name] = GROUPS[name](deps)
             self.observability.metrics.watch_group(name)
+            sharded = self.shards if name in SHARDED_GROUPS and not self.whole_table else None
             self.runners.append(run_group(self.broker, self.publisher, self.settings, group,
-                                          self.observability.observer))
+                                          self.observability.observer, sharded))
 
     def stats(self) -> dict[str, Any]:
         """Counters safe to log: no key material, no payloads."""
@@ -166,6 +190,13 @@ class ProcessContext:
             await self.follower.start()
             log.info("key table loaded: %d keys from %d records in %.1fs", len(self.directory), self.follower.read,
                      time.monotonic() - started)
+        if self.shards is not None:
+            started = time.monotonic()
+            await self.shards.start()
+            if self.whole_table:
+                await self.shards.hold("whole", range(self.shards.partitions))
+            log.info("key table loaded: %d keys of key partitions %s (sharded) in %.1fs", len(self.directory),
+                     sorted(self.shards.loaded), time.monotonic() - started)
         self.key_table_loaded = True
         await self.publisher.start()
         await start_concurrently(self.broker)
@@ -197,11 +228,14 @@ class ProcessContext:
         kms = Dependency(self.observability.kms_reachability.report(),
                          fatal=bool(self.runners) and not SERVE_FROM_CACHE & set(self.groups))
         ledger = Dependency(self.observability.ledger_reachability.report(), fatal=bool(self.runners))
-        ready = (broker and self.key_table_loaded and self.callers_loaded and all(g["joined"] for g in groups.values())
+        # sharded: the keys of the assigned partitions are read too (records wait for them meanwhile)
+        key_table = self.key_table_loaded and (self.shards is None or not self.shards.pending)
+        ready = (broker and key_table and self.callers_loaded and all(g["joined"] for g in groups.values())
                  and not kms.blocks and not ledger.blocks)
         return ready, {
             "broker": {"ok": broker},
-            "key_table": {"loaded": self.key_table_loaded, "keys": len(self.directory)},
+            "key_table": {"loaded": key_table, "keys": len(self.directory),
+                          **({"partitions": sorted(self.shards.loaded)} if self.shards is not None else {})},
             "callers": {"loaded": self.callers_loaded, "callers": len(self.callers)},
             "groups": groups,
             "kms": {**kms.report, "fatal": kms.fatal},
@@ -212,6 +246,8 @@ class ProcessContext:
         closers: list[Callable[[], Any]] = [r.aclose for r in self.runners] + [self.broker.stop, self.publisher.aclose]
         if self.follower is not None:
             closers.append(self.follower.aclose)
+        if self.shards is not None and self.shard_reader is not None:
+            closers += [self.shards.aclose, self.shard_reader.aclose]
         if self.caller_follower is not None:
             closers.append(self.caller_follower.aclose)
         closers += [self.kms.aclose, self.ledger.aclose, self.observability.aclose]

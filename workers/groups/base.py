@@ -15,7 +15,7 @@ from workers.core import ids
 from workers.core.callers import CallerTable
 from workers.errors import KeyledgerError
 from workers.kafka.letters import DeadLetters
-from workers.kafka.material import KafkaMaterialStore
+from workers.kafka.material import KafkaMaterialStore, tombstone
 from workers.kafka.publisher import Outgoing, Publisher, refused_as_too_large
 from workers.kafka.records import InboundRecord
 from workers.keys.audit import AuditTrail
@@ -59,7 +59,7 @@ class Deps:
     @property
     def materials(self) -> KafkaMaterialStore:
         """Where key material and its tombstones are written: `keys.material`, through the publisher."""
-        return KafkaMaterialStore(self.publisher)
+        return KafkaMaterialStore(self.publisher, self.keys.tenant_of)
 
     def emitter(self, group: str, encode: Callable[[R], Outgoing] | None = None) -> Emitter[R]:
         return Emitter(group, self.audit, self.publisher, self.keys, DeadLetters.of(group, self.settings),
@@ -135,7 +135,7 @@ class Emitter(Generic[R]):
             assert self._encode is not None, f"{self._group} has results but no encoder"
             outputs = [self._encode(result) for result in outcome.results]
         outputs += [_tick(tick) for tick in outcome.ticks]
-        outputs += [Outgoing.of(Topic.KEYS_MATERIAL, key_id, None) for key_id in outcome.tombstones]
+        outputs += [tombstone(key_id, self._keys.tenant_of(key_id)) for key_id in outcome.tombstones]
         return outputs
 
     def _refuse_too_large(self, records: Sequence[InboundRecord], outcome: Outcome[R],

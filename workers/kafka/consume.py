@@ -139,6 +139,22 @@ class NoObserver:
 
 
 Revoked = Callable[[frozenset[TopicPartition]], Awaitable[None]]
+Assigned = Callable[[frozenset[TopicPartition]], None]
+
+
+class PartitionKeys(Protocol):
+    """A key table held per partition (workers/keystore/shards.py `KeyShards`, KEYLEDGER_KEY_TABLE_SHARDED):
+    told of the group's assignments, asked before each handling for the keys of the records' tenants."""
+
+    def assigned(self, group: str, numbers: frozenset[int]) -> None:
+        """Start loading these partitions' keys (a rebalance listener must not block the group's join)."""
+        ...
+
+    async def revoked(self, group: str, numbers: frozenset[int]) -> None: ...
+
+    async def serve(self, group: str, arrived: Iterable[tuple[str, int]]) -> None:
+        """Returns once the keys of each (tenant id, partition its record arrived on) are loaded."""
+        ...
 
 
 class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -149,11 +165,13 @@ class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
     is taken from them), then `on_revoked` runs (the runner settles its batches in hand and commits while
     the consumer still holds the old generation), then a holding group forgets what it kept of them."""
 
-    def __init__(self, holder: HoldsRecords | None = None, on_revoked: Revoked | None = None) -> None:
+    def __init__(self, holder: HoldsRecords | None = None, on_revoked: Revoked | None = None,
+                 on_assigned: Assigned | None = None) -> None:
         self.joined = False
         self.partitions: frozenset[TopicPartition] = frozenset()
         self._holder = holder
         self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
 
     def owns(self, topic: str, partition: int) -> bool:
         """Whether the record of `topic`/`partition` is this process's to work on: always before the
@@ -171,6 +189,8 @@ class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.joined = True
         self.partitions = frozenset(assigned)
+        if self._on_assigned is not None and assigned:
+            self._on_assigned(self.partitions)
 
 
 class BatchRunner:
@@ -202,7 +222,7 @@ class BatchRunner:
 
     def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1,
                  holder: HoldsRecords | None = None, observer: RunnerObserver | None = None,
-                 revoke_wait: float = REVOKE_WAIT) -> None:
+                 revoke_wait: float = REVOKE_WAIT, keys: PartitionKeys | None = None) -> None:
         if depth < 1:
             raise ValueError("pipeline depth must be at least 1")
         if holder is not None and depth != 1:
@@ -227,7 +247,8 @@ class BatchRunner:
         self._observer: RunnerObserver = observer or NoObserver()
         self._revoke_wait = revoke_wait
         self._revoking = False  # between a revocation's start and its commit: waiting records still count
-        self.assignments = Assignments(holder, self._revoked)
+        self._keys = keys
+        self.assignments = Assignments(holder, self._revoked, None if keys is None else self._assigned)
         self.subscriber: Any = None  # FastStream's subscriber, set by `subscribe`: its consumer exists once started
         self.records = 0
         self.dead = 0
@@ -298,6 +319,12 @@ class BatchRunner:
             self._revoking = False
         log.info("%s: %d partitions revoked, %d waiting records left to their next owner", self.group,
                  len(partitions), dropped, extra={"group": self.group})
+        if self._keys is not None:  # after the batches in hand settled: nothing of these partitions runs now
+            await self._keys.revoked(self.group, frozenset(tp.partition for tp in partitions))
+
+    def _assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        assert self._keys is not None
+        self._keys.assigned(self.group, frozenset(tp.partition for tp in partitions))
 
     def _drop_disowned(self) -> None:
         """Forget waiting records of partitions no longer assigned (parked by a batch abandoned at a
@@ -325,6 +352,8 @@ class BatchRunner:
     async def _process(self, records: list[InboundRecord]) -> None:
         if not records:
             return
+        if self._keys is not None and not await self._keys_loaded(records):
+            return
         with self._observer.batch(self.group, records):
             await self._process_batch(records)
 
@@ -344,6 +373,18 @@ class BatchRunner:
         finished = self._waiting.settle(records, blocked)
         self.records += finished
         self._observer.finished(self.group, finished)
+
+    async def _keys_loaded(self, records: list[InboundRecord]) -> bool:
+        """Load the keys of the records' tenants (a sharded key table) before they are handled; when that
+        fails, the records wait like any transient failure (never handled against a partial table)."""
+        assert self._keys is not None
+        arrived = {(r.key.decode(errors="replace"), r.partition) for r in records if r.key}
+        try:
+            await self._keys.serve(self.group, arrived)
+        except Exception as exc:
+            self._wait(records, f"keys of their tenants not loaded: {what_to_check(exc) or type(exc).__name__}")
+            return False
+        return True
 
     async def _isolate(self, records: list[InboundRecord]) -> None:
         """One failing record must not hold the others: process each alone."""
@@ -514,10 +555,11 @@ def subscribe(broker: KafkaBroker, topics: Sequence[str], group: str, runner: Ba
 
 
 def run_group(broker: KafkaBroker, publisher: Publisher, settings: Settings, group: ConsumerGroup,
-              observer: RunnerObserver | None = None) -> BatchRunner:
-    """Subscribe `group` on `broker`; the caller owns the returned runner and closes it."""
+              observer: RunnerObserver | None = None, keys: PartitionKeys | None = None) -> BatchRunner:
+    """Subscribe `group` on `broker`; the caller owns the returned runner and closes it. `keys`: a key
+    table held per partition, loaded for the group's records before they are handled."""
     depth = settings.kafka.pipeline_depth if group.pipelined else 1
     holder = group if isinstance(group, HoldsRecords) else None
-    runner = BatchRunner(group.name, group.handle, publisher, settings, depth, holder, observer)
+    runner = BatchRunner(group.name, group.handle, publisher, settings, depth, holder, observer, keys=keys)
     subscribe(broker, group.topics, group.name, runner, settings)
     return runner

@@ -58,17 +58,7 @@ class TopicFollower:
         self._task = asyncio.create_task(self._follow(), name=self._name)
 
     async def _partitions(self) -> list[TopicPartition]:
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            found = [TopicPartition(topic, p) for topic in self._topics
-                     for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
-            missing = set(self._topics) - {tp.topic for tp in found}
-            if not missing:
-                return found
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics missing: {sorted(missing)}")
-            await self._consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
+        return await _partitions_of(self._consumer, self._topics, self._startup_timeout)
 
     async def _follow(self) -> None:
         while True:
@@ -95,6 +85,155 @@ class TopicFollower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._consumer.stop()
+
+
+class PartitionFollower:
+    """Follows chosen partition numbers of topics (the same numbers on each): the reader of a sharded key
+    table (workers/keystore/shards.py: `PartitionReader`). No consumer group, as `TopicFollower`.
+
+    `read` returns once the new partitions are read from the beginning to the end offsets they had when it
+    began, and they are followed from then on; `stop_following` returns once no record of those partitions
+    will be applied any more. Both, and every poll, take turns (one lock): a partition's records reach
+    `apply` in order, and never while its set of partitions changes."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str], apply: Apply, *, client_id: str,
+                 startup_timeout: float = 60.0, max_records: int = 5000) -> None:
+        self._topics = tuple(topics)
+        self._apply = apply
+        self._timeout = startup_timeout
+        self._max_records = max_records
+        self._name = client_id
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id,
+                                          enable_auto_commit=False, auto_offset_reset="earliest",
+                                          **client_options())
+        self._numbers: frozenset[int] = frozenset()
+        self._only: dict[int, frozenset[bytes]] = {}  # partitions followed for these tenants' records alone
+        self._turn = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._reading: frozenset[int] = frozenset()  # partitions being read whole from the start
+        self.read_records = 0
+
+    async def start(self) -> int:
+        """Connect; the partition count the topics share (ValueError when they differ: a tenant's records
+        would then not share one partition number)."""
+        await self._consumer.start()
+        found = await _partitions_of(self._consumer, self._topics, self._timeout)
+        counts = {topic: sum(1 for tp in found if tp.topic == topic) for topic in self._topics}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"a sharded key table needs one partition count on {', '.join(self._topics)}: {counts}")
+        self._task = asyncio.create_task(self._follow(), name=self._name)
+        return next(iter(counts.values()))
+
+    async def read(self, numbers: frozenset[int]) -> None:
+        """Every record of these partitions (one followed for some tenants alone is read again, whole)."""
+        async with self._turn:
+            await self._read_from_start(numbers - self._numbers)
+            self._numbers |= numbers
+
+    async def read_tenants(self, number: int, tenants: frozenset[str]) -> None:
+        """The records of `tenants` alone in partition `number`, read to its end and followed: a `keys.events`
+        record by its key, a `keys.material` record when the tenant id's bytes are in its value (a record of
+        another tenant whose value holds them too is applied as well; a tombstone always is: it changes only a
+        key already held)."""
+        async with self._turn:
+            self._only[number] = frozenset(t.encode() for t in tenants)
+            if number not in self._numbers:
+                await self._read_from_start(frozenset([number]), whole=False)
+
+    async def _read_from_start(self, numbers: frozenset[int], *, whole: bool = True) -> None:
+        """Read `numbers` from their beginning to their end offsets now: every record when `whole`, else
+        those their tenant filter lets through."""
+        read = [TopicPartition(topic, n) for topic in self._topics for n in sorted(numbers)]
+        if not read:
+            return
+        assigned = self._consumer.assignment()
+        await self._reassign([*assigned, *(tp for tp in read if tp not in assigned)])
+        await self._consumer.seek_to_beginning(*read)
+        ends = await self._consumer.end_offsets(read)
+        reading, self._reading = self._reading, (numbers if whole else frozenset())
+        deadline = time.monotonic() + self._timeout
+        try:
+            with _collector_paused(True):
+                while [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"partitions {sorted(numbers)} of {', '.join(self._topics)} not read "
+                                           "to the end in time")
+                    await self._poll(timeout_ms=200)
+        finally:
+            self._reading = reading
+
+    async def stop_following(self, numbers: frozenset[int]) -> None:
+        """A partition also followed for some tenants alone (`read_tenants`) goes back to those."""
+        async with self._turn:
+            self._numbers -= numbers
+            await self._reassign([tp for tp in self._consumer.assignment()
+                                  if tp.partition not in numbers or tp.partition in self._only])
+
+    async def _reassign(self, partitions: list[TopicPartition]) -> None:
+        """Assign `partitions`, those already followed staying where they were (`assign` forgets positions)."""
+        positions = {tp: await self._consumer.position(tp) for tp in self._consumer.assignment()}
+        self._consumer.assign(partitions)
+        for tp in partitions:
+            if tp in positions:
+                self._consumer.seek(tp, positions[tp])
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                if not self._numbers and not self._only:
+                    await asyncio.sleep(0.2)
+                    continue
+                async with self._turn:
+                    await self._poll(timeout_ms=200)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following through broker hiccups
+                log.warning("%s: %s", self._name, type(exc).__name__)
+                await asyncio.sleep(1)
+
+    async def _poll(self, timeout_ms: int) -> None:
+        if not self._consumer.assignment():
+            return
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
+        for tp, records in batches.items():
+            whole = tp.partition in self._numbers or tp.partition in self._reading
+            only = None if whole else self._only.get(tp.partition)
+            if not whole and only is None:
+                continue  # fetched before it stopped being followed
+            for record in records:
+                self.read_records += 1
+                if only is not None and not _names(record.key, record.value, only):
+                    continue
+                applied = self._apply(record.topic, record.key, record.value)
+                if applied is not None:
+                    await applied
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+
+def _names(key: bytes | None, value: bytes | None, tenants: frozenset[bytes]) -> bool:
+    """Whether a key record may be one of `tenants`': keyed by one (keys.events), a tombstone, or a value
+    holding one's id (keys.material, keyed by key id)."""
+    return key in tenants or value is None or any(tenant in value for tenant in tenants)
+
+
+async def _partitions_of(consumer: AIOKafkaConsumer, topics: Sequence[str], timeout: float) -> list[TopicPartition]:
+    """Every partition of `topics`, once the metadata names them all (TimeoutError after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        missing = set(topics) - {tp.topic for tp in found}
+        if not missing:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics missing: {sorted(missing)}")
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.2)
 
 
 @contextlib.contextmanager

@@ -55,6 +55,9 @@ class Outgoing(NamedTuple):
     headers: tuple[Header, ...] = ()
     cause: tuple[str, int, int] | None = None
     """(topic, partition, offset) of the input record this answers: tracing writes that record's trace on it."""
+    placed_by: bytes | None = None
+    """The bytes its partition is chosen from when not `key` (a `keys.material` record: its tenant id, so
+    a tenant's key records share the partition of its other records; workers/kafka/partitioning.py)."""
 
     @classmethod
     def of(cls, topic: str, key: str, message: BaseModel | None, cause: tuple[str, int, int] | None = None) -> Outgoing:
@@ -154,11 +157,14 @@ class KafkaPublisher:
         pending: list[asyncio.Future[object]] = []
         for record in records:
             if _size(record) > self._max_request:
+                placed = {} if record.placed_by is None else {
+                    "partition": await self._partition(record.topic, record.placed_by)}
                 pending.append(await self._producer.send(record.topic, record.value, key=record.key,
-                                                         headers=list(record.headers) or None))
+                                                         headers=list(record.headers) or None, **placed))
                 self.published += 1
                 continue
-            by_partition.setdefault((record.topic, await self._partition(record.topic, record.key)), []).append(record)
+            placed_by = record.key if record.placed_by is None else record.placed_by
+            by_partition.setdefault((record.topic, await self._partition(record.topic, placed_by)), []).append(record)
         for (topic, partition), batch in by_partition.items():
             pending.extend(await self._send_batches(topic, partition, batch))
         if pending:

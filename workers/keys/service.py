@@ -25,11 +25,18 @@ from workers.keys.cache import SingleFlightCache
 from workers.keys.patience import TenantPatience
 from workers.keys.pins import accepted_material
 from workers.keystore.directory import KeyDirectory, KeyEntry, KeyState
+from workers.keystore.shards import KeyShards
 from workers.kms import Kms, KmsRefused, encryption_context, kms_for, provider_of
 from workers.ledger import Ledger
 from workers.source import Source
 
 SecretKey = Ed25519PrivateKey | AESGCM
+
+
+class TenantKeysLoading(Unavailable):
+    """A sharded key table does not hold the tenant's partition yet: the record waits while it loads."""
+
+    setting = "KEYLEDGER_KEY_TABLE_SHARDED and that input producers partition by murmur2 of the tenant id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +53,16 @@ class KeyService:
         ledger: Ledger,
         secrets: SingleFlightCache[SecretKey],
         patience: TenantPatience | None = None,
+        shards: KeyShards | None = None,
     ) -> None:
+        """`shards`: the table holds only some tenants' keys (KEYLEDGER_KEY_TABLE_SHARDED); a lookup of a
+        tenant it does not hold raises `TenantKeysLoading` (the record waits) and has them loaded."""
         self.directory = directory
         self.kms = kms
         self.ledger = ledger
         self.secrets = secrets
         self.patience = patience or TenantPatience(0)
+        self.shards = shards
         self._canonical: dict[str, str] = {}  # KMS key as named -> as the KMS identifies it (describe_key)
         directory.on_evict(self.evict)
 
@@ -92,6 +103,7 @@ class KeyService:
         """Neither a tenant with keys nor a destroyed one: the key table has not heard of it (yet)."""
         if self.directory.active(tenant_id, KeyType.ENCRYPTION) or self.directory.active(tenant_id, KeyType.SIGNING):
             return False  # the common case, asked once per PII request: two dict lookups
+        self._held(tenant_id)
         if self.directory.is_destroyed_tenant(tenant_id):
             return False
         # material read but no key announced yet (keygen is between the two): not known yet either
@@ -108,20 +120,34 @@ class KeyService:
         entry = self.directory.active(tenant_id, key_type)
         if entry is not None:
             return entry
+        self._held(tenant_id)
         if self.directory.is_destroyed_tenant(tenant_id):
             raise KeyRefused(f"tenant {tenant_id} was destroyed", ErrorCode.TENANT_DESTROYED)
         if self.unknown_tenant(tenant_id):
             raise KeyRefused(f"unknown tenant {tenant_id}", ErrorCode.UNKNOWN_TENANT)
         raise KeyRefused(f"tenant {tenant_id} has no active {key_type.value} key", ErrorCode.KEY_NOT_FOUND)
 
+    def tenant_of(self, key_id: str) -> str | None:
+        """The tenant of a key the table knows (a destroyed one too), else None."""
+        entry = self.directory.get(key_id)
+        return None if entry is None else entry.tenant_id
+
     def owned(self, tenant_id: str, key_id: str) -> KeyEntry:
         """The tenant's key `key_id`; another tenant's key is reported as not found."""
         entry = self.directory.get(key_id)
         if entry is None or entry.tenant_id != tenant_id:
+            self._held(tenant_id)
             raise KeyRefused(f"no key {key_id} for tenant {tenant_id}", ErrorCode.KEY_NOT_FOUND)
         if entry.state is KeyState.DESTROYED:
             raise KeyRefused(f"key {key_id} was destroyed", ErrorCode.KEY_DESTROYED)
         return entry
+
+    def _held(self, tenant_id: str) -> None:
+        """Before a lookup's miss is believed: the table holds every key of the tenant (or TenantKeysLoading)."""
+        if self.shards is not None and not self.shards.holds(tenant_id):
+            self.shards.want(tenant_id)
+            raise TenantKeysLoading(f"keys of tenant {tenant_id} are being loaded (key partition "
+                                    f"{self.shards.partition(tenant_id)} is not held by this process)")
 
     # --- secrets -----------------------------------------------------------
 

@@ -297,6 +297,23 @@ class KeyDirectory:
             if all(k.state is KeyState.DESTROYED for k in self.tenant_keys(entry.tenant_id)):
                 self._destroyed_tenants.add(entry.tenant_id)
 
+    def drop_tenants(self, dropped: Callable[[str], bool]) -> int:
+        """Forget every key of each tenant `dropped` names (a sharded table giving up a partition): the
+        listeners are told of each key, so no cache keeps a secret of a key the table no longer follows.
+        Returns how many keys were forgotten; reading the tenants' records again brings them back."""
+        gone = [tenant_id for tenant_id in self._tenants if dropped(tenant_id)]
+        forgotten = 0
+        for tenant_id in gone:
+            tenant = self._tenants.pop(tenant_id)
+            self._destroyed_tenants.discard(tenant_id)
+            for key_type in KeyType:
+                for entry in tenant.versions(key_type):
+                    del self._keys[entry.key_id]
+                    forgotten += 1
+                    for listener in self._listeners:
+                        listener(entry.key_id)
+        return forgotten
+
     # --- reads -------------------------------------------------------------
 
     def get(self, key_id: str) -> KeyEntry | None:

@@ -2,7 +2,9 @@
 
 The records reach it through `workers.kafka.follow.TopicFollower`, which reads both topics whole at
 start (a process never serves before it knows every key) and then follows them: new versions,
-rotations, revocations and tombstones, which is how caches are evicted in every process.
+rotations, revocations and tombstones, which is how caches are evicted in every process. With
+KEYLEDGER_KEY_TABLE_SHARDED, through `workers.kafka.follow.PartitionFollower` instead: only the
+partitions a process holds (keystore/shards.py), each read whole before its tenants' records are served.
 """
 
 from __future__ import annotations
