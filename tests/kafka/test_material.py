@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from schemas.messages import KeyType
 from tests.keystore.test_directory import material
-from workers.kafka.material import KafkaMaterialStore, material_record, tombstone
+from workers.kafka.material import KafkaMaterialStore, material_record, tombstones
 from workers.kafka.publisher import Outgoing
 
 
@@ -31,9 +31,9 @@ def test_a_material_record_is_keyed_by_key_id_and_placed_by_tenant():
     assert (record.topic, record.key, record.placed_by) == ("keys.material", m.key_id.encode(), b"acme")
 
 
-def test_a_tombstone_follows_its_tenant_and_only_an_unknown_key_falls_back_to_its_own_id():
-    assert tombstone("k1", "acme").placed_by == b"acme" and tombstone("k1", "acme").value is None
-    assert tombstone("k1", None).placed_by is None
+def test_a_tombstone_follows_its_tenant_and_the_key_ids_partition_of_records_placed_before():
+    assert [(t.placed_by, t.value) for t in tombstones("k1", "acme")] == [(None, None), (b"acme", None)]
+    assert [(t.placed_by, t.value) for t in tombstones("k1", None)] == [(None, None)]
 
 
 async def test_the_store_writes_and_erases_on_the_tenants_partition():
@@ -43,4 +43,5 @@ async def test_the_store_writes_and_erases_on_the_tenants_partition():
     await store.write([m])
     await store.erase([m.key_id, "unknown"])
     assert [(r.key, r.value is None, r.placed_by) for r in published.records] == [
-        (m.key_id.encode(), False, b"acme"), (m.key_id.encode(), True, b"acme"), (b"unknown", True, None)]
+        (m.key_id.encode(), False, b"acme"), (m.key_id.encode(), True, None), (m.key_id.encode(), True, b"acme"),
+        (b"unknown", True, None)]

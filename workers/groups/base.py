@@ -15,7 +15,7 @@ from workers.core import ids
 from workers.core.callers import CallerTable
 from workers.errors import KeyledgerError
 from workers.kafka.letters import DeadLetters
-from workers.kafka.material import KafkaMaterialStore, tombstone
+from workers.kafka.material import KafkaMaterialStore, tombstones
 from workers.kafka.publisher import Outgoing, Publisher, refused_as_too_large
 from workers.kafka.records import InboundRecord
 from workers.keys.audit import AuditTrail
@@ -135,7 +135,7 @@ class Emitter(Generic[R]):
             assert self._encode is not None, f"{self._group} has results but no encoder"
             outputs = [self._encode(result) for result in outcome.results]
         outputs += [_tick(tick) for tick in outcome.ticks]
-        outputs += [tombstone(key_id, self._keys.tenant_of(key_id)) for key_id in outcome.tombstones]
+        outputs += [record for key_id in outcome.tombstones for record in tombstones(key_id, self._keys.tenant_of(key_id))]
         return outputs
 
     def _refuse_too_large(self, records: Sequence[InboundRecord], outcome: Outcome[R],

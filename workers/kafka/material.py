@@ -2,8 +2,10 @@
 
 Each record is placed on its tenant's partition (murmur2 of the tenant id, `Outgoing.placed_by`), not its
 key id's: a tenant's material shares the partition number of its `keys.events` and input records, which a
-sharded key table (KEYLEDGER_KEY_TABLE_SHARDED) reads alone. A tombstone goes where its record went (the
-key's tenant, from the key table), or compaction would never remove that record.
+sharded key table (KEYLEDGER_KEY_TABLE_SHARDED) reads alone. A tombstone goes where its record went, or
+compaction would never remove that record: to the tenant's partition (the key table knows the tenant), and
+also to the key id's own partition, where versions before tenant placement wrote it (a tombstone where no
+record is costs one small record and removes nothing else).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ def material_record(material: KeyMaterial) -> Outgoing:
     return Outgoing.of(Topic.KEYS_MATERIAL, material.key_id, material)._replace(placed_by=material.tenant_id.encode())
 
 
-def tombstone(key_id: str, tenant_id: str | None) -> Outgoing:
-    """The tombstone of `key_id`, on its tenant's partition (on the key id's only for a key of no known tenant)."""
+def tombstones(key_id: str, tenant_id: str | None) -> list[Outgoing]:
+    """The tombstones of `key_id`: on its key id's partition (where a record written before tenant placement
+    lies, and the only one for a key of no known tenant) and on its tenant's."""
     record = Outgoing.of(Topic.KEYS_MATERIAL, key_id, None)
-    return record if tenant_id is None else record._replace(placed_by=tenant_id.encode())
+    return [record] if tenant_id is None else [record, record._replace(placed_by=tenant_id.encode())]
 
 
 class KafkaMaterialStore:
@@ -38,4 +41,5 @@ class KafkaMaterialStore:
         await self._publisher.publish(material_record(m) for m in materials)
 
     async def erase(self, key_ids: Iterable[str]) -> None:
-        await self._publisher.publish(tombstone(key_id, self._tenant_of(key_id)) for key_id in key_ids)
+        await self._publisher.publish(
+            record for key_id in key_ids for record in tombstones(key_id, self._tenant_of(key_id)))
