@@ -71,7 +71,7 @@ class Group:
     """The operations of one batch that one grouped `kms.audit` event names (same tenant, key, op, outcome,
     caller, reason and id derivation)."""
 
-    __slots__ = ("first", "timestamp", "count", "offsets", "requests")
+    __slots__ = ("first", "timestamp", "count", "offsets", "requests", "transfers")
 
     def __init__(self, op: OpRecord, timestamp_ns: int) -> None:
         self.first, self.timestamp = op, timestamp_ns
@@ -79,8 +79,12 @@ class Group:
         self.count = 0
         self.offsets: dict[tuple[str, int], list[int]] = {}
         self.requests: list[str] = []
+        self.transfers: set[int] = set()
 
     def add(self, op: OpRecord, timestamp_ns: int) -> None:
+        if op.transfer_id in self.transfers:
+            return  # a copy of a caller's request in the same batch: the same transfer, counted once
+        self.transfers.add(op.transfer_id)
         self.count += op.count
         if op.request_id is not None:
             self.requests.append(op.request_id)
@@ -98,7 +102,7 @@ class Group:
             event_id=ids.to_hex(op.transfer_id), tenant_id=op.tenant_id, key_id=op.key_id, op=op.op,
             count=self.count, outcome=Outcome.FAILURE if op.failed else Outcome.SUCCESS, reason=op.reason,
             occurred_at=_occurred(self.timestamp), sources=sources or None,
-            requests=sorted(set(self.requests)) or None, id_parts=list(op.id_parts or ()) or None,
+            requests=sorted(self.requests) or None, id_parts=list(op.id_parts or ()) or None,
             id_wrap=op.id_wrap, caller_id=op.caller_id)
 
     def event_json(self) -> bytes:
