@@ -63,6 +63,8 @@ SETTLE = 30.0
 @dataclass
 class AuditReport:
     events: int = 0
+    transfers: int = 0
+    """Distinct ledger transfers the events name (the ledger holds each)."""
     duplicates: int = 0
     tenants: set[str] = field(default_factory=set)
     mismatches: list[str] = field(default_factory=list)
@@ -164,6 +166,7 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
         named.append((event, named_transfers(event)))
     wanted = list(dict.fromkeys(i for _, listed in named for i in listed))
     transfers = {t.id: t for t in await ledger.lookup_transfers(wanted)}
+    report.transfers = len(transfers)
     for event, listed in named:
         problem = _group_disagreement(event, [transfers.get(i) for i in listed])
         if problem:
