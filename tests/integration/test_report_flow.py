@@ -136,7 +136,7 @@ async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle
     assert [(k["key_type"], k["version"], k["state"]) for k in facts["keys"]] == [
         (k.key_type, k.version, k.state) for k in report.keys]
     assert facts["denied_total"] == 1 and facts["totals"]["sign"] == 8 and len(facts["rotations"]) == 3
-    assert facts["verification"]["digest_chain"]["protected_by_a_verified_digest"] == transfers
+    assert facts["verification"]["digest_chain"]["protected_by_a_verified_digest"] == report.tenant_audit_records
 
     html = render_html(report)
     assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "@media print" in html
