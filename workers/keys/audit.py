@@ -43,8 +43,8 @@ class AuditTrail:
         self._ledger = ledger
 
     async def record(self, ops: Sequence[OpRecord]) -> list[tuple[OpRecord, bytes]]:
-        """Create the transfers of `ops`; returns each operation the ledger now holds with its `kms.audit`
-        event (JSON) to publish."""
+        """Create the transfers of `ops`; returns the `kms.audit` events (JSON) to publish for those the ledger
+        now holds, each with the operation it is published for (a lifecycle operation, or a group's first)."""
         if not ops:
             return []
         results = await self._ledger.create_transfers([op.to_transfer() for op in ops])
@@ -167,7 +167,7 @@ def _occurred(timestamp_ns: int) -> datetime:
 
 def audit_json(op: OpRecord, timestamp_ns: int) -> bytes:
     """`audit_event(op, timestamp_ns).model_dump_json(exclude_none=True)`, byte for byte, without building
-    the model (one audit event is written per signed span and per PII record). Every value
+    the model. Every value
     is either ours and of a fixed alphabet (hex ids, tenant ids by their pattern, enum values, ints) or
     checked here to need no JSON escaping; anything else takes the model's path
     (tests/keys/test_audit.py holds the two together)."""
