@@ -400,8 +400,8 @@ async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str |
         for problem in report.mismatches[:100]:
             print(f"MISMATCH {problem}")
         verdict = "agrees with" if report.agrees else "DISAGREES with"
-        print(f"kms.audit {verdict} {describe_ledger(settings.ledger)}: {report.events} events ({report.duplicates} "
-              f"duplicate records), {report.ledger_tenants} tenants, {len(report.mismatches)} mismatches; "
+        print(f"kms.audit {verdict} {describe_ledger(settings.ledger)}: {report.events} events naming "
+              f"{report.transfers} transfers ({report.duplicates} duplicate records), {report.ledger_tenants} tenants, {len(report.mismatches)} mismatches; "
               f"{report.settled} in flight at the read, settled")
         chain = await verify_chain(bootstrap, ledger=ledger, configured=configured, settle=settle)
     finally:

@@ -80,6 +80,13 @@ class OpRecord:
     tag: int | None = None  # user_data_64 instead of the source offset (e.g. the tick that rotated)
     origin: int | None = None  # user_data_128 when no key is linked (a rewrap: where its tick was)
     caller_id: str | None = None  # user_data_128 of a caller's operation (never with a linked key or origin)
+    id_parts: tuple[str, ...] | None = None
+    """Set on an operation whose transfer id is derived per record (signing, PII, a refused caller):
+    `ids.grouped_transfer_id(op, key_id, id_parts, origin, id_wrap)`, origin ("caller-request", request_id)
+    or (topic, partition, offset); its `kms.audit` event then names it among a group (keys/audit.py).
+    None: a lifecycle operation, announced by an event of its own."""
+    request_id: str | None = None
+    id_wrap: str | None = None
 
     def to_transfer(self) -> Transfer:
         flags = TransferFlags.PENDING | TransferFlags.CLOSING_CREDIT if self.closing else TransferFlags.NONE

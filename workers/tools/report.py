@@ -35,6 +35,7 @@ from schemas.topics import Topic
 from workers.core import ids
 from workers.core.policy import NS
 from workers.kafka.tap import read_topic
+from workers.keys.audit import named_transfers
 from workers.ledger import (
     Account,
     AccountFilter,
@@ -218,7 +219,7 @@ async def assemble(ledger: Ledger, tenant: str, audit: Sequence[Logged], digests
     now_ns = now_ns if now_ns is not None else time.time_ns()
     report = TenantReport(tenant, now_ns, rotation_age, encrypt_limit)
     mine = _tenant_audit(audit, tenant)
-    reasons = {event.event_id: event.reason for _, event in mine}
+    reasons = {ids.to_hex(transfer_id): event.reason for _, event in mine for transfer_id in named_transfers(event)}
     for account in await _key_accounts(ledger, tenant):
         transfers = await _transfers_to(ledger, account.id)
         report.keys.append(_version(account, transfers, encrypt_limit))
