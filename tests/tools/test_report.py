@@ -6,12 +6,33 @@ tests/integration/test_report_flow.py.
 
 from __future__ import annotations
 
+import json
 import re
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from tests.support.harness import handler_harness, inbound, span_job, tenant_created, tick
+from workers.core.b64 import b64url_encode
+from workers.core.canonical import canonical_json
+from workers.core.report_signature import sign_report
+from workers.core.signing import public_key_bytes
 from workers.tools.audit_check import Logged
-from workers.tools.report import KeyVersion, Operation, TenantReport, assemble
-from workers.tools.report_html import LABEL, WIDTH, render_html
+from workers.tools.report import (
+    BAD,
+    OK,
+    WARN,
+    KeyVersion,
+    Operation,
+    Period,
+    TenantReport,
+    UnknownTenant,
+    assemble,
+    judge,
+    roll_up,
+)
+from workers.tools.report_html import LABEL, WIDTH, render_document, render_html
+from workers.tools.report_signing import check_saved
 from workers.tools.verify import PublicKeyBook
 
 NS = 1_000_000_000
@@ -40,9 +61,31 @@ async def test_facts_come_from_the_ledger_and_keys_events():
     assert keys[("signing", 1)].late is False and keys[("signing", 2)].state == "active"
     assert keys[("encryption", 1)].headroom == 50 - 1 and keys[("signing", 1)].headroom is None
     assert report.ledger_agrees and report.ledger_events == len(report.operations) == report.tenant_audit_records
-    # no digest yet: nothing broken, every record awaits the first digest
+    # no digest yet: nothing broken, every record awaits the first digest, and the card says so in amber
     assert report.chain_intact and report.protected_records == 0
     assert report.awaiting_digest == report.tenant_audit_records
+    verdicts = {v.name: v for v in report.verdicts}
+    assert (verdicts["Digest chain over kms.audit"].level, verdicts["Digest chain over kms.audit"].headline) == (
+        WARN, "not yet protected")
+    assert verdicts["Ledger vs kms.audit"].level == OK and verdicts["Operations"].level == OK
+    signs = [r for r in report.rollups if r.op == "sign"]
+    assert sum(r.count for r in signs) == 3 and {r.reason for r in signs} == {"span signed"}
+    assert all(r.records and r.records[0].startswith("spans.to-sign[") for r in signs)
+
+
+async def test_an_unknown_tenant_is_an_error_not_a_green_report():
+    async with handler_harness(["keyledger-keygen"]) as parts:
+        context, broker, captured = parts
+        await broker.publish(tenant_created("acme"), "tenants.created", key=b"acme")
+        audit = [Logged(0, n, k, v) for n, (k, v) in enumerate(captured.by_topic["kms.audit"])]
+        with pytest.raises(UnknownTenant):
+            await assemble(context.ledger, "nobody", audit, [], [], PublicKeyBook(), rotation_age=3600,
+                           encrypt_limit=50)
+        # a period before the tenant existed lists nothing and says so
+        empty = await assemble(context.ledger, "acme", audit, [], [], PublicKeyBook(), rotation_age=3600,
+                               encrypt_limit=50, period=Period(end_ns=1))
+    assert empty.keys == [] and empty.operations == []
+    assert {v.name: v.level for v in empty.verdicts}["Operations"] == WARN
 
 
 def synthetic() -> TenantReport:
@@ -55,10 +98,74 @@ def synthetic() -> TenantReport:
         KeyVersion("b" * 32, "encryption", 2, "active", t0 + 40 * NS, operations={"generate": 1}, usage=1,
                    headroom=9),
     ]
-    report.operations = [Operation("c" * 32, "a" * 32, "encrypt", 4, False, t0 + 10 * NS),
-                         Operation("d" * 32, "a" * 32, "denied", 1, True, t0 + 20 * NS, reason="<img src=x>")]
+    report.operations = [Operation("c" * 32, "a" * 32, "encrypt", 4, False, t0 + 10 * NS,
+                                   records="pii.requests[0]@7"),
+                         Operation("d" * 32, "a" * 32, "denied", 1, True, t0 + 20 * NS, reason="<img src=x>",
+                                   caller_id="e" * 32, records="pii.requests[1]@9")]
     report.ledger_agrees = report.chain_intact = True
+    report.ledger_events = report.tenant_audit_records = report.protected_records = 2
+    report.rollups = roll_up(report)
+    report.verdicts = judge(report)
     return report
+
+
+def test_denied_and_failed_operations_colour_their_card_and_link_to_their_rows():
+    report = synthetic()
+    verdicts = {v.name: v for v in report.verdicts}
+    denied = [r for r in report.rollups if r.outcome == "denied"]
+    assert verdicts["Operations"].level == WARN and verdicts["Operations"].link == denied[0].anchor
+    assert verdicts["Policy"].level == BAD  # v1 was rotated late
+    assert denied[0].caller_id == "e" * 32 and denied[0].records == ["pii.requests[1]@9"]
+    html = render_html(report)
+    assert f'href="#{denied[0].anchor}"' in html and f'id="{denied[0].anchor}"' in html
+    report.operations.append(Operation("f" * 32, "a" * 32, "decrypt", 1, True, report.operations[-1].at_ns + 1,
+                                       reason="refused"))
+    report.rollups = roll_up(report)
+    verdicts = {v.name: v for v in judge(report)}
+    assert verdicts["Operations"].level == BAD
+    assert "failed: the ciphertext did not authenticate under the key it names" in {r.reason for r in report.rollups}
+
+
+@pytest.mark.parametrize(("reason", "words"), [
+    ("not_allowed", "denied: caller not allowed for this tenant"),
+    ("unknown_caller", "denied: caller not registered"),
+    ("refused", "denied: the ciphertext names a key this tenant does not own"),
+])
+def test_denied_reasons_are_said_in_words(reason, words):
+    assert Operation("c" * 32, "a" * 32, "denied", 1, True, 0, reason=reason).words == words
+
+
+def signed(report: TenantReport) -> tuple[dict, bytes]:
+    private = Ed25519PrivateKey.generate()
+    document = sign_report(private, report.to_json(), tenant_id="keyledger-system", key_id="9" * 32)
+    return json.loads(json.dumps(document)), public_key_bytes(private)
+
+
+def test_a_signed_report_verifies_and_any_edit_fails():
+    report = synthetic()
+    document, public = signed(report)
+    canonical_json(document)  # the JSON form has an RFC 8785 form (no integer beyond 2^53)
+    html = render_document(document)
+    text = json.dumps(document, indent=2)
+    assert check_saved(html, public) == [] and check_saved(text, public) == []
+    assert check_saved(html, None, {"9" * 32: public}) == []
+    assert TenantReport.from_json(document["report"]).to_json() == document["report"]
+    # 1. edit a number: in the JSON, in the HTML's visible table, in the HTML's embedded JSON
+    assert check_saved(text.replace('"count": 4', '"count": 3'), public)
+    assert ">4<" in html and check_saved(html.replace(">4<", ">3<", 1), public)
+    assert check_saved(html.replace("&quot;count&quot;: 4", "&quot;count&quot;: 3"), public)
+    # 2. drop a row: a denied row of the HTML, an operation of the JSON
+    row = re.search(r'<tr class="denied"[^>]*>.*?</tr>', html)
+    assert row is not None and check_saved(html.replace(row.group(0), ""), public)
+    dropped = json.loads(text)
+    del dropped["report"]["operations"][1]
+    assert check_saved(json.dumps(dropped), public)
+    # 3. swap the signature or the key: another key's signature, a key given that did not sign
+    other, other_public = signed(report)
+    swapped = {**document, "signature": other["signature"]}
+    assert check_saved(json.dumps(swapped), public) and check_saved(json.dumps(document), other_public)
+    resigned = {**document, "signature": {**document["signature"], "public_key": b64url_encode(other_public)}}
+    assert check_saved(json.dumps(resigned), other_public)
 
 
 def test_the_html_is_self_contained_escaped_and_drawn_inside_its_frame():
