@@ -35,7 +35,7 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        margin: 24px auto; max-width: 1180px; padding: 0 16px; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 28px 0 8px; border-bottom: 1px solid var(--line); }
 .meta { color: var(--muted); margin: 0 0 16px; }
-.verdicts { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 12px; }
+.verdicts { display: grid; grid-template-columns: repeat(auto-fit, minmax(240px, 1fr)); gap: 12px; }
 .verdict { border: 1px solid var(--line); border-left: 6px solid var(--ok); border-radius: 4px; padding: 10px 12px; }
 .verdict.ok { border-left-color: var(--ok); background: #f0fff4; }
 .verdict.warn { border-left-color: var(--warn); background: #fffaf0; }
