@@ -118,6 +118,9 @@ async def test_kek_rotation_then_scheduled_rewrap_then_retire(openbao):
         audits = [a for a in captured.values("kms.audit", AuditEvent) if a.op.value == "rewrap"]
         assert sorted(a.key_id for a in audits) == sorted(before)
         assert {a.reason for a in audits} == {"scheduled rewrap to the latest KEK version"}
+        assert {(a.kms_provider, a.kek_version) for a in audits} == {("vault", 2)}  # the KEK version it moved to
+        generated = [a for a in captured.values("kms.audit", AuditEvent) if a.op.value == "generate"]
+        assert generated and {(a.kms_provider, a.kek_version) for a in generated} == {("vault", 1)}
 
         published = len(captured.values("keys.material"))
         await handle(context, tick("cron-2", action="rewrap"))  # retires v1 first, then finds nothing to move

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from schemas.messages import AuditEvent, AuditSource, Outcome
 from workers.core import ids
@@ -62,7 +62,7 @@ def audit_json(op: OpRecord, timestamp_ns: int) -> bytes:
     checked here to need no JSON escaping; anything else takes the model's path
     (tests/keys/test_audit.py holds the two together)."""
     reason, topic = op.reason, op.source.topic
-    if not (_plain_text(reason) and _plain_text(topic)):
+    if op.wrap is not None or not (_plain_text(reason) and _plain_text(topic)):
         return audit_event(op, timestamp_ns).model_dump_json(exclude_none=True).encode()
     stamp = _occurred(timestamp_ns).isoformat()[:-6] + "Z"  # as pydantic writes it: UTC as Z, microseconds if any
     outcome = "failure" if op.failed else "success"
@@ -83,6 +83,8 @@ def _plain_text(text: str) -> bool:
 
 def audit_event(op: OpRecord, timestamp_ns: int) -> AuditEvent:
     occurred = _occurred(timestamp_ns)
+    wrap = op.wrap
+    pending = wrap.deletion_pending_days if wrap is not None else None
     return AuditEvent(
         event_id=ids.to_hex(op.transfer_id),
         tenant_id=op.tenant_id,
@@ -94,4 +96,8 @@ def audit_event(op: OpRecord, timestamp_ns: int) -> AuditEvent:
         occurred_at=occurred,
         source=AuditSource(topic=op.source.topic, partition=op.source.partition, offset=op.source.offset),
         caller_id=op.caller_id,
+        kms_provider=wrap.kms_provider if wrap is not None else None,
+        kms_key_id=wrap.kms_key_id if wrap is not None else None,
+        kek_version=wrap.kek_version if wrap is not None else None,
+        kms_deletion_date=occurred + timedelta(days=pending) if pending is not None else None,
     )
