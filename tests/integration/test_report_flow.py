@@ -108,6 +108,17 @@ async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle
         ("encryption", 3): {"destroy": 1, "generate": 1},
     }
     assert keys[("encryption", 1)].failures == {"denied": 1}
+    # where each version was wrapped, and the deletion that destroyed it (a shared KMS key: nothing scheduled)
+    for key in report.keys:
+        assert [w.op for w in key.wrappings] == ["generate", "destroy"] and key.kms_provider == "local"
+        assert key.destroyed_by.startswith("tenants.deleted[") and key.kms_deletion_date is None
+    # the refusal is said in words, with the caller the request named and the record that carried it
+    [refusal] = [r for r in report.rollups if r.outcome == "denied"]
+    assert refusal.reason == "denied: the ciphertext names a key this tenant does not own"
+    assert refusal.caller_id == caller.caller_id and refusal.records[0].startswith("pii.requests[")
+    assert {v.name: v.level for v in report.verdicts} == {"Ledger vs kms.audit": "ok",
+                                                          "Digest chain over kms.audit": "ok",
+                                                          "Operations": "warn", "Policy": "bad"}
     assert [(o.op, o.count, o.key_id, o.reason) for o in report.denied] == [
         ("denied", 1, keys[("encryption", 1)].key_id, "refused")]
     # lifecycle times, in ledger time and in order
@@ -141,6 +152,7 @@ async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle
     assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "@media print" in html
     assert not any(tag in html for tag in ("<script", "<link", "src=", "<img", "url("))  # nothing external
     assert all(k.key_id in html for k in report.keys) and "late" in html and "denied" in html
+    assert "tenants.deleted[" in html and "Tenant deleted" in html
     page = tmp_path / "report.html"
     page.write_text(html, encoding="utf-8")
 

@@ -49,6 +49,8 @@ async def test_facts_come_from_the_ledger_and_keys_events():
             [inbound("spans.to-sign", "acme", span_job("acme"), offset=n) for n in range(3)])
         await broker.publish(tick("t1", tenant_id="acme", key_type="signing", reason="compromise"),
                              "keys.rotation-ticks", key=b"acme")
+        await broker.publish(tick("rw", tenant_id="acme", action="rewrap", reason="manual"), "keys.rotation-ticks",
+                             key=b"acme")
         audit = [Logged(0, n, k, v) for n, (k, v) in enumerate(captured.by_topic["kms.audit"])]
         events = [v for _, v in captured.by_topic["keys.events"]]
         book = PublicKeyBook()
@@ -56,10 +58,15 @@ async def test_facts_come_from_the_ledger_and_keys_events():
 
     keys = {(k.key_type, k.version): k for k in report.keys}
     assert sorted(keys) == [("encryption", 1), ("signing", 1), ("signing", 2)]  # globex's keys are not acme's
-    assert keys[("signing", 1)].operations == {"generate": 1, "revoke": 1, "rotate": 1, "sign": 3}
+    assert keys[("signing", 1)].operations == {"generate": 1, "revoke": 1, "rotate": 1, "rewrap": 1, "sign": 3}
+    # where each version is wrapped, from its lifecycle audit events: made, then re-wrapped
+    for key in keys.values():
+        assert [w.op for w in key.wrappings] == ["generate", "rewrap"] and key.kms_provider == "local"
+        assert key.kms_key_id == key.wrappings[-1].kms_key_id and key.wrappings[0].at <= key.wrappings[1].at
     assert (keys[("signing", 1)].state, keys[("signing", 1)].rotation_reason) == ("revoked", "compromise")
     assert keys[("signing", 1)].late is False and keys[("signing", 2)].state == "active"
-    assert keys[("encryption", 1)].headroom == 50 - 1 and keys[("signing", 1)].headroom is None
+    assert TenantReport.from_json(json.loads(json.dumps(report.to_json()))).to_json() == report.to_json()
+    assert keys[("encryption", 1)].headroom == 50 - 2 and keys[("signing", 1)].headroom is None
     assert report.ledger_agrees and report.ledger_events == len(report.operations) == report.tenant_audit_records
     # no digest yet: nothing broken, every record awaits the first digest, and the card says so in amber
     assert report.chain_intact and report.protected_records == 0

@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.messages import AuditEvent, CallerRefusal, KeyEvent, KeyEventType, KeyType, Op
+from schemas.messages import AuditEvent, CallerRefusal, KeyEvent, KeyEventType, KeyMaterial, KeyType, Op
 from schemas.topics import Topic
 from workers.core import ids
 from workers.core.digest import parse_digest
@@ -156,6 +156,22 @@ class Audited:
     caller_id: str | None
     reason: str
     records: str
+    wrapping: Wrapping | None = None
+    """Lifecycle events: where the version is wrapped after the operation."""
+
+
+@dataclass
+class Wrapping:
+    """Where a key version was wrapped from a lifecycle operation on (its kms.audit event, or keys.material)."""
+
+    at: str | None
+    op: str
+    kms_provider: str
+    kms_key_id: str
+    kek_version: int | None = None
+    kms_deletion_date: str | None = None
+    """A destroy whose shred scheduled this KMS key for deletion: the earliest the key is gone."""
+    records: str | None = None
 
 
 def audited_operations(mine: Sequence[tuple[Logged, AuditEvent]]) -> dict[str, Audited]:
@@ -164,9 +180,18 @@ def audited_operations(mine: Sequence[tuple[Logged, AuditEvent]]) -> dict[str, A
     found = {}
     for _, event in mine:
         source = event.source
-        found[event.event_id] = Audited(event.caller_id, event.reason,
-                                        f"{source.topic}[{source.partition}]@{source.offset}")
+        records = f"{source.topic}[{source.partition}]@{source.offset}"
+        wrapping = None
+        if event.kms_provider is not None and event.kms_key_id is not None:
+            deletion = event.kms_deletion_date
+            wrapping = Wrapping(None, event.op.value, event.kms_provider, event.kms_key_id, event.kek_version,
+                                _text(deletion) if deletion is not None else None, records)
+        found[event.event_id] = Audited(event.caller_id, event.reason, records, wrapping)
     return found
+
+
+def _text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -197,6 +222,15 @@ class KeyVersion:
     """Replaced after the rotation age (None while not replaced)."""
     overdue: bool = False
     """Still active and older than the rotation age now."""
+    kms_provider: str | None = None
+    kms_key_id: str | None = None
+    kek_version: int | None = None
+    """Where the version is wrapped now (its last lifecycle event that says, else keys.material)."""
+    wrappings: list[Wrapping] = field(default_factory=list)
+    """Its generate, every rewrap and migration, and its destroy, each with where it was wrapped, in ledger order."""
+    destroyed_by: str | None = None
+    """The record that caused its destruction (the tenant's deletion event on tenants.deleted)."""
+    kms_deletion_date: str | None = None
 
 
 @dataclass
@@ -344,7 +378,7 @@ class TenantReport:
         return cls(
             tenant=facts["tenant"], generated_at_ns=int(facts["generated_at_ns"]),
             rotation_age_s=policy["rotation_age_s"], encrypt_limit=policy["encrypt_limit"],
-            keys=[_made(KeyVersion, _unwire(k)) for k in facts["keys"]],
+            keys=[_key_version(k) for k in facts["keys"]],
             operations=[_made(Operation, _unwire(o)) for o in facts["operations"]],
             ledger_agrees=ledger["agrees"], ledger_events=ledger["events"], ledger_mismatches=ledger["mismatches"],
             chain_intact=chain["intact"], chain_problems=chain["problems"], chain_digests=chain["digests"],
@@ -367,6 +401,12 @@ def _wire(facts: dict[str, Any]) -> dict[str, Any]:
 
 def _unwire(facts: dict[str, Any]) -> dict[str, Any]:
     return {name: int(value) if name.endswith("_ns") and value is not None else value for name, value in facts.items()}
+
+
+def _key_version(facts: dict[str, Any]) -> KeyVersion:
+    key: KeyVersion = _made(KeyVersion, _unwire(facts))
+    key.wrappings = [Wrapping(**w) for w in facts["wrappings"]]
+    return key
 
 
 def _made(kind: Any, facts: dict[str, Any]) -> Any:
@@ -408,7 +448,8 @@ async def build_report(bootstrap: str, ledger: Ledger, tenant: str, *, rotation_
                                                             (events_topic, events), (material_topic, materials))]
     return await assemble(ledger, tenant, [_logged(r) for r in audit_records], [_logged(r) for r in digest_records],
                           [r.value for r in events], book, rotation_age=rotation_age, encrypt_limit=encrypt_limit,
-                          anchors=anchors, cut_ns=cut_ns, period=period, ledger_name=ledger_name, sources=sources)
+                          anchors=anchors, cut_ns=cut_ns, period=period, ledger_name=ledger_name, sources=sources,
+                          materials=[r.value for r in materials])
 
 
 def _source(topic: str, records: Sequence[Any]) -> Source:
@@ -427,7 +468,7 @@ async def assemble(ledger: Ledger, tenant: str, audit: Sequence[Logged], digests
                    key_events: Sequence[bytes | None], book: PublicKeyBook, *, rotation_age: int, encrypt_limit: int,
                    now_ns: int | None = None, anchors: Anchors | None = None, cut_ns: int | None = None,
                    period: Period = Period(), ledger_name: str = "ledger",
-                   sources: Sequence[Source] = ()) -> TenantReport:
+                   sources: Sequence[Source] = (), materials: Sequence[bytes | None] = ()) -> TenantReport:
     """With `anchors`, digest keys must be anchored and the ledger's digest records must be on the topic
     (audit_check.check_chain); without, the chain is judged from the topics alone.
     Raises UnknownTenant when neither the ledger nor kms.audit knows `tenant`."""
@@ -439,8 +480,9 @@ async def assemble(ledger: Ledger, tenant: str, audit: Sequence[Logged], digests
     if not accounts and not mine:
         raise UnknownTenant(f"tenant {tenant!r} has no key in the ledger and no record on kms.audit")
     audited = audited_operations(mine)
+    lives: dict[str, list[Transfer]] = {}
     for account in accounts:
-        transfers = await _transfers_to(ledger, account.id)
+        transfers = lives[ids.to_hex(account.id)] = await _transfers_to(ledger, account.id)
         if period.end_ns is not None and account.timestamp > period.end_ns:
             continue  # created after the period
         during = [t for t in transfers if period.holds(t.timestamp)]
@@ -452,6 +494,7 @@ async def assemble(ledger: Ledger, tenant: str, audit: Sequence[Logged], digests
     report.keys.sort(key=lambda k: (k.key_type, k.version))
     report.operations.sort(key=lambda o: o.at_ns)
     _apply_events(report, key_events)
+    _apply_wrappings(report, lives, audited, materials)
     _apply_policy(report, now_ns)
     await _verify_ledger(report, ledger, [r.value for r, _ in mine if r.value is not None])
     recorded = await ledger_digests(ledger) if anchors is not None else None
@@ -564,6 +607,40 @@ def _apply_events(report: TenantReport, values: Sequence[bytes | None]) -> None:
         previous = keys.get(event.previous_key_id or "")
         if event.type is KeyEventType.ROTATED and previous is not None and event.reason is not None:
             previous.rotation_reason = event.reason.value
+
+
+def _apply_wrappings(report: TenantReport, lives: dict[str, list[Transfer]], audited: dict[str, Audited],
+                     materials: Sequence[bytes | None]) -> None:
+    """Each version's wrappings from its lifecycle events (the whole life, whatever the period), and where it is
+    wrapped now; keys.material's last record fills in where the events predate these facts."""
+    latest: dict[str, KeyMaterial] = {}
+    for value in materials:
+        if value is None:
+            continue
+        try:
+            material = KeyMaterial.model_validate_json(value)
+        except ValidationError:
+            continue
+        if material.tenant_id == report.tenant:
+            latest[material.key_id] = material
+    for key in report.keys:
+        for transfer in lives[key.key_id]:
+            said = audited.get(ids.to_hex(transfer.id))
+            if said is None:
+                continue
+            if ids.unpack_op(transfer.user_data_32)[0] is Op.DESTROY:
+                key.destroyed_by = said.records
+            if said.wrapping is not None:
+                wrapping = Wrapping(**{**asdict(said.wrapping), "at": iso(transfer.timestamp)})
+                key.wrappings.append(wrapping)
+                key.kms_deletion_date = key.kms_deletion_date or wrapping.kms_deletion_date
+        now = key.wrappings[-1] if key.wrappings else None
+        material = latest.get(key.key_id)
+        if now is not None:
+            key.kms_provider, key.kms_key_id, key.kek_version = now.kms_provider, now.kms_key_id, now.kek_version
+        elif material is not None:
+            key.kms_provider, key.kms_key_id = material.kms_provider or "aws", material.kms_key_id
+            key.kek_version = material.kek_version
 
 
 def _apply_policy(report: TenantReport, now_ns: int) -> None:

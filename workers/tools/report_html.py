@@ -84,6 +84,8 @@ def render_html(report: TenantReport, document: dict[str, Any] | None = None) ->
         "<h2>Timeline</h2>",
         f"<figure>{_timeline(report)}{_legend()}</figure>",
         "<h2>Keys and versions</h2>", _keys_table(report),
+        '<h2 id="wrapping">KMS wrapping per version: re-wraps, migrations, deletion</h2>', _wrapping_table(report),
+        _deletion(report),
         "<h2>Operations per key</h2>", _operations_table(report),
         '<h2 id="operations">Operations by day, key, caller and outcome</h2>', _rollup_table(report),
         '<h2 id="rotations">Rotation cadence</h2>', _rotations_table(report),
@@ -282,6 +284,33 @@ def _keys_table(report: TenantReport) -> str:
              escape(", ".join(k.announced) or "—")] for k in report.keys]
     return _table(["key id", "type", "v", "state", "created", "rotated", "revoked", "destroyed", "replaced because",
                    "keys.events"], rows, {2}, "no keys")
+
+
+def _wrapping_table(report: TenantReport) -> str:
+    rows = []
+    for k in report.keys:
+        history = "<br>".join(
+            f"{_text_time(w.at)} {escape(w.op)}: {escape(w.kms_provider)} <code>{escape(w.kms_key_id)}</code>"
+            + (f" KEK v{w.kek_version}" if w.kek_version is not None else "") for w in k.wrappings) or "—"
+        moves = sum(w.op == "rewrap" for w in k.wrappings)
+        rows.append([f"{escape(k.key_type)} v{k.version}", escape(k.kms_provider or "—"),
+                     f"<code>{escape(k.kms_key_id or '—')}</code>",
+                     str(k.kek_version) if k.kek_version is not None else "—", f"{moves:,}", history,
+                     _when(k.destroyed_ns), escape(k.destroyed_by or "—"), _text_time(k.kms_deletion_date)])
+    return _table(["version", "provider", "KMS key", "KEK version", "re-wraps", "wrapped (ledger time)",
+                   "destroyed", "by record", "KMS key deleted at the earliest"], rows, {4}, "no keys")
+
+
+def _deletion(report: TenantReport) -> str:
+    destroyed = [k for k in report.keys if k.destroyed_ns is not None]
+    if not destroyed or len(destroyed) < len(report.keys):
+        return ""
+    by = sorted({k.destroyed_by for k in destroyed if k.destroyed_by})
+    dates = sorted({k.kms_deletion_date for k in destroyed if k.kms_deletion_date})
+    deletion = (f"; the KMS deletes the tenant's own key at the earliest {_text_time(dates[-1])}" if dates else
+                "; its keys were wrapped under a shared KMS key, nothing scheduled for deletion")
+    return (f'<p class="meta">Tenant deleted: every key version destroyed by {_when(max(k.destroyed_ns or 0 for k in destroyed))}'
+            f" (ledger time), caused by {escape(', '.join(by) or 'an unrecorded event')}{deletion}.</p>")
 
 
 def _operations_table(report: TenantReport) -> str:
