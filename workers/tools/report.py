@@ -635,12 +635,12 @@ def _apply_wrappings(report: TenantReport, lives: dict[str, list[Transfer]], aud
                 key.wrappings.append(wrapping)
                 key.kms_deletion_date = key.kms_deletion_date or wrapping.kms_deletion_date
         now = key.wrappings[-1] if key.wrappings else None
-        material = latest.get(key.key_id)
+        recorded = latest.get(key.key_id)
         if now is not None:
             key.kms_provider, key.kms_key_id, key.kek_version = now.kms_provider, now.kms_key_id, now.kek_version
-        elif material is not None:
-            key.kms_provider, key.kms_key_id = material.kms_provider or "aws", material.kms_key_id
-            key.kek_version = material.kek_version
+        elif recorded is not None:
+            key.kms_provider, key.kms_key_id = recorded.kms_provider or "aws", recorded.kms_key_id
+            key.kek_version = recorded.kek_version
 
 
 def _apply_policy(report: TenantReport, now_ns: int) -> None:
