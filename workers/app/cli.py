@@ -472,12 +472,11 @@ def _audit_report(args: argparse.Namespace) -> int:
 async def _build_report(settings: Settings, bootstrap: str, tenant: str, form: str, period: Any) -> tuple[str, str]:
     import json
 
-    from workers.kafka.tap import produce, read_topic
     from workers.kms.factory import open_kms
     from workers.ledger.factory import describe_ledger, open_ledger
     from workers.tools.report import build_report
     from workers.tools.report_html import render_document
-    from workers.tools.report_signing import sign_with_system_key
+    from workers.tools.report_signing import sign_over_kafka
 
     await check_ledger(settings)
     await _reach(bootstrap, Topic.KMS_AUDIT, Topic.KEYS_EVENTS)
@@ -488,14 +487,7 @@ async def _build_report(settings: Settings, bootstrap: str, tenant: str, form: s
                                     encrypt_limit=settings.limits.encrypt_limit, period=period,
                                     ledger_name=f"{describe_ledger(settings.ledger)}, cluster id "
                                                 f"{settings.ledger.tb_cluster_id}")
-        materials = [r.value for r in await read_topic(bootstrap, Topic.KEYS_MATERIAL.value)]
-        events = [r.value for r in await read_topic(bootstrap, Topic.KEYS_EVENTS.value)]
-
-        async def publish(records: list[tuple[bytes, bytes]]) -> None:
-            await produce(bootstrap, Topic.KMS_AUDIT.value, records)
-
-        document = await sign_with_system_key(report.to_json(), kms=kms, ledger=ledger, materials=materials,
-                                              key_events=events, publish=publish)
+        document = await sign_over_kafka(bootstrap, report.to_json(), kms=kms, ledger=ledger)
     finally:
         await ledger.aclose()
         await kms.aclose()

@@ -22,12 +22,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.messages import SYSTEM_TENANT, AuditSource, KeyEvent, KeyEventType, KeyMaterial, KeyType, Op
+from schemas.topics import Topic
 from workers.core import ids
 from workers.core.b64 import b64decode, b64url_decode
 from workers.core.canonical import canonical_json
 from workers.core.report_signature import REPORT, SIGNATURE, sign_report, signature_problem
 from workers.core.signing import private_key_from_seed, public_key_bytes
 from workers.errors import KeyledgerError
+from workers.kafka.tap import produce, read_topic
 from workers.keys.audit import AuditTrail
 from workers.kms import Kms, KmsRefused, encryption_context, kms_for
 from workers.ledger import Ledger
@@ -99,6 +101,20 @@ async def sign_with_system_key(report: dict[str, Any], *, kms: Kms, ledger: Ledg
     document = sign_report(private_key, report, tenant_id=SYSTEM_TENANT, key_id=key.key_id)
     await _audit(document, key.key_id, ledger, publish, str(report.get("tenant", "")))
     return document
+
+
+async def sign_over_kafka(bootstrap: str, report: dict[str, Any], *, kms: Kms, ledger: Ledger,
+                          timeout: float = 120) -> dict[str, Any]:
+    """`sign_with_system_key` with keys.material and keys.events read from the broker, and the signing's
+    audit event produced to kms.audit (acks=all) before the signed document is returned."""
+    materials = [r.value for r in await read_topic(bootstrap, Topic.KEYS_MATERIAL.value, timeout=timeout)]
+    events = [r.value for r in await read_topic(bootstrap, Topic.KEYS_EVENTS.value, timeout=timeout)]
+
+    async def publish(records: list[tuple[bytes, bytes]]) -> None:
+        await produce(bootstrap, Topic.KMS_AUDIT.value, records)
+
+    return await sign_with_system_key(report, kms=kms, ledger=ledger, materials=materials, key_events=events,
+                                      publish=publish)
 
 
 async def _audit(document: dict[str, Any], key_id: str, ledger: Ledger, publish: Any, tenant: str) -> None:
