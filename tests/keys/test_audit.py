@@ -57,3 +57,21 @@ def test_an_event_without_a_ledger_timestamp_is_stamped_now_and_valid() -> None:
     op = OpRecord(transfer_id=9, tenant_id="t-1", key_id="cd" * 16, op=Op.SIGN, source=source, reason="span signed")
     event = AuditEvent.model_validate_json(audit_json(op, 0))
     assert event.event_id == ids.to_hex(9) and event.occurred_at.tzinfo is not None
+
+
+def test_a_lifecycle_event_records_where_the_version_is_wrapped_and_when_its_kms_key_goes() -> None:
+    from datetime import timedelta
+
+    from workers.ledger.records import WrapFacts
+
+    source = AuditSource(topic="tenants.deleted", partition=0, offset=3)
+    wrap = WrapFacts("aws", "arn:aws:kms:eu-west-1:1:key/k", None, deletion_pending_days=7)
+    op = OpRecord(transfer_id=11, tenant_id="t-1", key_id="ef" * 16, op=Op.DESTROY, source=source,
+                  reason="tenant deleted", closing=True, wrap=wrap)
+    event = AuditEvent.model_validate_json(audit_json(op, 1_795_000_000_000_000_000))
+    assert (event.kms_provider, event.kms_key_id, event.kek_version) == ("aws", "arn:aws:kms:eu-west-1:1:key/k", None)
+    assert event.kms_deletion_date == event.occurred_at + timedelta(days=7)
+    rewrap = OpRecord(transfer_id=12, tenant_id="t-1", key_id="ef" * 16, op=Op.REWRAP, source=source,
+                      wrap=WrapFacts("vault", "keyledger", 3))
+    assert json.loads(audit_json(rewrap, 1))["kek_version"] == 3
+    assert "kms_deletion_date" not in json.loads(audit_json(rewrap, 1))

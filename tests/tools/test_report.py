@@ -184,3 +184,23 @@ def test_the_html_is_self_contained_escaped_and_drawn_inside_its_frame():
     assert len(bars) == 3  # v1 active then rotated, v2 active
     assert all(x >= LABEL and x + w <= WIDTH for x, w in bars)
     assert svg.count("<line x1") >= 2 and ">late<" in html and ">overdue<" not in html
+
+
+async def test_a_period_selects_operations_and_says_so_at_the_top():
+    async with handler_harness(["keyledger-keygen", "keyledger-signer"]) as parts:
+        context, broker, captured = parts
+        await broker.publish(tenant_created("acme"), "tenants.created", key=b"acme")
+        await context.groups["keyledger-signer"].handle(
+            [inbound("spans.to-sign", "acme", span_job("acme"), offset=n) for n in range(2)])
+        audit = [Logged(0, n, k, v) for n, (k, v) in enumerate(captured.by_topic["kms.audit"])]
+        whole = await assemble(context.ledger, "acme", audit, [], [], PublicKeyBook(), rotation_age=3600,
+                               encrypt_limit=50)
+        signed_at = [o.at_ns for o in whole.operations if o.op == "sign"]
+        after = await assemble(context.ledger, "acme", audit, [], [], PublicKeyBook(), rotation_age=3600,
+                               encrypt_limit=50, period=Period(start_ns=min(signed_at)))
+    assert {o.op for o in whole.operations} == {"generate", "sign"}
+    assert {o.op for o in after.operations} == {"sign"} and len(after.keys) == len(whole.keys)
+    signing = next(k for k in after.keys if k.key_type == "signing")
+    assert "generate" not in signing.operations and signing.created_ns < min(signed_at)  # lifecycle stays whole
+    assert after.coverage.period_from is not None and after.coverage.period_to is None
+    assert "the report time" in render_html(after)
