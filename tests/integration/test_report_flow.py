@@ -171,6 +171,8 @@ async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle
     signings = [e for e in (json.loads(r.value) for r in await read(bootstrap, "kms.audit", timeout=30))
                 if e.get("tenant_id") == "keyledger-system" and e.get("op") == "sign"]
     assert [e["key_id"] for e in signings] == [signer["key_id"]] and tenant in signings[0]["reason"]
+    audited = await keyledger(env, "audit", "verify", "--tenant", "keyledger-system", "--settle", "5")
+    assert audited.returncode == 0 and "agrees with" in audited.stdout, audited.stdout + audited.stderr
     html = await keyledger(env, "audit", "report", "--tenant", tenant, "--out", str(tmp_path / "report.html"))
     assert html.returncode == 0, html.stderr
     checked = await keyledger(env, "audit", "report", "verify", str(tmp_path / "report.html"))  # key: keys.events
