@@ -90,6 +90,7 @@ def test_verdict_cards_show_their_colour(tmp_path):
 
 def test_it_prints_on_a4_pages(tmp_path):
     page, _ = saved(history(50, 1000, denied=3), tmp_path, "print")
+    assert page.read_text(encoding="utf-8").count('<svg class="timeline"') == 5  # fifty versions, twelve per page
     pdf = print_pdf(page, tmp_path / "report.pdf")
     assert pdf.startswith(b"%PDF")
     boxes = re.findall(rb"/MediaBox\s*\[\s*0 0 ([\d.]+) ([\d.]+)\s*\]", pdf)

@@ -58,7 +58,7 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; }
 @page { size: A4 landscape; margin: 12mm; }
 @media print {
   body { margin: 0; max-width: none; font-size: 9pt; color: #000; }
-  h2 { break-after: avoid; } .verdict, figure, tr { break-inside: avoid; }
+  h2 { break-after: avoid; } .verdict, .timeline, tr { break-inside: avoid; }
   thead { display: table-header-group; } table { font-size: 8pt; }
   th { background: none; } .timeline { border: none; }
   a { color: #000; text-decoration: none; }
@@ -174,10 +174,12 @@ def _problems(problems: list[str]) -> str:
 
 # --- timeline --------------------------------------------------------------------------
 
-WIDTH, LABEL, ROW, TOP, AXIS = 1100, 190, 34, 14, 34
+WIDTH, LABEL, ROW, TOP, AXIS = 1100, 190, 38, 14, 34
+TIMELINE_ROWS = 12  # versions per timeline part: one part fits an A4 landscape page
 
 
 def _timeline(report: TenantReport) -> str:
+    """One SVG per TIMELINE_ROWS versions on one shared time axis, so each part fits a printed page."""
     keys = report.keys
     if not keys:
         return "<p>No key accounts for this tenant in the ledger.</p>"
@@ -185,7 +187,11 @@ def _timeline(report: TenantReport) -> str:
     # live keys' bars run to the report's time, destroyed ones stop at their destruction
     live = [report.generated_at_ns for k in keys if k.destroyed_ns is None]
     end = max([start + NS, *live, *(_end(k, report) for k in keys), *(o.at_ns for o in report.operations)])
-    span = end - start
+    return "".join(_timeline_part(report, keys[n:n + TIMELINE_ROWS], start, end - start)
+                   for n in range(0, len(keys), TIMELINE_ROWS))
+
+
+def _timeline_part(report: TenantReport, keys: list[KeyVersion], start: int, span: int) -> str:
     plot = WIDTH - LABEL - 16
 
     def x(ns: int) -> float:
@@ -211,8 +217,11 @@ def _timeline(report: TenantReport) -> str:
             continue
         colour = OP_COLOURS["denied"] if op.denied else OP_COLOURS.get(op.op, "#000")
         y = TOP + row * ROW
-        out.append(f'<line x1="{x(op.at_ns):.1f}" x2="{x(op.at_ns):.1f}" y1="{y}" y2="{y + 10}" stroke="{colour}" '
-                   f'stroke-width="{4 if op.denied else 3}"><title>{escape(op.op)} ×{op.count} {_when(op.at_ns)}</title></line>')
+        # done operations above the bar, denied and failed ones below it: a refusal never hides among successes
+        top = y + 22 if op.denied else y
+        out.append(f'<line x1="{x(op.at_ns):.1f}" x2="{x(op.at_ns):.1f}" y1="{top}" y2="{top + 10}" stroke="{colour}" '
+                   f'stroke-width="{4 if op.denied else 3}"><title>{escape(op.op)} ×{op.count} {escape(op.words)} '
+                   f"{_when(op.at_ns)}</title></line>")
     axis_y = TOP + ROW * len(keys) + 4
     out.append(f'<line x1="{LABEL}" x2="{LABEL + plot}" y1="{axis_y}" y2="{axis_y}" stroke="#4a5568"/>')
     for n in range(5):
@@ -251,7 +260,8 @@ def _tick_label(ns: int, span: int) -> str:
 def _legend() -> str:
     states = "".join(f'<span><i class="swatch" style="background:{c}"></i>{s}</span>' for s, c in STATE_COLOURS.items())
     ops = "".join(f'<span><i class="swatch" style="background:{c}"></i>{o}</span>' for o, c in OP_COLOURS.items())
-    return (f'<figcaption class="legend">bars: {states} ✕ destroyed<br>ticks (operations): {ops}</figcaption>')
+    return (f'<figcaption class="legend">bars: {states} ✕ destroyed<br>ticks above a bar (operations done), '
+            f"below it (denied or failed): {ops}</figcaption>")
 
 
 # --- tables ----------------------------------------------------------------------------
