@@ -62,7 +62,8 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; }
   thead { display: table-header-group; } table { font-size: 8pt; }
   th { background: none; } .timeline { border: none; }
   a { color: #000; text-decoration: none; }
-  details > *:not(summary) { display: block; } .verdicts { grid-template-columns: repeat(2, 1fr); }
+  details::details-content { content-visibility: visible; } details > summary { list-style: none; }
+  .verdicts { grid-template-columns: repeat(2, 1fr); }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 }
 """
