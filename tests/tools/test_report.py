@@ -204,3 +204,48 @@ async def test_a_period_selects_operations_and_says_so_at_the_top():
     assert "generate" not in signing.operations and signing.created_ns < min(signed_at)  # lifecycle stays whole
     assert after.coverage.period_from is not None and after.coverage.period_to is None
     assert "the report time" in render_html(after)
+
+
+def test_the_report_key_is_the_newest_anchored_live_system_key():
+    from datetime import UTC, datetime
+
+    from schemas.messages import KeyEvent, KeyMaterial
+    from workers.core.b64 import b64encode
+    from workers.tools.report_signing import ReportNotSigned, report_key
+
+    def material(version: int, public: bytes) -> KeyMaterial:
+        return KeyMaterial(key_id=f"{version:032x}", tenant_id="keyledger-system", key_type="signing", version=version,
+                           kms_key_id="k", wrapped_key=b64encode(b"w" * 40), public_key=b64encode(public),
+                           created_at=datetime.now(UTC))
+
+    publics = {v: public_key_bytes(Ed25519PrivateKey.generate()) for v in (1, 2, 3)}
+    records = [material(v, p).model_dump_json().encode() for v, p in publics.items()]
+    revoked = KeyEvent(event_id="e" * 32, type="revoked", tenant_id="keyledger-system", key_id=f"{3:032x}",
+                       key_type="signing", version=3, occurred_at=datetime.now(UTC)).model_dump_json().encode()
+    anchors = {f"{v:032x}": p for v, p in publics.items()}
+    assert report_key(records, anchors, []).material.version == 3
+    assert report_key(records, anchors, [revoked]).material.version == 2  # a revoked key signs nothing
+    lying = {**anchors, f"{2:032x}": publics[1]}  # keys.material says another public key than the ledger pins
+    assert report_key(records, lying, [revoked]).material.version == 1
+    with pytest.raises(ReportNotSigned):
+        report_key(records, {}, [])  # nothing the ledger anchors
+
+
+def test_report_verify_from_the_command_line_offline(tmp_path):
+    from workers.app.cli import main
+
+    document, public = signed(synthetic())
+    saved = tmp_path / "report.html"
+    saved.write_text(render_document(document), encoding="utf-8")
+    key = b64url_encode(public)
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "report", "verify", str(saved), "--public-key", key])
+    assert done.value.code == 0
+    saved.write_text(saved.read_text(encoding="utf-8").replace("acme&lt;script&gt;", "acme2&lt;script&gt;", 1),
+                     encoding="utf-8")
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "report", "verify", str(saved), "--public-key", key])
+    assert done.value.code == 1
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "report", "verify"])  # no file
+    assert done.value.code == 2
