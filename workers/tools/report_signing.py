@@ -65,13 +65,20 @@ def report_key(materials: Sequence[bytes | None], anchors: dict[str, bytes],
     for value in materials:
         material = _parsed(KeyMaterial, value)
         if material is not None and material.key_id in anchors and material.key_id not in ended \
-                and material.public_key and b64decode(material.public_key) == anchors[material.key_id]:
+                and _public(material) == anchors[material.key_id]:
             found[material.key_id] = material  # the latest record of a key (a rewrap writes it again)
     if not found:
         raise ReportNotSigned("no keyledger-system signing key is anchored in the ledger and live: the audit "
                               "digest group makes it on the first kms.audit record (run the workers first)")
     newest = max(found.values(), key=lambda m: m.version)
     return ReportKey(newest.key_id, newest, anchors[newest.key_id])
+
+
+def _public(material: KeyMaterial) -> bytes | None:
+    try:
+        return b64decode(material.public_key) if material.public_key else None
+    except ValueError:  # binascii.Error is a ValueError
+        return None
 
 
 def _parsed(kind: Any, value: bytes | None) -> Any:
@@ -169,7 +176,7 @@ def check_saved(text: str, public_key: bytes | None, known: dict[str, bytes] | N
     if html:
         try:
             again = render_document(document)
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             return ["the signed report does not have the report's form"]
         if again != text:
             return ["the HTML differs from the signed report it carries (edited after signing)"]
