@@ -399,7 +399,7 @@ def _rollup_table(report: TenantReport) -> str:
         records = ""
         if r.records:
             listed = "<br>".join(escape(x) for x in r.records)
-            more = "" if len(r.records) >= r.transfers else ""
+            more = "" if len(r.records) >= r.transfers else f"<br>… {r.transfers - len(r.records):,} more in the JSON"
             records = f"<details><summary>{len(r.records)} of {r.transfers}</summary>{listed}{more}</details>"
         rows.append([escape(r.day), escape(r.key), escape(r.op), f"{r.count:,}", f"{r.transfers:,}",
                      escape(r.caller_id or "—"), escape(r.outcome), escape(r.reason), records or "—"])
