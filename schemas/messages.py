@@ -274,6 +274,16 @@ class AuditEvent(_Message):
     id_wrap: str | None = None
     caller_id: CallerId | None = None
     """The caller of the operation (or the one a refused request named); absent for operations without one."""
+    kms_provider: KmsProviderName | None = None
+    """Lifecycle events (`generate`, `rewrap`, `destroy`): the KMS provider that wraps the key version
+    after the operation (a `rewrap` of a migration names the new provider); absent on every other op."""
+    kms_key_id: str | None = None
+    """With `kms_provider`: the KMS key (id or ARN, as keys.material records it) that wraps the version."""
+    kek_version: Annotated[int, Field(ge=1, lt=2**31)] | None = None
+    """With `kms_provider`, when the provider has key versions (vault, pkcs11, gcp, azure)."""
+    kms_deletion_date: datetime | None = None
+    """A `destroy` whose shred schedules the tenant's own KMS key for deletion: the date that key is
+    deleted at the earliest (the destroy's ledger time plus the KMS pending window)."""
 
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]

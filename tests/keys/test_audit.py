@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from schemas.messages import AuditEvent, AuditSource, KeyType, Op
 from workers.core import ids
-from workers.keys.audit import AuditTrail, audit_event, audit_json, named_count, named_transfers, runs
+from workers.keys.audit import AuditTrail, audit_event, audit_json, named_count, named_origins, named_transfers, runs
 from workers.ledger.memory import MemoryLedger
 from workers.ledger.records import OpRecord, key_account, request_tag, tenant_account
 
@@ -124,6 +124,9 @@ async def test_a_grouped_event_names_its_runs_and_its_first_records_transfer() -
     assert event["sources"] == [{"topic": "pii.requests", "partition": 1, "offsets": [[10, 12], 15]}]
     assert event["count"] == 12 and event["id_parts"] == ["ok"] and "source" not in event
     assert first.source.offset == 10 and event["event_id"] == ids.to_hex(first.transfer_id)
+    origins = named_origins(AuditEvent.model_validate_json(value))
+    assert origins == {op.transfer_id: ("pii.requests", 1, op.source.offset)
+                       for op in sorted(ops, key=lambda o: o.source.offset)}
 
 
 async def test_the_same_records_regrouped_in_a_replay_keep_the_first_records_event_id() -> None:
@@ -144,3 +147,21 @@ async def test_a_copy_of_a_callers_request_in_the_same_batch_is_named_and_counte
     event = AuditEvent.model_validate_json(value)
     assert event.requests == [request] and event.sources is None and event.count == 2
     assert named_transfers(event) == [ops[0].transfer_id]
+
+
+def test_a_lifecycle_event_records_where_the_version_is_wrapped_and_when_its_kms_key_goes() -> None:
+    from datetime import timedelta
+
+    from workers.ledger.records import WrapFacts
+
+    source = AuditSource(topic="tenants.deleted", partition=0, offset=3)
+    wrap = WrapFacts("aws", "arn:aws:kms:eu-west-1:1:key/k", None, deletion_pending_days=7)
+    op = OpRecord(transfer_id=11, tenant_id="t-1", key_id="ef" * 16, op=Op.DESTROY, source=source,
+                  reason="tenant deleted", closing=True, wrap=wrap)
+    event = AuditEvent.model_validate_json(audit_json(op, 1_795_000_000_000_000_000))
+    assert (event.kms_provider, event.kms_key_id, event.kek_version) == ("aws", "arn:aws:kms:eu-west-1:1:key/k", None)
+    assert event.kms_deletion_date == event.occurred_at + timedelta(days=7)
+    rewrap = OpRecord(transfer_id=12, tenant_id="t-1", key_id="ef" * 16, op=Op.REWRAP, source=source,
+                      wrap=WrapFacts("vault", "keyledger", 3))
+    assert json.loads(audit_json(rewrap, 1))["kek_version"] == 3
+    assert "kms_deletion_date" not in json.loads(audit_json(rewrap, 1))

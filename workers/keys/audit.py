@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from schemas.messages import AuditEvent, AuditRanges, AuditSource, Outcome
 from workers.core import ids
@@ -135,20 +135,32 @@ def named_transfers(event: AuditEvent) -> list[int]:
     `sources` and one per request id of `requests` (in that order, each once). An event naming more records
     than its count names none: each transfer counts at least one operation, so it cannot be true, and its
     runs are not expanded (`audit verify` reports it)."""
+    return list(named_origins(event))
+
+
+Origin = tuple[str, int, int] | tuple[str, str]
+"""What a transfer derives from: a Kafka record (topic, partition, offset) or ("caller-request", request id)."""
+
+
+def named_origins(event: AuditEvent) -> dict[int, Origin]:
+    """`named_transfers(event)`, each with the record or caller request it derives from (same order)."""
     if event.source is not None:
-        return [ids.from_hex(event.event_id)]
+        source = event.source
+        return {ids.from_hex(event.event_id): (source.topic, source.partition, source.offset)}
     if named_count(event) > event.count:
-        return []
+        return {}
     parts, wrap, op, key_id = tuple(event.id_parts or ()), event.id_wrap, event.op, event.key_id
-    named: list[int] = []
+    named: dict[int, Origin] = {}
     for ranges in event.sources or ():
         for run in ranges.offsets:
             first, last = (run, run) if isinstance(run, int) else run
-            named += [ids.grouped_transfer_id(op, key_id, parts, (ranges.topic, ranges.partition, offset), wrap)
-                      for offset in range(first, last + 1)]
-    named += [ids.grouped_transfer_id(op, key_id, parts, ("caller-request", request), wrap)
-              for request in event.requests or ()]
-    return list(dict.fromkeys(named))
+            for offset in range(first, last + 1):
+                record = (ranges.topic, ranges.partition, offset)
+                named.setdefault(ids.grouped_transfer_id(op, key_id, parts, record, wrap), record)
+    for request in event.requests or ():
+        origin = ("caller-request", request)
+        named.setdefault(ids.grouped_transfer_id(op, key_id, parts, origin, wrap), origin)
+    return named
 
 
 def named_count(event: AuditEvent) -> int:
@@ -172,7 +184,7 @@ def audit_json(op: OpRecord, timestamp_ns: int) -> bytes:
     checked here to need no JSON escaping; anything else takes the model's path
     (tests/keys/test_audit.py holds the two together)."""
     reason, topic = op.reason, op.source.topic
-    if not (_plain_text(reason) and _plain_text(topic)):
+    if op.wrap is not None or not (_plain_text(reason) and _plain_text(topic)):
         return audit_event(op, timestamp_ns).model_dump_json(exclude_none=True).encode()
     stamp = _occurred(timestamp_ns).isoformat()[:-6] + "Z"  # as pydantic writes it: UTC as Z, microseconds if any
     outcome = "failure" if op.failed else "success"
@@ -193,6 +205,8 @@ def _plain_text(text: str) -> bool:
 
 def audit_event(op: OpRecord, timestamp_ns: int) -> AuditEvent:
     occurred = _occurred(timestamp_ns)
+    wrap = op.wrap
+    pending = wrap.deletion_pending_days if wrap is not None else None
     return AuditEvent(
         event_id=ids.to_hex(op.transfer_id),
         tenant_id=op.tenant_id,
@@ -204,4 +218,8 @@ def audit_event(op: OpRecord, timestamp_ns: int) -> AuditEvent:
         occurred_at=occurred,
         source=AuditSource(topic=op.source.topic, partition=op.source.partition, offset=op.source.offset),
         caller_id=op.caller_id,
+        kms_provider=wrap.kms_provider if wrap is not None else None,
+        kms_key_id=wrap.kms_key_id if wrap is not None else None,
+        kek_version=wrap.kek_version if wrap is not None else None,
+        kms_deletion_date=occurred + timedelta(days=pending) if pending is not None else None,
     )
