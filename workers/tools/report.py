@@ -194,11 +194,12 @@ def audited_operations(mine: Sequence[tuple[Logged, AuditEvent]]) -> dict[str, A
 
 
 def _record_text(origin: Origin) -> str:
-    """`topic[partition]@offset` for a Kafka record, `caller-request <id>` for an admitted caller's request."""
+    """`topic[partition]@offset` for a Kafka record; `caller request <id>` for a caller's request, which its
+    grouped event names by request id alone (a copy of it at another offset is the same operation)."""
     if len(origin) == 3:
         topic, partition, offset = origin
         return f"{topic}[{partition}]@{offset}"
-    return f"{origin[0]} {origin[1]}"
+    return f"caller request {origin[1]}"
 
 
 def _text(moment: datetime) -> str:
