@@ -10,6 +10,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.audit_volume import audit_bytes_per_output_byte, record_bytes
 from bench.common import Worker, broker, moto_kms, say, tigerbeetle, wait_group_done
 from workers.kafka import compat
 from workers.kafka.tap import produce, read_topic
@@ -114,8 +115,14 @@ async def end_to_end(bootstrap: str, kms: tuple[str, str], records: list[tuple[b
             onboarding.stop()
         shared = None if tb else onboarding
         figures["encrypt"], sealed = await serve(bootstrap, kms, ledger, "encrypt", records, shared)
+        outputs = {"encrypt": sealed}
         for operation in ("decrypt", "reencrypt"):
-            figures[operation], _ = await serve(bootstrap, kms, ledger, operation, follow_up(sealed, operation), shared)
+            figures[operation], outputs[operation] = await serve(bootstrap, kms, ledger, operation,
+                                                                 follow_up(sealed, operation), shared)
+        audit = await read_topic(bootstrap, "kms.audit", timeout=300)
+        for operation, results in outputs.items():
+            figures[operation]["audit_bytes_per_output_byte"] = audit_bytes_per_output_byte(audit, results, {operation})
+            figures[operation]["output_bytes"] = record_bytes(results)
         if shared is not None:
             shared.stop()
     return figures
@@ -150,8 +157,12 @@ async def run(count: int) -> dict:
         figures[f"pii_{operation}_failed"] = measured["failed"]
         figures[f"pii_{operation}_millicores_per_mb_s"] = round(measured["millicores_per_mb_s"], 1)
         figures[f"pii_{operation}_cpu_us"] = round(measured["cpu_us_per_record"], 1)
+        figures[f"pii_{operation}_audit_bytes_per_output_byte"] = round(measured["audit_bytes_per_output_byte"], 4)
         for part in ("main_user", "main_kernel", "other_threads"):
             figures[f"pii_{operation}_{part}_us"] = round(measured[f"{part}_us_per_record"], 1)
+    figures["pii_audit_bytes_per_output_byte"] = round(
+        sum(m["audit_bytes_per_output_byte"] * m["output_bytes"] for m in e2e.values())
+        / max(sum(m["output_bytes"] for m in e2e.values()), 1), 4)
     return figures
 
 

@@ -11,6 +11,7 @@ import uuid
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.audit_volume import audit_bytes_per_output_byte
 from bench.common import (
     CpuSplit,
     Worker,
@@ -112,6 +113,7 @@ async def end_to_end(spans: int) -> dict:
         signer = Worker(bootstrap, kms, "keyledger-signer", **ledger) if tb else None
         await wait_group_done(bootstrap, "keyledger-signer", "spans.to-sign")
         signed = await read_topic(bootstrap, "spans.signed", timeout=300)
+        audit_ratio = audit_bytes_per_output_byte(await read_topic(bootstrap, "kms.audit", timeout=300), signed, {"sign"})
         stamps = sorted(r.timestamp for r in signed)
         split = (signer or onboarding).cpu_split(stamps[0] / 1000, stamps[-1] / 1000) if signed else CpuSplit(0, 0, 0)
         busy = split.total
@@ -124,7 +126,8 @@ async def end_to_end(spans: int) -> dict:
     return {"spans": len(signed), "seconds": seconds, "spans_per_s": len(signed) / seconds,
             "cpu_us_per_span": busy * 1e6 / len(signed), "cpu_busy": busy / seconds,
             **{f"{part}_us_per_span": value * 1e6 / len(signed) for part, value in split._asdict().items()},
-            "kms_calls": kms_calls, "distinct_keys": TENANTS, "ledger": "tigerbeetle" if tb else "memory"}
+            "kms_calls": kms_calls, "distinct_keys": TENANTS, "ledger": "tigerbeetle" if tb else "memory",
+            "audit_bytes_per_output_byte": audit_ratio}
 
 
 async def run(spans: int) -> dict:
@@ -159,6 +162,7 @@ async def run(spans: int) -> dict:
         "sign_kms_calls_per_100k_spans": round(kms_per_100k, 1) if kms_per_100k is not None else None,
         "sign_distinct_keys": TENANTS,
         "sign_ledger": e2e["ledger"],
+        "sign_audit_bytes_per_output_byte": round(e2e["audit_bytes_per_output_byte"], 4),
     }
 
 

@@ -240,8 +240,25 @@ class AuditSource(_Message):
     offset: int
 
 
+OffsetRun = Annotated[int, Field(ge=0)] | tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+"""One offset, or an inclusive [first, last] run of offsets."""
+
+
+class AuditRanges(_Message):
+    """The records of one input partition a grouped audit event accounts for (docs/contract.md)."""
+
+    topic: str
+    partition: Annotated[int, Field(ge=0)]
+    offsets: Annotated[list[OffsetRun], Field(min_length=1)]
+
+
 class AuditEvent(_Message):
-    event_id: KeyId  # the TigerBeetle transfer id, 32 lowercase hex
+    """One audited operation (with `source`: event_id is its transfer id), or a group of them (without:
+    one transfer per record its `sources` and `requests` name, event_id the transfer of the first;
+    keys/audit.py expands them). `id_parts` and `id_wrap` say how a grouped event's transfer ids derive
+    from what it names."""
+
+    event_id: KeyId  # a TigerBeetle transfer id, 32 lowercase hex
     tenant_id: TenantId
     key_id: KeyId
     op: Op
@@ -249,9 +266,24 @@ class AuditEvent(_Message):
     outcome: Outcome
     reason: str = ""
     occurred_at: datetime
-    source: AuditSource
+    source: AuditSource | None = None
+    sources: list[AuditRanges] | None = None
+    requests: list[CallerId] | None = None
+    """Request ids of admitted callers' requests (their transfers derive from these, not from offsets)."""
+    id_parts: list[str] | None = None
+    id_wrap: str | None = None
     caller_id: CallerId | None = None
     """The caller of the operation (or the one a refused request named); absent for operations without one."""
+    kms_provider: KmsProviderName | None = None
+    """Lifecycle events (`generate`, `rewrap`, `destroy`): the KMS provider that wraps the key version
+    after the operation (a `rewrap` of a migration names the new provider); absent on every other op."""
+    kms_key_id: str | None = None
+    """With `kms_provider`: the KMS key (id or ARN, as keys.material records it) that wraps the version."""
+    kek_version: Annotated[int, Field(ge=1, lt=2**31)] | None = None
+    """With `kms_provider`, when the provider has key versions (vault, pkcs11, gcp, azure)."""
+    kms_deletion_date: datetime | None = None
+    """A `destroy` whose shred schedules the tenant's own KMS key for deletion: the date that key is
+    deleted at the earliest (the destroy's ledger time plus the KMS pending window)."""
 
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]

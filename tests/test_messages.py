@@ -22,8 +22,8 @@ MESSAGE_MODELS = sorted(
 def test_every_topic_model_is_a_message_model_and_the_list_is_complete():
     assert set(TOPIC_MODELS.values()) <= set(MESSAGE_MODELS)
     # the outbound building blocks are messages too, and covered below
-    assert {messages.Signature, messages.AuditSource, messages.CallerProof, messages.SealedResultKey} <= set(MESSAGE_MODELS)
-    assert len(MESSAGE_MODELS) == 18
+    assert {messages.Signature, messages.AuditSource, messages.AuditRanges, messages.CallerProof, messages.SealedResultKey} <= set(MESSAGE_MODELS)
+    assert len(MESSAGE_MODELS) == 19
 
 
 def check_round_trip(model: type[messages._Message]) -> None:

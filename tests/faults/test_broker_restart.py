@@ -23,6 +23,7 @@ import boto3
 import pytest
 
 from tests.faults.invariants import assert_audit_agrees, assert_key_invariants
+from tests.support.audit import places
 from tests.support.harness import span_job
 from tests.support.kafka import forget, read, records_for, tenant_created, unique_tenant, wait_committed
 from workers.app.embedded import EmbeddedBroker
@@ -110,8 +111,8 @@ async def test_broker_killed_and_restarted_mid_stream(durable_broker, worker_pro
 def _signed_inputs(audit) -> set[tuple[int, int]]:
     """(partition, offset) of every spans.to-sign record a `sign` audit event says was signed."""
     events = (json.loads(r.value) for r in audit if r.value)
-    return {(e["source"]["partition"], e["source"]["offset"]) for e in events
-            if e.get("op") == "sign" and e.get("outcome") == "success" and e["source"]["topic"] == "spans.to-sign"}
+    return {(partition, offset) for e in events if e.get("op") == "sign" and e.get("outcome") == "success"
+            for topic, partition, offset in places(e) if topic == "spans.to-sign"}
 
 
 def _holes(records) -> int:

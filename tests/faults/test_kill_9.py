@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schemas.messages import KeyType, Op
+from schemas.messages import AuditEvent, KeyType, Op
 from schemas.topics import Topic
 from tests.faults.invariants import assert_audit_agrees, assert_key_invariants
 from tests.support.callers import register_caller
@@ -20,6 +20,7 @@ from workers.client import ResultSealError
 from workers.core import ids
 from workers.core.callers import request_id
 from workers.kafka.tap import produce
+from workers.keys.audit import named_transfers
 
 pytestmark = pytest.mark.integration
 
@@ -201,8 +202,10 @@ async def test_pii_killed_mid_stream_answers_each_callers_request_once(topics_re
                 for t, op, value, _ in [*stream, *((t, "encrypt", value, None) for t, _, value in warm)]}
     audits = [json.loads(r.value) for r in await read(bootstrap, "kms.audit", timeout=120) if r.value]
     mine = [e for e in audits if e["tenant_id"] in set(tenants) and e["op"] in ("encrypt", "decrypt")]
-    assert {e["event_id"] for e in mine} == expected and len(expected) == len(stream) + len(warm)
-    assert {(e["count"], e["caller_id"], e["outcome"]) for e in mine} == {(1, billing.caller_id, "success")}
+    named = [named_transfers(AuditEvent.model_validate(e)) for e in mine]
+    assert {ids.to_hex(i) for listed in named for i in listed} == expected and len(expected) == len(stream) + len(warm)
+    assert {(e["caller_id"], e["outcome"]) for e in mine} == {(billing.caller_id, "success")}
+    assert all(e["count"] == len(listed) for e, listed in zip(mine, named, strict=True))  # one field a request
     assert_audit_agrees(bootstrap, env, tenants)
 
     # no plaintext on any topic but the encrypt requests that carried it

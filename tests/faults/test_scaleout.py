@@ -25,11 +25,14 @@ from pathlib import Path
 import pytest
 from nacl.signing import VerifyKey
 
+from schemas.messages import AuditEvent
 from tests.faults.invariants import assert_audit_agrees, assert_key_invariants
+from tests.support.audit import transfers_by_place
 from tests.support.kafka import tenant_created, unique_tenant
 from workers.app.embedded import EmbeddedBroker, free_port
 from workers.kafka.tap import produce, read_topic
 from workers.kafka.topics import ensure_topics
+from workers.keys.audit import named_transfers
 from workers.settings import Settings
 
 # six processes joining and leaving under load: minutes, and more on a busy CI machine than alone
@@ -243,11 +246,11 @@ async def test_signer_and_pii_fleets_lose_and_double_nothing_across_rebalances(f
     audits = values(await read_topic(bootstrap, "kms.audit", timeout=120), wanted)
     by_source: dict[tuple, set[str]] = {}
     for audit in audits:
-        source = audit["source"]
-        cause = (source["topic"], source["partition"], source["offset"], audit["key_id"], audit["op"])
-        by_source.setdefault(cause, set()).add(audit["event_id"])
+        for (topic, partition, offset), transfer_id in transfers_by_place(audit).items():
+            cause = (topic, partition, offset, audit["key_id"], audit["op"])
+            by_source.setdefault(cause, set()).add(transfer_id)
     assert [s for s, ids in by_source.items() if len(ids) > 1] == [], "one input record, two ledger transfers"
-    signs = {a["event_id"] for a in audits if a["op"] == "sign"}
+    signs = {i for a in audits if a["op"] == "sign" for i in named_transfers(AuditEvent.model_validate(a))}
     assert len(signs) == len(spans)
 
     assert_audit_agrees(bootstrap, env, tenants[::6])

@@ -16,6 +16,7 @@ from tests.support.callers import TEST_CALLER
 from tests.support.harness import handler_harness, inbound, tenant_created
 from workers.core import ids
 from workers.kms import encryption_context
+from workers.tools.audit_check import compare
 
 GROUPS = ["keyledger-keygen", "keyledger-pii", "keyledger-rotation"]
 SECRET = "4111 1111 1111 1111"
@@ -180,3 +181,20 @@ async def test_a_batch_seals_with_nonces_drawn_by_the_block_and_no_nonce_twice(h
     nonces = {base64.urlsafe_b64decode(t.split(".")[2] + "==")[:12] for r in results for t in r["fields"].values()}
     assert len(nonces) == 150
     assert len(drawn) == 2 and sum(drawn) >= 150 * 12  # 150 nonces in two draws, not one a record
+
+
+async def test_a_batch_is_audited_by_one_event_per_key_operation_and_outcome_naming_every_transfer(harness):
+    context, broker, captured = harness
+    before = len(captured.values("kms.audit"))
+    records = [inbound("pii.requests", tenant, request(tenant, "encrypt", {"a": "1", "b": "2"}, record_id=f"r{n}",
+                                                       job_id=f"j{n}"), offset=n)
+               for n, tenant in enumerate(["acme", "globex", "acme"] * 20)]
+    opens = [inbound("pii.requests", "acme", request("acme", "decrypt", {"a": "kl1.garbage"}, record_id="x",
+                                                     job_id="bad"), offset=100)]
+    assert await context.groups["keyledger-pii"].handle([*records, *opens]) == []
+    events = captured.values("kms.audit")[before:]
+    encrypts = sorted((e["tenant_id"], e["count"]) for e in events if e["op"] == "encrypt")
+    assert encrypts == [("acme", 80), ("globex", 40)]  # two fields a record
+    assert all("source" not in e and e["id_parts"] == ["ok"] for e in events if e["op"] == "encrypt")
+    report = await compare(context.ledger, [v for _, v in captured.by_topic["kms.audit"] if v])
+    assert report.agrees, report.mismatches

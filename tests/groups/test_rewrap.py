@@ -79,8 +79,11 @@ async def test_a_rewrap_publishes_new_wrappings_of_the_same_keys_and_the_ledger_
 
     audits = rewrap_audits(captured)
     assert sorted(a.key_id for a in audits) == sorted(e.key_id for e in context.directory.tenant_keys("acme"))
+    wrapped = {a.key_id: (a.kms_provider, a.kms_key_id, a.kek_version) for a in audits}
     for entry in context.directory.tenant_keys("acme"):
         first, second = materials(captured, entry.key_id)
+        # the audit event names the new wrapping: the KEK history survives keys.material's compaction
+        assert wrapped[entry.key_id] == (second.kms_provider, second.kms_key_id, second.kek_version)
         assert (second.key_id, second.version, second.public_key, second.created_at) == \
             (first.key_id, first.version, first.public_key, first.created_at)
         assert second.wrapped_key != first.wrapped_key and second.kms_provider == "local"

@@ -118,6 +118,9 @@ async def test_kek_rotation_then_scheduled_rewrap_then_retire(openbao):
         audits = [a for a in captured.values("kms.audit", AuditEvent) if a.op.value == "rewrap"]
         assert sorted(a.key_id for a in audits) == sorted(before)
         assert {a.reason for a in audits} == {"scheduled rewrap to the latest KEK version"}
+        assert {(a.kms_provider, a.kek_version) for a in audits} == {("vault", 2)}  # the KEK version it moved to
+        generated = [a for a in captured.values("kms.audit", AuditEvent) if a.op.value == "generate"]
+        assert generated and {(a.kms_provider, a.kek_version) for a in generated} == {("vault", 1)}
 
         published = len(captured.values("keys.material"))
         await handle(context, tick("cron-2", action="rewrap"))  # retires v1 first, then finds nothing to move
@@ -169,6 +172,7 @@ async def test_migration_to_vault_and_back_keeps_every_key(openbao):
             assert (record.kms_provider, record.kms_key_id, record.kek_version) == ("vault", key, 1)
         audits = [a for a in captured.values("kms.audit", AuditEvent) if a.op.value == "rewrap"]
         assert len(audits) == 6 and {a.reason for a in audits} == {"migration to vault"}
+        assert {(a.kms_provider, a.kms_key_id, a.kek_version) for a in audits} == {("vault", key, 1)}  # moved to
         # each provider's calls are metered, per tenant tick (the test broker delivers them one by one):
         # one unwrap under local and one proof under vault (decrypt_many), one wrap under vault
         assert [kms_calls(context, op) for op in ("decrypt_many", "wrap_many")] == [2 * 3, 3]

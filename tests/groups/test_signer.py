@@ -9,10 +9,12 @@ import pytest
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from schemas.messages import DeadLetter, KeyEvent
+from schemas.messages import AuditEvent, DeadLetter, KeyEvent
+from tests.support.audit import places
 from tests.support.faults import SwitchableKms
 from tests.support.harness import handler_harness, inbound, span_job, tenant_created
 from workers.core import ids
+from workers.keys.audit import named_transfers
 from workers.ledger import AccountFilter, AccountFilterFlags
 
 
@@ -97,8 +99,11 @@ async def test_one_transfer_per_span_whose_id_survives_any_rebatching(harness):
     records = [inbound("spans.to-sign", t, span_job(t), offset=i) for i, t in enumerate(["acme", "globex"] * 50)]
     assert await service.handle(records) == []
     audits = [a for a in captured.values("kms.audit") if a["op"] == "sign"]
-    assert len(audits) == 100 and {a["count"] for a in audits} == {1}
-    assert sorted({(a["source"]["partition"], a["source"]["offset"]) for a in audits}) == [(0, i) for i in range(100)]
+    # one event per key of the batch, naming the records each transfer derives from
+    assert len(audits) == 2 and [a["count"] for a in audits] == [50, 50]
+    assert sorted(p for a in audits for p in places(a)) == [("spans.to-sign", 0, i) for i in range(100)]
+    named = [i for a in audits for i in named_transfers(AuditEvent.model_validate(a))]
+    assert len(named) == 100 and len(await context.ledger.lookup_transfers(named)) == 100
     key_id, _ = public_key(captured, "acme")
     # a redelivery after a crash comes in other batches: halves, then one by one; each span lands on its transfer
     await service.handle(records[:37])

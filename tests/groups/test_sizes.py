@@ -10,6 +10,7 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
 from schemas.messages import Op, PiiRequest
+from tests.support.audit import topics_of
 from tests.support.callers import TEST_CALLER
 from tests.support.harness import handler_harness
 from workers.core import ids
@@ -67,7 +68,7 @@ def last_raw(captured, topic: str) -> bytes:
 
 def audited(captured, topic: str) -> list[dict]:
     """The `kms.audit` events of operations on requests of `topic`."""
-    return [e for e in captured.values("kms.audit") if e["source"]["topic"] == topic]
+    return [e for e in captured.values("kms.audit") if topic in topics_of(e)]
 
 
 def last_letter_code(captured) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.harness import handler_harness, tenant_created
 from workers.kms.aws import TENANT_TAG, AwsKms, tenant_key_alias
+from workers.services.shredding import BYOK_PENDING_DAYS
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +62,16 @@ async def test_a_tenant_gets_one_tagged_kms_key_of_its_own_and_shredding_schedul
     await broker.publish(json.dumps(deleted).encode(), "tenants.deleted", key=tenant.encode())
     assert client.describe_key(KeyId=own)["KeyMetadata"]["KeyState"] == "PendingDeletion"
     assert client.describe_key(KeyId=moto_kms_key)["KeyMetadata"]["KeyState"] == "Enabled"
+    # the audit trail keeps what keys.material's compaction forgets: each version's KMS key, and when the
+    # shred's KMS key is deleted at the earliest
+    audits = [a for a in captured.values("kms.audit") if a and a["tenant_id"] == tenant]
+    generated = [a for a in audits if a["op"] == "generate"]
+    assert generated and {(a["kms_provider"], a["kms_key_id"]) for a in generated} == {("aws", own)}
+    destroyed = [a for a in audits if a["op"] == "destroy"]
+    assert {a["key_id"] for a in destroyed} == {m["key_id"] for m in materials(captured, tenant)}
+    assert all(a["kms_key_id"] == own for a in destroyed)
+    for audit in destroyed:
+        days = datetime.fromisoformat(audit["kms_deletion_date"]) - datetime.fromisoformat(audit["occurred_at"])
+        assert days.days == BYOK_PENDING_DAYS
+    signs = [a for a in audits if a["op"] not in ("generate", "destroy", "rotate")]
+    assert all("kms_provider" not in a for a in signs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.isolated import wait_for_chain
+from tests.support.browser import colours, screenshot
 from tests.support.callers import RegisteredCaller, register_caller
 from tests.support.harness import span_job
 from tests.support.kafka import read, tenant_created, unique_tenant
@@ -108,6 +108,19 @@ async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle
         ("encryption", 3): {"destroy": 1, "generate": 1},
     }
     assert keys[("encryption", 1)].failures == {"denied": 1}
+    # where each version was wrapped, and the deletion that destroyed it (a shared KMS key: nothing scheduled)
+    for key in report.keys:
+        assert [w.op for w in key.wrappings] == ["generate", "destroy"] and key.kms_provider == "local"
+        assert key.destroyed_by.startswith("tenants.deleted[") and key.kms_deletion_date is None
+    # the refusal is said in words, with the caller the request named and the request that carried it (its
+    # grouped audit event names a caller's request by request id, not by the record's offset)
+    [refusal] = [r for r in report.rollups if r.outcome == "denied"]
+    assert refusal.reason == "denied: the ciphertext names a key this tenant does not own"
+    assert refusal.caller_id == caller.caller_id and refusal.records[0].startswith("caller request ")
+    assert all(r.records[0].startswith("pii.requests[") for r in report.rollups if r.op == "encrypt")
+    assert {v.name: v.level for v in report.verdicts} == {"Ledger vs kms.audit": "ok",
+                                                          "Digest chain over kms.audit": "ok",
+                                                          "Operations": "warn", "Policy": "bad"}
     assert [(o.op, o.count, o.key_id, o.reason) for o in report.denied] == [
         ("denied", 1, keys[("encryption", 1)].key_id, "refused")]
     # lifecycle times, in ledger time and in order
@@ -125,44 +138,67 @@ async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle
         assert key.usage == sum(key.operations.values()) + sum(key.failures.values())
         assert key.headroom == (100 - key.usage if key.key_type == "encryption" else None)
     # verification verdicts for this tenant
-    # (one transfer and one kms.audit event per operation batch; how spans were batched is the broker's business)
+    # (one transfer per operation, one kms.audit event per batch, key and operation, naming its transfers; how
+    # spans were batched is the broker's business)
     transfers = len(report.operations)
-    assert transfers >= 17 and report.ledger_agrees and report.ledger_events == transfers
-    assert report.chain_intact and report.tenant_audit_records == transfers
-    assert report.protected_records == transfers and report.awaiting_digest == 0
+    assert transfers >= 17 and report.ledger_agrees and report.ledger_events == report.tenant_audit_records
+    assert report.chain_intact and 0 < report.tenant_audit_records <= transfers
+    assert report.protected_records == report.tenant_audit_records and report.awaiting_digest == 0
 
     facts = json.loads(json.dumps(report.to_json()))
     assert [(k["key_type"], k["version"], k["state"]) for k in facts["keys"]] == [
         (k.key_type, k.version, k.state) for k in report.keys]
     assert facts["denied_total"] == 1 and facts["totals"]["sign"] == 8 and len(facts["rotations"]) == 3
-    assert facts["verification"]["digest_chain"]["protected_by_a_verified_digest"] == transfers
+    assert facts["verification"]["digest_chain"]["protected_by_a_verified_digest"] == report.tenant_audit_records
 
     html = render_html(report)
     assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "@media print" in html
     assert not any(tag in html for tag in ("<script", "<link", "src=", "<img", "url("))  # nothing external
     assert all(k.key_id in html for k in report.keys) and "late" in html and "denied" in html
+    assert "tenants.deleted[" in html and "Tenant deleted" in html
     page = tmp_path / "report.html"
     page.write_text(html, encoding="utf-8")
-    _screenshot(page, tmp_path / "report.png")
 
-    cli = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "workers.app.cli", "audit", "report", "--tenant", tenant, "--format",
-                         "json", "--out", str(tmp_path / "report.json")],
-        env={**os.environ, "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap, "KEYLEDGER_LEDGER": "tigerbeetle",
-             "KEYLEDGER_TB_ADDRESSES": own_tigerbeetle, "KEYLEDGER_ROTATION_AGE": "1000000000",
-             "KEYLEDGER_ENCRYPT_LIMIT": "100"},
-        capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "KEYLEDGER_KAFKA_BOOTSTRAP": bootstrap, "KEYLEDGER_LEDGER": "tigerbeetle",
+           "KEYLEDGER_TB_ADDRESSES": own_tigerbeetle, "KEYLEDGER_ROTATION_AGE": "1000000000",
+           "KEYLEDGER_ENCRYPT_LIMIT": "100"}
+    cli = await keyledger(env, "audit", "report", "--tenant", tenant, "--format", "json", "--out",
+                          str(tmp_path / "report.json"))
     assert cli.returncode == 0, cli.stderr
     from_cli = json.loads((tmp_path / "report.json").read_text())
-    assert from_cli["keys"] == json.loads(json.dumps(relaxed.to_json()))["keys"]
-    assert "digest chain intact" in cli.stderr
+    assert from_cli["report"]["keys"] == json.loads(json.dumps(relaxed.to_json()))["keys"]
+    assert "Digest chain over kms.audit: intact" in cli.stderr
+    # signed by the keyledger-system key the ledger anchors, and the signing is itself an audited operation
+    signer = from_cli["signature"]
+    assert signer["tenant_id"] == "keyledger-system"
+    signings = [e for e in (json.loads(r.value) for r in await read(bootstrap, "kms.audit", timeout=30))
+                if e.get("tenant_id") == "keyledger-system" and e.get("op") == "sign"]
+    assert [e["key_id"] for e in signings] == [signer["key_id"]] and tenant in signings[0]["reason"]
+    audited = await keyledger(env, "audit", "verify", "--tenant", "keyledger-system", "--settle", "5")
+    assert audited.returncode == 0 and "agrees with" in audited.stdout, audited.stdout + audited.stderr
+    html = await keyledger(env, "audit", "report", "--tenant", tenant, "--out", str(tmp_path / "report.html"))
+    assert html.returncode == 0, html.stderr
+    checked = await keyledger(env, "audit", "report", "verify", str(tmp_path / "report.html"))  # key: keys.events
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    offline = await keyledger({**os.environ}, "audit", "report", "verify", str(tmp_path / "report.json"),
+                              "--public-key", signer["public_key"])
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    edited = tmp_path / "edited.json"
+    edited.write_text((tmp_path / "report.json").read_text().replace('"sign": 8', '"sign": 9'))
+    refused = await keyledger({**os.environ}, "audit", "report", "verify", str(edited), "--public-key",
+                              signer["public_key"])
+    assert refused.returncode == 1 and "NOT VERIFIED" in refused.stdout
+    # a tenant nobody knows is no green report
+    nobody = await keyledger(env, "audit", "report", "--tenant", "nobody-at-all", "--out", str(tmp_path / "no.html"))
+    assert nobody.returncode == 1 and "nobody-at-all" in nobody.stderr and not (tmp_path / "no.html").exists()
+    _screenshot(tmp_path / "report.html", tmp_path / "report.png")  # last: it skips where no Chromium is installed
+
+
+async def keyledger(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "workers.app.cli", *argv], env=env,
+                                   capture_output=True, text=True, timeout=120)
 
 
 def _screenshot(page: Path, png: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("no headless browser to render the HTML report: install Debian's `chromium`")
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
-                    "--window-size=1280,1600", page.as_uri()], check=True, capture_output=True, timeout=120)
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not an empty canvas
+    rows = screenshot(page, png, height=900)
+    assert len(rows) == 900 and len(colours(rows)) > 20  # a rendered page, not an empty canvas

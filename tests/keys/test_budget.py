@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from workers.core import ids
 from workers.keys.budget import Claim, EncryptionBudget
+from workers.ledger.memory import MemoryLedger
 
 
 def a_key() -> str:
@@ -62,3 +66,49 @@ async def test_a_changed_limit_never_refunds_an_opened_budget(ledger):
     bigger = EncryptionBudget(ledger, limit=100)  # a restart with a larger KEYLEDGER_ENCRYPT_LIMIT
     assert await bigger.claim([claim(key, 1, 1)]) == [False]
     assert await bigger.remaining([key]) == {key: 0}
+
+
+# --- one debit per key per batch: the same answers as one debit per record, never past the limit ------------
+
+KEYS = [ids.to_hex(ids.system_account_id(f"budget-property-{n}")) for n in range(3)]
+batches = st.lists(st.tuples(st.sampled_from(KEYS), st.integers(1, 6)), min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches, st.integers(1, 60))
+async def test_a_batch_is_answered_as_one_debit_per_record_in_order_would_be(drawn, limit):
+    budget = EncryptionBudget(MemoryLedger(), limit=limit)
+    claims = [claim(key, offset, amount) for offset, (key, amount) in enumerate(drawn)]
+    left = dict.fromkeys(KEYS, limit)
+    expected = []
+    for c in claims:  # the model: TigerBeetle applying one debit per record, in order
+        fits = c.amount <= left[c.key_id]
+        left[c.key_id] -= c.amount if fits else 0
+        expected.append(fits)
+    assert await budget.claim(claims) == expected
+    assert await budget.remaining(KEYS) == left
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches, st.integers(1, 60), st.lists(st.integers(1, 30), min_size=1, max_size=6))
+async def test_redeliveries_batched_otherwise_may_over_claim_but_never_pass_the_limit(drawn, limit, cuts):
+    ledger = MemoryLedger()
+    budget = EncryptionBudget(ledger, limit=limit)
+    claims = [claim(key, offset, amount) for offset, (key, amount) in enumerate(drawn)]
+    first = await budget.claim(claims)
+    start = 0
+    for size in cuts:  # the same records delivered again, in other batches (after a crash)
+        await budget.claim(claims[start:start + size])
+        start = (start + size) % len(claims)
+    used = await budget.used(KEYS)
+    assert all(spent <= limit for spent in used.values())
+    assert sum(c.amount for c, ok in zip(claims, first, strict=True) if ok) <= sum(used.values())
+
+
+async def test_the_same_batch_again_is_not_charged_twice(ledger):
+    key = a_key()
+    budget = EncryptionBudget(ledger, limit=100)
+    batch = [claim(key, n, 3) for n in range(5)]
+    assert await budget.claim(batch) == [True] * 5
+    assert await budget.claim(batch) == [True] * 5
+    assert await budget.remaining([key]) == {key: 85}

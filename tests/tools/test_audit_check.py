@@ -134,3 +134,83 @@ async def test_a_copy_of_a_callers_request_read_elsewhere_republishes_its_event_
     elsewhere["count"] = 2  # anything else that differs is still two different records under one id
     report = await compare(ledger, [*values, json.dumps(elsewhere).encode()])
     assert any("two different audit records" in m for m in report.mismatches)
+
+
+# --- grouped events (signing, PII): one event names the transfers of many records ---------------------------
+
+
+async def grouped(ledger: MemoryLedger, offsets: list[int], tenant: str = "acme") -> tuple[list[bytes], str]:
+    """The events of one batch of spans of one key at `offsets` of partition 0 (as the signer makes them)."""
+    key_id = ids.key_id_for(tenant, KeyType.SIGNING, 1)
+    await ledger.create_accounts([tenant_account(tenant), key_account(tenant, key_id, KeyType.SIGNING, 1, 99)])
+    ops = [OpRecord(ids.transfer_id(Op.SIGN, key_id, "spans.to-sign", 0, offset), tenant, key_id, Op.SIGN,
+                    AuditSource(topic="spans.to-sign", partition=0, offset=offset), reason="span signed", id_parts=())
+           for offset in offsets]
+    return [value for _, value in await AuditTrail(ledger).record(ops)], key_id
+
+
+def with_offsets(value: bytes, offsets: list) -> bytes:
+    event = json.loads(value)
+    event["sources"][0]["offsets"] = offsets
+    return json.dumps(event).encode()
+
+
+async def test_a_grouped_event_agrees_with_the_transfers_it_names():
+    ledger = MemoryLedger()
+    [value], _ = await grouped(ledger, [0, 1, 2, 3, 5, 8])
+    assert json.loads(value)["sources"][0]["offsets"] == [[0, 3], 5, 8]
+    report = await compare(ledger, [value, value])
+    assert report.agrees and report.events == 1 and report.duplicates == 1 and report.transfers == 6
+
+
+async def test_a_missing_grouped_event_leaves_its_transfers_missing():
+    ledger = MemoryLedger()
+    [value], _ = await grouped(ledger, [0, 1, 2])
+    more, _ = await grouped(ledger, [3, 4])
+    report = await compare(ledger, [value])
+    assert sum("missing from kms.audit" in m for m in report.mismatches) == 2
+
+
+async def test_a_widened_range_names_a_transfer_the_ledger_does_not_hold():
+    ledger = MemoryLedger()
+    [value], _ = await grouped(ledger, [0, 1, 2, 5])
+    report = await compare(ledger, [with_offsets(value, [[0, 3], 5])])  # 3 was never signed
+    assert not report.agrees and any("not in the ledger" in m or "count" in m for m in report.mismatches)
+    report = await compare(ledger, [with_offsets(value, [[0, 2], 5, 6])])
+    assert not report.agrees
+
+
+async def test_a_widened_range_over_records_of_another_event_breaks_the_count():
+    ledger = MemoryLedger()
+    [first], _ = await grouped(ledger, [0, 1])
+    [second], _ = await grouped(ledger, [2, 3])
+    report = await compare(ledger, [with_offsets(first, [[0, 2]]), second])  # claims 2 as well, count still 2
+    assert not report.agrees and any("more than its count" in m for m in report.mismatches)
+
+
+async def test_a_narrowed_range_leaves_a_transfer_unnamed_and_the_count_off():
+    ledger = MemoryLedger()
+    [value], _ = await grouped(ledger, [0, 1, 2, 5])
+    report = await compare(ledger, [with_offsets(value, [[0, 1], 5])])
+    assert any("missing from kms.audit" in m for m in report.mismatches)
+    assert any("differs in count" in m for m in report.mismatches)
+
+
+async def test_a_range_no_count_could_cover_is_refused_without_expanding_it():
+    ledger = MemoryLedger()
+    [value], _ = await grouped(ledger, [0])
+    report = await compare(ledger, [with_offsets(value, [[0, 2**53 - 1]])])
+    assert any("more than its count" in m for m in report.mismatches)
+
+
+async def test_a_replay_that_groups_the_same_records_otherwise_still_agrees():
+    """After kill -9 a batch is redelivered in other batches: events overlap and may share an id with
+    other contents; the transfers are the same (ids derive from the records), so the union agrees."""
+    ledger = MemoryLedger()
+    whole, key_id = await grouped(ledger, list(range(10)))
+    halves = (await grouped(ledger, list(range(6))))[0] + (await grouped(ledger, list(range(6, 12))))[0]
+    assert json.loads(whole[0])["event_id"] == json.loads(halves[0])["event_id"]
+    report = await compare(ledger, [*whole, *halves])
+    assert report.agrees and report.events == 3
+    transfers = await ledger.lookup_transfers([ids.transfer_id(Op.SIGN, key_id, "spans.to-sign", 0, n) for n in range(12)])
+    assert len(transfers) == 12  # one transfer per record, however often audited

@@ -400,8 +400,8 @@ async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str |
         for problem in report.mismatches[:100]:
             print(f"MISMATCH {problem}")
         verdict = "agrees with" if report.agrees else "DISAGREES with"
-        print(f"kms.audit {verdict} {describe_ledger(settings.ledger)}: {report.events} events ({report.duplicates} "
-              f"duplicate records), {report.ledger_tenants} tenants, {len(report.mismatches)} mismatches; "
+        print(f"kms.audit {verdict} {describe_ledger(settings.ledger)}: {report.events} events naming "
+              f"{report.transfers} transfers ({report.duplicates} duplicate records), {report.ledger_tenants} tenants, {len(report.mismatches)} mismatches; "
               f"{report.settled} in flight at the read, settled")
         chain = await verify_chain(bootstrap, ledger=ledger, configured=configured, settle=settle)
     finally:
@@ -417,22 +417,50 @@ async def _audit_verify_report(settings: Settings, bootstrap: str, tenant: str |
 
 def _add_audit_report(audit_verbs: Any) -> None:
     report = _verb(audit_verbs, "report", _audit_report,
-                   summary="one tenant's key lifecycle for an auditor (HTML or JSON)",
+                   summary="one tenant's key lifecycle for an auditor (HTML or JSON), signed; or verify a saved one",
                    description="Every key version of a tenant with its created/rotated/revoked/destroyed times\n"
-                               "(ledger time), operations per key, rotation cadence against the policy, wear-out\n"
-                               "headroom, denied operations, and the verdicts of the ledger comparison and the\n"
-                               "digest chain. HTML is one self-contained file with an SVG timeline.",
-                   example="keyledger audit report --tenant acme --out acme.html")
-    report.add_argument("--tenant", required=True, help="the tenant")
+                               "(ledger time), operations per key and per day with caller, outcome and reason,\n"
+                               "rotation cadence against the policy, wear-out headroom, denied operations, and\n"
+                               "the verdicts of the ledger comparison and the digest chain; at its top, what it\n"
+                               "covers (period, topics and offsets, ledger, digest chain span). HTML is one\n"
+                               "self-contained file with an SVG timeline. The JSON form is signed by the\n"
+                               "keyledger-system key (unwrapped through the KMS; the signing is audited) and the\n"
+                               "HTML carries it. Exits 1 for a tenant the ledger and kms.audit do not know.\n"
+                               "`keyledger audit report verify FILE [--public-key K]` checks a saved report\n"
+                               "offline (the key from keys.events when --public-key is not given); exits 1 on\n"
+                               "any edit.",
+                   example="keyledger audit report --tenant acme --from 2026-01-01 --out acme.html")
+    report.add_argument("check", nargs="*", metavar="verify FILE", help="check a saved report instead")
+    report.add_argument("--tenant", help="the tenant (required unless verifying)")
     report.add_argument("--format", choices=["html", "json"], default="html", help="html (default): one self-contained file")
     report.add_argument("--out", help="write to this file (default: stdout)")
+    report.add_argument("--from", dest="start", metavar="TIME", help="period start, RFC 3339 or a date (UTC); default: "
+                        "the beginning")
+    report.add_argument("--to", dest="end", metavar="TIME", help="period end, included; default: the report time")
+    report.add_argument("--public-key", metavar="BASE64URL", help="verify: the report key (raw Ed25519, base64url)")
 
 
 def _audit_report(args: argparse.Namespace) -> int:
+    if args.check:
+        return _audit_report_verify(args)
+    if args.tenant is None:
+        raise ConfigError("--tenant is required (or: keyledger audit report verify FILE)")
+    from workers.tools.report import Period, parse_time
+
+    try:
+        period = Period(parse_time(args.start) if args.start else None, parse_time(args.end) if args.end else None)
+    except ValueError:
+        raise ConfigError("--from and --to are RFC 3339 times or dates, e.g. 2026-01-31T12:00:00Z") from None
     settings = load_settings()
     _outside_ledger(settings)
     bootstrap = require_bootstrap(settings)
-    text, summary = asyncio.run(_build_report(settings, bootstrap, args.tenant, args.format))
+    from workers.tools.report import UnknownTenant
+
+    try:
+        text, summary = asyncio.run(_build_report(settings, bootstrap, args.tenant, args.format, period))
+    except UnknownTenant as exc:
+        print(f"keyledger audit report: {exc}", file=sys.stderr)
+        return 1
     if args.out is None:
         sys.stdout.write(text)
     else:
@@ -441,26 +469,64 @@ def _audit_report(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _build_report(settings: Settings, bootstrap: str, tenant: str, form: str) -> tuple[str, str]:
+async def _build_report(settings: Settings, bootstrap: str, tenant: str, form: str, period: Any) -> tuple[str, str]:
     import json
 
-    from workers.ledger.factory import open_ledger
+    from workers.kms.factory import open_kms
+    from workers.ledger.factory import describe_ledger, open_ledger
     from workers.tools.report import build_report
-    from workers.tools.report_html import render_html
+    from workers.tools.report_html import render_document
+    from workers.tools.report_signing import sign_over_kafka
 
     await check_ledger(settings)
     await _reach(bootstrap, Topic.KMS_AUDIT, Topic.KEYS_EVENTS)
     ledger = open_ledger(settings.ledger)
+    kms = open_kms(settings.kms)
     try:
         report = await build_report(bootstrap, ledger, tenant, rotation_age=settings.limits.rotation_age,
-                                    encrypt_limit=settings.limits.encrypt_limit)
+                                    encrypt_limit=settings.limits.encrypt_limit, period=period,
+                                    ledger_name=f"{describe_ledger(settings.ledger)}, cluster id "
+                                                f"{settings.ledger.tb_cluster_id}")
+        document = await sign_over_kafka(bootstrap, report.to_json(), kms=kms, ledger=ledger)
     finally:
         await ledger.aclose()
-    text = render_html(report) if form == "html" else json.dumps(report.to_json(), indent=2) + "\n"
+        await kms.aclose()
+    text = render_document(document) if form == "html" else json.dumps(document, indent=2) + "\n"
+    levels = ", ".join(f"{v.name}: {v.headline}" for v in report.verdicts)
     summary = (f"{form} report of {tenant}: {len(report.keys)} key versions, {len(report.operations)} ledger "
-               f"operations; ledger vs kms.audit {'agree' if report.ledger_agrees else 'DISAGREE'}, "
-               f"digest chain {'intact' if report.chain_intact else 'BROKEN'}")
+               f"operations; {levels}; signed by {document['signature']['key_id']}")
     return text, summary
+
+
+def _audit_report_verify(args: argparse.Namespace) -> int:
+    from workers.tools.report_signing import check_saved, known_report_keys, public_key_of
+
+    if len(args.check) != 2 or args.check[0] != "verify":
+        raise ConfigError("usage: keyledger audit report verify FILE [--public-key BASE64URL]")
+    path = Path(args.check[1])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    known: dict[str, bytes] = {}
+    public_key = None
+    if args.public_key:
+        try:
+            public_key = public_key_of(args.public_key)
+        except ValueError:
+            raise ConfigError(f"--public-key {args.public_key!r} is not a raw Ed25519 public key in base64url") from None
+    else:
+        from workers.kafka.tap import read_topic
+
+        settings = load_settings()
+        bootstrap = require_bootstrap(settings)
+        known = known_report_keys([r.value for r in asyncio.run(read_topic(bootstrap, Topic.KEYS_EVENTS.value))])
+    problems = check_saved(text, public_key, known)
+    for problem in problems:
+        print(f"NOT VERIFIED {path}: {problem}")
+    if not problems:
+        print(f"verified {path}: signed by the keyledger-system report key, unchanged since")
+    return 1 if problems else 0
 
 
 # --- dlq -----------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from workers.settings import Settings
 from workers.tools.audit_check import ChainReport, Logged, check_chain, verify_audit, verify_chain
 from workers.tools.callers import caller_add
 from workers.tools.report import build_report
-from workers.tools.report_html import render_html
+from workers.tools.report_html import render_document
+from workers.tools.report_signing import check_saved, public_key_of, sign_over_kafka
 from workers.tools.verify import PublicKeyBook, load_book, verify_signed_span
 
 TENANTS = ("acme", "globex", "initech")
@@ -263,10 +264,15 @@ async def tenant_report(bootstrap: str, context: ProcessContext, tenant: str) ->
     _say(f"\n== 10. {tenant}'s key lifecycle report for an auditor (keyledger audit report --tenant {tenant})")
     settings = context.settings
     report = await build_report(bootstrap, context.ledger, tenant, rotation_age=settings.limits.rotation_age,
-                                encrypt_limit=settings.limits.encrypt_limit)
+                                encrypt_limit=settings.limits.encrypt_limit,
+                                ledger_name=f"{describe_ledger(settings.ledger)} (in this process)")
+    document = await sign_over_kafka(bootstrap, report.to_json(), kms=context.kms, ledger=context.ledger)
     path = Path(tempfile.mkdtemp(prefix="keyledger-demo-")) / f"report-{tenant}.html"
-    await asyncio.to_thread(path.write_text, render_html(report), encoding="utf-8")
-    _say(f"{len(report.keys)} key versions, {len(report.operations)} ledger operations, "
-         f"ledger vs kms.audit {'agree' if report.ledger_agrees else 'DISAGREE'}, "
-         f"{report.protected_records} of {report.tenant_audit_records} audit records under a verified digest")
-    _say(f"HTML report: {path}")
+    html = render_document(document)
+    await asyncio.to_thread(path.write_text, html, encoding="utf-8")
+    _say(f"{len(report.keys)} key versions, {len(report.operations)} ledger operations; "
+         + ", ".join(f"{v.name}: {v.headline}" for v in report.verdicts))
+    signer = document["signature"]
+    unchanged = check_saved(html, public_key_of(signer["public_key"])) == []
+    _say(f"HTML report: {path}, signed by {SYSTEM_TENANT} key {signer['key_id']} (the signing is audited); "
+         f"keyledger audit report verify: {'verified' if unchanged else 'NOT VERIFIED'}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 
 from schemas.messages import KeyType, Op
 
@@ -80,6 +81,14 @@ def key_id_for(tenant_id: str, key_type: KeyType, version: int) -> str:
 def transfer_id(op: Op, key_id: str, *source: str | int) -> int:
     """Id of the transfer recording `op` on `key_id` caused by `source` (topic, partition, offset, ...)."""
     return _hash128("transfer", Op(op).value, key_id, *source)
+
+
+def grouped_transfer_id(op: Op, key_id: str, parts: Sequence[str], origin: Sequence[str | int],
+                        wrap: str | None = None) -> int:
+    """`transfer_id(op, key_id, *parts, *origin)`, or with `wrap`, `transfer_id(op, key_id, wrap, that id)`:
+    how the transfer of each record a grouped `kms.audit` event names derives (keys/audit.py)."""
+    inner = transfer_id(op, key_id, *parts, *origin)
+    return inner if wrap is None else transfer_id(op, key_id, wrap, inner)
 
 
 def event_id(kind: str, key_id: str) -> str:

@@ -196,8 +196,12 @@ def _record_bytes(record: Outgoing) -> int:
 def _failed_too_large(op: OpRecord) -> OpRecord:
     """`op` as a failed operation of its own id (derived from the successful one's: a replay under the same
     limit lands on the same transfer)."""
-    return dataclasses.replace(op, transfer_id=ids.transfer_id(op.op, op.key_id, "too_large", op.transfer_id),
-                               failed=True, reason="output too large")
+    return dataclasses.replace(op, transfer_id=ids.transfer_id(op.op, op.key_id, TOO_LARGE, op.transfer_id),
+                               failed=True, reason="output too large",
+                               id_wrap=TOO_LARGE if op.id_parts is not None else None)
+
+
+TOO_LARGE = "too_large"
 
 
 def _tick(tick: RotationTick) -> Outgoing:

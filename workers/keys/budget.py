@@ -10,9 +10,15 @@ order and refuses a debit that would take the budget below zero (`exceeds_credit
 every worker a key seals at most its limit, and within a batch it seals up to exactly what is left,
 record by record.
 
-Ids come from the key and the record's coordinates (topic, partition, offset): a redelivered record
-finds its debit `exists` and is not charged twice; a record that did not fit fails the same id again
-(`id_already_failed`: TigerBeetle keeps failed ids) until the tenant's next key version is active.
+One debit per key per batch: the records of a batch that claim the same key are charged by one
+transfer of their summed amount, its id derived from the key and every claim it covers (each
+record's coordinates and amount). When it does not fit (or fitted no earlier delivery of the same
+batch), that key's records are claimed one by one, each by a debit whose id comes from the key and
+the record's coordinates (topic, partition, offset), in order: so a key still seals up to exactly
+what is left. A redelivery of the same batch finds its debit `exists` and is not charged twice; a
+record that did not fit fails the same id again (`id_already_failed`: TigerBeetle keeps failed ids)
+until the tenant's next key version is active. A redelivery batched otherwise is charged again
+(another batch, another id): over-claiming only retires a key early, never past its limit.
 The budget transfers are keyledger's bookkeeping between its own accounts, not key operations:
 `kms.audit` and the tenant's transfers record the seals themselves (the `encrypt`/`reencrypt`
 transfers, whose amounts equal the ciphertexts produced), so `audit verify` is unchanged.
@@ -64,19 +70,35 @@ class EncryptionBudget:
         self._funded: set[str] = set()  # keys whose budget account exists and is funded (this process saw it)
 
     async def claim(self, claims: Sequence[Claim]) -> list[bool]:
-        """One answer per claim, in order: True when the seals are granted (now or by an earlier delivery)."""
+        """One answer per claim, in order: True when the seals are granted (now or by an earlier delivery).
+
+        Invariant (tests/keys/test_budget.py): on a fresh budget the answers are those of one debit per
+        claim in order; the ledger never lets a key's debits pass its limit."""
         if not claims:
             return []
         await self._fund({c.key_id for c in claims} - self._funded)
-        results = await self._ledger.create_transfers([_debit(c) for c in claims])
-        granted = []
-        for result in results:
-            if transfer_ok(result.status):
-                granted.append(True)
-            elif result.status in _OUT_OF_BUDGET:
-                granted.append(False)
+        by_key: dict[str, list[int]] = {}
+        for index, claim in enumerate(claims):
+            by_key.setdefault(claim.key_id, []).append(index)
+        grouped = [indexes for indexes in by_key.values() if len(indexes) > 1]
+        singles = [indexes[0] for indexes in by_key.values() if len(indexes) == 1]
+        debits = [_batch_debit([claims[i] for i in indexes]) for indexes in grouped]
+        results = await self._ledger.create_transfers([*debits, *(_debit(claims[i]) for i in singles)])
+        granted = [False] * len(claims)
+        one_by_one: list[int] = []
+        for indexes, result in zip(grouped, results, strict=False):
+            if _granted(result.status):
+                for i in indexes:
+                    granted[i] = True
             else:
-                raise LedgerError(f"ledger refused a budget debit: {result.status.name}")
+                one_by_one += indexes
+        for i, result in zip(singles, results[len(grouped):], strict=True):
+            granted[i] = _granted(result.status)
+        if one_by_one:
+            one_by_one.sort()
+            retried = await self._ledger.create_transfers([_debit(claims[i]) for i in one_by_one])
+            for i, result in zip(one_by_one, retried, strict=True):
+                granted[i] = _granted(result.status)
         return granted
 
     async def used(self, key_ids: Sequence[str]) -> dict[str, int]:
@@ -111,6 +133,23 @@ class EncryptionBudget:
             if funded.status not in _FUNDED:
                 raise LedgerError(f"ledger refused a budget funding: {funded.status.name}")
         self._funded.update(ordered)
+
+
+def _granted(status: CreateTransferStatus) -> bool:
+    if transfer_ok(status):
+        return True
+    if status in _OUT_OF_BUDGET:
+        return False
+    raise LedgerError(f"ledger refused a budget debit: {status.name}")
+
+
+def _batch_debit(claims: Sequence[Claim]) -> Transfer:
+    """One debit for several records' claims on one key: its id covers every claim (place and amount)."""
+    key_id = claims[0].key_id
+    covered = [part for c in claims for part in (c.topic, c.partition, c.offset, c.amount)]
+    return Transfer(id=ids.budget_transfer_id("batch", key_id, *covered),
+                    debit_account_id=ids.budget_account_id(key_id), credit_account_id=ISSUER,
+                    amount=sum(c.amount for c in claims), ledger=ids.LEDGER, code=ids.BUDGET_CODE)
 
 
 def _debit(claim: Claim) -> Transfer:

@@ -29,7 +29,7 @@ from workers.ledger import (
     Ledger,
     account_ok,
 )
-from workers.ledger.records import key_account, tenant_account
+from workers.ledger.records import WrapFacts, key_account, tenant_account
 from workers.source import Source
 
 log = logging.getLogger("keyledger.versions")
@@ -143,6 +143,12 @@ class VersionMaker:
 
     async def _lookup(self, account_ids: list[int]) -> list[Account]:
         return await self._ledger.lookup_accounts(account_ids)
+
+    def wrap_of(self, plan: VersionPlan) -> WrapFacts:
+        """Where the durable version of `plan` is wrapped (its generate's audit event records it)."""
+        entry = self._keys.directory.get(plan.key_id)
+        assert entry is not None and entry.material is not None
+        return WrapFacts.of(entry.material)
 
     def announcement(self, plan: VersionPlan, kind: KeyEventType, previous_key_id: str | None = None,
                      **extra: Any) -> KeyEvent:

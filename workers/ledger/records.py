@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas.messages import SYSTEM_TENANT, AuditSource, KeyType, Op
+from schemas.messages import SYSTEM_TENANT, AuditSource, KeyMaterial, KeyType, Op
 from workers.core import ids
 from workers.ledger import Account, Transfer, TransferFlags
 
@@ -61,6 +61,22 @@ class Coordinates(Protocol):
     def offset(self) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class WrapFacts:
+    """Where a key version's material is wrapped after a lifecycle operation (generate, rewrap, destroy):
+    the audit event records it, so a version's KEK history survives keys.material's compaction."""
+
+    kms_provider: str
+    kms_key_id: str
+    kek_version: int | None = None
+    deletion_pending_days: int | None = None
+    """A destroy whose shred schedules this KMS key for deletion: the KMS pending window, in days."""
+
+    @classmethod
+    def of(cls, material: KeyMaterial, deletion_pending_days: int | None = None) -> WrapFacts:
+        return cls(material.kms_provider or "aws", material.kms_key_id, material.kek_version, deletion_pending_days)
+
+
 @dataclass(slots=True)
 class OpRecord:
     """One audited operation: becomes one transfer and one `kms.audit` event with the same id.
@@ -80,6 +96,14 @@ class OpRecord:
     tag: int | None = None  # user_data_64 instead of the source offset (e.g. the tick that rotated)
     origin: int | None = None  # user_data_128 when no key is linked (a rewrap: where its tick was)
     caller_id: str | None = None  # user_data_128 of a caller's operation (never with a linked key or origin)
+    id_parts: tuple[str, ...] | None = None
+    """Set on an operation whose transfer id is derived per record (signing, PII, a refused caller):
+    `ids.grouped_transfer_id(op, key_id, id_parts, origin, id_wrap)`, origin ("caller-request", request_id)
+    or (topic, partition, offset); its `kms.audit` event then names it among a group (keys/audit.py).
+    None: a lifecycle operation, announced by an event of its own."""
+    request_id: str | None = None
+    id_wrap: str | None = None
+    wrap: WrapFacts | None = None  # on the audit event only (lifecycle operations); the transfer is unchanged
 
     def to_transfer(self) -> Transfer:
         flags = TransferFlags.PENDING | TransferFlags.CLOSING_CREDIT if self.closing else TransferFlags.NONE

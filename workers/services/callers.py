@@ -74,7 +74,7 @@ class CallerGate:
             transfer_id=ids.transfer_id(Op.DENIED, entry.key_id, "caller", source.topic, source.partition,
                                         source.offset),
             tenant_id=tenant_id, key_id=entry.key_id, op=Op.DENIED, source=source, failed=True, reason=reason,
-            caller_id=admission.caller_id))
+            caller_id=admission.caller_id, id_parts=("caller",)))
         return None
 
 

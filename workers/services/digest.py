@@ -241,7 +241,8 @@ class DigestService:
         if refused:
             raise DigestKeyUnavailable(f"digest key not made: {refused[0][1]}")
         outcome.ops += [OpRecord(ids.transfer_id(Op.GENERATE, p.key_id), SYSTEM_TENANT, p.key_id, Op.GENERATE,
-                                 cause, reason="audit digest key created") for p in todo]
+                                 cause, reason="audit digest key created", wrap=self._versions.wrap_of(p))
+                        for p in todo]
         outcome.events += [self._versions.announcement(p, KeyEventType.GENERATED) for p in todo]
         log.info("audit digest key %s created", plan.key_id)
         return outcome

@@ -29,7 +29,7 @@ from workers.keys.service import KeyService
 from workers.keys.versions import VersionMaker, VersionPlan
 from workers.keystore.directory import KeyState
 from workers.kms import KmsRefused
-from workers.ledger.records import OpRecord
+from workers.ledger.records import OpRecord, WrapFacts
 from workers.services.outcome import Outcome
 from workers.source import Source
 
@@ -59,7 +59,7 @@ class KeygenService:
                 outcome.refuse(source, exc)
         todo, refused = await self._versions.make_durable(list(plans.values()))
         outcome.dead += [(plan.source, exc) for plan, exc in refused]
-        outcome.ops += [_generate_op(p) for p in todo]
+        outcome.ops += [_generate_op(p, self._versions.wrap_of(p)) for p in todo]
         outcome.events += [self._versions.announcement(p, KeyEventType.GENERATED) for p in todo]
         self.keys_created += len(todo)
         return outcome
@@ -102,7 +102,7 @@ class KeygenService:
         return plans
 
 
-def _generate_op(plan: VersionPlan) -> OpRecord:
+def _generate_op(plan: VersionPlan, wrap: WrapFacts) -> OpRecord:
     return OpRecord(
         transfer_id=ids.transfer_id(Op.GENERATE, plan.key_id),
         tenant_id=plan.tenant_id,
@@ -110,4 +110,5 @@ def _generate_op(plan: VersionPlan) -> OpRecord:
         op=Op.GENERATE,
         source=plan.source,
         reason="tenant created",
+        wrap=wrap,
     )

@@ -369,6 +369,9 @@ def _claim_place(plan: Plan) -> tuple[str, int, int]:
     return plan.source.topic, plan.source.partition, plan.source.offset
 
 
+_OK, _FAILED = ("ok",), ("fail",)  # what a PII transfer id derives from besides the record (core/ids.py)
+
+
 def _ops(usage: Usage) -> list[OpRecord]:
     """One transfer per (request, key, op, outcome); a redelivered request, however batched, lands on the
     same transfers (`exists`), so the ledger counts each field once; so does a copy of a caller's request
@@ -388,6 +391,8 @@ def _ops(usage: Usage) -> list[OpRecord]:
             reason="pii fields" if not failed else "refused",
             caller_id=caller.caller_id if caller is not None else None,
             tag=request_tag(caller.request_id) if caller is not None and caller.request_id else None,
+            id_parts=_FAILED if failed else _OK,
+            request_id=caller.request_id if caller is not None else None,
         ))
     return ops
 

@@ -58,7 +58,7 @@ from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry
 from workers.kms import Kms, KmsError, KmsRefused, Rewrapped, kms_for, provider_of, rewrap_many
 from workers.ledger import Account, AccountFlags, Ledger
-from workers.ledger.records import Coordinates, OpRecord, pack_origin, unpack_origin
+from workers.ledger.records import Coordinates, OpRecord, WrapFacts, pack_origin, unpack_origin
 from workers.services.migration import migrate
 from workers.services.moves import Move, Tick, check_tick, failure, live_entries, reason_of, target_adapter, wanted
 from workers.services.outcome import Outcome
@@ -196,12 +196,16 @@ class RewrapService:
             self._keys.directory.apply_material(move.new)
 
     def _op(self, move: Move, tag: int | None = None, source: Coordinates | None = None) -> OpRecord:
+        """The rewrap's operation; a replay (`tag`: the fingerprint the transfer accepted) names the record
+        that fingerprint is of, so it republishes the very same event."""
         if tag is None:
             assert move.new is not None
             tag = material_fingerprint(move.new)
+        accepted = move.new if move.new is not None else move.entry.candidates.get(tag)
         source = source or move.source
         return OpRecord(move.transfer_id, move.entry.tenant_id, move.entry.key_id, Op.REWRAP, source,
-                        reason=reason_of(move.tick), tag=tag, origin=pack_origin(source))
+                        reason=reason_of(move.tick), tag=tag, origin=pack_origin(source),
+                        wrap=WrapFacts.of(accepted) if accepted is not None else None)
 
     async def _after(self, done: list[Move]) -> None:
         """Once the transfers are durable: use the new records here, and tombstone again any key that was

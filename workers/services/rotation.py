@@ -49,7 +49,7 @@ from workers.keystore.directory import KeyEntry
 from workers.kms import Kms, is_shared_key
 from workers.ledger import Ledger
 from workers.ledger.clock import LedgerClock
-from workers.ledger.records import OpRecord
+from workers.ledger.records import OpRecord, WrapFacts
 from workers.services.outcome import Outcome
 from workers.source import Source
 
@@ -178,7 +178,7 @@ class RotationService:
         outcome.dead += [(plan.source, exc) for plan, exc in refused]
         durable = {p.key_id for p in todo}
         rotations = [r for r in wanted if r.new.key_id in durable]
-        outcome.ops += [op for r in rotations for op in _ops(r)]
+        outcome.ops += [op for r in rotations for op in _ops(r, self._versions.wrap_of(r.new))]
         outcome.events += [event for r in rotations for event in self._events(r)]
         self.rotated += len(rotations)
         if rotations:
@@ -238,7 +238,7 @@ def _tick_tag(tick: RotationTick) -> int:
     return ids.tag64("tick", tick.tick_id)
 
 
-def _ops(rotation: Rotation) -> list[OpRecord]:
+def _ops(rotation: Rotation, wrap: WrapFacts) -> list[OpRecord]:
     old, new, source = rotation.old, rotation.new, rotation.source
     # the cause when keyledger asked for it itself (e.g. "wear_out rotation"), else the tick's reason
     reason = f"{rotation.tick.cause or rotation.tick.reason.value} rotation"
@@ -246,7 +246,7 @@ def _ops(rotation: Rotation) -> list[OpRecord]:
         OpRecord(ids.transfer_id(Op.ROTATE, old.key_id), old.tenant_id, old.key_id, Op.ROTATE, source,
                  reason=reason, linked_key_id=new.key_id, tag=_tick_tag(rotation.tick)),
         OpRecord(ids.transfer_id(Op.GENERATE, new.key_id), new.tenant_id, new.key_id, Op.GENERATE, source,
-                 reason=reason),
+                 reason=reason, wrap=wrap),
     ]
     if rotation.tick.reason is RotationReason.COMPROMISE:
         ops.append(OpRecord(ids.transfer_id(Op.REVOKE, old.key_id), old.tenant_id, old.key_id, Op.REVOKE, source,

@@ -23,7 +23,7 @@ from workers.errors import KeyRefused
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
 from workers.kms import KmsRefused
-from workers.ledger.records import OpRecord
+from workers.ledger.records import OpRecord, WrapFacts
 from workers.services.outcome import Outcome
 from workers.source import Source
 
@@ -48,10 +48,10 @@ class Shredder:
                     outcome.blocked.append(source)  # created just before: its keys may be on their way
                 else:
                     outcome.refuse(source, exc)
-        outcome.ops += [_destroy_op(source, entry) for source, entry in doomed]
+        byok = await self._owned_alone(doomed)
+        outcome.ops += [_destroy_op(source, entry, byok) for source, entry in doomed]
         outcome.tombstones += [e.key_id for _, e in doomed]
         outcome.events += [_destroyed_event(e) for _, e in doomed]
-        byok = await self._owned_alone(doomed)
         outcome.then += [partial(self._schedule_deletion, kms_key_id) for kms_key_id in sorted(byok)]
         self.keys_destroyed += len(doomed)
         return outcome
@@ -91,9 +91,15 @@ class Shredder:
             log.warning("BYOK key deletion not scheduled (%s): already pending or not ours", exc)
 
 
-def _destroy_op(source: Source, entry: KeyEntry) -> OpRecord:
+def _destroy_op(source: Source, entry: KeyEntry, scheduled: set[str]) -> OpRecord:
+    """The destroy, with where the version was wrapped and, when the shred schedules that KMS key for
+    deletion, the pending window its audit event turns into the deletion date."""
+    material = entry.material
+    wrap = None
+    if material is not None:
+        wrap = WrapFacts.of(material, BYOK_PENDING_DAYS if material.kms_key_id in scheduled else None)
     return OpRecord(ids.transfer_id(Op.DESTROY, entry.key_id), entry.tenant_id, entry.key_id, Op.DESTROY,
-                    source, reason="tenant deleted", closing=True)
+                    source, reason="tenant deleted", closing=True, wrap=wrap)
 
 
 def _destroyed_event(entry: KeyEntry) -> KeyEvent:

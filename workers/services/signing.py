@@ -159,8 +159,10 @@ def _sign_op(entry: KeyEntry, source: Source, caller: Admission | None = None) -
             op=Op.SIGN,
             source=source,
             reason="span signed",
+            id_parts=(),
         )
     return OpRecord(
         transfer_id=ids.transfer_id(Op.SIGN, entry.key_id, *origin_of(source, caller)),
         tenant_id=entry.tenant_id, key_id=entry.key_id, op=Op.SIGN, source=source, reason="span signed",
-        caller_id=caller.caller_id, tag=request_tag(caller.request_id) if caller.request_id else None)
+        caller_id=caller.caller_id, tag=request_tag(caller.request_id) if caller.request_id else None,
+        id_parts=(), request_id=caller.request_id)

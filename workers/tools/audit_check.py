@@ -5,7 +5,9 @@ transfer that exists with the same tenant (debit account), key (credit account),
 outcome and count (amount); and every transfer of every tenant account the ledger holds
 (and of the tenants seen on the topic; or of the one asked for) appears on the topic, so a
 tenant whose every record was cut from kms.audit is still found. Duplicated audit records
-(an at-least-once republish) carry the same event id and are counted once.
+(an at-least-once republish) carry the same event id and are counted once. A grouped event (signing,
+PII) names a transfer per record of its offset runs and request ids; a replay may have grouped the
+same records differently, so the topic's account is the union of what its events name (`compare`).
 
 Consistent cut: a worker makes its transfer before it publishes the audit event, so a live
 ledger always runs a little ahead of the topic. Transfers younger than the moment the topic
@@ -45,6 +47,7 @@ from workers.core.b64 import b64decode
 from workers.core.digest import ZERO_SHA256, digest_sha256, encode, parse_digest, records_sha256, verify_digest
 from workers.core.material import latest_accepted
 from workers.kafka.tap import read_topic
+from workers.keys.audit import named_count, named_transfers
 from workers.keys.pins import accepted_chain
 from workers.ledger import AccountFilter, AccountFilterFlags, Ledger, QueryFilter, QueryFilterFlags, Transfer
 from workers.ledger.records import DIGEST_TRANSFER_CODE, RecordedDigest
@@ -60,6 +63,8 @@ SETTLE = 30.0
 @dataclass
 class AuditReport:
     events: int = 0
+    transfers: int = 0
+    """Distinct ledger transfers the events name (the ledger holds each)."""
     duplicates: int = 0
     tenants: set[str] = field(default_factory=set)
     mismatches: list[str] = field(default_factory=list)
@@ -90,12 +95,16 @@ async def verify_audit(bootstrap: str, ledger: Ledger, tenant: str | None = None
         await asyncio.sleep(min(pause, max(deadline - loop.time(), 0)))
         pause = min(pause * 2, 5.0)
         for event in _events(r.value for r in await read_topic(bootstrap, Topic.KMS_AUDIT, timeout=120)):
-            transfer = report.in_flight.pop(ids.from_hex(event.event_id), None)
-            if transfer is not None:
-                report.settled += 1
-                problem = _disagreement(event, transfer)
-                if problem:
-                    report.mismatches.append(f"{event.event_id}: {problem}")
+            if named_count(event) > event.count:
+                continue  # named nothing in compare either (reported there)
+            for transfer_id in named_transfers(event):
+                transfer = report.in_flight.pop(transfer_id, None)
+                if transfer is not None:
+                    report.settled += 1
+                    # a grouped event's count is judged whole in compare; here each transfer's fields
+                    problem = _disagreement(event, transfer, count=None if event.source else transfer.amount)
+                    if problem:
+                        report.mismatches.append(f"{event.event_id}: {problem}")
     for transfer in report.in_flight.values():
         op, _ = ids.unpack_op(transfer.user_data_32)
         report.mismatches.append(f"{ids.to_hex(transfer.id)}: {op.value} transfer of "
@@ -117,9 +126,16 @@ def _events(values: Iterable[bytes | None]) -> Iterable[AuditEvent]:
 
 async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = None, *,
                   cut_ns: int | None = None) -> AuditReport:
-    """Both ways. With `cut_ns` (ledger time), a missing transfer younger than it is in flight, not a mismatch."""
+    """Both ways. With `cut_ns` (ledger time), a missing transfer younger than it is in flight, not a mismatch.
+
+    A lifecycle event names one transfer (its id); a grouped event names one per record of its ranges and
+    requests (keys/audit.py named_transfers), each of which must agree with it, their amounts summing to its
+    count. Replays may group records differently, so grouped events are judged one by one and the topic's
+    account of the ledger is the union of what they name: overlapping ranges, or two grouped events sharing
+    an id, are not mismatches."""
     report = AuditReport()
     events: dict[str, AuditEvent] = {}
+    grouped: dict[bytes, AuditEvent] = {}
     for value in values:
         try:
             event = AuditEvent.model_validate_json(value)
@@ -128,17 +144,31 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
             continue
         if tenant is not None and event.tenant_id != tenant:
             continue
+        if event.source is None:
+            if value in grouped:
+                report.duplicates += 1
+            grouped[value] = event
+            continue
         if event.event_id in events:
             report.duplicates += 1
             if events[event.event_id] != event and not _same_caller_request(events[event.event_id], event):
                 report.mismatches.append(f"{event.event_id}: two different audit records share this id")
             continue
         events[event.event_id] = event
-    report.events = len(events)
-    report.tenants = {e.tenant_id for e in events.values()} | ({tenant} if tenant else set())
-    transfers = {t.id: t for t in await ledger.lookup_transfers([ids.from_hex(e) for e in events])}
-    for event in events.values():
-        problem = _disagreement(event, transfers.get(ids.from_hex(event.event_id)))
+    report.events = len(events) + len(grouped)
+    report.tenants = {e.tenant_id for e in (*events.values(), *grouped.values())} | ({tenant} if tenant else set())
+    named: list[tuple[AuditEvent, list[int]]] = []
+    for event in (*events.values(), *grouped.values()):
+        if named_count(event) > event.count:  # each transfer counts at least one operation
+            report.mismatches.append(f"{event.event_id}: names {named_count(event)} records, more than its count "
+                                     f"{event.count}")
+            continue
+        named.append((event, named_transfers(event)))
+    wanted = list(dict.fromkeys(i for _, listed in named for i in listed))
+    transfers = {t.id: t for t in await ledger.lookup_transfers(wanted)}
+    report.transfers = len(transfers)
+    for event, listed in named:
+        problem = _group_disagreement(event, [transfers.get(i) for i in listed])
         if problem:
             report.mismatches.append(f"{event.event_id}: {problem}")
     names = report.names = {ids.tenant_ref(name): name for name in report.tenants}
@@ -147,7 +177,7 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
     for ref in sorted(refs):
         name = names.setdefault(ref, f"tenant account {ids.to_hex(ref)} (in the ledger, on no kms.audit record)")
         for transfer in await _tenant_transfers(ledger, ref):
-            if transfer.code == DIGEST_TRANSFER_CODE or ids.to_hex(transfer.id) in events:
+            if transfer.code == DIGEST_TRANSFER_CODE or transfer.id in transfers:
                 continue  # a digest's ledger record has no audit event: check_chain compares those
             if cut_ns is not None and transfer.timestamp > cut_ns:
                 report.in_flight[transfer.id] = transfer
@@ -155,6 +185,24 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
             op, failed = ids.unpack_op(transfer.user_data_32)
             report.mismatches.append(f"{ids.to_hex(transfer.id)}: {op.value} transfer of {name} missing from kms.audit")
     return report
+
+
+def _group_disagreement(event: AuditEvent, transfers: Sequence[Transfer | None]) -> str | None:
+    """What is wrong between `event` and the transfers it names (in `named_transfers` order), if anything."""
+    if event.source is not None:
+        return _disagreement(event, transfers[0])
+    missing = sum(1 for t in transfers if t is None)
+    if missing:
+        return f"names {missing} of its {len(transfers)} records whose transfer is not in the ledger"
+    for transfer in transfers:
+        assert transfer is not None
+        problem = _disagreement(event, transfer, count=transfer.amount)
+        if problem:
+            return f"transfer {ids.to_hex(transfer.id)} {problem}"
+    total = sum(t.amount for t in transfers if t is not None)
+    if total != event.count:
+        return f"differs in count: its {len(transfers)} transfers count {total} operations, the event {event.count}"
+    return None
 
 
 async def _ledger_tenants(ledger: Ledger) -> list[int]:
@@ -190,7 +238,8 @@ def _caller_of(event: AuditEvent, transfer: Transfer) -> tuple[int | None, int |
     return None, None
 
 
-def _disagreement(event: AuditEvent, transfer: Transfer | None) -> str | None:
+def _disagreement(event: AuditEvent, transfer: Transfer | None, *, count: int | None = None) -> str | None:
+    """`count`: the amount expected of this transfer (a grouped event's count is its transfers' sum)."""
     if transfer is None:
         return "no such transfer in the ledger"
     op, failed = ids.unpack_op(transfer.user_data_32)
@@ -199,7 +248,7 @@ def _disagreement(event: AuditEvent, transfer: Transfer | None) -> str | None:
         "key": ids.from_hex(event.key_id),
         "op": event.op,
         "failed": event.outcome is Outcome.FAILURE,
-        "count": event.count,
+        "count": event.count if count is None else count,
     }
     actual = {"tenant": transfer.debit_account_id, "key": transfer.credit_account_id, "op": op,
               "failed": failed, "count": transfer.amount}
