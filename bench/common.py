@@ -120,6 +120,18 @@ class Worker:
         first, last = at(start), at(end)
         return CpuSplit(*(b - a for a, b in zip(first, last, strict=True)))
 
+    async def settle(self, quiet: float = 0.05, timeout: float = 120) -> None:
+        """Until the process's start-up is over (imports, connections, the key table read): under `quiet`
+        CPU seconds in its last second. A backlog produced after this is all the process then works on, so
+        its CPU from the first record produced to the last committed is that backlog's."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            now = time.time()
+            if self._samples and self._samples[0][0] < now - 1 and self.cpu_seconds(now - 1, now) < quiet:
+                return
+        raise TimeoutError(f"the worker did not settle in {timeout}s; log {self.log}")
+
     def cpu_seconds(self, start: float, end: float) -> float:
         return self.cpu_split(start, end).total
 

@@ -73,10 +73,14 @@ async def serve(bootstrap: str, kms: tuple[str, str], ledger: dict[str, str], op
                 requests: list[tuple[bytes, bytes]], shared: Worker | None) -> tuple[dict, list]:
     """One backlog of `operation` requests served by the PII worker: a fresh process when TigerBeetle holds
     the ledger (cold, as after a deploy), else the one process that also onboarded (the memory ledger
-    lives there). Records/s from the first to the last result; CPU of the worker in that window."""
-    await produce(bootstrap, "pii.requests", requests)
+    lives there). Records/s from the first to the last result; CPU of the worker from the first request
+    produced (it is up and idle by then) until all are committed: all the backlog cost it."""
     worker = shared or Worker(bootstrap, kms, "keyledger-pii", **ledger)
+    await worker.settle()
+    started = time.time()
+    await produce(bootstrap, "pii.requests", requests)
     await wait_group_done(bootstrap, "keyledger-pii", "pii.requests")
+    finished = time.time()
     mine = f'"operation":"{operation}"'.encode()
     results = [r for r in await read_topic(bootstrap, "pii.results", timeout=300) if mine in r.value]
     if len(results) < len(requests):
@@ -84,7 +88,7 @@ async def serve(bootstrap: str, kms: tuple[str, str], ledger: dict[str, str], op
     failed = sum(1 for r in results if b'"error"' in r.value or b'"errors"' in r.value)
     stamps = sorted(r.timestamp for r in results)
     seconds = max((stamps[-1] - stamps[0]) / 1000, 1e-3)
-    split = worker.cpu_split(stamps[0] / 1000, stamps[-1] / 1000)
+    split = worker.cpu_split(started, finished)
     cpu = split.total
     if shared is None:
         worker.stop()
