@@ -112,13 +112,13 @@ async def end_to_end(spans: int) -> dict:
         jobs = [(tenants[i % TENANTS].encode(), json.dumps(
             caller.span_request(tenants[i % TENANTS], sample_span(i), job_id=f"job-{i}")).encode())
             for i in range(spans)]
-        # the signer is up and idle before the backlog (its key cache still cold: no span has asked for a
-        # key): its CPU from the first span produced until all are committed is the backlog's, all of it
-        signer = Worker(bootstrap, kms, "keyledger-signer", **ledger) if tb else None
-        await (signer or onboarding).settle()
         started = time.time()
         for start in range(0, spans, 20_000):
             await produce(bootstrap, "spans.to-sign", jobs[start:start + 20_000])
+        # a fresh signer on the whole backlog: its CPU from ready (start-up done) until all is committed
+        signer = Worker(bootstrap, kms, "keyledger-signer", **ledger) if tb else None
+        if signer is not None:
+            started = await signer.ready()
         await wait_group_done(bootstrap, "keyledger-signer", "spans.to-sign")
         finished = time.time()
         signed = await read_topic(bootstrap, "spans.signed", timeout=300)
