@@ -82,6 +82,7 @@ class Worker:
 
     def __init__(self, bootstrap: str, kms: tuple[str, str], *groups: str, **env: str) -> None:
         self.log = Path(tempfile.mkstemp(prefix="keyledger-bench-", suffix=".log")[1])
+        self.http_port = free_port()
         Worker.started += 1
         # BENCH_PROFILE=path: each worker runs under cProfile and writes path.<n>.<groups> (pstats reads it)
         profile = os.environ.get("BENCH_PROFILE")
@@ -95,6 +96,7 @@ class Worker:
             "KEYLEDGER_AWS_REGION": "us-east-1",
             "KEYLEDGER_KMS_ENDPOINT_URL": kms[0],
             "KEYLEDGER_KMS_KEY_ID": kms[1],
+            "KEYLEDGER_HTTP_PORT": str(self.http_port),
             **env,
         }
         self.process = subprocess.Popen(args, env=environment, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
@@ -119,6 +121,27 @@ class Worker:
             return before[-1] if before else CpuSplit(0.0, 0.0, 0.0)
         first, last = at(start), at(end)
         return CpuSplit(*(b - a for a, b in zip(first, last, strict=True)))
+
+    async def ready(self, timeout: float = 180) -> float:
+        """The wall-clock time its `/readyz` first answered 200 (the key table read, every group joined), polled
+        every 50 ms: from then on the process works on its backlog, so its CPU from then until the backlog is
+        committed is the backlog's, with none of its start-up."""
+        import aiohttp
+
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.http_port}/readyz"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the worker exited; log {self.log}")
+                try:
+                    async with session.get(url) as answer:
+                        if answer.status == 200:
+                            return time.time()
+                except (TimeoutError, OSError, aiohttp.ClientError):
+                    pass
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"the worker was not ready in {timeout}s; log {self.log}")
 
     def cpu_seconds(self, start: float, end: float) -> float:
         return self.cpu_split(start, end).total

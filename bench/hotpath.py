@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench.callers import enrolled
 from bench.common import say, tigerbeetle
 from bench.pii import follow_up
 from bench.pii import record as pii_record
@@ -46,7 +47,7 @@ from workers.ledger import Ledger
 from workers.ledger.memory import MemoryLedger
 from workers.ledger.records import key_account, tenant_account
 from workers.ledger.tigerbeetle import TigerBeetleLedger
-from workers.settings import Settings
+from workers.settings import CallerSettings, RequireCaller, Settings
 
 TENANTS = 100
 BATCH = 1000
@@ -71,7 +72,9 @@ class KeepResults:
 
 
 async def _deps(tb: str | None) -> Deps:
-    settings = Settings(kafka_bootstrap="unused:9092", key_table_wait=0)
+    # the production default: every span and PII request is asked for its caller's proof
+    settings = Settings(kafka_bootstrap="unused:9092", key_table_wait=0,
+                        callers=CallerSettings(require=RequireCaller.ALL))
     ledger: Ledger = TigerBeetleLedger(tb) if tb else MemoryLedger()
     directory = KeyDirectory()
     keys = KeyService(directory, LocalKms(), ledger, SingleFlightCache(ttl=3600, max_entries=10_000))
@@ -139,10 +142,11 @@ async def run(count: int) -> dict:
 
 async def _run(count: int, tb: str | None) -> dict:
     deps = await _deps(tb)
+    caller = enrolled(deps.callers)
     signer = SignerGroup(deps)
     spans = _records("spans.to-sign", [
         (f"tenant-{i % TENANTS:03d}".encode(),
-         json.dumps({"job_id": f"job-{i}", "tenant_id": f"tenant-{i % TENANTS:03d}", "span": sample_span(i)}).encode())
+         json.dumps(caller.span_request(f"tenant-{i % TENANTS:03d}", sample_span(i), job_id=f"job-{i}")).encode())
         for i in range(count)])
     sign_us, sign_loop_us = await _per_record_us(signer.handle, spans, "signer")
     raw_sign = _raw_sign_us()
@@ -155,7 +159,8 @@ async def _run(count: int, tb: str | None) -> dict:
     assert isinstance(publisher, KeepResults)
     sealed: list[Outgoing] = []
     for at, operation in enumerate(("encrypt", "decrypt", "reencrypt")):
-        values = [pii_record(i) for i in range(count)] if operation == "encrypt" else follow_up(sealed, operation)
+        values = ([pii_record(i, caller) for i in range(count)] if operation == "encrypt"
+                  else follow_up(sealed, operation, caller))
         requests = _records("pii.requests", values, first=at * count)
         publisher.results = []
         pii_us, pii_loop_us = await _per_record_us(pii.handle, requests, f"pii.{operation}")

@@ -10,7 +10,12 @@ import json
 import os
 import time
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from bench.common import Worker, broker, moto_kms, say
+from schemas.messages import RotationReason, RotationTick
+from workers.core.b64 import b64url_encode
+from workers.core.operator_ticks import sign_tick
 from workers.kafka.tap import produce, read_topic
 from workers.kafka.topics import ensure_topics
 from workers.kms.aws import AwsKms
@@ -72,7 +77,10 @@ async def run(tenants: int) -> dict:
             f"{enough(rates, best_rate)} on; the default KEYLEDGER_KMS_CONCURRENCY={default} reaches "
             f"{rates[default] / best_rate:.2f} of it")
         await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=6))
-        worker = Worker(bootstrap, kms, "keyledger-keygen", "keyledger-rotation")
+        # a manual tick for every tenant is honoured only when the operator key signed it (core/operator_ticks.py)
+        operator = Ed25519PrivateKey.generate()
+        worker = Worker(bootstrap, kms, "keyledger-keygen", "keyledger-rotation", KEYLEDGER_OPERATOR_PUBLIC_KEY=(
+            b64url_encode(operator.public_key().public_bytes_raw())))
         now = "2026-11-22T00:00:00Z"
 
         def created(names: list[str]) -> list[tuple[bytes, bytes]]:
@@ -87,9 +95,9 @@ async def run(tenants: int) -> dict:
         await _count_events(bootstrap, "generated", 2 * (tenants + 1), timeout=1200)
         onboard_s = time.perf_counter() - started
         onboard_rate = tenants / onboard_s
-        tick = {"tick_id": "bench-rotation", "issued_at": now, "reason": "manual"}
+        tick = sign_tick(RotationTick(tick_id="bench-rotation", issued_at=now, reason=RotationReason.MANUAL), operator)
         tick_sent = time.time()
-        await produce(bootstrap, "keys.rotation-ticks", [(b"bench", json.dumps(tick).encode())])
+        await produce(bootstrap, "keys.rotation-ticks", [(b"bench", tick.model_dump_json(exclude_none=True).encode())])
         tenants += 1  # the warm-up tenant rotates too
         rotated = await _count_events(bootstrap, "rotated", 2 * tenants, timeout=1200)
         stats = worker.stop()

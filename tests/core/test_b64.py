@@ -40,3 +40,40 @@ def test_non_canonical_or_foreign_text_is_refused(text):
 
 def test_the_empty_string_is_no_bytes():
     assert b64url_decode("") == b""
+
+
+# The standard library's base64url is the model the SIMD pair (pybase64) is held to, byte for byte.
+
+
+def _model_encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _model_decode(text: str) -> bytes | None:
+    """The strict reading by the standard library: the bytes of `text` when it is exactly what the model
+    encoder writes for them, else None."""
+    if not text.isascii() or any(c in text for c in "+/=") or not text.isprintable() or " " in text:
+        return None
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except ValueError:
+        return None
+    return raw if _model_encode(raw) == text else None
+
+
+@given(st.binary(max_size=2000))
+def test_the_encoder_writes_what_the_standard_library_writes(raw):
+    assert b64url_encode(raw) == _model_encode(raw)
+
+
+@given(st.one_of(st.binary(max_size=300).map(_model_encode),
+                 st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/= \n\t\x00!é\ud800",
+                         max_size=60),
+                 st.text(max_size=20)))
+def test_the_decoder_reads_what_the_standard_library_reads_strictly(text):
+    expected = _model_decode(text)
+    if expected is None:
+        with pytest.raises(ValueError):
+            b64url_decode(text)
+    else:
+        assert b64url_decode(text) == expected

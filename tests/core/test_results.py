@@ -10,13 +10,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import rfc8785
 from Crypto.Protocol import HPKE
 from Crypto.PublicKey import ECC, Hybrid
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas.messages import CallerKem, SealedResultKey
 from workers.core.b64 import b64url_decode, b64url_encode
+from workers.core.canonical import CanonicalizationError, canonical_json
 from workers.core.results import (
     PREFIX,
     ResultKeyring,
@@ -134,6 +138,21 @@ def test_the_field_aad_is_rfc8785_of_the_five_coordinates():
     assert field_aad(CALLER, "acme", "job-1", "user-7", "email") == (
         b'{"caller":"' + CALLER.encode() + b'","field":"email","job_id":"job-1","record_id":"user-7",'
         b'"tenant_id":"acme"}')
+
+
+@given(st.lists(st.text(st.characters(blacklist_categories=()), max_size=12), min_size=5, max_size=5))
+def test_the_spelled_out_field_aad_is_the_canonical_json_of_the_five_coordinates(coordinates):
+    """The writer of the AAD held to its model, RFC 8785 by canonical_json (rfc8785 where that defers):
+    the same bytes for any text, the same refusal for text that is not Unicode (a lone surrogate)."""
+    caller, tenant, job, record, path = coordinates
+    model = {"caller": caller, "field": path, "job_id": job, "record_id": record, "tenant_id": tenant}
+    try:
+        expected = canonical_json(model)
+    except CanonicalizationError:
+        with pytest.raises(CanonicalizationError):
+            field_aad(caller, tenant, job, record, path)
+        return
+    assert field_aad(caller, tenant, job, record, path) == expected == rfc8785.dumps(model)
 
 
 def test_a_field_under_another_result_key_or_tampered_does_not_open():

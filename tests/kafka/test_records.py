@@ -136,3 +136,42 @@ def test_header_values_stay_bytes_or_null():
     letter = DeadLetter.model_validate_json(
         DeadLetters("g", 10_000).letter(odd, ErrorInfo(type=ErrorCode.NOT_JSON, message="x")).value)
     assert letter.headers == [("h", None), ("g", base64.b64encode(b"\xff\xfe").decode())]
+
+
+# `parse_plain` (one reading for the model and for a caller's proof) is `parse` plus the object as read:
+# held to `parse` and `loads_ijson` (the models) on PII requests, valid ones and any JSON or bytes.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.support.strategies import json_values, models  # noqa: E402
+from workers.core.canonical import canonical_json, loads_ijson  # noqa: E402
+from workers.kafka.records import parse_plain  # noqa: E402
+
+
+def _outcome(reader, value: bytes):
+    try:
+        return "ok", reader(record(value), PiiRequest, 1 << 20)
+    except BadInput as exc:
+        return "refused", (exc.code, str(exc))
+
+
+_requests = models(PiiRequest, extras=True).map(lambda m: m.model_dump_json(exclude_none=True).encode())
+_texts = st.one_of(_requests, json_values().map(lambda v: json.dumps(v).encode()),
+                   st.binary(max_size=60), _requests.map(lambda raw: raw.replace(b'"', b'\\u0022', 1)))
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_texts)
+def test_parse_plain_answers_as_parse_does_and_keeps_the_object_read(value):
+    expected = _outcome(parse, value)
+    got = _outcome(parse_plain, value)
+    assert got[0] == expected[0]
+    if expected[0] == "refused":
+        assert got[1] == expected[1]
+        return
+    request, body, plain = got[1]
+    assert request == expected[1]
+    assert body == loads_ijson(value)
+    if plain:  # plain is only said when it holds: the sorted writing is then RFC 8785
+        assert canonical_json(body, known_plain=True) == canonical_json(body)

@@ -1,9 +1,16 @@
-"""Base64 helpers: standard for stored blobs, url-safe without padding for signatures and envelopes."""
+"""Base64 helpers: standard for stored blobs, url-safe without padding for signatures and envelopes.
+
+The url-safe pair runs on pybase64 (SIMD, from wheels): it is on every PII field's and every
+signature's path. Its answers are the standard library's (`base64.urlsafe_b64encode` without the
+padding; the strict decoder accepts exactly what that encoder writes): tests/core/test_b64.py holds
+the two to the same bytes.
+"""
 
 from __future__ import annotations
 
 import base64
-import binascii
+
+import pybase64
 
 
 def b64encode(raw: bytes) -> str:
@@ -14,20 +21,15 @@ def b64decode(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
-_URL_FROM_STD = bytes.maketrans(b"+/", b"-_")
-# url-safe characters to the standard alphabet; the standard alphabet's own '+', '/' and '=' (and every
-# other byte) to '!', which the strict decoder refuses: the alphabet is checked by the decoder itself
-_STD_FROM_URL_STRICT = bytes(
-    ord("+") if c == ord("-") else ord("/") if c == ord("_") else
-    c if chr(c).isascii() and chr(c).isalnum() else ord("!") for c in range(256))
+_URL = b"-_"
 _SEXTET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
-_PADDING = (b"", b"", b"==", b"=")  # by length % 4 (1 is never valid)
+_PADDING = ("", "", "==", "=")  # by length % 4 (1 is never valid)
 # bits of the last character that carry no data: they must be zero in the one canonical spelling
 _UNUSED_BITS = (0, 0, 0x0F, 0x03)
 
 
 def b64url_encode(raw: bytes) -> str:
-    return binascii.b2a_base64(raw, newline=False).translate(_URL_FROM_STD).rstrip(b"=").decode("ascii")
+    return pybase64.b64encode_as_string(raw, altchars=_URL).rstrip("=")
 
 
 def b64url_decode(text: str) -> bytes:
@@ -37,10 +39,11 @@ def b64url_decode(text: str) -> bytes:
         return b""
     rest = len(text) % 4
     last = _SEXTET.get(text[-1])
-    if rest == 1 or last is None or last & _UNUSED_BITS[rest] or not text.isascii():
+    # pybase64 reads the standard alphabet's '+' and '/' beside the url-safe one, and '=' as padding:
+    # all three are refused here, so the one alphabet is url-safe; anything else non-base64 it refuses
+    if rest == 1 or last is None or last & _UNUSED_BITS[rest] or "+" in text or "/" in text or "=" in text:
         raise ValueError("not canonical unpadded base64url")
     try:
-        return binascii.a2b_base64(text.encode("ascii").translate(_STD_FROM_URL_STRICT) + _PADDING[rest],
-                                   strict_mode=True)
-    except binascii.Error:
+        return pybase64.b64decode(text + _PADDING[rest], altchars=_URL, validate=True)
+    except (ValueError, TypeError):  # binascii.Error is a ValueError
         raise ValueError("not canonical unpadded base64url") from None

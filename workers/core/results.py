@@ -39,6 +39,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from json.encoder import encode_basestring as _json_string
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
@@ -145,6 +146,11 @@ class ResultKey:
 
     key: bytes = field(repr=False)
     sealed: SealedResultKey
+    aead: AESGCM = field(init=False, repr=False, compare=False)
+    """AES-GCM under `key`, made once: every field the key seals uses it."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aead", AESGCM(self.key))
 
     @property
     def id(self) -> str:
@@ -177,15 +183,25 @@ def open_result_key(sealed: SealedResultKey, caller_id: str, caller_private_key:
 
 
 def field_aad(caller_id: str, tenant_id: str, job_id: str, record_id: str, field_path: str) -> bytes:
-    return canonical_json({"caller": caller_id, "field": field_path, "job_id": job_id, "record_id": record_id,
-                           "tenant_id": tenant_id})
+    """RFC 8785 of the five coordinates. Spelled out as core/envelope.py's `field_aad` is: the names are
+    ASCII and written sorted (caller < field < job_id < record_id < tenant_id), each value as JSON with only
+    `"`, `\\` and control characters escaped (`encode_basestring`, what JCS writes); a value that is not
+    Unicode text (a lone surrogate) goes to `canonical_json`, which refuses it as it always did. Tied to
+    `canonical_json` of the same object by tests/core/test_results.py."""
+    try:
+        return (f'{{"caller":{_json_string(caller_id)},"field":{_json_string(field_path)},'
+                f'"job_id":{_json_string(job_id)},"record_id":{_json_string(record_id)},'
+                f'"tenant_id":{_json_string(tenant_id)}}}').encode()
+    except UnicodeEncodeError:
+        return canonical_json({"caller": caller_id, "field": field_path, "job_id": job_id, "record_id": record_id,
+                               "tenant_id": tenant_id})
 
 
 def seal_field(key: ResultKey, tenant_id: str, job_id: str, record_id: str, field_path: str, value: str) -> str:
     """One field value sealed under a result key: `klr1.<result_key_id>.<body>`."""
     nonce = os.urandom(NONCE_BYTES)
     aad = field_aad(key.sealed.caller, tenant_id, job_id, record_id, field_path)
-    return f"{PREFIX}{key.id}.{b64url_encode(nonce + AESGCM(key.key).encrypt(nonce, value.encode(), aad))}"
+    return f"{PREFIX}{key.id}.{b64url_encode(nonce + key.aead.encrypt(nonce, value.encode(), aad))}"
 
 
 def field_key_id(text: str) -> str:

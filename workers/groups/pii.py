@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from schemas.errors import ErrorCode
 from schemas.messages import CallerKem, KeyType, PiiOperation, PiiRequest, PiiResult, SealedResultKey
 from schemas.topics import Topic
 from workers.core.b64 import b64url_decode
 from workers.core.callers import Admission, CallerTable
-from workers.core.canonical import NotIJson, loads_ijson
 from workers.core.envelope import NONCE_BYTES, TAG_BYTES
 from workers.core.results import PREFIX as SEALED_PREFIX
 from workers.core.results import RESULT_KEY_BYTES, ResultKeyring, ResultSealError, seal_field
@@ -27,7 +27,7 @@ from workers.errors import MAX_MESSAGE, BadInput, error_info
 from workers.groups.base import Deps
 from workers.kafka.letters import letter_max_bytes
 from workers.kafka.publisher import Outgoing
-from workers.kafka.records import InboundRecord, parse, parse_all
+from workers.kafka.records import InboundRecord, parse_all, parse_plain
 from workers.keys.budget import EncryptionBudget
 from workers.services.callers import CALLER_LESS
 from workers.services.outcome import Outcome
@@ -53,29 +53,28 @@ class PiiGroup:
         outcome = Outcome[PiiAnswer]().refuse_all((r.source, e) for r, e in refused)
         admitted: list[tuple[Source, PiiRequest]] = []
         callers: dict[Source, Admission] = {}
-        for record, request in parsed:
-            admission = self._admit(record, request, outcome)
+        for record, (request, body, plain) in parsed:
+            admission = self._admit(record, request, body, plain, outcome)
             if admission is not None:
                 admitted.append((record.source, request))
                 if admission.caller_id is not None:
                     callers[record.source] = admission
         return await self._emit(records, await self.service.serve(admitted, callers, outcome))
 
-    def _parse(self, record: InboundRecord) -> PiiRequest:
-        request = parse(record, PiiRequest, self._max_bytes)
+    def _parse(self, record: InboundRecord) -> tuple[PiiRequest, dict[str, Any], bool]:
+        """The request, the object it was read from and whether that is plain (core/canonical.py)."""
+        request, body, plain = parse_plain(record, PiiRequest, self._max_bytes)
         refuse_too_large(request, self._max_output)
-        return request
+        return request, body, plain
 
-    def _admit(self, record: InboundRecord, request: PiiRequest, outcome: Outcome[PiiAnswer]) -> Admission | None:
+    def _admit(self, record: InboundRecord, request: PiiRequest, body: dict[str, Any], plain: bool,
+               outcome: Outcome[PiiAnswer]) -> Admission | None:
         operation = request.operation.value
         if request.caller is None and not self.gate.needs(operation):
             return CALLER_LESS
-        try:  # the proof covers the request as sent: its members as parsed from the record, not the model's
-            body = loads_ijson(record.value or b"")
-        except (NotIJson, RecursionError):
-            body = {}
-        return self.gate.admit(record.source, body if isinstance(body, dict) else {}, request.tenant_id, operation,
-                               KeyType.ENCRYPTION, outcome)
+        # the proof covers the request as sent: its members as read from the record, not the model's
+        return self.gate.admit(record.source, body, request.tenant_id, operation, KeyType.ENCRYPTION, outcome,
+                               known_plain=plain)
 
 
 class ResultSealer:

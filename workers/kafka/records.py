@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from schemas.errors import ErrorCode
-from workers.core.canonical import NotIJson, loads_ijson
+from workers.core.canonical import NotIJson, loads_ijson, plain_json_loads
 from workers.errors import BadInput, KeyledgerError
 from workers.source import Source
 
@@ -93,11 +93,31 @@ def parse(record: InboundRecord, model: type[M], max_bytes: int) -> M:
     Validation messages name fields and error kinds only, never input values,
     which may be PII or key ids of other tenants.
     """
+    return _validated(decode_value(_bounded(record, max_bytes)), model)
+
+
+def parse_plain(record: InboundRecord, model: type[M], max_bytes: int) -> tuple[M, dict[str, Any], bool]:
+    """`parse` (same answers, same refusals), also returning the object as read and whether it is plain
+    (`plain_json_loads`): one reading of the record serves the model and what a caller's proof covers."""
+    value = _bounded(record, max_bytes)
+    try:
+        data, plain = plain_json_loads(value)
+    except NotIJson as exc:
+        raise BadInput(str(exc), exc.code) from None
+    except RecursionError:
+        raise BadInput("value nests too deeply", ErrorCode.NOT_JSON) from None
+    return _validated(data, model), data, plain
+
+
+def _bounded(record: InboundRecord, max_bytes: int) -> bytes:
     if record.value is None:
         raise BadInput("tombstone (null value) where a message was expected", ErrorCode.INVALID_MESSAGE)
     if len(record.value) > max_bytes:
         raise BadInput(f"record of {len(record.value)} bytes exceeds {max_bytes}", ErrorCode.OVERSIZED)
-    data = decode_value(record.value)
+    return record.value
+
+
+def _validated(data: Any, model: type[M]) -> M:
     if not isinstance(data, dict):
         raise BadInput("value is not a JSON object", ErrorCode.INVALID_MESSAGE)
     try:
