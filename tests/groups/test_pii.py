@@ -100,6 +100,10 @@ async def test_another_record_or_tenant_cannot_open_it(harness):
     denied = [a for a in captured.values("kms.audit") if a["op"] == "denied"]
     assert [(a["tenant_id"], a["outcome"]) for a in denied] == [("globex", "failure")]
     assert denied[0]["key_id"] == context.keys.active("globex", KeyType.ENCRYPTION).key_id
+    # each audited refusal says why in the code its result gives (the auditor's report words it)
+    assert denied[0]["reason"] == "key_not_found"
+    failed = [a for a in captured.values("kms.audit") if a["op"] == "decrypt" and a["outcome"] == "failure"]
+    assert [a["reason"] for a in failed] == ["decrypt_failed"]
 
 
 async def test_after_rotation_old_ciphertexts_decrypt_and_reencrypt_to_the_new_key(harness):

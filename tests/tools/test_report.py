@@ -143,9 +143,19 @@ def test_denied_and_failed_operations_colour_their_card_and_link_to_their_rows()
     ("not_allowed", "denied: caller not allowed for this tenant"),
     ("unknown_caller", "denied: caller not registered"),
     ("refused", "denied: the ciphertext names a key this tenant does not own"),
+    ("key_not_found", "denied: the ciphertext names a key this tenant does not own"),
+    ("key_destroyed", "denied: key destroyed"),
 ])
 def test_denied_reasons_are_said_in_words(reason, words):
     assert Operation("c" * 32, "a" * 32, "denied", 1, True, 0, reason=reason).words == words
+
+
+@pytest.mark.parametrize(("reason", "words"), [
+    ("decrypt_failed", "failed: the ciphertext did not authenticate under the key it names"),
+    ("malformed_ciphertext", "failed: the ciphertext is malformed"),
+])
+def test_failed_reasons_are_said_in_words(reason, words):
+    assert Operation("c" * 32, "a" * 32, "decrypt", 1, True, 0, reason=reason).words == words
 
 
 def signed(report: TenantReport) -> tuple[dict, bytes]:

@@ -100,10 +100,15 @@ class Usage:
     counts: dict[tuple[int, str, str, Op, bool], int] = field(default_factory=lambda: defaultdict(int))
     sources: dict[int, Source] = field(default_factory=dict)
     callers: dict[int, Admission] = field(default_factory=dict)
+    reasons: dict[tuple[int, str, str, Op, bool], str] = field(default_factory=dict)
+    """Why a failed or denied operation was: the error code of its request's first such field."""
 
-    def add(self, entry: KeyEntry, op: Op, source: Source, failed: bool = False) -> None:
+    def add(self, entry: KeyEntry, op: Op, source: Source, failed: bool = False, reason: str | None = None) -> None:
         self.sources[id(source)] = source
-        self.counts[(id(source), entry.tenant_id, entry.key_id, op, failed)] += 1
+        counted = (id(source), entry.tenant_id, entry.key_id, op, failed)
+        self.counts[counted] += 1
+        if reason is not None:
+            self.reasons.setdefault(counted, reason)
 
 
 class RefusedSealer:
@@ -339,16 +344,16 @@ class PiiService:
             raise KeyledgerError(str(exc), ErrorCode.MALFORMED_CIPHERTEXT) from None
         try:
             entry = self._keys.owned(request.tenant_id, envelope.key_id)
-        except KeyRefused:
+        except KeyRefused as refused:
             if plan.active is not None:  # a tenant without keys has no account to record against; the result says why
-                usage.add(plan.active, Op.DENIED, plan.source, failed=True)
+                usage.add(plan.active, Op.DENIED, plan.source, failed=True, reason=refused.code.value)
             raise
         if entry.state is KeyState.REVOKED and request.operation is PiiOperation.DECRYPT:
             raise KeyRefused(f"key {entry.key_id} is revoked: reencrypt to migrate", ErrorCode.KEY_REVOKED)
         try:
             plaintext = opener.open(self._aead(entry, memo), envelope, path)
         except EnvelopeError as exc:
-            usage.add(entry, Op.DECRYPT, plan.source, failed=True)
+            usage.add(entry, Op.DECRYPT, plan.source, failed=True, reason=ErrorCode(exc.code).value)
             raise KeyledgerError(str(exc), ErrorCode(exc.code)) from None
         if request.operation is PiiOperation.DECRYPT:
             usage.add(entry, Op.DECRYPT, plan.source)
@@ -377,7 +382,8 @@ def _ops(usage: Usage) -> list[OpRecord]:
     same transfers (`exists`), so the ledger counts each field once; so does a copy of a caller's request
     produced again (its ids and user data derive from the request id, never from the record's place)."""
     ops = []
-    for (source_key, tenant_id, key_id, op, failed), count in usage.counts.items():
+    for counted, count in usage.counts.items():
+        source_key, tenant_id, key_id, op, failed = counted
         source = usage.sources[source_key]
         caller = usage.callers.get(source_key)
         ops.append(OpRecord(
@@ -388,7 +394,7 @@ def _ops(usage: Usage) -> list[OpRecord]:
             source=source,
             count=count,
             failed=failed,
-            reason="pii fields" if not failed else "refused",
+            reason="pii fields" if not failed else usage.reasons.get(counted, "refused"),
             caller_id=caller.caller_id if caller is not None else None,
             tag=request_tag(caller.request_id) if caller is not None and caller.request_id else None,
             id_parts=_FAILED if failed else _OK,

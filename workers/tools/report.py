@@ -39,6 +39,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas.errors import ErrorCode
 from schemas.messages import AuditEvent, CallerRefusal, KeyEvent, KeyEventType, KeyMaterial, KeyType, Op
 from schemas.topics import Topic
 from workers.core import ids
@@ -100,6 +101,15 @@ REFUSALS_IN_WORDS = {
     CallerRefusal.EXPIRED.value: "denied: caller's proof expired (clock skew or replay)",
     CallerRefusal.NOT_ALLOWED.value: "denied: caller not allowed for this tenant",
     CallerRefusal.REVOKED.value: "denied: caller revoked",
+    # the PII worker: the error code of the request's first refused field
+    ErrorCode.KEY_NOT_FOUND.value: "denied: the ciphertext names a key this tenant does not own",
+    ErrorCode.KEY_DESTROYED.value: "denied: key destroyed",
+}
+FAILURES_IN_WORDS = {
+    ErrorCode.DECRYPT_FAILED.value: "failed: the ciphertext did not authenticate under the key it names",
+    ErrorCode.MALFORMED_CIPHERTEXT.value: "failed: the ciphertext is malformed",
+    ErrorCode.INVALID_MESSAGE.value: "failed: a field path or value is not valid Unicode",
+    ErrorCode.OVERSIZED.value: "failed: a field is larger than a field may be",
 }
 
 
@@ -108,10 +118,12 @@ def reason_in_words(op: str, failed: bool, reason: str) -> str:
     if op == Op.DENIED:
         if reason in REFUSALS_IN_WORDS:
             return REFUSALS_IN_WORDS[reason]
-        if reason == "refused":  # the PII worker: a ciphertext naming a key this tenant does not own
+        if reason == "refused":  # events written before the PII worker recorded its error codes
             return "denied: the ciphertext names a key this tenant does not own"
         return f"denied: {reason or 'no reason recorded'}"
     if failed:
+        if reason in FAILURES_IN_WORDS:
+            return FAILURES_IN_WORDS[reason]
         if "destroyed" in reason:
             return "failed: key destroyed"
         if "revoked" in reason:
