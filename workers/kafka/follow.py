@@ -26,21 +26,65 @@ Apply = Callable[[str, bytes | None, bytes | None], Awaitable[None] | None]
 """(topic, key, value) of one record; may be a coroutine function."""
 
 
-class TopicFollower:
+class _Follower:
+    """What both followers share: a consumer without a group reading from the beginning, a catch-up read to
+    the end offsets a read began with, a background task that polls through broker hiccups, and closing."""
+
     def __init__(self, bootstrap: str, topics: Sequence[str], apply: Apply, *, client_id: str,
-                 startup_timeout: float = 60.0, bulk_load: bool = False, max_records: int = 5000) -> None:
-        """`bulk_load`: pause the cyclic collector while the catch-up read runs (a large table of objects
-        that all live on gains nothing from collections triggered by its own allocations)."""
+                 startup_timeout: float, max_records: int) -> None:
         self._topics = tuple(topics)
         self._apply = apply
-        self._startup_timeout = startup_timeout
-        self._bulk_load = bulk_load
+        self._timeout = startup_timeout
         self._max_records = max_records
         self._name = client_id
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id,
                                           enable_auto_commit=False, auto_offset_reset="earliest",
                                           **client_options())
         self._task: asyncio.Task[None] | None = None
+
+    async def _read_to_end(self, partitions: list[TopicPartition], what: str, *, bulk_load: bool) -> None:
+        """Poll until every one of `partitions` is read to the end offset it has now (TimeoutError naming
+        `what` after the startup timeout)."""
+        ends = await self._consumer.end_offsets(partitions)
+        deadline = time.monotonic() + self._timeout
+        with _collector_paused(bulk_load):
+            while [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{what} not read to the end in time")
+                await self._poll(timeout_ms=200)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._follow_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following through broker hiccups
+                log.warning("%s: %s", self._name, type(exc).__name__)
+                await asyncio.sleep(1)
+
+    async def _follow_once(self) -> None:
+        raise NotImplementedError
+
+    async def _poll(self, timeout_ms: int) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+
+class TopicFollower(_Follower):
+    def __init__(self, bootstrap: str, topics: Sequence[str], apply: Apply, *, client_id: str,
+                 startup_timeout: float = 60.0, bulk_load: bool = False, max_records: int = 5000) -> None:
+        """`bulk_load`: pause the cyclic collector while the catch-up read runs (a large table of objects
+        that all live on gains nothing from collections triggered by its own allocations)."""
+        super().__init__(bootstrap, topics, apply, client_id=client_id, startup_timeout=startup_timeout,
+                         max_records=max_records)
+        self._bulk_load = bulk_load
         self.read = 0
 
     async def start(self) -> None:
@@ -48,27 +92,14 @@ class TopicFollower:
         partitions = await self._partitions()
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
-        ends = await self._consumer.end_offsets(partitions)
-        deadline = time.monotonic() + self._startup_timeout
-        with _collector_paused(self._bulk_load):
-            while [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{', '.join(self._topics)} not read to the end in time")
-                await self._poll(timeout_ms=200)
+        await self._read_to_end(partitions, ", ".join(self._topics), bulk_load=self._bulk_load)
         self._task = asyncio.create_task(self._follow(), name=self._name)
 
     async def _partitions(self) -> list[TopicPartition]:
-        return await _partitions_of(self._consumer, self._topics, self._startup_timeout)
+        return await _partitions_of(self._consumer, self._topics, self._timeout)
 
-    async def _follow(self) -> None:
-        while True:
-            try:
-                await self._poll(timeout_ms=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep following through broker hiccups
-                log.warning("%s: %s", self._name, type(exc).__name__)
-                await asyncio.sleep(1)
+    async def _follow_once(self) -> None:
+        await self._poll(timeout_ms=500)
 
     async def _poll(self, timeout_ms: int) -> None:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
@@ -79,15 +110,7 @@ class TopicFollower:
                 if applied is not None:
                     await applied
 
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()
-
-
-class PartitionFollower:
+class PartitionFollower(_Follower):
     """Follows chosen partition numbers of topics (the same numbers on each): the reader of a sharded key
     table (workers/keystore/shards.py: `PartitionReader`). No consumer group, as `TopicFollower`.
 
@@ -98,18 +121,11 @@ class PartitionFollower:
 
     def __init__(self, bootstrap: str, topics: Sequence[str], apply: Apply, *, client_id: str,
                  startup_timeout: float = 60.0, max_records: int = 5000) -> None:
-        self._topics = tuple(topics)
-        self._apply = apply
-        self._timeout = startup_timeout
-        self._max_records = max_records
-        self._name = client_id
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id,
-                                          enable_auto_commit=False, auto_offset_reset="earliest",
-                                          **client_options())
+        super().__init__(bootstrap, topics, apply, client_id=client_id, startup_timeout=startup_timeout,
+                         max_records=max_records)
         self._numbers: frozenset[int] = frozenset()
         self._only: dict[int, frozenset[bytes]] = {}  # partitions followed for these tenants' records alone
         self._turn = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
         self._reading: frozenset[int] = frozenset()  # partitions being read whole from the start
         self.read_records = 0
 
@@ -149,16 +165,9 @@ class PartitionFollower:
         assigned = self._consumer.assignment()
         await self._reassign([*assigned, *(tp for tp in read if tp not in assigned)])
         await self._consumer.seek_to_beginning(*read)
-        ends = await self._consumer.end_offsets(read)
         reading, self._reading = self._reading, (numbers if whole else frozenset())
-        deadline = time.monotonic() + self._timeout
         try:
-            with _collector_paused(True):
-                while [tp for tp, end in ends.items() if await self._consumer.position(tp) < end]:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"partitions {sorted(numbers)} of {', '.join(self._topics)} not read "
-                                           "to the end in time")
-                    await self._poll(timeout_ms=200)
+            await self._read_to_end(read, f"partitions {sorted(numbers)} of {', '.join(self._topics)}", bulk_load=True)
         finally:
             self._reading = reading
 
@@ -177,19 +186,12 @@ class PartitionFollower:
             if tp in positions:
                 self._consumer.seek(tp, positions[tp])
 
-    async def _follow(self) -> None:
-        while True:
-            try:
-                if not self._numbers and not self._only:
-                    await asyncio.sleep(0.2)
-                    continue
-                async with self._turn:
-                    await self._poll(timeout_ms=200)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep following through broker hiccups
-                log.warning("%s: %s", self._name, type(exc).__name__)
-                await asyncio.sleep(1)
+    async def _follow_once(self) -> None:
+        if not self._numbers and not self._only:
+            await asyncio.sleep(0.2)
+            return
+        async with self._turn:
+            await self._poll(timeout_ms=200)
 
     async def _poll(self, timeout_ms: int) -> None:
         if not self._consumer.assignment():
@@ -208,12 +210,6 @@ class PartitionFollower:
                 if applied is not None:
                     await applied
 
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()
 
 
 def _names(key: bytes | None, value: bytes | None, tenants: frozenset[bytes]) -> bool:
