@@ -122,7 +122,7 @@ async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle
                                                           "Digest chain over kms.audit": "ok",
                                                           "Operations": "warn", "Policy": "bad"}
     assert [(o.op, o.count, o.key_id, o.reason) for o in report.denied] == [
-        ("denied", 1, keys[("encryption", 1)].key_id, "refused")]
+        ("denied", 1, keys[("encryption", 1)].key_id, "key_not_found")]
     # lifecycle times, in ledger time and in order
     enc1, enc2, enc3, sig1 = keys[("encryption", 1)], keys[("encryption", 2)], keys[("encryption", 3)], keys[("signing", 1)]
     assert enc1.created_ns < enc1.rotated_ns < enc2.rotated_ns < enc2.revoked_ns < enc1.destroyed_ns  # one batch: rotate, then revoke
