@@ -34,11 +34,11 @@ import binascii
 import bisect
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.messages import SYSTEM_TENANT, AuditEvent, KeyMaterial, KeyType, Op, Outcome
 from schemas.topics import Topic
@@ -400,18 +400,27 @@ async def ledger_digests(ledger: Ledger) -> list[RecordedDigest]:
         timestamp_min = page[-1].timestamp + 1
 
 
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def readable(model: type[Record], values: Iterable[bytes | None]) -> Iterator[Record]:
+    """The record values that parse as `model`; tombstones and records it refuses are skipped (a bad record on
+    a topic must not stop a check of the rest)."""
+    for value in values:
+        if value is None:
+            continue
+        try:
+            yield model.model_validate_json(value)
+        except ValidationError:
+            continue
+
+
 async def ledger_anchors(ledger: Ledger, material_values: Iterable[bytes | None]) -> dict[str, bytes]:
     """Digest key id -> public key, for every keyledger-system signing key whose keys.material record
     its ledger account accepted (the pin, or a rewrap's fingerprint: keys/pins.py). A record of a key the
     ledger never made, or one that does not match its pin, anchors nothing."""
     candidates: dict[str, list[KeyMaterial]] = defaultdict(list)
-    for value in material_values:
-        if value is None:
-            continue
-        try:
-            material = KeyMaterial.model_validate_json(value)
-        except ValidationError:
-            continue
+    for material in readable(KeyMaterial, material_values):
         if material.tenant_id == SYSTEM_TENANT and material.key_type is KeyType.SIGNING and material.public_key:
             candidates[material.key_id].append(material)
     if not candidates:

@@ -68,6 +68,7 @@ from workers.tools.audit_check import (
     compare,
     ledger_anchors,
     ledger_digests,
+    readable,
 )
 from workers.tools.verify import PublicKeyBook
 
@@ -613,13 +614,7 @@ def _version(account: Account, transfers: Sequence[Transfer], during: Sequence[T
 
 def _apply_events(report: TenantReport, values: Sequence[bytes | None]) -> None:
     keys = {k.key_id: k for k in report.keys}
-    for value in values:
-        if value is None:
-            continue
-        try:
-            event = KeyEvent.model_validate_json(value)
-        except ValidationError:
-            continue
+    for event in readable(KeyEvent, values):
         if event.tenant_id != report.tenant:
             continue
         key = keys.get(event.key_id)
@@ -638,13 +633,7 @@ def _apply_wrappings(report: TenantReport, lives: dict[str, list[Transfer]], aud
     """Each version's wrappings from its lifecycle events (the whole life, whatever the period), and where it is
     wrapped now; keys.material's last record fills in where the events predate these facts."""
     latest: dict[str, KeyMaterial] = {}
-    for value in materials:
-        if value is None:
-            continue
-        try:
-            material = KeyMaterial.model_validate_json(value)
-        except ValidationError:
-            continue
+    for material in readable(KeyMaterial, materials):
         if material.tenant_id == report.tenant:
             latest[material.key_id] = material
     for key in report.keys:
