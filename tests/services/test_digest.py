@@ -122,6 +122,16 @@ def taken(records: list[InboundRecord]) -> list[AuditRecord]:
     return [(r.source, r.value) for r in records]
 
 
+async def sealed_stack(records: list[InboundRecord]) -> tuple[Topics, Stack]:
+    """A digest service that took `records` and sealed them once the interval passed."""
+    topics = Topics()
+    stack = Stack(topics)
+    await stack.service.take(taken(records))
+    stack.clock.now += 300
+    await stack.seal()
+    return topics, stack
+
+
 def book_of(topics: Topics) -> PublicKeyBook:
     book = PublicKeyBook()
     for value in topics.values(Topic.KEYS_EVENTS):
@@ -211,22 +221,14 @@ async def test_a_failed_publish_is_retried_with_the_same_bytes_and_commits_wait_
 
 
 async def test_a_byte_identical_republish_counts_once():
-    topics = Topics()
-    stack = Stack(topics)
-    await stack.service.take(taken(audit(0, range(2))))
-    stack.clock.now += 300
-    await stack.seal()
+    topics, stack = await sealed_stack(audit(0, range(2)))
     topics.records[Topic.KMS_AUDIT_DIGESTS] *= 2
     report = chain_report(topics, audit(0, range(2)))
     assert report.intact and report.digests == 1 and report.duplicates == 1
 
 
 async def test_a_forgotten_partition_is_read_again_from_the_topic():
-    topics = Topics()
-    stack = Stack(topics)
-    await stack.service.take(taken(audit(0, range(3))))
-    stack.clock.now += 300
-    await stack.seal()
+    topics, stack = await sealed_stack(audit(0, range(3)))
     await stack.service.take(taken(audit(0, range(3, 5))))
     stack.service.forget([0])
     assert stack.service.held() == {} and stack.service.due() == []
@@ -292,12 +294,8 @@ async def anchored_report(topics: Topics, records: list[InboundRecord], ledger: 
 
 
 async def test_every_digest_is_in_the_ledger_before_it_is_published_and_its_key_is_pinned_there():
-    topics = Topics()
-    stack = Stack(topics)
     records = audit(0, range(3)) + audit(1, range(2))
-    await stack.service.take(taken(records))
-    stack.clock.now += 300
-    await stack.seal()
+    topics, stack = await sealed_stack(records)
     digests = topics.digests()
     assert sorted((d.partition, d.last_offset, d.link) for d in await ledger_digests(stack.ledger)) == sorted(
         (d["partition"], d["last_offset"], RecordedDigest.link_of(digest_sha256(d))) for d in digests)
@@ -333,12 +331,8 @@ async def test_a_digest_the_ledger_does_not_record_stays_unpublished_and_is_reco
 
 
 async def test_a_dropped_digest_is_a_break_and_what_it_covered_stays_protected():
-    topics = Topics()
-    stack = Stack(topics)
     records = audit(0, range(3))
-    await stack.service.take(taken(records))
-    stack.clock.now += 300
-    await stack.seal()
+    topics, stack = await sealed_stack(records)
     records += audit(0, range(3, 5))
     await stack.service.take(taken(records[3:]))
     stack.clock.now += 300
@@ -355,12 +349,8 @@ async def test_a_dropped_digest_is_a_break_and_what_it_covered_stays_protected()
 
 
 async def test_a_digest_key_announced_only_on_keys_events_is_refused_unless_configured():
-    topics = Topics()
-    stack = Stack(topics)
     records = audit(0, range(3))
-    await stack.service.take(taken(records))
-    stack.clock.now += 300
-    await stack.seal()
+    topics, stack = await sealed_stack(records)
     [genuine] = topics.digests()
     insider, insider_key = Ed25519PrivateKey.generate(), "cd" * 16
     raw_public = insider.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -383,12 +373,8 @@ def chain_report_of(records: list[InboundRecord], digests: list[Logged], book: P
 
 
 async def test_a_recorded_digest_lost_in_a_crash_before_publishing_is_no_break_once_its_records_are_digested_again():
-    topics = Topics()
-    stack = Stack(topics)
     records = audit(0, range(3))
-    await stack.service.take(taken(records))
-    stack.clock.now += 300
-    await stack.seal()
+    topics, stack = await sealed_stack(records)
     [digest] = topics.digests()
     # the first worker signed and recorded another digest of 0..2 (another created_at), then died unpublished
     orphan = digest_transfer(digest["key_id"], 0, 2, "ef" * 32)
