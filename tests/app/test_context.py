@@ -69,3 +69,26 @@ async def test_readiness_waits_for_the_caller_table_before_the_key_table(monkeyp
     await asyncio.wait_for(starting, 5)
     ready, checks = await context.readiness()
     assert ready and checks["callers"]["loaded"] and checks["key_table"]["loaded"]
+
+
+async def test_closing_leaves_a_hanging_or_failing_part_behind_and_closes_the_rest(caplog):
+    closed: list[str] = []
+
+    async def hangs() -> None:
+        closed.append("hangs: started")
+        await asyncio.Event().wait()  # a group coordinator that never answers a leave
+
+    async def fails() -> None:
+        closed.append("fails: started")
+        raise ConnectionError("gone")
+
+    async def ledger() -> None:
+        closed.append("ledger")
+
+    with caplog.at_level(logging.WARNING, logger="keyledger"):
+        await context_module.close_in_turn([hangs, fails, ledger], wait=0.05)
+    assert closed == ["hangs: started", "fails: started", "ledger"]
+    said = [r.getMessage() for r in caplog.records]
+    assert any("hangs" in m and "left behind" in m for m in said)
+    assert any("fails" in m and "ConnectionError" in m for m in said)
+    assert not any("gone" in m for m in said)  # the type, not what the exception carries

@@ -111,7 +111,10 @@ async def stop_gracefully(*procs: subprocess.Popen) -> None:
     for proc in procs:
         proc.terminate()
     for proc in procs:
-        code = await asyncio.to_thread(proc.wait, 60)
+        try:
+            code = await asyncio.to_thread(proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("no exit 60 s after SIGTERM; its log ends:\n" + proc.log_path.read_text()[-3000:])  # type: ignore[attr-defined]
         assert code == 0, proc.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
 
 

@@ -32,14 +32,19 @@ class Consumer:
         self.assigned = set(partitions)
         self.commits: list[dict[TopicPartition, int]] = []
         self.refusing: Exception | None = None
+        self.unanswered = False
+        self.asked = 0
         self.paused: set[TopicPartition] = set()
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.asked += 1
         if self.refusing is not None:
             raise self.refusing
+        if self.unanswered:
+            await asyncio.Event().wait()  # a coordinator that keeps answering "retriable, try again"
         self.commits.append(dict(offsets))
 
     def pause(self, *partitions: TopicPartition) -> None:
@@ -176,6 +181,59 @@ async def test_a_refused_commit_is_logged_and_offered_again(refusal, caplog):
     consumer.refusing = None
     await runner([record(0, 2)])
     assert consumer.commits == [{P0: 3}]
+    await runner.aclose()
+
+
+async def test_a_commit_not_answered_in_time_counts_as_failed_and_is_offered_again(caplog):
+    handler, consumer = Handler(), Consumer(P0)
+    runner = BatchRunner("keyledger-signer", handler, Broker(), SETTINGS, commit_wait=0.05)
+    joined(runner, consumer)
+    consumer.unanswered = True
+    with caplog.at_level(logging.WARNING, logger="keyledger.consume"):
+        await runner([record(0, 0), record(0, 1)])  # returns: the commit was given up, not waited on forever
+    assert consumer.asked == 1 and consumer.commits == [] and handler.handled == [(0, 0), (0, 1)]
+    assert any("commit not answered" in r.getMessage() for r in caplog.records)
+    consumer.unanswered = False
+    await runner([record(0, 2)])
+    assert consumer.commits == [{P0: 3}]
+    await runner.aclose()
+
+
+async def test_a_stop_abandons_a_batch_still_running_after_the_wait_and_commits_nothing_more(caplog):
+    handler, consumer = Handler(), Consumer(P0, P1)
+    runner = BatchRunner("keyledger-pii", handler, Broker(), SETTINGS, depth=2, stop_wait=0.05)
+    joined(runner, consumer)
+    await runner([record(1, 0)])
+    await until(lambda: latest(consumer) == {P1: 1})
+    handler.gate = asyncio.Event()
+    await runner([record(0, 0), record(0, 1)])  # pipelined: in hand, held at the gate
+    await handler.started.wait()
+    with caplog.at_level(logging.WARNING, logger="keyledger.consume"):
+        await runner.aclose()  # returns after the wait although the batch still runs
+    assert any("abandoned" in r.getMessage() for r in caplog.records)
+    handler.gate.set()
+    await until(lambda: (0, 1) in handler.handled)  # the batch did finish, after the stop
+    await asyncio.sleep(0)
+    assert latest(consumer) == {P1: 1}  # and nothing was committed for it: its records go to the next reader
+
+
+async def test_a_batch_cancelled_mid_handling_is_never_committed_past(caplog):
+    handler, consumer = Handler(), Consumer(P0)
+    runner = BatchRunner("keyledger-signer", handler, Broker(), SETTINGS)
+    joined(runner, consumer)
+    await runner([record(0, 0)])
+    assert latest(consumer) == {P0: 1}
+    handler.gate, handler.started = asyncio.Event(), asyncio.Event()
+    feeding = asyncio.create_task(runner([record(0, 1), record(0, 2)]))  # depth 1: the caller awaits the batch
+    await handler.started.wait()
+    with caplog.at_level(logging.WARNING, logger="keyledger.consume"):
+        feeding.cancel()  # what stopping the consumer's loop does to the batch it awaits
+        with pytest.raises(asyncio.CancelledError):
+            await feeding
+    assert any("cancelled" in r.getMessage() for r in caplog.records)
+    handler.gate = None
+    await runner([record(0, 3)])  # handled, yet no commit passes offsets 1 and 2
+    assert (0, 3) in handler.handled and latest(consumer) == {P0: 1}
     await runner.aclose()
 
 

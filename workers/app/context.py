@@ -11,10 +11,10 @@ known. Without an operator key no caller is trusted (every request that needs on
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,12 @@ if TYPE_CHECKING:
     from workers.app.observability.tracing import Tracing
 
 log = logging.getLogger("keyledger")
+
+SLOW_CLOSE = 2.0
+"""Seconds after which closing one part is named in the log (a stop that drags says where)."""
+CLOSE_WAIT = 15.0
+"""Seconds one part may take to close before it is left behind: longer than a runner's own wait for its
+batches in hand (workers/kafka/consume.py STOP_WAIT), so a runner always settles that itself."""
 
 # groups that keep serving from cached unwrapped keys while the KMS is out of reach
 SERVE_FROM_CACHE = frozenset({SignerGroup.name, PiiGroup.name})
@@ -251,6 +257,26 @@ class ProcessContext:
         if self.caller_follower is not None:
             closers.append(self.caller_follower.aclose)
         closers += [self.kms.aclose, self.ledger.aclose, self.observability.aclose]
-        for close in closers:
-            with contextlib.suppress(Exception):
+        started = time.monotonic()
+        await close_in_turn(closers)
+        log.info("stopped in %.1f s", time.monotonic() - started)
+
+
+async def close_in_turn(closers: Sequence[Callable[[], Awaitable[Any]]], wait: float = CLOSE_WAIT) -> None:
+    """Each closer in order, each given `wait` seconds: one that fails or hangs (a group coordinator
+    that never answers a leave) is named in the log and left behind, and the rest still close. Offsets
+    are safe either way: only the runners commit, and they have settled first."""
+    for close in closers:
+        name = getattr(close, "__qualname__", repr(close))
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(wait):
                 await close()
+        except TimeoutError:
+            log.warning("closing %s: no end after %g s; left behind", name, wait)
+            continue
+        except Exception as exc:
+            log.warning("closing %s failed: %s", name, type(exc).__name__)
+            continue
+        if time.monotonic() - began > SLOW_CLOSE:
+            log.warning("closing %s took %.1f s", name, time.monotonic() - began)

@@ -37,6 +37,9 @@ from workers.settings import (
 )
 
 PROBE_TIMEOUT = 5.0
+CLUSTER_PROBE_TIMEOUT = 15.0
+"""A TigerBeetle client registers before its first request is answered, and a busy replica (a shared
+machine, a primary catching up) may take seconds over it: a wrong cluster id is only ever a silence."""
 
 
 def load_settings() -> Settings:
@@ -119,7 +122,7 @@ async def check_ledger(settings: Settings) -> None:
     await check_cluster(settings.ledger.tb_addresses, settings.ledger.tb_cluster_id)
 
 
-async def check_cluster(addresses: str, cluster_id: int, timeout: float = PROBE_TIMEOUT) -> None:
+async def check_cluster(addresses: str, cluster_id: int, timeout: float = CLUSTER_PROBE_TIMEOUT) -> None:
     """The replicas that accept connections answer a request as cluster `cluster_id`.
 
     A replica drops, without a word, every message of another cluster: a wrong id looks like a server
@@ -130,10 +133,13 @@ async def check_cluster(addresses: str, cluster_id: int, timeout: float = PROBE_
     answers = await asyncio.gather(*(_answers_as(addresses, c, timeout) for c in asked))
     if answers[0]:
         return
-    seen = " (it answers as cluster 0)" if len(answers) > 1 and answers[1] else ""
+    if len(answers) > 1 and answers[1]:
+        raise ConfigError(f"TigerBeetle at {addresses} accepts connections but did not answer as cluster {cluster_id} "
+                          f"within {timeout:g}s (it answers as cluster 0): set KEYLEDGER_TB_CLUSTER_ID to the "
+                          "--cluster its data file was formatted with")
     raise ConfigError(f"TigerBeetle at {addresses} accepts connections but did not answer as cluster {cluster_id} "
-                      f"within {timeout:g}s{seen}: set KEYLEDGER_TB_CLUSTER_ID to the --cluster its data file was "
-                      "formatted with")
+                      f"within {timeout:g}s: it is overloaded or has no quorum, or its data file was formatted with "
+                      "another --cluster (set KEYLEDGER_TB_CLUSTER_ID to it)")
 
 
 async def _answers_as(addresses: str, cluster_id: int, timeout: float) -> bool:

@@ -68,6 +68,14 @@ REVOKE_WAIT = 5.0
 """Seconds a revocation waits for the batches in hand before abandoning them: well under the group's
 rebalance timeout (aiokafka's default session timeout), so waiting never gets this member evicted."""
 
+STOP_WAIT = 10.0
+"""Seconds a stopping runner waits for the batches in hand before abandoning them uncommitted: a stop
+ends well inside Kubernetes' default 30-second grace period whatever a batch is waiting on."""
+
+COMMIT_WAIT = 10.0
+"""Seconds a commit may take before it counts as failed (offered again at the next commit): aiokafka
+retries a commit for as long as the group coordinator answers with a retriable error."""
+
 _REFUSED_AFTER_REBALANCE = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError,
                             UnknownMemberIdError, IllegalStateError)
 """A commit the group refuses because membership moved on: the partitions are someone else's now (or
@@ -222,7 +230,8 @@ class BatchRunner:
 
     def __init__(self, group: str, handle: Handle, publisher: Publisher, settings: Settings, depth: int = 1,
                  holder: HoldsRecords | None = None, observer: RunnerObserver | None = None,
-                 revoke_wait: float = REVOKE_WAIT, keys: PartitionKeys | None = None) -> None:
+                 revoke_wait: float = REVOKE_WAIT, keys: PartitionKeys | None = None,
+                 stop_wait: float = STOP_WAIT, commit_wait: float = COMMIT_WAIT) -> None:
         if depth < 1:
             raise ValueError("pipeline depth must be at least 1")
         if holder is not None and depth != 1:
@@ -247,6 +256,10 @@ class BatchRunner:
         self._observer: RunnerObserver = observer or NoObserver()
         self._revoke_wait = revoke_wait
         self._revoking = False  # between a revocation's start and its commit: waiting records still count
+        self._stop_wait, self._commit_wait = stop_wait, commit_wait
+        # off once a batch was cancelled or abandoned at a stop: its records are not finished, and nothing
+        # this process still commits may pass them
+        self._committing = True
         self._keys = keys
         self.assignments = Assignments(holder, self._revoked, None if keys is None else self._assigned)
         self.subscriber: Any = None  # FastStream's subscriber, set by `subscribe`: its consumer exists once started
@@ -281,6 +294,11 @@ class BatchRunner:
                     # committed past
                     log.exception("%s: batch failed outside its handler", self.group)
                     self._wait(taken, type(exc).__name__)
+        except asyncio.CancelledError:
+            # cancelled mid-handling (the process is going down): its records are neither finished nor
+            # parked, so this process commits nothing more; whoever reads the partitions next redoes them
+            self._stop_committing("a batch was cancelled")
+            raise
         finally:
             self._offsets.end(batch)
             self._slots.release()
@@ -338,9 +356,15 @@ class BatchRunner:
             self._waiting.drop(disowned)
 
     async def aclose(self) -> None:
-        """Finish the batches in hand (their offsets commit), stop retrying the waiting ones."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Finish the batches in hand (their offsets commit), stop retrying the waiting ones. Batches still
+        running after `stop_wait` seconds are abandoned: from then on this runner commits nothing, so
+        their records (and everything after them) are redelivered to the partitions' next reader."""
+        in_hand = [task for task in self._tasks if not task.done()]
+        if in_hand:
+            _, running = await asyncio.wait(in_hand, timeout=self._stop_wait)
+            if running:
+                self._stop_committing(f"{len(running)} batches still running after {self._stop_wait:g} s at stop "
+                                      "are abandoned")
         for background in (self._retry_task, self._flush_task):
             if background is not None:
                 background.cancel()
@@ -478,10 +502,18 @@ class BatchRunner:
 
     # --- offsets -----------------------------------------------------------------
 
+    def _stop_committing(self, why: str) -> None:
+        if self._committing:
+            self._committing = False
+            log.warning("%s: %s; nothing more is committed by this process, their records are redelivered to "
+                        "the partitions' next reader", self.group, why, extra={"group": self.group})
+
     async def _commit(self) -> None:
         """Commit what `OffsetTracker.committable` allows, of the partitions still assigned; then pause or
-        resume partitions as the waiting set's size asks."""
+        resume partitions as the waiting set's size asks. Nothing once a batch was cancelled or abandoned."""
         async with self._lock:
+            if not self._committing:
+                return
             waiting = self._waiting.oldest()
             held = self._holder.held() if self._holder is not None else None
             offsets = self._offsets.committable(waiting, held)
@@ -497,7 +529,12 @@ class BatchRunner:
         """Commit `offsets`; False when the group or the broker refused (nothing is marked committed, so
         the next commit offers them again, or the rebalance hands the partitions to someone else)."""
         try:
-            await consumer.commit(offsets)
+            async with asyncio.timeout(self._commit_wait):
+                await consumer.commit(offsets)
+        except TimeoutError:
+            log.warning("%s: commit not answered within %g s; tried again at the next commit", self.group,
+                        self._commit_wait, extra={"group": self.group})
+            return False
         except _REFUSED_AFTER_REBALANCE as exc:
             log.warning("%s: commit refused after a rebalance (%s); the partitions' next owner is redelivered "
                         "what this commit would have covered", self.group, type(exc).__name__,
