@@ -139,7 +139,8 @@ async def test_pii_killed_mid_stream_answers_each_callers_request_once(topics_re
                                                                        aws_env, tmp_path):
     """A registered caller's proved encrypts and decrypts, the PII worker killed -9 mid-stream: each request
     is answered, each lands on one transfer per operation derived from its record's place (a redelivery
-    after the kill, at the same offset, lands on it again), each decrypt opens for its caller alone, and no plaintext reaches any other topic."""
+    after the kill, at the same offset, lands on it again), each decrypt opens for its caller alone, and no
+    plaintext reaches any other topic."""
     bootstrap, tenants = topics_ready, [unique_tenant("k9-call") for _ in range(2)]
     suffix = uuid.uuid4().hex[:8]
     operator, billing = await register_caller(bootstrap, tmp_path, f"k9-billing-{suffix}", aws_env)

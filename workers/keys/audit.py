@@ -8,9 +8,10 @@ event of its own whose id is its transfer id. Operations derived per record (`Op
 signing, PII, a refused caller) are grouped per batch by (tenant, key, op, outcome, caller, reason, id
 derivation): one event names the partitions and offset runs whose transfers it covers (an admitted
 caller's request too: its transfer derives from its record's place like any other), `count` is the sum of
-their amounts, and its id is the transfer id of its first record. `named_transfers` expands an event back to its transfer ids: the set of a batch's
-events expands to exactly the transfers of its operations. A replay may group records differently: events
-then overlap or share an id with other contents, and `audit verify` works on the union (audit_check.py).
+their amounts, and its id is the transfer id of its first record. `named_transfers` expands an event back
+to its transfer ids: the set of a batch's events expands to exactly the transfers of its operations. A
+replay may group records differently: events then overlap or share an id with other contents, and `audit
+verify` works on the union (audit_check.py).
 """
 
 from __future__ import annotations
