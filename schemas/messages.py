@@ -254,7 +254,7 @@ class AuditRanges(_Message):
 
 class AuditEvent(_Message):
     """One audited operation (with `source`: event_id is its transfer id), or a group of them (without:
-    one transfer per record its `sources` and `requests` name, event_id the transfer of the first;
+    one transfer per record its `sources` name, event_id the transfer of the first;
     keys/audit.py expands them). `id_parts` and `id_wrap` say how a grouped event's transfer ids derive
     from what it names."""
 
@@ -268,8 +268,6 @@ class AuditEvent(_Message):
     occurred_at: datetime
     source: AuditSource | None = None
     sources: list[AuditRanges] | None = None
-    requests: list[CallerId] | None = None
-    """Request ids of admitted callers' requests (their transfers derive from these, not from offsets)."""
     id_parts: list[str] | None = None
     id_wrap: str | None = None
     caller_id: CallerId | None = None

@@ -18,7 +18,6 @@ from tests.support.callers import register_caller
 from tests.support.kafka import read, tenant_created, unique_tenant
 from workers.client import ResultSealError
 from workers.core import ids
-from workers.core.callers import request_id
 from workers.kafka.tap import produce
 from workers.keys.audit import named_transfers
 
@@ -139,8 +138,9 @@ async def test_pii_killed_mid_stream_answers_every_request_and_counts_each_once(
 async def test_pii_killed_mid_stream_answers_each_callers_request_once(topics_ready, worker_process, tb_env,
                                                                        aws_env, tmp_path):
     """A registered caller's proved encrypts and decrypts, the PII worker killed -9 mid-stream: each request
-    is answered, each lands on one transfer per operation named by its request id (a redelivery lands on
-    it again), each decrypt opens for its caller alone, and no plaintext reaches any other topic."""
+    is answered, each lands on one transfer per operation derived from its record's place (a redelivery
+    after the kill, at the same offset, lands on it again), each decrypt opens for its caller alone, and no
+    plaintext reaches any other topic."""
     bootstrap, tenants = topics_ready, [unique_tenant("k9-call") for _ in range(2)]
     suffix = uuid.uuid4().hex[:8]
     operator, billing = await register_caller(bootstrap, tmp_path, f"k9-billing-{suffix}", aws_env)
@@ -193,12 +193,12 @@ async def test_pii_killed_mid_stream_answers_each_callers_request_once(topics_re
         else:
             assert encrypts[f"enc-{t}-{n}"]["fields"]["ssn"].startswith("kl1.")
 
-    # one transfer per request and operation, named by the request id: what the ledger holds (audit verify)
+    # one transfer per request and operation, derived from the record's place: what the ledger holds (audit verify)
     directory = await assert_key_invariants(bootstrap, tenants)
     active = {t: next(e.key_id for e in directory.tenant_keys(t)
                       if e.key_type is KeyType.ENCRYPTION and e.state.value == "active") for t in tenants}
-    expected = {ids.to_hex(ids.transfer_id(Op(op), active[t], "ok", "caller-request",
-                                           request_id(billing.caller_id, json.loads(value)["caller"]["proof"])))
+    placed = {r.value: (r.partition, r.offset) for r in await read(bootstrap, "pii.requests", timeout=60) if r.value}
+    expected = {ids.to_hex(ids.transfer_id(Op(op), active[t], "ok", "pii.requests", *placed[value]))
                 for t, op, value, _ in [*stream, *((t, "encrypt", value, None) for t, _, value in warm)]}
     audits = [json.loads(r.value) for r in await read(bootstrap, "kms.audit", timeout=120) if r.value]
     mine = [e for e in audits if e["tenant_id"] in set(tenants) and e["op"] in ("encrypt", "decrypt")]

@@ -1,7 +1,7 @@
 """The caller gate in the PII and signer groups: every way a request's caller is refused is denied,
 audited (naming the caller and the reason, on the ledger too) and dead-lettered without a field value,
-never answered; an admitted caller's copy produced again lands on the same transfers; a decrypt is sealed
-to its caller only."""
+never answered; an admitted caller's copy produced again is answered alike and recorded as a second
+operation carrying the same request tag; a decrypt is sealed to its caller only."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import pytest
 from schemas.messages import KeyType
 from tests.support.audit import places
 from tests.support.callers import TEST_CALLER, TestCaller
-from tests.support.harness import handler_harness, inbound, span_job, tenant_created
+from tests.support.harness import Placed, handler_harness, inbound, span_job, tenant_created
 from workers.client import CallerClient, CallerCredential, ResultSealError
 from workers.core import ids
+from workers.core.callers import request_id
+from workers.ledger.records import request_tag
 
 GROUPS = ["keyledger-keygen", "keyledger-pii", "keyledger-signer"]
 SECRET = "078-05-1120"
@@ -155,9 +157,10 @@ async def test_a_callers_decrypt_is_sealed_to_it_alone_and_audited_with_it(harne
 async def test_a_revoked_callers_result_key_is_dropped_and_a_reinstated_caller_gets_a_new_one(harness):
     context, broker, captured = harness
     fields = await sealed_fields(broker, captured)
+    requests = Placed(context, "keyledger-pii", "pii.requests")
 
     async def decrypt_key_id(job_id: str) -> str:
-        await broker.publish(TEST_CALLER.pii("acme", "decrypt", fields, job_id=job_id), "pii.requests", key=b"acme")
+        await requests.publish(TEST_CALLER.pii("acme", "decrypt", fields, job_id=job_id), "acme")
         result = captured.values("pii.results")[-1]
         assert TEST_CALLER.open(result)["fields"] == {"ssn": SECRET}
         return result["result_key"]["id"]
@@ -169,7 +172,10 @@ async def test_a_revoked_callers_result_key_is_dropped_and_a_reinstated_caller_g
     assert await decrypt_key_id("d3") != first
 
 
-async def test_a_copy_of_a_proved_request_at_another_offset_is_answered_like_a_redelivery(harness):
+async def test_a_copy_of_a_proved_request_at_another_offset_is_answered_alike_and_recorded_again(harness):
+    """A copy produced again is the same request (same answer, same result ids), but it was performed again:
+    a second transfer, named by its own place, sharing the request's tag (user_data_64) with the first. A
+    redelivery of the first record lands on the first's transfer."""
     context, broker, captured = harness
     fields = await sealed_fields(broker, captured)
     value = TEST_CALLER.pii("acme", "decrypt", fields, job_id="d1")
@@ -178,13 +184,35 @@ async def test_a_copy_of_a_proved_request_at_another_offset_is_answered_like_a_r
     await group.handle([inbound("pii.requests", "acme", value, offset=11)])  # the copy
     await group.handle([inbound("pii.requests", "acme", value, offset=10)])  # a redelivery
     audits = [e for e in captured.values("kms.audit") if e["op"] == "decrypt"]
-    assert len(audits) == 3 and len({e["event_id"] for e in audits}) == 1
-    # the copy is the same request: every event names it by request id, none by the place it was read from
-    assert len({tuple(e["requests"]) for e in audits}) == 1 and not any(places(e) for e in audits)
-    [transfer] = await context.ledger.lookup_transfers([ids.from_hex(audits[0]["event_id"])])
-    assert transfer.amount == 1 and transfer.user_data_128 == int(TEST_CALLER.caller_id, 16)
-    opened = [TEST_CALLER.open(r)["fields"] for r in captured.values("pii.results") if r["operation"] == "decrypt"]
-    assert opened == [{"ssn": SECRET}] * 3 and not captured.values("kms.dlq")
+    assert [places(e) for e in audits] == [{("pii.requests", 0, n)} for n in (10, 11, 10)]
+    assert not any("requests" in e for e in audits)
+    assert audits[0]["event_id"] == audits[2]["event_id"] != audits[1]["event_id"]
+    transfers = await context.ledger.lookup_transfers([ids.from_hex(e["event_id"]) for e in audits[:2]])
+    tag = request_tag(request_id(TEST_CALLER.caller_id, json.loads(value)["caller"]["proof"]))
+    assert [(t.amount, t.user_data_128, t.user_data_64) for t in transfers] == \
+        [(1, int(TEST_CALLER.caller_id, 16), tag)] * 2
+    answers = [r for r in captured.values("pii.results") if r["operation"] == "decrypt"]
+    assert [TEST_CALLER.open(r)["fields"] for r in answers] == [{"ssn": SECRET}] * 3
+    assert {(r["job_id"], r["record_id"], r["result_key"]["id"]) for r in answers} == \
+        {("d1", "r1", answers[0]["result_key"]["id"])}
+    assert not captured.values("kms.dlq")
+
+
+async def test_a_copy_of_a_proved_span_at_another_offset_is_signed_alike_and_recorded_again(harness):
+    context, broker, captured = harness
+    value = TEST_CALLER.span("acme", {"n": 1}, job_id="s1")
+    group = context.groups["keyledger-signer"]
+    for offset in (20, 21, 20):  # the span, its copy, a redelivery of the span
+        await group.handle([inbound("spans.to-sign", "acme", value, offset=offset)])
+    signed = captured.values("spans.signed")
+    assert len(signed) == 3 and len({(s["job_id"], s["signature"]["key_id"], s["signature"]["value"])
+                                     for s in signed}) == 1
+    audits = [e for e in captured.values("kms.audit") if e["op"] == "sign"]
+    assert [places(e) for e in audits] == [{("spans.to-sign", 0, n)} for n in (20, 21, 20)]
+    transfers = await context.ledger.lookup_transfers([ids.from_hex(e["event_id"]) for e in audits])
+    assert len(transfers) == 3 and len({t.id for t in transfers}) == 2
+    tag = request_tag(request_id(TEST_CALLER.caller_id, json.loads(value)["caller"]["proof"]))
+    assert {(t.user_data_128, t.user_data_64) for t in transfers} == {(int(TEST_CALLER.caller_id, 16), tag)}
 
 
 async def test_an_encrypt_without_a_caller_follows_the_setting(harness):
@@ -208,7 +236,9 @@ async def test_spans_need_a_caller_only_when_all_is_required(harness):
         assert not captured.values("spans.signed")
     else:
         assert len(captured.values("spans.signed")) == 1
-    await broker.publish(TEST_CALLER.span("acme", {"n": 1}, job_id="s2"), "spans.to-sign", key=b"acme")
+    # another record than the first (the test broker places both at offset 0)
+    await Placed(context, "keyledger-signer", "spans.to-sign").publish(TEST_CALLER.span("acme", {"n": 1}, job_id="s2"),
+                                                                       "acme")
     signed = captured.values("spans.signed")[-1]
     assert signed["job_id"] == "s2" and signed["caller"]["id"] == TEST_CALLER.caller_id
     [sign] = [e for e in captured.values("kms.audit") if e["op"] == "sign" and e.get("caller_id")]

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.messages import AuditEvent, KeyEvent, KeyMaterial, KeyType
 from tests.support.callers import TEST_CALLER
-from tests.support.harness import handler_harness, inbound, span_job, tenant_created
+from tests.support.harness import Placed, handler_harness, inbound, span_job, tenant_created
 from workers.core.b64 import b64decode
 from workers.core.material import wrapped_kek_version
 from workers.core.signing import Verdict
@@ -85,10 +85,10 @@ async def populate(broker, captured) -> dict[str, dict]:
 async def still_the_same_keys(context, broker, captured, sealed: dict[str, dict]) -> None:
     """With a cold cache: old signatures and new ones verify, old ciphertexts decrypt."""
     context.keys.secrets.clear()
+    decrypts = Placed(context, "keyledger-pii", "pii.requests")  # each at its own place: a new request each time
     for tenant in TENANTS:
         await broker.publish(span_job(tenant, {"after": tenant}), "spans.to-sign", key=tenant.encode())
-        await broker.publish(TEST_CALLER.pii(tenant, "decrypt", sealed[tenant], job_id=f"d-{uuid.uuid4()}"), "pii.requests",
-                             key=tenant.encode())
+        await decrypts.publish(TEST_CALLER.pii(tenant, "decrypt", sealed[tenant], job_id=f"d-{uuid.uuid4()}"), tenant)
         assert TEST_CALLER.open(captured.values("pii.results")[-1])["fields"] == {"ssn": f"078-05-{tenant}"}
     book = book_of(captured)
     assert {verify_signed_span(book, s) for s in captured.values("spans.signed")} == {Verdict.VALID}

@@ -12,7 +12,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from schemas.messages import Op, PiiRequest
 from tests.support.audit import topics_of
 from tests.support.callers import TEST_CALLER
-from tests.support.harness import handler_harness
+from tests.support.harness import Placed, handler_harness
 from workers.core import ids
 from workers.groups.pii import result_bound
 from workers.groups.signer import signed_bound
@@ -78,13 +78,14 @@ def last_letter_code(captured) -> str:
 async def test_every_pii_result_is_within_its_bound(roomy):
     """Property: for random requests (encrypt, decrypt sealed to a caller, reencrypt, bad ciphertexts)
     the encoded result is never longer than `result_bound` of the request."""
-    _, broker, captured, _ = roomy
+    context, _, captured, _ = roomy
+    requests = Placed(context, "keyledger-pii", "pii.requests")
     rng = random.Random(25)
     checked = 0
     for n in range(30):
         fields = random_fields(rng)
         sent = [TEST_CALLER.pii(TENANT, "encrypt", fields, f"r{n}", f"e{n}")]
-        await broker.publish(sent[0], "pii.requests", key=TENANT.encode())
+        await requests.publish(sent[0], TENANT)
         sealed = json.loads(last_raw(captured, "pii.results"))["fields"]
         damaged = {path: value[:-2] + "AA" for path, value in sealed.items()}
         garbage = {path: random_text(rng, 60) for path in sealed}
@@ -93,7 +94,7 @@ async def test_every_pii_result_is_within_its_bound(roomy):
                  TEST_CALLER.pii(TENANT, "decrypt", damaged, f"r{n}", f"b{n}"),
                  TEST_CALLER.pii(TENANT, "decrypt", garbage, f"r{n}", f"g{n}")]
         for value in sent[1:]:
-            await broker.publish(value, "pii.requests", key=TENANT.encode())
+            await requests.publish(value, TENANT)
         results = {json.loads(v)["job_id"]: v for _, v in captured.by_topic["pii.results"] if v}
         for value in sent:
             request = PiiRequest.model_validate_json(value)
@@ -104,13 +105,14 @@ async def test_every_pii_result_is_within_its_bound(roomy):
 
 
 async def test_every_signed_span_is_within_its_bound(roomy):
-    _, broker, captured, _ = roomy
+    context, _, captured, _ = roomy
+    spans = Placed(context, "keyledger-signer", "spans.to-sign")
     rng = random.Random(5)
     for n in range(60):
         span = {random_text(rng, 8) + "k": random_text(rng, 200), "n": rng.random(), "list": [random_text(rng, 9)]}
         raw = TEST_CALLER.span(TENANT, span, f"s{n}") if n % 2 else json.dumps(
             {"job_id": f"s{n}", "tenant_id": TENANT, "span": span}).encode()
-        await broker.publish(raw, "spans.to-sign", key=TENANT.encode())
+        await spans.publish(raw, TENANT)
         assert len(last_raw(captured, "spans.signed")) <= signed_bound(raw)
     assert len(captured.values("spans.signed")) == 60
 

@@ -3,8 +3,9 @@ process and KEYLEDGER_REQUIRE_CALLER=all: onboarding, a signed span, an encrypt 
 registered caller; then every way a caller is refused (unknown caller, forged proof, a proof for another
 tenant, operation or body, an expired proof, a caller not allowed for the tenant, a policy record the
 operator key did not sign) is denied, audited with the caller and the reason, dead-lettered and never
-answered; a copy of a proved request produced again lands on the redelivery's audit event; only the
-requesting caller opens its result; no plaintext and no result key is on any topic or in the worker's log.
+answered; a copy of a proved request produced again is answered alike and audited as a second operation
+from its own record; only the requesting caller opens its result; no plaintext and no result key is on any
+topic or in the worker's log.
 """
 
 from __future__ import annotations
@@ -170,14 +171,15 @@ async def test_callers_over_mutual_tls(tls: TlsBroker, operator: Operator, worke
     denied = [(e["reason"], e.get("caller_id")) for e in audits if e["op"] == "denied" for _ in range(e["count"])]
     assert sorted(denied) == sorted((reason, caller_id) for _, reason, caller_id in refused.values())
 
-    # a copy of the proved decrypt produced again: the redelivery's audit event, the same answer
+    # a copy of the proved decrypt produced again: the same answer, and a second operation from its own record
     await produce(bootstrap, "pii.requests", [(tenant.encode(), decrypt)])
     results = await records_for(bootstrap, "pii.results", tenant, want=3, timeout=60)
     copies = [r for r in results if r["job_id"] == "gate-dec"]
     assert len(copies) == 2 and all(billing.client.open_result(r) == {"card": SECRET} for r in copies)
     audits = await records_for(bootstrap, "kms.audit", tenant, want=len(audits) + 1, timeout=60)
     decrypts = [e for e in audits if e["op"] == "decrypt"]
-    assert len(decrypts) == 2 and len({e["event_id"] for e in decrypts}) == 1
+    assert len(decrypts) == 2 and len({e["event_id"] for e in decrypts}) == 2
+    assert len({json.dumps(e["sources"]) for e in decrypts}) == 2 and not any("requests" in e for e in decrypts)
     assert {e["caller_id"] for e in decrypts} == {billing.caller_id}
     assert {e.get("caller_id") for e in audits if e["op"] in ("encrypt", "sign")} == {billing.caller_id}
     assert not [r for r in results if r["job_id"].startswith("den-")]

@@ -112,11 +112,11 @@ async def test_the_report_tells_the_scripted_history(own_broker, own_tigerbeetle
     for key in report.keys:
         assert [w.op for w in key.wrappings] == ["generate", "destroy"] and key.kms_provider == "local"
         assert key.destroyed_by.startswith("tenants.deleted[") and key.kms_deletion_date is None
-    # the refusal is said in words, with the caller the request named and the request that carried it (its
-    # grouped audit event names a caller's request by request id, not by the record's offset)
+    # the refusal is said in words, with the caller the request named and the record that carried it (a
+    # caller's request is named by its record's place, like any other)
     [refusal] = [r for r in report.rollups if r.outcome == "denied"]
     assert refusal.reason == "denied: the ciphertext names a key this tenant does not own"
-    assert refusal.caller_id == caller.caller_id and refusal.records[0].startswith("caller request ")
+    assert refusal.caller_id == caller.caller_id and refusal.records[0].startswith("pii.requests[")
     assert all(r.records[0].startswith("pii.requests[") for r in report.rollups if r.op == "encrypt")
     assert {v.name: v.level for v in report.verdicts} == {"Ledger vs kms.audit": "ok",
                                                           "Digest chain over kms.audit": "ok",

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from schemas.messages import AuditEvent, AuditSource, KeyType, Op
 from workers.core import ids
-from workers.keys.audit import AuditTrail, audit_event, audit_json, named_count, named_origins, named_transfers, runs
+from workers.keys.audit import AuditTrail, audit_event, audit_json, named_count, named_places, named_transfers, runs
 from workers.ledger.memory import MemoryLedger
 from workers.ledger.records import OpRecord, key_account, request_tag, tenant_account
 
@@ -73,13 +73,14 @@ async def ledger_with_keys() -> MemoryLedger:
 
 def grouped_op(key_id: str, op: Op, partition: int, offset: int, *, failed: bool = False, count: int = 1,
                request_id: str | None = None, wrap: str | None = None, caller_id: str | None = None) -> OpRecord:
-    """An operation as the services make one: its transfer id derived from its record (or request)."""
+    """An operation as the services make one: its transfer id derived from its record's place, an admitted
+    caller's request tagged with its request id."""
     parts = (("fail",) if failed else ("ok",)) if op is not Op.SIGN else ()
-    origin = ("caller-request", request_id) if request_id else ("pii.requests", partition, offset)
-    return OpRecord(ids.grouped_transfer_id(op, key_id, parts, origin, wrap), "acme", key_id, op,
+    place = ("pii.requests", partition, offset)
+    return OpRecord(ids.grouped_transfer_id(op, key_id, parts, place, wrap), "acme", key_id, op,
                     AuditSource(topic="pii.requests", partition=partition, offset=offset), count=count,
                     failed=failed, reason="pii fields", caller_id=caller_id, id_parts=parts,
-                    request_id=request_id, id_wrap=wrap, tag=request_tag(request_id) if request_id else None)
+                    id_wrap=wrap, tag=request_tag(request_id) if request_id else None)
 
 
 @st.composite
@@ -87,11 +88,12 @@ def batches(draw: st.DrawFn) -> list[OpRecord]:
     places = draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 60)), min_size=1, max_size=40, unique=True))
     ops = []
     for partition, offset in places:
-        caller = draw(st.sampled_from([None, "c1" * 16]))
+        caller = draw(st.sampled_from([None, "c1" * 16, "c2" * 16]))
+        # a few request ids, so copies of one request (produced again at other offsets) share a batch
+        request = draw(st.sampled_from([ids.to_hex(n) for n in range(1, 4)])) if caller else None
         ops.append(grouped_op(
             draw(st.sampled_from(KEYS)), draw(st.sampled_from([Op.SIGN, Op.ENCRYPT, Op.DECRYPT])), partition, offset,
-            failed=draw(st.booleans()), count=draw(st.integers(1, 3)),
-            request_id=draw(st.sampled_from([None, ids.to_hex(1000 * partition + offset)])) if caller else None,
+            failed=draw(st.booleans()), count=draw(st.integers(1, 3)), request_id=request,
             wrap=draw(st.sampled_from([None, "too_large"])), caller_id=caller))
     return ops
 
@@ -124,8 +126,8 @@ async def test_a_grouped_event_names_its_runs_and_its_first_records_transfer() -
     assert event["sources"] == [{"topic": "pii.requests", "partition": 1, "offsets": [[10, 12], 15]}]
     assert event["count"] == 12 and event["id_parts"] == ["ok"] and "source" not in event
     assert first.source.offset == 10 and event["event_id"] == ids.to_hex(first.transfer_id)
-    origins = named_origins(AuditEvent.model_validate_json(value))
-    assert origins == {op.transfer_id: ("pii.requests", 1, op.source.offset)
+    named = named_places(AuditEvent.model_validate_json(value))
+    assert named == {op.transfer_id: ("pii.requests", 1, op.source.offset)
                        for op in sorted(ops, key=lambda o: o.source.offset)}
 
 
@@ -138,15 +140,19 @@ async def test_the_same_records_regrouped_in_a_replay_keep_the_first_records_eve
     assert json.loads(half)["sources"][0]["offsets"] == [[0, 4]]
 
 
-async def test_a_copy_of_a_callers_request_in_the_same_batch_is_named_and_counted_once() -> None:
+async def test_a_copy_of_a_callers_request_in_the_same_batch_is_a_second_transfer_with_its_request_tag() -> None:
     ledger = await ledger_with_keys()
     request = "ab" * 16
     ops = [grouped_op(KEYS[0], Op.DECRYPT, 0, offset, request_id=request, caller_id="c1" * 16, count=2)
            for offset in (4, 9)]
     [(_, value)] = await AuditTrail(ledger).record(ops)
-    event = AuditEvent.model_validate_json(value)
-    assert event.requests == [request] and event.sources is None and event.count == 2
-    assert named_transfers(event) == [ops[0].transfer_id]
+    event = json.loads(value)
+    assert "requests" not in event and event["caller_id"] == "c1" * 16 and event["count"] == 4
+    assert event["sources"] == [{"topic": "pii.requests", "partition": 0, "offsets": [4, 9]}]
+    assert named_transfers(AuditEvent.model_validate(event)) == [op.transfer_id for op in ops]
+    transfers = await ledger.lookup_transfers([op.transfer_id for op in ops])
+    assert len(transfers) == 2 and {t.user_data_64 for t in transfers} == {request_tag(request)}
+    assert {t.user_data_128 for t in transfers} == {int("c1" * 16, 16)}
 
 
 def test_a_lifecycle_event_records_where_the_version_is_wrapped_and_when_its_kms_key_goes() -> None:

@@ -7,13 +7,9 @@ from typing import Any
 from schemas.messages import Op
 from workers.core import ids
 
-# the input topic of an operation named by request id alone (an admitted caller's request)
-_REQUEST_TOPIC = {"sign": "spans.to-sign", "encrypt": "pii.requests", "decrypt": "pii.requests",
-                  "reencrypt": "pii.requests", "denied": "pii.requests"}
-
 
 def places(event: dict[str, Any]) -> set[tuple[str, int, int]]:
-    """(topic, partition, offset) of every record the event names by place (a lifecycle event: its source)."""
+    """(topic, partition, offset) of every record the event names (a lifecycle event: its source)."""
     if "source" in event:
         source = event["source"]
         return {(source["topic"], source["partition"], source["offset"])}
@@ -36,7 +32,4 @@ def transfers_by_place(event: dict[str, Any]) -> dict[tuple[str, int, int], str]
 
 def topics_of(event: dict[str, Any]) -> set[str]:
     """The input topics whose records the event accounts for."""
-    found = {topic for topic, _, _ in places(event)}
-    if event.get("requests"):
-        found.add(_REQUEST_TOPIC[event["op"]])
-    return found
+    return {topic for topic, _, _ in places(event)}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from faststream.kafka import KafkaMessage, TestKafkaBroker
 
@@ -90,3 +91,20 @@ def span_job(tenant: str, span: dict | None = None, job_id: str | None = None) -
 
 def inbound(topic: str, key: str, value: bytes | None, offset: int, partition: int = 0) -> InboundRecord:
     return InboundRecord(topic, partition, offset, key.encode(), value)
+
+
+
+class Placed:
+    """Hands records of `topic` to `group`'s handler, each at its own offset of partition 0, as a broker
+    places them. The test broker delivers every record at offset 0, and signing and PII transfers derive
+    their ids from a record's place: different requests of one key delivered there would claim one transfer.
+    Offsets go on from where an earlier `Placed` of the same group's handler left them."""
+
+    _next: ClassVar[dict[tuple[int, str], Iterator[int]]] = {}
+
+    def __init__(self, context: ProcessContext, group: str, topic: str) -> None:
+        self._group, self._topic = context.groups[group], topic
+        self._offsets = Placed._next.setdefault((id(self._group), topic), itertools.count(1))
+
+    async def publish(self, value: bytes, key: str) -> None:
+        await self._group.handle([inbound(self._topic, key, value, offset=next(self._offsets))])

@@ -9,7 +9,14 @@ from workers.core import ids
 from workers.keys.audit import AuditTrail
 from workers.ledger import transfer_ok
 from workers.ledger.memory import MemoryLedger
-from workers.ledger.records import OpRecord, RecordedDigest, digest_transfer, key_account, tenant_account
+from workers.ledger.records import (
+    OpRecord,
+    RecordedDigest,
+    digest_transfer,
+    key_account,
+    request_tag,
+    tenant_account,
+)
 from workers.tools.audit_check import compare, ledger_digests
 
 SOURCE = AuditSource(topic="spans.to-sign", partition=0, offset=7)
@@ -90,13 +97,21 @@ CALLER = "0123456789abcdef0123456789abcdef"
 OTHER_CALLER = "fedcba9876543210fedcba9876543210"
 
 
-async def callers_recorded(ledger: MemoryLedger) -> list[bytes]:
+REQUEST = "5" * 32
+
+
+async def callers_recorded(ledger: MemoryLedger, copies: tuple[int, ...] = ()) -> list[bytes]:
+    """A caller's signed span at offset 7 (and its copies produced again at `copies`), and a refused one: as
+    the signer and the caller gate record them (ids from each record's place, the request id's tag)."""
     tenant, key_id = "acme", ids.key_id_for("acme", KeyType.SIGNING, 1)
     await ledger.create_accounts([tenant_account(tenant), key_account(tenant, key_id, KeyType.SIGNING, 1, 99)])
-    ops = [OpRecord(ids.transfer_id(Op.SIGN, key_id, "caller-request", "r1"), tenant, key_id, Op.SIGN, SOURCE,
-                    caller_id=CALLER, tag=5),
-           OpRecord(ids.transfer_id(Op.DENIED, key_id, "caller", 3), tenant, key_id, Op.DENIED, SOURCE, failed=True,
-                    reason="bad_proof", caller_id=CALLER)]
+    signed = [AuditSource(topic="spans.to-sign", partition=0, offset=offset) for offset in (7, *copies)]
+    ops = [*(OpRecord(ids.transfer_id(Op.SIGN, key_id, s.topic, s.partition, s.offset), tenant, key_id, Op.SIGN, s,
+                      reason="span signed", caller_id=CALLER, tag=request_tag(REQUEST), id_parts=())
+             for s in signed),
+           OpRecord(ids.transfer_id(Op.DENIED, key_id, "caller", "spans.to-sign", 0, 3), tenant, key_id, Op.DENIED,
+                    AuditSource(topic="spans.to-sign", partition=0, offset=3), failed=True, reason="bad_proof",
+                    caller_id=CALLER, id_parts=("caller",))]
     return [value for _, value in await AuditTrail(ledger).record(ops)]
 
 
@@ -124,16 +139,22 @@ async def test_a_callerless_sign_event_for_a_transfer_naming_a_caller_is_a_misma
     assert any("differs in caller" in m for m in report.mismatches)
 
 
-async def test_a_copy_of_a_callers_request_read_elsewhere_republishes_its_event_from_there():
+async def test_a_copy_of_a_callers_request_produced_again_is_a_second_operation_its_event_names():
     ledger = MemoryLedger()
-    values = await callers_recorded(ledger)
-    elsewhere = json.loads(values[0])
-    elsewhere["source"]["offset"] = 99
-    report = await compare(ledger, [*values, json.dumps(elsewhere).encode()])
-    assert report.agrees and report.duplicates == 1
-    elsewhere["count"] = 2  # anything else that differs is still two different records under one id
-    report = await compare(ledger, [*values, json.dumps(elsewhere).encode()])
-    assert any("two different audit records" in m for m in report.mismatches)
+    values = await callers_recorded(ledger, copies=(12,))
+    event = json.loads(values[0])
+    assert event["sources"] == [{"topic": "spans.to-sign", "partition": 0, "offsets": [7, 12]}]
+    assert event["count"] == 2 and "requests" not in event
+    report = await compare(ledger, values)
+    assert report.agrees and report.transfers == 3
+    # both transfers carry the request's tag: the ledger shows the copy as the same request performed again
+    sign = ids.key_id_for("acme", KeyType.SIGNING, 1)
+    copies = await ledger.lookup_transfers([ids.transfer_id(Op.SIGN, sign, "spans.to-sign", 0, n) for n in (7, 12)])
+    assert [t.user_data_64 for t in copies] == [request_tag(REQUEST)] * 2
+    # an event that names the original alone leaves the copy's transfer unaccounted for
+    report = await compare(ledger, [json.dumps({**event, "count": 1, "sources": [
+        {"topic": "spans.to-sign", "partition": 0, "offsets": [7]}]}).encode(), values[1]])
+    assert any("missing from kms.audit" in m for m in report.mismatches)
 
 
 # --- grouped events (signing, PII): one event names the transfers of many records ---------------------------

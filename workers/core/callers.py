@@ -18,7 +18,8 @@ A request is admitted when its caller is known and not revoked, the proof matche
 constant time), `at` is within the skew of now (either side, the boundary included), and the
 policy allows the tenant and the operation; otherwise it is refused with one `CallerRefusal`.
 The request id (`request_id`) derives from (caller id, proof): a copy of a valid request produced
-again is the same request and lands on the same ids as a redelivery.
+again is the same request, and every transfer made for it carries the request id's first 64 bits
+(ledger/records.py request_tag), so the ledger links each copy to the others.
 
 Policy records (topic `keys.callers`, key = caller id) are `CallerPolicy` JSON objects whose
 `signature` is Ed25519 by the operator key over

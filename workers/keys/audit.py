@@ -6,11 +6,12 @@ Transfers are created first (ids are deterministic, so a replay answers
 Two shapes (docs/contract.md). A lifecycle operation (keygen, rotation, rewrap, shredding) gets an
 event of its own whose id is its transfer id. Operations derived per record (`OpRecord.id_parts` set:
 signing, PII, a refused caller) are grouped per batch by (tenant, key, op, outcome, caller, reason, id
-derivation): one event names the partitions and offset runs (and the request ids of admitted callers'
-requests) whose transfers it covers, `count` is the sum of their amounts, and its id is the transfer id of
-its first record. `named_transfers` expands an event back to its transfer ids: the set of a batch's
-events expands to exactly the transfers of its operations. A replay may group records differently: events
-then overlap or share an id with other contents, and `audit verify` works on the union (audit_check.py).
+derivation): one event names the partitions and offset runs whose transfers it covers (an admitted
+caller's request too: its transfer derives from its record's place like any other), `count` is the sum of
+their amounts, and its id is the transfer id of its first record. `named_transfers` expands an event back
+to its transfer ids: the set of a batch's events expands to exactly the transfers of its operations. A
+replay may group records differently: events then overlap or share an id with other contents, and `audit
+verify` works on the union (audit_check.py).
 """
 
 from __future__ import annotations
@@ -71,27 +72,23 @@ class Group:
     """The operations of one batch that one grouped `kms.audit` event names (same tenant, key, op, outcome,
     caller, reason and id derivation)."""
 
-    __slots__ = ("first", "timestamp", "count", "offsets", "requests", "transfers")
+    __slots__ = ("first", "timestamp", "count", "offsets", "transfers")
 
     def __init__(self, op: OpRecord, timestamp_ns: int) -> None:
         self.first, self.timestamp = op, timestamp_ns
         """The operation whose transfer id is the event's id (the group's first record), and its ledger time."""
         self.count = 0
         self.offsets: dict[tuple[str, int], list[int]] = {}
-        self.requests: list[str] = []
         self.transfers: set[int] = set()
 
     def add(self, op: OpRecord, timestamp_ns: int) -> None:
         if op.transfer_id in self.transfers:
-            return  # a copy of a caller's request in the same batch: the same transfer, counted once
+            return  # the same record twice in one batch: one transfer, counted once
         self.transfers.add(op.transfer_id)
         self.count += op.count
-        if op.request_id is not None:
-            self.requests.append(op.request_id)
-        else:
-            source = op.source
-            self.offsets.setdefault((source.topic, source.partition), []).append(source.offset)
-        if _origin(op) < _origin(self.first):
+        source = op.source
+        self.offsets.setdefault((source.topic, source.partition), []).append(source.offset)
+        if _place(op) < _place(self.first):
             self.first, self.timestamp = op, timestamp_ns
 
     def event(self) -> AuditEvent:
@@ -101,19 +98,16 @@ class Group:
         return AuditEvent(
             event_id=ids.to_hex(op.transfer_id), tenant_id=op.tenant_id, key_id=op.key_id, op=op.op,
             count=self.count, outcome=Outcome.FAILURE if op.failed else Outcome.SUCCESS, reason=op.reason,
-            occurred_at=_occurred(self.timestamp), sources=sources or None,
-            requests=sorted(self.requests) or None, id_parts=list(op.id_parts or ()) or None,
+            occurred_at=_occurred(self.timestamp), sources=sources or None, id_parts=list(op.id_parts or ()) or None,
             id_wrap=op.id_wrap, caller_id=op.caller_id)
 
     def event_json(self) -> bytes:
         return self.event().model_dump_json(exclude_none=True).encode()
 
 
-def _origin(op: OpRecord) -> tuple[int, str, int, int]:
-    """Orders a group's operations: records by (topic, partition, offset) first, then caller requests by id."""
-    if op.request_id is not None:
-        return (1, op.request_id, 0, 0)
-    return (0, op.source.topic, op.source.partition, op.source.offset)
+def _place(op: OpRecord) -> tuple[str, int, int]:
+    """Orders a group's operations by their records: (topic, partition, offset)."""
+    return (op.source.topic, op.source.partition, op.source.offset)
 
 
 def runs(offsets: Iterable[int]) -> list[int | tuple[int, int]]:
@@ -131,35 +125,32 @@ def runs(offsets: Iterable[int]) -> list[int | tuple[int, int]]:
 
 
 def named_transfers(event: AuditEvent) -> list[int]:
-    """The transfer ids `event` names: its own id for a lifecycle event (one with a `source`), else one per offset of every run of
-    `sources` and one per request id of `requests` (in that order, each once). An event naming more records
-    than its count names none: each transfer counts at least one operation, so it cannot be true, and its
-    runs are not expanded (`audit verify` reports it)."""
-    return list(named_origins(event))
+    """The transfer ids `event` names: its own id for a lifecycle event (one with a `source`), else one per
+    offset of every run of `sources` (in that order, each once). An event naming more records than its count
+    names none: each transfer counts at least one operation, so it cannot be true, and its runs are not
+    expanded (`audit verify` reports it)."""
+    return list(named_places(event))
 
 
-Origin = tuple[str, int, int] | tuple[str, str]
-"""What a transfer derives from: a Kafka record (topic, partition, offset) or ("caller-request", request id)."""
+Place = tuple[str, int, int]
+"""The Kafka record a transfer derives from: (topic, partition, offset)."""
 
 
-def named_origins(event: AuditEvent) -> dict[int, Origin]:
-    """`named_transfers(event)`, each with the record or caller request it derives from (same order)."""
+def named_places(event: AuditEvent) -> dict[int, Place]:
+    """`named_transfers(event)`, each with the record it derives from (same order)."""
     if event.source is not None:
         source = event.source
         return {ids.from_hex(event.event_id): (source.topic, source.partition, source.offset)}
     if named_count(event) > event.count:
         return {}
     parts, wrap, op, key_id = tuple(event.id_parts or ()), event.id_wrap, event.op, event.key_id
-    named: dict[int, Origin] = {}
+    named: dict[int, Place] = {}
     for ranges in event.sources or ():
         for run in ranges.offsets:
             first, last = (run, run) if isinstance(run, int) else run
             for offset in range(first, last + 1):
                 record = (ranges.topic, ranges.partition, offset)
                 named.setdefault(ids.grouped_transfer_id(op, key_id, parts, record, wrap), record)
-    for request in event.requests or ():
-        origin = ("caller-request", request)
-        named.setdefault(ids.grouped_transfer_id(op, key_id, parts, origin, wrap), origin)
     return named
 
 
@@ -167,7 +158,7 @@ def named_count(event: AuditEvent) -> int:
     """How many transfers `event` names, without deriving them (a bound checked before expanding)."""
     if event.source is not None:
         return 1
-    total = len(event.requests or ())
+    total = 0
     for ranges in event.sources or ():
         total += sum(1 if isinstance(run, int) else run[1] - run[0] + 1 for run in ranges.offsets)
     return total

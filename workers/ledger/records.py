@@ -8,8 +8,9 @@
                   user_data_128 = linked key (the new key of a rotation) or 0
 - caller's op:    user_data_128 = the caller id (its 32 hex as 128 bits), also on a `denied`
                   transfer that refused a request naming it; once the proof is authentic
-                  (admitted), user_data_64 = the request id's first 64 bits instead of the offset,
-                  so a copy of the request produced again lands on the very same transfer
+                  (admitted), user_data_64 = the request id's first 64 bits instead of the offset.
+                  The id still derives from the record's place: a copy of the request produced
+                  again at another offset is a second transfer with the same user_data_64
 - rewrap:         user_data_64 = fingerprint of the record it accepted (keys/pins.py),
                   user_data_128 = partition << 64 | offset of the tick that asked (so a replay
                   arriving as another record republishes the very same audit event)
@@ -98,10 +99,9 @@ class OpRecord:
     caller_id: str | None = None  # user_data_128 of a caller's operation (never with a linked key or origin)
     id_parts: tuple[str, ...] | None = None
     """Set on an operation whose transfer id is derived per record (signing, PII, a refused caller):
-    `ids.grouped_transfer_id(op, key_id, id_parts, origin, id_wrap)`, origin ("caller-request", request_id)
-    or (topic, partition, offset); its `kms.audit` event then names it among a group (keys/audit.py).
-    None: a lifecycle operation, announced by an event of its own."""
-    request_id: str | None = None
+    `ids.grouped_transfer_id(op, key_id, id_parts, (topic, partition, offset), id_wrap)`; its `kms.audit`
+    event then names it among a group (keys/audit.py). None: a lifecycle operation, announced by an event
+    of its own."""
     id_wrap: str | None = None
     wrap: WrapFacts | None = None  # on the audit event only (lifecycle operations); the transfer is unchanged
 
@@ -171,5 +171,6 @@ def unpack_origin(topic: str, origin: int) -> AuditSource:
 
 
 def request_tag(request_id: str) -> int:
-    """user_data_64 of an admitted caller's operation: the request id's first 64 bits (stable across copies)."""
+    """user_data_64 of an admitted caller's operation: the request id's first 64 bits, the same on every
+    copy of the request, so two transfers sharing it are one request performed twice."""
     return int(request_id[:16], 16)

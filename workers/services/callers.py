@@ -12,8 +12,10 @@ and passes only admitted requests on to its service, with their `Admission`.
   out of it, even with KEYLEDGER_DLQ_KEEP_PII). Its ids derive from the record's place: a refused
   request has no request id. A tenant without an active key has no account to record against:
   the dead letter says why.
-- An admitted request's `request_id` (from caller id and proof) names its operations instead of
-  the record's place, so a copy produced again lands on the same transfers as a redelivery.
+- An admitted request's operations, like every request's, take their transfer ids from the record's
+  place (a redelivery is the same record); its transfers name the caller (user_data_128) and the
+  request id's first 64 bits (user_data_64, ledger/records.py request_tag), so a copy produced again,
+  a second operation at another place, is told apart from a redelivery and linked to its original.
 """
 
 from __future__ import annotations
@@ -77,10 +79,3 @@ class CallerGate:
             caller_id=admission.caller_id, id_parts=("caller",)))
         return None
 
-
-def origin_of(source: Source, admission: Admission | None) -> tuple[str | int, ...]:
-    """What an operation's ids derive from: the request id of an admitted caller's request (every copy of it
-    is the same request), else the record's place (a redelivery is the same record)."""
-    if admission is not None and admission.request_id is not None:
-        return ("caller-request", admission.request_id)
-    return (source.topic, source.partition, source.offset)

@@ -48,7 +48,6 @@ from workers.keys.budget import Claim, EncryptionBudget
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry, KeyState
 from workers.ledger.records import OpRecord, request_tag
-from workers.services.callers import origin_of
 from workers.services.outcome import Outcome
 from workers.source import Source
 
@@ -167,8 +166,8 @@ class PiiService:
     async def serve(self, requests: Sequence[tuple[Source, PiiRequest]],
                     callers: Mapping[Source, Admission] | None = None,
                     outcome: Outcome[PiiAnswer] | None = None) -> Outcome[PiiAnswer]:
-        """`callers`: the admission of each request that has a caller (services/callers.py); their operations
-        take ids from the request id. `outcome`: one the caller gate has already put refusals in."""
+        """`callers`: the admission of each request that has a caller (services/callers.py); their transfers
+        name it and its request id. `outcome`: one the caller gate has already put refusals in."""
         memo = BatchMemo(self._keys)
         outcome = outcome if outcome is not None else Outcome[PiiAnswer]()
         plans = [self._plan(source, request) for source, request in self._patient(requests, outcome)]
@@ -262,8 +261,8 @@ class PiiService:
                 continue
             if memo.secret(entry.key_id) is None:
                 continue  # refused by the KMS: answered per field in _serve, nothing to charge
-            topic, partition, offset = _claim_place(plan)
-            claims.append(Claim(entry.key_id, topic, partition, offset, len(plan.request.fields)))
+            source = plan.source
+            claims.append(Claim(entry.key_id, source.topic, source.partition, source.offset, len(plan.request.fields)))
             claimants.append(plan)
         spent: dict[str, KeyEntry] = {}
         for plan, granted in zip(claimants, await self._budget.claim(claims), strict=True):
@@ -366,28 +365,22 @@ class PiiService:
         return secret
 
 
-def _claim_place(plan: Plan) -> tuple[str, int, int]:
-    """Where a budget claim's id derives from: the request id of a caller's request (a copy produced again
-    is charged once), else the record's place."""
-    if plan.caller is not None and plan.caller.request_id is not None:
-        return f"caller-request:{plan.caller.request_id}", 0, 0
-    return plan.source.topic, plan.source.partition, plan.source.offset
-
-
 _OK, _FAILED = ("ok",), ("fail",)  # what a PII transfer id derives from besides the record (core/ids.py)
 
 
 def _ops(usage: Usage) -> list[OpRecord]:
     """One transfer per (request, key, op, outcome); a redelivered request, however batched, lands on the
-    same transfers (`exists`), so the ledger counts each field once; so does a copy of a caller's request
-    produced again (its ids and user data derive from the request id, never from the record's place)."""
+    same transfers (`exists`), so the ledger counts each field once. A copy of a caller's request produced
+    again at another offset is served again: its own transfers, with the same caller and request tag
+    (user_data_128, user_data_64) as the original's."""
     ops = []
     for counted, count in usage.counts.items():
         source_key, tenant_id, key_id, op, failed = counted
         source = usage.sources[source_key]
         caller = usage.callers.get(source_key)
         ops.append(OpRecord(
-            transfer_id=ids.transfer_id(op, key_id, "fail" if failed else "ok", *origin_of(source, caller)),
+            transfer_id=ids.transfer_id(op, key_id, "fail" if failed else "ok", source.topic, source.partition,
+                                        source.offset),
             tenant_id=tenant_id,
             key_id=key_id,
             op=op,
@@ -398,7 +391,6 @@ def _ops(usage: Usage) -> list[OpRecord]:
             caller_id=caller.caller_id if caller is not None else None,
             tag=request_tag(caller.request_id) if caller is not None and caller.request_id else None,
             id_parts=_FAILED if failed else _OK,
-            request_id=caller.request_id if caller is not None else None,
         ))
     return ops
 

@@ -27,7 +27,6 @@ from workers.errors import BadInput, KeyledgerError
 from workers.keys.service import KeyService
 from workers.keystore.directory import KeyEntry
 from workers.ledger.records import OpRecord, request_tag
-from workers.services.callers import origin_of
 from workers.services.outcome import Outcome
 from workers.source import Source
 
@@ -150,7 +149,8 @@ def sign_each(keys: list[Ed25519PrivateKey], messages: list[bytes]) -> list[byte
 def _sign_op(entry: KeyEntry, source: Source, caller: Admission | None = None) -> OpRecord:
     """One transfer per signed span, its id derived from the span's source alone (topic, partition,
     offset): a redelivery, however the records are batched, lands on the same transfer (`exists`). A
-    caller's span: from its request id instead, so a copy produced again lands there too."""
+    caller's span names the caller and its request (user_data_128, user_data_64): a copy produced again
+    at another offset is signed again, a second transfer with the same request tag."""
     if caller is None or caller.caller_id is None:
         return OpRecord(
             transfer_id=ids.transfer_id(Op.SIGN, entry.key_id, source.topic, source.partition, source.offset),
@@ -162,7 +162,7 @@ def _sign_op(entry: KeyEntry, source: Source, caller: Admission | None = None) -
             id_parts=(),
         )
     return OpRecord(
-        transfer_id=ids.transfer_id(Op.SIGN, entry.key_id, *origin_of(source, caller)),
+        transfer_id=ids.transfer_id(Op.SIGN, entry.key_id, source.topic, source.partition, source.offset),
         tenant_id=entry.tenant_id, key_id=entry.key_id, op=Op.SIGN, source=source, reason="span signed",
         caller_id=caller.caller_id, tag=request_tag(caller.request_id) if caller.request_id else None,
-        id_parts=(), request_id=caller.request_id)
+        id_parts=())

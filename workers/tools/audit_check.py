@@ -6,8 +6,8 @@ outcome and count (amount); and every transfer of every tenant account the ledge
 (and of the tenants seen on the topic; or of the one asked for) appears on the topic, so a
 tenant whose every record was cut from kms.audit is still found. Duplicated audit records
 (an at-least-once republish) carry the same event id and are counted once. A grouped event (signing,
-PII) names a transfer per record of its offset runs and request ids; a replay may have grouped the
-same records differently, so the topic's account is the union of what its events name (`compare`).
+PII) names a transfer per record of its offset runs; a replay may have grouped the same records
+differently, so the topic's account is the union of what its events name (`compare`).
 
 Consistent cut: a worker makes its transfer before it publishes the audit event, so a live
 ledger always runs a little ahead of the topic. Transfers younger than the moment the topic
@@ -128,8 +128,8 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
                   cut_ns: int | None = None) -> AuditReport:
     """Both ways. With `cut_ns` (ledger time), a missing transfer younger than it is in flight, not a mismatch.
 
-    A lifecycle event names one transfer (its id); a grouped event names one per record of its ranges and
-    requests (keys/audit.py named_transfers), each of which must agree with it, their amounts summing to its
+    A lifecycle event names one transfer (its id); a grouped event names one per record of its ranges
+    (keys/audit.py named_transfers), each of which must agree with it, their amounts summing to its
     count. Replays may group records differently, so grouped events are judged one by one and the topic's
     account of the ledger is the union of what they name: overlapping ranges, or two grouped events sharing
     an id, are not mismatches."""
@@ -151,7 +151,7 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
             continue
         if event.event_id in events:
             report.duplicates += 1
-            if events[event.event_id] != event and not _same_caller_request(events[event.event_id], event):
+            if events[event.event_id] != event:
                 report.mismatches.append(f"{event.event_id}: two different audit records share this id")
             continue
         events[event.event_id] = event
@@ -217,12 +217,6 @@ async def _ledger_tenants(ledger: Ledger) -> list[int]:
         if len(page) < PAGE:
             return found
         timestamp_min = page[-1].timestamp + 1
-
-
-def _same_caller_request(first: AuditEvent, again: AuditEvent) -> bool:
-    """A copy of a caller's request produced again lands on the same transfer and republishes its event
-    from where the copy was read: the same event but for `source`."""
-    return first.caller_id is not None and first.model_copy(update={"source": again.source}) == again
 
 
 # operations that carry no linked key or origin in user_data_128: there it is the caller id, or 0

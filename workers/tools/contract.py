@@ -70,7 +70,7 @@ TOPICS: dict[Topic, str] = {
                        "here. Key: tenant_id. Written by keyledger-keygen and keyledger-rotation.",
     Topic.KMS_AUDIT: "Names every TigerBeetle transfer: a lifecycle operation by an event of its own (event_id = "
                      "its transfer id); signing and PII by one event per batch, key, op, outcome and caller whose "
-                     "`sources` offset runs and `requests` each derive one transfer id. Key: tenant_id. "
+                     "`sources` offset runs each derive one transfer id. Key: tenant_id. "
                      "Written by every group.",
     Topic.KMS_AUDIT_DIGESTS: "A signed SHA-256 digest of a run of kms.audit records of one partition, chained to "
                              "the previous digest of that partition. Kept forever. Key: the kms.audit partition. "

@@ -47,7 +47,7 @@ from workers.core.digest import parse_digest
 from workers.core.policy import NS
 from workers.errors import KeyledgerError
 from workers.kafka.tap import read_topic
-from workers.keys.audit import Origin, named_origins
+from workers.keys.audit import named_places
 from workers.ledger import (
     Account,
     AccountFilter,
@@ -191,12 +191,12 @@ class Wrapping:
 def audited_operations(mine: Sequence[tuple[Logged, AuditEvent]]) -> dict[str, Audited]:
     """Transfer id -> what the tenant's kms.audit events say of it. The one place the report reads an audit
     event's per-operation shape: a lifecycle event names its own transfer and source record; a grouped event
-    names one transfer per record of its offset runs and per caller request (keys/audit.named_origins), each
-    with the group's caller and reason."""
+    names one transfer per record of its offset runs (keys/audit.named_places), each with the group's caller
+    and reason."""
     found = {}
     for _, event in mine:
-        for transfer_id, origin in named_origins(event).items():
-            records = _record_text(origin)
+        for transfer_id, (topic, partition, offset) in named_places(event).items():
+            records = f"{topic}[{partition}]@{offset}"
             wrapping = None
             if event.kms_provider is not None and event.kms_key_id is not None:
                 deletion = event.kms_deletion_date
@@ -204,15 +204,6 @@ def audited_operations(mine: Sequence[tuple[Logged, AuditEvent]]) -> dict[str, A
                                     _text(deletion) if deletion is not None else None, records)
             found[ids.to_hex(transfer_id)] = Audited(event.caller_id, event.reason, records, wrapping)
     return found
-
-
-def _record_text(origin: Origin) -> str:
-    """`topic[partition]@offset` for a Kafka record; `caller request <id>` for a caller's request, which its
-    grouped event names by request id alone (a copy of it at another offset is the same operation)."""
-    if len(origin) == 3:
-        topic, partition, offset = origin
-        return f"{topic}[{partition}]@{offset}"
-    return f"caller request {origin[1]}"
 
 
 def _text(moment: datetime) -> str:
