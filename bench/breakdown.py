@@ -178,7 +178,8 @@ def _pyspy() -> str | None:
 
 
 class Sampler:
-    """py-spy recording one process (`--nonblocking`: the worker is never paused) until `stop`."""
+    """py-spy recording one process until `stop`. It pauses the worker for each sample (`--nonblocking`
+    reads a running process and puts a share of its samples in the wrong frame)."""
 
     def __init__(self, pid: int, rate: int = 250, native: bool = False) -> None:
         binary = _pyspy()
@@ -187,7 +188,7 @@ class Sampler:
         self.output = Path(tempfile.mkstemp(prefix="keyledger-bench-pyspy-", suffix=".txt")[1])
         self.process = None if binary is None else subprocess.Popen(
             [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--threads",
-             "--nonblocking", *(("--native",) if native else ()), "--output", str(self.output)],
+             *(("--native",) if native else ()), "--output", str(self.output)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> Breakdown | None:
