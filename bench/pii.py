@@ -14,6 +14,7 @@ import time
 from aiokafka import AIOKafkaConsumer
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench import breakdown
 from bench.audit_volume import audit_bytes_per_output_byte, record_bytes
 from bench.callers import registered
 from bench.common import Worker, broker, moto_kms, say, tigerbeetle, wait_group_done
@@ -81,8 +82,10 @@ async def serve(bootstrap: str, kms: tuple[str, str], ledger: dict[str, str], op
     worker = shared or Worker(bootstrap, kms, "keyledger-pii", **ledger)
     if shared is None:
         started = await worker.ready()
+    sampler = breakdown.sampler(worker.process.pid)
     await wait_group_done(bootstrap, "keyledger-pii", "pii.requests")
     finished = time.time()
+    samples = sampler.stop() if sampler else None
     mine = f'"operation":"{operation}"'.encode()
     results = [r for r in await read_topic(bootstrap, "pii.results", timeout=300) if mine in r.value]
     if len(results) < len(requests):
@@ -98,7 +101,8 @@ async def serve(bootstrap: str, kms: tuple[str, str], ledger: dict[str, str], op
     return {"records": len(results), "failed": failed, "per_s": len(results) / seconds, "seconds": seconds,
             "cpu_s": cpu, "cpu_us_per_record": cpu * 1e6 / len(results), "mb_per_s": megabytes / seconds,
             **{f"{part}_us_per_record": value * 1e6 / len(results) for part, value in split._asdict().items()},
-            "millicores_per_mb_s": 1000 * cpu / megabytes}, results
+            "millicores_per_mb_s": 1000 * cpu / megabytes,
+            "breakdown": samples.table(len(results)) if samples else None}, results
 
 
 def follow_up(results: list, operation: str, caller: CallerClient) -> list[tuple[bytes, bytes]]:
@@ -196,6 +200,10 @@ async def run(count: int) -> dict:
             f"{measured['main_user_us_per_record']:.1f} in its event loop's thread, "
             f"{measured['main_kernel_us_per_record']:.1f} in the kernel for it, {measured['other_threads_us_per_record']:.1f} "
             "in other threads (the TigerBeetle client's)")
+        if measured["breakdown"]:
+            say(breakdown.render(f"PII {operation}", measured["breakdown"],
+                                 ("the pass-through", floor_cpu)))
+            figures.update(breakdown.figures(f"pii_{operation}", measured["breakdown"]))
         figures[f"pii_{operation}_cpu_vs_passthrough"] = round(cpu_ratio, 3)
         figures[f"pii_{operation}_millicores_per_mb_s"] = round(measured["millicores_per_mb_s"], 1)
         figures[f"pii_{operation}_aes_gcm_share"] = round(aes_share, 4)

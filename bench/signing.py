@@ -11,6 +11,7 @@ import uuid
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench import breakdown
 from bench.audit_volume import audit_bytes_per_output_byte
 from bench.callers import registered
 from bench.common import (
@@ -120,8 +121,10 @@ async def end_to_end(spans: int) -> dict:
         signer = Worker(bootstrap, kms, "keyledger-signer", **ledger) if tb else None
         if signer is not None:
             started = await signer.ready()
+        sampler = breakdown.sampler((signer or onboarding).process.pid)
         await wait_group_done(bootstrap, "keyledger-signer", "spans.to-sign")
         finished = time.time()
+        samples = sampler.stop() if sampler else None
         signed = await read_topic(bootstrap, "spans.signed", timeout=300)
         audit_ratio = audit_bytes_per_output_byte(await read_topic(bootstrap, "kms.audit", timeout=300), signed, {"sign"})
         stamps = sorted(r.timestamp for r in signed)
@@ -138,7 +141,8 @@ async def end_to_end(spans: int) -> dict:
             "cpu_us_per_span": busy * 1e6 / len(signed), "cpu_busy": busy / busy_seconds,
             **{f"{part}_us_per_span": value * 1e6 / len(signed) for part, value in split._asdict().items()},
             "kms_calls": kms_calls, "distinct_keys": TENANTS, "ledger": "tigerbeetle" if tb else "memory",
-            "audit_bytes_per_output_byte": audit_ratio}
+            "audit_bytes_per_output_byte": audit_ratio,
+            "breakdown": samples.table(len(signed)) if samples else None}
 
 
 async def run(spans: int) -> dict:
@@ -159,7 +163,12 @@ async def run(spans: int) -> dict:
         f"{e2e['main_user_us_per_span']:.0f} in its event loop's thread, {e2e['main_kernel_us_per_span']:.0f} in the "
         f"kernel for it, {e2e['other_threads_us_per_span']:.0f} in other threads, where the signatures are made); "
         f"the raw signature alone is {raw_cpu_us:.0f} us of CPU: {cpu_ratio:.2f}x")
+    where = {}
+    if e2e["breakdown"]:
+        say(breakdown.render("signing", e2e["breakdown"], ("one raw Ed25519 signature", raw_cpu_us)))
+        where = breakdown.figures("sign", e2e["breakdown"])
     return {
+        **where,
         "sign_worker_cpu_vs_raw_sign": round(cpu_ratio, 3),
         "sign_raw_cpu_us": round(raw_cpu_us, 1),
         "sign_raw_per_s": round(raw),

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from schemas.errors import ErrorCode
 from schemas.messages import CallerKem, KeyType, PiiOperation, PiiRequest, PiiResult, SealedResultKey
 from schemas.topics import Topic
@@ -84,6 +86,8 @@ class ResultSealer:
     def __init__(self, callers: CallerTable) -> None:
         self._callers = callers
         self.keyring = ResultKeyring()
+        self._written_key: tuple[SealedResultKey, orjson.Fragment] | None = None
+        """The last sealed result key and its JSON: every decrypt for a caller in a period carries the same one."""
         callers.watch(self.keyring.forget)  # a revoked or re-keyed caller's result key goes with its old record
 
     def result_record(self, answer: PiiAnswer) -> Outgoing:
@@ -109,7 +113,9 @@ class ResultSealer:
                              operation=request.operation, errors=answer.errors, error=error).to_json()
         fields = {path: seal_field(key, request.tenant_id, request.job_id, request.record_id, path, value)
                   for path, value in answer.fields.items()}
-        return _encode(answer, fields, key.sealed)
+        if self._written_key is None or self._written_key[0] is not key.sealed:
+            self._written_key = (key.sealed, orjson.Fragment(key.sealed.to_json()))
+        return _encode(answer, fields, key.sealed, self._written_key[1])
 
 
 def result_record(answer: PiiAnswer) -> Outgoing:
@@ -123,8 +129,25 @@ def result_value(answer: PiiAnswer) -> bytes:
     return _encode(answer, answer.fields, None)
 
 
-def _encode(answer: PiiAnswer, fields: dict[str, str], result_key: SealedResultKey | None) -> bytes:
+def _encode(answer: PiiAnswer, fields: dict[str, str], result_key: SealedResultKey | None,
+            result_key_json: orjson.Fragment | None = None) -> bytes:
+    """`PiiResult.to_json()` of the answer. A result without errors (every field answered) is written
+    directly: its members come from a validated request, the key table and this process's own sealing, so
+    the model would take them as they are, and orjson writes them as pydantic does (member order, escapes,
+    UTF-8). Tied to the model by tests/groups/test_pii_wire.py. `result_key_json`: `result_key` written."""
     request = answer.request
+    if answer.errors is None and answer.error is None:
+        value: dict[str, Any] = {"job_id": request.job_id, "tenant_id": request.tenant_id,
+                                 "record_id": request.record_id, "operation": request.operation.value,
+                                 "fields": fields}
+        if answer.key_id is not None:
+            value["key_id"] = answer.key_id
+        if result_key is not None:
+            value["result_key"] = orjson.Fragment(result_key.to_json()) if result_key_json is None else result_key_json
+        try:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            pass  # a string that is not Unicode text (a lone surrogate): the model decides, as before
     return PiiResult(job_id=request.job_id, tenant_id=request.tenant_id, record_id=request.record_id,
                      operation=request.operation, fields=fields, key_id=answer.key_id, errors=answer.errors,
                      error=answer.error, result_key=result_key).to_json()
