@@ -301,3 +301,14 @@ async def test_a_failed_read_or_produce_leaves_no_unclosed_client(not_kafka, cap
         gc.collect()
     assert not_kafka.accepted >= 2  # both clients did try
     assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+
+
+def test_a_key_value_that_begins_with_a_dash_stays_the_options_value():
+    from workers.app.cli import attached_key_values
+
+    assert attached_key_values(["audit", "report", "verify", "r.html", "--public-key", "-Xk9", "--debug"]) == [
+        "audit", "report", "verify", "r.html", "--public-key=-Xk9", "--debug"]
+    assert attached_key_values(["audit", "verify", "--digest-public-key", "-a", "--digest-public-key", "b"]) == [
+        "audit", "verify", "--digest-public-key=-a", "--digest-public-key=b"]
+    assert attached_key_values(["audit", "report", "verify", "r.html", "--public-key"]) == [
+        "audit", "report", "verify", "r.html", "--public-key"]  # argparse says the value is missing

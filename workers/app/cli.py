@@ -704,8 +704,25 @@ def _quiet_clients() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+KEY_OPTIONS = ("--public-key", "--digest-public-key")
+"""Options whose value is a base64url key: one in 64 begins with '-', which argparse would take for an option."""
+
+
+def attached_key_values(argv: Sequence[str]) -> list[str]:
+    """`--public-key -abc…` as `--public-key=-abc…`, so a key that begins with '-' is read as the value it is."""
+    out: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item in KEY_OPTIONS:
+            value = next(items, None)
+            out.append(item if value is None else f"{item}={value}")
+        else:
+            out.append(item)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(attached_key_values(sys.argv[1:] if argv is None else argv))
     from workers.app.observability.logs import setup_logging
 
     setup_logging()
