@@ -13,8 +13,9 @@ on its tenant's partition, and its `generated` event on `keys.events`, keyed by 
   `/readyz` 200 (the system tenant's partition and its 2 assigned ones read), and its VmRSS then.
 - phases: when each step of a start ended, from the worker's log (seconds from process start): the
   interpreter, imports, the broker, ledger and KMS checks and the topics (the endpoint open; the imports
-  alone are timed in an interpreter of their own), the global tables (callers, then the key table: whole, or the system tenant's keys when sharded),
-  the group joined, the assigned partitions' keys read (sharded), `/readyz` 200.
+  alone are timed in an interpreter of their own), the global tables (callers, then the key table: whole,
+  or the system tenant's keys when sharded), the group joined, the assigned partitions' keys read
+  (sharded), `/readyz` 200 (no input records here: ready is when the first would be served).
 - rebalance: one of those members leaves; its 2 partitions move; the figure is the time from its leave to the
   worker's log saying the key partitions it was given are loaded (its records are served from then on).
 """

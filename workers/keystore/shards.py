@@ -12,11 +12,11 @@ murmur2 too. A process holds a key partition while someone needs it:
   not partitioning by murmur2): loaded on demand, like an assigned one, before that record is served,
   and given up at the next revocation that leaves no batch of the group in hand.
 
-The rule for every record (`serve`): nothing is handled before `start` returned (the system tenant's keys
-read, and whatever the process loaded before calling it: the caller policies); its tenant's key partition is
-read to its end, and followed, before the record is handled; a record is never handled against a partial table (never a wrong key) and never
-dropped for a partition the process does not hold (it waits for the load; a load that fails makes it wait
-and be tried again, like any transient failure). A partition no one needs any more is no longer followed
+The rule for every record (`serve`): nothing is handled before `start` returned (the system tenant's
+keys read, and whatever the process loaded before calling it: the caller policies); its tenant's key
+partition is read to its end, and followed, before the record is handled; a record is never handled
+against a partial table (never a wrong key) and never dropped for a partition the process does not hold
+(it waits for the load; a load that fails makes it wait and be tried again, like any transient failure). A partition no one needs any more is no longer followed
 and its tenants' keys are forgotten (`KeyDirectory.drop_tenants`, which evicts their cached secrets).
 
 Assignments are taken from `connect` on, before `start` returned: a process may join its consumer groups
