@@ -11,6 +11,11 @@ on its tenant's partition, and its `generated` event on `keys.events`, keyed by 
 - sharded: the same worker with KEYLEDGER_KEY_TABLE_SHARDED=true joins a group whose other members (idle
   consumers of this bench, one per 2 partitions) leave it 2 of the 12 partitions: from process start to
   `/readyz` 200 (the system tenant's partition and its 2 assigned ones read), and its VmRSS then.
+- phases: when each step of a start ended, from the worker's log (seconds from process start): the
+  interpreter, imports, the broker, ledger and KMS checks and the topics (the endpoint open; the imports
+  alone are timed in an interpreter of their own), the global tables (callers, then the key table: whole,
+  or the system tenant's keys when sharded), the group joined, the assigned partitions' keys read
+  (sharded), `/readyz` 200 (no input records here: ready is when the first would be served).
 - rebalance: one of those members leaves; its 2 partitions move; the figure is the time from its leave to the
   worker's log saying the key partitions it was given are loaded (its records are served from then on).
 """
@@ -20,12 +25,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -131,10 +139,47 @@ def _status(pid: int) -> dict[str, int]:
     return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
 
 
-async def measure(bootstrap: str, kms: tuple[str, str], keys: int) -> dict[str, float]:
+# a start's steps, by the first worker log line that says each is done
+PHASES = (
+    ("checks_and_topics", "health and metrics on"),
+    ("callers", "caller"),
+    ("global_tables", "key table loaded"),
+    ("group_joined", "consumer groups running"),
+    ("assigned_keys", "loaded for keyledger-signer"),
+)
+
+
+def phases(log: Path, started: float) -> dict[str, float]:
+    """Seconds from `started` (wall clock) to the first log line of each of PHASES (those that appeared)."""
+    found: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        for name, marker in PHASES:
+            if name not in found and marker in line:
+                try:
+                    logged = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                except ValueError:
+                    continue
+                found[name] = logged - started
+    return found
+
+
+def imports_s() -> float:
+    """Seconds a fresh interpreter takes to start and import what `keyledger run` imports."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import workers.app.cli, workers.app.runtime"], check=True)
+    return time.perf_counter() - started
+
+
+def timeline(figures: dict[str, Any]) -> str:
+    """`phase t` pairs in the order they ended."""
+    steps = sorted((*figures["phases"].items(), ("ready", figures["ready_s"])), key=lambda step: step[1])
+    return ", ".join(f"{name} {at:.1f}" for name, at in steps)
+
+
+async def measure(bootstrap: str, kms: tuple[str, str], keys: int) -> dict[str, Any]:
     """Start a signer on the current backlog: seconds to `/readyz` 200 (and to the log line), RSS then."""
     port = free_port()
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     worker = Worker(bootstrap, kms, "keyledger-signer", KEYLEDGER_HTTP_PORT=str(port),
                     KEYLEDGER_KAFKA_PARTITIONS=str(PARTITIONS), KEYLEDGER_STARTUP_TIMEOUT=str(READY_TIMEOUT))
     loaded_at: float | None = None
@@ -155,10 +200,11 @@ async def measure(bootstrap: str, kms: tuple[str, str], keys: int) -> dict[str, 
         known = body.get("checks", {}).get("key_table", {}).get("keys")
         if known != keys:
             raise SystemExit(f"worker knows {known} keys, {keys} written; log {worker.log}")
+        steps = phases(worker.log, started_wall)
     finally:
         worker.stop()
     return {"ready_s": ready_at - started, "loaded_s": (loaded_at or ready_at) - started,
-            "rss_mb": memory["VmRSS"] / 1024, "peak_mb": memory["VmHWM"] / 1024}
+            "rss_mb": memory["VmRSS"] / 1024, "peak_mb": memory["VmHWM"] / 1024, "phases": steps}
 
 
 class IdleMembers:
@@ -207,19 +253,20 @@ async def _served(port: int, share: int | None = None) -> dict:
         await asyncio.sleep(0.05)
 
 
-async def measure_sharded(bootstrap: str, kms: tuple[str, str], per_partition: dict[int, int]) -> dict[str, float]:
+async def measure_sharded(bootstrap: str, kms: tuple[str, str], per_partition: dict[int, int]) -> dict[str, Any]:
     """A sharded signer left SHARE partitions by idle members: seconds to `/readyz` 200 with its share's keys
     read, RSS then; then one idle member leaves: seconds until the partitions that moved to it are served."""
     members = IdleMembers(bootstrap, PARTITIONS // SHARE - 1)
     await members.start()
     port = free_port()
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     worker = Worker(bootstrap, kms, "keyledger-signer", KEYLEDGER_HTTP_PORT=str(port),
                     KEYLEDGER_KAFKA_PARTITIONS=str(PARTITIONS), KEYLEDGER_STARTUP_TIMEOUT=str(READY_TIMEOUT),
                     KEYLEDGER_KEY_TABLE_SHARDED="true")
     try:
         checks = await _served(port, SHARE)
         ready_at = time.perf_counter()
+        steps = phases(worker.log, started_wall)
         memory = _status(worker.process.pid)
         table = checks["key_table"]
         expected = sum(per_partition[p] for p in table["partitions"])
@@ -240,7 +287,7 @@ async def measure_sharded(bootstrap: str, kms: tuple[str, str], per_partition: d
         await members.stop()
     return {"ready_s": ready_at - started, "rss_mb": memory["VmRSS"] / 1024, "peak_mb": memory["VmHWM"] / 1024,
             "keys": table["keys"], "moved_s": moved_at - left,
-            "moved_partitions": len(set(moved["key_table"]["partitions"]) - set(table["partitions"]))}
+            "moved_partitions": len(set(moved["key_table"]["partitions"]) - set(table["partitions"])), "phases": steps}
 
 
 async def run(keys: int) -> dict:
@@ -272,6 +319,10 @@ async def run(keys: int) -> dict:
         f"{sharded['ready_s']:.1f}s ({time_ratio:.2f} of whole), {sharded['rss_mb']:.0f} MB RSS ({memory_ratio:.2f} of "
         f"whole; peak {sharded['peak_mb']:.0f} MB); a rebalance moving {sharded['moved_partitions']} partitions to it: "
         f"served after {sharded['moved_s']:.1f}s ({sharded['moved_s'] / full['ready_s']:.2f} of a whole start)")
+    imports = imports_s()
+    say(f"  a fresh interpreter importing `keyledger run`'s modules: {imports:.1f}s")
+    for name, figures in (("idle", idle), ("whole", full), ("sharded", sharded)):
+        say(f"  {name} start, seconds from process start to the end of each step: {timeline(figures)}")
     say(f"  above an idle worker: sharded memory {table_memory_ratio:.2f} and time to ready {table_time_ratio:.2f} "
         "of the whole table's")
     return {
@@ -295,6 +346,10 @@ async def run(keys: int) -> dict:
         "keytable_bytes_per_key": round(per_key),
         "keytable_idle_ready_s": round(idle["ready_s"], 1),
         "keytable_idle_rss_mb": round(idle["rss_mb"]),
+        "keytable_imports_s": round(imports, 1),
+        **{f"keytable_{name}_phase_{phase}_s": round(at, 1)
+           for name, figures in (("idle", idle), ("whole", full), ("sharded", sharded))
+           for phase, at in figures["phases"].items()},
     }
 
 

@@ -1,5 +1,6 @@
-"""ProcessContext start-up: the KEYLEDGER_REQUIRE_CALLER=none warning, and readiness waiting for the
-caller policy table (no broker: the follower, producer and consumers are stood in for)."""
+"""ProcessContext start-up: the KEYLEDGER_REQUIRE_CALLER=none warning, readiness waiting for the caller
+policy table, a sharded process joining its groups while its tables load (no broker: the followers,
+producer and consumers are stood in for)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import logging
 
 import pytest
 
+from schemas.messages import SYSTEM_TENANT
+from tests.keystore.test_shards import Partitions
 from workers.app import context as context_module
 from workers.app.context import ProcessContext
+from workers.kafka.partitioning import tenant_partition
+from workers.keystore.shards import KeyShards
 from workers.kms.local import LocalKms
 from workers.ledger.memory import MemoryLedger
 from workers.settings import Settings
@@ -92,3 +97,42 @@ async def test_closing_leaves_a_hanging_or_failing_part_behind_and_closes_the_re
     assert any("hangs" in m and "left behind" in m for m in said)
     assert any("fails" in m and "ConnectionError" in m for m in said)
     assert not any("gone" in m for m in said)  # the type, not what the exception carries
+
+
+def sharded(context: ProcessContext, groups: list[str]) -> Partitions:
+    """`context` with a sharded key table over a stand-in reader, running `groups` (not subscribed)."""
+    reader = Partitions(context.directory)
+    reader.add_tenant(SYSTEM_TENANT)
+    context.shards = KeyShards(context.directory, reader, tenant_partition)
+    context.whole_table = False
+    context.groups = dict.fromkeys(groups)  # type: ignore[arg-type]
+    return reader
+
+
+@pytest.mark.parametrize(("groups", "joins_early"), [
+    (["keyledger-signer", "keyledger-pii"], True),
+    # the digest group's records do not pass through the sharded table's gate: it joins after the tables
+    (["keyledger-signer", "keyledger-audit-digest"], False),
+])
+async def test_a_sharded_process_joins_while_its_tables_load_and_serves_after(monkeypatch, groups, joins_early):
+    context = offline_context(monkeypatch)
+    joined = asyncio.Event()
+
+    async def join(*_args: object) -> None:
+        joined.set()
+
+    monkeypatch.setattr(context_module, "start_concurrently", join)
+    follower = HeldFollower()
+    context.caller_follower = follower  # type: ignore[assignment]
+    sharded(context, groups)
+    starting = asyncio.create_task(context.start())
+    await asyncio.sleep(0.05)
+    assert joined.is_set() is joins_early
+    assert context.shards is not None
+    serving = asyncio.create_task(context.shards.serve("keyledger-pii", []))  # a record keyed by no tenant
+    await asyncio.sleep(0.05)
+    assert not serving.done()  # no record is handled before the caller policies and the system keys
+    follower.release.set()
+    await asyncio.wait_for(starting, 5)
+    await asyncio.wait_for(serving, 1)
+    assert joined.is_set() and context.callers_loaded and context.key_table_loaded

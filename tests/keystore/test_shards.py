@@ -146,6 +146,28 @@ async def test_assigned_partitions_are_loaded_before_their_records_are_served(ta
         assert shards.holders(number) == {"keyledger-signer"}
 
 
+async def test_assignments_load_from_connect_on_and_records_wait_for_start(table):
+    """A process joins its groups while the global tables load: an assignment told after `connect` loads
+    at once, and no record is served before `start` returned (the system keys, and the callers before it)."""
+    directory, reader, shards = table
+    await shards.connect()
+    number = next(p for p in range(PARTITIONS) if p != tenant_partition(SYSTEM_TENANT, PARTITIONS))
+    shards.assigned("keyledger-signer", frozenset({number}))
+    tenant = tenants_of(number)[0]
+    for _ in range(100):
+        if number in shards.loaded:
+            break
+        await asyncio.sleep(0.01)
+    assert number in shards.loaded and reader.only == {}  # loaded before the system tenant's keys were read
+    serving = asyncio.create_task(shards.serve("keyledger-signer", [(tenant, number)]))
+    await asyncio.sleep(0.02)
+    assert not serving.done()
+    await shards.start()
+    await asyncio.wait_for(serving, 1)
+    assert directory.active(tenant, KeyType.SIGNING).version == 2 and shards.holds(SYSTEM_TENANT)
+    await shards.aclose()
+
+
 async def test_revoked_partitions_are_dropped_and_their_secrets_evicted(table):
     directory, reader, shards = table
     await shards.start()

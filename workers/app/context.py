@@ -12,6 +12,7 @@ known. Without an operator key no caller is trusted (every request that needs on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -181,10 +182,35 @@ class ProcessContext:
         return figures
 
     async def start(self) -> None:
-        """Load the caller policies and the key table first, then connect the producer and start consuming."""
+        """Load the caller policies and the key table first, then connect the producer and start consuming.
+
+        A process whose every group is served by a sharded key table joins its groups while those load (a
+        group join takes seconds): their records wait in `KeyShards.serve` until `KeyShards.start` returned,
+        which is after the caller policies loaded, and each assigned partition's keys load as it is assigned."""
         if self.settings.require_caller is RequireCaller.NONE:
             log.warning("KEYLEDGER_REQUIRE_CALLER=none: anyone who can write to pii.requests can have any tenant's "
                         "fields decrypted; adopt callers (README \"Callers\") and unset it")
+        if self.shards is None or self.whole_table or not set(self.groups) <= SHARDED_GROUPS:
+            await self._load_tables()
+            await self._consume()
+            return
+        await self.shards.connect()
+        joining = asyncio.create_task(self._consume(), name="join")
+        try:
+            await self._load_tables()
+        except BaseException:
+            joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await joining
+            raise
+        await joining
+
+    async def _consume(self) -> None:
+        await self.publisher.start()
+        await start_concurrently(self.broker)
+
+    async def _load_tables(self) -> None:
+        """The caller policies, then the key table (whole, or the sharded table's global part)."""
         if self.caller_follower is not None:
             await self.caller_follower.start()
             log.info("caller policies loaded: %d callers from %d records", len(self.callers), self.caller_follower.read)
@@ -204,8 +230,6 @@ class ProcessContext:
             log.info("key table loaded: %d keys of key partitions %s (sharded) in %.1fs", len(self.directory),
                      sorted(self.shards.loaded), time.monotonic() - started)
         self.key_table_loaded = True
-        await self.publisher.start()
-        await start_concurrently(self.broker)
 
     async def serve_http(self) -> str | None:
         """Open `/healthz`, `/readyz`, `/metrics` (before `start()`: liveness answers while the key table loads).

@@ -12,11 +12,15 @@ murmur2 too. A process holds a key partition while someone needs it:
   not partitioning by murmur2): loaded on demand, like an assigned one, before that record is served,
   and given up at the next revocation that leaves no batch of the group in hand.
 
-The rule for every record (`serve`): its tenant's key partition is read to its end, and followed, before
-the record is handled; a record is never handled against a partial table (never a wrong key) and never
-dropped for a partition the process does not hold (it waits for the load; a load that fails makes it wait
-and be tried again, like any transient failure). A partition no one needs any more is no longer followed
+The rule for every record (`serve`): nothing is handled before `start` returned (the system tenant's
+keys read, and whatever the process loaded before calling it: the caller policies); its tenant's key
+partition is read to its end, and followed, before the record is handled; a record is never handled
+against a partial table (never a wrong key) and never dropped for a partition the process does not hold
+(it waits for the load; a load that fails makes it wait and be tried again, like any transient failure). A partition no one needs any more is no longer followed
 and its tenants' keys are forgotten (`KeyDirectory.drop_tenants`, which evicts their cached secrets).
+
+Assignments are taken from `connect` on, before `start` returned: a process may join its consumer groups
+while its global tables load, and each assigned partition's load starts as soon as the group is told of it.
 
 The reading itself is the `PartitionReader`'s (workers/kafka/follow.py): it reads a partition of both
 topics from the beginning to its end offset, then follows it, and stops following on request.
@@ -69,12 +73,20 @@ class KeyShards:
         self._memo: dict[str, int] = {}
         self._prefetch: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = asyncio.Event()
+
+    async def connect(self) -> None:
+        """Learn the partition count: from then on assignments (`assigned`) start loading when told."""
+        if self._loop is None:
+            self.partitions = await self._reader.start()
+            self._loop = asyncio.get_running_loop()
 
     async def start(self) -> None:
-        """Learn the partition count and load the system tenant's keys (the global ones)."""
-        self._loop = asyncio.get_running_loop()
-        self.partitions = await self._reader.start()
+        """Connect (unless done) and load the system tenant's keys (the global ones); `serve` lets records
+        through only once this returned."""
+        await self.connect()
         await self._reader.read_tenants(self.partition(SYSTEM_TENANT), frozenset([SYSTEM_TENANT]))
+        self._started.set()
 
     # --- reads ---------------------------------------------------------------------
 
@@ -161,7 +173,7 @@ class KeyShards:
         """A rebalance gave `group` these partitions: their keys start loading now (`serve` awaits them).
         Callable from any thread: FastStream runs a rebalance listener's plain callbacks in a worker thread."""
         if self._loop is None:
-            raise RuntimeError("KeyShards.start() first")
+            raise RuntimeError("KeyShards.connect() first")
         self._loop.call_soon_threadsafe(self._start_loading, group, numbers)
 
     def want(self, tenant_id: str) -> None:
@@ -189,8 +201,10 @@ class KeyShards:
         await self.release(GUEST, [n for n, holding in self._holders.items() if GUEST in holding])
 
     async def serve(self, group: str, arrived: Iterable[tuple[str, int]]) -> None:
-        """Returns once the key partition of each (tenant, partition it arrived on) is loaded; a tenant whose
-        partition is not held (not its group's, not a guest yet) has it loaded on demand as a guest."""
+        """Returns once `start` returned and the key partition of each (tenant, partition it arrived on) is
+        loaded; a tenant whose partition is not held (not its group's, not a guest yet) has it loaded on demand
+        as a guest."""
+        await self._started.wait()
         needed = {self.partition(tenant_id): (tenant_id, partition) for tenant_id, partition in arrived}
         missing = {n: why for n, why in needed.items() if n not in self._loaded}
         if not missing:
