@@ -5,10 +5,14 @@ Memory storage only: everything is gone when it stops.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -109,6 +113,22 @@ class EmbeddedBroker:
         self.stop()
 
 
+START_LOCK = Path(tempfile.gettempdir()) / "keyledger-tigerbeetle-start.lock"
+
+
+@contextlib.contextmanager
+def _one_start_at_a_time() -> Iterator[None]:
+    """Held by one replica start on this machine at a time (every process: test workers, bench, dev).
+    A starting replica takes its whole memory at once, and replicas starting together slow each other
+    down far more than in proportion: one after another, each is listening sooner."""
+    with open(START_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def tigerbeetle_binary() -> str | None:
     """A TigerBeetle server binary from TIGERBEETLE_BIN or PATH (no package registry ships one)."""
     import os
@@ -151,14 +171,15 @@ class TigerBeetleServer:
         return self._run(timeout)
 
     def _run(self, timeout: float) -> TigerBeetleServer:
-        self._process = subprocess.Popen(
-            [self._binary, "start", f"--addresses={self.address}", *self._mode, str(self._data)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for_port(self.port, timeout, self._process)
-        except BaseException:
-            self.kill()  # a replica that did not listen in time is not left running (and holding its memory)
-            raise
+        with _one_start_at_a_time():
+            self._process = subprocess.Popen(
+                [self._binary, "start", f"--addresses={self.address}", *self._mode, str(self._data)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_for_port(self.port, timeout, self._process)
+            except BaseException:
+                self.kill()  # a replica that did not listen in time is not left running (and holding its memory)
+                raise
         return self
 
     def stop(self) -> None:
