@@ -131,3 +131,10 @@ async def register_caller(bootstrap: str, folder: Path, name: str, kms_env: dict
     finally:
         await kms.aclose()
     return operator, caller
+
+
+class SharedMemoryLedger(MemoryLedger):
+    """The memory ledger declared `shared`: stands in for TigerBeetle where a test pins caller policies
+    and then has a process (or a verb) read the pins, all in this one process."""
+
+    shared = True
