@@ -136,3 +136,25 @@ async def test_a_sharded_process_joins_while_its_tables_load_and_serves_after(mo
     await asyncio.wait_for(starting, 5)
     await asyncio.wait_for(serving, 1)
     assert joined.is_set() and context.callers_loaded and context.key_table_loaded
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_the_caller_pins_are_read_before_keys_callers_on_a_shared_ledger_only(monkeypatch, shared):
+    from tests.support.callers import SharedMemoryLedger
+    from workers.core.callers import caller_id_for
+    from workers.ledger.records import pin_caller_policy
+
+    context = offline_context(monkeypatch)
+    ledger = SharedMemoryLedger() if shared else MemoryLedger()
+    caller_id = caller_id_for("billing")
+    await pin_caller_policy(ledger, caller_id, 2, b"a signed record")
+    context.ledger.inner = ledger  # type: ignore[attr-defined]
+    seen: list[int] = []
+
+    class Follower(HeldFollower):
+        async def start(self) -> None:
+            seen.append(context.callers.pinned(caller_id))
+
+    context.caller_follower = Follower()  # type: ignore[assignment]
+    await asyncio.wait_for(context.start(), 5)
+    assert seen == [2 if shared else 0]  # the memory ledger holds no other process's pin: never read

@@ -298,3 +298,24 @@ def test_a_revoked_record_keeps_no_secret_and_the_secret_never_shows():
     assert table.get(CALLER_ID).secret is None  # type: ignore[union-attr]
     with pytest.raises(ValueError):
         table.install(CallerPolicy.model_validate(policy_record(3)), b"short")
+
+
+def test_a_record_below_the_ledger_pin_is_rolled_back_equal_and_higher_are_accepted():
+    table = CallerTable()
+    table.pin({CALLER_ID: 2})
+    one, two, three = (CallerPolicy.model_validate(policy_record(v)) for v in (1, 2, 3))
+    assert table.change(one) is Change.ROLLED_BACK and table.pinned(CALLER_ID) == 2
+    assert table.change(two) is Change.NEWER  # the pinned version itself
+    table.install(two, SECRET)
+    assert table.change(one) is Change.ROLLED_BACK  # below the pin, not merely stale: refused
+    assert table.change(three) is Change.NEWER  # a pin that landed after the pins were read
+
+
+def test_a_caller_without_a_pin_is_judged_by_the_topic_alone():
+    table = CallerTable()
+    table.pin({caller_id_for("someone-else"): 5})
+    one = CallerPolicy.model_validate(policy_record(1))
+    assert table.change(one) is Change.NEWER and table.pinned(CALLER_ID) == 0
+    table.pin({CALLER_ID: 1})
+    table.pin({CALLER_ID: 0})  # pins only ever raise the floor
+    assert table.pinned(CALLER_ID) == 1 and table.change(one) is Change.NEWER

@@ -111,3 +111,22 @@ async def test_a_revocation_or_tie_drops_the_callers_result_key_and_nothing_else
     assert revoked != tied
     assert await policies.apply(*await record(kms, 1)) is Change.STALE
     assert held_key() == revoked  # a stale record changes nothing
+
+
+async def test_a_record_rolled_back_below_the_ledger_pin_is_refused_counted_and_logged(kms, policies, caplog):
+    policies.table.pin({CALLER_ID: 2})
+    with caplog.at_level(logging.WARNING, logger="keyledger.callers"):
+        assert await policies.apply(*await record(kms, 1)) is None
+    assert policies.table.get(CALLER_ID) is None and policies.refused == 1
+    assert (f"refused a keys.callers record for caller {CALLER_ID}: rolled back: version 1, the ledger pins 2"
+            in caplog.text)
+    assert await policies.apply(*await record(kms, 2)) is Change.NEWER
+    assert await policies.apply(*await record(kms, 3)) is Change.NEWER
+    assert await policies.apply(*await record(kms, 1)) is None and policies.refused == 2
+    held = policies.table.get(CALLER_ID)
+    assert held is not None and held.policy.version == 3 and held.secret is not None
+
+
+async def test_without_a_pin_an_older_record_is_stale_as_before(kms, policies):
+    assert await policies.apply(*await record(kms, 2)) is Change.NEWER
+    assert await policies.apply(*await record(kms, 1)) is Change.STALE and policies.refused == 0

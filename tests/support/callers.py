@@ -21,6 +21,8 @@ from workers.core.results import generate_keypair
 from workers.kms import Kms
 from workers.kms.factory import open_kms
 from workers.kms.local import LocalKms
+from workers.ledger import Ledger
+from workers.ledger.memory import MemoryLedger
 from workers.settings import Settings
 from workers.tools.callers import caller_add, caller_keygen
 
@@ -102,13 +104,16 @@ class Operator:
 
     async def register(self, bootstrap: str, folder: Path, name: str, *, tenants: list[str] | str = "*",
                        operations: tuple[str, ...] = EVERY_OPERATION,
-                       kem: CallerKem = CallerKem.X25519, kms: Kms | None = None) -> RegisteredCaller:
+                       kem: CallerKem = CallerKem.X25519, kms: Kms | None = None,
+                       ledger: Ledger | None = None) -> RegisteredCaller:
         """`keyledger caller keygen` then `caller add`; the secret is wrapped by `kms` (by default the
-        development KMS): the workers' own KMS must unwrap it."""
+        development KMS): the workers' own KMS must unwrap it. The version is pinned in `ledger` (by
+        default a memory ledger of its own: a pin no worker reads)."""
         private, public = caller_keygen(folder / name, kem)
         _, raw = load_public_key(public)
-        await caller_add(bootstrap, kms or LocalKms(), self.key, name, tenants=tenants, operations=list(operations), kem=kem,
-                         caller_public_key=raw, secret_out=folder / f"{name}.secret")
+        await caller_add(bootstrap, kms or LocalKms(), self.key, name, ledger=ledger or MemoryLedger(), tenants=tenants,
+                         operations=list(operations), kem=kem, caller_public_key=raw,
+                         secret_out=folder / f"{name}.secret")
         return RegisteredCaller(name, folder / f"{name}.secret", private)
 
 
@@ -126,3 +131,10 @@ async def register_caller(bootstrap: str, folder: Path, name: str, kms_env: dict
     finally:
         await kms.aclose()
     return operator, caller
+
+
+class SharedMemoryLedger(MemoryLedger):
+    """The memory ledger declared `shared`: stands in for TigerBeetle where a test pins caller policies
+    and then has a process (or a verb) read the pins, all in this one process."""
+
+    shared = True

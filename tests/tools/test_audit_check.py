@@ -14,6 +14,7 @@ from workers.ledger.records import (
     RecordedDigest,
     digest_transfer,
     key_account,
+    pin_caller_policy,
     request_tag,
     tenant_account,
 )
@@ -91,6 +92,14 @@ async def test_a_digest_transfer_needs_no_audit_event():
     assert (await compare(ledger, values)).agrees  # the system tenant's digest record is not an audited operation
     assert [(d.partition, d.last_offset, d.link) for d in await ledger_digests(ledger)] == \
         [(0, 5, RecordedDigest.link_of("ab" * 32))]
+
+
+
+async def test_a_caller_pin_needs_no_audit_event():
+    ledger = MemoryLedger()
+    values = await recorded(ledger)
+    await pin_caller_policy(ledger, CALLER, 1, b"a signed caller policy record")
+    assert (await compare(ledger, values)).agrees  # the system tenant's pin is not an audited operation
 
 
 CALLER = "0123456789abcdef0123456789abcdef"

@@ -45,7 +45,8 @@ def add_caller(verbs: Any, verb: VerbFactory) -> None:
                            "publish its policy on keys.callers, signed by the operator key: the tenants and\n"
                            "operations it may ask for, and the HPKE public key its results are sealed to. A known\n"
                            "name gets its next version (and a new secret). The secret goes to --secret-out only\n"
-                           "(created 0600, never overwritten), never to the screen.",
+                           "(created 0600, never overwritten), never to the screen. The version is pinned in the\n"
+                           "ledger (KEYLEDGER_LEDGER) before it is published: workers refuse a lower one.",
                example="keyledger caller add billing --tenants acme,globex --operations encrypt,decrypt "
                        "--public-key billing/caller.pub --operator-key ops/operator.key --secret-out billing.secret")
     add.add_argument("name", help="the caller's name (a-z 0-9 . _ -): its id is derived from it")
@@ -61,7 +62,8 @@ def add_caller(verbs: Any, verb: VerbFactory) -> None:
                      "state, KEM, operations and tenants), and the records that key did not sign.",
          example="KEYLEDGER_OPERATOR_PUBLIC_KEY=$(cat ops/operator.pub) keyledger caller list")
     revoke = verb(callers, "revoke", _caller_revoke, summary="revoke a caller: it grants nothing from now on",
-                  description="Publish the caller's next policy version with revoked=true, signed by the operator key.\n"
+                  description="Publish the caller's next policy version with revoked=true, signed by the operator key,\n"
+                              "pinned in the ledger first (workers then refuse the caller's older records).\n"
                               "Exits 1 when no such caller signed by that key exists.",
                   example="keyledger caller revoke billing --operator-key ops/operator.key")
     revoke.add_argument("name", help="the caller's name")
@@ -76,6 +78,7 @@ def add_caller(verbs: Any, verb: VerbFactory) -> None:
 
 def _caller_add(args: argparse.Namespace) -> int:
     from workers.kms.factory import open_kms
+    from workers.ledger.factory import open_ledger
     from workers.tools.callers import (
         caller_add,
         load_operator_key,
@@ -94,12 +97,14 @@ def _caller_add(args: argparse.Namespace) -> int:
 
     async def checked_add() -> int:
         await _reach(bootstrap, Topic.KEYS_CALLERS)
-        kms = open_kms(settings.kms)
+        kms, ledger = open_kms(settings.kms), open_ledger(settings.ledger)
         try:
-            policy = await caller_add(bootstrap, kms, operator, args.name, tenants=tenants, operations=operations,
-                                      kem=kem, caller_public_key=public, secret_out=args.secret_out)
+            policy = await caller_add(bootstrap, kms, operator, args.name, ledger=ledger, tenants=tenants,
+                                      operations=operations, kem=kem, caller_public_key=public,
+                                      secret_out=args.secret_out)
         finally:
             await kms.aclose()
+            await ledger.aclose()
         print(f"caller {policy.name} ({policy.caller_id}) version {policy.version}: "
               f"{','.join(o.value for o in policy.operations)} on "
               f"{policy.tenants if isinstance(policy.tenants, str) else ','.join(policy.tenants)}; "
@@ -137,14 +142,20 @@ def _caller_list(args: argparse.Namespace) -> int:
 
 
 def _caller_revoke(args: argparse.Namespace) -> int:
+    from workers.ledger.factory import open_ledger
     from workers.tools.callers import caller_revoke, load_operator_key
 
-    bootstrap = require_bootstrap(load_settings())
+    settings = load_settings()
+    bootstrap = require_bootstrap(settings)
     operator = load_operator_key(args.operator_key)
 
     async def checked_revoke() -> int:
         await _reach(bootstrap, Topic.KEYS_CALLERS)
-        policy = await caller_revoke(bootstrap, operator, args.name)
+        ledger = open_ledger(settings.ledger)
+        try:
+            policy = await caller_revoke(bootstrap, operator, args.name, ledger=ledger)
+        finally:
+            await ledger.aclose()
         print(f"caller {policy.name} ({policy.caller_id}) revoked at version {policy.version}")
         return 0
 

@@ -7,6 +7,8 @@ opens `/healthz`, `/readyz` and `/metrics` (workers/app/observability).
 The caller policy table (`keys.callers`, verified against KEYLEDGER_OPERATOR_PUBLIC_KEY) is read
 whole before any group starts, like the key table: no request is judged before every caller is
 known. Without an operator key no caller is trusted (every request that needs one is denied).
+The ledger's caller pins are read before that topic (a shared ledger only: TigerBeetle), so a record
+rolled back below its caller's pin is refused from the first record on.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from workers.kms import Kms
 from workers.kms.factory import open_kms
 from workers.ledger import Ledger
 from workers.ledger.factory import open_ledger
+from workers.ledger.records import pinned_versions
 from workers.settings import Profile, RequireCaller, Settings
 
 if TYPE_CHECKING:
@@ -90,6 +93,7 @@ class ProcessContext:
     callers: CallerTable = field(default_factory=CallerTable)
     caller_follower: TopicFollower | None = None
     callers_loaded: bool = False
+    caller_policies: CallerPolicies | None = None
     shards: KeyShards | None = None
     shard_reader: PartitionFollower | None = None
     whole_table: bool = True
@@ -133,7 +137,7 @@ class ProcessContext:
         keys = KeyService(directory, metered_kms, metered_ledger, secrets, TenantPatience(settings.limits.key_table_wait),
                           shards)
         callers = CallerTable()
-        caller_follower = None
+        caller_follower = policies = None
         if follow and settings.callers.operator_public_key:
             policies = CallerPolicies(callers, metered_kms, operator_public_key(settings.callers.operator_public_key))
 
@@ -145,7 +149,7 @@ class ProcessContext:
         context = cls(settings, broker, publisher, metered_kms, metered_ledger, directory, keys,
                       AuditTrail(metered_ledger), follower, observability, bootstrap=bootstrap, callers=callers,
                       caller_follower=caller_follower, shards=shards, shard_reader=shard_reader,
-                      whole_table=shards is None)
+                      whole_table=shards is None, caller_policies=policies)
         observability.watch(context.runners, secrets, directory, adapter, settings.limits.encrypt_limit)
         return context
 
@@ -212,6 +216,8 @@ class ProcessContext:
     async def _load_tables(self) -> None:
         """The caller policies, then the key table (whole, or the sharded table's global part)."""
         if self.caller_follower is not None:
+            if self.ledger.shared:
+                self.callers.pin(await pinned_versions(self.ledger))
             await self.caller_follower.start()
             log.info("caller policies loaded: %d callers from %d records", len(self.callers), self.caller_follower.read)
         elif not self.settings.callers.operator_public_key:

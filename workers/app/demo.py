@@ -150,7 +150,7 @@ async def enrol_caller(bootstrap: str, context: ProcessContext, operator: Ed2551
     private, public = generate_keypair(CallerKem.X25519)
     with tempfile.TemporaryDirectory() as folder:
         secret = Path(folder) / "demo.secret"
-        await caller_add(bootstrap, context.kms, operator, DEMO_CALLER, tenants="*",
+        await caller_add(bootstrap, context.kms, operator, DEMO_CALLER, ledger=context.ledger, tenants="*",
                          operations=[o.value for o in CallerOperation], kem=CallerKem.X25519,
                          caller_public_key=public, secret_out=secret)
         credential = CallerCredential.load(secret)

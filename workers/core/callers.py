@@ -30,6 +30,9 @@ The context starts with neither `{` nor a digit, so these bytes are never the by
 signature or an audit digest (both sign bare RFC 8785 objects). A record the operator key did not
 sign grants nothing. `CallerTable` keeps, per caller, the record of the highest version; two
 different records of one version (a tie) make the caller grant nothing until a higher version.
+A record of a lower version than the ledger pins for its caller (`CallerTable.pin`, read before the
+topic) is rolled back: an operator-signed record re-published later, which compaction would leave
+as the only one. It changes nothing. A caller with no pin is judged by the topic alone.
 
 Nothing here logs, raises or returns a secret.
 """
@@ -208,6 +211,7 @@ class Change(StrEnum):
     SAME = "same"  # the record the table holds already (a redelivery): nothing
     STALE = "stale"  # a lower version than the table holds: ignored
     TIE = "tie"  # another record of the version the table holds: the caller grants nothing
+    ROLLED_BACK = "rolled_back"  # a lower version than the ledger pins for the caller: refused
 
 
 @dataclass(slots=True)
@@ -229,6 +233,17 @@ class CallerTable:
     def __init__(self) -> None:
         self._callers: dict[str, Caller] = {}
         self._watchers: list[Callable[[str], None]] = []
+        self._pinned: dict[str, int] = {}
+
+    def pin(self, pinned: Mapping[str, int]) -> None:
+        """The highest policy version the ledger pins per caller (ledger/records.py caller pins), read
+        before any record is applied: a record below its caller's pin is ROLLED_BACK from then on."""
+        for caller_id, version in pinned.items():
+            self._pinned[caller_id] = max(version, self._pinned.get(caller_id, 0))
+
+    def pinned(self, caller_id: str) -> int:
+        """The caller's highest pinned version; 0 when the ledger pins none."""
+        return self._pinned.get(caller_id, 0)
 
     def watch(self, changed: Callable[[str], None]) -> None:
         """Call `changed(caller_id)` after each record that changes what a caller is (`install`, `tie`):
@@ -245,6 +260,8 @@ class CallerTable:
         return self._callers.get(caller_id)
 
     def change(self, policy: CallerPolicy) -> Change:
+        if policy.version < self._pinned.get(policy.caller_id, 0):
+            return Change.ROLLED_BACK
         held = self._callers.get(policy.caller_id)
         if held is None or policy.version > held.policy.version:
             return Change.NEWER

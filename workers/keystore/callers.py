@@ -6,7 +6,9 @@ followed (a new caller, a changed policy, a revocation).
 
 Each record is verified against the operator's public key before anything else: a record the
 operator key did not sign is refused and logged with the caller id it claims, and changes
-nothing. Of the verified records the highest version per caller wins (`CallerTable`). The
+nothing. A verified record of a lower version than the ledger pins for its caller (read into the
+table before the topic: `CallerTable.pin`) is refused the same way, logged with the caller id and
+both versions. Of the other verified records the highest version per caller wins (`CallerTable`). The
 caller's HMAC secret is unwrapped through the KMS port when its record is installed (encryption
 context {"caller_id": id}); a secret that does not unwrap leaves the caller granting nothing.
 A tombstone changes nothing either: only a signed record (e.g. a revocation) changes a caller.
@@ -43,8 +45,8 @@ class CallerPolicies:
         self.refused = 0
 
     async def apply(self, key: bytes | None, value: bytes | None) -> Change | None:
-        """One record; None when it was refused (not signed by the operator key, a tombstone, or keyed
-        under another caller's id)."""
+        """One record; None when it was refused (not signed by the operator key, a tombstone, keyed
+        under another caller's id, or rolled back below the ledger's pin)."""
         if value is None:
             log.warning("ignored a tombstone on keys.callers: only a signed record changes a caller")
             return None
@@ -60,6 +62,11 @@ class CallerPolicies:
             log.warning("refused a keys.callers record for caller %s: keyed under another id", policy.caller_id)
             return None
         change = self.table.change(policy)
+        if change is Change.ROLLED_BACK:
+            self.refused += 1
+            log.warning("refused a keys.callers record for caller %s: rolled back: version %d, the ledger pins %d",
+                        policy.caller_id, policy.version, self.table.pinned(policy.caller_id))
+            return None
         if change is Change.NEWER:
             self.table.install(policy, None if policy.revoked else await self._unwrap(policy))
             log.info("caller %s (%s) at version %d%s", policy.name, policy.caller_id, policy.version,

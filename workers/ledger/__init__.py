@@ -69,6 +69,12 @@ def transfer_ok(status: CreateTransferStatus) -> bool:
 class Ledger(Protocol):
     """One result per event, in order, whatever the size of the batch (adapters chunk)."""
 
+    @property
+    def shared(self) -> bool:
+        """What one process writes, every process configured alike reads (TigerBeetle); False: the ledger
+        lives in this process alone (memory), so nothing another process wrote is ever in it."""
+        ...
+
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]: ...
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]: ...

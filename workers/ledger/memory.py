@@ -92,6 +92,8 @@ _Undo = Callable[[], None]
 
 
 class MemoryLedger:
+    shared = False  # one process's own: a pin the CLI wrote is never here (ledger/records.py caller pins)
+
     def __init__(self) -> None:
         self._accounts: dict[int, Account] = {}
         self._transfers: dict[int, Transfer] = {}

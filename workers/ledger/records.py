@@ -20,16 +20,29 @@
                   user_data_128 = the first 128 bits of the digest's SHA-256 (its chain link),
                   user_data_64 = the last kms.audit offset it covers, user_data_32 = the partition;
                   no kms.audit event (it would itself need a digest): `audit verify` reads these
+- caller pin:     see `caller_pin_transfer` (code 11)
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from schemas.messages import SYSTEM_TENANT, AuditSource, KeyMaterial, KeyType, Op
 from workers.core import ids
-from workers.ledger import Account, Transfer, TransferFlags
+from workers.ledger import (
+    Account,
+    Ledger,
+    LedgerError,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+    TransferFlags,
+    account_ok,
+    transfer_ok,
+)
 
 
 def tenant_account(tenant_id: str) -> Account:
@@ -174,3 +187,96 @@ def request_tag(request_id: str) -> int:
     """user_data_64 of an admitted caller's operation: the request id's first 64 bits, the same on every
     copy of the request, so two transfers sharing it are one request performed twice."""
     return int(request_id[:16], 16)
+
+
+# --- records read back by code -----------------------------------------------------------------------
+
+PAGE = 8000  # transfers per query: TigerBeetle's largest batch
+
+
+async def transfers_with_code(ledger: Ledger, code: int) -> list[Transfer]:
+    """Every transfer of `code` (audit digests, caller pins), in ledger order, one page at a time."""
+    found: list[Transfer] = []
+    timestamp_min = 0
+    while True:
+        page = await ledger.query_transfers(QueryFilter(
+            user_data_128=0, user_data_64=0, user_data_32=0, ledger=ids.LEDGER, code=code,
+            timestamp_min=timestamp_min, timestamp_max=0, limit=PAGE, flags=QueryFilterFlags.NONE))
+        found += page
+        if len(page) < PAGE:
+            return found
+        timestamp_min = page[-1].timestamp + 1
+
+
+# --- caller policy pins ------------------------------------------------------------------------------
+
+CALLER_PIN_TRANSFER_CODE = 11  # a caller's policy version pinned in the ledger; never an audited key operation
+CALLER_POLICIES_ACCOUNT = ids.system_account_id("caller-policies")
+
+
+@dataclass(frozen=True, slots=True)
+class CallerPin:
+    """A caller's policy version as the ledger pins it: nothing read from `keys.callers` is a trust anchor,
+    so a process refuses a signed record of a lower version than its caller's highest pin (an older record
+    re-published, which compaction would leave as the only one)."""
+
+    caller_id: str
+    version: int
+    record_tag: int
+    """The first 32 bits of the SHA-256 of the signed record's bytes (as published)."""
+    timestamp: int = 0
+
+    @classmethod
+    def of(cls, transfer: Transfer) -> CallerPin:
+        return cls(ids.to_hex(transfer.user_data_128), transfer.user_data_64, transfer.user_data_32,
+                   transfer.timestamp)
+
+
+def caller_pin_accounts() -> list[Account]:
+    """The accounts a pin moves between: the system tenant's and the caller policies' system account,
+    created before every pin (`exists` is success)."""
+    return [tenant_account(SYSTEM_TENANT),
+            Account(id=CALLER_POLICIES_ACCOUNT, ledger=ids.LEDGER, code=ids.SYSTEM_CODE)]
+
+
+def caller_pin_transfer(caller_id: str, version: int, record: bytes) -> Transfer:
+    """The pin of one signed `keys.callers` record (`record`: its bytes as published): system tenant ->
+    caller policies account, code 11, amount 0, user_data_128 = the caller id, user_data_64 = the policy
+    version, user_data_32 = the first 32 bits of the record's SHA-256. The id derives from that SHA-256,
+    so pinning the same record again is `exists`. No kms.audit event: a pin is no key operation."""
+    record_sha256 = hashlib.sha256(record).hexdigest()
+    return Transfer(
+        id=ids.system_transfer_id("caller-pin", record_sha256),
+        debit_account_id=ids.tenant_ref(SYSTEM_TENANT),
+        credit_account_id=CALLER_POLICIES_ACCOUNT,
+        amount=0,
+        user_data_128=ids.from_hex(caller_id),
+        user_data_64=version,
+        user_data_32=int(record_sha256[:8], 16),
+        ledger=ids.LEDGER,
+        code=CALLER_PIN_TRANSFER_CODE,
+        flags=TransferFlags.NONE,
+    )
+
+
+async def pin_caller_policy(ledger: Ledger, caller_id: str, version: int, record: bytes) -> None:
+    """Pins `record` (LedgerError when the ledger refuses; LedgerUnavailable, transient, when out of reach)."""
+    if not all(account_ok(r.status) for r in await ledger.create_accounts(caller_pin_accounts())):
+        raise LedgerError("the caller pin accounts were refused")
+    [result] = await ledger.create_transfers([caller_pin_transfer(caller_id, version, record)])
+    if not transfer_ok(result.status):
+        raise LedgerError(f"caller pin refused: {result.status.name}")
+
+
+def highest_pins(pins: Iterable[CallerPin]) -> dict[str, int]:
+    """The highest pinned version of each caller."""
+    highest: dict[str, int] = {}
+    for pin in pins:
+        highest[pin.caller_id] = max(pin.version, highest.get(pin.caller_id, 0))
+    return highest
+
+
+async def pinned_versions(ledger: Ledger) -> dict[str, int]:
+    """Every caller's highest pinned policy version. On a ledger that is not `shared` (memory) no other
+    process's pin is ever here: a reader asks `ledger.shared` first."""
+    return highest_pins(CallerPin.of(t) for t in await transfers_with_code(ledger, CALLER_PIN_TRANSFER_CODE))

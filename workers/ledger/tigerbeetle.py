@@ -96,6 +96,8 @@ SendTransfers = Callable[[list[Transfer]], Awaitable[list[CreateTransferResult]]
 
 
 class TigerBeetleLedger:
+    shared = True  # the cluster every process and the CLI configured alike write to
+
     def __init__(self, addresses: str, cluster_id: int = 0, batch_max: int = PRODUCTION_BATCH_MAX, timeout: float = 10.0) -> None:
         if not addresses:
             raise ValueError("TigerBeetle needs replica addresses (KEYLEDGER_TB_ADDRESSES)")

@@ -50,7 +50,12 @@ from workers.kafka.tap import read_topic
 from workers.keys.audit import named_count, named_transfers
 from workers.keys.pins import accepted_chain
 from workers.ledger import AccountFilter, AccountFilterFlags, Ledger, QueryFilter, QueryFilterFlags, Transfer
-from workers.ledger.records import DIGEST_TRANSFER_CODE, RecordedDigest
+from workers.ledger.records import (
+    CALLER_PIN_TRANSFER_CODE,
+    DIGEST_TRANSFER_CODE,
+    RecordedDigest,
+    transfers_with_code,
+)
 from workers.tools.verify import KeyStatus, PublicKeyBook
 
 PAGE = 8000
@@ -124,6 +129,10 @@ def _events(values: Iterable[bytes | None]) -> Iterable[AuditEvent]:
             continue
 
 
+# ledger records of the system tenant that are no audited operation: check_chain compares the digests
+_NOT_AUDITED = frozenset({DIGEST_TRANSFER_CODE, CALLER_PIN_TRANSFER_CODE})
+
+
 async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = None, *,
                   cut_ns: int | None = None) -> AuditReport:
     """Both ways. With `cut_ns` (ledger time), a missing transfer younger than it is in flight, not a mismatch.
@@ -177,8 +186,8 @@ async def compare(ledger: Ledger, values: Iterable[bytes], tenant: str | None = 
     for ref in sorted(refs):
         name = names.setdefault(ref, f"tenant account {ids.to_hex(ref)} (in the ledger, on no kms.audit record)")
         for transfer in await _tenant_transfers(ledger, ref):
-            if transfer.code == DIGEST_TRANSFER_CODE or transfer.id in transfers:
-                continue  # a digest's ledger record has no audit event: check_chain compares those
+            if transfer.code in _NOT_AUDITED or transfer.id in transfers:
+                continue  # a digest's or a caller pin's ledger record has no audit event
             if cut_ns is not None and transfer.timestamp > cut_ns:
                 report.in_flight[transfer.id] = transfer
                 continue
@@ -382,16 +391,7 @@ def _signed_links(values: Iterable[bytes | None], book: PublicKeyBook,
 
 async def ledger_digests(ledger: Ledger) -> list[RecordedDigest]:
     """Every audit digest the ledger recorded (ledger/records.py digest_transfer), in ledger order."""
-    found: list[RecordedDigest] = []
-    timestamp_min = 0
-    while True:
-        page = await ledger.query_transfers(QueryFilter(
-            user_data_128=0, user_data_64=0, user_data_32=0, ledger=ids.LEDGER, code=DIGEST_TRANSFER_CODE,
-            timestamp_min=timestamp_min, timestamp_max=0, limit=PAGE, flags=QueryFilterFlags.NONE))
-        found += [RecordedDigest.of(t) for t in page]
-        if len(page) < PAGE:
-            return found
-        timestamp_min = page[-1].timestamp + 1
+    return [RecordedDigest.of(t) for t in await transfers_with_code(ledger, DIGEST_TRANSFER_CODE)]
 
 
 Record = TypeVar("Record", bound=BaseModel)

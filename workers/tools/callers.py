@@ -5,8 +5,16 @@ the operator key (workers/core/callers.py); the workers hold the operator's publ
 `add` issues the caller a fresh 32-byte HMAC secret from the KMS (generate_data_key, encryption
 context {"caller_id": id}); the record carries it wrapped, and the plaintext goes to one file,
 created 0600, never to the screen. `add` of a known name writes the next policy version (with a
-new secret); `revoke` writes the next version with `revoked: true`. Each verb reads the topic
-first, so versions only go up.
+new secret); `revoke` writes the next version with `revoked: true`. Each verb reads the ledger's
+caller pins and the topic first, so versions only go up (above the highest pinned one too).
+
+Durability order: each verb pins the new record in the ledger (ledger/records.py caller pins) BEFORE
+it publishes it, so a published record is always pinned and a worker refuses any record of a lower
+version than the pin (an older operator-signed record re-published by whoever can write the topic).
+A publish that fails after the pin leaves the caller granting nothing in processes that read the pin
+(its only record is below it) until the verb is run again, which writes a version above the pin.
+With the memory ledger (development, one process) the pin lives only as long as the verb: nothing
+another process reads; pins protect with TigerBeetle only.
 
 Key files (JSON unless said otherwise, private ones created 0600, never overwritten):
 
@@ -45,6 +53,8 @@ from workers.core.results import ResultSealError, generate_keypair, public_key
 from workers.errors import CheckFailed, ConfigError
 from workers.kafka.tap import produce, read_topic
 from workers.kms import Kms, provider_of
+from workers.ledger import Ledger
+from workers.ledger.records import pin_caller_policy, pinned_versions
 
 OPERATOR_KEY_FILE = "operator.key"
 OPERATOR_PUBLIC_FILE = "operator.pub"
@@ -167,42 +177,57 @@ async def read_policies(bootstrap: str, operator: Ed25519PublicKey, timeout: flo
     return PolicyState(table, refused)
 
 
-async def publish(bootstrap: str, record: dict[str, object]) -> None:
-    await produce(bootstrap, Topic.KEYS_CALLERS, [(str(record["caller_id"]).encode(), canonical_json(record))])
+async def pin_and_publish(bootstrap: str, ledger: Ledger, record: dict[str, object], version: int) -> None:
+    """Pins the signed record (of policy `version`) in the ledger, then publishes it (never the other way
+    round: a published record is always pinned). The pin covers the very bytes published."""
+    caller_id, value = str(record["caller_id"]), canonical_json(record)
+    await pin_caller_policy(ledger, caller_id, version, value)
+    await produce(bootstrap, Topic.KEYS_CALLERS, [(caller_id.encode(), value)])
 
 
-async def caller_add(bootstrap: str, kms: Kms, operator: Ed25519PrivateKey, name: str, *, tenants: list[str] | str,
-                     operations: list[str], kem: CallerKem, caller_public_key: bytes, secret_out: Path) -> CallerPolicy:
-    """Publishes the caller's next policy version with a fresh secret; the secret goes to `secret_out` only."""
+async def next_version(bootstrap: str, ledger: Ledger, operator: Ed25519PublicKey,
+                       caller_id: str) -> tuple[CallerPolicy | None, int]:
+    """The caller's latest record on the topic (None when there is none) and the version to write next:
+    above that record's and above the ledger's highest pin of the caller."""
+    pinned = (await pinned_versions(ledger)).get(caller_id, 0) if ledger.shared else 0
+    held = (await read_policies(bootstrap, operator)).table.get(caller_id)
+    return (held.policy if held else None), max(held.policy.version if held else 0, pinned) + 1
+
+
+async def caller_add(bootstrap: str, kms: Kms, operator: Ed25519PrivateKey, name: str, *, ledger: Ledger,
+                     tenants: list[str] | str, operations: list[str], kem: CallerKem, caller_public_key: bytes,
+                     secret_out: Path) -> CallerPolicy:
+    """Pins, then publishes, the caller's next policy version with a fresh secret; the secret goes to
+    `secret_out` only."""
     _new_files(secret_out)
     caller_id = caller_id_for(name)
-    state = await read_policies(bootstrap, operator.public_key())
-    held = state.table.get(caller_id)
+    _, version = await next_version(bootstrap, ledger, operator.public_key(), caller_id)
     data_key = await kms.generate_data_key(None, secret_context(caller_id))
     record = sign_policy({
         "caller_id": caller_id, "name": name, "tenants": tenants, "operations": operations, "kem": kem.value,
         "public_key": b64url_encode(caller_public_key), "wrapped_secret": b64encode(data_key.wrapped),
         "kms_key_id": data_key.kms_key_id, "kms_provider": provider_of(kms), "created_at": format_at(datetime.now(UTC)),
-        "revoked": False, "version": held.policy.version + 1 if held else 1,
+        "revoked": False, "version": version,
     }, operator)
     policy = CallerPolicy.model_validate(record)
     # the secret is saved before the record that makes it usable exists: a failed publish leaves a
     # file that grants nothing, never a published caller whose secret was lost
     write_private_file(secret_out, CallerCredential(caller_id, name, data_key.plaintext).to_json())
-    await publish(bootstrap, record)
+    await pin_and_publish(bootstrap, ledger, record, version)
     return policy
 
 
-async def caller_revoke(bootstrap: str, operator: Ed25519PrivateKey, name: str) -> CallerPolicy:
+async def caller_revoke(bootstrap: str, operator: Ed25519PrivateKey, name: str, *, ledger: Ledger) -> CallerPolicy:
+    """Pins, then publishes, the caller's next policy version with `revoked: true`."""
     caller_id = caller_id_for(name)
-    held = (await read_policies(bootstrap, operator.public_key())).table.get(caller_id)
+    held, version = await next_version(bootstrap, ledger, operator.public_key(), caller_id)
     if held is None:
         raise CheckFailed(f"no caller {name!r} signed by this operator key on {Topic.KEYS_CALLERS.value}: "
                           "nothing revoked (`keyledger caller list` lists them)")
-    unsigned = held.policy.model_dump(mode="json", exclude_none=True, exclude={"signature"})
-    record = sign_policy({**unsigned, "revoked": True, "version": held.policy.version + 1,
+    unsigned = held.model_dump(mode="json", exclude_none=True, exclude={"signature"})
+    record = sign_policy({**unsigned, "revoked": True, "version": version,
                           "created_at": format_at(datetime.now(UTC))}, operator)
-    await publish(bootstrap, record)
+    await pin_and_publish(bootstrap, ledger, record, version)
     return CallerPolicy.model_validate(record)
 
 

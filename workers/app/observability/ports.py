@@ -198,6 +198,10 @@ class MeteredLedger:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    @property
+    def shared(self) -> bool:
+        return self.inner.shared
+
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
         return await self._call("create_accounts", len(accounts), lambda: self.inner.create_accounts(accounts))
 
