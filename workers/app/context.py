@@ -219,6 +219,8 @@ class ProcessContext:
             if self.ledger.shared:
                 self.callers.pin(await pinned_versions(self.ledger))
             await self.caller_follower.start()
+            if self.caller_policies is not None:
+                self.caller_policies.read_done()
             log.info("caller policies loaded: %d callers from %d records", len(self.callers), self.caller_follower.read)
         elif not self.settings.callers.operator_public_key:
             log.info("KEYLEDGER_OPERATOR_PUBLIC_KEY is unset: no caller is trusted")

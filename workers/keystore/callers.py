@@ -8,7 +8,8 @@ Each record is verified against the operator's public key before anything else: 
 operator key did not sign is refused and logged with the caller id it claims, and changes
 nothing. A verified record of a lower version than the ledger pins for its caller (read into the
 table before the topic: `CallerTable.pin`) is refused the same way, logged with the caller id and
-both versions. Of the other verified records the highest version per caller wins (`CallerTable`). The
+both versions: after the first whole read, for a caller left below its pin (an uncompacted topic
+holds every older version, and those are history), and as it comes from then on. Of the other verified records the highest version per caller wins (`CallerTable`). The
 caller's HMAC secret is unwrapped through the KMS port when its record is installed (encryption
 context {"caller_id": id}); a secret that does not unwrap leaves the caller granting nothing.
 A tombstone changes nothing either: only a signed record (e.g. a revocation) changes a caller.
@@ -43,6 +44,25 @@ class CallerPolicies:
         self._kms = kms
         self._operator_key = operator_key
         self.refused = 0
+        self.reading = True
+        """Until `read_done`: the topic's first, whole read, where records below a pin may be mere history
+        (an uncompacted topic holds every version) and only the outcome says whether one was rolled back."""
+        self._below_pin: dict[str, int] = {}
+
+    def read_done(self) -> None:
+        """The whole topic has been read: a caller that held records below its pin and none at or above it
+        was rolled back (refused, logged); from now on a record below a pin is refused as it comes."""
+        self.reading = False
+        for caller_id, version in sorted(self._below_pin.items()):
+            held = self.table.get(caller_id)
+            if held is None or held.policy.version < self.table.pinned(caller_id):
+                self._rolled_back(caller_id, version)
+        self._below_pin.clear()
+
+    def _rolled_back(self, caller_id: str, version: int) -> None:
+        self.refused += 1
+        log.warning("refused a keys.callers record for caller %s: rolled back: version %d, the ledger pins %d",
+                    caller_id, version, self.table.pinned(caller_id))
 
     async def apply(self, key: bytes | None, value: bytes | None) -> Change | None:
         """One record; None when it was refused (not signed by the operator key, a tombstone, keyed
@@ -63,9 +83,10 @@ class CallerPolicies:
             return None
         change = self.table.change(policy)
         if change is Change.ROLLED_BACK:
-            self.refused += 1
-            log.warning("refused a keys.callers record for caller %s: rolled back: version %d, the ledger pins %d",
-                        policy.caller_id, policy.version, self.table.pinned(policy.caller_id))
+            if self.reading:  # history below the pin, unless no record at the pin follows (`read_done`)
+                self._below_pin[policy.caller_id] = max(policy.version, self._below_pin.get(policy.caller_id, 0))
+            else:
+                self._rolled_back(policy.caller_id, policy.version)
             return None
         if change is Change.NEWER:
             self.table.install(policy, None if policy.revoked else await self._unwrap(policy))
