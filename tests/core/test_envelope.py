@@ -599,3 +599,24 @@ def test_the_parser_accepts_exactly_what_the_regex_and_strict_decoder_accepted(p
         assert expected is None
     else:
         assert expected == (envelope.key_id, envelope.nonce + envelope.sealed)
+
+
+_near_key_ids = st.builds(
+    lambda hex_id, at, bad, cut: (hex_id[:at] + bad + hex_id[at + 1:])[:cut],
+    st.text(alphabet="0123456789abcdef", min_size=33, max_size=33), st.integers(0, 33),
+    st.sampled_from(["", "A", "F", "g", ".", "\u0663", "\uff10", "0", "f"]), st.sampled_from([31, 32, 33]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_near_key_ids, st.binary(min_size=MIN_BODY_BYTES - 2, max_size=MIN_BODY_BYTES + 4))
+def test_the_parser_reads_a_key_id_exactly_as_the_regex_did(key_id, raw):
+    # lowercase hex ids with one character replaced (upper case, a full-width and an Arabic-Indic digit, a dot)
+    # or none, cut to 31, 32 or 33 characters
+    text = "kl1." + key_id + "." + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    expected = _old_parse(text)
+    try:
+        envelope = parse_envelope(text)
+    except EnvelopeError:
+        assert expected is None
+    else:
+        assert expected == (envelope.key_id, envelope.nonce + envelope.sealed)

@@ -46,6 +46,8 @@ MAX_BODY_BYTES = NONCE_BYTES + MAX_FIELD_BYTES + TAG_BYTES
 MAX_ENVELOPE_CHARS = len(PREFIX) + 32 + 1 + (4 * MAX_BODY_BYTES + 2) // 3
 
 _is_key_id = re.compile(r"[0-9a-f]{32}").fullmatch
+_is_head = re.compile(r"kl1\.[0-9a-f]{32}\.").match  # PREFIX, a key id, the dot before the body
+_BODY_AT = len(PREFIX) + 32 + 1
 
 
 class EnvelopeError(KeyledgerError, ValueError):
@@ -69,23 +71,19 @@ def field_aad(tenant_id: str, record_id: str, field: str, key_id: str) -> bytes:
     characters escaped, which is exactly the C `encode_basestring` (json.dumps(ensure_ascii=False)).
     The one writer of the AAD: `RecordSealer` and `RecordOpener` join the same two halves, the head
     (the field) and the tail (the key, record and tenant), the tail made once per record."""
-    return _aad_head(field) + _aad_tail(key_id, record_id, tenant_id)
+    return _aad(field, _aad_tail(key_id, record_id, tenant_id))
 
 
-def _aad_head(field: str) -> bytes:
-    """`{"field":<JSON of the path>`: the AAD up to the key id."""
-    return _utf8_of(f'{{"field":{_json_string(field)}')
+def _aad_tail(key_id: str, record_id: str, tenant_id: str) -> str:
+    """`,"key_id":...,"record_id":...,"tenant_id":...}`: the AAD's text after the field, still text:
+    `_aad` encodes it with the field's head in one step (and refuses a lone surrogate in either)."""
+    return f',"key_id":{_json_string(key_id)},"record_id":{_json_string(record_id)},"tenant_id":{_json_string(tenant_id)}}}'
 
 
-def _aad_tail(key_id: str, record_id: str, tenant_id: str) -> bytes:
-    """`,"key_id":...,"record_id":...,"tenant_id":...}`: the AAD after the field."""
-    return _utf8_of(f',"key_id":{_json_string(key_id)},"record_id":{_json_string(record_id)},'
-                    f'"tenant_id":{_json_string(tenant_id)}}}')
-
-
-def _utf8_of(text: str) -> bytes:
+def _aad(field: str, tail: str) -> bytes:
+    """The AAD's bytes: `{"field":<JSON of the path>` and the tail, as UTF-8."""
     try:
-        return text.encode()
+        return f'{{"field":{_json_string(field)}{tail}'.encode()
     except UnicodeEncodeError:
         # only a lone surrogate in a path or id gets here; such a field can never be sealed
         raise _not_unicode() from None
@@ -163,78 +161,70 @@ class RecordSealer:
             raise ValueError("a record has no negative number of fields")
         self._aead = aead
         self._prefix = f"{PREFIX}{key_id}."  # what `_written` puts before the body, the same for every field
-        try:
-            self._tail: bytes | None = _aad_tail(key_id, record_id, tenant_id)
-        except EnvelopeError:
-            self._tail = None  # a lone surrogate in the record id: every field is refused, as by field_aad
+        # a lone surrogate in the record or tenant id is refused by `_aad` at each field, as by field_aad
+        self._tail = _aad_tail(key_id, record_id, tenant_id)
         self._nonces = os.urandom(NONCE_BYTES * fields) if nonces is None else nonces.take(fields)
         self._next = 0
 
     def seal(self, field: str, plaintext: str) -> str:
         raw = _field_value(plaintext)
-        head = _aad_head(field)
-        if self._tail is None:
-            raise _not_unicode()
+        aad = _aad(field, self._tail)
         at = self._next
         if at + NONCE_BYTES > len(self._nonces):  # more fields than announced: fresh bytes, never a reuse
             self._nonces, at = os.urandom(NONCE_BYTES), 0
         nonce = self._nonces[at:at + NONCE_BYTES]
         self._next = at + NONCE_BYTES
         # the nonce is 12 bytes by construction: `_encrypt`'s check is spent here
-        return self._prefix + b64url_encode(nonce + self._aead.encrypt(nonce, raw, head + self._tail))
+        return self._prefix + b64url_encode(nonce + self._aead.encrypt(nonce, raw, aad))
 
 
 def parse_envelope(text: str) -> Envelope:
     """Strict parse: one spelling per ciphertext, so nothing but the exact format reaches AES."""
-    # the layout checked by slicing, the body by the one strict base64url decoder
+    # the layout up to the body checked by one anchored regex, the body by the one strict base64url decoder
     if type(text) is not str or len(text) > MAX_ENVELOPE_CHARS:
         raise _malformed("not a kl1 ciphertext of acceptable size")
-    key_id = text[4:36]
-    if not (text.startswith(PREFIX) and text[36:37] == "." and _is_key_id(key_id) and len(text) > 37):
+    if len(text) <= _BODY_AT or _is_head(text) is None:
         raise _malformed("not a kl1 ciphertext (kl1.<32 lowercase hex>.<base64url>)")
     try:
-        raw = b64url_decode(text[37:])
+        raw = b64url_decode(text[_BODY_AT:])
     except ValueError:
         raise _malformed("ciphertext body is not canonical unpadded base64url") from None
     if not MIN_BODY_BYTES <= len(raw) <= MAX_BODY_BYTES:
         raise _malformed(f"ciphertext body of {len(raw)} bytes is outside {MIN_BODY_BYTES}..{MAX_BODY_BYTES}")
-    return Envelope(key_id, raw[:NONCE_BYTES], raw[NONCE_BYTES:])
+    # tuple.__new__ builds the named tuple without the Python frame of its generated __new__
+    return tuple.__new__(Envelope, (text[len(PREFIX):_BODY_AT - 1], raw[:NONCE_BYTES], raw[NONCE_BYTES:]))
 
 
 def open_field(aead: AESGCM, envelope: Envelope, tenant_id: str, record_id: str, field: str) -> str:
-    raw = _decrypt(aead, envelope.nonce, envelope.sealed, field_aad(tenant_id, record_id, field, envelope.key_id))
-    return _utf8(raw)
+    return RecordOpener(tenant_id, record_id).open(aead, envelope, field)
 
 
 class RecordOpener:
     """`open_field` for the fields of one record, with the AAD's tail after the field name (key id,
-    `record_id`, `tenant_id`) made once per key the record's fields name. Same answers as `open_field`."""
+    `record_id`, `tenant_id`) made once per key the record's fields name."""
 
     __slots__ = ("_tenant_id", "_record_id", "_tails")
 
     def __init__(self, tenant_id: str, record_id: str) -> None:
         self._tenant_id = tenant_id
         self._record_id = record_id
-        self._tails: dict[str, bytes] = {}  # by key id, for this record only
+        self._tails: dict[str, str] = {}  # by key id, for this record only
 
     def open(self, aead: AESGCM, envelope: Envelope, field: str) -> str:
-        head = _aad_head(field)
-        tail = self._tails.get(envelope.key_id)
+        key_id, nonce, sealed = envelope
+        tail = self._tails.get(key_id)
         if tail is None:
-            tail = self._tails[envelope.key_id] = _aad_tail(envelope.key_id, self._record_id, self._tenant_id)
-        return _utf8(_decrypt(aead, envelope.nonce, envelope.sealed, head + tail))
+            tail = self._tails[key_id] = _aad_tail(key_id, self._record_id, self._tenant_id)
+        raw = _decrypt(aead, nonce, sealed, _aad(field, tail))
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            # authentic but not ours (seal_field only writes UTF-8): same answer as a forgery
+            raise EnvelopeError("ciphertext does not decrypt", ErrorCode.DECRYPT_FAILED) from None
 
 
 def _not_unicode() -> EnvelopeError:
     return EnvelopeError("field path or record id is not valid Unicode", ErrorCode.INVALID_MESSAGE)
-
-
-def _utf8(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        # authentic but not ours (seal_field only writes UTF-8): same answer as a forgery
-        raise EnvelopeError("ciphertext does not decrypt", ErrorCode.DECRYPT_FAILED) from None
 
 
 # AES-GCM layer: 256-bit keys, 96-bit nonces, 128-bit tags, nothing else.
