@@ -18,6 +18,9 @@ from workers.core.b64 import b64url_encode
 from workers.core.callers import CallerTable, caller_id_for
 from workers.core.results import generate_keypair
 from workers.kms.aws import AwsKms
+from workers.ledger import Ledger
+from workers.ledger.memory import MemoryLedger
+from workers.ledger.tigerbeetle import TigerBeetleLedger
 from workers.tools.callers import caller_add
 
 NAME = "bench-service"
@@ -35,18 +38,22 @@ def enrolled(table: CallerTable) -> CallerClient:
     return CallerClient(CallerCredential(caller_id, NAME, secret), CallerKeyPair(CallerKem.X25519, private, public))
 
 
-async def registered(bootstrap: str, kms: tuple[str, str]) -> tuple[CallerClient, dict[str, str]]:
-    """A caller registered on the broker (its secret wrapped by the bench's KMS) and the environment a worker
-    needs to trust it with every request asking for a caller (the production default)."""
+async def registered(bootstrap: str, kms: tuple[str, str], tigerbeetle: str | None) -> tuple[CallerClient, dict[str, str]]:
+    """A caller registered on the broker (its secret wrapped by the bench's KMS, its policy pinned in the
+    workers' TigerBeetle when they use one) and the environment a worker needs to trust it with every
+    request asking for a caller (the production default)."""
     operator = Ed25519PrivateKey.generate()
     private, public = generate_keypair(CallerKem.X25519)
     folder = Path(tempfile.mkdtemp(prefix="keyledger-bench-caller-"))
     client = AwsKms(kms[1], endpoint_url=kms[0])
+    ledger: Ledger = TigerBeetleLedger(tigerbeetle) if tigerbeetle else MemoryLedger()
     try:
         await caller_add(bootstrap, client, operator, NAME, tenants="*", operations=EVERY_OPERATION,
-                         kem=CallerKem.X25519, caller_public_key=public, secret_out=folder / "bench.secret")
+                         kem=CallerKem.X25519, caller_public_key=public, secret_out=folder / "bench.secret",
+                         ledger=ledger)
     finally:
         await client.aclose()
+        await ledger.aclose()
     caller = CallerClient(CallerCredential.load(folder / "bench.secret"), CallerKeyPair(CallerKem.X25519, private, public))
     env = {"KEYLEDGER_OPERATOR_PUBLIC_KEY": b64url_encode(operator.public_key().public_bytes_raw()),
            "KEYLEDGER_REQUIRE_CALLER": "all"}

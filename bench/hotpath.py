@@ -73,7 +73,7 @@ class KeepResults:
 
 async def _deps(tb: str | None) -> Deps:
     # the production default: every span and PII request is asked for its caller's proof
-    settings = Settings(kafka_bootstrap="unused:9092", key_table_wait=0,
+    settings = Settings(kafka_bootstrap="unused:9092", key_table_wait=0,  # type: ignore[call-arg]  # flat names, as tests spell them
                         callers=CallerSettings(require=RequireCaller.ALL))
     ledger: Ledger = TigerBeetleLedger(tb) if tb else MemoryLedger()
     directory = KeyDirectory()

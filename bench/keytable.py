@@ -294,17 +294,17 @@ async def run(keys: int) -> dict:
     with moto_kms() as kms:
         # each worker on a broker of its own: the group's first join, not a wait for the previous member to expire
         with broker() as bootstrap:
-            await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=PARTITIONS))
+            await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=PARTITIONS))  # type: ignore[call-arg]  # flat names, as tests spell them
             idle = await measure(bootstrap, kms, 0)
         say(f"  idle worker (empty key table): ready in {idle['ready_s']:.1f}s, {idle['rss_mb']:.0f} MB RSS")
         with broker() as bootstrap:
-            await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=PARTITIONS))
+            await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=PARTITIONS))  # type: ignore[call-arg]  # flat names, as tests spell them
             started = time.perf_counter()
             per_partition = await fill(bootstrap, keys, kms[1])
             say(f"  {keys:,} keys written to keys.material + keys.events in {time.perf_counter() - started:.0f}s")
             full = await measure(bootstrap, kms, keys)
         with broker() as bootstrap:  # the same topic, on a broker of its own again (a first join)
-            await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=PARTITIONS))
+            await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=PARTITIONS))  # type: ignore[call-arg]  # flat names, as tests spell them
             await fill(bootstrap, keys, kms[1])
             sharded = await measure_sharded(bootstrap, kms, per_partition)
     per_key = (full["rss_mb"] - idle["rss_mb"]) * 1024 * 1024 / keys if keys else 0.0

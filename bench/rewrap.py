@@ -113,7 +113,7 @@ async def _vault(tenants: int) -> dict:
             bao.admin("POST", "transit/keys/keyledger-bench/rotate", {})
             seconds, moved, calls = await _rewrap_all(keys, tenants, "bench-vault")
             _say(f"vault: {moved:,} keys re-wrapped to KEK v2 in {seconds:.1f}s: {moved / seconds:,.0f} keys/s "
-                 f"({calls:,} Vault requests, transit/rewrap batches of {kms._batch_max})")
+                 f"({calls:,} Vault requests, transit/rewrap batches of {kms.batch_max})")
             started = time.perf_counter()
             report = await KekRetirement(keys, keys.ledger).retire_unneeded()
             retire_s = time.perf_counter() - started

@@ -96,8 +96,8 @@ async def end_to_end(spans: int) -> dict:
     real miss); without one, one process onboards and signs (the memory ledger lives there).
     """
     with broker() as bootstrap, moto_kms() as kms, tigerbeetle() as tb:
-        await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=6))
-        caller, caller_env = await registered(bootstrap, kms)
+        await ensure_topics(bootstrap, Settings(kafka_bootstrap=bootstrap, kafka_partitions=6))  # type: ignore[call-arg]  # flat names, as tests spell them
+        caller, caller_env = await registered(bootstrap, kms, tb)
         ledger = {"KEYLEDGER_LEDGER": "tigerbeetle", "KEYLEDGER_TB_ADDRESSES": tb} if tb else {}
         ledger = {**ledger, **caller_env}
         # without TigerBeetle one process onboards and signs: the memory ledger lives there

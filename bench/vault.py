@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from schemas.messages import KeyType
 from workers.app.openbao import OpenBaoDevServer
 from workers.kms import DataKey, DataKeyRequest, UnwrapRequest, encryption_context
 from workers.kms.vault import TokenAuth, VaultKms
@@ -30,7 +31,7 @@ def _say(text: str) -> None:
 
 def _requests(tenants: int) -> list[DataKeyRequest]:
     return [DataKeyRequest(None, encryption_context(f"tenant-{i:05d}", f"{2 * i + n:032x}", key_type))
-            for i in range(tenants) for n, key_type in enumerate(("signing", "encryption"))]
+            for i in range(tenants) for n, key_type in enumerate((KeyType.SIGNING, KeyType.ENCRYPTION))]
 
 
 async def _timed(kms: VaultKms, work) -> tuple[float, int, list]:
