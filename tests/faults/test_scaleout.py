@@ -301,7 +301,13 @@ async def test_keygen_and_rotation_pairs_make_one_active_key_per_tenant_and_type
     ticks = [(t.encode(), json.dumps({"tick_id": f"so-{t}", "issued_at": datetime.now(UTC).isoformat(),
                                       "tenant_id": t, "reason": "manual"}).encode()) for t in tenants]
     await stream(bootstrap, "keys.rotation-ticks", ticks, chunks=16, every=0.5, at={3: kill, 5: add, 10: stop})
-    await read_topic(bootstrap, "keys.events", timeout=300, until=lambda rs: count("rotated")(rs) >= 2 * len(tenants))
+    events = await read_topic(bootstrap, "keys.events", timeout=300,
+                              until=lambda rs: count("rotated")(rs) >= 2 * len(tenants))
+    if count("rotated")(events) < 2 * len(tenants):  # say who stopped taking work, not only what is missing
+        pytest.fail(f"{count('rotated')(events)} of {2 * len(tenants)} keys rotated after 300 s; the rotation "
+                    "processes' logs end:\n" + "\n".join(
+                        f"--- {proc.log_path.name}\n" + "\n".join(proc.log_path.read_text().splitlines()[-8:])  # type: ignore[attr-defined]
+                        for proc in rotations))
     directory = await assert_key_invariants(bootstrap, tenants)
     assert {e.version for t in tenants for e in directory.tenant_keys(t) if e.state.value == "active"} == {2}
     assert_audit_agrees(bootstrap, env, tenants[::60])

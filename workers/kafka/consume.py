@@ -174,7 +174,8 @@ class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
     the consumer still holds the old generation), then a holding group forgets what it kept of them."""
 
     def __init__(self, holder: HoldsRecords | None = None, on_revoked: Revoked | None = None,
-                 on_assigned: Assigned | None = None) -> None:
+                 on_assigned: Assigned | None = None, group: str = "") -> None:
+        self.group = group
         self.joined = False
         self.partitions: frozenset[TopicPartition] = frozenset()
         self._holder = holder
@@ -197,6 +198,9 @@ class Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.joined = True
         self.partitions = frozenset(assigned)
+        log.info("%s: %d partitions assigned (%s)", self.group or "group", len(assigned),
+                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)) or "none",
+                 extra={"group": self.group})
         if self._on_assigned is not None and assigned:
             self._on_assigned(self.partitions)
 
@@ -261,7 +265,7 @@ class BatchRunner:
         # this process still commits may pass them
         self._committing = True
         self._keys = keys
-        self.assignments = Assignments(holder, self._revoked, None if keys is None else self._assigned)
+        self.assignments = Assignments(holder, self._revoked, None if keys is None else self._assigned, group)
         self.subscriber: Any = None  # FastStream's subscriber, set by `subscribe`: its consumer exists once started
         self.records = 0
         self.dead = 0
