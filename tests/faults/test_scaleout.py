@@ -118,6 +118,19 @@ async def stop_gracefully(*procs: subprocess.Popen) -> None:
         assert code == 0, proc.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
 
 
+async def held_by_the_living(*procs: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Every partition of the group is held by one of `procs` (the living members): the broker has
+    evicted a member killed -9. The embedded broker (tansu) waits for every member of the last
+    generation before it completes a rebalance, and does not expire one whose session ran out while it
+    waits: a member that leaves while a dead one is still in the generation stalls the group for good.
+    Kafka expires the dead member after its session timeout; here the test lets the eviction land
+    before the next change of membership."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while sum([await asyncio.to_thread(assigned, p) for p in procs if p.poll() is None]) != PARTITIONS:
+        assert asyncio.get_running_loop().time() < deadline, "the dead member's partitions were never reassigned"
+        await asyncio.sleep(0.5)
+
+
 def assigned(proc: subprocess.Popen) -> int:
     """Partitions the process's groups hold now, as its /readyz reports them."""
     try:
@@ -211,6 +224,8 @@ async def test_signer_and_pii_fleets_lose_and_double_nothing_across_rebalances(f
 
     async def stop() -> None:
         await fleet.ready(*added)  # the new ones joined (and took partitions) while records flowed
+        await held_by_the_living(*signers[1:], added[0])
+        await held_by_the_living(*piis[1:], added[1])
         await stop_gracefully(signers[1], piis[1])
 
     await asyncio.gather(
@@ -296,6 +311,7 @@ async def test_keygen_and_rotation_pairs_make_one_active_key_per_tenant_and_type
 
     async def stop() -> None:
         await fleet.ready(rotations[2])
+        await held_by_the_living(*rotations[1:])
         await stop_gracefully(rotations[1])
 
     ticks = [(t.encode(), json.dumps({"tick_id": f"so-{t}", "issued_at": datetime.now(UTC).isoformat(),
