@@ -32,7 +32,7 @@ from workers.groups.base import Deps
 from workers.groups.pii import PiiGroup
 from workers.groups.signer import SignerGroup
 from workers.kafka.broker import build_broker, start_concurrently
-from workers.kafka.consume import BatchRunner, ConsumerGroup, run_group
+from workers.kafka.consume import STOP_WAIT, BatchRunner, ConsumerGroup, run_group
 from workers.kafka.follow import PartitionFollower, TopicFollower
 from workers.kafka.partitioning import tenant_partition
 from workers.kafka.publisher import BrokerPublisher, KafkaPublisher, Publisher
@@ -58,9 +58,9 @@ log = logging.getLogger("keyledger")
 
 SLOW_CLOSE = 2.0
 """Seconds after which closing one part is named in the log (a stop that drags says where)."""
-CLOSE_WAIT = 15.0
+CLOSE_WAIT = STOP_WAIT + 5.0
 """Seconds one part may take to close before it is left behind: longer than a runner's own wait for its
-batches in hand (workers/kafka/consume.py STOP_WAIT), so a runner always settles that itself."""
+batches in hand (STOP_WAIT), so a runner always settles that itself."""
 
 # groups that keep serving from cached unwrapped keys while the KMS is out of reach
 SERVE_FROM_CACHE = frozenset({SignerGroup.name, PiiGroup.name})
